@@ -1,0 +1,122 @@
+"""The run-directory store: atomic writes, shards, config hashes, stage state."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from flopmatch import store
+from flopmatch.store import RunDir
+
+
+def test_write_table_is_atomic_and_roundtrips(tmp_path):
+    path = tmp_path / "sub" / "t.parquet"
+    store.write_table([{"a": 1, "b": "x"}, {"a": 2, "b": "y"}], path)
+    assert store.read_table(path).to_pylist() == [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
+    # No temporary files are left beside it.
+    assert [p.name for p in path.parent.iterdir()] == ["t.parquet"]
+
+
+def test_failed_write_leaves_previous_version(tmp_path):
+    path = tmp_path / "t.parquet"
+    store.write_table([{"a": 1}], path)
+    with pytest.raises(TypeError):
+        store.write_table(object(), path)
+    assert store.read_table(path).to_pylist() == [{"a": 1}]
+    assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+
+
+def test_shards_read_back_as_one_table(tmp_path):
+    d = tmp_path / "samples" / "m"
+    assert store.read_shards(d).num_rows == 0
+    assert store.append_shard(d, []) is None
+    store.append_shard(d, [{"problem_id": "p1", "sample_idx": 0}])
+    store.append_shard(d, [{"problem_id": "p1", "sample_idx": 1}, {"problem_id": "p2", "sample_idx": 0}])
+    table = store.read_shards(d)
+    assert table.num_rows == 3
+    assert store.done_keys(d) == {("p1", 0), ("p1", 1), ("p2", 0)}
+
+
+def test_read_shards_with_schema_when_empty(tmp_path):
+    schema = pa.schema([("x", pa.int64())])
+    assert store.read_shards(tmp_path / "none", schema=schema).schema == schema
+
+
+def test_config_hash_is_stable_and_order_independent():
+    a = store.config_hash({"b": 1, "a": [1, 2], "p": Path("/x")})
+    b = store.config_hash({"a": [1, 2], "p": "/x", "b": 1})
+    assert a == b
+    assert store.config_hash({"a": [2, 1]}) != store.config_hash({"a": [1, 2]})
+
+
+def test_model_key():
+    assert store.model_key("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen--Qwen2.5-0.5B-Instruct"
+    assert store.model_key("toyworld-se") == "toyworld-se"
+    with pytest.raises(ValueError):
+        store.model_key("///")
+
+
+def test_stage_state(tmp_path):
+    run = RunDir(tmp_path / "run").ensure()
+    assert not run.is_done("grade", "h1")
+    run.mark_started("grade", "h1")
+    assert not run.is_done("grade", "h1")
+    run.mark_done("grade", "h1", rows=3)
+    assert run.is_done("grade", "h1")
+    assert not run.is_done("grade", "h2")
+    assert run.stage_state()["grade"]["rows"] == 3
+    run.clear_stage("grade")
+    assert not run.is_done("grade", "h1")
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, pyarrow as pa
+    from flopmatch import store
+    directory = sys.argv[1]
+    rows_per_shard = 20000
+    for shard in range(10_000):
+        rows = [{"problem_id": f"p{shard}", "sample_idx": i, "text": "x" * 200} for i in range(rows_per_shard)]
+        store.append_shard(directory, rows)
+        print(shard, flush=True)
+    """
+)
+
+
+def test_sigkill_mid_shard_leaves_only_whole_shards(tmp_path):
+    """A writer killed with SIGKILL while writing a shard leaves every finished shard and no partial rows."""
+    directory = tmp_path / "samples" / "model"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(directory)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        # Wait until a few shards are complete, then kill at an arbitrary point of the next write.
+        finished = 0
+        while finished < 3:
+            line = proc.stdout.readline()
+            assert line, "writer died before finishing three shards"
+            finished += 1
+        time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    table = store.read_shards(directory)
+    shards = store.shard_paths(directory)
+    assert len(shards) >= 3
+    # Only whole shards: every shard holds exactly the 20,000 rows of one problem id.
+    counts = table.group_by("problem_id").aggregate([("sample_idx", "count")]).to_pylist()
+    assert all(c["sample_idx_count"] == 20000 for c in counts)
+    assert table.num_rows == 20000 * len(shards)
+    # The interrupted temporary file, if any, is not read as a shard.
+    leftovers = [p.name for p in directory.iterdir() if p not in shards]
+    assert all(name.startswith(".") and name.endswith(".tmp") for name in leftovers)
