@@ -1,0 +1,273 @@
+"""`flopmatch sample` and `flopmatch ledger`: draw solutions into a run, and show what they cost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from flopmatch.cli._app import app, console, fail
+
+
+def _parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; a VALUE that parses as JSON (numbers, true, lists) is taken as such."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise fail(f"--option expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _load_problems(run: Path, source: str | None, split: str | None, data_file: Path | None, limit, seed):
+    from flopmatch import problems as problems_mod
+
+    if source is None:
+        saved = problems_mod.load_run_problems(run, split)
+        if not saved:
+            where = f"{run}/problems/{split}.parquet" if split else f"{run}/problems/"
+            raise fail(f"no --problems given and no problems saved in {where}")
+        found = list(saved.values())
+        return problems_mod.select_subset(found, limit=limit, seed=seed)
+    try:
+        return problems_mod.load(source, split=split, data_file=data_file, limit=limit, seed=seed)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise fail(str(exc)) from exc
+
+
+@app.command("sample")
+def sample_command(
+    run: Annotated[Path, typer.Option("--run", help="the run directory")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="HF id, local directory or registry name")
+    ] = None,
+    samples_per_problem: Annotated[
+        int | None, typer.Option("--samples-per-problem", "-S", min=1, help="solutions per problem")
+    ] = None,
+    problems: Annotated[
+        str | None,
+        typer.Option(
+            "--problems", help="gsm8k | math | math500 | math-offline | toyworld | a file; default: the run's"
+        ),
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="the problem split (default: test)")] = None,
+    data_file: Annotated[
+        Path | None, typer.Option("--data-file", help="a local JSONL/Parquet file or data dir")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=0, help="at most this many problems")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="choose the --limit problems at random with this seed")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="vllm | hf | openai")] = "vllm",
+    base_url: Annotated[
+        str | None, typer.Option("--base-url", help="openai backend: the server's /v1 URL")
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-o", help="backend option KEY=VALUE (repeatable), e.g. dtype=bfloat16"),
+    ] = None,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 0.7,
+    top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 512,
+    stop: Annotated[list[str] | None, typer.Option(help="a stop string (repeatable)")] = None,
+    budget_flops: Annotated[
+        float | None, typer.Option("--budget-flops", help="stop at this many nominal FLOPs")
+    ] = None,
+    budget_seconds: Annotated[
+        float | None, typer.Option("--budget-seconds", help="stop after this many generation seconds")
+    ] = None,
+    replicas: Annotated[int, typer.Option(min=1, help="engine replicas as Ray actors")] = 1,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="join this Ray cluster")] = None,
+    params: Annotated[
+        float | None,
+        typer.Option("--params", help="parameter count override, e.g. 4.94e8 (default: model config)"),
+    ] = None,
+    chunk_samples: Annotated[
+        int,
+        typer.Option("--chunk-samples", min=1, help="samples per engine call / Ray task (the resume unit)"),
+    ] = 512,
+    plan: Annotated[
+        Path | None, typer.Option("--plan", help="a budget plan (default with --wc/--se: RUN/plan.json)")
+    ] = None,
+    wc: Annotated[str | None, typer.Option("--wc", help="with a plan: the weak-cheap model")] = None,
+    se: Annotated[str | None, typer.Option("--se", help="with a plan: the strong-expensive model")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Sample solutions into RUN/samples/MODEL/ — resumable: rerun the same command after a crash.
+
+    Only the (problem, sample) pairs not yet on disk are generated, each with a seed derived from
+    (model, problem_id, sample_idx), so a smaller budget's samples are a prefix of a larger one's.
+    With `--plan` (or `--wc`/`--se`), both models are sampled for the plan's largest budget.
+    """
+    from flopmatch.backends.base import SamplingParams
+    from flopmatch.sampling import SamplingConfigMismatch, sample
+
+    options = _parse_options(option)
+    if base_url:
+        options["base_url"] = base_url
+    try:
+        sampling_params = SamplingParams(
+            temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ())
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    problem_list = _load_problems(run, problems, split, data_file, limit, seed)
+    common = dict(
+        backend=backend, backend_options=options, params=sampling_params, budget_flops=budget_flops,
+        budget_seconds=budget_seconds, replicas=replicas, ray_address=ray_address, progress=progress,
+        chunk_samples=chunk_samples,
+    )  # fmt: skip
+    try:
+        if plan is not None or wc is not None or se is not None:
+            if model is not None or samples_per_problem is not None:
+                raise fail(
+                    "give either --model/--samples-per-problem or a plan (--plan, --wc, --se), not both"
+                )
+            if not (wc and se):
+                raise fail("a plan needs both --wc and --se")
+            summaries = _sample_with_plan(run, plan, wc, se, problem_list, common, params)
+        else:
+            if model is None or samples_per_problem is None:
+                raise fail("give --model and --samples-per-problem (or a plan with --wc and --se)")
+            summaries = {
+                model: sample(
+                    run,
+                    model=model,
+                    problems=problem_list,
+                    samples_per_problem=samples_per_problem,
+                    params_count=int(params) if params else None,
+                    **common,
+                )  # fmt: skip
+            }
+    except SamplingConfigMismatch as exc:
+        raise fail(str(exc)) from exc
+    _print_summaries(list(summaries.values()), as_json)
+    if any(s.status == "incomplete" for s in summaries.values()):
+        raise typer.Exit(1)
+
+
+def _sample_with_plan(run, plan_path, wc, se, problem_list, common, params_override):
+    from flopmatch.budget import BudgetPlan
+    from flopmatch.sampling import sample_plan
+    from flopmatch.store import RunDir
+
+    if params_override:
+        raise fail(
+            "--params applies to one --model; with a plan, parameter counts come from the plan's models"
+        )
+    path = plan_path or RunDir(run).plan_path
+    if not Path(path).exists():
+        raise fail(f"no budget plan at {path}: run `flopmatch plan` first or pass --plan")
+    try:
+        budget_plan = BudgetPlan.from_json(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise fail(f"cannot read the budget plan {path}: {exc}") from exc
+    backend = common.pop("backend")
+    options = common.pop("backend_options")
+    specs = {
+        role: _Spec(model=name, backend=backend, backend_options=dict(options), params=None)
+        for role, name in (("wc", wc), ("se", se))
+    }
+    out = sample_plan(run, budget_plan, wc=specs["wc"], se=specs["se"], problems=problem_list, **common)
+    return {s.model: s for s in out.values()}
+
+
+class _Spec:
+    """A minimal model spec for sample_plan (flopmatch.study.ModelSpec has the same fields)."""
+
+    def __init__(self, *, model: str, backend: str, backend_options: dict, params: float | None):
+        self.model, self.backend, self.backend_options, self.params = model, backend, backend_options, params
+
+
+def _print_summaries(summaries, as_json: bool) -> None:
+    if as_json:
+        console.print_json(json.dumps([s.to_dict() for s in summaries], default=str))
+        return
+    from rich.table import Table
+
+    table = Table(title="sampling", show_lines=False)
+    for column in (
+        "model",
+        "backend",
+        "seeding",
+        "status",
+        "on disk",
+        "generated",
+        "samples/s",
+        "tokens/s",
+        "truncated",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("model", "backend", "seeding", "status") else "right"
+        )
+    for s in summaries:
+        table.add_row(
+            s.model, s.backend, s.seeding or "-", s.status, f"{s.on_disk}/{s.requested}", str(s.generated),
+            f"{s.samples_per_second:.2f}", f"{s.tokens_per_second:.1f}", str(s.truncated),
+        )  # fmt: skip
+    console.print(table)
+    for s in summaries:
+        if s.message:
+            console.print(f"{s.model}: {s.message}")
+
+
+@app.command("ledger")
+def ledger_command(
+    run: Annotated[Path, typer.Argument(help="the run directory")],
+    sessions: Annotated[bool, typer.Option("--sessions", help="one row per sampling session")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON records")] = False,
+) -> None:
+    """The cost ledger: tokens, wall seconds and nominal FLOPs (2·P·generated tokens) per model."""
+    from flopmatch.ledger import FLOPS_CONVENTION, read_ledger, summarize_ledger
+
+    if not run.is_dir():
+        raise fail(f"no run directory at {run}")
+    frame = read_ledger(run).to_pandas() if sessions else summarize_ledger(run)
+    if as_json:
+        console.print_json(frame.to_json(orient="records", date_format="iso"))
+        return
+    if frame.empty:
+        console.print(f"no sampling recorded in {run}")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"cost ledger — {run}", caption=FLOPS_CONVENTION)
+    if sessions:
+        columns = [
+            "model",
+            "session_id",
+            "backend",
+            "seeding",
+            "status",
+            "samples",
+            "completion_tokens",
+            "seconds",
+            "nominal_flops",
+        ]
+    else:
+        columns = ["model", "backend", "seeding", "sessions", "samples", "prompt_tokens", "completion_tokens",
+                   "truncated", "seconds", "tokens_per_second", "seconds_per_sample", "params", "nominal_flops"]  # fmt: skip
+    for column in columns:
+        table.add_column(
+            column.replace("_", " "), justify="left" if frame[column].dtype == object else "right"
+        )
+    for record in frame[columns].to_dict("records"):
+        table.add_row(*(_fmt(record[c]) for c in columns))
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "-"
+        return f"{value:.3g}" if abs(value) >= 1e6 else f"{value:,.2f}"
+    return str(value)
