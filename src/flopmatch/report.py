@@ -1,0 +1,934 @@
+"""The study report: one self-contained HTML page and a markdown twin, built from a run directory alone.
+
+``build_report(run_dir)`` reads only what the stages wrote (``study.yaml``, ``plan.json``, ``roles.json``,
+``samples/``, ``ledger.parquet``, ``metrics/*.parquet``, ``metrics/figures/*.png``), so a report can be
+rebuilt at any time (``flopmatch report RUN``), and a section whose stage has not run says so instead of
+disappearing. The page is made of a few block types (text, table, figure) rendered twice: to HTML with
+figures embedded as base64 PNG (one file to mail or attach), and to markdown with figures copied next
+to it.
+
+The verdict is computed from the numbers, never written by hand: wins are counted per budget, and a
+win whose 95% intervals overlap the loser's is reported as such.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from flopmatch.store import RunDir, read_json, read_shards, write_text
+
+# --------------------------------------------------------------------------- blocks
+
+
+@dataclass
+class Text:
+    """A paragraph; ``**bold**`` and `` `code` `` are honoured in both renderings."""
+
+    text: str
+    kind: str = "p"  # "p" | "note" | "verdict"
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+    kind: str = "ul"  # "ul" | "verdict"
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+    numeric: set[int] = field(default_factory=set)  # column indices right-aligned
+
+
+@dataclass
+class Figure:
+    path: Path
+    caption: str
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[Any]
+    anchor: str = ""
+
+    def __post_init__(self) -> None:
+        self.anchor = self.anchor or re.sub(r"[^a-z0-9]+", "-", self.title.lower()).strip("-")
+
+
+@dataclass
+class Report:
+    title: str
+    subtitle: str
+    sections: list[Section]
+    verdict: list[str]
+    generated: str
+
+
+# --------------------------------------------------------------------------- number formatting
+
+
+def fmt_pct(value: Any, digits: int = 1) -> str:
+    """A rate in [0, 1] as a percentage ("34.5%"); missing values as an en dash."""
+    if _missing(value):
+        return "–"
+    return f"{float(value) * 100:.{digits}f}%"
+
+
+def fmt_num(value: Any, digits: int = 2) -> str:
+    if _missing(value):
+        return "–"
+    value = float(value)
+    if value == int(value) and abs(value) < 1e6:
+        return f"{int(value):,}"
+    if abs(value) >= 1e5 or (0 < abs(value) < 1e-2):
+        return f"{value:.{digits}e}"
+    return f"{value:,.{digits}f}"
+
+
+def fmt_ci(low: Any, high: Any, pct: bool = True) -> str:
+    if _missing(low) or _missing(high):
+        return "–"
+    if pct:
+        return f"[{float(low) * 100:.1f}, {float(high) * 100:.1f}]"
+    return f"[{float(low):.2f}, {float(high):.2f}]"
+
+
+def fmt_seconds(value: Any) -> str:
+    if _missing(value):
+        return "–"
+    value = float(value)
+    if value < 60:
+        return f"{value:.1f} s"
+    minutes, seconds = divmod(int(round(value)), 60)
+    if minutes < 60:
+        return f"{minutes}m {seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def fmt_flops(value: Any) -> str:
+    if _missing(value):
+        return "–"
+    value = float(value)
+    for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f} FLOP"
+
+
+def fmt_params(value: Any) -> str:
+    if _missing(value):
+        return "–"
+    value = float(value)
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return f"{value:.0f}"
+
+
+def relative_gain(wc: float, se: float) -> float:
+    """The paper's relative gain of WC data over SE data, in percent: (WC − SE) / SE · 100."""
+    if _missing(wc) or _missing(se) or se == 0:
+        return float("nan")
+    return (float(wc) - float(se)) / abs(float(se)) * 100.0
+
+
+def fmt_gain(gain: float) -> str:
+    """Signed percent as the paper prints it ("+6%", "+5.8%", "−1.2%")."""
+    if _missing(gain):
+        return "n/a"
+    rounded = round(gain) if abs(gain) >= 10 else round(gain, 1)
+    text = f"{abs(rounded):g}%"
+    return ("+" if rounded >= 0 else "−") + text
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return math.isnan(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
+# --------------------------------------------------------------------------- reading the run
+
+
+@dataclass
+class RunData:
+    """Everything the report reads, each ``None`` when its stage has not produced it."""
+
+    run: RunDir
+    config: dict[str, Any] | None
+    roles: dict[str, Any]
+    plan: dict[str, Any] | None
+    ledger: pd.DataFrame | None
+    cost: pd.DataFrame | None
+    summary: pd.DataFrame | None
+    coverage: pd.DataFrame | None
+    matched: pd.DataFrame | None
+    paradigms: pd.DataFrame | None
+    problems: dict[str, int]
+    figures: list[Path]
+    stages: dict[str, Any]
+
+    def label(self, role: str) -> str:
+        info = self.roles.get(role) or {}
+        return str(info.get("label") or info.get("model") or role.upper())
+
+    def role_of(self, model: str) -> str | None:
+        for role, info in self.roles.items():
+            if model in (info.get("key"), info.get("model"), info.get("path"), info.get("label")):
+                return role
+        return None
+
+
+def _read_parquet(path: Path) -> pd.DataFrame | None:
+    if not path.exists():
+        return None
+    return pd.read_parquet(path)
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise FileNotFoundError(f"{run.root}: no such run directory")
+    config = yaml.safe_load(run.study_path.read_text()) if run.study_path.exists() else None
+    roles_path = run.root / "roles.json"
+    roles = read_json(roles_path) if roles_path.exists() else {}
+    plan = read_json(run.plan_path) if run.plan_path.exists() else None
+    problems = {}
+    for split_file in sorted((run.root / "problems").glob("*.parquet")):
+        problems[split_file.stem] = int(pd.read_parquet(split_file, columns=["problem_id"]).shape[0])
+    metrics = run.metrics_dir
+    figures = sorted((metrics / "figures").glob("*.png")) if (metrics / "figures").is_dir() else []
+    return RunData(
+        run=run,
+        config=config,
+        roles=roles,
+        plan=plan,
+        ledger=_load_ledger(run),
+        cost=cost_by_budget(run, roles, plan),
+        summary=_read_parquet(metrics / "summary.parquet"),
+        coverage=_read_parquet(metrics / "coverage_curve.parquet"),
+        matched=_read_parquet(metrics / "compute_matched.parquet"),
+        paradigms=_read_parquet(metrics / "paradigms.parquet"),
+        problems=problems,
+        figures=figures,
+        stages=run.stage_state(),
+    )
+
+
+def _load_ledger(run: RunDir) -> pd.DataFrame | None:
+    if not run.ledger_path.exists() and not (run.root / "samples").is_dir():
+        return None
+    try:
+        from flopmatch.ledger import summarize_ledger
+    except ImportError:
+        return None
+    frame = summarize_ledger(run.root)
+    return frame if frame is not None and len(frame) else None
+
+
+def budgets_of(plan: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The plan's budgets, lowest first (each with at least ``se_samples`` and ``wc_samples``)."""
+    if not plan:
+        return []
+    return sorted(plan.get("budgets", []), key=lambda b: b["se_samples"])
+
+
+def cost_by_budget(run: RunDir, roles: dict[str, Any], plan: dict[str, Any] | None) -> pd.DataFrame | None:
+    """What each budget actually cost, from the sample tables: for WC the first ``wc_samples`` samples of
+    each problem, for SE the first ``se_samples``. Nominal FLOPs are 2·P·(generated tokens); seconds are
+    the measured wall time attributed to those samples."""
+    rows = []
+    tables: dict[str, pd.DataFrame] = {}
+    for role in ("wc", "se"):
+        info = roles.get(role) or {}
+        key = info.get("key")
+        if not key:
+            continue
+        directory = run.root / "samples" / key
+        table = read_shards(directory, columns=None)
+        if table.num_rows == 0:
+            continue
+        frame = table.to_pandas()
+        keep = [c for c in ("problem_id", "sample_idx", "completion_tokens", "prompt_tokens", "seconds") if c in frame]
+        tables[role] = frame[keep]
+    if not tables:
+        return None
+    for budget in budgets_of(plan):
+        for role, count_key in (("wc", "wc_samples"), ("se", "se_samples")):
+            frame = tables.get(role)
+            if frame is None:
+                continue
+            used = frame[frame["sample_idx"] < int(budget[count_key])]
+            params = float((roles.get(role) or {}).get("params") or float("nan"))
+            tokens = float(used["completion_tokens"].sum()) if "completion_tokens" in used else float("nan")
+            rows.append(
+                {
+                    "budget_se_samples": int(budget["se_samples"]),
+                    "role": role,
+                    "samples_per_problem": int(budget[count_key]),
+                    "samples": int(len(used)),
+                    "completion_tokens": tokens,
+                    "mean_tokens": tokens / len(used) if len(used) else float("nan"),
+                    "nominal_flops": 2.0 * params * tokens,
+                    "planned_flops": float(budget.get(f"{role}_flops") or float("nan")),
+                    "seconds": float(used["seconds"].sum()) if "seconds" in used else float("nan"),
+                }
+            )
+    return pd.DataFrame(rows) if rows else None
+
+
+# --------------------------------------------------------------------------- the verdict
+
+
+def _budget_name(budgets: Sequence[dict[str, Any]], se_samples: int) -> str:
+    budget = next((b for b in budgets if int(b["se_samples"]) == int(se_samples)), None)
+    ratio = f"SE {se_samples} vs WC {budget['wc_samples']}" if budget else f"SE {se_samples}"
+    if len(budgets) == 2:
+        which = "low" if int(se_samples) == int(budgets[0]["se_samples"]) else "high"
+        return f"the {which} budget ({ratio})"
+    return f"budget {ratio}"
+
+
+def _budget_short(budgets: Sequence[dict[str, Any]], se_samples: int) -> str:
+    """A compact budget label for table cells: "1 vs 3 (low)"."""
+    budget = next((b for b in budgets if int(b["se_samples"]) == int(se_samples)), None)
+    text = f"{se_samples} vs {budget['wc_samples']}" if budget else f"SE {se_samples}"
+    if len(budgets) == 2:
+        text += " (low)" if int(se_samples) == int(budgets[0]["se_samples"]) else " (high)"
+    return text
+
+
+PARADIGM_NAMES = {
+    "knowledge_distillation": "knowledge distillation",
+    "self_improvement": "WC self-improvement",
+    "weak_to_strong": "weak-to-strong",
+}
+
+
+def headline_metric(paradigms: pd.DataFrame) -> str:
+    metrics = list(dict.fromkeys(paradigms["metric"]))
+    return "pass@1" if "pass@1" in metrics else metrics[0]
+
+
+def paradigm_comparisons(paradigms: pd.DataFrame | None) -> pd.DataFrame | None:
+    """One row per (paradigm, budget, metric): SE-data, WC-data and number-matched scores with intervals
+    and the relative gain of WC data over SE data."""
+    if paradigms is None or paradigms.empty:
+        return None
+    rows = []
+    for (paradigm, budget, metric), group in paradigms.groupby(
+        ["paradigm", "budget_se_samples", "metric"], sort=False
+    ):
+        by_data = {row["data"]: row for _, row in group.iterrows()}
+        se, wc, nm = by_data.get("se"), by_data.get("wc"), by_data.get("wc_number_matched")
+
+        def val(row: Any, col: str) -> float:
+            return float(row[col]) if row is not None and col in row and not _missing(row[col]) else float("nan")
+
+        rows.append(
+            {
+                "paradigm": paradigm,
+                "budget_se_samples": int(budget),
+                "metric": metric,
+                "student": str(group["student"].iloc[0]),
+                "se": val(se, "value"),
+                "se_low": val(se, "ci_low"),
+                "se_high": val(se, "ci_high"),
+                "wc": val(wc, "value"),
+                "wc_low": val(wc, "ci_low"),
+                "wc_high": val(wc, "ci_high"),
+                "nm": val(nm, "value"),
+                "base": val(by_data.get("base"), "value"),
+                "gain": relative_gain(val(wc, "value"), val(se, "value")),
+                "nm_gain": relative_gain(val(nm, "value"), val(se, "value")),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def compute_verdict(data: RunData) -> list[str]:
+    """Short sentences that follow from the tables: dataset quality per budget, paradigm wins per
+    budget, the number-matched control and the cost caveat. Empty when nothing has run."""
+    lines: list[str] = []
+    budgets = budgets_of(data.plan)
+    if data.matched is not None and not data.matched.empty:
+        for budget_se, group in data.matched.groupby("budget_se_samples", sort=True):
+            texts = [str(t) for t in group["relative_text"] if isinstance(t, str) and t]
+            if texts:
+                lines.append(
+                    f"Compute-matched at {_budget_name(budgets, int(budget_se))}, WC data vs SE data: "
+                    + ", ".join(texts)
+                    + "."
+                )
+    comparisons = paradigm_comparisons(data.paradigms)
+    if comparisons is not None:
+        metric = headline_metric(data.paradigms)
+        head = comparisons[comparisons["metric"] == metric]
+        for budget_se, group in head.groupby("budget_se_samples", sort=True):
+            group = group.dropna(subset=["wc", "se"])
+            if group.empty:
+                continue
+            wins = group[group["wc"] > group["se"]]
+            clear = wins[wins["wc_low"] > wins["se_high"]]
+            parts = ", ".join(
+                f"{PARADIGM_NAMES.get(r.paradigm, r.paradigm)} {fmt_gain(r.gain)}" for r in group.itertuples()
+            )
+            sentence = (
+                f"WC data beat SE data in {len(wins)} of {len(group)} paradigm{'s' * (len(group) != 1)} "
+                f"at {_budget_name(budgets, int(budget_se))} ({metric}: {parts})"
+            )
+            if len(wins):
+                sentence += (
+                    f"; {len(clear)} of those win{'s' * (len(clear) == 1)} with non-overlapping 95% intervals"
+                    if len(clear)
+                    else "; every win is within the 95% intervals (not significant at this size)"
+                )
+            lines.append(sentence + ".")
+        nm = head.dropna(subset=["nm", "wc", "se"])
+        if not nm.empty:
+            below = int((nm["nm"] < nm["wc"]).sum())
+            lines.append(
+                f"Number-matched control (WC data cut to SE's sample count): it scored below compute-matched "
+                f"WC data in {below} of {len(nm)} comparison{'s' * (len(nm) != 1)} "
+                f"({'the extra samples are what helps' if below * 2 > len(nm) else 'the extra samples did not clearly help'})."
+            )
+    if data.cost is not None and not data.cost.empty:
+        for budget_se, group in data.cost.groupby("budget_se_samples", sort=True):
+            by_role = {r["role"]: r for _, r in group.iterrows()}
+            if "wc" in by_role and "se" in by_role:
+                wc, se = by_role["wc"], by_role["se"]
+                flops_ratio = wc["nominal_flops"] / se["nominal_flops"] if se["nominal_flops"] else float("nan")
+                secs_ratio = wc["seconds"] / se["seconds"] if se["seconds"] else float("nan")
+                if not (_missing(flops_ratio) or _missing(secs_ratio)):
+                    agree = abs(math.log(secs_ratio / flops_ratio)) < math.log(1.25)
+                    lines.append(
+                        f"Cost at {_budget_name(budgets, int(budget_se))}: WC/SE nominal FLOPs {flops_ratio:.2f}×, "
+                        f"measured seconds {secs_ratio:.2f}× — "
+                        + ("nominal and measured cost agree within 25%." if agree else "nominal FLOPs and measured cost disagree.")
+                    )
+                break  # one budget is enough to make the point; the table has all of them
+    return lines
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _study_section(data: RunData) -> Section:
+    blocks: list[Any] = []
+    cfg = data.config or {}
+    if cfg.get("description"):
+        blocks.append(Text(str(cfg["description"])))
+    rows = []
+    for role, name in (("wc", "weak-cheap (WC)"), ("se", "strong-expensive (SE)"), ("student", "KD student")):
+        info = data.roles.get(role)
+        if not info:
+            continue
+        rows.append([name, data.label(role), str(info.get("model", "")), fmt_params(info.get("params")),
+                     str(info.get("params_source", ""))])
+    if rows:
+        blocks.append(Table(["role", "model", "reference", "parameters", "parameter count from"], rows, numeric={3}))
+    if data.problems:
+        problems = cfg.get("problems", {})
+        rows = []
+        for split, count in data.problems.items():
+            spec = problems.get(split) or {}
+            origin = spec.get("source") or ("held out from sample" if spec.get("holdout") else "")
+            rows.append([split, origin, f"{count:,}"])
+        blocks.append(Table(["split", "source", "problems"], rows, numeric={2}))
+    return Section("Study", blocks)
+
+
+def _plan_section(data: RunData) -> Section:
+    budgets = budgets_of(data.plan)
+    if not budgets:
+        return Section("Budget plan", [Text("The plan stage has not run.", "note")])
+    plan = data.plan or {}
+    mode = plan.get("mode", "flops")
+    rows = []
+    for b in budgets:
+        se_f, wc_f = b.get("se_flops"), b.get("wc_flops")
+        mismatch = (float(wc_f) / float(se_f) - 1) * 100 if not (_missing(se_f) or _missing(wc_f)) and se_f else float("nan")
+        rows.append(
+            [str(b["se_samples"]), str(b["wc_samples"]), fmt_flops(se_f), fmt_flops(wc_f),
+             "–" if _missing(mismatch) else f"{mismatch:+.1f}%"]
+        )
+    intro = {
+        "flops": "Compute-matched: a generated token costs 2·P FLOPs, so WC gets P_SE/P_WC times SE's samples.",
+        "price": "Price-matched: WC gets (SE price / WC price) times SE's samples.",
+        "number": "Number-matched (the control): both models get the same number of samples.",
+        "measured": "Matched on measured cost (tokens/s or seconds per sample).",
+    }.get(str(mode), f"Mode: {mode}.")
+    return Section(
+        "Budget plan",
+        [
+            Text(intro + (f" Rounding: {plan['rounding']}." if plan.get("rounding") else "")),
+            Table(["SE samples / problem", "WC samples / problem", "SE FLOPs (planned)", "WC FLOPs (planned)",
+                   "WC − SE"], rows, caption="Planned FLOPs assume the plan's mean solution length.",
+                  numeric={0, 1, 2, 3, 4}),
+        ],
+    )
+
+
+def _cost_section(data: RunData) -> Section:
+    blocks: list[Any] = []
+    if data.ledger is not None:
+        ledger = data.ledger
+        rows = []
+        for _, r in ledger.iterrows():
+            model = str(r.get("model", ""))
+            role = data.role_of(model)
+            name = data.label(role) if role else model
+            rows.append(
+                [name, fmt_num(r.get("samples")), fmt_num(r.get("prompt_tokens")), fmt_num(r.get("completion_tokens")),
+                 fmt_seconds(r.get("seconds")), fmt_num(r.get("tokens_per_second", r.get("tokens/s")), 1),
+                 fmt_flops(r.get("nominal_flops"))]
+            )
+        blocks.append(
+            Table(["model", "samples", "prompt tokens", "generated tokens", "wall time", "generated tok/s",
+                   "nominal FLOPs"], rows, caption="The sampling ledger: everything each model generated.",
+                  numeric={1, 2, 3, 4, 5, 6})
+        )
+    if data.cost is not None:
+        budgets = budgets_of(data.plan)
+        rows = []
+        for budget_se, group in data.cost.groupby("budget_se_samples", sort=True):
+            by_role = {r["role"]: r for _, r in group.iterrows()}
+            for role in ("se", "wc"):
+                if role not in by_role:
+                    continue
+                r = by_role[role]
+                rows.append([_budget_short(budgets, int(budget_se)), data.label(role), str(r["samples_per_problem"]),
+                             fmt_num(r["mean_tokens"], 1), fmt_flops(r["nominal_flops"]), fmt_seconds(r["seconds"])])
+            if "wc" in by_role and "se" in by_role:
+                wc, se = by_role["wc"], by_role["se"]
+                rows.append(["", "**WC / SE**", "", _ratio(wc["mean_tokens"], se["mean_tokens"]),
+                             _ratio(wc["nominal_flops"], se["nominal_flops"]), _ratio(wc["seconds"], se["seconds"])])
+        blocks.append(
+            Table(["budget (SE vs WC)", "model", "samples / problem", "mean tokens / solution", "nominal FLOPs (2·P·tokens)",
+                   "measured wall time"], rows,
+                  caption="Nominal FLOPs count generated tokens at 2·P each; wall time is what the engine took. "
+                  "The paper matches the first; a WC/SE ratio far from 1 in the second means the match did "
+                  "not hold on this hardware.", numeric={2, 3, 4, 5})
+        )
+    if not blocks:
+        blocks.append(Text("Sampling has not run.", "note"))
+    return Section("Cost: nominal FLOPs vs measured seconds", blocks)
+
+
+def _ratio(a: Any, b: Any) -> str:
+    if _missing(a) or _missing(b) or float(b) == 0:
+        return "–"
+    return f"**{float(a) / float(b):.2f}×**"
+
+
+RATE_METRICS = {"coverage", "fpr", "fpr_judge", "fpr_exact", "fpr_human", "accuracy"}
+
+
+def _metric_value(metric: str, value: Any) -> str:
+    if metric in RATE_METRICS or metric.startswith("fpr"):
+        return fmt_pct(value)
+    return "–" if _missing(value) else f"{float(value):.2f}"
+
+
+def _metric_ci(metric: str, low: Any, high: Any) -> str:
+    return fmt_ci(low, high, pct=metric in RATE_METRICS or metric.startswith("fpr"))
+
+
+def _metric_label(metric: str, k: Any = None) -> str:
+    labels = {"coverage": "coverage", "diversity": "diversity", "diversity_near_dup": "near-dup diversity",
+              "fpr": "FPR", "fpr_judge": "FPR (judge)", "fpr_exact": "FPR (exact)", "fpr_human": "FPR (human)"}
+    label = labels.get(metric, metric)
+    return f"{label}@{int(k)}" if not _missing(k) and metric.startswith(("coverage", "diversity")) else label
+
+
+def _quality_section(data: RunData) -> Section:
+    blocks: list[Any] = []
+    budgets = budgets_of(data.plan)
+    if data.matched is not None and not data.matched.empty:
+        rows = []
+        summary = data.summary
+        for _, r in data.matched.sort_values(["budget_se_samples"]).iterrows():
+            metric = str(r["metric"])
+            cis = _cis_for(summary, int(r["budget_se_samples"]), metric)
+            rows.append(
+                [_budget_short(budgets, int(r["budget_se_samples"])), _metric_label(metric, r.get("k")),
+                 _metric_value(metric, r["se_value"]), cis.get("se", "–"),
+                 _metric_value(metric, r["wc_value"]), cis.get("wc", "–"), f"**{r['relative_text']}**"]
+            )
+        blocks.append(
+            Table(["budget (SE vs WC)", "metric", "SE", "SE 95% CI", "WC", "WC 95% CI", "WC vs SE"], rows,
+                  caption="Each model at its compute-matched sample count; intervals are bootstrap over problems "
+                  "(Wilson for FPR). Relative changes in the paper's format: % for coverage and diversity, "
+                  "points for FPR.", numeric={2, 3, 4, 5})
+        )
+    else:
+        blocks.append(Text("Metrics have not been computed (`analyze` stage).", "note"))
+    for fig in data.figures:
+        blocks.append(Figure(fig, _figure_caption(fig)))
+    return Section("Dataset quality: coverage, diversity, false positives", blocks)
+
+
+def _cis_for(summary: pd.DataFrame | None, budget_se: int, metric: str) -> dict[str, str]:
+    if summary is None or summary.empty:
+        return {}
+    rows = summary[(summary["budget_se_samples"] == budget_se) & (summary["metric"] == metric)]
+    if "group" in rows:
+        rows = rows[rows["group"].isin(["all", None]) | rows["group"].isna()]
+    out = {}
+    for _, r in rows.iterrows():
+        out[str(r["role"])] = _metric_ci(metric, r["ci_low"], r["ci_high"])
+    return out
+
+
+def _figure_caption(path: Path) -> str:
+    name = path.stem.replace("_", " ").replace("-", " ")
+    captions = {
+        "coverage": "coverage@k against k for each model, with 95% bands",
+        "diversity": "diversity@k: unique correct solutions per problem among k samples",
+        "fpr": "false-positive rate with 95% intervals",
+    }
+    for key, text in captions.items():
+        if key in path.stem:
+            return text[0].upper() + text[1:] + "."
+    return name[0].upper() + name[1:] + "."
+
+
+def _fpr_section(data: RunData) -> Section:
+    summary = data.summary
+    if summary is None or summary.empty:
+        return Section("False-positive rate", [Text("Metrics have not been computed.", "note")])
+    fpr = summary[summary["metric"].astype(str).str.startswith("fpr")]
+    if "group" in fpr:
+        fpr = fpr[fpr["group"].isna() | (fpr["group"] == "all")]
+    if fpr.empty:
+        return Section("False-positive rate", [Text("No solutions were judged (the judge stage is off or found "
+                                                   "no answer-correct solutions).", "note")])
+    fpr = fpr.drop_duplicates(subset=["model", "metric"])
+    rows = []
+    for _, r in fpr.sort_values(["metric", "role"]).iterrows():
+        source = {"fpr_exact": "exact step checker", "fpr_judge": "LLM judge", "fpr_human": "human labels"}.get(
+            str(r["metric"]), str(r["metric"]))
+        rows.append([data.label(str(r["role"])), source, fmt_pct(r["value"]), fmt_ci(r["ci_low"], r["ci_high"]),
+                     fmt_num(r.get("n_problems"))])
+    return Section(
+        "False-positive rate",
+        [Text("Share of answer-correct solutions whose reasoning is wrong (right answer, wrong steps). The exact "
+              "checker is ground truth where the world allows it; a judge is an estimate."),
+         Table(["model", "verdicts from", "FPR", "95% CI", "judged"], rows, numeric={2, 3, 4})],
+    )
+
+
+def _levels_section(data: RunData) -> Section | None:
+    summary = data.summary
+    if summary is None or summary.empty or "group" not in summary:
+        return None
+    groups = summary[summary["group"].notna() & (summary["group"] != "all")]
+    groups = groups[groups["metric"] == "coverage"]
+    if groups.empty:
+        return None
+    budgets = budgets_of(data.plan)
+    rows = []
+    for (budget_se, group_name), g in groups.groupby(["budget_se_samples", "group"], sort=True):
+        by_role = {str(r["role"]): r for _, r in g.iterrows()}
+        se, wc = by_role.get("se"), by_role.get("wc")
+        if se is None or wc is None:
+            continue
+        rows.append([_budget_short(budgets, int(budget_se)), str(group_name), fmt_num(wc.get("n_problems")),
+                     f"{fmt_pct(se['value'])} {fmt_ci(se['ci_low'], se['ci_high'])}",
+                     f"{fmt_pct(wc['value'])} {fmt_ci(wc['ci_low'], wc['ci_high'])}",
+                     fmt_gain(relative_gain(wc["value"], se["value"]))])
+    if not rows:
+        return None
+    return Section("Coverage by level and subject",
+                   [Table(["budget (SE vs WC)", "group", "problems", "SE coverage [95% CI]", "WC coverage [95% CI]",
+                           "WC vs SE"], rows, numeric={2, 5})])
+
+
+def _paradigm_section(data: RunData, figures_dir: Path | None) -> Section:
+    comparisons = paradigm_comparisons(data.paradigms)
+    if comparisons is None:
+        return Section("Fine-tuning paradigms", [Text("Training is off for this study, or has not run yet "
+                                                      "(`training.enabled`).", "note")])
+    budgets = budgets_of(data.plan)
+    metric = headline_metric(data.paradigms)
+    blocks: list[Any] = [
+        Text(f"Each student is fine-tuned once on SE data and once on WC data of the same budget and evaluated "
+             f"on the test split. Gains are relative, as in the paper: (WC − SE) / SE. Headline metric: {metric}.")
+    ]
+    rows = []
+    has_nm = comparisons["nm"].notna().any()
+    has_base = comparisons["base"].notna().any()
+    for r in comparisons[comparisons["metric"] == metric].itertuples():
+        row = [PARADIGM_NAMES.get(r.paradigm, r.paradigm), _budget_short(budgets, r.budget_se_samples), r.student]
+        if has_base:
+            row.append(fmt_pct(r.base))
+        row += [f"{fmt_pct(r.se)} {fmt_ci(r.se_low, r.se_high)}", f"{fmt_pct(r.wc)} {fmt_ci(r.wc_low, r.wc_high)}"]
+        if has_nm:
+            row.append(fmt_pct(r.nm))
+        row.append(f"**{fmt_gain(r.gain)}**")
+        rows.append(row)
+    columns = ["paradigm", "budget (SE vs WC)", "student"] + (["before fine-tuning"] if has_base else []) + [
+        "SE data [95% CI]", "WC data [95% CI]"] + (["WC number-matched"] if has_nm else []) + ["WC vs SE"]
+    blocks.append(Table(columns, rows, numeric=set(range(3, len(columns)))))
+    other = comparisons[comparisons["metric"] != metric]
+    if not other.empty:
+        rows = [[PARADIGM_NAMES.get(r.paradigm, r.paradigm), _budget_short(budgets, r.budget_se_samples), r.metric,
+                 fmt_pct(r.se), fmt_pct(r.wc), fmt_gain(r.gain)] for r in other.itertuples()]
+        blocks.append(Table(["paradigm", "budget (SE vs WC)", "metric", "SE data", "WC data", "WC vs SE"], rows,
+                            caption="Other evaluation metrics (maj@k and pass@k at temperature).", numeric={3, 4, 5}))
+    if figures_dir is not None:
+        fig = _paradigm_figure(comparisons[comparisons["metric"] == metric], budgets, metric, figures_dir)
+        if fig is not None:
+            blocks.append(Figure(fig, f"{metric} of each student fine-tuned on SE vs WC data, with 95% intervals."))
+    return Section("Fine-tuning paradigms", blocks)
+
+
+def _paradigm_figure(comparisons: pd.DataFrame, budgets: list[dict[str, Any]], metric: str, out_dir: Path) -> Path | None:
+    if comparisons.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [f"{PARADIGM_NAMES.get(r.paradigm, r.paradigm)}\nSE {r.budget_se_samples}" for r in comparisons.itertuples()]
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(labels) + 2), 3.6), dpi=120)
+    for offset, (col, name, color) in enumerate((("se", "SE data", "#c0504d"), ("wc", "WC data", "#2f6fb0"))):
+        values = comparisons[col].to_numpy(dtype=float)
+        low = comparisons[f"{col}_low"].to_numpy(dtype=float)
+        high = comparisons[f"{col}_high"].to_numpy(dtype=float)
+        err = np.vstack([np.nan_to_num(values - low), np.nan_to_num(high - values)])
+        ax.bar(x + (offset - 0.5) * 0.38, values * 100, 0.38, yerr=err * 100, capsize=3, label=name, color=color)
+    if comparisons["nm"].notna().any():
+        ax.scatter(x, comparisons["nm"].to_numpy(dtype=float) * 100, marker="D", color="#333", zorder=3,
+                   label="WC number-matched")
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel(f"{metric} (%)")
+    ax.legend(fontsize=8, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "paradigms.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _stages_section(data: RunData) -> Section:
+    rows = []
+    for name, entry in data.stages.items():
+        if ":" in name:
+            continue  # per-job sub-stages (one per training run) stay out of the overview
+        seconds = entry.get("seconds")
+        finished = entry.get("finished_at")
+        rows.append([name, str(entry.get("status", "")), fmt_seconds(seconds),
+                     time.strftime("%Y-%m-%d %H:%M", time.localtime(finished)) if finished else "–"])
+    if not rows:
+        return Section("Stages", [Text("No stage has run.", "note")])
+    return Section("Stages", [Table(["stage", "status", "took", "finished"], rows, numeric={2})])
+
+
+def build_document(data: RunData, figures_dir: Path | None = None) -> Report:
+    cfg = data.config or {}
+    title = f"flopmatch study: {cfg.get('name', data.run.root.name)}"
+    subtitle = f"{data.label('wc')} (WC) vs {data.label('se')} (SE)" if data.roles else ""
+    sections = [_study_section(data), _plan_section(data), _cost_section(data), _quality_section(data),
+                _fpr_section(data)]
+    levels = _levels_section(data)
+    if levels is not None:
+        sections.append(levels)
+    sections.append(_paradigm_section(data, figures_dir))
+    sections.append(_stages_section(data))
+    return Report(title=title, subtitle=subtitle, sections=sections, verdict=compute_verdict(data),
+                  generated=time.strftime("%Y-%m-%d %H:%M"))
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: Report, figure_href: dict[Path, str]) -> str:
+    out = [f"# {report.title}", ""]
+    if report.subtitle:
+        out += [f"**{report.subtitle}** · generated {report.generated}", ""]
+    out += ["## Verdict", ""]
+    out += [f"- {line}" for line in report.verdict] or ["_Nothing to conclude yet: no metrics have been computed._"]
+    out.append("")
+    for section in report.sections:
+        out += [f"## {section.title}", ""]
+        for block in section.blocks:
+            if isinstance(block, Text):
+                out += [f"_{block.text}_" if block.kind == "note" else block.text, ""]
+            elif isinstance(block, Bullets):
+                out += [f"- {item}" for item in block.items] + [""]
+            elif isinstance(block, Table):
+                out.append("| " + " | ".join(_md_cell(c) for c in block.columns) + " |")
+                out.append("|" + "|".join("---:" if i in block.numeric else "---" for i in range(len(block.columns))) + "|")
+                out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+                out += ([f"", f"_{block.caption}_"] if block.caption else []) + [""]
+            elif isinstance(block, Figure):
+                out += [f"![{block.caption}]({figure_href[block.path]})", "", f"_{block.caption}_", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------- HTML
+
+_CSS = """
+:root { --ink:#1d2330; --muted:#5b6474; --line:#e3e6ec; --wc:#2f6fb0; --se:#c0504d; --bg:#fbfbfd; }
+* { box-sizing: border-box; }
+body { margin:0; font: 15px/1.55 -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color:var(--ink); background:var(--bg); }
+main { max-width: 1120px; margin: 0 auto; padding: 32px 28px 64px; }
+header { border-bottom: 1px solid var(--line); margin-bottom: 20px; padding-bottom: 14px; }
+h1 { font-size: 26px; margin: 0 0 4px; }
+.sub { color: var(--muted); }
+nav { margin-top: 10px; font-size: 13px; }
+nav a { color: var(--muted); margin-right: 14px; text-decoration: none; }
+nav a:hover { color: var(--ink); }
+h2 { font-size: 19px; margin: 34px 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
+.verdict { background: #eef4fb; border-left: 4px solid var(--wc); padding: 12px 18px; border-radius: 6px; }
+.verdict h2 { border: 0; margin: 0 0 6px; }
+.verdict ul { margin: 0; padding-left: 20px; }
+.verdict li { margin: 4px 0; }
+.note { color: var(--muted); font-style: italic; }
+table { border-collapse: collapse; width: 100%; margin: 8px 0 4px; font-size: 13.5px; background: #fff; }
+th, td { padding: 6px 10px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+th { background: #f3f5f8; font-weight: 600; font-size: 12.5px; color: #3a4252; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tbody tr:hover { background: #f7f9fc; }
+.caption { color: var(--muted); font-size: 12.5px; margin: 2px 0 14px; }
+figure { margin: 14px 0; background:#fff; border:1px solid var(--line); border-radius: 6px; padding: 10px; }
+figure img { max-width: min(100%, 860px); display: block; margin: 0 auto; }
+figcaption { color: var(--muted); font-size: 12.5px; text-align: center; margin-top: 6px; }
+.figs { display: grid; grid-template-columns: repeat(auto-fit, minmax(440px, 1fr)); gap: 14px; }
+code { background: #f0f2f5; padding: 1px 4px; border-radius: 3px; font-size: 90%; }
+details { margin-top: 8px; } pre { background:#f6f7f9; padding: 12px; overflow-x: auto; font-size: 12.5px; }
+footer { color: var(--muted); font-size: 12px; margin-top: 40px; }
+"""
+
+
+def _inline(text: str) -> str:
+    """Escape, then honour **bold** and `code`."""
+    escaped = html.escape(str(text))
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
+
+
+def _html_table(table: Table) -> str:
+    def cls(i: int) -> str:
+        return ' class="num"' if i in table.numeric else ""
+
+    head = "".join(f"<th{cls(i)}>{_inline(c)}</th>" for i, c in enumerate(table.columns))
+    body = "".join(
+        "<tr>" + "".join(f"<td{cls(i)}>{_inline(c)}</td>" for i, c in enumerate(row)) + "</tr>" for row in table.rows
+    )
+    caption = f'<p class="caption">{_inline(table.caption)}</p>' if table.caption else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{caption}"
+
+
+def _html_figure(figure: Figure) -> str:
+    data = base64.b64encode(figure.path.read_bytes()).decode("ascii")
+    return (f'<figure><img alt="{html.escape(figure.caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_inline(figure.caption)}</figcaption></figure>")
+
+
+def render_html(report: Report, config_text: str | None = None) -> str:
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>{html.escape(report.title)}</title><style>{_CSS}</style></head><body><main>",
+        f"<header><h1>{html.escape(report.title)}</h1>",
+        f"<div class='sub'>{html.escape(report.subtitle)} · generated {html.escape(report.generated)}</div>",
+        "<nav>" + "".join(f"<a href='#{s.anchor}'>{html.escape(s.title.split(':')[0])}</a>" for s in report.sections)
+        + "</nav></header>",
+        "<section class='verdict'><h2>Verdict</h2>",
+    ]
+    if report.verdict:
+        parts.append("<ul>" + "".join(f"<li>{_inline(line)}</li>" for line in report.verdict) + "</ul>")
+    else:
+        parts.append("<p class='note'>Nothing to conclude yet: no metrics have been computed.</p>")
+    parts.append("</section>")
+    for section in report.sections:
+        parts.append(f"<section id='{section.anchor}'><h2>{html.escape(section.title)}</h2>")
+        figures: list[Figure] = []
+        for block in section.blocks:
+            if isinstance(block, Figure):
+                figures.append(block)
+                continue
+            if figures:
+                parts.append("<div class='figs'>" + "".join(_html_figure(f) for f in figures) + "</div>")
+                figures = []
+            if isinstance(block, Text):
+                parts.append(f"<p class='{block.kind}'>{_inline(block.text)}</p>")
+            elif isinstance(block, Bullets):
+                parts.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in block.items) + "</ul>")
+            elif isinstance(block, Table):
+                parts.append(_html_table(block))
+        if figures:
+            parts.append("<div class='figs'>" + "".join(_html_figure(f) for f in figures) + "</div>")
+        parts.append("</section>")
+    if config_text:
+        parts.append("<section id='config'><h2>Configuration</h2><details><summary>The resolved study.yaml</summary>"
+                     f"<pre>{html.escape(config_text)}</pre></details></section>")
+    parts.append("<footer>Made by flopmatch from the run directory's tables; rebuild with "
+                 "<code>flopmatch report RUN</code>.</footer></main></body></html>")
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    html: Path
+    markdown: Path
+    verdict: list[str]
+
+
+def build_report(run_dir: str | Path) -> ReportPaths:
+    """Write ``report/index.html`` (self-contained) and ``report/report.md`` (+ ``report/figures/``)."""
+    data = load_run(run_dir)
+    out = data.run.report_dir
+    figures_dir = out / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    report = build_document(data, figures_dir=figures_dir)
+    hrefs: dict[Path, str] = {}
+    for section in report.sections:
+        for block in section.blocks:
+            if isinstance(block, Figure):
+                target = figures_dir / block.path.name
+                if block.path.resolve() != target.resolve():
+                    shutil.copyfile(block.path, target)
+                hrefs[block.path] = f"figures/{block.path.name}"
+    config_text = data.run.study_path.read_text() if data.run.study_path.exists() else None
+    html_path = write_text(render_html(report, config_text), out / "index.html")
+    md_path = write_text(render_markdown(report, hrefs), out / "report.md")
+    return ReportPaths(html=html_path, markdown=md_path, verdict=report.verdict)
+
+
+def iter_blocks(report: Report) -> Iterable[Any]:
+    for section in report.sections:
+        yield from section.blocks
