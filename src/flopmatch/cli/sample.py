@@ -238,7 +238,6 @@ def ledger_command(
         return
     from rich.table import Table
 
-    table = Table(title=f"cost ledger — {run}", caption=FLOPS_CONVENTION)
     if sessions:
         columns = [
             "model",
@@ -249,24 +248,35 @@ def ledger_command(
             "samples",
             "completion_tokens",
             "seconds",
-            "nominal_flops",
         ]
+        table = Table(title=f"ledger sessions — {run}")
+        for column in columns:
+            table.add_column(
+                column.replace("_", " "), justify="left" if frame[column].dtype == object else "right"
+            )
+        for record in frame[columns].to_dict("records"):
+            table.add_row(*(_fmt(record[c]) for c in columns))
     else:
-        columns = ["model", "backend", "seeding", "sessions", "samples", "prompt_tokens", "completion_tokens",
-                   "truncated", "seconds", "tokens_per_second", "seconds_per_sample", "params", "nominal_flops"]  # fmt: skip
-    for column in columns:
-        table.add_column(
-            column.replace("_", " "), justify="left" if frame[column].dtype == object else "right"
-        )
-    for record in frame[columns].to_dict("records"):
-        table.add_row(*(_fmt(record[c]) for c in columns))
+        # Transposed (a column per model): a study has two or three models and many figures.
+        table = Table(title=f"cost ledger — {run}", caption=FLOPS_CONVENTION)
+        table.add_column("")
+        records = frame.to_dict("records")
+        for record in records:
+            table.add_column(str(record["model"]), justify="right", overflow="fold")
+        for field in [c for c in frame.columns if c != "model"]:
+            table.add_row(field.replace("_", " "), *(_fmt(r[field]) for r in records))
     console.print(table)
 
 
 def _fmt(value: Any) -> str:
+    import numbers
+
     if value is None:
         return "-"
-    if isinstance(value, float):
+    if isinstance(value, numbers.Integral):
+        return f"{int(value):,}"
+    if isinstance(value, numbers.Real):
+        value = float(value)
         if value != value:  # NaN
             return "-"
         return f"{value:.3g}" if abs(value) >= 1e6 else f"{value:,.2f}"
