@@ -24,6 +24,7 @@ distributions in one sample set.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -252,7 +253,9 @@ def sample(
     samples_dir.mkdir(parents=True, exist_ok=True)
 
     with _sampling_lock(samples_dir):
-        prompt_of, prompt_record = _prompt_builder(problems, prompt)
+        prompt_of, prompt_record, prompt_stops = _prompt_builder(problems, prompt)
+        if prompt_stops and not params.stop:
+            params = dataclasses.replace(params, stop=prompt_stops)
         _check_config(samples_dir, params=params, prompt=prompt_record)
 
         existing = store.read_shards(samples_dir, schema=SAMPLE_SCHEMA)
@@ -378,13 +381,12 @@ def sample_plan(
 
     Budgets nest (a budget's samples are the first ones of any larger budget), so one call per model
     with the maximum ``wc_samples`` / ``se_samples`` over the plan's budgets draws every budget.
-    ``options`` go to ``sample`` (params, prompt, replicas, budget_seconds, progress, ...); a spec's
-    ``params`` (if set) overrides its parameter count.
+    ``options`` go to ``sample`` (params, prompt, replicas, budget_seconds, progress, ...). The
+    parameter count recorded in the ledger is the spec's ``params`` if set, else the plan's (so the
+    ledger's nominal FLOPs use the P the plan was made with).
     """
     if "params_count" in options:
-        raise TypeError(
-            "sample_plan takes parameter counts from the model specs (`params`), not params_count"
-        )
+        raise TypeError("sample_plan takes parameter counts from the specs or the plan, not params_count")
     if not plan.budgets:
         raise ValueError("the plan has no budgets")
     counts = {
@@ -393,9 +395,15 @@ def sample_plan(
     }
     out: dict[str, SampleSummary] = {}
     for role, spec in (("wc", wc), ("se", se)):
+        side = getattr(plan, role)
         if counts[role] < 1:
             raise ValueError(f"the plan asks for no {role.upper()} samples")
-        spec_params = getattr(spec, "params", None)
+        if model_key(side.name) != model_key(spec.model):
+            log.warning(
+                "the plan's %s model is %r but %r is being sampled: the budgets were matched for the former",
+                role.upper(), side.name, spec.model,
+            )  # fmt: skip
+        params_count = getattr(spec, "params", None) or side.params
         out[role] = sample(
             run_dir,
             model=spec.model,
@@ -403,7 +411,7 @@ def sample_plan(
             samples_per_problem=counts[role],
             backend=spec.backend,
             backend_options=dict(spec.backend_options or {}),
-            params_count=int(spec_params) if spec_params else None,
+            params_count=int(params_count) if params_count else None,
             **options,
         )
     return out
@@ -440,18 +448,19 @@ def _column_sum(table: pa.Table, column: str) -> int:
 
 
 def _prompt_builder(problems: Sequence[Problem], prompt: PromptConfig | None):
-    """A problem -> prompt function and the prompt settings to record (per dataset when defaulted)."""
-    from flopmatch.prompts import build_prompt, default_prompt_config
+    """A problem -> prompt function, the resolved prompt settings per dataset (to record), and the
+    stop strings the prompt style needs (a plain few-shot prompt invites the model to go on)."""
+    from flopmatch.prompts import build_prompt, resolve, stop_sequences
 
-    if prompt is not None:
-        return (lambda problem: build_prompt(problem, prompt)), _plain(prompt)
     configs: dict[str, Any] = {}
     for problem in problems:
         if problem.dataset not in configs:
-            configs[problem.dataset] = default_prompt_config(problem.dataset)
-    return (lambda problem: build_prompt(problem, configs[problem.dataset])), {
-        name: _plain(cfg) for name, cfg in sorted(configs.items())
-    }
+            configs[problem.dataset] = resolve(prompt, problem.dataset)
+    stops: list[str] = []
+    for config in configs.values():
+        stops += [s for s in stop_sequences(config) if s not in stops]
+    record = {name: _plain(cfg) for name, cfg in sorted(configs.items())}
+    return (lambda problem: build_prompt(problem, configs[problem.dataset])), record, tuple(stops)
 
 
 def _check_config(samples_dir: Path, *, params: SamplingParams, prompt: Any) -> None:

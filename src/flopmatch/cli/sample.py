@@ -104,7 +104,8 @@ def sample_command(
 
     Only the (problem, sample) pairs not yet on disk are generated, each with a seed derived from
     (model, problem_id, sample_idx), so a smaller budget's samples are a prefix of a larger one's.
-    With `--plan` (or `--wc`/`--se`), both models are sampled for the plan's largest budget.
+    With `--plan` (or `--wc`/`--se`: the plan in RUN/plan.json), both models are sampled for the
+    plan's largest budget; the models default to the plan's.
     """
     from flopmatch.backends.base import SamplingParams
     from flopmatch.sampling import SamplingConfigMismatch, sample
@@ -130,8 +131,6 @@ def sample_command(
                 raise fail(
                     "give either --model/--samples-per-problem or a plan (--plan, --wc, --se), not both"
                 )
-            if not (wc and se):
-                raise fail("a plan needs both --wc and --se")
             summaries = _sample_with_plan(run, plan, wc, se, problem_list, common, params)
         else:
             if model is None or samples_per_problem is None:
@@ -154,25 +153,26 @@ def sample_command(
 
 
 def _sample_with_plan(run, plan_path, wc, se, problem_list, common, params_override):
+    """Both models of a plan, each for its largest budget; --wc/--se default to the plan's models."""
     from flopmatch.budget import BudgetPlan
     from flopmatch.sampling import sample_plan
     from flopmatch.store import RunDir
 
     if params_override:
-        raise fail(
-            "--params applies to one --model; with a plan, parameter counts come from the plan's models"
-        )
-    path = plan_path or RunDir(run).plan_path
-    if not Path(path).exists():
+        raise fail("--params applies to one --model; with a plan, parameter counts come from the plan")
+    path = Path(plan_path or RunDir(run).plan_path)
+    if not path.exists():
         raise fail(f"no budget plan at {path}: run `flopmatch plan` first or pass --plan")
     try:
-        budget_plan = BudgetPlan.from_json(Path(path).read_text(encoding="utf-8"))
-    except (ValueError, KeyError, TypeError) as exc:
+        budget_plan = BudgetPlan.from_json(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise fail(f"cannot read the budget plan {path}: {exc}") from exc
     backend = common.pop("backend")
     options = common.pop("backend_options")
     specs = {
-        role: _Spec(model=name, backend=backend, backend_options=dict(options), params=None)
+        role: _Spec(
+            model=name or getattr(budget_plan, role).name, backend=backend, backend_options=dict(options)
+        )
         for role, name in (("wc", wc), ("se", se))
     }
     out = sample_plan(run, budget_plan, wc=specs["wc"], se=specs["se"], problems=problem_list, **common)
@@ -180,9 +180,9 @@ def _sample_with_plan(run, plan_path, wc, se, problem_list, common, params_overr
 
 
 class _Spec:
-    """A minimal model spec for sample_plan (flopmatch.study.ModelSpec has the same fields)."""
+    """A model spec for sample_plan (flopmatch.study.ModelSpec has the same fields)."""
 
-    def __init__(self, *, model: str, backend: str, backend_options: dict, params: float | None):
+    def __init__(self, *, model: str, backend: str, backend_options: dict, params: float | None = None):
         self.model, self.backend, self.backend_options, self.params = model, backend, backend_options, params
 
 
