@@ -94,15 +94,21 @@ def test_budgets_are_sorted(tmp_path):
 def test_cross_field_rules(tmp_path):
     price = {**MINIMAL, "budget": {"mode": "price"}}
     assert "price_per_token" in _error(tmp_path, price)
-    kd = {**MINIMAL, "problems": {**MINIMAL["problems"], "test": {"source": "toyworld", "split": "test"}},
-          "training": {"enabled": True}}
+    kd = {
+        **MINIMAL,
+        "problems": {**MINIMAL["problems"], "test": {"source": "toyworld", "split": "test"}},
+        "training": {"enabled": True},
+    }
     assert "paradigms.student is not set" in _error(tmp_path, kd)
     no_test = {**MINIMAL, "training": {"enabled": True}, "paradigms": {"knowledge_distillation": False}}
     assert "problems.test is not set" in _error(tmp_path, no_test)
 
 
 def test_validation_split_is_holdout_or_source_not_both(tmp_path):
-    both = {**MINIMAL, "problems": {**MINIMAL["problems"], "validation": {"holdout": 5, "source": "toyworld"}}}
+    both = {
+        **MINIMAL,
+        "problems": {**MINIMAL["problems"], "validation": {"holdout": 5, "source": "toyworld"}},
+    }
     assert "either `holdout: N`" in _error(tmp_path, both)
     config = load_study_config(
         _write(tmp_path, {**MINIMAL, "problems": {**MINIMAL["problems"], "validation": {"holdout": 5}}})
@@ -131,9 +137,12 @@ def test_bad_name_is_rejected(tmp_path):
 def test_relative_paths_resolve_against_the_config_file(tmp_path):
     sub = tmp_path / "cfg"
     sub.mkdir()
-    data = {**MINIMAL, "run_dir": "../runs/x",
-            "problems": {"sample": {"source": "gsm8k", "data_file": "../data/train.jsonl"}},
-            "models": {"wc": {"model": "./models/wc"}, "se": {"model": "Qwen/Qwen2.5-1.5B"}}}
+    data = {
+        **MINIMAL,
+        "run_dir": "../runs/x",
+        "problems": {"sample": {"source": "gsm8k", "data_file": "../data/train.jsonl"}},
+        "models": {"wc": {"model": "./models/wc"}, "se": {"model": "Qwen/Qwen2.5-1.5B"}},
+    }
     config = load_study_config(_write(sub, data))
     assert config.problems.sample.data_file == str((tmp_path / "data" / "train.jsonl").resolve())
     assert config.run_dir == str((tmp_path / "runs" / "x").resolve())
@@ -150,7 +159,9 @@ def test_env_expansion_with_defaults_and_missing():
 
 
 def test_overrides_parse_yaml_values(tmp_path):
-    data = apply_overrides(MINIMAL, ["training.enabled=true", "budget.se_samples=[1,3]", "sampling.top_p=0.9"])
+    data = apply_overrides(
+        MINIMAL, ["training.enabled=true", "budget.se_samples=[1,3]", "sampling.top_p=0.9"]
+    )
     assert data["training"]["enabled"] is True and data["budget"]["se_samples"] == [1, 3]
     assert MINIMAL["training"]["enabled"] is False  # the input is not mutated
     config = load_study_config(_write(tmp_path, MINIMAL), overrides=["problems.sample.limit=3"])

@@ -268,7 +268,11 @@ def cost_by_budget(run: RunDir, roles: dict[str, Any], plan: dict[str, Any] | No
         if table.num_rows == 0:
             continue
         frame = table.to_pandas()
-        keep = [c for c in ("problem_id", "sample_idx", "completion_tokens", "prompt_tokens", "seconds") if c in frame]
+        keep = [
+            c
+            for c in ("problem_id", "sample_idx", "completion_tokens", "prompt_tokens", "seconds")
+            if c in frame
+        ]
         tables[role] = frame[keep]
     if not tables:
         return None
@@ -342,7 +346,9 @@ def paradigm_comparisons(paradigms: pd.DataFrame | None) -> pd.DataFrame | None:
         se, wc, nm = by_data.get("se"), by_data.get("wc"), by_data.get("wc_number_matched")
 
         def val(row: Any, col: str) -> float:
-            return float(row[col]) if row is not None and col in row and not _missing(row[col]) else float("nan")
+            return (
+                float(row[col]) if row is not None and col in row and not _missing(row[col]) else float("nan")
+            )
 
         rows.append(
             {
@@ -416,14 +422,20 @@ def compute_verdict(data: RunData) -> list[str]:
             by_role = {r["role"]: r for _, r in group.iterrows()}
             if "wc" in by_role and "se" in by_role:
                 wc, se = by_role["wc"], by_role["se"]
-                flops_ratio = wc["nominal_flops"] / se["nominal_flops"] if se["nominal_flops"] else float("nan")
+                flops_ratio = (
+                    wc["nominal_flops"] / se["nominal_flops"] if se["nominal_flops"] else float("nan")
+                )
                 secs_ratio = wc["seconds"] / se["seconds"] if se["seconds"] else float("nan")
                 if not (_missing(flops_ratio) or _missing(secs_ratio)):
                     agree = abs(math.log(secs_ratio / flops_ratio)) < math.log(1.25)
                     lines.append(
                         f"Cost at {_budget_name(budgets, int(budget_se))}: WC/SE nominal FLOPs {flops_ratio:.2f}×, "
                         f"measured seconds {secs_ratio:.2f}× — "
-                        + ("nominal and measured cost agree within 25%." if agree else "nominal FLOPs and measured cost disagree.")
+                        + (
+                            "nominal and measured cost agree within 25%."
+                            if agree
+                            else "nominal FLOPs and measured cost disagree."
+                        )
                     )
                 break  # one budget is enough to make the point; the table has all of them
     return lines
@@ -442,10 +454,19 @@ def _study_section(data: RunData) -> Section:
         info = data.roles.get(role)
         if not info:
             continue
-        rows.append([name, data.label(role), str(info.get("model", "")), fmt_params(info.get("params")),
-                     str(info.get("params_source", ""))])
+        rows.append(
+            [
+                name,
+                data.label(role),
+                str(info.get("model", "")),
+                fmt_params(info.get("params")),
+                str(info.get("params_source", "")),
+            ]
+        )
     if rows:
-        blocks.append(Table(["role", "model", "reference", "parameters", "parameter count from"], rows, numeric={3}))
+        blocks.append(
+            Table(["role", "model", "reference", "parameters", "parameter count from"], rows, numeric={3})
+        )
     if data.problems:
         problems = cfg.get("problems", {})
         rows = []
@@ -466,10 +487,19 @@ def _plan_section(data: RunData) -> Section:
     rows = []
     for b in budgets:
         se_f, wc_f = b.get("se_flops"), b.get("wc_flops")
-        mismatch = (float(wc_f) / float(se_f) - 1) * 100 if not (_missing(se_f) or _missing(wc_f)) and se_f else float("nan")
+        mismatch = (
+            (float(wc_f) / float(se_f) - 1) * 100
+            if not (_missing(se_f) or _missing(wc_f)) and se_f
+            else float("nan")
+        )
         rows.append(
-            [str(b["se_samples"]), str(b["wc_samples"]), fmt_flops(se_f), fmt_flops(wc_f),
-             "–" if _missing(mismatch) else f"{mismatch:+.1f}%"]
+            [
+                str(b["se_samples"]),
+                str(b["wc_samples"]),
+                fmt_flops(se_f),
+                fmt_flops(wc_f),
+                "–" if _missing(mismatch) else f"{mismatch:+.1f}%",
+            ]
         )
     intro = {
         "flops": "Compute-matched: a generated token costs 2·P FLOPs, so WC gets P_SE/P_WC times SE's samples.",
@@ -481,9 +511,18 @@ def _plan_section(data: RunData) -> Section:
         "Budget plan",
         [
             Text(intro + (f" Rounding: {plan['rounding']}." if plan.get("rounding") else "")),
-            Table(["SE samples / problem", "WC samples / problem", "SE FLOPs (planned)", "WC FLOPs (planned)",
-                   "WC − SE"], rows, caption="Planned FLOPs assume the plan's mean solution length.",
-                  numeric={0, 1, 2, 3, 4}),
+            Table(
+                [
+                    "SE samples / problem",
+                    "WC samples / problem",
+                    "SE FLOPs (planned)",
+                    "WC FLOPs (planned)",
+                    "WC − SE",
+                ],
+                rows,
+                caption="Planned FLOPs assume the plan's mean solution length.",
+                numeric={0, 1, 2, 3, 4},
+            ),
         ],
     )
 
@@ -498,14 +537,31 @@ def _cost_section(data: RunData) -> Section:
             role = data.role_of(model)
             name = data.label(role) if role else model
             rows.append(
-                [name, fmt_num(r.get("samples")), fmt_num(r.get("prompt_tokens")), fmt_num(r.get("completion_tokens")),
-                 fmt_seconds(r.get("seconds")), fmt_num(r.get("tokens_per_second", r.get("tokens/s")), 1),
-                 fmt_flops(r.get("nominal_flops"))]
+                [
+                    name,
+                    fmt_num(r.get("samples")),
+                    fmt_num(r.get("prompt_tokens")),
+                    fmt_num(r.get("completion_tokens")),
+                    fmt_seconds(r.get("seconds")),
+                    fmt_num(r.get("tokens_per_second", r.get("tokens/s")), 1),
+                    fmt_flops(r.get("nominal_flops")),
+                ]
             )
         blocks.append(
-            Table(["model", "samples", "prompt tokens", "generated tokens", "wall time", "generated tok/s",
-                   "nominal FLOPs"], rows, caption="The sampling ledger: everything each model generated.",
-                  numeric={1, 2, 3, 4, 5, 6})
+            Table(
+                [
+                    "model",
+                    "samples",
+                    "prompt tokens",
+                    "generated tokens",
+                    "wall time",
+                    "generated tok/s",
+                    "nominal FLOPs",
+                ],
+                rows,
+                caption="The sampling ledger: everything each model generated.",
+                numeric={1, 2, 3, 4, 5, 6},
+            )
         )
     if data.cost is not None:
         budgets = budgets_of(data.plan)
@@ -516,18 +572,44 @@ def _cost_section(data: RunData) -> Section:
                 if role not in by_role:
                     continue
                 r = by_role[role]
-                rows.append([_budget_short(budgets, int(budget_se)), data.label(role), str(r["samples_per_problem"]),
-                             fmt_num(r["mean_tokens"], 1), fmt_flops(r["nominal_flops"]), fmt_seconds(r["seconds"])])
+                rows.append(
+                    [
+                        _budget_short(budgets, int(budget_se)),
+                        data.label(role),
+                        str(r["samples_per_problem"]),
+                        fmt_num(r["mean_tokens"], 1),
+                        fmt_flops(r["nominal_flops"]),
+                        fmt_seconds(r["seconds"]),
+                    ]
+                )
             if "wc" in by_role and "se" in by_role:
                 wc, se = by_role["wc"], by_role["se"]
-                rows.append(["", "**WC / SE**", "", _ratio(wc["mean_tokens"], se["mean_tokens"]),
-                             _ratio(wc["nominal_flops"], se["nominal_flops"]), _ratio(wc["seconds"], se["seconds"])])
+                rows.append(
+                    [
+                        "",
+                        "**WC / SE**",
+                        "",
+                        _ratio(wc["mean_tokens"], se["mean_tokens"]),
+                        _ratio(wc["nominal_flops"], se["nominal_flops"]),
+                        _ratio(wc["seconds"], se["seconds"]),
+                    ]
+                )
         blocks.append(
-            Table(["budget (SE vs WC)", "model", "samples / problem", "mean tokens / solution", "nominal FLOPs (2·P·tokens)",
-                   "measured wall time"], rows,
-                  caption="Nominal FLOPs count generated tokens at 2·P each; wall time is what the engine took. "
-                  "The paper matches the first; a WC/SE ratio far from 1 in the second means the match did "
-                  "not hold on this hardware.", numeric={2, 3, 4, 5})
+            Table(
+                [
+                    "budget (SE vs WC)",
+                    "model",
+                    "samples / problem",
+                    "mean tokens / solution",
+                    "nominal FLOPs (2·P·tokens)",
+                    "measured wall time",
+                ],
+                rows,
+                caption="Nominal FLOPs count generated tokens at 2·P each; wall time is what the engine took. "
+                "The paper matches the first; a WC/SE ratio far from 1 in the second means the match did "
+                "not hold on this hardware.",
+                numeric={2, 3, 4, 5},
+            )
         )
     if not blocks:
         blocks.append(Text("Sampling has not run.", "note"))
@@ -554,8 +636,15 @@ def _metric_ci(metric: str, low: Any, high: Any) -> str:
 
 
 def _metric_label(metric: str, k: Any = None) -> str:
-    labels = {"coverage": "coverage", "diversity": "diversity", "diversity_near_dup": "near-dup diversity",
-              "fpr": "FPR", "fpr_judge": "FPR (judge)", "fpr_exact": "FPR (exact)", "fpr_human": "FPR (human)"}
+    labels = {
+        "coverage": "coverage",
+        "diversity": "diversity",
+        "diversity_near_dup": "near-dup diversity",
+        "fpr": "FPR",
+        "fpr_judge": "FPR (judge)",
+        "fpr_exact": "FPR (exact)",
+        "fpr_human": "FPR (human)",
+    }
     label = labels.get(metric, metric)
     return f"{label}@{int(k)}" if not _missing(k) and metric.startswith(("coverage", "diversity")) else label
 
@@ -570,15 +659,25 @@ def _quality_section(data: RunData) -> Section:
             metric = str(r["metric"])
             cis = _cis_for(summary, int(r["budget_se_samples"]), metric)
             rows.append(
-                [_budget_short(budgets, int(r["budget_se_samples"])), _metric_label(metric, r.get("k")),
-                 _metric_value(metric, r["se_value"]), cis.get("se", "–"),
-                 _metric_value(metric, r["wc_value"]), cis.get("wc", "–"), f"**{r['relative_text']}**"]
+                [
+                    _budget_short(budgets, int(r["budget_se_samples"])),
+                    _metric_label(metric, r.get("k")),
+                    _metric_value(metric, r["se_value"]),
+                    cis.get("se", "–"),
+                    _metric_value(metric, r["wc_value"]),
+                    cis.get("wc", "–"),
+                    f"**{r['relative_text']}**",
+                ]
             )
         blocks.append(
-            Table(["budget (SE vs WC)", "metric", "SE", "SE 95% CI", "WC", "WC 95% CI", "WC vs SE"], rows,
-                  caption="Each model at its compute-matched sample count; intervals are bootstrap over problems "
-                  "(Wilson for FPR). Relative changes in the paper's format: % for coverage and diversity, "
-                  "points for FPR.", numeric={2, 3, 4, 5})
+            Table(
+                ["budget (SE vs WC)", "metric", "SE", "SE 95% CI", "WC", "WC 95% CI", "WC vs SE"],
+                rows,
+                caption="Each model at its compute-matched sample count; intervals are bootstrap over problems "
+                "(Wilson for FPR). Relative changes in the paper's format: % for coverage and diversity, "
+                "points for FPR.",
+                numeric={2, 3, 4, 5},
+            )
         )
     else:
         blocks.append(Text("Metrics have not been computed (`analyze` stage).", "note"))
@@ -620,20 +719,41 @@ def _fpr_section(data: RunData) -> Section:
     if "group" in fpr:
         fpr = fpr[fpr["group"].isna() | (fpr["group"] == "all")]
     if fpr.empty:
-        return Section("False-positive rate", [Text("No solutions were judged (the judge stage is off or found "
-                                                   "no answer-correct solutions).", "note")])
+        return Section(
+            "False-positive rate",
+            [
+                Text(
+                    "No solutions were judged (the judge stage is off or found no answer-correct solutions).",
+                    "note",
+                )
+            ],
+        )
     fpr = fpr.drop_duplicates(subset=["model", "metric"])
     rows = []
     for _, r in fpr.sort_values(["metric", "role"]).iterrows():
-        source = {"fpr_exact": "exact step checker", "fpr_judge": "LLM judge", "fpr_human": "human labels"}.get(
-            str(r["metric"]), str(r["metric"]))
-        rows.append([data.label(str(r["role"])), source, fmt_pct(r["value"]), fmt_ci(r["ci_low"], r["ci_high"]),
-                     fmt_num(r.get("n_problems"))])
+        source = {
+            "fpr_exact": "exact step checker",
+            "fpr_judge": "LLM judge",
+            "fpr_human": "human labels",
+        }.get(str(r["metric"]), str(r["metric"]))
+        rows.append(
+            [
+                data.label(str(r["role"])),
+                source,
+                fmt_pct(r["value"]),
+                fmt_ci(r["ci_low"], r["ci_high"]),
+                fmt_num(r.get("n_problems")),
+            ]
+        )
     return Section(
         "False-positive rate",
-        [Text("Share of answer-correct solutions whose reasoning is wrong (right answer, wrong steps). The exact "
-              "checker is ground truth where the world allows it; a judge is an estimate."),
-         Table(["model", "verdicts from", "FPR", "95% CI", "judged"], rows, numeric={2, 3, 4})],
+        [
+            Text(
+                "Share of answer-correct solutions whose reasoning is wrong (right answer, wrong steps). The exact "
+                "checker is ground truth where the world allows it; a judge is an estimate."
+            ),
+            Table(["model", "verdicts from", "FPR", "95% CI", "judged"], rows, numeric={2, 3, 4}),
+        ],
     )
 
 
@@ -652,57 +772,112 @@ def _levels_section(data: RunData) -> Section | None:
         se, wc = by_role.get("se"), by_role.get("wc")
         if se is None or wc is None:
             continue
-        rows.append([_budget_short(budgets, int(budget_se)), str(group_name), fmt_num(wc.get("n_problems")),
-                     f"{fmt_pct(se['value'])} {fmt_ci(se['ci_low'], se['ci_high'])}",
-                     f"{fmt_pct(wc['value'])} {fmt_ci(wc['ci_low'], wc['ci_high'])}",
-                     fmt_gain(relative_gain(wc["value"], se["value"]))])
+        rows.append(
+            [
+                _budget_short(budgets, int(budget_se)),
+                str(group_name),
+                fmt_num(wc.get("n_problems")),
+                f"{fmt_pct(se['value'])} {fmt_ci(se['ci_low'], se['ci_high'])}",
+                f"{fmt_pct(wc['value'])} {fmt_ci(wc['ci_low'], wc['ci_high'])}",
+                fmt_gain(relative_gain(wc["value"], se["value"])),
+            ]
+        )
     if not rows:
         return None
-    return Section("Coverage by level and subject",
-                   [Table(["budget (SE vs WC)", "group", "problems", "SE coverage [95% CI]", "WC coverage [95% CI]",
-                           "WC vs SE"], rows, numeric={2, 5})])
+    return Section(
+        "Coverage by level and subject",
+        [
+            Table(
+                [
+                    "budget (SE vs WC)",
+                    "group",
+                    "problems",
+                    "SE coverage [95% CI]",
+                    "WC coverage [95% CI]",
+                    "WC vs SE",
+                ],
+                rows,
+                numeric={2, 5},
+            )
+        ],
+    )
 
 
 def _paradigm_section(data: RunData, figures_dir: Path | None) -> Section:
     comparisons = paradigm_comparisons(data.paradigms)
     if comparisons is None:
-        return Section("Fine-tuning paradigms", [Text("Training is off for this study, or has not run yet "
-                                                      "(`training.enabled`).", "note")])
+        return Section(
+            "Fine-tuning paradigms",
+            [Text("Training is off for this study, or has not run yet (`training.enabled`).", "note")],
+        )
     budgets = budgets_of(data.plan)
     metric = headline_metric(data.paradigms)
     blocks: list[Any] = [
-        Text(f"Each student is fine-tuned once on SE data and once on WC data of the same budget and evaluated "
-             f"on the test split. Gains are relative, as in the paper: (WC − SE) / SE. Headline metric: {metric}.")
+        Text(
+            f"Each student is fine-tuned once on SE data and once on WC data of the same budget and evaluated "
+            f"on the test split. Gains are relative, as in the paper: (WC − SE) / SE. Headline metric: {metric}."
+        )
     ]
     rows = []
     has_nm = comparisons["nm"].notna().any()
     has_base = comparisons["base"].notna().any()
     for r in comparisons[comparisons["metric"] == metric].itertuples():
-        row = [PARADIGM_NAMES.get(r.paradigm, r.paradigm), _budget_short(budgets, r.budget_se_samples), r.student]
+        row = [
+            PARADIGM_NAMES.get(r.paradigm, r.paradigm),
+            _budget_short(budgets, r.budget_se_samples),
+            r.student,
+        ]
         if has_base:
             row.append(fmt_pct(r.base))
-        row += [f"{fmt_pct(r.se)} {fmt_ci(r.se_low, r.se_high)}", f"{fmt_pct(r.wc)} {fmt_ci(r.wc_low, r.wc_high)}"]
+        row += [
+            f"{fmt_pct(r.se)} {fmt_ci(r.se_low, r.se_high)}",
+            f"{fmt_pct(r.wc)} {fmt_ci(r.wc_low, r.wc_high)}",
+        ]
         if has_nm:
             row.append(fmt_pct(r.nm))
         row.append(f"**{fmt_gain(r.gain)}**")
         rows.append(row)
-    columns = ["paradigm", "budget (SE vs WC)", "student"] + (["before fine-tuning"] if has_base else []) + [
-        "SE data [95% CI]", "WC data [95% CI]"] + (["WC number-matched"] if has_nm else []) + ["WC vs SE"]
+    columns = (
+        ["paradigm", "budget (SE vs WC)", "student"]
+        + (["before fine-tuning"] if has_base else [])
+        + ["SE data [95% CI]", "WC data [95% CI]"]
+        + (["WC number-matched"] if has_nm else [])
+        + ["WC vs SE"]
+    )
     blocks.append(Table(columns, rows, numeric=set(range(3, len(columns)))))
     other = comparisons[comparisons["metric"] != metric]
     if not other.empty:
-        rows = [[PARADIGM_NAMES.get(r.paradigm, r.paradigm), _budget_short(budgets, r.budget_se_samples), r.metric,
-                 fmt_pct(r.se), fmt_pct(r.wc), fmt_gain(r.gain)] for r in other.itertuples()]
-        blocks.append(Table(["paradigm", "budget (SE vs WC)", "metric", "SE data", "WC data", "WC vs SE"], rows,
-                            caption="Other evaluation metrics (maj@k and pass@k at temperature).", numeric={3, 4, 5}))
+        rows = [
+            [
+                PARADIGM_NAMES.get(r.paradigm, r.paradigm),
+                _budget_short(budgets, r.budget_se_samples),
+                r.metric,
+                fmt_pct(r.se),
+                fmt_pct(r.wc),
+                fmt_gain(r.gain),
+            ]
+            for r in other.itertuples()
+        ]
+        blocks.append(
+            Table(
+                ["paradigm", "budget (SE vs WC)", "metric", "SE data", "WC data", "WC vs SE"],
+                rows,
+                caption="Other evaluation metrics (maj@k and pass@k at temperature).",
+                numeric={3, 4, 5},
+            )
+        )
     if figures_dir is not None:
         fig = _paradigm_figure(comparisons[comparisons["metric"] == metric], budgets, metric, figures_dir)
         if fig is not None:
-            blocks.append(Figure(fig, f"{metric} of each student fine-tuned on SE vs WC data, with 95% intervals."))
+            blocks.append(
+                Figure(fig, f"{metric} of each student fine-tuned on SE vs WC data, with 95% intervals.")
+            )
     return Section("Fine-tuning paradigms", blocks)
 
 
-def _paradigm_figure(comparisons: pd.DataFrame, budgets: list[dict[str, Any]], metric: str, out_dir: Path) -> Path | None:
+def _paradigm_figure(
+    comparisons: pd.DataFrame, budgets: list[dict[str, Any]], metric: str, out_dir: Path
+) -> Path | None:
     if comparisons.empty:
         return None
     import matplotlib
@@ -711,7 +886,10 @@ def _paradigm_figure(comparisons: pd.DataFrame, budgets: list[dict[str, Any]], m
     import matplotlib.pyplot as plt
     import numpy as np
 
-    labels = [f"{PARADIGM_NAMES.get(r.paradigm, r.paradigm)}\nSE {r.budget_se_samples}" for r in comparisons.itertuples()]
+    labels = [
+        f"{PARADIGM_NAMES.get(r.paradigm, r.paradigm)}\nSE {r.budget_se_samples}"
+        for r in comparisons.itertuples()
+    ]
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(labels) + 2), 3.6), dpi=120)
     for offset, (col, name, color) in enumerate((("se", "SE data", "#c0504d"), ("wc", "WC data", "#2f6fb0"))):
@@ -719,10 +897,18 @@ def _paradigm_figure(comparisons: pd.DataFrame, budgets: list[dict[str, Any]], m
         low = comparisons[f"{col}_low"].to_numpy(dtype=float)
         high = comparisons[f"{col}_high"].to_numpy(dtype=float)
         err = np.vstack([np.nan_to_num(values - low), np.nan_to_num(high - values)])
-        ax.bar(x + (offset - 0.5) * 0.38, values * 100, 0.38, yerr=err * 100, capsize=3, label=name, color=color)
+        ax.bar(
+            x + (offset - 0.5) * 0.38, values * 100, 0.38, yerr=err * 100, capsize=3, label=name, color=color
+        )
     if comparisons["nm"].notna().any():
-        ax.scatter(x, comparisons["nm"].to_numpy(dtype=float) * 100, marker="D", color="#333", zorder=3,
-                   label="WC number-matched")
+        ax.scatter(
+            x,
+            comparisons["nm"].to_numpy(dtype=float) * 100,
+            marker="D",
+            color="#333",
+            zorder=3,
+            label="WC number-matched",
+        )
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel(f"{metric} (%)")
     ax.legend(fontsize=8, frameon=False)
@@ -742,8 +928,14 @@ def _stages_section(data: RunData) -> Section:
             continue  # per-job sub-stages (one per training run) stay out of the overview
         seconds = entry.get("seconds")
         finished = entry.get("finished_at")
-        rows.append([name, str(entry.get("status", "")), fmt_seconds(seconds),
-                     time.strftime("%Y-%m-%d %H:%M", time.localtime(finished)) if finished else "–"])
+        rows.append(
+            [
+                name,
+                str(entry.get("status", "")),
+                fmt_seconds(seconds),
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(finished)) if finished else "–",
+            ]
+        )
     if not rows:
         return Section("Stages", [Text("No stage has run.", "note")])
     return Section("Stages", [Table(["stage", "status", "took", "finished"], rows, numeric={2})])
@@ -753,15 +945,25 @@ def build_document(data: RunData, figures_dir: Path | None = None) -> Report:
     cfg = data.config or {}
     title = f"flopmatch study: {cfg.get('name', data.run.root.name)}"
     subtitle = f"{data.label('wc')} (WC) vs {data.label('se')} (SE)" if data.roles else ""
-    sections = [_study_section(data), _plan_section(data), _cost_section(data), _quality_section(data),
-                _fpr_section(data)]
+    sections = [
+        _study_section(data),
+        _plan_section(data),
+        _cost_section(data),
+        _quality_section(data),
+        _fpr_section(data),
+    ]
     levels = _levels_section(data)
     if levels is not None:
         sections.append(levels)
     sections.append(_paradigm_section(data, figures_dir))
     sections.append(_stages_section(data))
-    return Report(title=title, subtitle=subtitle, sections=sections, verdict=compute_verdict(data),
-                  generated=time.strftime("%Y-%m-%d %H:%M"))
+    return Report(
+        title=title,
+        subtitle=subtitle,
+        sections=sections,
+        verdict=compute_verdict(data),
+        generated=time.strftime("%Y-%m-%d %H:%M"),
+    )
 
 
 # --------------------------------------------------------------------------- markdown
@@ -776,7 +978,9 @@ def render_markdown(report: Report, figure_href: dict[Path, str]) -> str:
     if report.subtitle:
         out += [f"**{report.subtitle}** · generated {report.generated}", ""]
     out += ["## Verdict", ""]
-    out += [f"- {line}" for line in report.verdict] or ["_Nothing to conclude yet: no metrics have been computed._"]
+    out += [f"- {line}" for line in report.verdict] or [
+        "_Nothing to conclude yet: no metrics have been computed._"
+    ]
     out.append("")
     for section in report.sections:
         out += [f"## {section.title}", ""]
@@ -787,9 +991,13 @@ def render_markdown(report: Report, figure_href: dict[Path, str]) -> str:
                 out += [f"- {item}" for item in block.items] + [""]
             elif isinstance(block, Table):
                 out.append("| " + " | ".join(_md_cell(c) for c in block.columns) + " |")
-                out.append("|" + "|".join("---:" if i in block.numeric else "---" for i in range(len(block.columns))) + "|")
+                out.append(
+                    "|"
+                    + "|".join("---:" if i in block.numeric else "---" for i in range(len(block.columns)))
+                    + "|"
+                )
                 out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
-                out += ([f"", f"_{block.caption}_"] if block.caption else []) + [""]
+                out += (["", f"_{block.caption}_"] if block.caption else []) + [""]
             elif isinstance(block, Figure):
                 out += [f"![{block.caption}]({figure_href[block.path]})", "", f"_{block.caption}_", ""]
     return "\n".join(out).rstrip() + "\n"
@@ -843,7 +1051,8 @@ def _html_table(table: Table) -> str:
 
     head = "".join(f"<th{cls(i)}>{_inline(c)}</th>" for i, c in enumerate(table.columns))
     body = "".join(
-        "<tr>" + "".join(f"<td{cls(i)}>{_inline(c)}</td>" for i, c in enumerate(row)) + "</tr>" for row in table.rows
+        "<tr>" + "".join(f"<td{cls(i)}>{_inline(c)}</td>" for i, c in enumerate(row)) + "</tr>"
+        for row in table.rows
     )
     caption = f'<p class="caption">{_inline(table.caption)}</p>' if table.caption else ""
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{caption}"
@@ -851,8 +1060,10 @@ def _html_table(table: Table) -> str:
 
 def _html_figure(figure: Figure) -> str:
     data = base64.b64encode(figure.path.read_bytes()).decode("ascii")
-    return (f'<figure><img alt="{html.escape(figure.caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{_inline(figure.caption)}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{html.escape(figure.caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{_inline(figure.caption)}</figcaption></figure>"
+    )
 
 
 def render_html(report: Report, config_text: str | None = None) -> str:
@@ -862,7 +1073,8 @@ def render_html(report: Report, config_text: str | None = None) -> str:
         f"<title>{html.escape(report.title)}</title><style>{_CSS}</style></head><body><main>",
         f"<header><h1>{html.escape(report.title)}</h1>",
         f"<div class='sub'>{html.escape(report.subtitle)} · generated {html.escape(report.generated)}</div>",
-        "<nav>" + "".join(f"<a href='#{s.anchor}'>{html.escape(s.title.split(':')[0])}</a>" for s in report.sections)
+        "<nav>"
+        + "".join(f"<a href='#{s.anchor}'>{html.escape(s.title.split(':')[0])}</a>" for s in report.sections)
         + "</nav></header>",
         "<section class='verdict'><h2>Verdict</h2>",
     ]
@@ -891,10 +1103,14 @@ def render_html(report: Report, config_text: str | None = None) -> str:
             parts.append("<div class='figs'>" + "".join(_html_figure(f) for f in figures) + "</div>")
         parts.append("</section>")
     if config_text:
-        parts.append("<section id='config'><h2>Configuration</h2><details><summary>The resolved study.yaml</summary>"
-                     f"<pre>{html.escape(config_text)}</pre></details></section>")
-    parts.append("<footer>Made by flopmatch from the run directory's tables; rebuild with "
-                 "<code>flopmatch report RUN</code>.</footer></main></body></html>")
+        parts.append(
+            "<section id='config'><h2>Configuration</h2><details><summary>The resolved study.yaml</summary>"
+            f"<pre>{html.escape(config_text)}</pre></details></section>"
+        )
+    parts.append(
+        "<footer>Made by flopmatch from the run directory's tables; rebuild with "
+        "<code>flopmatch report RUN</code>.</footer></main></body></html>"
+    )
     return "\n".join(parts)
 
 

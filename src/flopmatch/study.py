@@ -17,16 +17,31 @@ This module is the library; ``flopmatch study`` / ``status`` / ``demo`` only wra
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
+import time
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from flopmatch.store import (
+    RunDir,
+    config_hash,
+    model_key,
+    read_json,
+    read_table,
+    write_json,
+    write_table,
+    write_text,
+)
 
 # --------------------------------------------------------------------------- config
 
@@ -84,11 +99,15 @@ class ValidationSplitConfig(_Section):
     @model_validator(mode="after")
     def _one_origin(self) -> ValidationSplitConfig:
         if (self.holdout is None) == (self.source is None):
-            raise ValueError("give either `holdout: N` (carve N sample problems off) or `source:` (its own problems)")
+            raise ValueError(
+                "give either `holdout: N` (carve N sample problems off) or `source:` (its own problems)"
+            )
         if self.holdout is not None and any(v is not None for v in (self.split, self.data_file, self.limit)):
             raise ValueError("`holdout` takes its problems from the sample split; drop split/data_file/limit")
         if self.source is not None and self.source not in KNOWN_SOURCES:
-            raise ValueError(f"unknown problem source {self.source!r}; expected one of {', '.join(KNOWN_SOURCES)}")
+            raise ValueError(
+                f"unknown problem source {self.source!r}; expected one of {', '.join(KNOWN_SOURCES)}"
+            )
         return self
 
     def as_split(self) -> SplitConfig:
@@ -103,7 +122,9 @@ class ProblemsConfig(_Section):
     validation: ValidationSplitConfig | None = Field(
         None, description="checkpoint-selection problems: `holdout: N` or a split of their own"
     )
-    test: SplitConfig | None = Field(None, description="held-out problems the fine-tuned models are evaluated on")
+    test: SplitConfig | None = Field(
+        None, description="held-out problems the fine-tuned models are evaluated on"
+    )
 
 
 class ModelSpec(_Section):
@@ -112,7 +133,9 @@ class ModelSpec(_Section):
     model: str = Field(
         description="a Hugging Face id, a local directory, or a registry name (`flopmatch models list`)"
     )
-    backend: Literal["vllm", "hf", "openai"] = Field("vllm", description="the generation engine: vllm, hf or openai")
+    backend: Literal["vllm", "hf", "openai"] = Field(
+        "vllm", description="the generation engine: vllm, hf or openai"
+    )
     backend_options: dict[str, Any] = Field(
         default_factory=dict, description="engine options passed to the backend (dtype, max_model_len, ...)"
     )
@@ -121,7 +144,9 @@ class ModelSpec(_Section):
         gt=0,
         description="parameter count override (e.g. 9.24e9); read from the model's config/GGUF when omitted",
     )
-    price_per_token: float | None = Field(None, gt=0, description="price per output token (budget mode `price`)")
+    price_per_token: float | None = Field(
+        None, gt=0, description="price per output token (budget mode `price`)"
+    )
     label: str | None = Field(None, description="a short display name for tables (defaults to the model)")
 
     @property
@@ -141,7 +166,9 @@ class BudgetConfig(_Section):
     se_samples: list[PositiveInt] = Field(
         default_factory=lambda: [1, 10], description="SE samples per problem at each budget, e.g. [1, 10]"
     )
-    rounding: Literal["floor", "round", "ceil"] = Field("floor", description="how a fractional WC count is rounded")
+    rounding: Literal["floor", "round", "ceil"] = Field(
+        "floor", description="how a fractional WC count is rounded"
+    )
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="extra keyword arguments for flopmatch.budget.plan_budgets (e.g. mean solution lengths)",
@@ -163,11 +190,16 @@ class SamplingConfig(_Section):
     max_tokens: PositiveInt = Field(512, description="a positive token limit per solution")
     stop: list[str] = Field(default_factory=list)
     prompt: dict[str, Any] = Field(
-        default_factory=dict, description="overrides of the dataset's default PromptConfig (few-shot count, ...)"
+        default_factory=dict,
+        description="overrides of the dataset's default PromptConfig (few-shot count, ...)",
     )
     replicas: PositiveInt = Field(1, description="engine replicas (Ray actors) per model")
-    ray_address: str | None = Field(None, description="an existing Ray cluster's address; local Ray when omitted")
-    budget_seconds: float | None = Field(None, gt=0, description="stop sampling a model cleanly after this many seconds")
+    ray_address: str | None = Field(
+        None, description="an existing Ray cluster's address; local Ray when omitted"
+    )
+    budget_seconds: float | None = Field(
+        None, gt=0, description="stop sampling a model cleanly after this many seconds"
+    )
 
 
 class GradingConfig(_Section):
@@ -185,7 +217,9 @@ class JudgeConfig(_Section):
 
 
 class AnalysisConfig(_Section):
-    ks: list[PositiveInt] | None = Field(None, description="k values for coverage@k/diversity@k; all budgets when omitted")
+    ks: list[PositiveInt] | None = Field(
+        None, description="k values for coverage@k/diversity@k; all budgets when omitted"
+    )
     n_boot: PositiveInt = Field(1000, description="bootstrap resamples for the confidence intervals")
 
 
@@ -217,7 +251,9 @@ class TrainingConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    backend: Literal["vllm", "hf"] = Field("vllm", description="the engine that evaluates trained models: vllm or hf")
+    backend: Literal["vllm", "hf"] = Field(
+        "vllm", description="the engine that evaluates trained models: vllm or hf"
+    )
     backend_options: dict[str, Any] = Field(default_factory=dict)
     n: PositiveInt = Field(4, description="samples per problem at temperature for maj@k and pass@k")
     temperature: float = Field(0.7, ge=0)
@@ -247,7 +283,9 @@ class StudyConfig(_Section):
     @classmethod
     def _safe_name(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
-            raise ValueError(f"{value!r} is not a usable directory name; use letters, digits, '.', '_' or '-'")
+            raise ValueError(
+                f"{value!r} is not a usable directory name; use letters, digits, '.', '_' or '-'"
+            )
         return value
 
     @model_validator(mode="after")
@@ -266,7 +304,9 @@ class StudyConfig(_Section):
                     "model or set knowledge_distillation: false"
                 )
             if self.problems.test is None:
-                raise ValueError("training is enabled but problems.test is not set; fine-tuned models need a test split")
+                raise ValueError(
+                    "training is enabled but problems.test is not set; fine-tuned models need a test split"
+                )
             for paradigm in self.paradigms.number_matched:
                 if not getattr(self.paradigms, paradigm):
                     raise ValueError(f"paradigms.number_matched lists {paradigm} but that paradigm is off")
@@ -280,7 +320,9 @@ class StudyConfigError(ValueError):
 # --------------------------------------------------------------------------- loading
 
 
-_ENV_PATTERN = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+_ENV_PATTERN = re.compile(
+    r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
 
 
 def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
@@ -294,7 +336,9 @@ def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
             return env[name]
         if match.group("default") is not None:
             return match.group("default")
-        raise StudyConfigError(f"environment variable ${name} is not set (use ${{{name}:-default}} for a default)")
+        raise StudyConfigError(
+            f"environment variable ${name} is not set (use ${{{name}:-default}} for a default)"
+        )
 
     return _ENV_PATTERN.sub(replace, text)
 
@@ -393,9 +437,15 @@ def resolve_paths(config: StudyConfig, base: Path) -> StudyConfig:
         update={
             "run_dir": _resolve_path(config.run_dir, base) if config.run_dir else None,
             "problems": problems.model_copy(
-                update={"sample": split(problems.sample), "validation": validation, "test": split(problems.test)}
+                update={
+                    "sample": split(problems.sample),
+                    "validation": validation,
+                    "test": split(problems.test),
+                }
             ),
-            "models": config.models.model_copy(update={"wc": model(config.models.wc), "se": model(config.models.se)}),
+            "models": config.models.model_copy(
+                update={"wc": model(config.models.wc), "se": model(config.models.se)}
+            ),
             "paradigms": config.paradigms.model_copy(update={"student": model(config.paradigms.student)}),
         }
     )
@@ -452,7 +502,11 @@ def _section_model(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None
     for part in loc:
         if current is None or not isinstance(part, str) or part not in current.model_fields:
             return None if current is None or isinstance(part, str) else current
-        members = [t for t in _unwrap(current.model_fields[part].annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+        members = [
+            t
+            for t in _unwrap(current.model_fields[part].annotation)
+            if isinstance(t, type) and issubclass(t, BaseModel)
+        ]
         current = members[0] if members else None
     return current
 
@@ -485,3 +539,1040 @@ def _yaml_line(node: Any, loc: tuple) -> int | None:
             return line
         line = node.start_mark.line + 1
     return line
+
+
+# =========================================================================== the orchestrator
+
+STAGES: tuple[str, ...] = (
+    "problems",
+    "plan",
+    "sample",
+    "grade",
+    "judge",
+    "analyze",
+    "sft",
+    "train",
+    "eval",
+    "report",
+)
+ROLES_FILE = "roles.json"
+PROBLEM_ROLES: tuple[str, ...] = ("sample", "validation", "test")
+PARADIGM_SHORT = {"knowledge_distillation": "kd", "self_improvement": "si", "weak_to_strong": "w2s"}
+#: Which model each paradigm fine-tunes (paper.md: a separate student; WC itself; SE itself).
+PARADIGM_STUDENT = {"knowledge_distillation": "student", "self_improvement": "wc", "weak_to_strong": "se"}
+
+
+class StudyError(RuntimeError):
+    """A study cannot go on (a stage's inputs are missing, a stage failed); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class SFTSet:
+    """One training set: a model's correct solutions at one budget (``kind`` wc, se or wc_number_matched)."""
+
+    name: str
+    kind: str
+    role: str  # whose samples: wc | se
+    budget: int  # SE samples per problem of the budget
+    samples_per_problem: int
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One fine-tuning run: a paradigm's student trained on one SFT set."""
+
+    name: str
+    paradigm: str
+    student_role: str  # student | wc | se
+    data: SFTSet
+
+
+def sft_sets(config: StudyConfig, budgets: Sequence[tuple[int, int]]) -> list[SFTSet]:
+    """Every SFT set the enabled paradigms need, given the plan's (se_samples, wc_samples) budgets."""
+    out: list[SFTSet] = []
+    for se_n, wc_n in budgets:
+        out.append(SFTSet(f"wc-b{se_n}", "wc", "wc", se_n, wc_n))
+        out.append(SFTSet(f"se-b{se_n}", "se", "se", se_n, se_n))
+        if config.paradigms.number_matched:
+            out.append(SFTSet(f"wc-nm-b{se_n}", "wc_number_matched", "wc", se_n, se_n))
+    return out
+
+
+def train_jobs(config: StudyConfig, budgets: Sequence[tuple[int, int]]) -> list[TrainJob]:
+    """All three paradigms at every budget (each: WC data vs SE data), plus the number-matched control
+    for the paradigms listed in ``paradigms.number_matched``."""
+    sets = {s.name: s for s in sft_sets(config, budgets)}
+    jobs: list[TrainJob] = []
+    for paradigm in config.paradigms.enabled():
+        short = PARADIGM_SHORT[paradigm]
+        for se_n, _ in budgets:
+            kinds = ["se", "wc"] + (["wc-nm"] if paradigm in config.paradigms.number_matched else [])
+            for kind in kinds:
+                data = sets[f"{kind}-b{se_n}"]
+                jobs.append(TrainJob(f"{short}-{data.name}", paradigm, PARADIGM_STUDENT[paradigm], data))
+    return jobs
+
+
+# --------------------------------------------------------------------------- stage bookkeeping
+
+
+@dataclass
+class StageStatus:
+    name: str
+    state: str  # done | stale | pending | running | interrupted | off
+    digest: str | None
+    info: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+
+@dataclass
+class StudyContext:
+    """What every stage gets: the config, the run directory and a logger."""
+
+    config: StudyConfig
+    run: RunDir
+    log: Any  # Callable[[str], None]
+    progress: bool = True
+
+    def problems(self, role: str) -> list[Any]:
+        from flopmatch.problems import problems_from_table
+
+        path = self.run.problems_path(role)
+        if not path.exists():
+            return []
+        return problems_from_table(read_table(path))
+
+    def roles(self) -> dict[str, Any]:
+        path = self.run.root / ROLES_FILE
+        if not path.exists():
+            raise StudyError(f"{path}: missing; the plan stage writes it (run the study without --only)")
+        return read_json(path)
+
+    def plan(self) -> Any:
+        from flopmatch.budget import BudgetPlan
+
+        if not self.run.plan_path.exists():
+            raise StudyError(f"{self.run.plan_path}: no plan; run the plan stage first")
+        return BudgetPlan.load(self.run)
+
+    def budgets(self) -> list[tuple[int, int]]:
+        return [(int(b.se_samples), int(b.wc_samples)) for b in self.plan().budgets]
+
+
+def _enabled(config: StudyConfig, stage: str) -> tuple[bool, str]:
+    if stage == "judge" and not config.judge.enabled:
+        return False, "judge.enabled is false"
+    if stage in ("sft", "train", "eval") and not config.training.enabled:
+        return False, "training.enabled is false"
+    if stage in ("sft", "train", "eval") and not config.paradigms.enabled():
+        return False, "no paradigm is enabled"
+    return True, ""
+
+
+def _needs(config: StudyConfig, stage: str) -> tuple[str, ...]:
+    judge = ("judge",) if config.judge.enabled else ()
+    return {
+        "problems": (),
+        "plan": ("problems",),
+        "sample": ("problems", "plan"),
+        "grade": ("sample",),
+        "judge": ("grade",),
+        "analyze": ("plan", "grade", *judge),
+        "sft": ("plan", "grade", *judge),
+        "train": ("problems", "sft"),
+        "eval": ("problems", "train"),
+        "report": ("plan", "sample", "analyze") + (("eval",) if _enabled(config, "eval")[0] else ()),
+    }[stage]
+
+
+def _stage_config(config: StudyConfig, stage: str) -> Any:
+    """The config a stage reads: what goes into its digest besides its upstream outputs."""
+    models = config.models
+    model_refs = {"wc": models.wc.model, "se": models.se.model}
+    match stage:
+        case "problems":
+            return {"problems": config.problems, "seed": config.seed}
+        case "plan":
+            return {
+                "budget": config.budget,
+                "models": {
+                    r: {"model": m.model, "params": m.params, "price": m.price_per_token, "label": m.label}
+                    for r, m in (("wc", models.wc), ("se", models.se))
+                },
+                "student": config.paradigms.student.model if config.paradigms.student else None,
+            }
+        case "sample":
+            return {"models": models, "sampling": config.sampling, "seed": config.seed}
+        case "grade":
+            return {"grading": config.grading}
+        case "judge":
+            return {"judge": config.judge, "seed": config.seed}
+        case "analyze":
+            return {"analysis": config.analysis, "seed": config.seed}
+        case "sft":
+            return {"paradigms": config.paradigms, "models": model_refs, "seed": config.seed}
+        case "train":
+            return {
+                "training": config.training,
+                "paradigms": config.paradigms,
+                "models": model_refs,
+                "evaluation": {
+                    "backend": config.evaluation.backend,
+                    "max_tokens": config.evaluation.max_tokens or config.sampling.max_tokens,
+                },
+                "seed": config.seed,
+            }
+        case "eval":
+            return {
+                "evaluation": config.evaluation,
+                "max_tokens": config.sampling.max_tokens,
+                "seed": config.seed,
+            }
+        case "report":
+            return {"report": 1}
+    raise KeyError(stage)
+
+
+def fingerprint(paths: Sequence[Path]) -> str:
+    """Identity of a stage's outputs: relative path, size and modification time of every file under
+    ``paths``. Cheap (no file is read), and any rewrite changes it, so what depends on it reruns."""
+    entries: list[tuple[str, int, int]] = []
+    for path in paths:
+        if path.is_file():
+            files = [path]
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        else:
+            continue
+        for file in files:
+            stat = file.stat()
+            entries.append((str(file), stat.st_size, stat.st_mtime_ns))
+    return config_hash(entries)
+
+
+def _outputs(ctx: StudyContext, stage: str) -> list[Path]:
+    run = ctx.run
+    roles = {}
+    if (run.root / ROLES_FILE).exists():
+        roles = read_json(run.root / ROLES_FILE)
+    keys = [roles[r]["key"] for r in ("wc", "se") if r in roles]
+    match stage:
+        case "problems":
+            return [run.problems_path(r) for r in PROBLEM_ROLES]
+        case "plan":
+            return [run.plan_path, run.root / ROLES_FILE]
+        case "sample":
+            return [run.root / "samples" / k for k in keys]
+        case "grade":
+            return [run.root / "grades" / f"{k}.parquet" for k in keys]
+        case "judge":
+            return [run.root / "judgments" / f"{k}.parquet" for k in keys]
+        case "analyze":
+            return [
+                run.metrics_dir / "summary.parquet",
+                run.metrics_dir / "compute_matched.parquet",
+                run.metrics_dir / "coverage_curve.parquet",
+            ]
+        case "sft":
+            return [run.root / "sft"]
+        case "train":
+            return [run.root / "models" / "trained.json"]
+        case "eval":
+            return [run.metrics_dir / "paradigms.parquet"]
+        case "report":
+            return [run.report_dir / "index.html"]
+    raise KeyError(stage)
+
+
+def stage_digest(ctx: StudyContext, stage: str, state: Mapping[str, Any] | None = None) -> str | None:
+    """The hash a finished ``stage`` must carry to be skipped: its config and its upstream outputs.
+    ``None`` while an upstream stage has not finished (the stage cannot be judged yet)."""
+    state = ctx.run.stage_state() if state is None else state
+    upstream = {}
+    for need in _needs(ctx.config, stage):
+        entry = state.get(need)
+        if not entry or entry.get("status") != "done" or "outputs" not in entry:
+            return None
+        upstream[need] = entry["outputs"]
+    return config_hash(
+        {
+            "stage": stage,
+            "version": STAGE_VERSION,
+            "config": _stage_config(ctx.config, stage),
+            "upstream": upstream,
+        }
+    )
+
+
+#: Bump when a stage's behaviour changes so finished runs redo it.
+STAGE_VERSION = 1
+
+
+def study_status(ctx: StudyContext) -> list[StageStatus]:
+    """Each stage's state, as ``flopmatch status`` shows it. ``stale``: finished with another config or
+    other inputs (it will rerun); ``interrupted``: started and not finished, and no study holds the run."""
+    state = ctx.run.stage_state()
+    running = _lock_held(ctx.run)
+    out: list[StageStatus] = []
+    for stage in STAGES:
+        enabled, why = _enabled(ctx.config, stage)
+        entry = state.get(stage) or {}
+        if not enabled:
+            out.append(StageStatus(stage, "off", None, entry, why))
+            continue
+        digest = stage_digest(ctx, stage, state)
+        status = entry.get("status")
+        info = {k: v for k, v in entry.items() if k not in ("hash", "status")}
+        if status == "done":
+            if digest is not None and entry.get("hash") == digest and _outputs_intact(ctx, stage, entry):
+                out.append(StageStatus(stage, "done", digest, info))
+            else:
+                reason = (
+                    "outputs changed on disk"
+                    if digest is not None and entry.get("hash") == digest
+                    else ("config or inputs changed")
+                )
+                out.append(StageStatus(stage, "stale", digest, info, reason))
+        elif status == "running":
+            out.append(
+                StageStatus(
+                    stage,
+                    "running" if running else "interrupted",
+                    digest,
+                    info,
+                    "" if running else "started and not finished; the next run resumes it",
+                )
+            )
+        else:
+            out.append(StageStatus(stage, "pending", digest, info))
+    return out
+
+
+def _outputs_intact(ctx: StudyContext, stage: str, entry: Mapping[str, Any]) -> bool:
+    return entry.get("outputs") == fingerprint(_outputs(ctx, stage))
+
+
+# --------------------------------------------------------------------------- the run lock
+
+
+def _lock_path(run: RunDir) -> Path:
+    return run.root / ".study.lock"
+
+
+def _lock_held(run: RunDir) -> bool:
+    import fcntl
+
+    path = _lock_path(run)
+    if not path.exists():
+        return False
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+@contextmanager
+def _run_lock(run: RunDir):
+    """One study per run directory at a time (a second one would race the first's stages)."""
+    import fcntl
+
+    run.ensure()
+    with open(_lock_path(run), "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise StudyError(f"{run.root}: another study is running in this run directory") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- running a study
+
+
+@dataclass
+class StudyResult:
+    run_dir: Path
+    ran: list[str]
+    skipped: list[str]
+    report: Path | None
+    seconds: float
+
+
+def run_dir_for(config: StudyConfig, run_dir: str | Path | None = None) -> Path:
+    """``run_dir`` argument, else the config's ``run_dir``, else ``runs/<name>`` under the working directory."""
+    if run_dir is not None:
+        return Path(run_dir)
+    if config.run_dir:
+        return Path(config.run_dir)
+    return Path("runs") / config.name
+
+
+def freeze_config(config: StudyConfig, run: RunDir) -> Path:
+    """Write the resolved config to ``study.yaml`` (what ``status``/``report`` read later)."""
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    return write_text(f"# resolved by flopmatch study; the config this run used last\n{text}", run.study_path)
+
+
+def load_run_config(run_dir: str | Path) -> StudyConfig:
+    """The config frozen in a run directory by ``flopmatch study``."""
+    run = RunDir(run_dir)
+    if not run.study_path.exists():
+        raise StudyConfigError(
+            f"{run.root}: no study.yaml; is this a run directory made by `flopmatch study`?"
+        )
+    return load_study_config(run.study_path)
+
+
+def run_study(
+    config: StudyConfig,
+    run_dir: str | Path | None = None,
+    *,
+    only: Sequence[str] = (),
+    force: Sequence[str] = (),
+    log: Any = print,
+    progress: bool = True,
+) -> StudyResult:
+    """Run the stages of ``config`` in order, skipping those already done with the same digest.
+
+    ``only``: run just these stages (their upstream stages must be done). ``force``: rerun these even
+    when done; their outputs change, so the stages that read them rerun too. A study killed at any point
+    is resumed by running it again.
+    """
+    for name in (*only, *force):
+        if name not in STAGES:
+            raise StudyError(f"unknown stage {name!r}; stages are: {', '.join(STAGES)}")
+    run = RunDir(run_dir_for(config, run_dir)).ensure()
+    ctx = StudyContext(config=config, run=run, log=log, progress=progress)
+    started = time.perf_counter()
+    ran: list[str] = []
+    skipped: list[str] = []
+    with _run_lock(run):
+        freeze_config(config, run)
+        for number, stage in enumerate(STAGES, 1):
+            head = f"[{number}/{len(STAGES)}] {stage}"
+            enabled, why = _enabled(config, stage)
+            if not enabled:
+                log(f"{head}: off ({why})")
+                skipped.append(stage)
+                continue
+            if only and stage not in only:
+                skipped.append(stage)
+                continue
+            state = run.stage_state()
+            digest = stage_digest(ctx, stage, state)
+            if digest is None:
+                missing = [n for n in _needs(config, stage) if (state.get(n) or {}).get("status") != "done"]
+                raise StudyError(
+                    f"stage {stage} needs {', '.join(missing)} to be done first; run the study without --only"
+                )
+            entry = state.get(stage) or {}
+            if (
+                stage not in force
+                and entry.get("status") == "done"
+                and entry.get("hash") == digest
+                and _outputs_intact(ctx, stage, entry)
+            ):
+                log(f"{head}: done earlier, inputs unchanged — skipped")
+                skipped.append(stage)
+                continue
+            log(f"{head}: running")
+            run.mark_started(stage, digest)
+            t0 = time.perf_counter()
+            info = STAGE_RUNNERS[stage](ctx) or {}
+            seconds = time.perf_counter() - t0
+            run.mark_done(stage, digest, outputs=fingerprint(_outputs(ctx, stage)), seconds=seconds, **info)
+            log(
+                f"{head}: done in {_fmt_seconds(seconds)}"
+                + (f" — {info['summary']}" if info.get("summary") else "")
+            )
+            ran.append(stage)
+    report = run.report_dir / "index.html"
+    return StudyResult(
+        run.root, ran, skipped, report if report.exists() else None, time.perf_counter() - started
+    )
+
+
+def _fmt_seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m {secs:02d}s"
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def _load_split(spec: SplitConfig, seed: int) -> list[Any]:
+    from flopmatch.problems import load
+
+    return load(
+        spec.source,
+        split=spec.split,
+        data_file=spec.data_file,
+        limit=spec.limit,
+        seed=spec.seed if spec.seed is not None else seed,
+    )
+
+
+def _holdout_rank(seed: int, problem_id: str) -> bytes:
+    return hashlib.sha256(f"holdout\x00{seed}\x00{problem_id}".encode()).digest()
+
+
+def _question_key(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def split_problems(config: StudyConfig) -> dict[str, list[Any]]:
+    """Load the sample / validation / test problems, relabel their ``split`` with the role (so the run
+    holds ``problems/<role>.parquet``) and refuse overlaps (a test problem seen in training data would
+    inflate every fine-tuned score)."""
+    from dataclasses import replace
+
+    problems_cfg = config.problems
+    sample_spec = problems_cfg.sample
+    validation = problems_cfg.validation
+    holdout = validation.holdout if validation is not None else None
+    if holdout and sample_spec.limit is not None:
+        sample_spec = sample_spec.model_copy(update={"limit": sample_spec.limit + holdout})
+    sample = _load_split(sample_spec, config.seed)
+    out: dict[str, list[Any]] = {}
+    if holdout:
+        if holdout >= len(sample):
+            raise StudyError(
+                f"problems.validation.holdout is {holdout} but the sample split has only {len(sample)} problems"
+            )
+        ranked = sorted(sample, key=lambda p: _holdout_rank(config.seed, p.problem_id))
+        held = {p.problem_id for p in ranked[:holdout]}
+        out["validation"] = [p for p in sample if p.problem_id in held]
+        sample = [p for p in sample if p.problem_id not in held]
+    elif validation is not None:
+        out["validation"] = _load_split(validation.as_split(), config.seed)
+    out["sample"] = sample
+    if problems_cfg.test is not None:
+        out["test"] = _load_split(problems_cfg.test, config.seed)
+    for role, items in out.items():
+        if not items:
+            raise StudyError(f"problems.{role}: the source returned no problems")
+    roles = list(out)
+    for i, a in enumerate(roles):
+        for b in roles[i + 1 :]:
+            ids = {p.problem_id for p in out[a]} & {p.problem_id for p in out[b]}
+            texts = {_question_key(p.question) for p in out[a]} & {_question_key(p.question) for p in out[b]}
+            if ids or texts:
+                raise StudyError(
+                    f"problems.{a} and problems.{b} share {max(len(ids), len(texts))} problem(s); "
+                    "they must be disjoint (pick other splits, or a validation holdout)"
+                )
+    return {role: [replace(p, split=role) for p in items] for role, items in out.items()}
+
+
+def _stage_problems(ctx: StudyContext) -> dict[str, Any]:
+    from flopmatch.problems import problems_to_table
+
+    split = split_problems(ctx.config)
+    for role in PROBLEM_ROLES:
+        path = ctx.run.problems_path(role)
+        if role in split:
+            write_table(problems_to_table(split[role]), path)
+        elif path.exists():
+            path.unlink()
+    counts = {role: len(items) for role, items in split.items()}
+    return {"counts": counts, "summary": ", ".join(f"{n} {r}" for r, n in counts.items())}
+
+
+def _model_entry(spec: ModelSpec, *, resolve: bool, log: Any) -> dict[str, Any]:
+    """Role record: the reference, its run-directory key, where it loads from, and its parameter count."""
+    from flopmatch.modelinfo import count_parameters
+    from flopmatch.models import resolve_model
+
+    path = spec.model
+    if resolve:
+        log(f"    preparing {spec.model} …")
+        path = resolve_model(spec.model)
+    params: float | None = spec.params
+    source = "given in the study config" if params else None
+    if params is None:
+        count = count_parameters(path)
+        params, source = float(count.total), str(count.source)
+    return {
+        "model": spec.model,
+        "key": model_key(spec.model),
+        "label": spec.display,
+        "path": str(path),
+        "params": params,
+        "params_source": source,
+        "backend": spec.backend,
+    }
+
+
+def _stage_plan(ctx: StudyContext) -> dict[str, Any]:
+    from flopmatch.budget import plan_for_models
+
+    config = ctx.config
+    roles = {
+        "wc": _model_entry(config.models.wc, resolve=True, log=ctx.log),
+        "se": _model_entry(config.models.se, resolve=True, log=ctx.log),
+    }
+    student = config.paradigms.student
+    if student is not None and config.training.enabled and config.paradigms.knowledge_distillation:
+        roles["student"] = _model_entry(student, resolve=True, log=ctx.log)
+    n_problems = len(ctx.problems("sample"))
+    options = dict(config.budget.options)
+    if config.budget.mode == "price":
+        options.setdefault("wc_price", config.models.wc.price_per_token)
+        options.setdefault("se_price", config.models.se.price_per_token)
+    plan = plan_for_models(
+        config.models.wc.model,
+        config.models.se.model,
+        config.budget.se_samples,
+        mode=config.budget.mode,
+        wc_params=roles["wc"]["params"],
+        se_params=roles["se"]["params"],
+        rounding=config.budget.rounding,
+        n_problems=n_problems,
+        wc_param_source=roles["wc"]["params_source"],
+        se_param_source=roles["se"]["params_source"],
+        **options,
+    )
+    plan.save(ctx.run)
+    write_json(roles, ctx.run.root / ROLES_FILE)
+    pairs = ", ".join(f"SE {b.se_samples} vs WC {b.wc_samples}" for b in plan.budgets)
+    return {"summary": f"ratio {plan.ratio:.2f}: {pairs} per problem"}
+
+
+def _stage_sample(ctx: StudyContext) -> dict[str, Any]:
+    from flopmatch.backends.base import SamplingParams
+    from flopmatch.sampling import sample
+
+    config = ctx.config
+    problems = ctx.problems("sample")
+    counts = {"wc": max(w for _, w in ctx.budgets()), "se": max(s for s, _ in ctx.budgets())}
+    roles = ctx.roles()
+    prompt = _prompt_config(config, problems[0].dataset)
+    params = SamplingParams(
+        temperature=config.sampling.temperature,
+        top_p=config.sampling.top_p,
+        max_tokens=config.sampling.max_tokens,
+        stop=tuple(config.sampling.stop),
+    )
+    done: dict[str, Any] = {}
+    for role in ("wc", "se"):
+        spec: ModelSpec = getattr(config.models, role)
+        ctx.log(
+            f"    {role.upper()} {spec.display}: {len(problems)} problems × {counts[role]} samples ({spec.backend})"
+        )
+        summary = sample(
+            ctx.run.root,
+            model=spec.model,
+            problems=problems,
+            samples_per_problem=counts[role],
+            backend=spec.backend,
+            backend_options=dict(spec.backend_options),
+            params=params,
+            prompt=prompt,
+            budget_seconds=config.sampling.budget_seconds,
+            replicas=config.sampling.replicas,
+            ray_address=config.sampling.ray_address,
+            params_count=int(roles[role]["params"]),
+            progress=ctx.progress,
+        )
+        if summary.status != "done":
+            raise StudyError(
+                f"sampling {spec.model} ended with status {summary.status!r}: {summary.message}; "
+                "rerun the study to continue"
+            )
+        done[role] = {
+            "generated": summary.generated,
+            "on_disk": summary.on_disk,
+            "seconds": summary.seconds,
+            "tokens_per_second": summary.tokens_per_second,
+        }
+    return {
+        "models": done,
+        "summary": ", ".join(f"{r.upper()} {d['on_disk']} samples" for r, d in done.items()),
+    }
+
+
+def _prompt_config(config: StudyConfig, dataset: str) -> Any:
+    """The dataset's default prompt, with the study's ``sampling.prompt`` overrides."""
+    from flopmatch.prompts import PromptConfig, default_prompt_config
+
+    base = default_prompt_config(dataset)
+    if not config.sampling.prompt:
+        return base
+    return PromptConfig.model_validate({**base.model_dump(), **config.sampling.prompt})
+
+
+def _stage_grade(ctx: StudyContext) -> dict[str, Any]:
+    from flopmatch.grading import grade_run
+
+    result = grade_run(ctx.run.root, workers=ctx.config.grading.workers, timeout=ctx.config.grading.timeout)
+    return {"summary": _short(result)}
+
+
+def _short(result: Any) -> str:
+    text = str(result) if result is not None else ""
+    return text if len(text) < 160 else text[:157] + "…"
+
+
+def _stage_judge(ctx: StudyContext) -> dict[str, Any]:
+    from flopmatch.judge import judge_run, make_judge
+
+    judge = make_judge(ctx.config.judge.spec)
+    try:
+        stats = judge_run(ctx.run.root, judge, per_model=ctx.config.judge.per_model, seed=ctx.config.seed)
+    finally:
+        judge.close()
+    parts = [
+        f"{model_key(m)} FPR {s.fpr.value * 100:.1f}% of {s.selected}" if hasattr(s.fpr, "value") else m
+        for m, s in stats.items()
+    ]
+    return {"summary": ", ".join(parts)}
+
+
+def _stage_analyze(ctx: StudyContext) -> dict[str, Any]:
+    from flopmatch.analysis import analyze
+
+    analyze(ctx.run.root, ks=ctx.config.analysis.ks, n_boot=ctx.config.analysis.n_boot, seed=ctx.config.seed)
+    return {}
+
+
+def _stage_sft(ctx: StudyContext) -> dict[str, Any]:
+    from flopmatch.sft import build_sft
+
+    config = ctx.config
+    roles = ctx.roles()
+    built: dict[str, Any] = {}
+    for item in sft_sets(config, ctx.budgets()):
+        result = build_sft(
+            ctx.run,
+            source_model=roles[item.role]["model"],
+            samples_per_problem=item.samples_per_problem,
+            max_per_problem=config.paradigms.max_per_problem,
+            name=item.name,
+            seed=config.seed,
+        )
+        built[item.name] = {"examples": result.examples, "problems": result.problems_covered}
+        ctx.log(f"    {item.name}: {result.examples} examples over {result.problems_covered} problems")
+    return {"sets": built, "summary": f"{len(built)} SFT sets"}
+
+
+def _train_config(config: StudyConfig) -> Any:
+    from flopmatch.training import TrainConfig
+
+    options = dict(config.training.options)
+    options.setdefault("seed", config.seed)
+    if config.training.preset == "tiny-cpu":
+        return TrainConfig.tiny_cpu(**options)
+    return TrainConfig(**options)
+
+
+def _stage_train(ctx: StudyContext) -> dict[str, Any]:
+    from flopmatch.training import train
+
+    config = ctx.config
+    roles = ctx.roles()
+    train_cfg = _train_config(config)
+    validation = ctx.problems("validation") or None
+    results: dict[str, Any] = {}
+    jobs = train_jobs(config, ctx.budgets())
+    for number, job in enumerate(jobs, 1):
+        student = roles[job.student_role]
+        sub = f"train:{job.name}"
+        digest = config_hash(
+            {
+                "job": job,
+                "config": train_cfg,
+                "base": student["path"],
+                "data": fingerprint([ctx.run.sft_dir(job.data.name)]),
+            }
+        )
+        out_dir = ctx.run.model_dir(job.name)
+        if ctx.run.is_done(sub, digest) and (out_dir / "train_result.json").exists():
+            results[job.name] = read_json(ctx.run.root / "state.json")[sub].get("best")
+            continue
+        ctx.log(f"    [{number}/{len(jobs)}] {job.name}: {student['label']} on {job.data.name}")
+        result = train(
+            ctx.run.sft_dir(job.data.name),
+            base_model=student["path"],
+            out_dir=out_dir,
+            config=train_cfg,
+            validation=validation,
+            select_backend=config.evaluation.backend,
+            select_max_tokens=config.evaluation.max_tokens or config.sampling.max_tokens,
+            select_options=dict(config.evaluation.backend_options),
+            overwrite=True,
+        )
+        best = str(result.best or out_dir)
+        ctx.run.mark_done(sub, digest, best=best, seconds=result.seconds, loss=result.train_loss)
+        results[job.name] = best
+    write_json({"jobs": results}, ctx.run.root / "models" / "trained.json")
+    return {"summary": f"{len(jobs)} models"}
+
+
+def _stage_eval(ctx: StudyContext) -> dict[str, Any]:
+    from flopmatch.evaluation import evaluate
+
+    config = ctx.config
+    ev = config.evaluation
+    roles = ctx.roles()
+    test = ctx.problems("test")
+    trained = read_json(ctx.run.root / "models" / "trained.json")["jobs"]
+    budgets = dict(ctx.budgets())
+    jobs = train_jobs(config, ctx.budgets())
+    max_tokens = ev.max_tokens or config.sampling.max_tokens
+
+    def run_eval(name: str, model: str) -> Any:
+        return evaluate(
+            model,
+            test,
+            backend=ev.backend,
+            n=ev.n,
+            temperature=ev.temperature,
+            max_tokens=max_tokens,
+            seed=config.seed,
+            out_path=ctx.run.eval_path(name),
+            backend_options=dict(ev.backend_options),
+            progress_desc=f"eval {name}",
+        )
+
+    rows: list[dict[str, Any]] = []
+    baselines: dict[str, Any] = {}
+    if ev.baselines:
+        for student_role in dict.fromkeys(j.student_role for j in jobs):
+            ctx.log(f"    base {roles[student_role]['label']} (before fine-tuning)")
+            baselines[student_role] = run_eval(f"base-{student_role}", roles[student_role]["path"])
+    for number, job in enumerate(jobs, 1):
+        ctx.log(f"    [{number}/{len(jobs)}] {job.name}")
+        result = run_eval(job.name, trained[job.name])
+        rows += _eval_rows(
+            job.paradigm,
+            job.data.budget,
+            budgets[job.data.budget],
+            roles[job.student_role]["label"],
+            job.data.kind,
+            job.name,
+            result,
+        )
+    done_pairs = {(j.paradigm, j.data.budget, j.student_role) for j in jobs}
+    for paradigm, budget, student_role in sorted(done_pairs):
+        if student_role in baselines:
+            rows += _eval_rows(
+                paradigm,
+                budget,
+                budgets[budget],
+                roles[student_role]["label"],
+                "base",
+                f"base-{student_role}",
+                baselines[student_role],
+            )
+    write_table(rows, ctx.run.metrics_dir / "paradigms.parquet")
+    return {"summary": f"{len(jobs)} fine-tuned + {len(baselines)} base models on {len(test)} test problems"}
+
+
+def _eval_rows(
+    paradigm: str, budget: int, wc_samples: int, student: str, data: str, name: str, result: Any
+) -> list[dict[str, Any]]:
+    out = []
+    for metric, value in sorted(result.metrics.items()):
+        low, high = result.intervals.get(metric, (float("nan"), float("nan")))
+        out.append(
+            {
+                "paradigm": paradigm,
+                "budget_se_samples": int(budget),
+                "wc_samples": int(wc_samples),
+                "student": student,
+                "data": data,
+                "model_name": name,
+                "metric": metric,
+                "value": float(value),
+                "ci_low": float(low),
+                "ci_high": float(high),
+                "n_problems": int(result.problems),
+            }
+        )
+    return out
+
+
+def _stage_report(ctx: StudyContext) -> dict[str, Any]:
+    from flopmatch.report import build_report
+
+    paths = build_report(ctx.run.root)
+    return {"summary": str(paths.html)}
+
+
+STAGE_RUNNERS = {
+    "problems": _stage_problems,
+    "plan": _stage_plan,
+    "sample": _stage_sample,
+    "grade": _stage_grade,
+    "judge": _stage_judge,
+    "analyze": _stage_analyze,
+    "sft": _stage_sft,
+    "train": _stage_train,
+    "eval": _stage_eval,
+    "report": _stage_report,
+}
+
+
+# --------------------------------------------------------------------------- dry run
+
+#: Problems per source split, for cost estimates when a source cannot be read offline.
+KNOWN_SIZES: dict[tuple[str, str], int] = {
+    ("gsm8k", "train"): 7473,
+    ("gsm8k", "test"): 1319,
+    ("math", "train"): 7500,
+    ("math", "test"): 5000,
+    ("math500", "test"): 500,
+    ("math-offline", "train"): 4500,
+    ("math-offline", "test"): 500,
+}
+
+
+@dataclass
+class DryRun:
+    """What ``--dry-run`` prints: the plan and what the study would cost, with where each number came from."""
+
+    config: StudyConfig
+    run_dir: Path
+    problems: dict[str, tuple[int | None, str]]  # role -> (count, how it was found)
+    params: dict[str, tuple[float | None, str]]  # role -> (count, source)
+    plan: Any | None
+    plan_error: str | None
+    costs: list[dict[str, Any]]
+    jobs: list[TrainJob]
+    evals: int
+    stages: list[StageStatus] | None
+
+
+def _count_split(spec: SplitConfig, seed: int) -> tuple[int | None, str]:
+    """Problems in a split: loaded when that is cheap and offline (local files, the toy world), else
+    the source's known size, capped by ``limit``."""
+    if spec.data_file is not None or spec.source == "toyworld":
+        try:
+            return len(_load_split(spec, seed)), "counted"
+        except Exception as exc:  # noqa: BLE001 - a dry run reports, the real run fails loudly
+            return None, f"cannot load: {exc}"
+    size = KNOWN_SIZES.get((spec.source, spec.split or "test"))
+    if size is None:
+        return spec.limit, "limit" if spec.limit else "unknown size"
+    return (min(size, spec.limit) if spec.limit else size), "known dataset size"
+
+
+def _params_offline(spec: ModelSpec) -> tuple[float | None, str]:
+    """A parameter count without downloading or training anything: the override, the registry's
+    nominal count, or a local config/GGUF."""
+    if spec.params:
+        return spec.params, "given in the study config"
+    try:
+        from flopmatch.models import REGISTRY
+
+        entry = REGISTRY.get(spec.model)
+    except ImportError:
+        entry = None
+    if entry is not None and entry.parameters:
+        return float(entry.parameters), f"registry ({entry.upstream})"
+    if entry is not None:
+        return None, "read from the model after it is prepared (not known before)"
+    if Path(spec.model).expanduser().exists():
+        from flopmatch.modelinfo import count_parameters
+
+        count = count_parameters(spec.model)
+        return float(count.total), str(count.source)
+    return None, f"hub id: read at run time (offline: set models.<role>.params for {spec.model})"
+
+
+def dry_run(config: StudyConfig, run_dir: str | Path | None = None) -> DryRun:
+    """Validate what can be validated without running anything, plan the budgets and estimate cost.
+
+    Sampling cost is an upper bound: every solution at ``sampling.max_tokens`` generated tokens (the
+    ledger of an earlier run of this study, when there is one, gives measured mean lengths instead).
+    """
+    from flopmatch.budget import BudgetError, plan_budgets
+
+    root = run_dir_for(config, run_dir)
+    problems: dict[str, tuple[int | None, str]] = {}
+    sample_count = _count_split(config.problems.sample, config.seed)
+    validation = config.problems.validation
+    if validation is not None and validation.holdout:
+        problems["sample"] = sample_count
+        problems["validation"] = (validation.holdout, "held out from the sample split")
+    else:
+        problems["sample"] = sample_count
+        if validation is not None:
+            problems["validation"] = _count_split(validation.as_split(), config.seed)
+    if config.problems.test is not None:
+        problems["test"] = _count_split(config.problems.test, config.seed)
+    params = {"wc": _params_offline(config.models.wc), "se": _params_offline(config.models.se)}
+    if config.paradigms.student is not None and config.training.enabled:
+        params["student"] = _params_offline(config.paradigms.student)
+    plan, plan_error = None, None
+    try:
+        options = dict(config.budget.options)
+        options.pop("ledger", None)
+        if config.budget.mode == "price":
+            options.setdefault("wc_price", config.models.wc.price_per_token)
+            options.setdefault("se_price", config.models.se.price_per_token)
+        plan = plan_budgets(
+            mode=config.budget.mode, se_samples=config.budget.se_samples, wc_params=params["wc"][0],
+            se_params=params["se"][0], rounding=config.budget.rounding, n_problems=problems["sample"][0],
+            wc_name=config.models.wc.model, se_name=config.models.se.model, **options,
+        )  # fmt: skip
+    except (BudgetError, TypeError, ValueError) as exc:
+        plan_error = str(exc)
+    costs = []
+    n = problems["sample"][0]
+    if plan is not None and n:
+        mean_tokens = _ledger_mean_tokens(RunDir(root), config)
+        for role in ("wc", "se"):
+            spec: ModelSpec = getattr(config.models, role)
+            per_problem = max(int(getattr(b, f"{role}_samples")) for b in plan.budgets)
+            tokens, basis = mean_tokens.get(
+                role, (config.sampling.max_tokens, "upper bound: max_tokens each")
+            )
+            samples = n * per_problem
+            p = params[role][0]
+            costs.append({"role": role, "model": spec.display, "samples": samples, "tokens": samples * tokens,
+                          "flops": 2 * p * samples * tokens if p else None, "basis": basis})  # fmt: skip
+    jobs = train_jobs(config, [(b.se_samples, b.wc_samples) for b in plan.budgets]) if plan else []
+    jobs = jobs if config.training.enabled else []
+    students = {j.student_role for j in jobs}
+    evals = len(jobs) + (len(students) if config.evaluation.baselines else 0)
+    stages = None
+    if RunDir(root).study_path.exists():
+        stages = study_status(StudyContext(config=config, run=RunDir(root), log=lambda _: None))
+    return DryRun(config, root, problems, params, plan, plan_error, costs, jobs, evals, stages)
+
+
+def _ledger_mean_tokens(run: RunDir, config: StudyConfig) -> dict[str, tuple[float, str]]:
+    if not run.ledger_path.exists():
+        return {}
+    try:
+        from flopmatch.ledger import summarize_ledger
+
+        frame = summarize_ledger(run.root)
+    except Exception:  # noqa: BLE001 - an unreadable ledger only loses the refinement
+        return {}
+    out = {}
+    for role in ("wc", "se"):
+        key = model_key(getattr(config.models, role).model)
+        rows = (
+            frame[frame["model"].map(lambda m: model_key(str(m))) == key] if "model" in frame else frame[:0]
+        )
+        if len(rows) and float(rows["samples"].sum()) > 0:
+            mean = float(rows["completion_tokens"].sum()) / float(rows["samples"].sum())
+            out[role] = (mean, "measured mean length (this run's ledger)")
+    return out
+
+
+def demo_config() -> StudyConfig:
+    """The packaged copy of ``examples/toyworld.yaml`` (works from an installed wheel)."""
+    from importlib.resources import as_file, files
+
+    with as_file(files("flopmatch").joinpath("configs/toyworld.yaml")) as path:
+        return load_study_config(path)

@@ -11,6 +11,7 @@ from flopmatch.cli._app import app
 COMMAND_MODULES: tuple[str, ...] = (
     # one line per command module; keep the stage order of the pipeline
     "sample",  # sample, ledger
+    "study",  # study, status, report, demo
 )
 
 for _name in COMMAND_MODULES:

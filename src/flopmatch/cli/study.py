@@ -1,0 +1,225 @@
+"""`flopmatch study`, `status`, `report` and `demo`: the commands that run a whole study."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from flopmatch.cli._app import app, console, fail
+
+STATE_STYLE = {
+    "done": "green",
+    "stale": "yellow",
+    "pending": "dim",
+    "running": "cyan",
+    "interrupted": "red",
+    "off": "dim",
+}
+
+
+def _log(message: str) -> None:
+    if message.startswith("["):
+        head, _, rest = message.partition(":")
+        console.print(f"[bold]{head}[/]:{rest}", highlight=False)
+    else:
+        console.print(message, highlight=False, style="dim")
+
+
+@app.command("study")
+def study_command(
+    config: Annotated[Path, typer.Argument(help="A study file (YAML); see examples/.")],
+    run: Annotated[
+        Path | None,
+        typer.Option("--run", help="Run directory (default: the config's run_dir, else runs/<name>)."),
+    ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Run only this stage (repeatable); its inputs must be done."),
+    ] = None,
+    force: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--force", help="Rerun this stage even if done (repeatable); what reads its outputs reruns too."
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate, print the plan and its estimated cost; run nothing.")
+    ] = False,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key, e.g. --set training.enabled=true (repeatable)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars (stage lines only).")] = False,
+) -> None:
+    """Run a whole study from one YAML file: problems → plan → sample → grade → judge → analyze → sft →
+    train → eval → report.
+
+    Each stage is skipped when its config and inputs are unchanged since it last finished, so running
+    the same command again resumes a killed study and redoes only what changed.
+    """
+    from flopmatch.study import StudyConfigError, StudyError, load_study_config, run_study
+
+    try:
+        cfg = load_study_config(config, overrides or ())
+    except StudyConfigError as exc:
+        raise fail(str(exc)) from None
+    if dry_run:
+        _print_dry_run(cfg, run)
+        return
+    try:
+        result = run_study(cfg, run, only=only or (), force=force or (), log=_log, progress=not quiet)
+    except StudyError as exc:
+        raise fail(str(exc), code=1) from None
+    _print_finish(result)
+
+
+@app.command("status")
+def status_command(
+    run: Annotated[Path, typer.Argument(help="A run directory made by `flopmatch study`.")],
+) -> None:
+    """Show each stage of a study run: done, stale (will rerun), pending, running, interrupted or off."""
+    from flopmatch.store import RunDir
+    from flopmatch.study import StudyConfigError, StudyContext, load_run_config, study_status
+
+    try:
+        cfg = load_run_config(run)
+    except StudyConfigError as exc:
+        raise fail(str(exc)) from None
+    statuses = study_status(StudyContext(config=cfg, run=RunDir(run), log=lambda _: None))
+    state = RunDir(run).stage_state()
+    table = Table(title=f"{cfg.name} — {run}", title_justify="left")
+    for column in ("stage", "state", "took", "finished", "note"):
+        table.add_column(column, justify="right" if column == "took" else "left")
+    for s in statuses:
+        seconds = s.info.get("seconds")
+        finished = s.info.get("finished_at")
+        note = s.reason or str(s.info.get("summary", ""))
+        if s.name == "train":
+            jobs = [k for k, v in state.items() if k.startswith("train:") and v.get("status") == "done"]
+            note = note or f"{len(jobs)} models trained"
+        table.add_row(
+            s.name,
+            f"[{STATE_STYLE.get(s.state, '')}]{s.state}[/]",
+            f"{seconds:.1f} s" if isinstance(seconds, int | float) else "",
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(finished)) if finished else "",
+            note,
+        )
+    console.print(table)
+    report = RunDir(run).report_dir / "index.html"
+    if report.exists():
+        console.print(f"report: {report}")
+
+
+@app.command("report")
+def report_command(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """(Re)build a run's report: report/index.html (self-contained) and report/report.md."""
+    from flopmatch.report import build_report
+
+    try:
+        paths = build_report(run)
+    except FileNotFoundError as exc:
+        raise fail(str(exc)) from None
+    for line in paths.verdict:
+        console.print(f"• {line}", highlight=False)
+    console.print(f"report: [bold]{paths.html}[/]\nmarkdown: {paths.markdown}")
+
+
+@app.command("demo")
+def demo_command(
+    run: Annotated[Path, typer.Option("--run", help="Run directory.")] = Path("runs/demo"),
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Delete the run directory first (toy models stay cached).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """The whole study on the embedded toy world, on CPU: two tiny models pretrained locally (cached
+    after the first run), compute-matched sampling at SE 1 vs WC 3 and 10 vs 30, grading, exact FPR,
+    all three fine-tuning paradigms, and the report. A few minutes on 2 cores."""
+    import shutil
+
+    from flopmatch.study import StudyError, demo_config, run_study
+
+    if fresh and run.exists():
+        shutil.rmtree(run)
+    cfg = demo_config()
+    console.print(f"[bold]flopmatch demo[/]: {cfg.description}\nrun directory: {run}")
+    try:
+        result = run_study(cfg, run, log=_log, progress=not quiet)
+    except StudyError as exc:
+        raise fail(str(exc), code=1) from None
+    _print_finish(result)
+
+
+def _print_finish(result) -> None:
+    console.print(
+        f"\n[bold green]study finished[/] in {result.seconds:.0f} s "
+        f"({len(result.ran)} stages ran, {len(result.skipped)} skipped or off)"
+    )
+    if result.report is not None:
+        verdict = result.report.parent / "report.md"
+        if verdict.exists():
+            lines = verdict.read_text().split("## Verdict", 1)[-1].split("\n## ", 1)[0].strip().splitlines()
+            for line in lines:
+                console.print(line, highlight=False)
+        console.print(f"\nreport: [bold]{result.report}[/]")
+
+
+def _print_dry_run(cfg, run: Path | None) -> None:
+    from flopmatch.report import fmt_flops, fmt_params
+    from flopmatch.study import dry_run
+
+    plan = dry_run(cfg, run)
+    console.print(f"[bold green]config OK[/]: {cfg.name} → {plan.run_dir}")
+    table = Table(title="problems", title_justify="left")
+    for column in ("split", "problems", "from"):
+        table.add_column(column)
+    for role, (count, how) in plan.problems.items():
+        table.add_row(role, "?" if count is None else f"{count:,}", how)
+    console.print(table)
+    table = Table(title="models", title_justify="left")
+    for column in ("role", "model", "backend", "parameters", "from"):
+        table.add_column(column)
+    specs = {"wc": cfg.models.wc, "se": cfg.models.se, "student": cfg.paradigms.student}
+    for role, (count, how) in plan.params.items():
+        spec = specs[role]
+        table.add_row(role, spec.model, spec.backend, fmt_params(count) if count else "?", how)
+    console.print(table)
+    if plan.plan is None:
+        console.print(f"[yellow]budget plan not computable yet:[/] {plan.plan_error}")
+    else:
+        p = plan.plan
+        table = Table(
+            title=f"budget plan ({p.mode}, ratio {p.ratio:.3f}, rounding {p.rounding})", title_justify="left"
+        )
+        for column in ("SE samples / problem", "WC samples / problem", "mismatch"):
+            table.add_column(column, justify="right")
+        for b in p.budgets:
+            table.add_row(str(b.se_samples), str(b.wc_samples), f"{b.mismatch_pct:+.1f}%")
+        console.print(table)
+    if plan.costs:
+        table = Table(
+            title="estimated sampling cost (largest budget; smaller budgets are its prefix)",
+            title_justify="left",
+        )
+        for column in ("model", "samples", "generated tokens", "nominal FLOPs", "basis"):
+            table.add_column(column, justify="left" if column in ("model", "basis") else "right")
+        for c in plan.costs:
+            table.add_row(
+                c["model"], f"{c['samples']:,}", f"{c['tokens']:,.0f}", fmt_flops(c["flops"]), c["basis"]
+            )
+        console.print(table)
+    if cfg.training.enabled:
+        console.print(
+            f"fine-tuning: {len(plan.jobs)} training runs ({', '.join(cfg.paradigms.enabled())}; number-matched "
+            f"control for {', '.join(cfg.paradigms.number_matched) or 'none'}), {plan.evals} evaluations"
+        )
+    else:
+        console.print("fine-tuning: off (training.enabled: false) — dataset metrics only")
+    if plan.stages:
+        console.print(
+            "stages in " + str(plan.run_dir) + ": " + ", ".join(f"{s.name} {s.state}" for s in plan.stages)
+        )
