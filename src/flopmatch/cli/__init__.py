@@ -11,6 +11,7 @@ from flopmatch.cli._app import app
 COMMAND_MODULES: tuple[str, ...] = (
     # one line per command module; keep the stage order of the pipeline
     "sample",  # sample, ledger
+    "train",  # build-sft, train, eval
     "study",  # study, status, report, demo
 )
 

@@ -1,0 +1,296 @@
+"""`flopmatch build-sft`, `flopmatch train`, `flopmatch eval`: SFT data, fine-tuning, evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from flopmatch.cli._app import app, console, fail
+
+
+def _parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; a VALUE that parses as JSON (numbers, true, lists) is taken as such."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise fail(f"--option expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _load_problems(source: str, split: str | None, data_file: Path | None, limit: int | None, seed: int | None):
+    from flopmatch import problems as problems_mod
+
+    try:
+        found = problems_mod.load(source, split=split, data_file=data_file, limit=limit, seed=seed)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise fail(str(exc)) from exc
+    if not found:
+        raise fail(f"no problems from {source!r} (split {split!r}, limit {limit})")
+    return found
+
+
+def _resolve(model: str) -> str:
+    from flopmatch.models import resolve_model
+
+    try:
+        return resolve_model(model)
+    except Exception as exc:  # registry errors (missing parts, checksum) are user-facing
+        raise fail(str(exc)) from exc
+
+
+# --------------------------------------------------------------------------- build-sft
+
+
+@app.command("build-sft")
+def build_sft_command(
+    run: Annotated[Path, typer.Argument(help="the run directory")],
+    source: Annotated[str, typer.Option("--source", "-m", help="the model whose correct solutions to use")],
+    budget: Annotated[
+        int | None, typer.Option("--budget", "-b", min=1, help="SE samples per problem (the plan gives this model's S)")
+    ] = None,
+    samples_per_problem: Annotated[
+        int | None, typer.Option("--samples-per-problem", "-S", min=1, help="use this S directly (no plan needed)")
+    ] = None,
+    max_per_problem: Annotated[
+        int | None, typer.Option("--max-per-problem", "-k", min=1, help="keep at most K correct solutions per problem")
+    ] = None,
+    dedupe: Annotated[bool, typer.Option("--dedupe", help="drop duplicate solutions of a problem")] = False,
+    judge_filter: Annotated[bool, typer.Option("--judge-filter", help="drop solutions the judge called invalid")] = False,
+    judge: Annotated[str | None, typer.Option("--judge", help="which judge's verdicts (when several)")] = None,
+    number_matched_to: Annotated[
+        str | None,
+        typer.Option("--number-matched-to", help="the other model (use its samples per problem), a count, or an SFT set"),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="dataset name under RUN/sft/ (default <model>-b<budget>...)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Answer-correct solutions of one model → an HF dataset (`messages` + prompt/completion + lineage)."""
+    from flopmatch.sft import build_sft
+
+    if budget is None and samples_per_problem is None:
+        raise fail("give --budget B (SE samples per problem, via plan.json) or --samples-per-problem S")
+    try:
+        result = build_sft(
+            run, source_model=source, budget=budget, samples_per_problem=samples_per_problem,
+            max_per_problem=max_per_problem, dedupe=dedupe, judge_filter=(judge or True) if judge_filter else False,
+            number_matched_to=number_matched_to, name=name,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from exc
+    if as_json:
+        console.print_json(json.dumps(result.to_dict()))
+        return
+    console.print(f"[bold]{result.path}[/]")
+    console.print(f"  problems covered   {result.problems_covered} of {result.problems_total}")
+    console.print(f"  examples           {result.examples}")
+    console.print(f"  mean per problem   {result.mean_per_problem:.2f}  (S = {result.samples_per_problem})")
+
+
+# --------------------------------------------------------------------------- train
+
+
+@app.command("train")
+def train_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory (checkpoints, best/)")],
+    data: Annotated[Path | None, typer.Option("--data", help="an SFT dataset directory (from build-sft)")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="base model: HF id, directory or registry name")] = None,
+    preset: Annotated[str, typer.Option(help="starting hyperparameters: default (the paper's) | tiny-cpu")] = "default",
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="a JSON/YAML file of TrainConfig fields (over the preset)")
+    ] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="peak learning rate")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="per-device batch")] = None,
+    grad_accum: Annotated[int | None, typer.Option("--grad-accum", min=1, help="gradient accumulation steps")] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs", help="epochs (ignored with --max-steps)")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="optimizer steps")] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length", min=8, help="tokens per example")] = None,
+    warmup_ratio: Annotated[float | None, typer.Option("--warmup-ratio")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="cosine | linear | constant_with_warmup ...")] = None,
+    seed: Annotated[int | None, typer.Option(help="training seed")] = None,
+    bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bf16 mixed precision")] = None,
+    gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing")] = None,
+    cpu: Annotated[bool | None, typer.Option("--cpu/--no-cpu", help="train on CPU")] = None,
+    checkpoints: Annotated[int | None, typer.Option("--checkpoints", min=1, help="evenly spaced checkpoints")] = None,
+    lora: Annotated[bool, typer.Option("--lora", help="train a LoRA adapter (peft)")] = False,
+    lora_r: Annotated[int, typer.Option("--lora-r", min=1)] = 16,
+    lora_alpha: Annotated[int, typer.Option("--lora-alpha", min=1)] = 32,
+    lora_dropout: Annotated[float, typer.Option("--lora-dropout")] = 0.05,
+    lora_targets: Annotated[str, typer.Option("--lora-targets", help="comma-separated module names or all-linear")] = "all-linear",
+    val_problems: Annotated[
+        str | None, typer.Option("--val-problems", help="validation source for checkpoint selection (held out!)")
+    ] = None,
+    val_split: Annotated[str | None, typer.Option("--val-split")] = None,
+    val_data_file: Annotated[Path | None, typer.Option("--val-data-file")] = None,
+    val_limit: Annotated[int | None, typer.Option("--val-limit", min=1)] = None,
+    val_seed: Annotated[int | None, typer.Option("--val-seed")] = None,
+    select_backend: Annotated[str, typer.Option("--select-backend", help="engine for validation: hf | vllm")] = "hf",
+    select_max_tokens: Annotated[int, typer.Option("--select-max-tokens", min=1)] = 512,
+    option: Annotated[list[str] | None, typer.Option("--option", help="selection backend option KEY=VALUE")] = None,
+    select_only: Annotated[
+        bool, typer.Option("--select-only", help="only (re)select the best checkpoint of --out on the validation set")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a different run in --out")] = False,
+) -> None:
+    """Fine-tune with TRL (completion-only loss), save N checkpoints, keep the best on validation.
+
+    Multi-GPU: `accelerate launch --config_file examples/accelerate/deepspeed_zero3.yaml -m flopmatch.training
+    --data ... --model ... --out ...` (same options), then `flopmatch train --out DIR --select-only --val-problems ...`.
+    """
+    from flopmatch.training import LoraSettings, TrainConfig, best_checkpoint, select_checkpoint, train
+
+    validation = (
+        _load_problems(val_problems, val_split, val_data_file, val_limit, val_seed) if val_problems else None
+    )
+    if select_only:
+        if validation is None:
+            raise fail("--select-only needs --val-problems")
+        try:
+            selection = select_checkpoint(out, validation, backend=select_backend, max_tokens=select_max_tokens,
+                                          backend_options=_parse_options(option))
+        except (ValueError, FileNotFoundError) as exc:
+            raise fail(str(exc)) from exc
+        _print_scores(selection.scores, selection.best_step)
+        console.print(f"best: [bold]{selection.best}[/]")
+        return
+    if data is None or model is None:
+        raise fail("--data and --model are required (unless --select-only)")
+
+    if preset not in ("default", "tiny-cpu"):
+        raise fail(f"--preset must be default or tiny-cpu, got {preset!r}")
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(_read_config_file(config_file))
+    overrides = {
+        "learning_rate": lr, "per_device_batch_size": batch_size, "gradient_accumulation_steps": grad_accum,
+        "num_train_epochs": epochs, "max_steps": max_steps, "max_length": max_length, "warmup_ratio": warmup_ratio,
+        "lr_scheduler_type": scheduler, "seed": seed, "bf16": bf16, "gradient_checkpointing": gradient_checkpointing,
+        "use_cpu": cpu, "n_checkpoints": checkpoints,
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if lora:
+        targets: list[str] | str = lora_targets if lora_targets == "all-linear" else [
+            t.strip() for t in lora_targets.split(",") if t.strip()]
+        values["lora"] = LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=targets)
+    try:
+        config = TrainConfig.tiny_cpu(**values) if preset == "tiny-cpu" else TrainConfig(**values)
+    except ValueError as exc:
+        raise fail(f"bad training settings: {exc}") from exc
+
+    try:
+        result = train(
+            data, base_model=_resolve(model), out_dir=out, config=config, validation=validation,
+            select_backend=select_backend, select_max_tokens=select_max_tokens,
+            select_options=_parse_options(option), overwrite=overwrite,
+        )
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"[bold]{result.out_dir}[/]: {result.global_step} steps, {len(result.checkpoints)} checkpoints, "
+                  f"{result.seconds:.1f} s ({result.steps_per_second:.2f} steps/s, {result.tokens_per_second:.0f} tokens/s)")
+    if result.loss_history:
+        first, last = result.loss_history[0], result.loss_history[-1]
+        console.print(f"loss {first[1]:.4f} (step {first[0]}) → {last[1]:.4f} (step {last[0]})")
+    if result.validation_scores:
+        _print_scores(result.validation_scores, best_checkpoint(result.validation_scores))
+    console.print(f"best: [bold]{result.best}[/]")
+
+
+def _print_scores(scores: dict[int, float], best_step: int) -> None:
+    from rich.table import Table
+
+    table = Table("checkpoint", "validation pass@1")
+    for step in sorted(scores):
+        mark = " ◀ best" if step == best_step else ""
+        table.add_row(f"checkpoint-{step}", f"{scores[step]:.3f}{mark}")
+    console.print(table)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise fail(f"{path}: no such config file")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        raise fail(f"{path}: cannot parse: {exc}") from exc
+    if not isinstance(data, dict):
+        raise fail(f"{path}: expected a mapping of TrainConfig fields")
+    return data
+
+
+# --------------------------------------------------------------------------- eval
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="a train output dir, a model dir, HF id or registry name")],
+    problems: Annotated[str, typer.Option("--problems", help="gsm8k | math | math500 | math-offline | toyworld | a file")],
+    split: Annotated[str | None, typer.Option(help="problem split (default: test)")] = None,
+    data_file: Annotated[Path | None, typer.Option("--data-file", help="a local JSONL/Parquet file or data dir")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="at most this many problems")] = None,
+    problem_seed: Annotated[int | None, typer.Option("--problem-seed", help="choose --limit problems with this seed")] = None,
+    backend: Annotated[str, typer.Option(help="vllm | hf")] = "vllm",
+    n: Annotated[int, typer.Option("--n", min=0, help="samples per problem at temperature (0: greedy only)")] = 16,
+    ks: Annotated[str, typer.Option("--k", help="comma-separated k for maj@k / pass@k")] = "1,4,8,16",
+    temperature: Annotated[float, typer.Option(min=0.0)] = 0.7,
+    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 1024,
+    greedy: Annotated[bool, typer.Option("--greedy/--no-greedy", help="greedy pass@1")] = True,
+    lora: Annotated[Path | None, typer.Option("--lora", help="a LoRA adapter to apply to --model")] = None,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="backend option KEY=VALUE")] = None,
+    run: Annotated[Path | None, typer.Option("--run", help="write RUN/evals/<name>.parquet")] = None,
+    name: Annotated[str | None, typer.Option(help="evaluation name (with --run)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="per-sample Parquet (summary in .json beside it)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """pass@1 (greedy) and maj@k / pass@k at temperature, graded by flopmatch's grader."""
+    from flopmatch.evaluation import evaluate
+    from flopmatch.store import RunDir, model_key
+
+    try:
+        k_values = tuple(int(k) for k in ks.split(",") if k.strip())
+    except ValueError as exc:
+        raise fail(f"--k expects comma-separated integers, got {ks!r}") from exc
+    found = _load_problems(problems, split, data_file, limit, problem_seed)
+    if out is None and run is not None:
+        out = RunDir(run).eval_path(name or f"{model_key(model)}-{problems.replace('/', '_')}")
+    model_ref = model if Path(model).expanduser().exists() else _resolve(model)
+    try:
+        result = evaluate(
+            model_ref, found, backend=backend, n=n, ks=k_values, temperature=temperature, top_p=top_p,
+            max_tokens=max_tokens, greedy=greedy, lora_path=lora, seed=seed, out_path=out,
+            backend_options=_parse_options(option),
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from exc
+    if as_json:
+        console.print_json(json.dumps(result.to_dict()))
+        return
+    from rich.table import Table
+
+    table = Table("metric", "value", "95% CI", title=f"{model} on {len(found)} {problems} problems")
+    for metric in sorted(result.metrics, key=_metric_order):
+        low, high = result.intervals.get(metric, (float("nan"), float("nan")))
+        table.add_row(metric, f"{result.metrics[metric]:.3f}", f"[{low:.3f}, {high:.3f}]")
+    console.print(table)
+    if result.path:
+        console.print(f"rows: {result.path}\nsummary: {result.summary_path}")
+
+
+def _metric_order(metric: str) -> tuple[int, int]:
+    kind, _, k = metric.partition("@")
+    order = {"pass": 1, "maj": 2}.get(kind, 0)
+    return (0, 0) if metric == "pass@1" else (order, int(k) if k.isdigit() else 0)
