@@ -236,25 +236,26 @@ def ledger_command(
     if frame.empty:
         console.print(f"no sampling recorded in {run}")
         return
+    from pandas.api.types import is_numeric_dtype
     from rich.table import Table
 
     if sessions:
+        # model_key (the samples/ directory name) is short enough for a narrow terminal.
         columns = [
-            "model",
+            "model_key",
             "session_id",
+            "status",
             "backend",
             "seeding",
-            "status",
             "samples",
             "completion_tokens",
             "seconds",
         ]
         table = Table(title=f"ledger sessions — {run}")
         for column in columns:
-            table.add_column(
-                column.replace("_", " "), justify="left" if frame[column].dtype == object else "right"
-            )
-        for record in frame[columns].to_dict("records"):
+            justify = "right" if is_numeric_dtype(frame[column]) else "left"
+            table.add_column(column.replace("_", " "), justify=justify)
+        for record in frame.sort_values("started_at")[columns].to_dict("records"):
             table.add_row(*(_fmt(record[c]) for c in columns))
     else:
         # Transposed (a column per model): a study has two or three models and many figures.
