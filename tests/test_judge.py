@@ -384,3 +384,25 @@ def test_make_judge_specs():
         make_judge("vllm")
     with pytest.raises(ValueError, match="unknown judge settings"):
         make_judge({"backend": "hf", "modle": "x"})
+
+
+def test_cli_judge_and_labels(tmp_path):
+    from typer.testing import CliRunner
+
+    from flopmatch.cli import app
+
+    run, kinds = _toy_run(tmp_path, n_problems=3)
+    out = CliRunner().invoke(app, ["judge", str(run.root), "--judge-backend", "toyworld-checker", "--per-model", "5"])
+    assert out.exit_code == 0, out.output
+    assert "toy/wc" in out.output and read_judgments(run, "toy/wc").num_rows == 5
+    pid, idx = next(k for k, kind in kinds["toy/se"].items() if kind == "fp")
+    labels = tmp_path / "h.jsonl"
+    labels.write_text(json.dumps({"problem_id": pid, "sample_idx": idx, "valid": False}) + "\n")
+    out = CliRunner().invoke(app, ["judge-labels", str(run.root), str(labels), "--model", "toy/se"])
+    assert out.exit_code == 0, out.output
+    assert "1 human labels" in out.output and "100.0%" in out.output
+    labels.write_text('{"problem_id": "nope", "sample_idx": 0, "valid": true}\n')
+    out = CliRunner().invoke(app, ["judge-labels", str(run.root), str(labels), "--model", "toy/se"])
+    assert out.exit_code != 0 and "h.jsonl:1" in out.output.replace("\n", "")
+    out = CliRunner().invoke(app, ["judge", str(run.root), "--judge-backend", "vllm"])
+    assert out.exit_code != 0 and "needs a model" in out.output

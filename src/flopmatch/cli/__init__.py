@@ -10,7 +10,11 @@ from flopmatch.cli._app import app
 # Modules that register commands, in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     # one line per command module; keep the stage order of the pipeline
+    "problems",  # problems
+    "plan",  # plan
     "sample",  # sample, ledger
+    "judge",  # judge, judge-labels, judge-eval
+    "analyze",  # analyze
     "train",  # build-sft, train, eval
     "study",  # study, status, report, demo
 )

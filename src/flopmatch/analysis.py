@@ -1,0 +1,571 @@
+"""`flopmatch analyze RUN`: coverage, diversity and FPR of every model's data, at every budget, with
+intervals, breakdowns and the compute-matched WC-vs-SE view; tables (Parquet + markdown) and plots.
+
+Inputs (the run directory contract): ``grades/<model>.parquet`` (status per sample),
+``samples/<model>/`` (texts, for uniqueness), ``problems/<split>.parquet`` (level / subject),
+``plan.json`` (budgets; optional), ``judgments/<model>.parquet`` and ``judgments/human/<model>.parquet``
+(FPR; optional). A model's data at a budget of S samples per problem is its samples with
+``sample_idx < S`` (the sampler makes the low budget a prefix of the high one).
+
+Outputs in ``metrics/``: ``summary.parquet`` / ``summary.md``, ``coverage_curve.parquet``,
+``diversity_curve.parquet``, ``compute_matched.parquet`` / ``compute_matched.md`` and
+``figures/*.png``. The report stage reads these names.
+
+Choices, stated once:
+
+* A problem counts at budget S only if all S samples are graded (n = S); others are left out and the
+  number left out is a warning, so every k ≤ S is estimated on the same problems.
+* In the compute-matched view both models are measured on the problems complete for both.
+* coverage/diversity intervals: percentile bootstrap over problems (paired across metrics).
+  FPR intervals: Wilson, over the judged solutions (they are a random sample of solutions).
+* FPR prefers human labels where a subset has any; the judge's number is reported beside it
+  (metrics ``fpr_human`` / ``fpr_judge``; ``fpr`` is the preferred one).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flopmatch.metrics import (
+    NEAR_DUP_NGRAM,
+    NEAR_DUP_THRESHOLD,
+    bootstrap_mean_cis,
+    expected_unique_at_k,
+    format_changes,
+    multiplicities,
+    near_duplicate_groups,
+    normalize_solution,
+    pass_at_k,
+    problem_groups,
+    relative_change,
+    wilson_interval,
+)
+from flopmatch.store import RunDir, read_shards, read_table, write_table, write_text
+
+STATUSES = frozenset({"correct", "wrong", "no_answer", "timeout", "error"})
+SUMMARY_COLUMNS = [
+    "model", "role", "budget_se_samples", "samples_per_problem", "metric", "k", "value", "ci_low", "ci_high",
+    "n_problems", "n", "group",
+]
+CURVE_COLUMNS = ["model", "k", "value", "ci_low", "ci_high", "n_problems"]
+MATCHED_COLUMNS = [
+    "budget_se_samples", "wc_samples", "metric", "wc_value", "se_value", "relative", "relative_text",
+    "wc_ci_low", "wc_ci_high", "se_ci_low", "se_ci_high", "n_problems",
+]
+SAMPLE_METRICS = ("coverage", "diversity", "diversity_near_dup")
+MAX_CURVE_POINTS = 48
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class _ProblemSamples:
+    """One problem's graded samples of one model, sorted by sample_idx."""
+
+    idx: np.ndarray
+    correct: np.ndarray
+    texts: list[str | None]  # the text of correct samples (None for the others)
+    norms: list[str | None]
+
+
+@dataclass
+class ModelSamples:
+    model: str
+    problems: dict[str, _ProblemSamples]
+
+    def complete(self, s: int) -> set[str]:
+        """Problems with all of samples 0..S-1 graded."""
+        return {pid for pid, p in self.problems.items() if int(np.count_nonzero(p.idx < s)) == s}
+
+    @property
+    def max_samples(self) -> int:
+        """The most samples any problem has (the model's full budget when nothing is missing)."""
+        return max((len(p.idx) for p in self.problems.values()), default=0)
+
+
+def load_model_samples(run: RunDir, model: str, grades_path: Path) -> ModelSamples:
+    """A model's grades joined with the texts of its correct samples; bad rows raise naming the file."""
+    table = read_table(grades_path, columns=["problem_id", "sample_idx", "status"]).to_pylist()
+    rows: dict[str, list[tuple[int, bool]]] = {}
+    seen: set[tuple[str, int]] = set()
+    for i, r in enumerate(table):
+        if r["status"] not in STATUSES:
+            raise ValueError(f"{grades_path}: row {i}: field 'status' is {r['status']!r}, not one of {sorted(STATUSES)}")
+        if r["problem_id"] is None or r["sample_idx"] is None or int(r["sample_idx"]) < 0:
+            raise ValueError(f"{grades_path}: row {i}: missing problem_id or bad sample_idx {r['sample_idx']!r}")
+        key = (str(r["problem_id"]), int(r["sample_idx"]))
+        if key in seen:
+            raise ValueError(f"{grades_path}: row {i}: sample {key} is graded twice")
+        seen.add(key)
+        rows.setdefault(key[0], []).append((key[1], r["status"] == "correct"))
+    wanted = {(pid, idx) for pid, lst in rows.items() for idx, ok in lst if ok}
+    texts: dict[tuple[str, int], str] = {}
+    if wanted:
+        samples = read_shards(run.samples_dir(model), columns=["problem_id", "sample_idx", "text"])
+        for r in samples.to_pylist():
+            key = (str(r["problem_id"]), int(r["sample_idx"]))
+            if key in wanted and key not in texts:
+                texts[key] = r["text"] or ""
+        missing = sorted(wanted - set(texts))
+        if missing:
+            raise ValueError(
+                f"{run.samples_dir(model)}: {len(missing)} correct samples in {grades_path.name} have no text, "
+                f"e.g. {missing[:3]}"
+            )
+    problems: dict[str, _ProblemSamples] = {}
+    for pid, lst in rows.items():
+        lst.sort()
+        t = [texts.get((pid, idx)) if ok else None for idx, ok in lst]
+        problems[pid] = _ProblemSamples(
+            idx=np.array([idx for idx, _ in lst], dtype=np.int64),
+            correct=np.array([ok for _, ok in lst], dtype=bool),
+            texts=t,
+            norms=[normalize_solution(x) if x is not None else None for x in t],
+        )
+    return ModelSamples(model, problems)
+
+
+def default_ks(s: int) -> list[int]:
+    """1, 2, 4, 8, ... below S, and S itself."""
+    ks, k = [], 1
+    while k < s:
+        ks.append(k)
+        k *= 2
+    return [*ks, s]
+
+
+def curve_ks(s: int) -> list[int]:
+    """Every k up to S when S is small; otherwise about MAX_CURVE_POINTS points spaced geometrically."""
+    if s <= MAX_CURVE_POINTS:
+        return list(range(1, s + 1))
+    grid = np.unique(np.round(np.geomspace(1, s, MAX_CURVE_POINTS)).astype(int))
+    return sorted(set(grid.tolist()) | {s})
+
+
+# --------------------------------------------------------------------------- per-problem values
+
+
+def per_problem_matrix(data: ModelSamples, pids: Sequence[str], s: int, ks: Sequence[int]) -> np.ndarray:
+    """(problems × metrics) values at budget S: for each k, pass@k, diversity@k, near-dup diversity@k."""
+    out = np.empty((len(pids), 3 * len(ks)))
+    for row, pid in enumerate(pids):
+        p = data.problems[pid]
+        mask = p.idx < s
+        keep = [i for i in np.flatnonzero(mask & p.correct)]
+        c = len(keep)
+        exact = multiplicities(p.norms[i] for i in keep)
+        near = multiplicities(near_duplicate_groups([p.texts[i] for i in keep])) if c > 1 else exact
+        for j, k in enumerate(ks):
+            out[row, 3 * j] = pass_at_k(s, c, k)
+            out[row, 3 * j + 1] = expected_unique_at_k(s, exact, k)
+            out[row, 3 * j + 2] = expected_unique_at_k(s, near, k)
+    return out
+
+
+# --------------------------------------------------------------------------- FPR
+
+
+@dataclass
+class _Verdicts:
+    """(problem_id, sample_idx) → reasoning valid?, from the judge and from people."""
+
+    judge: dict[tuple[str, int], bool] = field(default_factory=dict)
+    human: dict[tuple[str, int], bool] = field(default_factory=dict)
+    judge_name: str | None = None
+
+
+def load_verdicts(run: RunDir, model: str, judge: str | None, warnings: list[str]) -> _Verdicts:
+    from flopmatch.judge import read_human_labels, read_judgments
+
+    out = _Verdicts()
+    table = read_judgments(run, model)
+    if table.num_rows:
+        rows = table.select(["problem_id", "sample_idx", "status", "judge"]).to_pylist()
+        names: dict[str, int] = {}
+        for r in rows:
+            names[r["judge"]] = names.get(r["judge"], 0) + 1
+        if judge is None:
+            judge = max(sorted(names), key=lambda n: names[n])
+            if len(names) > 1:
+                warnings.append(f"{model}: judgments from several judges {sorted(names)}; using {judge!r} (most rows)")
+        out.judge_name = judge
+        for r in rows:
+            if r["judge"] == judge and r["status"] in ("valid", "invalid"):
+                out.judge[(str(r["problem_id"]), int(r["sample_idx"]))] = r["status"] == "valid"
+    for r in read_human_labels(run, model).to_pylist():
+        out.human[(str(r["problem_id"]), int(r["sample_idx"]))] = bool(r["valid"])
+    return out
+
+
+def _fpr_rows(verdicts: dict[tuple[str, int], bool], pids: set[str], s: int) -> tuple[float, float, float, int, int]:
+    chosen = [valid for (pid, idx), valid in verdicts.items() if pid in pids and idx < s]
+    n = len(chosen)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0, 0
+    wrong = n - sum(chosen)
+    lo, hi = wilson_interval(wrong, n)
+    n_problems = len({pid for (pid, idx) in verdicts if pid in pids and idx < s})
+    return wrong / n, lo, hi, n, n_problems
+
+
+# --------------------------------------------------------------------------- the analysis
+
+
+@dataclass
+class AnalysisResult:
+    summary: pd.DataFrame
+    coverage_curve: pd.DataFrame
+    diversity_curve: pd.DataFrame
+    compute_matched: pd.DataFrame
+    files: dict[str, Path]
+    figures: list[Path]
+    warnings: list[str]
+    headline: list[str]  # one paper-style line per budget: "+11% coverage, +86% diversity, +7 pts FPR"
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """One (model, budget) cell of the analysis."""
+
+    model: str
+    role: str | None
+    budget_se_samples: int | None
+    samples: int
+    pids: tuple[str, ...]
+
+
+def analyze(
+    run_dir: str | Path | RunDir,
+    *,
+    ks: Sequence[int] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    judge: str | None = None,
+    plots: bool = True,
+) -> AnalysisResult:
+    """Compute every metric of every model (and budget, when the run has a plan) and write them.
+
+    ``ks`` limits the k values of the summary (each budget also gets k = S); ``judge`` picks the judge
+    whose verdicts give the FPR when several judged the run.
+    """
+    from flopmatch.judge import graded_models, load_problems, plan_models
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    warnings: list[str] = []
+    graded = graded_models(run)
+    if not graded:
+        raise FileNotFoundError(f"{run.root / 'grades'}: no grades to analyze (run `flopmatch grade` first)")
+    data = {model: load_model_samples(run, model, path) for model, path in graded.items()}
+    problems = load_problems(run)
+    verdicts = {model: load_verdicts(run, model, judge, warnings) for model in data}
+
+    settings: list[_Setting] = []
+    plan = None
+    if run.plan_path.exists():
+        from flopmatch.budget import BudgetPlan
+        from flopmatch.store import model_key
+
+        plan = BudgetPlan.from_json(run.plan_path.read_text())
+        wc_name, se_name = plan_models(plan)
+        by_key = {model_key(m): m for m in data}
+        wc, se = by_key.get(model_key(wc_name)), by_key.get(model_key(se_name))
+        for missing_name, found in ((wc_name, wc), (se_name, se)):
+            if found is None:
+                warnings.append(f"plan model {missing_name!r} has no grades; its side of the plan is skipped")
+        for b in plan.budgets:
+            sides = [(m, role, int(n)) for m, role, n in ((wc, "wc", b.wc_samples), (se, "se", b.se_samples)) if m]
+            complete = [data[m].complete(n) for m, _, n in sides]
+            common = set.intersection(*complete) if complete else set()
+            for (m, role, n), mine in zip(sides, complete, strict=True):
+                if len(mine) > len(common):
+                    warnings.append(f"budget {b.se_samples}: {m} ({role}) has {len(mine) - len(common)} complete "
+                                    "problems the other model lacks; they are left out of both")
+                incomplete = len(data[m].problems) - len(mine)
+                if incomplete:
+                    warnings.append(f"budget {b.se_samples}: {m} ({role}) has {incomplete} problems with fewer than "
+                                    f"{n} graded samples; left out")
+                if common:
+                    settings.append(_Setting(m, role, int(b.se_samples), n, tuple(sorted(common))))
+                else:
+                    warnings.append(f"budget {b.se_samples}: no problem has all {n} samples of {m}; skipped")
+        in_plan = {wc, se}
+    else:
+        in_plan = set()
+    for model, d in data.items():
+        if model in in_plan:
+            continue
+        s = d.max_samples
+        pids = d.complete(s)
+        if len(pids) < len(d.problems):
+            warnings.append(f"{model}: {len(d.problems) - len(pids)} problems have fewer than {s} graded samples; "
+                            "left out")
+        settings.append(_Setting(model, None, None, s, tuple(sorted(pids))))
+
+    summary_rows: list[dict[str, Any]] = []
+    cells: dict[tuple[str, str | None, int | None], dict[str, tuple[float, float, float, int]]] = {}
+    for st in settings:
+        groups = problem_groups(
+            (pid, problems[pid].level if pid in problems else None, problems[pid].subject if pid in problems else None)
+            for pid in st.pids
+        )
+        k_list = sorted({k for k in (ks or default_ks(st.samples)) if 1 <= k <= st.samples} | {st.samples})
+        matrix = per_problem_matrix(data[st.model], st.pids, st.samples, k_list)
+        row_of = {pid: i for i, pid in enumerate(st.pids)}
+        for group, gpids in groups.items():
+            rows = [row_of[p] for p in gpids]
+            sub = matrix[rows]
+            means = sub.mean(axis=0)
+            lo, hi = bootstrap_mean_cis(sub, n_boot=n_boot, seed=seed)
+            for j, k in enumerate(k_list):
+                for m, metric in enumerate(SAMPLE_METRICS):
+                    col = 3 * j + m
+                    summary_rows.append(_row(st, metric, k, means[col], lo[col], hi[col], len(rows), len(rows), group))
+                    if group == "all" and k == st.samples:
+                        cells.setdefault((st.model, st.role, st.budget_se_samples), {})[metric] = (
+                            float(means[col]), float(lo[col]), float(hi[col]), len(rows))
+            v = verdicts[st.model]
+            fprs = {"fpr_judge": _fpr_rows(v.judge, set(gpids), st.samples),
+                    "fpr_human": _fpr_rows(v.human, set(gpids), st.samples)}
+            preferred = "fpr_human" if fprs["fpr_human"][3] else "fpr_judge"
+            fprs["fpr"] = fprs[preferred]
+            for metric, (value, flo, fhi, n, n_problems) in fprs.items():
+                if n:
+                    summary_rows.append(_row(st, metric, None, value, flo, fhi, n_problems, n, group))
+                    if group == "all":
+                        cells.setdefault((st.model, st.role, st.budget_se_samples), {})[metric] = (value, flo, fhi, n)
+    if any(not (v.judge or v.human) for v in verdicts.values()):
+        unjudged = sorted(m for m, v in verdicts.items() if not (v.judge or v.human))
+        warnings.append(f"no FPR for {unjudged}: no judgments (run `flopmatch judge`) or human labels")
+
+    summary = pd.DataFrame(summary_rows, columns=SUMMARY_COLUMNS)
+    for col in ("budget_se_samples", "k"):
+        summary[col] = summary[col].astype("Int64")
+
+    # Curves: each model at its largest setting.
+    biggest: dict[str, _Setting] = {}
+    for st in settings:
+        if st.model not in biggest or st.samples > biggest[st.model].samples:
+            biggest[st.model] = st
+    cov_rows, div_rows = [], []
+    for model, st in biggest.items():
+        k_list = curve_ks(st.samples)
+        matrix = per_problem_matrix(data[model], st.pids, st.samples, k_list)
+        means = matrix.mean(axis=0)
+        lo, hi = bootstrap_mean_cis(matrix, n_boot=n_boot, seed=seed)
+        for j, k in enumerate(k_list):
+            cov_rows.append({"model": model, "k": k, "value": means[3 * j], "ci_low": lo[3 * j],
+                             "ci_high": hi[3 * j], "n_problems": len(st.pids)})
+            for m, metric in ((1, "diversity"), (2, "diversity_near_dup")):
+                div_rows.append({"model": model, "metric": metric, "k": k, "value": means[3 * j + m],
+                                 "ci_low": lo[3 * j + m], "ci_high": hi[3 * j + m], "n_problems": len(st.pids)})
+    coverage_curve = pd.DataFrame(cov_rows, columns=CURVE_COLUMNS)
+    diversity_curve = pd.DataFrame(div_rows, columns=["model", "metric", "k", "value", "ci_low", "ci_high", "n_problems"])
+
+    matched_rows, headline = [], []
+    if plan is not None:
+        wc_name, se_name = plan_models(plan)
+        for b in plan.budgets:
+            wc_cell = _find_cell(cells, "wc", int(b.se_samples))
+            se_cell = _find_cell(cells, "se", int(b.se_samples))
+            if wc_cell is None or se_cell is None:
+                continue
+            changes = []
+            for metric in (*SAMPLE_METRICS, "fpr"):
+                if metric not in wc_cell or metric not in se_cell:
+                    continue
+                w, s = wc_cell[metric], se_cell[metric]
+                change = relative_change(w[0], s[0], metric)
+                changes.append(change)
+                matched_rows.append({
+                    "budget_se_samples": int(b.se_samples), "wc_samples": int(b.wc_samples), "metric": metric,
+                    "wc_value": w[0], "se_value": s[0], "relative": change.value, "relative_text": change.text,
+                    "wc_ci_low": w[1], "wc_ci_high": w[2], "se_ci_low": s[1], "se_ci_high": s[2],
+                    "n_problems": w[3] if metric != "fpr" else None,
+                })
+            headline.append(f"{b.se_samples} SE vs {b.wc_samples} WC samples per problem: {format_changes(changes)}")
+    compute_matched = pd.DataFrame(matched_rows, columns=MATCHED_COLUMNS)
+    compute_matched["n_problems"] = compute_matched["n_problems"].astype("Int64")
+
+    out = run.metrics_dir
+    files = {
+        "summary": write_table(summary, out / "summary.parquet"),
+        "coverage_curve": write_table(coverage_curve, out / "coverage_curve.parquet"),
+        "diversity_curve": write_table(diversity_curve, out / "diversity_curve.parquet"),
+        "compute_matched": write_table(compute_matched, out / "compute_matched.parquet"),
+    }
+    files["summary_md"] = write_text(summary_markdown(summary, warnings), out / "summary.md")
+    files["compute_matched_md"] = write_text(compute_matched_markdown(compute_matched, headline),
+                                             out / "compute_matched.md")
+    figures = make_figures(coverage_curve, diversity_curve, summary, out / "figures") if plots else []
+    return AnalysisResult(summary, coverage_curve, diversity_curve, compute_matched, files, figures, warnings, headline)
+
+
+def _row(st: _Setting, metric: str, k: int | None, value: float, lo: float, hi: float, n_problems: int, n: int,
+         group: str) -> dict[str, Any]:
+    return {
+        "model": st.model, "role": st.role, "budget_se_samples": st.budget_se_samples,
+        "samples_per_problem": st.samples, "metric": metric, "k": k, "value": float(value),
+        "ci_low": float(lo), "ci_high": float(hi), "n_problems": n_problems, "n": n, "group": group,
+    }
+
+
+def _find_cell(cells: dict, role: str, budget: int) -> dict[str, tuple[float, float, float, int]] | None:
+    for (_model, r, b), cell in cells.items():
+        if r == role and b == budget:
+            return cell
+    return None
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "–"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _summary_rows(frame: pd.DataFrame, with_group: bool) -> list[list[Any]]:
+    rows = []
+    for r in frame.itertuples(index=False):
+        ci = f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+        base = [r.model, r.role or "–", _fmt(r.budget_se_samples), r.samples_per_problem, r.metric, _fmt(r.k),
+                _fmt(r.value), ci, r.n]
+        rows.append([*base, r.group] if with_group else base)
+    return rows
+
+
+def summary_markdown(summary: pd.DataFrame, warnings: Sequence[str] = ()) -> str:
+    """The headline rows (k = S and FPR) over all problems, then the same by level and subject."""
+    header = ["model", "role", "SE budget", "samples/problem", "metric", "k", "value", "95% CI", "n"]
+    at_s = summary[(summary["k"].isna()) | (summary["k"] == summary["samples_per_problem"])]
+    parts = [
+        "# Dataset quality",
+        "",
+        "coverage@k and diversity@k: mean over problems, 95% bootstrap CI over problems; diversity counts unique "
+        f"correct solutions after normalising whitespace/LaTeX; near-dup diversity merges solutions whose word "
+        f"{NEAR_DUP_NGRAM}-gram Jaccard ≥ {NEAR_DUP_THRESHOLD}. FPR: share of judged answer-correct solutions with "
+        "invalid reasoning, 95% Wilson CI (n = verdicts). All k are in summary.parquet.",
+        "",
+        "## All problems",
+        "",
+        markdown_table(header, _summary_rows(at_s[at_s["group"] == "all"], False)),
+    ]
+    by_group = at_s[at_s["group"] != "all"]
+    if len(by_group):
+        parts += ["", "## By level and subject", "", markdown_table([*header, "group"], _summary_rows(by_group, True))]
+    if warnings:
+        parts += ["", "## Warnings", "", *[f"- {w}" for w in warnings]]
+    return "\n".join(parts) + "\n"
+
+
+def compute_matched_markdown(frame: pd.DataFrame, headline: Sequence[str] = ()) -> str:
+    parts = ["# Compute-matched: WC vs SE at equal sampling budgets", ""]
+    if frame.empty:
+        parts.append("No plan with both models graded: nothing to compare.")
+        return "\n".join(parts) + "\n"
+    parts += [f"- {line}" for line in headline] + [""]
+    rows = [
+        [r.budget_se_samples, r.wc_samples, r.metric,
+         f"{_fmt(r.wc_value)} [{_fmt(r.wc_ci_low)}, {_fmt(r.wc_ci_high)}]",
+         f"{_fmt(r.se_value)} [{_fmt(r.se_ci_low)}, {_fmt(r.se_ci_high)}]", r.relative_text]
+        for r in frame.itertuples(index=False)
+    ]
+    parts.append(markdown_table(["SE samples", "WC samples", "metric", "WC [95% CI]", "SE [95% CI]", "WC vs SE"], rows))
+    return "\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def make_figures(coverage_curve: pd.DataFrame, diversity_curve: pd.DataFrame, summary: pd.DataFrame,
+                 directory: Path) -> list[Path]:
+    """coverage@k and diversity@k vs k per model with CI bands; FPR per model and budget with intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def save(fig, name: str) -> None:
+        path = directory / name
+        tmp = directory / f".{name}.tmp.png"
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        tmp.replace(path)
+        written.append(path)
+
+    if not coverage_curve.empty:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for model, g in coverage_curve.groupby("model", sort=True):
+            line = ax.plot(g["k"], g["value"], marker="o", ms=3, label=model)[0]
+            ax.fill_between(g["k"], g["ci_low"], g["ci_high"], color=line.get_color(), alpha=0.2)
+        _k_axis(ax, coverage_curve["k"].max())
+        ax.set(xlabel="k (samples per problem)", ylabel="coverage@k", ylim=(0, 1.02),
+               title="coverage@k (95% bootstrap CI over problems)")
+        ax.legend(fontsize=8)
+        save(fig, "coverage_at_k.png")
+    if not diversity_curve.empty:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for model, g in diversity_curve.groupby("model", sort=True):
+            exact = g[g["metric"] == "diversity"]
+            near = g[g["metric"] == "diversity_near_dup"]
+            line = ax.plot(exact["k"], exact["value"], marker="o", ms=3, label=f"{model} (unique)")[0]
+            ax.fill_between(exact["k"], exact["ci_low"], exact["ci_high"], color=line.get_color(), alpha=0.2)
+            ax.plot(near["k"], near["value"], ls="--", color=line.get_color(), label=f"{model} (near-dup merged)")
+        _k_axis(ax, diversity_curve["k"].max())
+        ax.set(xlabel="k (samples per problem)", ylabel="unique correct solutions per problem",
+               title="diversity@k (95% bootstrap CI over problems)")
+        ax.legend(fontsize=7)
+        save(fig, "diversity_at_k.png")
+    fpr = summary[(summary["group"] == "all") & summary["metric"].isin(["fpr_judge", "fpr_human"])]
+    if not fpr.empty:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        labels = []
+        for i, r in enumerate(fpr.itertuples(index=False)):
+            budget = f", SE budget {r.budget_se_samples}" if r.budget_se_samples is not pd.NA else ""
+            labels.append(f"{r.model}{budget}\n{r.metric.removeprefix('fpr_')}, n={r.n}")
+            ax.errorbar([i], [r.value], yerr=[[r.value - r.ci_low], [r.ci_high - r.value]], fmt="o", capsize=5,
+                        color="C3" if r.metric == "fpr_human" else "C0")
+        ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=20, ha="right")
+        ax.set(ylabel="false-positive rate", ylim=(0, 1), title="FPR of answer-correct solutions (95% Wilson CI)")
+        save(fig, "fpr.png")
+    return written
+
+
+def _k_axis(ax, k_max: int) -> None:
+    if k_max > 8:
+        ax.set_xscale("log", base=2)
+    ax.grid(alpha=0.3)
+
+
+__all__ = [
+    "AnalysisResult",
+    "ModelSamples",
+    "analyze",
+    "compute_matched_markdown",
+    "curve_ks",
+    "default_ks",
+    "load_model_samples",
+    "make_figures",
+    "per_problem_matrix",
+    "summary_markdown",
+]

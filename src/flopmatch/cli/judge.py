@@ -1,0 +1,168 @@
+"""`flopmatch judge`, `flopmatch judge-labels` and `flopmatch judge-eval`: FPR of a run's answer-correct
+solutions, from an LLM judge, the toy world's exact checker or people; and the judge's own accuracy
+against ProcessBench's human step labels."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from flopmatch.cli._app import app, console, fail
+
+BackendOpt = Annotated[
+    str, typer.Option("--judge-backend", help="vllm | hf | openai | toyworld-checker (exact, toy world only)")
+]
+ModelOpt = Annotated[
+    str | None, typer.Option("--judge-model", help="HF id, local directory or registry name of the judge model")
+]
+OptionOpt = Annotated[
+    list[str] | None, typer.Option("--option", "-o", help="backend option KEY=VALUE (repeatable; JSON values)")
+]
+
+
+def _options(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise fail(f"--option expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _make(backend: str, model: str | None, options: list[str] | None, max_tokens: int, max_retries: int,
+          include_reference: bool):
+    from flopmatch.judge import JudgeSpec, make_judge
+
+    spec = JudgeSpec(backend=backend, model=model, options=_options(options), max_tokens=max_tokens,
+                     max_retries=max_retries, include_reference=include_reference)
+    try:
+        return make_judge(spec)
+    except (ValueError, OSError, RuntimeError, ImportError) as exc:
+        raise fail(f"cannot build the judge: {exc}") from exc
+
+
+def _pct(x: float) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+@app.command("judge")
+def judge_command(
+    run: Annotated[Path, typer.Argument(help="the run directory", exists=True, file_okay=False)],
+    judge_backend: BackendOpt = "vllm",
+    judge_model: ModelOpt = None,
+    per_model: Annotated[int, typer.Option("--per-model", min=1, help="answer-correct solutions judged per model")] = 500,
+    seed: Annotated[int, typer.Option(help="seed of the random sample of solutions")] = 0,
+    budget: Annotated[
+        int | None, typer.Option(help="only solutions within this plan budget (index into plan.json budgets)")
+    ] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="only these models (repeatable)")] = None,
+    max_tokens: Annotated[int, typer.Option(help="judge reply length limit in tokens")] = 384,
+    max_retries: Annotated[int, typer.Option(help="retries after a malformed verdict")] = 2,
+    reference: Annotated[bool, typer.Option(help="show the judge the reference solution")] = True,
+    option: OptionOpt = None,
+) -> None:
+    """Judge a seeded random sample of answer-correct solutions per model → judgments/MODEL.parquet.
+
+    Resumable: verdicts already written (same judge) are kept and not asked again.
+    """
+    from flopmatch.judge import judge_run
+
+    judge = _make(judge_backend, judge_model, option, max_tokens, max_retries, reference)
+    try:
+        stats = judge_run(run, judge, per_model=per_model, seed=seed, budget=budget, models=model)
+    except (ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        judge.close()
+    table = Table(title=f"FPR by {judge.name}")
+    for col in ("model", "answer-correct", "judged", "new", "FPR", "95% Wilson CI", "n"):
+        table.add_column(col)
+    for s in stats.values():
+        table.add_row(s.model, str(s.candidates), str(s.selected), str(s.judged_now), _pct(s.fpr.fpr),
+                      f"[{_pct(s.fpr.lo)}, {_pct(s.fpr.hi)}]", str(s.fpr.n))
+    console.print(table)
+
+
+@app.command("judge-labels")
+def judge_labels_command(
+    run: Annotated[Path, typer.Argument(help="the run directory", exists=True, file_okay=False)],
+    labels: Annotated[Path, typer.Argument(help="CSV or JSONL with problem_id, sample_idx, valid", exists=True)],
+    model: Annotated[str, typer.Option("--model", "-m", help="the model whose solutions were labelled")],
+) -> None:
+    """Import people's verdicts on answer-correct solutions; `analyze` then reports them as the FPR."""
+    from flopmatch.judge import LabelError, fpr_estimate, import_human_labels, read_human_labels
+    from flopmatch.store import RunDir
+
+    try:
+        path = import_human_labels(run, labels, model)
+    except LabelError as exc:
+        raise fail(str(exc)) from exc
+    est = fpr_estimate(read_human_labels(RunDir(run), model).column("valid").to_pylist())
+    console.print(f"{path}: {est.n} human labels for {model}; FPR {_pct(est.fpr)} "
+                  f"[{_pct(est.lo)}, {_pct(est.hi)}]")
+
+
+@app.command("judge-eval")
+def judge_eval_command(
+    data_file: Annotated[Path, typer.Option("--data-file", help="ProcessBench JSON (e.g. processbench/gsm8k.json)")],
+    labels: Annotated[str, typer.Option("--labels", help="label format; only 'processbench'")] = "processbench",
+    limit: Annotated[int | None, typer.Option(help="a seeded random subset of this many items")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the --limit subset")] = 0,
+    judge_backend: BackendOpt = "vllm",
+    judge_model: ModelOpt = None,
+    max_tokens: Annotated[int, typer.Option(help="judge reply length limit in tokens")] = 384,
+    max_retries: Annotated[int, typer.Option(help="retries after a malformed verdict")] = 2,
+    option: OptionOpt = None,
+    out: Annotated[Path | None, typer.Option(help="write the scores (JSON) here and per-item verdicts beside it")] = None,
+) -> None:
+    """Measure a judge against human step labels: precision/recall/F1 for flagging flawed solutions and,
+    on answer-correct items, the judge's FPR against the humans'."""
+    from flopmatch.judge import LabelError, evaluate_judge, judgments_table, load_processbench
+    from flopmatch.store import write_json, write_table
+
+    if labels != "processbench":
+        raise fail(f"--labels {labels!r} is not supported (only 'processbench')")
+    try:
+        items = load_processbench(data_file, limit=limit, seed=seed)
+    except (LabelError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    judge = _make(judge_backend, judge_model, option, max_tokens, max_retries, include_reference=False)
+    try:
+        result, judgments = evaluate_judge(judge, items, split=data_file.stem)
+    finally:
+        judge.close()
+    table = Table(title=f"{judge.name} on {data_file.name} ({result.n} items, {result.n_flawed} flawed)")
+    table.add_column("measure")
+    table.add_column("value")
+    rows = [
+        ("precision (flagging flawed)", _pct(result.precision)),
+        ("recall", _pct(result.recall)),
+        ("F1", _pct(result.f1)),
+        ("TP / FP / FN / TN", f"{result.tp} / {result.fp} / {result.fn} / {result.tn}"),
+        ("first wrong step exact (flawed items)", _pct(result.step_accuracy_flawed)),
+        ("called valid (sound items)", _pct(result.accuracy_correct)),
+        ("ProcessBench F1", _pct(result.processbench_f1)),
+        ("unparseable", str(result.unparseable)),
+        (f"human FPR (answer-correct, n={result.human_fpr.n})",
+         f"{_pct(result.human_fpr.fpr)} [{_pct(result.human_fpr.lo)}, {_pct(result.human_fpr.hi)}]"),
+        (f"judge FPR (answer-correct, n={result.judge_fpr.n})",
+         f"{_pct(result.judge_fpr.fpr)} [{_pct(result.judge_fpr.lo)}, {_pct(result.judge_fpr.hi)}]"),
+        ("seconds", f"{result.seconds:.1f} ({result.seconds / max(result.n, 1):.2f}/item)"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    if out is not None:
+        write_json({**result.as_dict(), "data_file": str(data_file), "limit": limit, "seed": seed}, out)
+        items_path = out.with_suffix(".items.parquet")
+        write_table(judgments_table(items, judgments, judge.name), items_path)
+        console.print(f"wrote {out} and {items_path}")
