@@ -1,8 +1,44 @@
-"""Problem sets: one record for every source (GSM8K, MATH, MATH500, the toy world, local files)."""
+"""Problem sets: one record for every source (GSM8K, MATH, MATH500, the toy world, local files).
+
+``load(source, split=..., data_file=..., limit=..., seed=...)`` is the one entry point:
+
+========================  =====================================================================
+source                    where the problems come from
+========================  =====================================================================
+``gsm8k``                 hub ``openai/gsm8k`` (config ``main``); splits ``train`` / ``test``
+``math``                  hub ``EleutherAI/hendrycks_math`` (all 7 subject configs, Hendrycks
+                          MATH); splits ``train`` (7,500) / ``test`` (5,000)
+``math500``               hub ``HuggingFaceH4/MATH-500``; split ``test``
+``math-offline``          local files only: the offline MATH split of the shared data
+                          (``train`` = MATH test 5000 minus the MATH500 problems, matched on
+                          problem text -> 4,500; ``test`` = MATH500)
+``toyworld``              ``flopmatch.toyworld.load_problems`` (generated, CPU-sized)
+a path / ``file``         a local JSONL/Parquet file; its format is detected from its fields
+========================  =====================================================================
+
+Local files (``data_file=``) come in the formats of the shared data folder, detected from the
+fields of the first row: GSM8K (``question``, ``answer`` with the gold after ``####``), MATH
+(``problem``, ``solution``: gold = content of the last ``\\boxed{}``/``\\fbox{}``, braces nest) and
+MATH500 (``problem``, ``answer``, ``unique_id``...). ``data_file`` may also be a *data directory* laid
+out like the shared data (``gsm8k/<split>.jsonl``, ``math/math_test_5000.jsonl``,
+``math/math500_test.jsonl``); ``math-offline`` needs one (``data_file`` or ``$FLOPMATCH_DATA_DIR``).
+
+Problem ids are stable across runs and machines: ``<dataset>/<split>/<source id>`` where the source
+id is the row index for GSM8K (hub order = file order), the MATH500 ``unique_id``
+(``math500/test/precalculus/807``), and a hash of the problem text for MATH, whose sources carry no
+id of their own (so the hub mirror and a local copy give the same ids).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -45,3 +81,532 @@ def problems_to_table(problems: list[Problem]) -> pa.Table:
 def problems_from_table(table: pa.Table) -> list[Problem]:
     names = {f.name for f in fields(Problem)}
     return [Problem(**{k: v for k, v in row.items() if k in names}) for row in table.to_pylist()]
+
+
+# --------------------------------------------------------------------------- errors
+
+DATA_DIR_ENV = "FLOPMATCH_DATA_DIR"
+"""Environment variable naming the offline data directory (laid out like the shared data)."""
+
+
+class ProblemFileError(ValueError):
+    """A row of a problem file (or hub table) is malformed. Names the file, the line and the field."""
+
+    def __init__(
+        self, path: str | Path, line: int | None, field: str | None, message: str, *, unit: str = "line"
+    ):
+        self.path = str(path)
+        self.line = line
+        self.field = field
+        where = self.path if line is None else f"{self.path}, {unit} {line}"
+        what = f"field {field!r}: " if field else ""
+        super().__init__(f"{where}: {what}{message}")
+
+
+class ProblemSourceError(RuntimeError):
+    """A problem source cannot be reached or found (hub offline, no data directory, no toy world)."""
+
+
+class _RowError(Exception):
+    """Raised by the row parsers; the caller adds file and line."""
+
+    def __init__(self, field: str | None, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+# --------------------------------------------------------------------------- answers
+
+
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+
+
+def normalize_gsm8k_answer(text: str) -> str:
+    """The GSM8K gold as a plain number string: trimmed, thousands separators removed ("1,000" -> "1000")."""
+    return _THOUSANDS.sub("", text.strip())
+
+
+def gsm8k_gold(solution: str) -> str | None:
+    """The gold answer of a GSM8K reference solution: the text after the last ``####``."""
+    if "####" not in solution:
+        return None
+    return normalize_gsm8k_answer(solution.rsplit("####", 1)[1]) or None
+
+
+_BOX_MARKERS = ("\\boxed", "\\fbox")
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` or ``\\fbox{...}`` in ``text`` (braces nest), else None.
+
+    Escaped braces (``\\{``, ``\\}``) do not count towards nesting, so ``\\boxed{\\left\\{1\\right.}``
+    works. The brace-less form ``\\boxed 5`` yields the token after the space. Unbalanced braces
+    yield None: the caller decides whether that is an error.
+    """
+    start, marker = max((text.rfind(m), m) for m in _BOX_MARKERS)
+    if start < 0:
+        return None
+    j = start + len(marker)
+    if j < len(text) and text[j].isalpha():  # \boxedx is another macro, not ours: look further left
+        return last_boxed(text[:start])
+    while j < len(text) and text[j] == " ":
+        j += 1
+    if j >= len(text):
+        return None
+    if text[j] != "{":
+        token = re.match(r"[^\s$]+", text[j:])
+        return token.group(0) if token else None
+    depth = 0
+    i = j
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return text[j + 1 : i]
+        i += 1
+    return None
+
+
+# --------------------------------------------------------------------------- row parsers
+
+
+def _text(row: dict[str, Any], field: str, *, required: bool = True) -> str:
+    if field not in row or row[field] is None:
+        if required:
+            raise _RowError(field, "missing")
+        return ""
+    value = row[field]
+    if not isinstance(value, str):
+        raise _RowError(field, f"expected a string, got {type(value).__name__} {value!r:.40}")
+    if required and not value.strip():
+        raise _RowError(field, "empty")
+    return value
+
+
+def _level(row: dict[str, Any]) -> str | None:
+    """MATH levels as "Level N" whatever the source wrote (MATH500 writes the int N)."""
+    value = row.get("level")
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _RowError("level", f"expected 'Level N' or an integer, got {value!r:.40}")
+    text = str(value).strip()
+    return f"Level {text}" if re.fullmatch(r"\d+|\?", text) else text
+
+
+def content_hash(text: str) -> str:
+    """12 hex digits of SHA-256 over the whitespace-normalised text: a source-independent problem id."""
+    return hashlib.sha256(_normalize_text(text).encode()).hexdigest()[:12]
+
+
+def _normalize_text(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _parse_gsm8k(row: dict[str, Any], index: int, split: str) -> Problem:
+    question = _text(row, "question")
+    solution = _text(row, "answer")
+    if "####" not in solution:
+        raise _RowError("answer", "no '#### <answer>' line (the GSM8K gold answer)")
+    gold = gsm8k_gold(solution)
+    if not gold:
+        raise _RowError("answer", "empty answer after '####'")
+    return Problem(f"gsm8k/{split}/{index}", "gsm8k", split, question, gold, solution)
+
+
+def _parse_math(row: dict[str, Any], index: int, split: str) -> Problem:
+    question = _text(row, "problem")
+    solution = _text(row, "solution")
+    gold = last_boxed(solution)
+    if gold is None or not gold.strip():
+        raise _RowError(
+            "solution", "no final answer: expected a \\boxed{...} or \\fbox{...} with balanced braces"
+        )
+    subject = _text(row, "type", required=False) or _text(row, "subject", required=False) or None
+    return Problem(
+        f"math/{split}/{content_hash(question)}",
+        "math",
+        split,
+        question,
+        gold.strip(),
+        solution,
+        _level(row),
+        subject,
+    )
+
+
+def _parse_math500(row: dict[str, Any], index: int, split: str) -> Problem:
+    question = _text(row, "problem")
+    answer = _text(row, "answer")
+    solution = _text(row, "solution", required=False)
+    unique_id = _text(row, "unique_id", required=False)
+    if unique_id:
+        parts = unique_id.strip().removesuffix(".json").split("/")
+        if parts[0] in {"train", "test"} and len(parts) > 1:
+            parts = parts[1:]
+        source_id = "/".join(parts)
+    else:
+        source_id = content_hash(question)
+    subject = _text(row, "subject", required=False) or None
+    return Problem(
+        f"math500/{split}/{source_id}",
+        "math500",
+        split,
+        question,
+        answer.strip(),
+        solution,
+        _level(row),
+        subject,
+    )
+
+
+RowParser = Callable[[dict[str, Any], int, str], Problem]
+_PARSERS: dict[str, RowParser] = {"gsm8k": _parse_gsm8k, "math": _parse_math, "math500": _parse_math500}
+
+
+def detect_format(row: dict[str, Any]) -> str | None:
+    """Which of the shared-data formats a row is in, from its fields: gsm8k, math500, math, or None."""
+    keys = set(row)
+    if "question" in keys:
+        return "gsm8k"
+    if "problem" in keys and "answer" in keys:
+        return "math500"
+    if "problem" in keys:
+        return "math"
+    return None
+
+
+# --------------------------------------------------------------------------- local files
+
+
+def _read_rows(path: Path) -> tuple[str, Iterator[tuple[int, Any]]]:
+    """(unit, iterator of (1-based line/row number, row)) for a JSONL, JSON or Parquet file."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as exc:  # noqa: BLE001 - any unreadable Parquet is the same user error
+            raise ProblemFileError(path, None, None, f"not a readable Parquet file ({exc})") from exc
+        return "row", enumerate(rows, 1)
+    if suffix == ".json":
+        text = path.read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ProblemFileError(path, exc.lineno, None, f"invalid JSON ({exc.msg})") from exc
+            return "item", enumerate(items, 1)
+    if suffix not in {".jsonl", ".json", ".ndjson"}:
+        raise ProblemFileError(path, None, None, "unknown file type: expected .jsonl, .json or .parquet")
+    return "line", _jsonl_rows(path)
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ProblemFileError(
+                    path, lineno, None, f"invalid JSON ({exc.msg}, column {exc.colno})"
+                ) from exc
+
+
+_SPLIT_NAMES = {"train", "test", "validation", "val", "dev"}
+
+
+def _split_from_name(path: Path) -> str | None:
+    tokens = set(re.split(r"[^a-z0-9]+", path.stem.lower())) & _SPLIT_NAMES
+    return tokens.pop() if len(tokens) == 1 else None
+
+
+def load_file(path: str | Path, *, split: str | None = None, expect: str | None = None) -> list[Problem]:
+    """Problems from one local JSONL/JSON/Parquet file, format detected from the first row's fields.
+
+    ``split`` defaults to the split named in the file name (``test.jsonl``, ``math500_test.jsonl``).
+    ``expect`` (gsm8k, math, math500) refuses a file in another format, so ``load("gsm8k",
+    data_file=<a MATH file>)`` fails loudly instead of mislabelling problems. Any malformed row raises
+    :class:`ProblemFileError` naming the file, the line and the field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ProblemSourceError(f"problem file {path} does not exist")
+    split = split or _split_from_name(path)
+    if split is None:
+        raise ProblemSourceError(f"cannot tell the split of {path} from its name: pass split= (CLI: --split)")
+    unit, rows = _read_rows(path)
+    problems: list[Problem] = []
+    parser: RowParser | None = None
+    for index, (number, row) in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ProblemFileError(
+                path, number, None, f"expected a JSON object, got {type(row).__name__}", unit=unit
+            )
+        if parser is None:
+            fmt = detect_format(row)
+            if fmt is None:
+                raise ProblemFileError(
+                    path,
+                    number,
+                    "question",
+                    "unknown format: expected fields question+answer (GSM8K), problem+solution (MATH) or "
+                    f"problem+answer (MATH500); found {sorted(row)}",
+                    unit=unit,
+                )
+            if expect is not None and fmt != expect:
+                raise ProblemFileError(
+                    path,
+                    number,
+                    None,
+                    f"this file is in {fmt} format (fields {sorted(row)}), not {expect}",
+                    unit=unit,
+                )
+            parser = _PARSERS[fmt]
+        try:
+            problems.append(parser(row, index, split))
+        except _RowError as err:
+            raise ProblemFileError(path, number, err.field, err.message, unit=unit) from None
+    return _unique_ids(problems)
+
+
+def _unique_ids(problems: list[Problem]) -> list[Problem]:
+    """Keep ids unique when a source repeats a problem text: later copies get ``-2``, ``-3``... (in order)."""
+    seen: dict[str, int] = {}
+    out = []
+    for problem in problems:
+        count = seen.get(problem.problem_id, 0) + 1
+        seen[problem.problem_id] = count
+        if count > 1:
+            problem = Problem(**{**problem.to_dict(), "problem_id": f"{problem.problem_id}-{count}"})
+        out.append(problem)
+    return out
+
+
+# --------------------------------------------------------------------------- data directory
+
+# Where each (source, split) lives in a data directory laid out like the shared data.
+_DATA_DIR_FILES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("gsm8k", "train"): ("gsm8k/train.jsonl",),
+    ("gsm8k", "test"): ("gsm8k/test.jsonl",),
+    ("math", "test"): ("math/math_test_5000.jsonl",),
+    ("math500", "test"): ("math/math500_test.jsonl",),
+}
+
+
+def _in_data_dir(directory: Path, source: str, split: str) -> Path:
+    """The file of (source, split) in ``directory`` (the data root or the dataset's own folder)."""
+    candidates = _DATA_DIR_FILES.get((source, split))
+    if candidates is None:
+        raise ProblemSourceError(
+            f"the offline data has no {source} {split!r} split (see INDEX.md of the data directory)"
+        )
+    for relative in candidates:
+        for path in (directory / relative, directory / Path(relative).name):
+            if path.is_file():
+                return path
+    raise ProblemSourceError(f"{directory} has no {candidates[0]} (is it the data directory?)")
+
+
+def _local(source: str, split: str, data_file: str | Path) -> list[Problem]:
+    path = Path(data_file).expanduser()
+    if path.is_dir():
+        path = _in_data_dir(path, source, split)
+    return load_file(path, split=split, expect=source)
+
+
+def _math_offline(split: str, data_file: str | Path | None) -> list[Problem]:
+    """The offline MATH split: test = MATH500; train = MATH test 5000 minus MATH500 (matched on text).
+
+    Problems keep their own ids (``math500/test/...`` and ``math/train/<hash>``): ``split`` here is
+    the problem's role in the study (sample on train, evaluate on test), as the run directory uses it.
+    """
+    directory = data_file or os.environ.get(DATA_DIR_ENV)
+    if not directory:
+        raise ProblemSourceError(
+            f"math-offline reads local files: pass data_file=<data dir> (CLI: --data-file) or set ${DATA_DIR_ENV} "
+            "to a directory holding math/math_test_5000.jsonl and math/math500_test.jsonl"
+        )
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise ProblemSourceError(f"math-offline needs a data directory, and {directory} is not one")
+    held_out = load_file(_in_data_dir(directory, "math500", "test"), split="test", expect="math500")
+    if split == "test":
+        return held_out
+    pool = load_file(_in_data_dir(directory, "math", "test"), split="train", expect="math")
+    held_texts = {_normalize_text(p.question) for p in held_out}
+    return [p for p in pool if _normalize_text(p.question) not in held_texts]
+
+
+# --------------------------------------------------------------------------- the hub
+
+
+MATH_HUB_REPO = "EleutherAI/hendrycks_math"
+MATH_HUB_CONFIGS = (
+    "algebra",
+    "counting_and_probability",
+    "geometry",
+    "intermediate_algebra",
+    "number_theory",
+    "prealgebra",
+    "precalculus",
+)
+_HUB: dict[str, tuple[str, tuple[str | None, ...], str]] = {
+    # source: (repo, configs, row format)
+    "gsm8k": ("openai/gsm8k", ("main",), "gsm8k"),
+    "math": (MATH_HUB_REPO, MATH_HUB_CONFIGS, "math"),
+    "math500": ("HuggingFaceH4/MATH-500", (None,), "math500"),
+}
+
+
+def _hub(source: str, split: str) -> list[Problem]:
+    repo, configs, fmt = _HUB[source]
+    parser = _PARSERS[fmt]
+    problems: list[Problem] = []
+    for config in configs:
+        name = repo if config is None else f"{repo} ({config})"
+        try:
+            import datasets
+
+            table = datasets.load_dataset(repo, config, split=split)
+        except Exception as exc:  # noqa: BLE001 - offline, gated, renamed: all end in the same advice
+            raise ProblemSourceError(
+                f"could not load {name} split {split!r} from the Hugging Face hub "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+                f"Offline? Pass data_file= (CLI: --data-file) with a local JSONL/Parquet copy or a data directory "
+                f"laid out like the shared data (e.g. --data-file ../shared/data)."
+            ) from exc
+        for number, row in enumerate(table, 1):
+            try:
+                problems.append(parser(row, len(problems), split))
+            except _RowError as err:
+                raise ProblemFileError(
+                    f"hub:{name}/{split}", number, err.field, err.message, unit="row"
+                ) from None
+    return _unique_ids(problems)
+
+
+# --------------------------------------------------------------------------- the entry point
+
+SPLITS: dict[str, tuple[str, ...]] = {
+    "gsm8k": ("train", "test"),
+    "math": ("train", "test"),
+    "math500": ("test",),
+    "math-offline": ("train", "test"),
+}
+SOURCES = (*SPLITS, "toyworld")
+DEFAULT_SPLIT = "test"
+
+
+def load(
+    source: str,
+    *,
+    split: str | None = None,
+    data_file: str | Path | None = None,
+    limit: int | None = None,
+    seed: int | None = None,
+) -> list[Problem]:
+    """Load a problem set (see the module docstring for sources, formats and ids).
+
+    ``split`` defaults to ``test`` for the named sources (for a bare file: the split in its name).
+    ``data_file`` reads a local file or data directory instead of the hub. ``limit`` keeps at most that
+    many problems: with ``seed=None`` the first ones in source order, otherwise a seeded choice
+    (problems ranked by a hash of (seed, problem_id)), returned in source order. The same seed gives
+    the same subset on any machine, and a larger limit is a superset of a smaller one.
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    if source == "toyworld":
+        if data_file is not None:
+            raise ValueError("the toy world is generated; it takes no data_file")
+        try:
+            from flopmatch.toyworld import load_problems
+        except ImportError as exc:
+            raise ProblemSourceError(
+                f"the toy world (flopmatch.toyworld.load_problems) is not available: {exc}"
+            ) from exc
+        return load_problems(split=split, limit=limit, seed=seed)
+    if source in SPLITS:
+        split = split or DEFAULT_SPLIT
+        if split not in SPLITS[source]:
+            raise ValueError(f"{source} has splits {', '.join(SPLITS[source])}; got {split!r}")
+        if source == "math-offline":
+            problems = _math_offline(split, data_file)
+        elif data_file is not None:
+            problems = _local(source, split, data_file)
+        else:
+            problems = _hub(source, split)
+    elif source == "file" or Path(source).expanduser().is_file():
+        path = data_file if source == "file" else source
+        if path is None:
+            raise ValueError("source 'file' needs data_file=")
+        problems = load_file(Path(path).expanduser(), split=split)
+    else:
+        raise ValueError(
+            f"unknown problem source {source!r}: expected one of {', '.join(SOURCES)}, 'file' or a path"
+        )
+    return select_subset(problems, limit=limit, seed=seed)
+
+
+def select_subset(problems: list[Problem], *, limit: int | None, seed: int | None) -> list[Problem]:
+    """At most ``limit`` problems: a prefix (seed None) or a seeded, source-ordered, nested choice."""
+    if limit is None or limit >= len(problems):
+        return list(problems)
+    if seed is None:
+        return list(problems[:limit])
+    ranks = sorted(range(len(problems)), key=lambda i: _subset_rank(seed, problems[i].problem_id))
+    keep = set(ranks[:limit])
+    return [p for i, p in enumerate(problems) if i in keep]
+
+
+def _subset_rank(seed: int, problem_id: str) -> bytes:
+    return hashlib.sha256(f"{seed}\x00{problem_id}".encode()).digest()
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+def save_problems(run_dir: Any, problems: Iterable[Problem]) -> dict[str, Path]:
+    """Write problems to ``<run>/problems/<split>.parquet``, merged by problem_id with what is there.
+
+    A problem already on disk is replaced in place by the new record with its id; new ids are appended.
+    Each split's file is written atomically. Returns the path written per split.
+    """
+    from flopmatch.store import RunDir, read_table, write_table
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    by_split: dict[str, dict[str, Problem]] = {}
+    for problem in problems:
+        by_split.setdefault(problem.split, {})[problem.problem_id] = problem
+    written = {}
+    for split, fresh in by_split.items():
+        path = run.problems_path(split)
+        merged: dict[str, Problem] = {}
+        if path.exists():
+            merged = {p.problem_id: p for p in problems_from_table(read_table(path))}
+        merged.update(fresh)
+        written[split] = write_table(problems_to_table(list(merged.values())), path)
+    return written
+
+
+def load_run_problems(run_dir: Any, split: str | None = None) -> dict[str, Problem]:
+    """The problems saved in a run directory (one split, or all), keyed by problem_id."""
+    from flopmatch.store import RunDir, read_table
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    paths = [run.problems_path(split)] if split else sorted((run.root / "problems").glob("*.parquet"))
+    out: dict[str, Problem] = {}
+    for path in paths:
+        if path.exists():
+            out.update((p.problem_id, p) for p in problems_from_table(read_table(path)))
+    return out
