@@ -13,6 +13,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "problems",  # problems
     "plan",  # plan
     "sample",  # sample, ledger
+    "grade",  # grade
     "judge",  # judge, judge-labels, judge-eval
     "analyze",  # analyze
     "train",  # build-sft, train, eval

@@ -1,0 +1,165 @@
+"""`flopmatch grade`: grade a run's samples, or an ad-hoc JSONL file of responses and gold answers."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from flopmatch.cli._app import app, console, fail
+
+_STATUSES = ("correct", "wrong", "no_answer", "timeout", "error")
+
+
+@app.command("grade")
+def grade_command(
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="a run directory: grade every model's samples into grades/MODEL.parquet")
+    ] = None,
+    input_file: Annotated[
+        Path | None,
+        typer.Option("--input", "-i", help="a JSONL file of rows with `response` and `gold` (instead of a run)"),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset", "-d", help="gsm8k | math | math500 | toyworld, for --input (a row's `dataset` field wins)"
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="where --input's grades go: .parquet or .jsonl (default: INPUT.grades.parquet)"),
+    ] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="checker processes (default: all usable CPUs)")] = None,
+    timeout: Annotated[float, typer.Option(min=0.1, help="hard limit in seconds per distinct answer check")] = 5.0,
+) -> None:
+    """Grade final answers: `correct | wrong | no_answer | timeout | error` for every response.
+
+    `flopmatch grade RUN_DIR` grades every sampled model of a run (skipping models already graded
+    with the same samples and settings). `flopmatch grade --input FILE.jsonl --dataset D` grades an
+    ad-hoc file. Both print a status summary.
+    """
+    if (run_dir is None) == (input_file is None):
+        raise fail("give either a RUN_DIR or --input FILE.jsonl (not both)")
+    if run_dir is not None:
+        if dataset is not None or output is not None:
+            raise fail("--dataset and --output apply to --input files; a run's problems name their datasets")
+        _grade_run_dir(run_dir, workers, timeout)
+    else:
+        assert input_file is not None
+        _grade_file(input_file, dataset, output, workers, timeout)
+
+
+def _grade_run_dir(run_dir: Path, workers: int | None, timeout: float) -> None:
+    from flopmatch.grading import grade_run
+    from flopmatch.store import read_table
+
+    if not run_dir.is_dir():
+        raise fail(f"{run_dir}: no such run directory")
+    try:
+        written = grade_run(run_dir, workers=workers, timeout=timeout)
+    except (FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    if not written:
+        raise fail(f"{run_dir}: no samples to grade (samples/<model>/part-*.parquet)")
+    rows = []
+    for key, path in written.items():
+        counts = Counter(read_table(path, columns=["status"]).column("status").to_pylist())
+        rows.append((key, counts))
+        console.print(f"[green]wrote[/] {path}")
+    _print_summary(rows)
+
+
+def _grade_file(path: Path, dataset: str | None, output: Path | None, workers: int | None, timeout: float) -> None:
+    from flopmatch.grading import DATASETS, grade_many
+
+    if dataset is not None and dataset.lower() not in DATASETS:
+        raise fail(f"--dataset {dataset!r}: expected one of {', '.join(sorted(DATASETS))}")
+    rows = read_pairs(path, dataset, known=DATASETS)
+    out_path = output or path.with_name(path.stem + ".grades.parquet")
+    if out_path.suffix not in (".parquet", ".jsonl"):
+        raise fail(f"--output {out_path}: use a .parquet or .jsonl file name")
+    grades = grade_many(
+        [(r["response"], r["gold"]) for r in rows],
+        dataset=[r["dataset"] for r in rows],
+        workers=workers,
+        timeout=timeout,
+    )
+    records = []
+    for row, g in zip(rows, grades, strict=True):
+        record: dict[str, Any] = {"line": row["line"]}
+        if "id" in row:
+            record["id"] = row["id"]
+        record.update(
+            dataset=row["dataset"], gold=row["gold"], status=g.status, extracted=g.extracted, detail=g.detail
+        )
+        records.append(record)
+    _write_records(records, out_path)
+    console.print(f"[green]wrote[/] {out_path}")
+    _print_summary([(path.name, Counter(g.status for g in grades))])
+
+
+def read_pairs(path: Path, dataset: str | None, *, known: frozenset[str] | set[str]) -> list[dict[str, Any]]:
+    """The rows of an ad-hoc grading file, validated; a bad row fails naming file, line and field."""
+    if not path.is_file():
+        raise fail(f"{path}: no such file")
+    rows: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise fail(f"{where}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(obj, dict):
+                raise fail(f"{where}: expected a JSON object with `response` and `gold`")
+            for field in ("response", "gold"):
+                if field not in obj:
+                    raise fail(f"{where}: field `{field}` is missing")
+            response, gold = obj["response"], obj["gold"]
+            if response is not None and not isinstance(response, str):
+                raise fail(f"{where}: field `response` must be a string or null, got {type(response).__name__}")
+            if isinstance(gold, bool) or not isinstance(gold, (str, int, float)):
+                raise fail(f"{where}: field `gold` must be a string or a number, got {type(gold).__name__}")
+            name = obj.get("dataset", dataset)
+            if name is None:
+                raise fail(f"{where}: field `dataset` is missing and no --dataset was given")
+            if not isinstance(name, str) or name.lower() not in known:
+                raise fail(f"{where}: field `dataset` is {name!r}; expected one of {', '.join(sorted(known))}")
+            row = {"line": number, "response": response, "gold": str(gold), "dataset": name.lower()}
+            if "id" in obj:
+                row["id"] = str(obj["id"])
+            rows.append(row)
+    if not rows:
+        raise fail(f"{path}: no rows to grade")
+    return rows
+
+
+def _write_records(records: list[dict[str, Any]], path: Path) -> None:
+    from flopmatch.store import write_table, write_text
+
+    if path.suffix == ".jsonl":
+        write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), path)
+    else:
+        write_table(records, path)
+
+
+def _print_summary(rows: list[tuple[str, Counter]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="grades")
+    table.add_column("source")
+    for status in _STATUSES:
+        table.add_column(status, justify="right")
+    table.add_column("total", justify="right")
+    table.add_column("accuracy", justify="right")
+    for name, counts in rows:
+        total = sum(counts.values())
+        accuracy = f"{counts.get('correct', 0) / total:.1%}" if total else "-"
+        table.add_row(name, *(str(counts.get(s, 0)) for s in _STATUSES), str(total), accuracy)
+    console.print(table)

@@ -1,0 +1,248 @@
+"""A process pool whose watchdog kills and replaces a worker stuck on one answer.
+
+math-verify bounds its work with ``signal.alarm``, which only works in a main thread and cannot
+interrupt C code: ``\\boxed{9^{9^{9^{9}}}}`` can hold a worker forever. Here each worker reports
+after every answer; the parent gives each report ``timeout`` seconds, and a worker that misses
+its deadline is killed (SIGKILL), its current answer recorded as ``timeout``, the rest of its task
+handed to a fresh worker. Workers fork from a fork server that has math-verify imported, so a
+replacement costs milliseconds.
+
+A task is one gold answer with the distinct answers to check against it, so the gold is parsed
+once per task, not once per answer.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+DEFAULT_MEMORY_LIMIT = 4 * 1024**3  # bytes of address space per worker
+_STARTUP_LIMIT = 180.0  # seconds a new worker may take to import sympy and math-verify
+_MAX_START_FAILURES = 3
+
+OnResult = Callable[[int, str, str], None]
+
+
+@dataclass
+class Task:
+    """One gold answer and the distinct normalised answers ``(key, answer)`` to check against it."""
+
+    gold: str
+    items: list[tuple[int, str]]
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Connection
+    started: float
+    ready: bool = False
+    task: Task | None = None
+    gold_done: bool = False
+    done: int = 0  # items of the current task already reported
+    deadline: float = float("inf")
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """A fork server with math-verify preloaded where available (fork is unsafe in a process that
+    may hold vLLM or torch threads); spawn elsewhere."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["flopmatch.grading.worker"])
+        return ctx
+    return multiprocessing.get_context("spawn")  # pragma: no cover - not POSIX
+
+
+class WatchdogPool:
+    """Run :class:`Task` s on ``workers`` processes with a hard per-answer time limit.
+
+    ``timeout`` is the most wall time between two reports of a worker (the gold parse, then each
+    answer); the worker's own alarm fires a little earlier, so a slow but interruptible check
+    comes back as ``timeout`` without killing anything. Workers start lazily and are reused across
+    :meth:`run` calls until :meth:`close`.
+    """
+
+    def __init__(self, workers: int | None = None, timeout: float = 5.0, memory_limit: int | None = DEFAULT_MEMORY_LIMIT):
+        self.workers = max(1, workers or default_workers())
+        self.timeout = float(timeout)
+        self.memory_limit = memory_limit
+        self.kills = 0  # workers killed by the watchdog, for reports and tests
+        self._pool: list[_Worker] = []
+        self._ctx = _context()
+        self._start_failures = 0
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        if value <= 0:
+            raise ValueError(f"timeout must be positive, got {value}")
+        self._timeout = float(value)
+
+    @property
+    def soft_timeout(self) -> float:
+        """The worker's own alarm: a little before the watchdog, so interruptible work needs no kill."""
+        return max(0.05, 0.8 * self._timeout)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> WatchdogPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every worker (politely, then by force)."""
+        for worker in self._pool:
+            try:
+                worker.conn.send(None)
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + 1.0
+        for worker in self._pool:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+        self._pool.clear()
+
+    def _start_worker(self) -> None:
+        from flopmatch.grading import worker as worker_module
+
+        parent, child = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(
+            target=worker_module.main,
+            args=(child, self.memory_limit),
+            name="flopmatch-grader",
+            daemon=True,
+        )
+        process.start()
+        child.close()
+        self._pool.append(_Worker(process=process, conn=parent, started=time.monotonic()))
+
+    def _retire(self, worker: _Worker, kill: bool) -> None:
+        if kill and worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join(5.0)
+        worker.conn.close()
+        self._pool.remove(worker)
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, tasks: Sequence[Task], on_result: OnResult) -> None:
+        """Check every item of every task; ``on_result(key, status, detail)`` once per item."""
+        queue: deque[Task] = deque(t for t in tasks if t.items)
+        try:
+            while queue or any(w.task is not None for w in self._pool):
+                self._top_up(len(queue))
+                for worker in self._pool:
+                    if queue and worker.ready and worker.task is None:
+                        self._assign(worker, queue.popleft())
+                self._wait_and_handle(queue, on_result)
+        except BaseException:
+            self.close()  # a worker may be mid-task: never reuse it after an interruption
+            raise
+
+    def _top_up(self, queued: int) -> None:
+        busy = sum(1 for w in self._pool if w.task is not None)
+        wanted = min(self.workers, busy + queued)
+        while len(self._pool) < wanted:
+            self._start_worker()
+
+    def _assign(self, worker: _Worker, task: Task) -> None:
+        worker.task, worker.gold_done, worker.done = task, False, 0
+        worker.deadline = time.monotonic() + self.timeout
+        worker.conn.send((task.gold, task.items, self.soft_timeout))
+
+    def _wait_and_handle(self, queue: deque[Task], on_result: OnResult) -> None:
+        now = time.monotonic()
+        deadlines = [w.deadline for w in self._pool if w.task is not None]
+        deadlines += [w.started + _STARTUP_LIMIT for w in self._pool if not w.ready]
+        wait_for = max(0.0, min(deadlines) - now) if deadlines else 0.5
+        ready = wait([w.conn for w in self._pool], timeout=min(wait_for, 0.5))
+        for worker in [w for w in self._pool if w.conn in ready]:
+            try:
+                while worker.conn.poll():
+                    self._handle(worker, worker.conn.recv(), on_result)
+            except (EOFError, OSError):
+                self._lost(worker, queue, on_result, killed=False)
+        now = time.monotonic()
+        for worker in list(self._pool):
+            if worker.task is not None and now > worker.deadline:
+                self.kills += 1
+                self._lost(worker, queue, on_result, killed=True)
+            elif not worker.ready and now > worker.started + _STARTUP_LIMIT:
+                self._lost(worker, queue, on_result, killed=True)
+
+    def _handle(self, worker: _Worker, message: tuple, on_result: OnResult) -> None:
+        from flopmatch.grading.worker import GOLD, ITEM, READY
+
+        kind = message[0]
+        if kind == READY:
+            worker.ready = True
+            self._start_failures = 0
+            return
+        task = worker.task
+        assert task is not None, "a worker reported without a task"
+        worker.deadline = time.monotonic() + self.timeout
+        if kind == GOLD:
+            _, ok, detail = message
+            worker.gold_done = True
+            if not ok:
+                for key, _answer in task.items:
+                    on_result(key, "error", detail)
+                worker.task = None
+        elif kind == ITEM:
+            _, key, status, detail = message
+            on_result(key, status, detail)
+            worker.done += 1
+            if worker.done == len(task.items):
+                worker.task = None
+
+    def _lost(self, worker: _Worker, queue: deque[Task], on_result: OnResult, *, killed: bool) -> None:
+        """A worker died or was killed: settle what it was doing and requeue the rest."""
+        was_ready = worker.ready
+        self._retire(worker, kill=killed)
+        code = worker.process.exitcode
+        task = worker.task
+        if task is None:
+            if not was_ready:
+                self._start_failures += 1
+                if self._start_failures >= _MAX_START_FAILURES:
+                    raise RuntimeError(
+                        f"grading workers keep failing to start (last exit code {code}); "
+                        "check that math-verify imports in a fresh Python process"
+                    )
+            return
+        limit = f"{self.timeout:g}s"
+        if not worker.gold_done:
+            why = f"no verdict within {limit}" if killed else f"worker died (exit code {code})"
+            for key, _answer in task.items:
+                on_result(key, "error", f"gold answer: {why}")
+            return
+        key, _answer = task.items[worker.done]
+        if killed:
+            on_result(key, "timeout", f"killed after {limit} without a verdict")
+        else:
+            on_result(key, "error", f"worker died (exit code {code})")
+        rest = task.items[worker.done + 1 :]
+        if rest:
+            queue.appendleft(Task(task.gold, rest))
