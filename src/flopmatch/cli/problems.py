@@ -1,0 +1,118 @@
+"""`flopmatch problems`: load a problem set and show what is in it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from flopmatch.cli._app import app, console, fail
+
+
+@app.command("problems")
+def problems_command(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="gsm8k | math | math500 | math-offline | toyworld, or a local .jsonl/.json/.parquet file.",
+            show_default=False,
+        ),
+    ],
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split", help="train or test (default: test; for a bare file, the split in its name)."
+        ),
+    ] = None,
+    data_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-file",
+            help="Read a local JSONL/Parquet file, or a data directory laid out like the shared data "
+            "(gsm8k/<split>.jsonl, math/math_test_5000.jsonl, math/math500_test.jsonl), instead of the hub. "
+            "math-offline needs one (or $FLOPMATCH_DATA_DIR).",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=0, help="Keep at most this many problems.")
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed", help="With --limit: a seeded subset (same seed, same subset) instead of the first N."
+        ),
+    ] = None,
+    show: Annotated[int, typer.Option("--show", min=0, help="How many example problems to print.")] = 1,
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            "--run",
+            help="Also save the problems into this run directory (problems/<split>.parquet, merged by id).",
+        ),
+    ] = None,
+) -> None:
+    """Load a problem set and print its size, counts by level and subject, and example problems.
+
+    Every source gives the same record (`problem_id, dataset, split, question, answer, solution, level,
+    subject`) with stable ids: `gsm8k/test/12` (row index), `math500/test/precalculus/807` (MATH500's
+    unique_id), `math/test/<hash of the problem text>` (MATH has no ids of its own).
+
+    **Sources.** `gsm8k` (hub openai/gsm8k), `math` (hub EleutherAI/hendrycks_math, all subjects),
+    `math500` (hub HuggingFaceH4/MATH-500), `math-offline` (local: train = MATH test 5000 minus
+    MATH500 → 4,500 problems to sample on; test = MATH500), `toyworld` (generated), or a file path.
+
+    **Offline** (no hub): pass `--data-file` with the file or the data directory. A malformed row fails
+    with the file, line number and field.
+
+    Examples:
+
+        flopmatch problems gsm8k --split train --data-file ../shared/data
+        flopmatch problems math-offline --split train --data-file ../shared/data --limit 500 --seed 0
+        flopmatch problems ../shared/data/math/math500_test.jsonl
+    """
+    from flopmatch.problems import ProblemSourceError, load, save_problems
+
+    try:
+        problems = load(source, split=split, data_file=data_file, limit=limit, seed=seed)
+    except (ValueError, ProblemSourceError) as exc:
+        raise fail(str(exc)) from None
+    if not problems:
+        raise fail(f"{source}: no problems")
+
+    splits = sorted({p.split for p in problems})
+    datasets = sorted({p.dataset for p in problems})
+    console.print(
+        f"[bold]{len(problems):,}[/] problems from [bold]{source}[/] "
+        f"(dataset {', '.join(datasets)}; split {', '.join(splits)})"
+    )
+    for title, key in (("level", "level"), ("subject", "subject")):
+        counts = Counter(getattr(p, key) for p in problems)
+        if set(counts) == {None}:
+            continue
+        table = Table(title=f"by {title}", title_justify="left")
+        table.add_column(title)
+        table.add_column("problems", justify="right")
+        table.add_column("share", justify="right")
+        for value, count in sorted(counts.items(), key=lambda kv: (kv[0] is None, str(kv[0]))):
+            table.add_row(
+                str(value) if value is not None else "–", f"{count:,}", f"{count / len(problems):.1%}"
+            )
+        console.print(table)
+    for problem in problems[:show]:
+        body = Text(_clip(problem.question, 800))
+        body.append("\n\nanswer: ", style="bold")
+        body.append(problem.answer)
+        console.print(Panel(body, title=problem.problem_id, title_align="left"))
+    if run is not None:
+        written = save_problems(run, problems)
+        for split_name, path in written.items():
+            console.print(f"saved {split_name} → {path}")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + " …"
