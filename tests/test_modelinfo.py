@@ -139,6 +139,12 @@ def test_gguf_counts_elements_not_bytes(tmp_path, head):
     assert count_parameters(str(tmp_path)) == count  # a directory holding one .gguf
 
 
+def test_local_references(tmp_path):
+    from flopmatch.modelinfo import is_local_reference
+
+    assert is_local_reference(tmp_path) and not is_local_reference("some-org/some-model")
+
+
 def test_not_a_gguf(tmp_path):
     path = tmp_path / "model.gguf"
     path.write_bytes(b"not a gguf at all")

@@ -428,10 +428,11 @@ def plan_for_models(
 
     In ``flops`` mode a missing count is read with :func:`flopmatch.modelinfo.count_parameters`
     (config.json, GGUF, registry name or hub id) and failure is an error. In the other modes counts
-    are only used to report FLOPs, so they are read from local paths only (no hub round trips).
-    ``ledger`` supplies measured seconds per sample (and mean lengths, if not given) in ``measured`` mode.
+    are only used to report FLOPs, so they are read from local files and registry names only (no hub
+    round trips). A ``ledger`` supplies measured mean solution lengths W (unless given) in every mode,
+    and in ``measured`` mode the seconds per sample.
     """
-    from flopmatch.modelinfo import count_parameters
+    from flopmatch.modelinfo import count_parameters, is_local_reference
 
     sources: dict[str, Any] = {}
     counted: dict[str, float | None] = {"wc": wc_params, "se": se_params}
@@ -441,32 +442,32 @@ def plan_for_models(
             continue
         if ref is None:
             continue
-        if mode == "flops" or Path(ref).expanduser().exists():
+        if mode == "flops" or is_local_reference(ref):
             count = count_parameters(ref)
             counted[side_name] = float(count.total)
             sources[f"{side_name}_param_source"] = count.source
-    if mode == "measured" and ledger is not None:
+    if ledger is not None:
         if wc is None or se is None:
-            raise BudgetError(
-                "measured mode with a ledger needs both model names (CLI: --wc/--se) to find their rows"
-            )
+            raise BudgetError("a ledger needs both model names (CLI: --wc/--se) to find their rows")
         wc_cost, se_cost = measured_costs_from_ledger(ledger, wc, se)
-        if kwargs.get("wc_cost_per_sample") is None and kwargs.get("se_cost_per_sample") is None:
+        if (
+            mode == "measured"
+            and kwargs.get("wc_cost_per_sample") is None
+            and kwargs.get("se_cost_per_sample") is None
+        ):
             kwargs |= {
                 "wc_cost_per_sample": wc_cost.seconds_per_sample,
                 "se_cost_per_sample": se_cost.seconds_per_sample,
             }
-        sources |= {"wc_cost_source": wc_cost.source, "se_cost_source": se_cost.source}
+            sources |= {"wc_cost_source": wc_cost.source, "se_cost_source": se_cost.source}
         if kwargs.get("wc_tokens") is None and kwargs.get("se_tokens") is None:
             kwargs |= {"wc_tokens": wc_cost.tokens_per_sample, "se_tokens": se_cost.tokens_per_sample}
             sources |= {"wc_tokens_source": wc_cost.source, "se_tokens_source": se_cost.source}
+    for key, value in sources.items():  # a source the caller states wins
+        if kwargs.get(key) is None:
+            kwargs[key] = value
     kwargs["wc_name"] = kwargs.get("wc_name") or wc or "WC"
     kwargs["se_name"] = kwargs.get("se_name") or se or "SE"
     return plan_budgets(
-        mode=mode,
-        se_samples=se_samples,
-        wc_params=counted["wc"],
-        se_params=counted["se"],
-        **sources,
-        **kwargs,
+        mode=mode, se_samples=se_samples, wc_params=counted["wc"], se_params=counted["se"], **kwargs
     )

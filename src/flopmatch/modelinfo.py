@@ -378,6 +378,17 @@ def _from_hub(ref: str) -> ParamCount:
     return count
 
 
+def is_local_reference(ref: str | Path) -> bool:
+    """Whether counting ``ref`` needs no network: an existing path or a flopmatch registry name."""
+    if Path(ref).expanduser().exists():
+        return True
+    try:
+        from flopmatch import models
+    except ImportError:
+        return False
+    return str(ref) in getattr(models, "REGISTRY", {})
+
+
 def count_parameters(ref: str | Path) -> ParamCount:
     """The parameter count of a model: local path, then flopmatch registry name, then hub id."""
     path = Path(ref).expanduser()

@@ -99,7 +99,9 @@ def plan_command(
     ledger: Annotated[
         Path | None,
         typer.Option(
-            "--ledger", help="measured mode: a run's ledger.parquet; rows matched by --wc/--se names."
+            "--ledger",
+            help="A run's ledger.parquet (rows matched by --wc/--se names): mean lengths W for every mode, "
+            "and seconds per sample for --mode measured.",
         ),
     ] = None,
     rounding: Annotated[
