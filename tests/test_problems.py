@@ -214,6 +214,40 @@ def test_hub_failure_offline_says_to_pass_data_file(tmp_path):
     assert "data_file=" in result.stdout and "--data-file" in result.stdout
 
 
+@needs_data
+def test_hub_path_gives_the_same_problems_and_ids_as_the_local_files(tmp_path, monkeypatch):
+    """The hub code path on real ``datasets`` tables: the hub repos are unreachable here, so each
+    (repo, config, split) is served by datasets' own json loader over the matching shared-data file."""
+    import datasets
+
+    real_load = datasets.load_dataset
+    math_types = {c: c.replace("_", " ").title().replace(" And ", " & ") for c in P.MATH_HUB_CONFIGS}
+    calls = []
+
+    def hub(repo, config=None, split=None, **kwargs):
+        calls.append((repo, config, split))
+        files = {"openai/gsm8k": DATA / "gsm8k" / f"{split}.jsonl", "HuggingFaceH4/MATH-500": DATA / "math" / "math500_test.jsonl",
+                 P.MATH_HUB_REPO: DATA / "math" / "math_test_5000.jsonl"}  # fmt: skip
+        table = real_load("json", data_files=str(files[repo]), split="train", cache_dir=str(tmp_path))
+        if repo == P.MATH_HUB_REPO:  # the mirror has one config per subject
+            table = table.filter(lambda row: row["type"] == math_types[config])
+        return table
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    assert load("gsm8k", split="test") == load("gsm8k", split="test", data_file=DATA)
+    assert load("math500") == load("math500", data_file=DATA)
+    from_hub = load("math", split="test")
+    assert sorted(from_hub, key=lambda p: p.problem_id) == sorted(
+        load("math", data_file=DATA), key=lambda p: p.problem_id
+    )
+    assert calls[0] == ("openai/gsm8k", "main", "test") and calls[1] == (
+        "HuggingFaceH4/MATH-500",
+        None,
+        "test",
+    )
+    assert [c[1] for c in calls[2:]] == list(P.MATH_HUB_CONFIGS)
+
+
 # --------------------------------------------------------------------------- subsets and ids
 
 
