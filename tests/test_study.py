@@ -198,3 +198,225 @@ def test_packaged_demo_config_is_the_example():
 
     packaged = files("flopmatch").joinpath("configs/toyworld.yaml").read_text()
     assert packaged == (EXAMPLES / "toyworld.yaml").read_text()
+
+
+# --------------------------------------------------------------------------- the orchestrator, on real parts
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from flopmatch.store import RunDir, read_shards  # noqa: E402
+from flopmatch.study import STAGES, StudyContext, StudyError, run_study, study_status  # noqa: E402
+
+#: A few-step toy model: pretrains in seconds, enough to exercise every stage (it solves nothing).
+TINY_TOY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 32, "train_steps": 20,
+            "tokenizer_corpus": 300}  # fmt: skip
+
+
+def _toy_study(name: str, **overrides) -> dict:
+    """A small study on the real toy-world models (trained on first use and cached, as in the demo)."""
+    data = {
+        "name": name,
+        "problems": {
+            "sample": {"source": "toyworld", "split": "train", "limit": 12},
+            "validation": {"holdout": 4},
+            "test": {"source": "toyworld", "split": "test", "limit": 6},
+        },
+        "models": {
+            "wc": {"model": "toyworld-wc", "backend": "hf"},
+            "se": {"model": "toyworld-se", "backend": "hf"},
+        },
+        "budget": {"se_samples": [1, 2]},
+        "sampling": {"max_tokens": 96},
+        "judge": {"spec": "toyworld-checker", "per_model": 100},
+        "analysis": {"n_boot": 50},
+        "paradigms": {
+            "student": {"model": "tiny-student", "backend": "hf", "toyworld_spec": TINY_TOY},
+            "number_matched": ["knowledge_distillation"],
+        },
+        "training": {"preset": "tiny-cpu", "options": {"max_steps": 2, "n_checkpoints": 1}},
+        "evaluation": {"backend": "hf", "n": 2},
+    }
+    for key, value in overrides.items():
+        data[key] = value
+    return data
+
+
+@pytest.fixture(scope="module")
+def trained_study(tmp_path_factory):
+    """One full study (every stage, all three paradigms at two budgets) shared by the tests below."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    root = tmp_path_factory.mktemp("study")
+    config = validate_study_dict(_toy_study("full"))
+    result = run_study(config, root / "run", log=lambda _: None, progress=False)
+    return config, root / "run", result
+
+
+@pytest.mark.train
+def test_full_study_runs_every_stage_and_all_paradigms(trained_study):
+    import pandas as pd
+
+    config, run_dir, result = trained_study
+    assert result.ran == list(STAGES)
+    assert result.report is not None and result.report.exists()
+    paradigms = pd.read_parquet(run_dir / "metrics" / "paradigms.parquet")
+    assert set(paradigms["paradigm"]) == {"knowledge_distillation", "self_improvement", "weak_to_strong"}
+    assert set(paradigms["budget_se_samples"]) == {1, 2}
+    # every paradigm compares SE data with WC data at every budget; the control only where asked
+    for (paradigm, _budget), group in paradigms.groupby(["paradigm", "budget_se_samples"]):
+        kinds = set(group["data"])
+        assert {"se", "wc", "base"} <= kinds
+        assert ("wc_number_matched" in kinds) == (paradigm == "knowledge_distillation")
+    state = RunDir(run_dir).stage_state()
+    trained = [k for k, v in state.items() if k.startswith("train:") and v["status"] == "done"]
+    assert len(trained) == 14  # 3 paradigms x 2 budgets x (SE, WC) + 2 number-matched
+    # problems are split by role and disjoint; validation never sampled
+    ctx = StudyContext(config=config, run=RunDir(run_dir), log=lambda _: None)
+    sample_ids = {p.problem_id for p in ctx.problems("sample")}
+    validation_ids = {p.problem_id for p in ctx.problems("validation")}
+    assert len(sample_ids) == 12 and len(validation_ids) == 4 and not sample_ids & validation_ids
+    sampled = set(read_shards(RunDir(run_dir).samples_dir("toyworld-wc")).column("problem_id").to_pylist())
+    assert sampled == sample_ids
+
+
+@pytest.mark.train
+def test_rerun_skips_everything_and_a_changed_section_reruns_only_what_reads_it(trained_study):
+    config, run_dir, _ = trained_study
+    again = run_study(config, run_dir, log=lambda _: None, progress=False)
+    assert again.ran == []
+    changed = config.model_copy(update={"analysis": config.analysis.model_copy(update={"n_boot": 60})})
+    rerun = run_study(changed, run_dir, log=lambda _: None, progress=False)
+    assert rerun.ran == ["analyze", "report"]
+    statuses = {s.name: s.state for s in study_status(StudyContext(changed, RunDir(run_dir), lambda _: None))}
+    assert set(statuses.values()) == {"done"}
+    # under the old config, analyze is now stale (its hash no longer matches)
+    old = {s.name: s.state for s in study_status(StudyContext(config, RunDir(run_dir), lambda _: None))}
+    assert old["analyze"] == "stale" and old["sample"] == "done"
+    run_study(config, run_dir, log=lambda _: None, progress=False)  # back to the fixture's state
+
+
+@pytest.mark.train
+def test_force_reruns_a_stage_and_unchanged_outputs_stop_the_cascade(trained_study):
+    config, run_dir, _ = trained_study
+    # the judge finds every selected solution already judged: same outputs, so nothing downstream reruns
+    forced = run_study(config, run_dir, force=["judge"], log=lambda _: None, progress=False)
+    assert forced.ran == ["judge"]
+    only = run_study(config, run_dir, only=["report"], force=["report"], log=lambda _: None, progress=False)
+    assert only.ran == ["report"]
+
+
+@pytest.mark.train
+def test_deleted_outputs_are_noticed_and_rebuilt(trained_study):
+    config, run_dir, _ = trained_study
+    (run_dir / "metrics" / "compute_matched.parquet").unlink()
+    statuses = {s.name: s for s in study_status(StudyContext(config, RunDir(run_dir), lambda _: None))}
+    assert statuses["analyze"].state == "stale" and "outputs changed" in statuses["analyze"].reason
+    rerun = run_study(config, run_dir, log=lambda _: None, progress=False)
+    assert rerun.ran[0] == "analyze"
+    assert (run_dir / "metrics" / "compute_matched.parquet").exists()
+
+
+def test_only_needs_upstream_stages_done(tmp_path):
+    config = validate_study_dict(_toy_study("lonely", training={"enabled": False}))
+    with pytest.raises(StudyError, match="needs .* to be done first"):
+        run_study(config, tmp_path / "run", only=["grade"], log=lambda _: None, progress=False)
+    with pytest.raises(StudyError, match="unknown stage 'sampel'"):
+        run_study(config, tmp_path / "run", only=["sampel"], log=lambda _: None, progress=False)
+
+
+def test_overlapping_splits_are_refused(tmp_path):
+    data = _toy_study("overlap", training={"enabled": False})
+    data["problems"]["test"] = {"source": "toyworld", "split": "train", "limit": 6}
+    config = validate_study_dict(data)
+    with pytest.raises(StudyError, match=r"problems\.\w+ and problems\.test share \d+ problem"):
+        run_study(config, tmp_path / "run", only=["problems"], log=lambda _: None, progress=False)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from flopmatch.cli import main; main()", *args]
+
+
+def test_killed_study_resumes_where_it_stopped(tmp_path):
+    """SIGKILL the study while it samples; the rerun skips finished stages, completes sampling with
+    exactly S samples per problem and none twice, and finishes the study."""
+    tiny = {**TINY_TOY, "train_steps": 10}
+    data = _toy_study(
+        "killed",
+        models={"wc": {"model": "tiny-wc", "backend": "hf", "toyworld_spec": tiny},
+                "se": {"model": "tiny-se", "backend": "hf", "toyworld_spec": {**tiny, "num_layers": 2}}},
+        training={"enabled": False},
+    )  # fmt: skip
+    path = _write(tmp_path, data)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FLOPMATCH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(_cli("study", str(path), "--run", str(run_dir), "--quiet"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    state_path = run_dir / "state.json"
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if state_path.exists():
+                state = json.loads(state_path.read_text() or "{}")
+                if state.get("sample", {}).get("status") == "running":
+                    break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the study ended before sampling started"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    config = load_study_config(path)
+    run = RunDir(run_dir)
+    ctx = StudyContext(config=config, run=run, log=lambda _: None)
+    statuses = {s.name: s.state for s in study_status(ctx)}
+    assert statuses["problems"] == "done" and statuses["plan"] == "done"
+    assert statuses["sample"] == "interrupted"
+
+    os.environ["FLOPMATCH_CACHE"] = env["FLOPMATCH_CACHE"]
+    try:
+        result = run_study(config, run_dir, log=lambda _: None, progress=False)
+    finally:
+        os.environ.pop("FLOPMATCH_CACHE")
+    assert result.ran[0] == "sample" and "problems" in result.skipped and "plan" in result.skipped
+    roles = json.loads((run_dir / "roles.json").read_text())
+    budgets = [(b["se_samples"], b["wc_samples"]) for b in json.loads(run.plan_path.read_text())["budgets"]]
+    for role, per_problem in (("wc", max(w for _, w in budgets)), ("se", max(s for s, _ in budgets))):
+        table = read_shards(run.root / "samples" / roles[role]["key"])
+        keys = list(
+            zip(table.column("problem_id").to_pylist(), table.column("sample_idx").to_pylist(), strict=True)
+        )
+        assert len(keys) == len(set(keys)) == 12 * per_problem
+    assert {s.state for s in study_status(ctx) if s.name not in ("sft", "train", "eval")} == {"done"}
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_dry_run_of_the_paper_setup_prints_plan_and_cost():
+    from typer.testing import CliRunner
+
+    from flopmatch.cli import app
+
+    result = CliRunner().invoke(
+        app, ["study", str(EXAMPLES / "gemma2-math.yaml"), "--dry-run"], terminal_width=200
+    )
+    assert result.exit_code == 0, result.output
+    assert "config OK" in result.output
+    assert "EFLOP" in result.output  # sampling cost estimate
+    assert "14 training runs" in result.output
+    lines = [line for line in result.output.splitlines() if "│" in line]
+    assert any("10" in line and "29" in line for line in lines)  # 27.2B/9.24B rounded: SE 10 vs WC 29
+
+
+def test_dry_run_reports_config_errors_with_exit_code(tmp_path):
+    from typer.testing import CliRunner
+
+    from flopmatch.cli import app
+
+    path = _write(tmp_path, {**MINIMAL, "budget": {"mode": "flopz"}})
+    result = CliRunner().invoke(app, ["study", str(path), "--dry-run"], terminal_width=200)
+    assert result.exit_code == 2
+    assert "budget.mode" in result.output and "flopz" in result.output

@@ -486,45 +486,60 @@ def _plan_section(data: RunData) -> Section:
     mode = plan.get("mode", "flops")
     rows = []
     for b in budgets:
-        se_f, wc_f = b.get("se_flops"), b.get("wc_flops")
-        mismatch = (
-            (float(wc_f) / float(se_f) - 1) * 100
-            if not (_missing(se_f) or _missing(wc_f)) and se_f
-            else float("nan")
-        )
+        mismatch = b.get("flops_mismatch_pct", b.get("mismatch_pct"))
         rows.append(
             [
                 str(b["se_samples"]),
                 str(b["wc_samples"]),
-                fmt_flops(se_f),
-                fmt_flops(wc_f),
-                "–" if _missing(mismatch) else f"{mismatch:+.1f}%",
+                fmt_flops(b.get("se_flops")),
+                fmt_flops(b.get("wc_flops")),
+                fmt_flops(b.get("se_flops_total")),
+                fmt_flops(b.get("wc_flops_total")),
+                "–" if _missing(mismatch) else f"{float(mismatch):+.1f}%",
             ]
         )
     intro = {
         "flops": "Compute-matched: a generated token costs 2·P FLOPs, so WC gets P_SE/P_WC times SE's samples.",
         "price": "Price-matched: WC gets (SE price / WC price) times SE's samples.",
         "number": "Number-matched (the control): both models get the same number of samples.",
-        "measured": "Matched on measured cost (tokens/s or seconds per sample).",
+        "measured": "Matched on measured cost (seconds per sample).",
     }.get(str(mode), f"Mode: {mode}.")
-    return Section(
-        "Budget plan",
-        [
-            Text(intro + (f" Rounding: {plan['rounding']}." if plan.get("rounding") else "")),
-            Table(
-                [
-                    "SE samples / problem",
-                    "WC samples / problem",
-                    "SE FLOPs (planned)",
-                    "WC FLOPs (planned)",
-                    "WC − SE",
-                ],
-                rows,
-                caption="Planned FLOPs assume the plan's mean solution length.",
-                numeric={0, 1, 2, 3, 4},
-            ),
-        ],
+    ratio = plan.get("ratio")
+    if not _missing(ratio):
+        intro += f" Cost ratio SE/WC = {float(ratio):.3f}"
+        intro += f", rounded by `{plan['rounding']}`." if plan.get("rounding") else "."
+    blocks: list[Any] = [Text(intro)]
+    sides = [(role, plan.get(role) or {}) for role in ("wc", "se")]
+    if any(side.get("params") for _, side in sides):
+        blocks.append(
+            Text(
+                "; ".join(
+                    f"{data.label(role)}: P = {fmt_params(side.get('params'))} ({side.get('param_source') or 'given'})"
+                    for role, side in sides
+                )
+                + "."
+            )
+        )
+    blocks.append(
+        Table(
+            [
+                "SE samples / problem",
+                "WC samples / problem",
+                "SE FLOPs / problem",
+                "WC FLOPs / problem",
+                "SE FLOPs total",
+                "WC FLOPs total",
+                "WC − SE",
+            ],
+            rows,
+            caption="Planned FLOPs are 2·P per generated token at the plan's mean solution length (per token when "
+            "no length is given); the cost table below has what sampling actually spent.",
+            numeric={0, 1, 2, 3, 4, 5, 6},
+        )  # fmt: skip
     )
+    for note in plan.get("notes") or []:
+        blocks.append(Text(str(note), "note"))
+    return Section("Budget plan", blocks)
 
 
 def _cost_section(data: RunData) -> Section:
@@ -654,18 +669,21 @@ def _quality_section(data: RunData) -> Section:
     budgets = budgets_of(data.plan)
     if data.matched is not None and not data.matched.empty:
         rows = []
-        summary = data.summary
-        for _, r in data.matched.sort_values(["budget_se_samples"]).iterrows():
+        for _, r in data.matched.sort_values(["budget_se_samples"], kind="stable").iterrows():
             metric = str(r["metric"])
-            cis = _cis_for(summary, int(r["budget_se_samples"]), metric)
+            k = None if metric.startswith("fpr") else r.get("wc_samples")
+            se_k = None if metric.startswith("fpr") else int(r["budget_se_samples"])
+            label = _metric_label(metric)
+            if k is not None:
+                label = f"{label}@k (SE k={se_k}, WC k={int(k)})"
             rows.append(
                 [
                     _budget_short(budgets, int(r["budget_se_samples"])),
-                    _metric_label(metric, r.get("k")),
+                    label,
                     _metric_value(metric, r["se_value"]),
-                    cis.get("se", "–"),
+                    _metric_ci(metric, r.get("se_ci_low"), r.get("se_ci_high")),
                     _metric_value(metric, r["wc_value"]),
-                    cis.get("wc", "–"),
+                    _metric_ci(metric, r.get("wc_ci_low"), r.get("wc_ci_high")),
                     f"**{r['relative_text']}**",
                 ]
             )
@@ -673,9 +691,9 @@ def _quality_section(data: RunData) -> Section:
             Table(
                 ["budget (SE vs WC)", "metric", "SE", "SE 95% CI", "WC", "WC 95% CI", "WC vs SE"],
                 rows,
-                caption="Each model at its compute-matched sample count; intervals are bootstrap over problems "
-                "(Wilson for FPR). Relative changes in the paper's format: % for coverage and diversity, "
-                "points for FPR.",
+                caption="Each model's data at its compute-matched sample count, on the problems complete for both. "
+                "Intervals: bootstrap over problems (Wilson over judged solutions for FPR). Changes in the paper's "
+                "format: relative % for coverage and diversity, percentage points for FPR.",
                 numeric={2, 3, 4, 5},
             )
         )
@@ -686,16 +704,12 @@ def _quality_section(data: RunData) -> Section:
     return Section("Dataset quality: coverage, diversity, false positives", blocks)
 
 
-def _cis_for(summary: pd.DataFrame | None, budget_se: int, metric: str) -> dict[str, str]:
-    if summary is None or summary.empty:
-        return {}
-    rows = summary[(summary["budget_se_samples"] == budget_se) & (summary["metric"] == metric)]
-    if "group" in rows:
-        rows = rows[rows["group"].isin(["all", None]) | rows["group"].isna()]
-    out = {}
-    for _, r in rows.iterrows():
-        out[str(r["role"])] = _metric_ci(metric, r["ci_low"], r["ci_high"])
-    return out
+def _at_full_k(summary: pd.DataFrame) -> pd.DataFrame:
+    """Rows at k = the setting's samples per problem (FPR rows have no k and are kept)."""
+    if "k" not in summary or "samples_per_problem" not in summary:
+        return summary
+    k = summary["k"].astype("Float64")
+    return summary[k.isna() | (k == summary["samples_per_problem"].astype("Float64"))]
 
 
 def _figure_caption(path: Path) -> str:
@@ -711,49 +725,58 @@ def _figure_caption(path: Path) -> str:
     return name[0].upper() + name[1:] + "."
 
 
+def _judge_label(data: RunData) -> str:
+    spec = ((data.config or {}).get("judge") or {}).get("spec")
+    if spec == "toyworld-checker" or (isinstance(spec, dict) and spec.get("backend") == "toyworld-checker"):
+        return "exact step checker"
+    if isinstance(spec, dict) and spec.get("model"):
+        return f"LLM judge ({spec['model']})"
+    return "judge"
+
+
 def _fpr_section(data: RunData) -> Section:
+    title = "False-positive rate"
     summary = data.summary
     if summary is None or summary.empty:
-        return Section("False-positive rate", [Text("Metrics have not been computed.", "note")])
-    fpr = summary[summary["metric"].astype(str).str.startswith("fpr")]
+        return Section(title, [Text("Metrics have not been computed.", "note")])
+    fpr = summary[summary["metric"].isin(["fpr_judge", "fpr_human"])]
     if "group" in fpr:
         fpr = fpr[fpr["group"].isna() | (fpr["group"] == "all")]
     if fpr.empty:
-        return Section(
-            "False-positive rate",
-            [
-                Text(
-                    "No solutions were judged (the judge stage is off or found no answer-correct solutions).",
-                    "note",
-                )
-            ],
-        )
-    fpr = fpr.drop_duplicates(subset=["model", "metric"])
+        return Section(title, [Text("No solutions were judged (the judge stage is off, or no solution had a "
+                                    "right answer).", "note")])  # fmt: skip
+    budgets = budgets_of(data.plan)
+    judge = _judge_label(data)
     rows = []
-    for _, r in fpr.sort_values(["metric", "role"]).iterrows():
-        source = {
-            "fpr_exact": "exact step checker",
-            "fpr_judge": "LLM judge",
-            "fpr_human": "human labels",
-        }.get(str(r["metric"]), str(r["metric"]))
+    ordered = fpr.assign(_role=fpr["role"].map({"se": 0, "wc": 1}).fillna(2)).sort_values(
+        ["budget_se_samples", "metric", "_role"], kind="stable"
+    )
+    for _, r in ordered.iterrows():
+        budget = r.get("budget_se_samples")
         rows.append(
             [
-                data.label(str(r["role"])),
-                source,
+                "–" if _missing(budget) else _budget_short(budgets, int(budget)),
+                data.label(str(r["role"])) if isinstance(r["role"], str) else str(r["model"]),
+                judge if r["metric"] == "fpr_judge" else "human labels",
                 fmt_pct(r["value"]),
                 fmt_ci(r["ci_low"], r["ci_high"]),
-                fmt_num(r.get("n_problems")),
+                fmt_num(r.get("n", r.get("n_problems"))),
             ]
         )
     return Section(
-        "False-positive rate",
+        title,
         [
             Text(
-                "Share of answer-correct solutions whose reasoning is wrong (right answer, wrong steps). The exact "
-                "checker is ground truth where the world allows it; a judge is an estimate."
+                "Share of answer-correct solutions whose reasoning is wrong (right answer, wrong steps), on a "
+                "seeded random sample of each model's answer-correct solutions. An exact checker is ground truth; "
+                "an LLM judge is an estimate (see `flopmatch judge-eval` for its agreement with human labels)."
             ),
-            Table(["model", "verdicts from", "FPR", "95% CI", "judged"], rows, numeric={2, 3, 4}),
-        ],
+            Table(
+                ["budget (SE vs WC)", "model", "verdicts from", "FPR", "95% CI", "solutions judged"],
+                rows,
+                numeric={3, 4, 5},
+            ),
+        ],  # fmt: skip
     )
 
 
@@ -761,7 +784,7 @@ def _levels_section(data: RunData) -> Section | None:
     summary = data.summary
     if summary is None or summary.empty or "group" not in summary:
         return None
-    groups = summary[summary["group"].notna() & (summary["group"] != "all")]
+    groups = _at_full_k(summary[summary["group"].notna() & (summary["group"] != "all")])
     groups = groups[groups["metric"] == "coverage"]
     if groups.empty:
         return None

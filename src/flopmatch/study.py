@@ -148,10 +148,34 @@ class ModelSpec(_Section):
         None, gt=0, description="price per output token (budget mode `price`)"
     )
     label: str | None = Field(None, description="a short display name for tables (defaults to the model)")
+    toyworld_spec: dict[str, Any] | None = Field(
+        None,
+        description="fields of flopmatch.toyworld.ToyModelSpec: a toy-world model of this shape, pretrained "
+        "locally and cached (`model` is then only its name), e.g. a third, smaller student",
+    )
 
     @property
     def display(self) -> str:
         return self.label or self.model
+
+    @field_validator("toyworld_spec")
+    @classmethod
+    def _toy_spec(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return value
+        from dataclasses import fields
+
+        from flopmatch.toyworld.models import ToyModelSpec
+
+        known = {f.name for f in fields(ToyModelSpec)} - {"knobs", "noise"}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown ToyModelSpec field(s) {unknown}; expected some of {sorted(known)}")
+        try:
+            ToyModelSpec(**value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"not a valid toy model: {exc}") from None
+        return value
 
 
 class ModelsConfig(_Section):
@@ -733,10 +757,15 @@ def _stage_config(config: StudyConfig, stage: str) -> Any:
     raise KeyError(stage)
 
 
+#: Files up to this size are fingerprinted by content, bigger ones (model weights) by size and mtime.
+CONTENT_HASH_LIMIT = 16 << 20
+
+
 def fingerprint(paths: Sequence[Path]) -> str:
-    """Identity of a stage's outputs: relative path, size and modification time of every file under
-    ``paths``. Cheap (no file is read), and any rewrite changes it, so what depends on it reruns."""
-    entries: list[tuple[str, int, int]] = []
+    """Identity of a stage's outputs: every file under ``paths`` by relative name and content (by size
+    and modification time when large), so rewriting identical tables does not make later stages rerun
+    while any real change does."""
+    entries: list[tuple[str, str]] = []
     for path in paths:
         if path.is_file():
             files = [path]
@@ -745,9 +774,19 @@ def fingerprint(paths: Sequence[Path]) -> str:
         else:
             continue
         for file in files:
-            stat = file.stat()
-            entries.append((str(file), stat.st_size, stat.st_mtime_ns))
+            entries.append((str(file), _file_identity(file)))
     return config_hash(entries)
+
+
+def _file_identity(path: Path) -> str:
+    stat = path.stat()
+    if stat.st_size > CONTENT_HASH_LIMIT:
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _outputs(ctx: StudyContext, stage: str) -> list[Path]:
@@ -1093,15 +1132,19 @@ def _model_entry(spec: ModelSpec, *, resolve: bool, log: Any) -> dict[str, Any]:
     path = spec.model
     if resolve:
         log(f"    preparing {spec.model} …")
-        path = resolve_model(spec.model)
+        path = str(_toy_model(spec)) if spec.toyworld_spec is not None else resolve_model(spec.model)
+    # The name samples are filed under: the reference itself, except for a toy model built from a spec,
+    # which nothing else could resolve, so its (cached) directory stands in.
+    name = path if spec.toyworld_spec is not None else spec.model
     params: float | None = spec.params
     source = "given in the study config" if params else None
     if params is None:
         count = count_parameters(path)
         params, source = float(count.total), str(count.source)
     return {
-        "model": spec.model,
-        "key": model_key(spec.model),
+        "ref": spec.model,
+        "model": name,
+        "key": model_key(name),
         "label": spec.display,
         "path": str(path),
         "params": params,
@@ -1110,8 +1153,15 @@ def _model_entry(spec: ModelSpec, *, resolve: bool, log: Any) -> dict[str, Any]:
     }
 
 
+def _toy_model(spec: ModelSpec) -> Path:
+    """A toy-world model built from ``spec.toyworld_spec``: pretrained on first use, then cached."""
+    from flopmatch.toyworld import ToyModelSpec, ensure_model
+
+    return ensure_model(model_key(spec.model), spec=ToyModelSpec(**(spec.toyworld_spec or {})))  # type: ignore[arg-type]
+
+
 def _stage_plan(ctx: StudyContext) -> dict[str, Any]:
-    from flopmatch.budget import plan_for_models
+    from flopmatch.budget import plan_budgets, plan_for_models
 
     config = ctx.config
     roles = {
@@ -1126,19 +1176,19 @@ def _stage_plan(ctx: StudyContext) -> dict[str, Any]:
     if config.budget.mode == "price":
         options.setdefault("wc_price", config.models.wc.price_per_token)
         options.setdefault("se_price", config.models.se.price_per_token)
-    plan = plan_for_models(
-        config.models.wc.model,
-        config.models.se.model,
-        config.budget.se_samples,
-        mode=config.budget.mode,
-        wc_params=roles["wc"]["params"],
-        se_params=roles["se"]["params"],
-        rounding=config.budget.rounding,
-        n_problems=n_problems,
-        wc_param_source=roles["wc"]["params_source"],
-        se_param_source=roles["se"]["params_source"],
-        **options,
-    )
+    common = dict(
+        mode=config.budget.mode, wc_params=roles["wc"]["params"], se_params=roles["se"]["params"],
+        rounding=config.budget.rounding, n_problems=n_problems,
+    )  # fmt: skip
+    if "ledger" in options:  # measured mode from a calibration run's ledger
+        plan = plan_for_models(roles["wc"]["model"], roles["se"]["model"], config.budget.se_samples, **common,
+                               **options)  # fmt: skip
+    else:
+        plan = plan_budgets(
+            se_samples=config.budget.se_samples, wc_name=roles["wc"]["model"], se_name=roles["se"]["model"],
+            wc_param_source=roles["wc"]["params_source"], se_param_source=roles["se"]["params_source"],
+            **common, **options,
+        )  # fmt: skip
     plan.save(ctx.run)
     write_json(roles, ctx.run.root / ROLES_FILE)
     pairs = ", ".join(f"SE {b.se_samples} vs WC {b.wc_samples}" for b in plan.budgets)
@@ -1168,7 +1218,7 @@ def _stage_sample(ctx: StudyContext) -> dict[str, Any]:
         )
         summary = sample(
             ctx.run.root,
-            model=spec.model,
+            model=roles[role]["model"],
             problems=problems,
             samples_per_problem=counts[role],
             backend=spec.backend,
@@ -1183,7 +1233,7 @@ def _stage_sample(ctx: StudyContext) -> dict[str, Any]:
         )
         if summary.status != "done":
             raise StudyError(
-                f"sampling {spec.model} ended with status {summary.status!r}: {summary.message}; "
+                f"sampling {roles[role]['model']} ended with status {summary.status!r}: {summary.message}; "
                 "rerun the study to continue"
             )
         done[role] = {
@@ -1211,13 +1261,27 @@ def _prompt_config(config: StudyConfig, dataset: str) -> Any:
 def _stage_grade(ctx: StudyContext) -> dict[str, Any]:
     from flopmatch.grading import grade_run
 
-    result = grade_run(ctx.run.root, workers=ctx.config.grading.workers, timeout=ctx.config.grading.timeout)
-    return {"summary": _short(result)}
+    written = grade_run(
+        ctx.run.root,
+        workers=ctx.config.grading.workers,
+        timeout=ctx.config.grading.timeout,
+        progress=ctx.progress,
+    )
+    parts = []
+    for key, path in sorted(written.items()):
+        status = read_table(path, columns=["status"]).column("status").to_pylist()
+        parts.append(f"{_role_label(ctx, key)} {status.count('correct')}/{len(status)} correct")
+    return {"summary": ", ".join(parts)}
 
 
-def _short(result: Any) -> str:
-    text = str(result) if result is not None else ""
-    return text if len(text) < 160 else text[:157] + "…"
+def _role_label(ctx: StudyContext, model: str) -> str:
+    """ "WC"/"SE" for a model name or key of this run (the name itself for anything else)."""
+    roles = read_json(ctx.run.root / ROLES_FILE) if (ctx.run.root / ROLES_FILE).exists() else {}
+    for role in ("wc", "se"):
+        info = roles.get(role) or {}
+        if model in (info.get("model"), info.get("key")) or model_key(model) == info.get("key"):
+            return role.upper()
+    return model_key(model)
 
 
 def _stage_judge(ctx: StudyContext) -> dict[str, Any]:
@@ -1229,8 +1293,7 @@ def _stage_judge(ctx: StudyContext) -> dict[str, Any]:
     finally:
         judge.close()
     parts = [
-        f"{model_key(m)} FPR {s.fpr.value * 100:.1f}% of {s.selected}" if hasattr(s.fpr, "value") else m
-        for m, s in stats.items()
+        f"{_role_label(ctx, m)} FPR {s.fpr.fpr * 100:.1f}% of {s.fpr.n} judged" for m, s in stats.items()
     ]
     return {"summary": ", ".join(parts)}
 
@@ -1249,14 +1312,22 @@ def _stage_sft(ctx: StudyContext) -> dict[str, Any]:
     roles = ctx.roles()
     built: dict[str, Any] = {}
     for item in sft_sets(config, ctx.budgets()):
+        # Budgets resolve through plan.json; the control takes SE's samples per problem from WC.
+        control = roles["se"]["model"] if item.kind == "wc_number_matched" else None
         result = build_sft(
             ctx.run,
             source_model=roles[item.role]["model"],
-            samples_per_problem=item.samples_per_problem,
+            budget=item.budget,
+            number_matched_to=control,
             max_per_problem=config.paradigms.max_per_problem,
             name=item.name,
             seed=config.seed,
         )
+        if result.samples_per_problem != item.samples_per_problem:
+            raise StudyError(
+                f"SFT set {item.name}: built from {result.samples_per_problem} samples per problem, the plan says "
+                f"{item.samples_per_problem}"
+            )
         built[item.name] = {"examples": result.examples, "problems": result.problems_covered}
         ctx.log(f"    {item.name}: {result.examples} examples over {result.problems_covered} problems")
     return {"sets": built, "summary": f"{len(built)} SFT sets"}
@@ -1281,8 +1352,15 @@ def _stage_train(ctx: StudyContext) -> dict[str, Any]:
     validation = ctx.problems("validation") or None
     results: dict[str, Any] = {}
     jobs = train_jobs(config, ctx.budgets())
+    sets = (ctx.run.stage_state().get("sft") or {}).get("sets", {})
     for number, job in enumerate(jobs, 1):
         student = roles[job.student_role]
+        if sets.get(job.data.name, {}).get("examples", 1) == 0:
+            ctx.log(
+                f"    [{number}/{len(jobs)}] {job.name}: skipped, {job.data.name} has no correct solutions"
+            )
+            results[job.name] = None
+            continue
         sub = f"train:{job.name}"
         digest = config_hash(
             {
@@ -1348,6 +1426,9 @@ def _stage_eval(ctx: StudyContext) -> dict[str, Any]:
             ctx.log(f"    base {roles[student_role]['label']} (before fine-tuning)")
             baselines[student_role] = run_eval(f"base-{student_role}", roles[student_role]["path"])
     for number, job in enumerate(jobs, 1):
+        if trained.get(job.name) is None:
+            ctx.log(f"    [{number}/{len(jobs)}] {job.name}: not trained (no data), not evaluated")
+            continue
         ctx.log(f"    [{number}/{len(jobs)}] {job.name}")
         result = run_eval(job.name, trained[job.name])
         rows += _eval_rows(
@@ -1469,6 +1550,10 @@ def _params_offline(spec: ModelSpec) -> tuple[float | None, str]:
     nominal count, or a local config/GGUF."""
     if spec.params:
         return spec.params, "given in the study config"
+    if spec.toyworld_spec is not None:
+        from flopmatch.toyworld import ToyModelSpec
+
+        return float(ToyModelSpec(**spec.toyworld_spec).n_params), "toy model spec"
     try:
         from flopmatch.models import REGISTRY
 
@@ -1477,6 +1562,10 @@ def _params_offline(spec: ModelSpec) -> tuple[float | None, str]:
         entry = None
     if entry is not None and entry.parameters:
         return float(entry.parameters), f"registry ({entry.upstream})"
+    if entry is not None and entry.toyworld_kind is not None:
+        from flopmatch.toyworld import PARAMS
+
+        return float(PARAMS[entry.toyworld_kind]), "toy model spec"
     if entry is not None:
         return None, "read from the model after it is prepared (not known before)"
     if Path(spec.model).expanduser().exists():
