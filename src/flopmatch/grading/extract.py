@@ -278,7 +278,8 @@ _TEXT_UNIT_RE = re.compile(
     re.DOTALL,
 )
 _MATHRM_CONST_RE = re.compile(r"\\(?:mathrm|operatorname|text|mathit)\s*\{\s*([ei])\s*\}")
-_LEADING_ZEROS_RE = re.compile(r"(?<![\w.\\])0+(?=\d)")
+_LEADING_ZEROS_RE = re.compile(r"(?<![\w.,\\])0+(?=\d)")
+_THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _REPEATING_RE = re.compile(r"^(-?)(\d*)\.(\d*)\\overline\s*\{\s*(\d+)\s*\}$")
 _CURRENCY_RE = re.compile(r"\\\$|[€£¥₹]|\b(?:USD|US\$)\b")
 _CHOICES_RE = re.compile(
@@ -307,6 +308,7 @@ def normalize_answer(answer: str, dataset_or_mode: str) -> str:
     s = _CURRENCY_RE.sub("", s)
     if mode == "numeric":
         s = s.replace("$", "")
+        s = _THOUSANDS_RE.sub("", s)
     s = re.sub(r"\s+", " ", s).strip()
     s = _strip_units(s)
     s = _strip_wrappers(s)

@@ -71,14 +71,22 @@ class WatchdogPool:
     """Run :class:`Task` s on ``workers`` processes with a hard per-answer time limit.
 
     ``timeout`` is the most wall time between two reports of a worker (the gold parse, then each
-    answer); the worker's own alarm fires a little earlier, so a slow but interruptible check
-    comes back as ``timeout`` without killing anything. Workers start lazily and are reused across
-    :meth:`run` calls until :meth:`close`.
+    answer); the worker's own alarm fires a little earlier (``soft_fraction`` of it), so a slow but
+    interruptible check comes back as ``timeout`` without killing anything. ``memory_limit`` caps
+    each worker's address space. Workers start lazily and are reused across :meth:`run` calls
+    until :meth:`close`.
     """
 
-    def __init__(self, workers: int | None = None, timeout: float = 5.0, memory_limit: int | None = DEFAULT_MEMORY_LIMIT):
+    def __init__(
+        self,
+        workers: int | None = None,
+        timeout: float = 5.0,
+        memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+        soft_fraction: float | None = 0.8,
+    ):
         self.workers = max(1, workers or default_workers())
         self.timeout = float(timeout)
+        self.soft_fraction = soft_fraction
         self.memory_limit = memory_limit
         self.kills = 0  # workers killed by the watchdog, for reports and tests
         self._pool: list[_Worker] = []
@@ -97,8 +105,12 @@ class WatchdogPool:
 
     @property
     def soft_timeout(self) -> float:
-        """The worker's own alarm: a little before the watchdog, so interruptible work needs no kill."""
-        return max(0.05, 0.8 * self._timeout)
+        """The worker's own alarm, ``soft_fraction`` of the hard limit: interruptible work then comes
+        back as ``timeout`` without a kill. ``0`` (``soft_fraction=None``): no alarm, the watchdog
+        alone bounds each check."""
+        if self.soft_fraction is None:
+            return 0.0
+        return max(0.05, self.soft_fraction * self._timeout)
 
     # ------------------------------------------------------------------ lifecycle
 
