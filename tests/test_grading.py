@@ -154,7 +154,12 @@ HARD_CASES: list[tuple[str, str, str, str]] = [
     (r"\boxed{1.6 \times 10^{-7}}", r"1.5 \times 10^{-7}", "math", "wrong"),
     (r"\boxed{10^{-9}}", "0", "math", "wrong"),
     # near misses and notations math-verify mis-parses
-    (r"\boxed{1 + \frac{1}{\mathrm{e}}}", r"1 - \frac{1}{e}", "math", "wrong"),  # math-verify: correct via "$..$"
+    (
+        r"\boxed{1 + \frac{1}{\mathrm{e}}}",
+        r"1 - \frac{1}{e}",
+        "math",
+        "wrong",
+    ),  # math-verify: correct via "$..$"
     (r"\boxed{1 - \frac{1}{\mathrm{e}}}", r"1 - \frac{1}{e}", "math", "correct"),  # math-verify: wrong
     ("The answer is 1\u22121/e.", r"1-\frac{1}{e}", "math", "correct"),
     ("The answer is 1+1/e.", r"1-\frac{1}{e}", "math", "wrong"),
@@ -179,7 +184,10 @@ HARD_CASES: list[tuple[str, str, str, str]] = [
 @pytest.fixture(scope="module")
 def hard_grades() -> list[Grade]:
     return grade_many(
-        [(r, g) for r, g, _, _ in HARD_CASES], dataset=[d for _, _, d, _ in HARD_CASES], workers=2, progress=False
+        [(r, g) for r, g, _, _ in HARD_CASES],
+        dataset=[d for _, _, d, _ in HARD_CASES],
+        workers=2,
+        progress=False,
     )
 
 
@@ -208,7 +216,9 @@ def test_grade_single_and_dataset_validation() -> None:
 
 
 def test_empty_or_unparseable_gold_is_an_error_not_a_verdict() -> None:
-    grades = grade_many([("The answer is 5.", "  "), (r"\boxed{5}", "$$")], dataset="math", workers=1, progress=False)
+    grades = grade_many(
+        [("The answer is 5.", "  "), (r"\boxed{5}", "$$")], dataset="math", workers=1, progress=False
+    )
     assert [g.status for g in grades] == ["error", "error"]
 
 
@@ -234,7 +244,12 @@ def test_pathological_answers_come_back_within_the_limit_and_the_pool_goes_on() 
 def test_watchdog_kills_a_stuck_worker_and_hands_on_the_rest() -> None:
     """With the in-worker alarm off, only the parent's watchdog can stop 9^9^9^9: it must kill the
     worker, record a timeout, and finish the task's other answers on a fresh worker."""
-    pairs = [(r"\boxed{\frac{6}{2}}", "3"), (PATHOLOGICAL[0], "3"), (r"\boxed{\sqrt{9}}", "3"), (r"\boxed{3.5}", "3")]
+    pairs = [
+        (r"\boxed{\frac{6}{2}}", "3"),
+        (PATHOLOGICAL[0], "3"),
+        (r"\boxed{\sqrt{9}}", "3"),
+        (r"\boxed{3.5}", "3"),
+    ]
     with WatchdogPool(workers=1, timeout=1.5, soft_fraction=None) as pool:
         grades = grade_many(pairs, dataset="math", progress=False, pool=pool)
         assert pool.kills == 1
@@ -381,7 +396,9 @@ def test_cli_grades_a_jsonl_file_and_a_run(tmp_path: Path) -> None:
     ]
     source.write_text("".join(json.dumps(x) + "\n" for x in lines))
     out = tmp_path / "grades.jsonl"
-    result = CliRunner().invoke(app, ["grade", "--input", str(source), "--dataset", "gsm8k", "-o", str(out), "--workers", "1"])
+    result = CliRunner().invoke(
+        app, ["grade", "--input", str(source), "--dataset", "gsm8k", "-o", str(out), "--workers", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert "correct" in result.output and "66.7%" in result.output
     rows = [json.loads(x) for x in out.read_text().splitlines()]

@@ -17,24 +17,37 @@ _STATUSES = ("correct", "wrong", "no_answer", "timeout", "error")
 @app.command("grade")
 def grade_command(
     run_dir: Annotated[
-        Path | None, typer.Argument(help="a run directory: grade every model's samples into grades/MODEL.parquet")
+        Path | None,
+        typer.Argument(help="a run directory: grade every model's samples into grades/MODEL.parquet"),
     ] = None,
     input_file: Annotated[
         Path | None,
-        typer.Option("--input", "-i", help="a JSONL file of rows with `response` and `gold` (instead of a run)"),
+        typer.Option(
+            "--input", "-i", help="a JSONL file of rows with `response` and `gold` (instead of a run)"
+        ),
     ] = None,
     dataset: Annotated[
         str | None,
         typer.Option(
-            "--dataset", "-d", help="gsm8k | math | math500 | toyworld, for --input (a row's `dataset` field wins)"
+            "--dataset",
+            "-d",
+            help="gsm8k | math | math500 | toyworld, for --input (a row's `dataset` field wins)",
         ),
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="where --input's grades go: .parquet or .jsonl (default: INPUT.grades.parquet)"),
+        typer.Option(
+            "--output",
+            "-o",
+            help="where --input's grades go: .parquet or .jsonl (default: INPUT.grades.parquet)",
+        ),
     ] = None,
-    workers: Annotated[int | None, typer.Option(min=1, help="checker processes (default: all usable CPUs)")] = None,
-    timeout: Annotated[float, typer.Option(min=0.1, help="hard limit in seconds per distinct answer check")] = 5.0,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="checker processes (default: all usable CPUs)")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="hard limit in seconds per distinct answer check")
+    ] = 5.0,
 ) -> None:
     """Grade final answers: `correct | wrong | no_answer | timeout | error` for every response.
 
@@ -73,7 +86,9 @@ def _grade_run_dir(run_dir: Path, workers: int | None, timeout: float) -> None:
     _print_summary(rows)
 
 
-def _grade_file(path: Path, dataset: str | None, output: Path | None, workers: int | None, timeout: float) -> None:
+def _grade_file(
+    path: Path, dataset: str | None, output: Path | None, workers: int | None, timeout: float
+) -> None:
     from flopmatch.grading import DATASETS, grade_many
 
     if dataset is not None and dataset.lower() not in DATASETS:
@@ -123,14 +138,18 @@ def read_pairs(path: Path, dataset: str | None, *, known: frozenset[str] | set[s
                     raise fail(f"{where}: field `{field}` is missing")
             response, gold = obj["response"], obj["gold"]
             if response is not None and not isinstance(response, str):
-                raise fail(f"{where}: field `response` must be a string or null, got {type(response).__name__}")
+                raise fail(
+                    f"{where}: field `response` must be a string or null, got {type(response).__name__}"
+                )
             if isinstance(gold, bool) or not isinstance(gold, (str, int, float)):
                 raise fail(f"{where}: field `gold` must be a string or a number, got {type(gold).__name__}")
             name = obj.get("dataset", dataset)
             if name is None:
                 raise fail(f"{where}: field `dataset` is missing and no --dataset was given")
             if not isinstance(name, str) or name.lower() not in known:
-                raise fail(f"{where}: field `dataset` is {name!r}; expected one of {', '.join(sorted(known))}")
+                raise fail(
+                    f"{where}: field `dataset` is {name!r}; expected one of {', '.join(sorted(known))}"
+                )
             row = {"line": number, "response": response, "gold": str(gold), "dataset": name.lower()}
             if "id" in obj:
                 row["id"] = str(obj["id"])

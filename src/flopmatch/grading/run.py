@@ -84,7 +84,14 @@ def grade_run(
         previous_grader = run.stage_state().get(stage, {}).get("grader")
         run.mark_started(stage, digest)
         table, counts = _grade_model(
-            run, key, sample_dir, golds, reuse=previous_grader == grader_hash, workers=workers, timeout=timeout, progress=progress
+            run,
+            key,
+            sample_dir,
+            golds,
+            reuse=previous_grader == grader_hash,
+            workers=workers,
+            timeout=timeout,
+            progress=progress,
         )
         write_table(table, path)
         run.mark_done(stage, digest, grader=grader_hash, rows=table.num_rows, **counts)
@@ -106,7 +113,9 @@ def load_golds(run: RunDir) -> dict[str, tuple[str, str]]:
             raise ValueError(f"{path}: not a problems table ({exc})") from exc
         for row, problem in enumerate(problems):
             if problem.answer is None or problem.dataset is None:
-                raise ValueError(f"{path}: row {row}: problem {problem.problem_id!r} has no answer or dataset")
+                raise ValueError(
+                    f"{path}: row {row}: problem {problem.problem_id!r} has no answer or dataset"
+                )
             value = (problem.dataset, problem.answer)
             if problem.problem_id in golds and golds[problem.problem_id] != value:
                 raise ValueError(
@@ -133,7 +142,9 @@ def _grade_model(
     missing = [c for c in _SAMPLE_COLUMNS if c not in samples.column_names]
     if missing:
         raise ValueError(f"{sample_dir}: samples lack column(s) {', '.join(missing)}")
-    models = samples.column("model").to_pylist() if "model" in samples.column_names else [key] * samples.num_rows
+    models = (
+        samples.column("model").to_pylist() if "model" in samples.column_names else [key] * samples.num_rows
+    )
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     unknown: list[str] = []
     for model, pid, idx, text in zip(
@@ -142,7 +153,9 @@ def _grade_model(
         if pid not in golds:
             unknown.append(pid)
             continue
-        rows.setdefault((pid, int(idx)), {"model": model or key, "problem_id": pid, "sample_idx": int(idx), "text": text})
+        rows.setdefault(
+            (pid, int(idx)), {"model": model or key, "problem_id": pid, "sample_idx": int(idx), "text": text}
+        )
     if unknown:
         raise ValueError(
             f"{sample_dir}: {len(unknown)} sample(s) of problems missing from {run.root / 'problems'} "
@@ -177,7 +190,11 @@ def _grade_model(
             }
         )
     counts = Counter(r["status"] for r in out)
-    info = {"regraded": len(todo), "reused": len(kept), **{s: counts.get(s, 0) for s in ("correct", "wrong", "no_answer", "timeout", "error")}}
+    info = {
+        "regraded": len(todo),
+        "reused": len(kept),
+        **{s: counts.get(s, 0) for s in ("correct", "wrong", "no_answer", "timeout", "error")},
+    }
     return pa.Table.from_pylist(out, schema=GRADE_SCHEMA), info
 
 
