@@ -1,0 +1,67 @@
+"""Pieces every backend shares: batching finished completions for the caller, and wall-time
+attribution."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from flopmatch.backends.base import Completion, Request
+
+
+class Flusher:
+    """Collects completions as they finish and says when to hand a batch to the caller.
+
+    A batch goes out when ``every`` completions are waiting or ``seconds`` have passed since the last
+    one went out (so a crash loses at most that much finished work). Each completion's ``seconds`` is
+    the wall time since the previous batch divided by the batch's size: the per-sample times of one
+    ``generate`` call add up to its wall time.
+    """
+
+    def __init__(self, every: int, seconds: float):
+        if every < 1:
+            raise ValueError(f"flush_every must be >= 1, got {every}")
+        self.every, self.seconds = every, seconds
+        self._pending: list[Completion] = []
+        self._since = time.perf_counter()
+
+    def add(self, completions: Sequence[Completion]) -> None:
+        self._pending.extend(completions)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def due(self) -> bool:
+        return bool(self._pending) and (
+            len(self._pending) >= self.every or time.perf_counter() - self._since >= self.seconds
+        )
+
+    def take(self) -> list[Completion]:
+        now = time.perf_counter()
+        batch, self._pending = self._pending, []
+        share = (now - self._since) / max(len(batch), 1)
+        for completion in batch:
+            completion.seconds = share
+        self._since = now
+        return batch
+
+
+def normalise_finish(reason: str | None) -> str:
+    """Map an engine's finish reason onto the protocol's ``stop | length | error``."""
+    if reason == "length":
+        return "length"
+    if reason in ("abort", "error", None):
+        return "error"
+    return "stop"  # "stop", "eos", "stop_sequence", "content_filter", ...
+
+
+def total_samples(requests: Sequence[Request]) -> int:
+    return sum(len(r.sample_indices) for r in requests)
+
+
+def no_chat_template(model: str) -> ValueError:
+    return ValueError(
+        f"{model}: the tokenizer has no chat template, so chat-message prompts cannot be rendered; "
+        "use PromptConfig(style='plain') for base models"
+    )
