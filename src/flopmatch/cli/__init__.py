@@ -10,6 +10,7 @@ from flopmatch.cli._app import app
 # Modules that register commands, in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     # one line per command module; keep the stage order of the pipeline
+    "models",  # models list, models prepare
     "problems",  # problems
     "plan",  # plan
     "sample",  # sample, ledger
