@@ -15,8 +15,10 @@ Where the compute goes. Three promises:
    batch, so the cost of what is on disk is known even after a kill.
 
 Work is cut into chunks of about ``chunk_samples`` samples (whole problems where possible): the unit
-handed to a backend call or a Ray replica, and so the granularity of budget stops and of redoing a
-dead replica's work. ``samples/<model_key>/config.json`` records the sampling settings; resuming with
+handed to one backend call or one Ray task. By default a single engine gets all the missing work in
+one call (continuous batching sees the whole workload; backends hand finished completions back in
+batches as they go, which is what gets persisted), and Ray replicas get about four chunks each (at
+most 1024 samples: what a dead replica's replacement redoes). ``samples/<model_key>/config.json`` records the sampling settings; resuming with
 different settings (temperature, max_tokens, prompt...) is refused rather than mixing two
 distributions in one sample set.
 """
@@ -66,7 +68,16 @@ SAMPLE_SCHEMA = pa.schema(
     ]
 )
 
-DEFAULT_CHUNK_SAMPLES = 512
+MAX_RAY_CHUNK = 1024
+
+
+def default_chunk_samples(missing: int, replicas: int, *, ray: bool) -> int:
+    """All the work in one call for one local engine; about four chunks per Ray replica otherwise."""
+    if not ray:
+        return max(1, missing)
+    return max(1, min(MAX_RAY_CHUNK, -(-missing // (4 * replicas))))
+
+
 CONFIG_FILE = "config.json"
 
 
@@ -218,7 +229,7 @@ def sample(
     ray_address: str | None = None,
     params_count: int | None = None,
     progress: bool = True,
-    chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
+    chunk_samples: int | None = None,
     ray_options: dict[str, Any] | None = None,
 ) -> SampleSummary:
     """Make sure ``samples_per_problem`` samples of every problem are on disk for ``model``.
@@ -229,6 +240,7 @@ def sample(
     ``budget_seconds`` (ledger generation seconds of every session of this model). ``replicas > 1``
     or a ``ray_address`` runs engine replicas as Ray actors (``flopmatch.scaleout``); ``ray_options``
     are extra ``ReplicaPool`` arguments (num_cpus / num_gpus per replica, max_replacements).
+    ``chunk_samples`` sets the samples per backend call / Ray task (``default_chunk_samples``).
     ``params_count`` overrides the parameter count read from the model's config.
     """
     if samples_per_problem < 1:
@@ -286,7 +298,9 @@ def sample(
             summary.status, summary.message = "budget", budget.reason()
             return summary
 
-        chunks, owner = build_chunks(model, work, prompt_of, chunk_samples)
+        use_ray = replicas > 1 or bool(ray_address)
+        chunk = chunk_samples or default_chunk_samples(missing, replicas, ray=use_ray)
+        chunks, owner = build_chunks(model, work, prompt_of, chunk)
         expected = {(owner[r.request_id], i) for chunk in chunks for r in chunk for i in r.sample_indices}
         seeds = {(owner[r.request_id], i): s for chunk in chunks for r in chunk for i, s in zip(r.sample_indices, r.seeds, strict=True)}  # fmt: skip
 

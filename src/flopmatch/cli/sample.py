@@ -89,9 +89,9 @@ def sample_command(
         typer.Option("--params", help="parameter count override, e.g. 4.94e8 (default: model config)"),
     ] = None,
     chunk_samples: Annotated[
-        int,
-        typer.Option("--chunk-samples", min=1, help="samples per engine call / Ray task (the resume unit)"),
-    ] = 512,
+        int | None,
+        typer.Option("--chunk-samples", min=1, help="samples per engine call / Ray task (default: auto)"),
+    ] = None,
     plan: Annotated[
         Path | None, typer.Option("--plan", help="a budget plan (default with --wc/--se: RUN/plan.json)")
     ] = None,
@@ -192,26 +192,24 @@ def _print_summaries(summaries, as_json: bool) -> None:
         return
     from rich.table import Table
 
-    table = Table(title="sampling", show_lines=False)
-    for column in (
-        "model",
-        "backend",
-        "seeding",
-        "status",
-        "on disk",
-        "generated",
-        "samples/s",
-        "tokens/s",
-        "truncated",
-    ):
-        table.add_column(
-            column, justify="left" if column in ("model", "backend", "seeding", "status") else "right"
-        )
+    # Transposed (a column per model), like `flopmatch ledger`: readable in a narrow terminal.
+    table = Table(title="sampling")
+    table.add_column("")
     for s in summaries:
-        table.add_row(
-            s.model, s.backend, s.seeding or "-", s.status, f"{s.on_disk}/{s.requested}", str(s.generated),
-            f"{s.samples_per_second:.2f}", f"{s.tokens_per_second:.1f}", str(s.truncated),
-        )  # fmt: skip
+        table.add_column(s.model_key, justify="right", overflow="fold")
+    fields = {
+        "status": lambda s: s.status,
+        "backend": lambda s: f"{s.backend} ×{s.replicas}" if s.replicas > 1 else s.backend,
+        "seeding": lambda s: s.seeding or "-",
+        "on disk": lambda s: f"{s.on_disk}/{s.requested}",
+        "generated": lambda s: str(s.generated),
+        "samples/s": lambda s: f"{s.samples_per_second:.2f}",
+        "tokens/s": lambda s: f"{s.tokens_per_second:.1f}",
+        "truncated": lambda s: str(s.truncated),
+        "seconds": lambda s: f"{s.seconds:.1f} (+{s.startup_seconds:.1f} start-up)",
+    }
+    for name, get in fields.items():
+        table.add_row(name, *(get(s) for s in summaries))
     console.print(table)
     for s in summaries:
         if s.message:
