@@ -107,13 +107,15 @@ def test_a_killed_replica_has_its_chunk_redone(tiny_model, local_ray):
     from flopmatch.backends import create_backend
 
     problems = _problems(5)
-    # Chunk 0 is one short sample; chunk 1 is sixteen: replica 0 finishes first while 1 is still busy.
+    # Chunk 0 is one sample, chunk 1 sixteen generated one at a time (batch_size=1): replica 0
+    # finishes about sixteen times sooner, while replica 1 is still busy with chunk 1.
     small, _ = build_chunks(str(tiny_model), missing_samples(problems[:1], 1, set()), lambda p: p.question, 1)
     big, _ = build_chunks(str(tiny_model), missing_samples(problems[1:], 4, set()), lambda p: p.question, 16)
     chunks = [small[0], big[0]]
     params = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=48)
 
-    pool = ReplicaPool("hf", str(tiny_model), {}, replicas=2)
+    options = {"batch_size": 1, "ignore_eos": True, "dtype": "float32"}
+    pool = ReplicaPool("hf", str(tiny_model), options, replicas=2)
     try:
         seen: list[int] = []
         results = {}
@@ -132,7 +134,7 @@ def test_a_killed_replica_has_its_chunk_redone(tiny_model, local_ray):
     finally:
         pool.close()
 
-    reference = create_backend("hf", str(tiny_model))
+    reference = create_backend("hf", str(tiny_model), **options)
     try:
         if reference.seeding == "per-request":  # the redone chunk is the very chunk a single engine makes
             expected = [c.text for batch in reference.generate(chunks[1], params) for c in batch]
