@@ -233,20 +233,47 @@ PATHOLOGICAL = [
 
 
 def test_pathological_answers_come_back_within_the_limit_and_the_pool_goes_on() -> None:
+    """Power towers and huge factorials are recognised from the expression tree (no evaluation)."""
     pairs = [(PATHOLOGICAL[0], "5"), (r"\boxed{\frac{\sqrt{8}}{2}}", r"\sqrt{2}")]
     pairs += [(p, "5") for p in PATHOLOGICAL[1:]] + [(r"\boxed{\sqrt{3}}", r"\sqrt{2}")]
     grades = grade_many(pairs, dataset="math", workers=2, timeout=2.0, progress=False)
     assert (grades[1].status, grades[4].status) == ("correct", "wrong")
     for g in (grades[0], grades[2], grades[3]):
         assert g.status in ("timeout", "wrong"), g
+        assert "too large" in g.detail
+
+
+def test_too_large_flags_towers_and_huge_factorials_but_not_competition_sized_numbers() -> None:
+    from flopmatch.grading.equivalence import parse_answer, quiet_math_verify, too_large
+
+    quiet_math_verify()
+    for big in (
+        r"9^{9^{9^{9}}}",
+        r"(10^{10})!",
+        r"2^{10^{6}}",
+        r"2^{-10^{8}}",
+        r"\sin(9^{9^9})",
+        r"\binom{10^{9}}{10^{8}}",
+    ):
+        assert too_large(parse_answer(big)[0]), big
+    for fine in (
+        r"2^{2005}",
+        r"\frac{1}{2004!}",
+        r"\frac{7^{2023}-1}{6}",
+        r"x^{10^{10}}",
+        r"1.5 \times 10^{-7}",
+        "10^{100}",
+    ):
+        assert not too_large(parse_answer(fine)[0]), fine
 
 
 def test_watchdog_kills_a_stuck_worker_and_hands_on_the_rest() -> None:
-    """With the in-worker alarm off, only the parent's watchdog can stop 9^9^9^9: it must kill the
-    worker, record a timeout, and finish the task's other answers on a fresh worker."""
+    """With the in-worker alarm off, only the parent's watchdog can stop a sum of 10^5 terms that
+    sympy insists on adding up: it must kill the worker, record a timeout, and finish the task's
+    other answers on a fresh worker."""
     pairs = [
         (r"\boxed{\frac{6}{2}}", "3"),
-        (PATHOLOGICAL[0], "3"),
+        (r"\boxed{\sum_{k=1}^{100000}\frac{1}{k^2}}", "3"),
         (r"\boxed{\sqrt{9}}", "3"),
         (r"\boxed{3.5}", "3"),
     ]

@@ -76,22 +76,87 @@ def parse_answer(answer: str) -> list[Any]:
     )
 
 
-def check(gold_parsed: list[Any], answer: str) -> tuple[bool, str]:
-    """Whether ``answer`` (normalised text) equals the parsed gold, and a note on why not."""
+def check(gold_parsed: list[Any], answer: str) -> tuple[str, str]:
+    """``("correct" | "wrong" | "timeout", note)`` for a normalised answer against the parsed gold.
+
+    An answer whose value has more than :data:`MAX_DIGITS` digits (a power tower, the factorial of
+    a huge number) is ``timeout`` at once: no gold answer is that large, and evaluating it would only
+    burn the time limit (or memory) to say so.
+    """
     from math_verify import verify
 
     parsed = parse_answer(answer)
     if not parsed:
-        return False, "answer could not be parsed"
+        return "wrong", "answer could not be parsed"
+    if any(too_large(p) for p in parsed):
+        return "timeout", f"answer too large to evaluate (over {MAX_DIGITS:.0e} digits)"
     overruled = False
     for g in gold_parsed:
         for p in parsed:
             if not verify(g, p, timeout_seconds=None):  # type: ignore[arg-type]
                 continue
             if _same_number(g, p):
-                return True, ""
+                return "correct", ""
             overruled = True
-    return False, ("math-verify's match overruled: values differ" if overruled else "")
+    return "wrong", ("math-verify's match overruled: values differ" if overruled else "")
+
+
+MAX_DIGITS = 1e5
+
+
+def too_large(expr: Any) -> bool:
+    """Whether some part of a parsed answer has a value beyond :data:`MAX_DIGITS` digits (or as
+    many leading zeros), judged from the expression tree without evaluating anything large."""
+    import sympy
+
+    if not isinstance(expr, sympy.Basic):
+        return False
+    try:
+        return _digits(expr) > MAX_DIGITS
+    except (RecursionError, OverflowError, ValueError, TypeError):
+        return True
+
+
+def _digits(node: Any) -> float:
+    """An over-estimate of ``|log10 |value||`` of a numeric subexpression: how many digits (or
+    leading zeros) writing it takes. Symbols count 0; unknown functions take their largest argument."""
+    import math
+
+    import sympy
+
+    if isinstance(node, sympy.Integer):
+        value = abs(int(node))
+        if value == 0:
+            return 0.0
+        return math.log10(value) if value.bit_length() < 1000 else value.bit_length() * 0.30103
+    if isinstance(node, sympy.Rational):
+        return _digits(sympy.Integer(node.p)) + _digits(sympy.Integer(node.q))
+    if isinstance(node, sympy.Float):
+        return 0.0 if node == 0 else abs(float(sympy.log(abs(node), 10)))
+    if isinstance(node, sympy.Pow):
+        base, exponent = node.args
+        exponent_digits = _digits(exponent)
+        base_digits = _digits(base)
+        if base_digits == 0 and not base.is_number:
+            return exponent_digits  # x^{10^{10}}: a symbol's power, not a number to evaluate
+        if exponent_digits > 7:
+            return math.inf
+        size = abs(float(exponent)) if isinstance(exponent, sympy.Number) else 10**exponent_digits
+        return size * max(base_digits, 0.30103)
+    if isinstance(node, sympy.exp):
+        power_digits = _digits(node.args[0])
+        return math.inf if power_digits > 7 else 10**power_digits * 0.4343
+    if isinstance(node, (sympy.factorial, sympy.factorial2, sympy.binomial, sympy.gamma, sympy.subfactorial)):
+        n_digits = max((_digits(a) for a in node.args), default=0.0)
+        if n_digits > 5.5:
+            return math.inf
+        n = 10**n_digits
+        return n * max(math.log10(n), 1.0)
+    if isinstance(node, sympy.Mul):
+        return sum(_digits(a) for a in node.args)
+    if isinstance(node, sympy.Basic) and node.args:
+        return max(_digits(a) for a in node.args) + 1.0
+    return 0.0
 
 
 def _same_number(gold: Any, answer: Any) -> bool:

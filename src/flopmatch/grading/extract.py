@@ -37,17 +37,15 @@ def answer_mode(dataset: str) -> str:
 
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-_ANSWER_PHRASE_RE = re.compile(
-    r"\b(?:final\s+answer|answer)(?:[ \t]*\*\*)?[ \t]*(?:is\b[ \t]*:?|:|=)|^[ \t]*(?:\*\*)?A(?:\*\*)?[ \t]*:",
-    re.IGNORECASE | re.MULTILINE,
-)
+_ANSWER_AT_RE = re.compile(r"answer(?:[ \t]*\*\*)?[ \t]*(?:is\b[ \t]*:?|:|=)")
+_A_LINE_RE = re.compile(r"^[ \t]*(?:\*\*)?A(?:\*\*)?[ \t]*:", re.MULTILINE)
+_TOKEN_RE = re.compile(r"[^\s$]+")
 _TOY_ANSWER_RE = re.compile(r"^[ \t]*answer[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 # "... so our answer is correct": a verdict on the answer, not the answer.
 _NOT_AN_ANSWER_RE = re.compile(
     r"(?:correct|incorrect|right|wrong|consistent|reasonable|confirmed|verified|valid|as follows|below|above)\b",
     re.IGNORECASE,
 )
-_HASHES_RE = re.compile(r"####")
 _BOLD_RE = re.compile(r"\*\*([^*\n]{1,120})\*\*")
 # A number as people write it: thousands separators, decimals, a simple fraction a/b.
 _NUMBER_RE = re.compile(
@@ -79,11 +77,11 @@ def extract_answer(text: str | None, dataset: str) -> str | None:
     text = text.replace("\r\n", "\n")
     if str(dataset).strip().lower() == "toyworld":
         return _toyworld_answer(text)
-    candidates = sorted(_marker_candidates(text), key=lambda c: (c[0], -c[1]))
-    for _tier, _pos, kind, raw in candidates:
-        answer = _candidate_answer(raw, mode, kind)
-        if answer:
-            return answer
+    for tier in (_boxed_candidates, _phrase_candidates):
+        for kind, raw in tier(text):
+            answer = _candidate_answer(raw, mode, kind)
+            if answer:
+                return answer
     bold = _last_bold_answer(text, mode)
     if bold:
         return bold
@@ -101,23 +99,40 @@ def _toyworld_answer(text: str) -> str | None:
     return _numeric_answer(normalize_answer(match.group(1), "numeric"), lead_words=0)
 
 
-def _marker_candidates(text: str) -> list[tuple[int, int, str, str]]:
-    """``(tier, position, kind, raw content)`` of every explicit answer marker in ``text``.
-
-    Tier 0 is ``\\boxed``/``\\fbox`` and ``####`` — a deliberate, delimited answer; tier 1 the answer
-    phrases. A response that boxes its answer and later says "so our answer is correct" keeps the box.
-    """
-    found: list[tuple[int, int, str, str]] = []
+def _boxed_candidates(text: str) -> list[tuple[str, str]]:
+    """Tier 1 markers, last first: ``\\boxed{}``/``\\fbox{}`` and ``####`` — a deliberate, delimited
+    answer. A response that boxes its answer and then says "so our answer is correct" keeps the box."""
+    found: list[tuple[int, str, str]] = []
     for match in _BOX_RE.finditer(text):
         span = box_span(text, match.end())
         if span is not None:
-            found.append((0, match.start(), "box", span[0]))
-    for match in _HASHES_RE.finditer(text):
-        found.append((0, match.start(), "box", _line_after(text, match.end())))
-    for match in _ANSWER_PHRASE_RE.finditer(text):
-        kind = "phrase" if match.group(0).strip(" \t*").lower() != "a:" else "line"
-        found.append((1, match.start(), kind, _phrase_content(text, match.end())))
-    return found
+            found.append((match.start(), "box", span[0]))
+    start = text.find("####")
+    while start >= 0:
+        found.append((start, "box", _line_after(text, start + 4)))
+        start = text.find("####", start + 4)
+    found.sort(key=lambda c: c[0], reverse=True)
+    return [(kind, raw) for _, kind, raw in found]
+
+
+def _phrase_candidates(text: str) -> list[tuple[str, str]]:
+    """Tier 2 markers, last first: "the (final) answer is", "answer:", lines opening "A:".
+
+    Found with ``str.find`` on a lower-cased copy and a regex anchored at each hit, which is much
+    faster than a case-insensitive scan of the whole text."""
+    found: list[tuple[int, str, str]] = []
+    lower = text.lower()
+    start = lower.find("answer")
+    while start >= 0:
+        if start == 0 or not lower[start - 1].isalnum():
+            match = _ANSWER_AT_RE.match(lower, start)
+            if match:
+                found.append((start, "phrase", _phrase_content(text, match.end())))
+        start = lower.find("answer", start + 6)
+    for match in _A_LINE_RE.finditer(text):
+        found.append((match.start(), "line", _phrase_content(text, match.end())))
+    found.sort(key=lambda c: c[0], reverse=True)
+    return [(kind, raw) for _, kind, raw in found]
 
 
 def box_span(text: str, start: int) -> tuple[str, int] | None:
@@ -131,7 +146,7 @@ def box_span(text: str, start: int) -> tuple[str, int] | None:
     if i >= n:
         return None
     if text[i] != "{":
-        match = re.compile(r"[^\s$]+").match(text, i)
+        match = _TOKEN_RE.match(text, i)
         return (match.group(0), match.end()) if match else None
     depth = 0
     j = i
@@ -220,7 +235,7 @@ def _answer_span(raw: str, mode: str) -> str:
 
 def _looks_like_answer(answer: str) -> bool:
     """A LaTeX-mode answer is math or a short phrase ("Evelyn", "(C)"), not a sentence of prose."""
-    if re.match(r"[\\\d\-+(\[{.|]", answer):
+    if _MATHY_START_RE.match(answer):
         return True
     return len(answer.split()) <= 4
 
@@ -285,6 +300,17 @@ _CURRENCY_RE = re.compile(r"\\\$|[€£¥₹]|\b(?:USD|US\$)\b")
 _CHOICES_RE = re.compile(
     r"\\(?:text|textbf|textrm|mathrm|mathbf)\s*\{\s*(\(?[A-Z]\)?(?:\s*(?:,\s*and|,|and)\s*\(?[A-Z]\)?)*)\s*\}"
 )
+_TRAILING_PUNCT_RE = re.compile(r"[.,;:]+$")
+_LEADING_EQ_RE = re.compile(r"^[:=]\s*")
+_WHITESPACE_RE = re.compile(r"\s+")
+_PERCENT_RE = re.compile(r"\s*\\?%$")
+_SIMPLE_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
+_HEDGE_RE = re.compile(r"^(?:about|approximately|approx\.?|around|\\approx|~)\s*", re.IGNORECASE)
+_DIGIT_RE = re.compile(r"\d")
+_OPERATOR_TAIL_RE = re.compile(r"[-+*/^(]\s*[\d(\\]")
+_DANGLING_OPERATOR_RE = re.compile(r"[-+*/=^_]\s*$")
+_NUMBER_DEGREES_RE = re.compile(r"\d\s*\\?(?:text\{\s*)?degrees?\}?$")
+_MATHY_START_RE = re.compile(r"[\\\d\-+(\[{.|]")
 _DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?")
 _DEGREE_WORDS_RE = re.compile(r"\s*\\?(?:text\{\s*)?degrees?\}?$")
 
@@ -299,6 +325,8 @@ def normalize_answer(answer: str, dataset_or_mode: str) -> str:
     repeating decimals ``0.\\overline{3}`` (→ ``\\frac{1}{3}``).
     """
     mode = dataset_or_mode if dataset_or_mode in ("numeric", "latex") else answer_mode(dataset_or_mode)
+    if _SIMPLE_NUMBER_RE.fullmatch(answer):  # the common case, and nothing below would change it but this
+        return _LEADING_ZEROS_RE.sub("", answer)
     s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], answer)
     s = _strip_wrappers(s)
     s = _THOUSANDS_LATEX_RE.sub("", s)
@@ -309,7 +337,7 @@ def normalize_answer(answer: str, dataset_or_mode: str) -> str:
     if mode == "numeric":
         s = s.replace("$", "")
         s = _THOUSANDS_RE.sub("", s)
-    s = re.sub(r"\s+", " ", s).strip()
+    s = _WHITESPACE_RE.sub(" ", s).strip()
     s = _strip_units(s)
     s = _strip_wrappers(s)
     if _WHOLE_THOUSANDS_RE.fullmatch(s):
@@ -318,7 +346,7 @@ def normalize_answer(answer: str, dataset_or_mode: str) -> str:
     s = _repeating_decimal(s)
     s = _choices(s)
     if mode == "numeric":
-        s = re.sub(r"\s*\\?%$", "", s)
+        s = _PERCENT_RE.sub("", s)
         s = _DEGREE_RE.sub("", s)
     return s
 
@@ -330,8 +358,8 @@ def _strip_wrappers(s: str) -> str:
     while s != previous:
         previous = s
         s = s.strip().strip("*").strip()
-        s = re.sub(r"[.,;:]+$", "", s).strip()
-        s = re.sub(r"^[:=]\s*", "", s)
+        s = _TRAILING_PUNCT_RE.sub("", s).strip()
+        s = _LEADING_EQ_RE.sub("", s)
         for opener, closer in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
             if len(s) >= len(opener) + len(closer) and s.startswith(opener) and s.endswith(closer):
                 inner = s[len(opener) : len(s) - len(closer)]
@@ -354,9 +382,9 @@ def _strip_units(s: str) -> str:
     while s != previous:
         previous = s
         match = _TEXT_UNIT_RE.match(s)
-        if match and not re.search(r"[-+*/=^_]\s*$", match.group("math")):
+        if match and not _DANGLING_OPERATOR_RE.search(match.group("math")):
             s = match.group("math").strip()
-        s = _DEGREE_WORDS_RE.sub("", s) if re.search(r"\d\s*\\?(?:text\{\s*)?degrees?\}?$", s) else s
+        s = _DEGREE_WORDS_RE.sub("", s) if _NUMBER_DEGREES_RE.search(s) else s
     return s
 
 
@@ -397,24 +425,24 @@ def _numeric_answer(s: str, *, lead_words: int | None) -> str | None:
     s = s.strip()
     if "=" in s:
         s = s.rsplit("=", 1)[1].strip()
-    s = re.sub(r"^(?:about|approximately|approx\.?|around|\\approx|~)\s*", "", s, flags=re.IGNORECASE)
+    s = _HEDGE_RE.sub("", s)
     frac = _FRAC_NUMBER_RE.match(s)
     if frac and not s[frac.end() :].strip(" .").startswith(("+", "-", "*", "/", "^", "\\")):
-        return re.sub(r"\s+", "", frac.group(0))
+        return _WHITESPACE_RE.sub("", frac.group(0))
     match = _NUMBER_RE.search(s)
     if match is None:
         return s if (lead_words is None and s) else None
     lead = s[: match.start()]
-    if lead_words is not None and (len(lead.split()) > lead_words or re.search(r"\d", lead)):
+    if lead_words is not None and (len(lead.split()) > lead_words or _DIGIT_RE.search(lead)):
         return None
     tail = s[match.end() :].strip()
-    if not lead.strip() and tail and re.match(r"[-+*/^(]\s*[\d(\\]", tail):
+    if not lead.strip() and tail and _OPERATOR_TAIL_RE.match(tail):
         return s  # an unevaluated expression such as "48 + 24": let the symbolic checker decide
     return _canonical_number_text(match.group(0))
 
 
 def _canonical_number_text(token: str) -> str:
-    token = re.sub(r"\s+", "", token).replace(",", "")
+    token = _WHITESPACE_RE.sub("", token).replace(",", "")
     return _LEADING_ZEROS_RE.sub("", token)
 
 

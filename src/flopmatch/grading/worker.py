@@ -114,8 +114,7 @@ def main(conn: Connection, memory_limit: int | None) -> None:
         for key, answer in items:
             try:
                 with _alarm(soft_timeout):
-                    equal, note = check(gold_parsed, answer)
-                status = "correct" if equal else "wrong"
+                    status, note = check(gold_parsed, answer)
             except BaseException as exc:  # noqa: BLE001
                 status, note = _failure(exc)
             conn.send((ITEM, key, status, note))
