@@ -458,9 +458,9 @@ def _study_section(data: RunData) -> Section:
             [
                 name,
                 data.label(role),
-                str(info.get("model", "")),
+                str(info.get("ref") or info.get("model", "")),
                 fmt_params(info.get("params")),
-                str(info.get("params_source", "")),
+                _short_source(info.get("params_source")),
             ]
         )
     if rows:
@@ -514,7 +514,8 @@ def _plan_section(data: RunData) -> Section:
         blocks.append(
             Text(
                 "; ".join(
-                    f"{data.label(role)}: P = {fmt_params(side.get('params'))} ({side.get('param_source') or 'given'})"
+                    f"{data.label(role)}: P = {fmt_params(side.get('params'))} "
+                    f"({_short_source(side.get('param_source'))})"
                     for role, side in sides
                 )
                 + "."
@@ -532,14 +533,25 @@ def _plan_section(data: RunData) -> Section:
                 "WC − SE",
             ],
             rows,
-            caption="Planned FLOPs are 2·P per generated token at the plan's mean solution length (per token when "
-            "no length is given); the cost table below has what sampling actually spent.",
+            caption=f"Planned FLOPs in {plan.get('flops_unit') or 'FLOPs per problem'}; totals over "
+            f"{plan.get('n_problems') or '?'} problems. The cost table below has what sampling actually spent.",
             numeric={0, 1, 2, 3, 4, 5, 6},
         )  # fmt: skip
     )
     for note in plan.get("notes") or []:
         blocks.append(Text(str(note), "note"))
     return Section("Budget plan", blocks)
+
+
+def _short_source(source: Any) -> str:
+    """ "config:/long/cache/path/wc-1ad8/config.json" -> "config: wc-1ad8/config.json"."""
+    if not source:
+        return "given"
+    kind, sep, rest = str(source).partition(":")
+    if sep and "/" in rest:
+        parts = Path(rest).parts
+        return f"{kind}: {'/'.join(parts[-2:])}"
+    return str(source)
 
 
 def _cost_section(data: RunData) -> Section:
@@ -780,7 +792,13 @@ def _fpr_section(data: RunData) -> Section:
     )
 
 
+def _group_label(group: str) -> str:
+    kind, sep, value = group.partition("=")
+    return f"{kind}: {value}" if sep else group
+
+
 def _levels_section(data: RunData) -> Section | None:
+    """Coverage per level / subject, one row per group and a column block per budget."""
     summary = data.summary
     if summary is None or summary.empty or "group" not in summary:
         return None
@@ -789,40 +807,36 @@ def _levels_section(data: RunData) -> Section | None:
     if groups.empty:
         return None
     budgets = budgets_of(data.plan)
+    budget_ids = sorted({int(b) for b in groups["budget_se_samples"].dropna()})
+    columns = ["group", "problems"]
+    for b in budget_ids:
+        short = _budget_short(budgets, b)
+        columns += [f"SE · {short}", f"WC · {short}", "WC vs SE"]
     rows = []
-    for (budget_se, group_name), g in groups.groupby(["budget_se_samples", "group"], sort=True):
-        by_role = {str(r["role"]): r for _, r in g.iterrows()}
-        se, wc = by_role.get("se"), by_role.get("wc")
-        if se is None or wc is None:
-            continue
-        rows.append(
-            [
-                _budget_short(budgets, int(budget_se)),
-                str(group_name),
-                fmt_num(wc.get("n_problems")),
-                f"{fmt_pct(se['value'])} {fmt_ci(se['ci_low'], se['ci_high'])}",
-                f"{fmt_pct(wc['value'])} {fmt_ci(wc['ci_low'], wc['ci_high'])}",
-                fmt_gain(relative_gain(wc["value"], se["value"])),
+    order = list(dict.fromkeys(groups["group"]))
+    for group_name in sorted(order, key=lambda g: (not str(g).startswith("level"), str(g))):
+        g = groups[groups["group"] == group_name]
+        row = [_group_label(str(group_name)), fmt_num(g["n_problems"].max())]
+        for b in budget_ids:
+            cell = {str(r["role"]): r for _, r in g[g["budget_se_samples"] == b].iterrows()}
+            se, wc = cell.get("se"), cell.get("wc")
+            row += [
+                "–" if se is None else f"{fmt_pct(se['value'])} {fmt_ci(se['ci_low'], se['ci_high'])}",
+                "–" if wc is None else f"{fmt_pct(wc['value'])} {fmt_ci(wc['ci_low'], wc['ci_high'])}",
+                "–" if se is None or wc is None else fmt_gain(relative_gain(wc["value"], se["value"])),
             ]
-        )
-    if not rows:
-        return None
+        rows.append(row)
     return Section(
         "Coverage by level and subject",
         [
             Table(
-                [
-                    "budget (SE vs WC)",
-                    "group",
-                    "problems",
-                    "SE coverage [95% CI]",
-                    "WC coverage [95% CI]",
-                    "WC vs SE",
-                ],
+                columns,
                 rows,
-                numeric={2, 5},
-            )
-        ],
+                caption="coverage@k of each model's data at its compute-matched sample count, "
+                "with 95% bootstrap intervals, per problem group.",
+                numeric=set(range(1, len(columns))),
+            ),
+        ],  # fmt: skip
     )
 
 
@@ -946,7 +960,9 @@ def _paradigm_figure(
 
 def _stages_section(data: RunData) -> Section:
     rows = []
-    for name, entry in data.stages.items():
+    order = ("problems", "plan", "sample", "grade", "judge", "analyze", "sft", "train", "eval", "report")
+    for name in sorted(data.stages, key=lambda n: order.index(n) if n in order else len(order)):
+        entry = data.stages[name]
         if ":" in name:
             continue  # per-job sub-stages (one per training run) stay out of the overview
         seconds = entry.get("seconds")

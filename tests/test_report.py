@@ -1,0 +1,191 @@
+"""The study report: built from a real (small) run directory, self-contained, and its verdict follows the
+numbers."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flopmatch.report import (
+    RunData,
+    build_report,
+    compute_verdict,
+    fmt_gain,
+    load_run,
+    paradigm_comparisons,
+    relative_gain,
+)
+from flopmatch.store import RunDir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def test_relative_gain_is_the_papers_format():
+    assert relative_gain(0.53, 0.50) == pytest.approx(6.0)
+    assert fmt_gain(relative_gain(0.53, 0.50)) == "+6%"
+    assert fmt_gain(5.8) == "+5.8%"
+    assert fmt_gain(-1.24) == "−1.2%"
+    assert fmt_gain(relative_gain(0.5, 0.0)) == "n/a"
+
+
+def _paradigm_rows(values: dict[tuple[str, int], tuple[float, float]], width: float = 0.02) -> pd.DataFrame:
+    rows = []
+    for (paradigm, budget), (se, wc) in values.items():
+        for data, value in (("se", se), ("wc", wc)):
+            rows.append({"paradigm": paradigm, "budget_se_samples": budget, "student": "s", "data": data,
+                         "metric": "pass@1", "value": value, "ci_low": value - width, "ci_high": value + width})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _data(paradigms: pd.DataFrame | None = None, matched: pd.DataFrame | None = None) -> RunData:
+    plan = {"budgets": [{"se_samples": 1, "wc_samples": 3}, {"se_samples": 10, "wc_samples": 30}]}
+    return RunData(run=RunDir("/nonexistent"), config=None, roles={}, plan=plan, ledger=None, cost=None,
+                   summary=None, coverage=None, matched=matched, paradigms=paradigms, problems={}, figures=[],
+                   stages={})  # fmt: skip
+
+
+def test_verdict_counts_paradigm_wins_per_budget_and_flags_noise():
+    paradigms = _paradigm_rows(
+        {
+            ("knowledge_distillation", 1): (0.40, 0.50),  # clear win (intervals apart)
+            ("self_improvement", 1): (0.40, 0.41),  # win within noise
+            ("weak_to_strong", 1): (0.60, 0.55),  # loss
+            ("knowledge_distillation", 10): (0.50, 0.45),
+            ("self_improvement", 10): (0.50, 0.45),
+            ("weak_to_strong", 10): (0.50, 0.45),
+        }
+    )
+    lines = compute_verdict(_data(paradigms))
+    low = next(line for line in lines if "low budget" in line)
+    high = next(line for line in lines if "high budget" in line)
+    assert low.startswith("WC data beat SE data in 2 of 3 paradigms at the low budget (SE 1 vs WC 3)")
+    assert "knowledge distillation +25%" in low and "weak-to-strong −8.3%" in low
+    assert "1 of those wins with non-overlapping 95% intervals" in low
+    assert high.startswith("WC data beat SE data in 0 of 3 paradigms at the high budget")
+
+
+def test_verdict_reports_the_number_matched_control_and_dataset_changes():
+    paradigms = _paradigm_rows({("knowledge_distillation", 1): (0.40, 0.50)})
+    paradigms = pd.concat(
+        [paradigms, paradigms[paradigms["data"] == "wc"].assign(data="wc_number_matched", value=0.38)]
+    )
+    matched = pd.DataFrame([
+        {"budget_se_samples": 1, "metric": "coverage", "relative_text": "+11% coverage"},
+        {"budget_se_samples": 1, "metric": "fpr", "relative_text": "+7 pts FPR"},
+    ])  # fmt: skip
+    lines = compute_verdict(_data(paradigms, matched))
+    assert (
+        lines[0]
+        == "Compute-matched at the low budget (SE 1 vs WC 3), WC data vs SE data: +11% coverage, +7 pts FPR."
+    )
+    control = next(line for line in lines if line.startswith("Number-matched control"))
+    assert "below compute-matched WC data in 1 of 1 comparison" in control
+    table = paradigm_comparisons(paradigms)
+    assert table.loc[0, "nm"] == pytest.approx(0.38) and table.loc[0, "gain"] == pytest.approx(25.0)
+
+
+def test_nothing_to_conclude_from_an_empty_run(tmp_path):
+    (tmp_path / "run").mkdir()
+    paths = build_report(tmp_path / "run")
+    assert paths.verdict == []
+    html = paths.html.read_text()
+    assert "Nothing to conclude yet" in html and "The plan stage has not run." in html
+
+
+# --------------------------------------------------------------------------- a real run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A real study on the toy-world models (pretrained on first use and cached): problems, plan,
+    sampling, grading, the exact judge and the analysis; training off, so the paradigm section says so."""
+    from flopmatch.study import run_study, validate_study_dict
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    config = validate_study_dict(
+        {
+            "name": "report-test",
+            "problems": {"sample": {"source": "toyworld", "split": "train", "limit": 16}},
+            "models": {
+                "wc": {"model": "toyworld-wc", "backend": "hf", "label": "toy WC"},
+                "se": {"model": "toyworld-se", "backend": "hf", "label": "toy SE"},
+            },
+            "budget": {"se_samples": [1, 2]},
+            "sampling": {"max_tokens": 96},
+            "judge": {"spec": "toyworld-checker"},
+            "analysis": {"n_boot": 100},
+            "training": {"enabled": False},
+        }  # fmt: skip
+    )
+    root = tmp_path_factory.mktemp("report") / "run"
+    run_study(config, root, log=lambda _: None, progress=False)
+    return root
+
+
+@pytest.mark.train
+def test_report_from_a_real_run_is_self_contained(run_dir):
+    paths = build_report(run_dir)
+    html = paths.html.read_text()
+    # one file: every image inline, nothing fetched from anywhere
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//|file:)""", html)
+    assert "<link" not in html and "<script" not in html
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    figures = sorted((run_dir / "metrics" / "figures").glob("*.png"))
+    assert figures and len(images) == len(figures)
+    assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for data in images)
+    # the markdown twin links figures copied next to it
+    markdown = paths.markdown.read_text()
+    for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
+        assert (paths.markdown.parent / target).is_file()
+    for title in ("Verdict", "Budget plan", "Cost: nominal FLOPs vs measured seconds", "Dataset quality",
+                  "False-positive rate", "Coverage by level and subject", "Fine-tuning paradigms"):  # fmt: skip
+        assert title in html and title in markdown
+    assert "exact step checker" in html
+    assert "Training is off for this study" in html
+
+
+@pytest.mark.train
+def test_report_numbers_come_from_the_run_tables(run_dir):
+    data = load_run(run_dir)
+    paths = build_report(run_dir)
+    html = paths.html.read_text()
+    matched = pd.read_parquet(run_dir / "metrics" / "compute_matched.parquet")
+    assert not matched.empty
+    for text in matched["relative_text"]:
+        assert text in html
+        assert any(text in line for line in paths.verdict)
+    # planned sample counts, and the cost actually spent per budget from the sample tables
+    for budget in data.plan["budgets"]:
+        assert f"{budget['se_samples']} vs {budget['wc_samples']}" in html
+    cost = data.cost
+    wc = cost[(cost["role"] == "wc") & (cost["budget_se_samples"] == 1)].iloc[0]
+    assert wc["samples"] == 16 * data.plan["budgets"][0]["wc_samples"]
+    assert wc["nominal_flops"] == pytest.approx(2 * data.roles["wc"]["params"] * wc["completion_tokens"])
+    assert any(line.startswith("Cost at the low budget") for line in paths.verdict)
+
+
+@pytest.mark.train
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="Debian chromium not installed (apt-get install chromium)"
+)
+def test_report_renders_in_headless_chromium(run_dir, tmp_path):
+    build_report(run_dir)
+    out = tmp_path / "shot.png"
+    subprocess.run([str(REPO / "scripts" / "screenshot_report.sh"), str(run_dir), str(out), "3000"], check=True,
+                   timeout=120)  # fmt: skip
+    from PIL import Image
+
+    with Image.open(out) as image:
+        assert image.size == (1280, 3000)
+        # a rendered page, not a blank one: many distinct colours (text, tables, plots)
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 200
