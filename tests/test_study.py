@@ -213,7 +213,7 @@ from flopmatch.store import RunDir, read_shards  # noqa: E402
 from flopmatch.study import STAGES, StudyContext, StudyError, run_study, study_status  # noqa: E402
 
 #: A few-step toy model: pretrains in seconds, enough to exercise every stage (it solves nothing).
-TINY_TOY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 32, "train_steps": 20,
+TINY_TOY = {"hidden_size": 32, "num_layers": 1, "num_heads": 1, "intermediate_size": 32, "train_steps": 20,
             "tokenizer_corpus": 300}  # fmt: skip
 
 

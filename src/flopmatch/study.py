@@ -590,6 +590,23 @@ class StudyError(RuntimeError):
     """A study cannot go on (a stage's inputs are missing, a stage failed); the message says what to do."""
 
 
+class StageFailed(StudyError):
+    """A stage raised; what it finished is kept and the next run of the study retries it."""
+
+    def __init__(self, stage: str, error: str):
+        super().__init__(
+            f"stage {stage} failed: {error}\n(finished work is kept; fix the cause and rerun the study)"
+        )
+        self.stage = stage
+        self.error = error
+
+
+def _mark_failed(run: RunDir, stage: str, digest: str, error: str) -> None:
+    state = run.stage_state()
+    state[stage] = {"hash": digest, "status": "failed", "error": error[:2000], "failed_at": time.time()}
+    write_json(state, run.state_path)
+
+
 @dataclass(frozen=True)
 class SFTSet:
     """One training set: a model's correct solutions at one budget (``kind`` wc, se or wc_number_matched)."""
@@ -643,7 +660,7 @@ def train_jobs(config: StudyConfig, budgets: Sequence[tuple[int, int]]) -> list[
 @dataclass
 class StageStatus:
     name: str
-    state: str  # done | stale | pending | running | interrupted | off
+    state: str  # done | stale | pending | running | interrupted | failed | off
     digest: str | None
     info: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
@@ -836,15 +853,15 @@ def stage_digest(ctx: StudyContext, stage: str, state: Mapping[str, Any] | None 
     return config_hash(
         {
             "stage": stage,
-            "version": STAGE_VERSION,
+            "version": STAGE_VERSIONS.get(stage, 1),
             "config": _stage_config(ctx.config, stage),
             "upstream": upstream,
         }
     )
 
 
-#: Bump when a stage's behaviour changes so finished runs redo it.
-STAGE_VERSION = 1
+#: Bump a stage's number when its behaviour changes, so finished runs redo it (and what depends on it).
+STAGE_VERSIONS: dict[str, int] = {"plan": 2}
 
 
 def study_status(ctx: StudyContext) -> list[StageStatus]:
@@ -872,6 +889,8 @@ def study_status(ctx: StudyContext) -> list[StageStatus]:
                     else ("config or inputs changed")
                 )
                 out.append(StageStatus(stage, "stale", digest, info, reason))
+        elif status == "failed":
+            out.append(StageStatus(stage, "failed", digest, info, str(entry.get("error", ""))[:300]))
         elif status == "running":
             out.append(
                 StageStatus(
@@ -1022,7 +1041,12 @@ def run_study(
             log(f"{head}: running")
             run.mark_started(stage, digest)
             t0 = time.perf_counter()
-            info = STAGE_RUNNERS[stage](ctx) or {}
+            try:
+                info = STAGE_RUNNERS[stage](ctx) or {}
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, StudyError) else str(exc)
+                _mark_failed(run, stage, digest, error)
+                raise StageFailed(stage, error) from exc
             seconds = time.perf_counter() - t0
             run.mark_done(stage, digest, outputs=fingerprint(_outputs(ctx, stage)), seconds=seconds, **info)
             log(
@@ -1136,8 +1160,7 @@ def _model_entry(spec: ModelSpec, *, resolve: bool, log: Any) -> dict[str, Any]:
     # The name samples are filed under: the reference itself, except for a toy model built from a spec,
     # which nothing else could resolve, so its (cached) directory stands in.
     name = path if spec.toyworld_spec is not None else spec.model
-    params: float | None = spec.params
-    source = "given in the study config" if params else None
+    params, source = _params_offline(spec)
     if params is None:
         count = count_parameters(path)
         params, source = float(count.total), str(count.source)
@@ -1197,13 +1220,15 @@ def _stage_plan(ctx: StudyContext) -> dict[str, Any]:
 
 def _stage_sample(ctx: StudyContext) -> dict[str, Any]:
     from flopmatch.backends.base import SamplingParams
-    from flopmatch.sampling import sample
+    from flopmatch.sampling import SamplingConfigMismatch, sample
 
     config = ctx.config
     problems = ctx.problems("sample")
     counts = {"wc": max(w for _, w in ctx.budgets()), "se": max(s for s, _ in ctx.budgets())}
     roles = ctx.roles()
-    prompt = _prompt_config(config, problems[0].dataset)
+    prompt = (
+        _prompt_config(config, problems[0].dataset) if config.sampling.prompt else None
+    )  # None: per dataset
     params = SamplingParams(
         temperature=config.sampling.temperature,
         top_p=config.sampling.top_p,
@@ -1216,21 +1241,27 @@ def _stage_sample(ctx: StudyContext) -> dict[str, Any]:
         ctx.log(
             f"    {role.upper()} {spec.display}: {len(problems)} problems × {counts[role]} samples ({spec.backend})"
         )
-        summary = sample(
-            ctx.run.root,
-            model=roles[role]["model"],
-            problems=problems,
-            samples_per_problem=counts[role],
-            backend=spec.backend,
-            backend_options=dict(spec.backend_options),
-            params=params,
-            prompt=prompt,
-            budget_seconds=config.sampling.budget_seconds,
-            replicas=config.sampling.replicas,
-            ray_address=config.sampling.ray_address,
-            params_count=int(roles[role]["params"]),
-            progress=ctx.progress,
-        )
+        try:
+            summary = sample(
+                ctx.run.root,
+                model=roles[role]["model"],
+                problems=problems,
+                samples_per_problem=counts[role],
+                backend=spec.backend,
+                backend_options=dict(spec.backend_options),
+                params=params,
+                prompt=prompt,
+                budget_seconds=config.sampling.budget_seconds,
+                replicas=config.sampling.replicas,
+                ray_address=config.sampling.ray_address,
+                params_count=int(roles[role]["params"]),
+                progress=ctx.progress,
+            )
+        except SamplingConfigMismatch as exc:
+            raise StudyError(
+                f"{exc}\nThe samples already in {ctx.run.samples_dir(roles[role]['model'])} were drawn with other "
+                "sampling settings; study them in a new run directory (--run), or delete that folder to redraw"
+            ) from exc
         if summary.status != "done":
             raise StudyError(
                 f"sampling {roles[role]['model']} ended with status {summary.status!r}: {summary.message}; "
@@ -1547,7 +1578,9 @@ def _count_split(spec: SplitConfig, seed: int) -> tuple[int | None, str]:
 
 def _params_offline(spec: ModelSpec) -> tuple[float | None, str]:
     """A parameter count without downloading or training anything: the override, the registry's
-    nominal count, or a local config/GGUF."""
+    nominal count (for the offline Qwen pair the upstream models' count, tied embeddings once — their
+    GGUFs store an untied copy of the head, which would inflate P by a quarter), or a local config/GGUF.
+    The plan stage uses the same rule, so ``--dry-run`` shows the plan the study will run."""
     if spec.params:
         return spec.params, "given in the study config"
     if spec.toyworld_spec is not None:

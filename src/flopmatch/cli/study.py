@@ -17,6 +17,7 @@ STATE_STYLE = {
     "pending": "dim",
     "running": "cyan",
     "interrupted": "red",
+    "failed": "bold red",
     "off": "dim",
 }
 
@@ -54,6 +55,9 @@ def study_command(
         typer.Option("--set", help="Override a config key, e.g. --set training.enabled=true (repeatable)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars (stage lines only).")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the traceback when a stage fails.")
+    ] = False,
 ) -> None:
     """Run a whole study from one YAML file: problems → plan → sample → grade → judge → analyze → sft →
     train → eval → report.
@@ -73,7 +77,12 @@ def study_command(
     try:
         result = run_study(cfg, run, only=only or (), force=force or (), log=_log, progress=not quiet)
     except StudyError as exc:
-        raise fail(str(exc), code=1) from None
+        if verbose and exc.__cause__ is not None:
+            console.print_exception(show_locals=False)
+        raise fail(
+            str(exc) + ("" if verbose else " (--verbose shows the traceback)") * (exc.__cause__ is not None),
+            code=1,
+        ) from None
     _print_finish(result)
 
 
