@@ -32,6 +32,7 @@ config made zero-shot (:func:`sft_prompt_config`). The config is recorded per da
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -544,6 +545,9 @@ def _save_dataset(rows: list[dict[str, Any]], path: Path, meta: dict[str, Any]) 
         dataset = Dataset.from_dict({k: [] for k in features}, features=features)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the dataset is an ordinary directory
     try:
         dataset.save_to_disk(str(tmp))
         write_json(meta, tmp / SFT_META_FILE)
