@@ -267,6 +267,7 @@ class LLMJudge:
         params: SamplingParams = DEFAULT_JUDGE_PARAMS,
         seed: int = 0,
         progress: bool = True,
+        name: str | None = None,
     ):
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
@@ -276,7 +277,8 @@ class LLMJudge:
         self.params = params
         self.seed = seed
         self.progress = progress
-        self.name = f"llm:{backend.name}:{backend.model}"
+        # The name keys stored judgments (a resumed run skips what this judge already judged).
+        self.name = name or f"llm:{backend.name}:{backend.model}"
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgment]:
         """Judge every item; malformed replies are retried with the parse error, then ``unparseable``."""
@@ -390,7 +392,8 @@ def make_judge(spec: JudgeSpec | Mapping[str, Any] | str) -> Judge:
         temperature=spec.temperature, top_p=1.0 if spec.temperature == 0 else 0.95, max_tokens=spec.max_tokens
     )
     return LLMJudge(
-        backend, include_reference=spec.include_reference, max_retries=spec.max_retries, params=params, seed=spec.seed
+        backend, include_reference=spec.include_reference, max_retries=spec.max_retries, params=params,
+        seed=spec.seed, name=f"llm:{spec.backend}:{spec.model}",
     )
 
 
