@@ -77,7 +77,12 @@ def _candidates(problem: dict, other_gold: str, rng: random.Random) -> tuple[lis
             right.append(f"\\frac{{{2 * value.numerator}}}{{2}}")
         wrong = [str(value + 1), str(value * 2), str(value - rng.randint(2, 9)), other_gold]
     else:
-        right = [gold, gold.replace("\\frac", "\\dfrac") if "\\frac" in gold else gold.replace(" ", "")]
+        variant = (
+            gold.replace("\\frac", "\\dfrac")
+            if "\\frac" in gold
+            else gold.replace("\\left", "").replace("\\right", "")
+        )
+        right = [gold, variant]
         digits = [i for i, ch in enumerate(gold) if ch.isdigit()]
         wrong = [other_gold]
         for _ in range(3):
@@ -114,11 +119,12 @@ def _render(problem: dict, answer: str, rng: random.Random) -> str:
 
 def make_pairs(
     n_gsm8k: int, n_math: int, per_problem: int, seed: int = 0
-) -> tuple[list[tuple[str, str]], list[str]]:
-    """``(response, gold)`` pairs and their dataset names."""
+) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+    """``(response, gold)`` pairs, their dataset names, and what each response is (``right``,
+    ``wrong``, ``truncated``, ``pathological``)."""
     rng = random.Random(seed)
     problems = _load(n_gsm8k, n_math)
-    pairs, datasets = [], []
+    pairs, datasets, kinds = [], [], []
     for k, problem in enumerate(problems):
         same = [p for p in problems if p["dataset"] == problem["dataset"]]
         other = same[(same.index(problem) + 1) % len(same)]["gold"]
@@ -130,19 +136,21 @@ def make_pairs(
                 cut = rng.randint(
                     len(problem["body"]) // 3, max(len(problem["body"]) // 3 + 1, len(problem["body"]) - 1)
                 )
-                text = problem["body"][:cut]  # truncated: no final answer
+                text, kind = problem["body"][:cut], "truncated"  # no final answer
             elif roll < 0.07 + skill * 0.93:
-                text = _render(problem, rng.choice(right), rng)
+                text, kind = _render(problem, rng.choice(right), rng), "right"
             else:
-                text = _render(problem, rng.choice(wrong), rng)
+                text, kind = _render(problem, rng.choice(wrong), rng), "wrong"
             pairs.append((text, problem["gold"]))
             datasets.append(problem["dataset"])
+            kinds.append(kind)
         if k % 70 == 0:  # a few pathological answers across the run
             pairs.append(
                 (problem["body"] + "\n\nThe answer is " + PATHOLOGICAL[(k // 70) % 3] + ".", problem["gold"])
             )
             datasets.append(problem["dataset"])
-    return pairs, datasets
+            kinds.append("pathological")
+    return pairs, datasets, kinds
 
 
 # --------------------------------------------------------------------------- the baseline
@@ -214,7 +222,7 @@ def main() -> None:
 
     from flopmatch.grading import grade_many
 
-    pairs, datasets = make_pairs(args.gsm8k, args.math, args.per_problem)
+    pairs, datasets, made = make_pairs(args.gsm8k, args.math, args.per_problem)
     distinct = len({(g, r) for r, g in pairs})
     print(
         f"pairs: {len(pairs)} ({args.gsm8k} GSM8K + {args.math} MATH500 problems x {args.per_problem}, "
@@ -243,12 +251,22 @@ def main() -> None:
         f"verdict agreement where math-verify finished: {len(agree)}/{len(finished)} "
         f"({len(agree) / max(1, len(finished)):.2%})"
     )
+    complete = [i for i in finished if made[i] in ("right", "wrong")]
+    ok_ours = sum((grades[i].status == "correct") == (made[i] == "right") for i in complete)
+    ok_mv = sum(verdicts[i] == (made[i] == "right") for i in complete)
+    print(
+        f"  complete responses (a stated final answer, right or wrong by construction): {len(complete)}; "
+        f"verdict as constructed: flopmatch {ok_ours}, math-verify {ok_mv}"
+    )
     kinds = Counter()
     examples: dict[str, list[int]] = {}
     for i in finished:
         ours_ok = grades[i].status == "correct"
         if ours_ok != verdicts[i]:
-            kind = f"flopmatch {grades[i].status} / math-verify {'correct' if verdicts[i] else 'wrong'}"
+            kind = (
+                f"{made[i]} responses: flopmatch {grades[i].status} / "
+                f"math-verify {'correct' if verdicts[i] else 'wrong'}"
+            )
             kinds[kind] += 1
             examples.setdefault(kind, []).append(i)
     for kind, count in kinds.most_common():

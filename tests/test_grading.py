@@ -59,6 +59,10 @@ from flopmatch.store import RunDir, append_shard, write_table
         # markdown bold (math-verify: '73**', Math-Verify#76)
         ("Thus the number of residents is 234 + 5.\n\n✅ Final Answer: **73**", "gsm8k", "73"),
         ("Left: 437 + 468 = 905.\n\nSo the count is **73**.", "gsm8k", "73"),
+        # an expression stays whole, even for GSM8K: its value decides, not its first number
+        (r"\boxed{(10^{10})!}", "gsm8k", "(10^{10})!"),
+        ("The answer is 48 + 24.", "gsm8k", "48 + 24"),
+        (r"The final answer is: \boxed{\15}", "gsm8k", "15"),  # a typo for \$15 (ProcessBench gsm8k-329)
         # trailing-number fallback: GSM8K only
         ("She pays 5 * 4 = 20 dollars", "gsm8k", "20"),
         ("She pays 5 * 4 = 20 dollars", "math", None),
@@ -177,6 +181,8 @@ HARD_CASES: list[tuple[str, str, str, str]] = [
     ("She has 5 apples.\n\nSo the answer is **18**.", "18", "gsm8k", "correct"),
     ("I cannot solve this.", "18", "gsm8k", "no_answer"),
     ("The answer is 48 + 24.", "72", "gsm8k", "correct"),
+    (r"\boxed{5!}", "120", "gsm8k", "correct"),
+    (r"\boxed{9^{9^{9^{9}}}}", "9", "gsm8k", "timeout"),
     ("3 + 4 = 7\nAnswer: 7", "7", "toyworld", "correct"),
 ]
 

@@ -307,7 +307,8 @@ _PERCENT_RE = re.compile(r"\s*\\?%$")
 _SIMPLE_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
 _HEDGE_RE = re.compile(r"^(?:about|approximately|approx\.?|around|\\approx|~)\s*", re.IGNORECASE)
 _DIGIT_RE = re.compile(r"\d")
-_OPERATOR_TAIL_RE = re.compile(r"[-+*/^(]\s*[\d(\\]")
+_OPERATOR_TAIL_RE = re.compile(r"[-+*/^(]\s*[\d(\\{]|[!^{]")
+_EXPRESSION_LEAD_RE = re.compile(r"(?:[({^*/+\-]|\\[A-Za-z]+)\s*$")  # "\15" is a typo for "\$15"
 _DANGLING_OPERATOR_RE = re.compile(r"[-+*/=^_]\s*$")
 _NUMBER_DEGREES_RE = re.compile(r"\d\s*\\?(?:text\{\s*)?degrees?\}?$")
 _MATHY_START_RE = re.compile(r"[\\\d\-+(\[{.|]")
@@ -436,8 +437,8 @@ def _numeric_answer(s: str, *, lead_words: int | None) -> str | None:
     if lead_words is not None and (len(lead.split()) > lead_words or _DIGIT_RE.search(lead)):
         return None
     tail = s[match.end() :].strip()
-    if not lead.strip() and tail and _OPERATOR_TAIL_RE.match(tail):
-        return s  # an unevaluated expression such as "48 + 24": let the symbolic checker decide
+    if _EXPRESSION_LEAD_RE.search(lead) or (tail and _OPERATOR_TAIL_RE.match(tail)):
+        return s  # an expression such as "48 + 24" or "(10^{10})!": the symbolic checker decides
     return _canonical_number_text(match.group(0))
 
 

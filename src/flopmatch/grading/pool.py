@@ -62,7 +62,7 @@ def _context() -> multiprocessing.context.BaseContext:
     may hold vLLM or torch threads); spawn elsewhere."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["flopmatch.grading.worker"])
+        ctx.set_forkserver_preload(["flopmatch.grading._preload"])
         return ctx
     return multiprocessing.get_context("spawn")  # pragma: no cover - not POSIX
 

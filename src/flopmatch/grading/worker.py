@@ -86,13 +86,20 @@ def _failure(exc: BaseException) -> tuple[str, str]:
     return "error", f"checker raised {type(exc).__name__}"
 
 
+def warm_up() -> None:
+    """Parse and compare once, so sympy's and the LaTeX parser's lazy set-up (about a second, more
+    on a busy machine) is not charged to the first real answer's time limit."""
+    quiet_math_verify()
+    check(parse_answer("\\frac{1}{2}"), "\\sqrt{x}+0.5")
+
+
 def main(conn: Connection, memory_limit: int | None) -> None:
     """Serve tasks ``(gold, [(key, answer), ...], seconds)`` until ``None`` or the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGALRM, _on_alarm)
     _die_with_parent()
     _limit_memory(memory_limit)
-    quiet_math_verify()
+    warm_up()
     conn.send((READY,))
     while True:
         try:
