@@ -108,7 +108,7 @@ def test_rows_hold_messages_and_prompt_completion_in_the_evaluation_format(run, 
     # A model trained on it is evaluated with the same prompt.
     meta = sft_meta(result.path)
     assert meta["prompt_format"] == "chat" and meta["counts"]["examples"] == 3
-    prompt_for = _prompt_function([problem], meta["prompt_configs"], trained=True)
+    prompt_for, _ = _prompt_function([problem], meta["prompt_configs"], trained=True)
     assert prompt_for(problem) == expected_prompt
 
 

@@ -255,11 +255,12 @@ def evaluate(
     meta = model_meta(model)
     if prompt is None:
         prompt = meta.get("prompt_configs")
-    prompt_for = _prompt_function(problems, prompt, trained=bool(meta))
+    prompt_for, stops = _prompt_function(problems, prompt, trained=bool(meta))
 
     key = config_hash(
-        {"model": str(model), "base": base, "lora": adapter, "config": config, "problems": ids,
-         "prompts": [_plain(prompt_for(p)) for p in problems[:3]], "prompt": _plain(prompt)}
+        {"model": str(model), "base": base, "lora": adapter, "weights": [_files_fingerprint(base), _files_fingerprint(adapter)],
+         "config": config, "problems": ids,
+         "prompts": [_plain(prompt_for(p)) for p in problems[:3]], "prompt": _plain(prompt), "stop": stops}
     )
     out_path = Path(out_path) if out_path is not None else None
     summary_path = out_path.with_suffix(".json") if out_path is not None else None
@@ -269,7 +270,7 @@ def evaluate(
             return EvalResult.from_dict(saved)
 
     started = time.perf_counter()
-    rows, seeding = _generate(base, adapter, problems, prompt_for, config, progress_desc)
+    rows, seeding = _generate(base, adapter, problems, prompt_for, stops, config, progress_desc)
     _grade_rows(rows, problems)
     seconds = time.perf_counter() - started
 
@@ -298,29 +299,37 @@ def evaluate(
 
 
 def _prompt_function(problems: Sequence[Any], prompt: Any, *, trained: bool):
-    """problem -> prompt (raw text or chat messages).
+    """(problem -> prompt (raw text or chat messages), stop strings of the prompt styles used).
 
     ``prompt`` is a PromptConfig, a dict of its fields, or a mapping dataset -> config (what training
     records). Datasets without a config get the default: the SFT (zero-shot) prompt for a fine-tuned
     model, the dataset's few-shot prompt for any other model.
     """
-    from flopmatch.prompts import PromptConfig, build_prompt, default_prompt_config
+    from flopmatch.prompts import PromptConfig, build_prompt, default_prompt_config, stop_sequences
     from flopmatch.sft import sft_prompt_config
 
     def as_config(value: Any) -> PromptConfig:
         return value if isinstance(value, PromptConfig) else PromptConfig.model_validate(value)
 
-    if isinstance(prompt, PromptConfig) or (isinstance(prompt, dict) and set(prompt) <= set(PromptConfig.model_fields)
-                                            and prompt):
-        single = as_config(prompt)
-        return lambda problem: build_prompt(problem, single)
-    given = {str(k): as_config(v) for k, v in (prompt or {}).items()}
+    single = isinstance(prompt, PromptConfig) or (
+        isinstance(prompt, dict) and bool(prompt) and set(prompt) <= set(PromptConfig.model_fields)
+    )
+    given = {} if single else {str(k): as_config(v) for k, v in (prompt or {}).items()}
     default = sft_prompt_config if trained else default_prompt_config
     configs: dict[str, Any] = {}
     for problem in problems:
         if problem.dataset not in configs:
-            configs[problem.dataset] = given.get(problem.dataset) or default(problem.dataset)
-    return lambda problem: build_prompt(problem, configs[problem.dataset])
+            configs[problem.dataset] = as_config(prompt) if single else (
+                given.get(problem.dataset) or default(problem.dataset))
+    stops = tuple(sorted({s for c in configs.values() for s in stop_sequences(c)}))
+    return (lambda problem: build_prompt(problem, configs[problem.dataset])), stops
+
+
+def _files_fingerprint(path: str | None) -> list[list[Any]] | None:
+    """Name, size and mtime of a local model's files: a retrained model in the same directory is a new model."""
+    if path is None or not Path(path).is_dir():
+        return None
+    return sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in Path(path).iterdir() if f.is_file())
 
 
 def _plain(obj: Any) -> Any:
@@ -330,7 +339,13 @@ def _plain(obj: Any) -> Any:
 
 
 def _generate(
-    base: str, adapter: str | None, problems: Sequence[Any], prompt_for, config: EvalConfig, desc: str | None
+    base: str,
+    adapter: str | None,
+    problems: Sequence[Any],
+    prompt_for,
+    stops: tuple[str, ...],
+    config: EvalConfig,
+    desc: str | None,
 ) -> tuple[list[dict[str, Any]], str]:
     """Greedy and sampled generations as eval rows (ungraded)."""
     from tqdm.auto import tqdm
@@ -349,11 +364,13 @@ def _generate(
         with tqdm(total=total, desc=desc or f"evaluate {Path(base).name}", unit="sample") as bar:
             passes: list[tuple[str, SamplingParams, tuple[int, ...]]] = []
             if config.greedy:
-                passes.append(("greedy", SamplingParams(temperature=0.0, top_p=1.0, max_tokens=config.max_tokens), (0,)))
+                greedy = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=config.max_tokens, stop=stops)
+                passes.append(("greedy", greedy, (0,)))
             if config.n:
                 passes.append(
                     ("sample",
-                     SamplingParams(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens),
+                     SamplingParams(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
+                                    stop=stops),
                      tuple(range(config.n)))
                 )
             for mode, params, indices in passes:
