@@ -210,7 +210,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 from flopmatch.store import RunDir, read_shards  # noqa: E402
-from flopmatch.study import STAGES, StudyContext, StudyError, run_study, study_status  # noqa: E402
+from flopmatch.study import STAGES, StudyContext, StudyError, run_study, study_status, train_jobs  # noqa: E402
 
 #: A few-step toy model: pretrains in seconds, enough to exercise every stage (it solves nothing).
 TINY_TOY = {"hidden_size": 32, "num_layers": 1, "num_heads": 1, "intermediate_size": 32, "train_steps": 20,
@@ -266,14 +266,29 @@ def test_full_study_runs_every_stage_and_all_paradigms(trained_study):
     paradigms = pd.read_parquet(run_dir / "metrics" / "paradigms.parquet")
     assert set(paradigms["paradigm"]) == {"knowledge_distillation", "self_improvement", "weak_to_strong"}
     assert set(paradigms["budget_se_samples"]) == {1, 2}
-    # every paradigm compares SE data with WC data at every budget; the control only where asked
-    for (paradigm, _budget), group in paradigms.groupby(["paradigm", "budget_se_samples"]):
-        kinds = set(group["data"])
-        assert {"se", "wc", "base"} <= kinds
-        assert ("wc_number_matched" in kinds) == (paradigm == "knowledge_distillation")
+    # every paradigm compares SE data with WC data at every budget (the control only where asked); a set
+    # without a single correct solution cannot train anything, and is skipped rather than failing the study
     state = RunDir(run_dir).stage_state()
-    trained = [k for k, v in state.items() if k.startswith("train:") and v["status"] == "done"]
-    assert len(trained) == 14  # 3 paradigms x 2 budgets x (SE, WC) + 2 number-matched
+    sets = state["sft"]["sets"]
+    plan = json.loads((run_dir / "plan.json").read_text())
+    budgets = [(b["se_samples"], b["wc_samples"]) for b in plan["budgets"]]
+    jobs = train_jobs(config, budgets)
+    assert len(jobs) == 14  # 3 paradigms x 2 budgets x (SE data, WC data) + 2 number-matched
+    assert {j.data.kind for j in jobs if j.paradigm == "knowledge_distillation"} == {
+        "se",
+        "wc",
+        "wc_number_matched",
+    }
+    assert {j.data.kind for j in jobs if j.paradigm != "knowledge_distillation"} == {"se", "wc"}
+    for job in jobs:
+        has_data = sets[job.data.name]["examples"] > 0
+        assert (state.get(f"train:{job.name}", {}).get("status") == "done") == has_data, job
+        rows = paradigms[
+            (paradigms["paradigm"] == job.paradigm) & (paradigms["budget_se_samples"] == job.data.budget)
+        ]
+        assert "base" in set(rows["data"])
+        assert (job.data.kind in set(rows["data"])) == has_data, job
+    assert any(sets[j.data.name]["examples"] > 0 for j in jobs), "no SFT set has a correct solution"
     # problems are split by role and disjoint; validation never sampled
     ctx = StudyContext(config=config, run=RunDir(run_dir), log=lambda _: None)
     sample_ids = {p.problem_id for p in ctx.problems("sample")}

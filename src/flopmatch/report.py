@@ -867,8 +867,8 @@ def _paradigm_section(data: RunData, figures_dir: Path | None) -> Section:
         if has_base:
             row.append(fmt_pct(r.base))
         row += [
-            f"{fmt_pct(r.se)} {fmt_ci(r.se_low, r.se_high)}",
-            f"{fmt_pct(r.wc)} {fmt_ci(r.wc_low, r.wc_high)}",
+            _value_ci(r.se, r.se_low, r.se_high),
+            _value_ci(r.wc, r.wc_low, r.wc_high),
         ]
         if has_nm:
             row.append(fmt_pct(r.nm))
@@ -884,23 +884,22 @@ def _paradigm_section(data: RunData, figures_dir: Path | None) -> Section:
     blocks.append(Table(columns, rows, numeric=set(range(3, len(columns)))))
     other = comparisons[comparisons["metric"] != metric]
     if not other.empty:
-        rows = [
-            [
-                PARADIGM_NAMES.get(r.paradigm, r.paradigm),
-                _budget_short(budgets, r.budget_se_samples),
-                r.metric,
-                fmt_pct(r.se),
-                fmt_pct(r.wc),
-                fmt_gain(r.gain),
-            ]
-            for r in other.itertuples()
-        ]
+        metrics = sorted(set(other["metric"]), key=_metric_order)
+        rows = []
+        for (paradigm, budget), group in other.groupby(["paradigm", "budget_se_samples"], sort=False):
+            by_metric = {r.metric: r for r in group.itertuples()}
+            row = [PARADIGM_NAMES.get(paradigm, paradigm), _budget_short(budgets, int(budget))]
+            for m in metrics:
+                r = by_metric.get(m)
+                row.append("–" if r is None else f"{fmt_pct(r.se)} → {fmt_pct(r.wc)} ({fmt_gain(r.gain)})")
+            rows.append(row)
         blocks.append(
             Table(
-                ["paradigm", "budget (SE vs WC)", "metric", "SE data", "WC data", "WC vs SE"],
+                ["paradigm", "budget (SE vs WC)", *(m.replace("_", " ") for m in metrics)],
                 rows,
-                caption="Other evaluation metrics (maj@k and pass@k at temperature).",
-                numeric={3, 4, 5},
+                caption="Other evaluation metrics, each as SE data → WC data (relative gain): maj@k and pass@k "
+                "over samples at the evaluation temperature, and the mean accuracy of those samples.",
+                numeric=set(range(2, 2 + len(metrics))),
             )
         )
     if figures_dir is not None:
@@ -910,6 +909,17 @@ def _paradigm_section(data: RunData, figures_dir: Path | None) -> Section:
                 Figure(fig, f"{metric} of each student fine-tuned on SE vs WC data, with 95% intervals.")
             )
     return Section("Fine-tuning paradigms", blocks)
+
+
+def _value_ci(value: Any, low: Any, high: Any) -> str:
+    """ "45.6% [40.6, 50.6]", or a dash when there is no value (e.g. no data to train on)."""
+    return "–" if _missing(value) else f"{fmt_pct(value)} {fmt_ci(low, high)}"
+
+
+def _metric_order(metric: str) -> tuple[int, int, str]:
+    """maj@k before pass@k, each by k; anything else after."""
+    name, _, k = metric.partition("@")
+    return ({"maj": 0, "pass": 1}.get(name, 2), int(k) if k.isdigit() else 0, metric)
 
 
 def _paradigm_figure(
@@ -939,7 +949,7 @@ def _paradigm_figure(
         )
     if comparisons["nm"].notna().any():
         ax.scatter(
-            x,
+            x + 0.19,
             comparisons["nm"].to_numpy(dtype=float) * 100,
             marker="D",
             color="#333",
@@ -948,6 +958,8 @@ def _paradigm_figure(
         )
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel(f"{metric} (%)")
+    top = np.nanmax(comparisons[["se_high", "wc_high", "se", "wc", "nm"]].to_numpy(dtype=float), initial=0.0)
+    ax.set_ylim(0, max(5.0, min(100.0, top * 100 * 1.15)))
     ax.legend(fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
