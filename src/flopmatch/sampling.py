@@ -68,6 +68,10 @@ SAMPLE_SCHEMA = pa.schema(
     ]
 )
 
+# What resuming reads back (never the texts: a large run's samples need not fit in memory).
+BOOKKEEPING_COLUMNS = [
+    "problem_id", "sample_idx", "prompt_tokens", "completion_tokens", "finish_reason", "seconds", "session_id",
+]  # fmt: skip
 MAX_RAY_CHUNK = 1024
 
 
@@ -270,7 +274,7 @@ def sample(
             params = dataclasses.replace(params, stop=prompt_stops)
         _check_config(samples_dir, params=params, prompt=prompt_record)
 
-        existing = store.read_shards(samples_dir, schema=SAMPLE_SCHEMA)
+        existing = store.read_shards(samples_dir, columns=BOOKKEEPING_COLUMNS, schema=SAMPLE_SCHEMA)
         reconcile(run.root, model, existing)
         done = _keys(existing)
         work = missing_samples(problems, samples_per_problem, done)

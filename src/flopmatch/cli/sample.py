@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -108,7 +111,7 @@ def sample_command(
     plan's largest budget; the models default to the plan's.
     """
     from flopmatch.backends.base import SamplingParams
-    from flopmatch.sampling import SamplingConfigMismatch, sample
+    from flopmatch.sampling import SamplingConfigMismatch
 
     options = _parse_options(option)
     if base_url:
@@ -126,30 +129,52 @@ def sample_command(
         chunk_samples=chunk_samples,
     )  # fmt: skip
     try:
-        if plan is not None or wc is not None or se is not None:
-            if model is not None or samples_per_problem is not None:
-                raise fail(
-                    "give either --model/--samples-per-problem or a plan (--plan, --wc, --se), not both"
-                )
-            summaries = _sample_with_plan(run, plan, wc, se, problem_list, common, params)
-        else:
-            if model is None or samples_per_problem is None:
-                raise fail("give --model and --samples-per-problem (or a plan with --wc and --se)")
-            summaries = {
-                model: sample(
-                    run,
-                    model=model,
-                    problems=problem_list,
-                    samples_per_problem=samples_per_problem,
-                    params_count=int(params) if params else None,
-                    **common,
-                )  # fmt: skip
-            }
-    except SamplingConfigMismatch as exc:
+        with _stdout_to_stderr(as_json):
+            summaries = _run(run, model, samples_per_problem, plan, wc, se, problem_list, common, params)
+    except (SamplingConfigMismatch, ValueError) as exc:  # bad input: a message, not a traceback
         raise fail(str(exc)) from exc
     _print_summaries(list(summaries.values()), as_json)
     if any(s.status == "incomplete" for s in summaries.values()):
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool):
+    """With --json, stdout carries only the JSON: engine logs (vLLM logs to stdout, from this process
+    and from the engine processes it spawns, which inherit file descriptor 1) go to stderr."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _run(run, model, samples_per_problem, plan, wc, se, problem_list, common, params) -> dict:
+    """One model (--model/-S) or both models of a plan; returns the summaries by model."""
+    from flopmatch.sampling import sample
+
+    if plan is not None or wc is not None or se is not None:
+        if model is not None or samples_per_problem is not None:
+            raise fail("give either --model/--samples-per-problem or a plan (--plan, --wc, --se), not both")
+        return _sample_with_plan(run, plan, wc, se, problem_list, common, params)
+    if model is None or samples_per_problem is None:
+        raise fail("give --model and --samples-per-problem (or a plan with --wc and --se)")
+    summary = sample(
+        run,
+        model=model,
+        problems=problem_list,
+        samples_per_problem=samples_per_problem,
+        params_count=int(params) if params else None,
+        **common,
+    )
+    return {model: summary}
 
 
 def _sample_with_plan(run, plan_path, wc, se, problem_list, common, params_override):
