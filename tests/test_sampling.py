@@ -20,9 +20,11 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from flopmatch import store
 from flopmatch.backends.base import Completion, SamplingParams
+from flopmatch.cli import app
 from flopmatch.ledger import read_ledger, summarize_ledger
 from flopmatch.problems import Problem
 from flopmatch.sampling import (
@@ -305,6 +307,33 @@ def test_plan_samples_each_model_for_its_largest_budget(tmp_path, tiny_model, gs
     _assert_exactly(_table(run, se_model), problems, 2)
     params = {r["model"]: r["params"] for r in read_ledger(run).to_pylist()}
     assert params == {str(tiny_model): 100_000, str(se_model): 200_000}  # the plan's P, not re-counted
+
+    # The CLI with the run's plan.json (models from the plan): everything is on disk already.
+    plan.save(run)
+    cli = ["sample", "--run", str(run), "--plan", str(RunDir(run).plan_path), "--backend", "hf", "--json",
+           "--temperature", "1.0", "--top-p", "1.0", "--max-tokens", "12", "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(app, cli)
+    assert result.exit_code == 0, result.output
+    summaries = {s["model"]: s for s in json.loads(result.output)}
+    assert {m: (s["on_disk"], s["generated"]) for m, s in summaries.items()} == {
+        str(tiny_model): (8, 0), str(se_model): (4, 0),
+    }  # fmt: skip
+
+
+def test_cli_errors_are_messages(tmp_path, tiny_model):
+    runner = CliRunner()
+    run = str(tmp_path / "run")
+    result = runner.invoke(app, ["sample", "--run", run, "--model", "m", "-S", "2"])
+    assert result.exit_code == 2 and "no --problems given and no problems saved" in result.output
+    base = ["sample", "--run", run, "--problems", "gsm8k", "--data-file", str(GSM8K_TEST), "--limit", "2"]
+    result = runner.invoke(app, [*base, "--plan", str(tmp_path / "nope.json")])
+    assert result.exit_code == 2 and "no budget plan at" in result.output
+    result = runner.invoke(app, [*base, "--plan", "p.json", "--model", "m", "-S", "1"])
+    assert result.exit_code == 2 and "not both" in result.output
+    result = runner.invoke(app, [*base, "--model", str(tiny_model), "-S", "1", "-o", "dtype"])
+    assert result.exit_code == 2 and "KEY=VALUE" in result.output
+    result = runner.invoke(app, [*base, "--model", str(tiny_model), "-S", "1", "--top-p", "0"])
+    assert result.exit_code == 2 and "top_p" in result.output
 
 
 # --------------------------------------------------------------------------- SIGKILL through the CLI
