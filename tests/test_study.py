@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from flopmatch.store import RunDir, read_shards
 from flopmatch.study import (
+    STAGES,
     StudyConfig,
     StudyConfigError,
+    StudyContext,
+    StudyError,
     apply_overrides,
     expand_env,
     load_study_config,
+    run_study,
+    study_status,
+    train_jobs,
     validate_study_dict,
 )
 
@@ -201,16 +215,6 @@ def test_packaged_demo_config_is_the_example():
 
 
 # --------------------------------------------------------------------------- the orchestrator, on real parts
-
-import json  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-from flopmatch.store import RunDir, read_shards  # noqa: E402
-from flopmatch.study import STAGES, StudyContext, StudyError, run_study, study_status, train_jobs  # noqa: E402
 
 #: A few-step toy model: pretrains in seconds, enough to exercise every stage (it solves nothing).
 TINY_TOY = {"hidden_size": 32, "num_layers": 1, "num_heads": 1, "intermediate_size": 32, "train_steps": 20,
@@ -435,3 +439,27 @@ def test_dry_run_reports_config_errors_with_exit_code(tmp_path):
     result = CliRunner().invoke(app, ["study", str(path), "--dry-run"], terminal_width=200)
     assert result.exit_code == 2
     assert "budget.mode" in result.output and "flopz" in result.output
+
+
+def test_a_failing_stage_is_recorded_and_reported(tmp_path):
+    from typer.testing import CliRunner
+
+    from flopmatch.cli import app
+
+    data = _toy_study("broken", training={"enabled": False})
+    data["problems"]["sample"] = {
+        "source": "gsm8k",
+        "split": "train",
+        "data_file": str(tmp_path / "missing.jsonl"),
+    }
+    path = _write(tmp_path, data)
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["study", str(path), "--run", str(run_dir), "--quiet"], terminal_width=200
+    )
+    assert result.exit_code == 1
+    assert "stage problems failed" in result.output and "missing.jsonl" in result.output
+    status = CliRunner().invoke(app, ["status", str(run_dir)], terminal_width=200)
+    assert status.exit_code == 0
+    assert re.search(r"problems\s*│\s*failed", status.output) and "ProblemSourceError" in status.output
+    assert re.search(r"plan\s*│\s*pending", status.output)
