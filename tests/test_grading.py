@@ -42,6 +42,19 @@ from flopmatch.store import RunDir, append_shard, write_table
         (r"we get \boxed 5.", "math", "5"),
         (r"truncated \boxed{\frac{1}{2", "math", None),
         (r"\boxed{12} ... so our answer is correct.", "math", "12"),  # a verdict is not an answer
+        (
+            r"so \boxed{44}." + "\n\nWe may check our answer: $17\\cdot 44 = 748$.",
+            "math",
+            "44",
+        ),  # not a label
+        (r"\boxed{5}. This answer is based on symmetry", "math", "5"),  # prose does not outrank a box
+        ("we get \\boxed{2}.\n\nFinal Answer: The final answer is $-2$. I hope it is correct.", "math", "-2"),
+        (
+            "The final answer is $x^5 - x^4 + x^3 - x^2 + x - 1$. I hope it is correct.",
+            "math",
+            "x^5 - x^4 + x^3 - x^2 + x - 1",
+        ),
+        (r"Final Answer: The final answer is $\$32,\!348$. I hope it is correct.", "math", "32348"),
         # GSM8K reference format, calculator annotations, thousands separators
         ("He has 3 + 4 = <<3+4=7>>7 apples.\n#### 1,000", "gsm8k", "1000"),
         # answer phrases; a marker beats any number after it

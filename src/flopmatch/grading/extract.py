@@ -1,16 +1,19 @@
 """Final-answer extraction and answer normalisation: pure string functions, no sympy.
 
-Everything here runs in the parent process on untrusted model output, so every regular expression
-is linear-time (no nested quantifiers) and nothing is ever evaluated. The expensive, possibly
-non-terminating part — parsing and comparing mathematics — lives in :mod:`.equivalence` and runs in
-watched worker processes.
+Everything here runs in the parent process on untrusted model output: nothing is evaluated, the
+regular expressions have no nested quantifiers, and the ones that pair delimiters only run on a
+marker's content (at most a couple of thousand characters). The expensive, possibly non-terminating
+part — parsing and comparing mathematics — lives in :mod:`.equivalence` and runs in watched worker
+processes.
 
 Two answer *modes* cover the supported datasets:
 
 * ``numeric`` (GSM8K, the toy world): gold answers are numbers; a response's answer is the number
-  after its last explicit marker, or failing that the last number in the text.
-* ``latex`` (MATH, MATH500): gold answers are LaTeX expressions (fractions, intervals, tuples,
-  matrices, ``\\text{(C)}``...); a response's answer is the content of its last explicit marker.
+  (or the expression) its final marker states, or failing that, for GSM8K, the last number in the
+  text. The toy world reads its first ``Answer:`` line, exactly as its step checker does.
+* ``latex`` (MATH, MATH500): gold answers are LaTeX (fractions, intervals, tuples, matrices,
+  ``\\text{(C)}``...); a response's answer is the content of its final marker, and a response
+  without one has no answer.
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ def answer_mode(dataset: str) -> str:
 
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-_ANSWER_AT_RE = re.compile(r"answer(?:[ \t]*\*\*)?[ \t]*(?:is\b[ \t]*:?|:|=)")
+_ANSWER_AT_RE = re.compile(r"answer(?:[ \t]*\*\*)?[ \t]*(?:(is)\b[ \t]*:?|:|=)")
+# "Answer:" is a label only at the start of a line or after "final" ("check our answer: 17*44 …"
+# is not one).
+_LABEL_LEAD_RE = re.compile(r"[ \t*#>_-]*")
 _A_LINE_RE = re.compile(r"^[ \t]*(?:\*\*)?A(?:\*\*)?[ \t]*:", re.MULTILINE)
 _TOKEN_RE = re.compile(r"[^\s$]+")
 _TOY_ANSWER_RE = re.compile(r"^[ \t]*answer[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
@@ -53,19 +59,20 @@ _NUMBER_RE = re.compile(
 )
 _FRAC_NUMBER_RE = re.compile(r"-?\\frac\s*\{\s*-?\d+\s*\}\s*\{\s*-?\d+\s*\}|-?\\frac\s*\d\s*\d")
 _SENTENCE_END_RE = re.compile(r"\.(?=\s|$)|\bI hope\b")
-_MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|\$([^$]+?)\$", re.DOTALL)
-_WORD_RE = re.compile(r"[A-Za-z]{2,}")
+_MATH_SPAN_RE = re.compile(
+    r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<!\\)\$((?:\\\$|[^$])+?)(?<!\\)\$", re.DOTALL
+)
 
 
 def extract_answer(text: str | None, dataset: str) -> str | None:
     """The final answer of a solution, normalised, or ``None`` when it states none.
 
-    Explicit markers are tried in two tiers, each from its last occurrence backwards; the first
-    whose content holds an answer wins, so a marker beats any number that follows it:
-
-    1. ``\\boxed{...}``/``\\fbox{...}`` (nested braces, ``\\boxed 5``) and ``#### N``;
-    2. "The (final) answer is …", "Answer: …", a line opening "A: …" (a short lead-in such as
-       "therefore" is allowed; a verdict such as "our answer is correct" is not an answer).
+    Explicit markers — ``\\boxed{...}``/``\\fbox{...}`` (nested braces, ``\\boxed 5``), ``#### N``,
+    "The (final) answer is …", "Answer: …", a line opening "A: …" — are tried from the last one
+    back, and the first whose content holds an answer wins, so a marker beats any number after it
+    and a later restatement beats an earlier box. A phrase's content must be an answer: a verdict
+    ("… so our answer is correct") is not, nor is prose ("is based on symmetry") in a response that
+    boxes its answer; a short lead-in ("the answer is *therefore* 18") is allowed.
 
     Without a marker, the last bold span of the final paragraph counts ("… is **73**."), and for
     GSM8K the last number in the text. The toy world follows its step checker instead: the first
@@ -77,11 +84,12 @@ def extract_answer(text: str | None, dataset: str) -> str | None:
     text = text.replace("\r\n", "\n")
     if str(dataset).strip().lower() == "toyworld":
         return _toyworld_answer(text)
-    for tier in (_boxed_candidates, _phrase_candidates):
-        for kind, raw in tier(text):
-            answer = _candidate_answer(raw, mode, kind)
-            if answer:
-                return answer
+    boxes = _boxed_candidates(text)
+    candidates = sorted(boxes + _phrase_candidates(text), key=lambda c: c[0], reverse=True)
+    for _, kind, raw in candidates:
+        answer = _candidate_answer(raw, mode, kind, prose_ok=not boxes)
+        if answer:
+            return answer
     bold = _last_bold_answer(text, mode)
     if bold:
         return bold
@@ -99,9 +107,8 @@ def _toyworld_answer(text: str) -> str | None:
     return _numeric_answer(normalize_answer(match.group(1), "numeric"), lead_words=0)
 
 
-def _boxed_candidates(text: str) -> list[tuple[str, str]]:
-    """Tier 1 markers, last first: ``\\boxed{}``/``\\fbox{}`` and ``####`` — a deliberate, delimited
-    answer. A response that boxes its answer and then says "so our answer is correct" keeps the box."""
+def _boxed_candidates(text: str) -> list[tuple[int, str, str]]:
+    """``(position, "box", content)`` of every complete ``\\boxed{}``/``\\fbox{}`` and ``####``."""
     found: list[tuple[int, str, str]] = []
     for match in _BOX_RE.finditer(text):
         span = box_span(text, match.end())
@@ -111,12 +118,12 @@ def _boxed_candidates(text: str) -> list[tuple[str, str]]:
     while start >= 0:
         found.append((start, "box", _line_after(text, start + 4)))
         start = text.find("####", start + 4)
-    found.sort(key=lambda c: c[0], reverse=True)
-    return [(kind, raw) for _, kind, raw in found]
+    return found
 
 
-def _phrase_candidates(text: str) -> list[tuple[str, str]]:
-    """Tier 2 markers, last first: "the (final) answer is", "answer:", lines opening "A:".
+def _phrase_candidates(text: str) -> list[tuple[int, str, str]]:
+    """``(position, kind, content)`` of "the (final) answer is", the label "(Final) Answer:" (kind
+    ``phrase``) and of lines opening "A:" (kind ``line``).
 
     Found with ``str.find`` on a lower-cased copy and a regex anchored at each hit, which is much
     faster than a case-insensitive scan of the whole text."""
@@ -126,13 +133,18 @@ def _phrase_candidates(text: str) -> list[tuple[str, str]]:
     while start >= 0:
         if start == 0 or not lower[start - 1].isalnum():
             match = _ANSWER_AT_RE.match(lower, start)
-            if match:
+            if match and (match.group(1) or _is_label(lower, start)):
                 found.append((start, "phrase", _phrase_content(text, match.end())))
         start = lower.find("answer", start + 6)
     for match in _A_LINE_RE.finditer(text):
         found.append((match.start(), "line", _phrase_content(text, match.end())))
-    found.sort(key=lambda c: c[0], reverse=True)
-    return [(kind, raw) for _, kind, raw in found]
+    return found
+
+
+def _is_label(lower: str, start: int) -> bool:
+    """Whether the "answer" at ``start`` opens its line (after markdown) or follows "final"."""
+    prefix = lower[lower.rfind("\n", 0, start) + 1 : start]
+    return bool(_LABEL_LEAD_RE.fullmatch(prefix)) or prefix.rstrip(" \t*").endswith("final")
 
 
 def box_span(text: str, start: int) -> tuple[str, int] | None:
@@ -195,49 +207,47 @@ def _phrase_content(text: str, start: int) -> str:
     return _line_after(body, 0)
 
 
-def _candidate_answer(raw: str, mode: str, kind: str) -> str | None:
+def _candidate_answer(raw: str, mode: str, kind: str, *, prose_ok: bool = True) -> str | None:
     """The answer inside one marker's raw content, or ``None`` if it holds none.
 
     ``kind`` is ``box`` (``\\boxed``, ``####``: the content is the answer), ``phrase`` ("the answer
     is …": a short lead-in is allowed) or ``line`` (a line opening "A:", which few-shot formats
-    also use for whole solutions: the answer must come first).
+    also use for whole solutions: the answer must come first). A phrase whose content is a verdict
+    ("so our answer is correct") holds no answer; one whose content is words rather than math
+    ("Evelyn") counts only when ``prose_ok`` — when the response boxes nothing.
     """
     raw = raw.strip()
     if not raw or (kind != "box" and _NOT_AN_ANSWER_RE.match(raw.lstrip("*$ "))):
         return None
+    in_math = True
     inner = last_boxed(raw)
     if inner is not None:
         raw, kind = inner, "box"
     elif kind != "box":
-        raw = _answer_span(raw, mode)
+        raw, in_math = _answer_span(raw, mode)
     answer = normalize_answer(raw, mode)
     if not answer:
         return None
     if mode == "numeric":
         lead_words = {"box": None, "phrase": 3, "line": 0}[kind]
         return _numeric_answer(answer, lead_words=lead_words)
-    if kind == "box" or _looks_like_answer(answer):
+    if kind == "box" or in_math or _MATHY_START_RE.match(answer):
+        return answer
+    if prose_ok and len(answer.split()) <= 4:
         return answer
     return None
 
 
-def _answer_span(raw: str, mode: str) -> str:
-    """The part of a marker's content that is the answer: the first math span when it opens before
-    the first sentence ends (LaTeX mode), else the first sentence."""
+def _answer_span(raw: str, mode: str) -> tuple[str, bool]:
+    """The part of a marker's content that is the answer, and whether it is a math span: the first
+    math span when it opens before the first sentence ends (LaTeX mode), else the first sentence."""
     end = _SENTENCE_END_RE.search(raw)
     cut = end.start() if end else len(raw)
     if mode == "latex":
         span = _MATH_SPAN_RE.search(raw)
         if span is not None and span.start() < cut:
-            return next(g for g in span.groups() if g is not None)
-    return raw[:cut]
-
-
-def _looks_like_answer(answer: str) -> bool:
-    """A LaTeX-mode answer is math or a short phrase ("Evelyn", "(C)"), not a sentence of prose."""
-    if _MATHY_START_RE.match(answer):
-        return True
-    return len(answer.split()) <= 4
+            return next(g for g in span.groups() if g is not None), True
+    return raw[:cut], False
 
 
 def _last_bold_answer(text: str, mode: str) -> str | None:
@@ -364,7 +374,8 @@ def _strip_wrappers(s: str) -> str:
         for opener, closer in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
             if len(s) >= len(opener) + len(closer) and s.startswith(opener) and s.endswith(closer):
                 inner = s[len(opener) : len(s) - len(closer)]
-                if opener not in inner and closer not in inner:
+                bare = inner.replace("\\$", "")  # an escaped dollar is currency, not a delimiter
+                if opener not in bare and closer not in bare and not inner.endswith("\\"):
                     s = inner.strip()
                     break
         match = _BOX_RE.match(s)
