@@ -303,71 +303,22 @@ def sample(
             return summary
 
         use_ray = replicas > 1 or bool(ray_address)
-        chunk = chunk_samples or default_chunk_samples(missing, replicas, ray=use_ray)
-        chunks, owner = build_chunks(model, work, prompt_of, chunk)
-        expected = {(owner[r.request_id], i) for chunk in chunks for r in chunk for i in r.sample_indices}
-        seeds = {(owner[r.request_id], i): s for chunk in chunks for r in chunk for i, s in zip(r.sample_indices, r.seeds, strict=True)}  # fmt: skip
+        chunk_size = chunk_samples or default_chunk_samples(missing, replicas, ray=use_ray)
+        chunks, owner = build_chunks(model, work, prompt_of, chunk_size)
 
         started = time.perf_counter()
         engine = _start_engine(
-            backend,
-            model,
-            backend_options,
-            replicas=replicas,
-            ray_address=ray_address,
-            ray_options=ray_options,
-        )
-        startup = time.perf_counter() - started
+            backend, model, backend_options, replicas=replicas, ray_address=ray_address, ray_options=ray_options
+        )  # fmt: skip
         ledger = LedgerSession(
             run_dir=run.root, model=model, backend=engine.name, seeding=engine.seeding,
-            replicas=replicas, params=params_total, startup_seconds=startup,
+            replicas=replicas, params=params_total, startup_seconds=time.perf_counter() - started,
         )  # fmt: skip
+        writer = _Writer(samples_dir, model, chunks, owner, ledger, budget)
         summary.backend, summary.seeding, summary.session_id = engine.name, engine.seeding, ledger.session_id
-        summary.startup_seconds = startup
-        ledger.flush()
+        status = _drive(engine, chunks, params, writer, progress=progress, spent_seconds=spent_seconds)
 
-        bar = _progress_bar(missing, desc=model_key(model), enabled=progress)
-        status = "failed"
-        gen_start = time.perf_counter()
-        batches = engine.batches(chunks, params)
-        try:
-            last = gen_start
-            for batch in batches:
-                now = time.perf_counter()
-                rows, errors = _rows(batch, model=model, owner=owner, expected=expected, seeds=seeds,
-                                     backend=engine.name, seeding=engine.seeding, session=ledger.session_id,
-                                     batch_seconds=now - last)  # fmt: skip
-                last = now
-                store.append_shard(samples_dir, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
-                for row in rows:
-                    expected.discard((row["problem_id"], row["sample_idx"]))
-                    ledger.add(
-                        prompt_tokens=row["prompt_tokens"],
-                        completion_tokens=row["completion_tokens"],
-                        truncated=row["finish_reason"] == "length",
-                    )
-                    budget.tokens += row["completion_tokens"]
-                ledger.errors += errors
-                ledger.seconds = time.perf_counter() - gen_start
-                budget.seconds = spent_seconds + ledger.seconds
-                ledger.flush()
-                _advance(bar, len(rows) + errors, ledger)
-                if budget.spent():
-                    status = "budget"
-                    break
-            else:
-                status = "done" if not expected else "incomplete"
-        except KeyboardInterrupt:
-            status = "interrupted"
-            raise
-        finally:
-            ledger.seconds = time.perf_counter() - gen_start  # before closing: shutdown is not generation
-            with contextlib.suppress(Exception):
-                batches.close()
-            engine.close()
-            ledger.flush(status)
-            bar.close()
-
+    summary.startup_seconds = ledger.startup_seconds
     summary.status = status
     summary.generated = ledger.samples
     summary.errors = ledger.errors
@@ -381,7 +332,7 @@ def sample(
         summary.message = budget.reason()
     elif status == "incomplete":
         summary.message = (
-            f"{len(expected)} samples failed in the engine; rerun the same command to retry them"
+            f"{len(writer.expected)} samples failed in the engine; rerun the same command to retry them"
         )
     return summary
 
@@ -433,6 +384,90 @@ def sample_plan(
             **options,
         )
     return out
+
+
+# --------------------------------------------------------------------------- the generation loop
+
+
+class _Writer:
+    """Turns backend batches into checked sample rows, one shard per batch, and keeps the ledger."""
+
+    def __init__(self, samples_dir: Path, model: str, chunks, owner, ledger: LedgerSession, budget: _Budget):
+        self.samples_dir, self.model, self.owner, self.ledger, self.budget = (
+            samples_dir,
+            model,
+            owner,
+            ledger,
+            budget,
+        )
+        self.expected: set[tuple[str, int]] = set()  # asked for and not yet stored
+        self.seeds: dict[tuple[str, int], int] = {}
+        for chunk in chunks:
+            for request in chunk:
+                for idx, seed in zip(request.sample_indices, request.seeds, strict=True):
+                    key = (owner[request.request_id], idx)
+                    self.expected.add(key)
+                    self.seeds[key] = seed
+
+    def write(self, batch: Sequence[Completion], batch_seconds: float) -> int:
+        """Persist one batch (atomically, as one shard); returns the samples it accounted for."""
+        ledger = self.ledger
+        rows, errors = _rows(batch, model=self.model, owner=self.owner, expected=self.expected, seeds=self.seeds,
+                             backend=ledger.backend, seeding=ledger.seeding, session=ledger.session_id,
+                             batch_seconds=batch_seconds)  # fmt: skip
+        store.append_shard(self.samples_dir, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
+        for row in rows:
+            self.expected.discard((row["problem_id"], row["sample_idx"]))
+            ledger.add(
+                prompt_tokens=row["prompt_tokens"],
+                completion_tokens=row["completion_tokens"],
+                truncated=row["finish_reason"] == "length",
+            )
+            self.budget.tokens += row["completion_tokens"]
+        ledger.errors += errors
+        return len(rows) + errors
+
+
+def _drive(engine: _Engine, chunks, params: SamplingParams, writer: _Writer, *, progress: bool,
+           spent_seconds: float) -> str:  # fmt: skip
+    """Run the engine over the chunks, persisting each batch; returns the session's ledger status.
+
+    The ledger shard is rewritten after every batch, and finally with the status; the engine is
+    closed whatever happens (its in-flight work was never persisted, so nothing half-written stays).
+    """
+    ledger, budget = writer.ledger, writer.budget
+    status = "failed"
+    batches = None
+    bar = _progress_bar(len(writer.expected), desc=model_key(writer.model), enabled=progress)
+    gen_start = last = time.perf_counter()
+    try:
+        ledger.flush()
+        batches = engine.batches(chunks, params)
+        for batch in batches:
+            now = time.perf_counter()
+            done = writer.write(batch, batch_seconds=now - last)
+            last = now
+            ledger.seconds = time.perf_counter() - gen_start
+            budget.seconds = spent_seconds + ledger.seconds
+            ledger.flush()
+            _advance(bar, done, ledger)
+            if budget.spent():
+                status = "budget"
+                break
+        else:
+            status = "done" if not writer.expected else "incomplete"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        ledger.seconds = time.perf_counter() - gen_start  # before closing: shutdown is not generation
+        if batches is not None:
+            with contextlib.suppress(Exception):
+                batches.close()
+        engine.close()
+        ledger.flush(status)
+        bar.close()
+    return status
 
 
 # --------------------------------------------------------------------------- helpers
