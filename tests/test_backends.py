@@ -318,7 +318,7 @@ def test_vllm_and_hf_render_prompts_alike_and_decode_greedily_alike(vllm_backend
     """Same weights + adapter, greedy: both engines see the same prompt tokens and write the same text."""
     adapted = create_backend("hf", str(tiny), dtype="float32", lora_path=str(lora))
     greedy = SamplingParams(temperature=0.0, max_tokens=8)
-    requests = [Request("text", TEXT, (0,), (1,)), Request("chat", CHAT, (0,), (2,))]
+    requests = [Request("text", TEXT, (0, 1), (1, 2)), Request("chat", CHAT, (0,), (2,))]  # greedy with 2 samples
     _, from_vllm = collect(vllm_backend, requests, greedy)
     _, from_hf = collect(adapted, requests, greedy)
     for key in from_hf:

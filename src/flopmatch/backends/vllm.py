@@ -157,13 +157,17 @@ class VLLMBackend:
         call = next(_calls)
         # engine request id -> (request, positions of its samples in request.sample_indices)
         pending: dict[str, tuple[Request, list[int]]] = {}
+        # one engine request per sample where each sample has its own seed, and for greedy decoding
+        # (vLLM refuses n > 1 without sampling); otherwise one request with n samples per prompt
+        one_per_sample = self.seeding == "per-request" or params.temperature == 0
         try:
             for i, request in enumerate(requests):
                 prompt = self._engine_prompt(request.prompt)
-                if self.seeding == "per-request":
+                if one_per_sample:
                     for j, seed in enumerate(request.seeds):
                         rid = f"fm{call}-{i}-{j}"
-                        engine.add_request(rid, prompt, self._sampling(params, 1, seed), lora_request=self.lora_request)
+                        sampling = self._sampling(params, 1, seed if self.seeding == "per-request" else None)
+                        engine.add_request(rid, prompt, sampling, lora_request=self.lora_request)
                         pending[rid] = (request, [j])
                 else:
                     rid = f"fm{call}-{i}"

