@@ -80,10 +80,17 @@ def sample_command(
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 512,
     stop: Annotated[list[str] | None, typer.Option(help="a stop string (repeatable)")] = None,
     budget_flops: Annotated[
-        float | None, typer.Option("--budget-flops", help="stop at this many nominal FLOPs")
+        float | None,
+        typer.Option(
+            "--budget-flops",
+            help="stop once this model has spent this many nominal FLOPs in the run (2·P·generated tokens)",
+        ),
     ] = None,
     budget_seconds: Annotated[
-        float | None, typer.Option("--budget-seconds", help="stop after this many generation seconds")
+        float | None,
+        typer.Option(
+            "--budget-seconds", help="stop once this model has spent this many generation seconds in the run"
+        ),
     ] = None,
     replicas: Annotated[int, typer.Option(min=1, help="engine replicas as Ray actors")] = 1,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="join this Ray cluster")] = None,
