@@ -1,0 +1,177 @@
+"""Few-shot prompts, one definition shared by sampling, SFT and evaluation.
+
+The paper samples with few-shot prompts: MATH 4-shot, GSM8K 8-shot. flopmatch's exemplars were
+written for the project (``flopmatch/data/exemplars.json``) so no evaluated problem ever leaks into a
+prompt. Three renderings:
+
+* ``chat`` (default): multi-turn messages — each exemplar is a user turn and an assistant turn — for
+  the model's own chat template to render (backends apply it).
+* ``plain``: one text block of ``Problem:``/``Solution:`` pairs for base models without a chat
+  template; generation should stop at the next ``Problem:`` (see :func:`stop_sequences`).
+* ``toyworld``: the toy world's own prompt format (``flopmatch.toyworld.format_prompt``).
+
+Every prompt asks for the final answer in ``\\boxed{}`` so one grader covers every dataset.
+Training data built with :func:`build_prompt` and evaluation prompts agree by construction.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from flopmatch.problems import Problem
+
+Message = dict[str, str]
+PromptStyle = Literal["chat", "plain", "toyworld"]
+
+DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+# Datasets' paper defaults: (exemplar set, shots).
+_DATASET_DEFAULTS: dict[str, tuple[str, int]] = {"gsm8k": ("gsm8k", 8), "math": ("math", 4)}
+_EXEMPLAR_FILE = "data/exemplars.json"
+PLAIN_QUESTION = "Problem:"
+PLAIN_ANSWER = "Solution:"
+
+
+class Exemplar(BaseModel):
+    """One worked example: a question and a solution ending with the answer in ``\\boxed{}``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    question: str = Field(min_length=1)
+    solution: str = Field(min_length=1)
+
+
+class PromptConfig(BaseModel):
+    """How to turn a problem into a prompt. ``shots=None`` / ``exemplars=None`` mean "the dataset's
+    default" (GSM8K: the 8 packaged GSM8K exemplars; MATH/MATH500: the 4 MATH ones; other datasets:
+    zero-shot). :func:`default_prompt_config` returns the resolved config to store with a run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    style: PromptStyle = "chat"
+    shots: int | None = Field(default=None, ge=0)
+    system: str | None = None
+    instruction: str = DEFAULT_INSTRUCTION
+    exemplars: tuple[Exemplar, ...] | None = None
+
+    @field_validator("instruction")
+    @classmethod
+    def _instruction_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("instruction must not be blank (it tells the model to answer in \\boxed{})")
+        return value
+
+
+@lru_cache(maxsize=1)
+def packaged_exemplars() -> dict[str, tuple[Exemplar, ...]]:
+    """The exemplar sets shipped with flopmatch, by family ("gsm8k", "math")."""
+    source = resources.files("flopmatch").joinpath(_EXEMPLAR_FILE)
+    raw = json.loads(source.read_text(encoding="utf-8"))
+    out: dict[str, tuple[Exemplar, ...]] = {}
+    for family, items in raw.items():
+        if family.startswith("_"):
+            continue
+        try:
+            out[family] = tuple(Exemplar.model_validate(item) for item in items)
+        except ValidationError as exc:
+            raise ValueError(f"{source}: bad exemplar in {family!r}: {exc}") from exc
+    return out
+
+
+def dataset_family(dataset: str) -> str | None:
+    """``gsm8k`` or ``math`` (MATH, MATH500, ...) or None for datasets with no packaged exemplars."""
+    name = dataset.lower()
+    if name.startswith("gsm8k"):
+        return "gsm8k"
+    if name.startswith("math"):
+        return "math"
+    return None
+
+
+def default_prompt_config(dataset: str) -> PromptConfig:
+    """The paper's prompt for ``dataset``, fully resolved (exemplars included, so a run can store it).
+
+    GSM8K → 8-shot, MATH/MATH500 → 4-shot chat prompts; the toy world → its own format; anything else
+    → a zero-shot chat prompt with the ``\\boxed{}`` instruction.
+    """
+    if dataset.lower().startswith("toyworld"):
+        return PromptConfig(style="toyworld", shots=0, exemplars=())
+    family = dataset_family(dataset)
+    if family is None:
+        return PromptConfig(style="chat", shots=0, exemplars=())
+    exemplar_set, shots = _DATASET_DEFAULTS[family]
+    return PromptConfig(style="chat", shots=shots, exemplars=packaged_exemplars()[exemplar_set][:shots])
+
+
+def resolve(config: PromptConfig | None, dataset: str) -> PromptConfig:
+    """Fill the fields left to the dataset's defaults; check ``shots`` against the exemplars."""
+    if config is None:
+        return default_prompt_config(dataset)
+    if config.exemplars is not None:  # the caller's own exemplars: all of them unless shots says less
+        pool, default_shots = config.exemplars, len(config.exemplars)
+    else:
+        family = dataset_family(dataset)
+        pool = packaged_exemplars()[family] if family else ()
+        default_shots = default_prompt_config(dataset).shots or 0
+    shots = default_shots if config.shots is None else config.shots
+    if shots > len(pool):
+        raise ValueError(
+            f"prompt asks for {shots} shots but only {len(pool)} exemplars are available for "
+            f"dataset {dataset!r}; pass more exemplars or fewer shots"
+        )
+    return config.model_copy(update={"shots": shots, "exemplars": tuple(pool[:shots])})
+
+
+def _user_turn(question: str, instruction: str) -> str:
+    return f"{question.strip()}\n\n{instruction}"
+
+
+def build_prompt(problem: Problem, config: PromptConfig | None = None) -> str | list[Message]:
+    """The prompt for ``problem``: chat messages (``style="chat"``) or text (``plain``, ``toyworld``).
+
+    Chat prompts are multi-turn few-shot conversations: an optional system turn, then per exemplar a
+    user turn (question + instruction) and an assistant turn (its solution), then the problem.
+    """
+    cfg = resolve(config, problem.dataset)
+    if cfg.style == "toyworld":
+        from flopmatch.toyworld import format_prompt  # lazy: the toy world is another module's
+
+        return format_prompt(problem.question)
+    shots = cfg.exemplars or ()
+    if cfg.style == "plain":
+        blocks = [cfg.system.strip()] if cfg.system else []
+        blocks.append(cfg.instruction)
+        blocks += [f"{PLAIN_QUESTION} {ex.question.strip()}\n{PLAIN_ANSWER} {ex.solution.strip()}" for ex in shots]
+        blocks.append(f"{PLAIN_QUESTION} {problem.question.strip()}\n{PLAIN_ANSWER}")
+        return "\n\n".join(blocks)
+    messages: list[Message] = [{"role": "system", "content": cfg.system}] if cfg.system else []
+    for ex in shots:
+        messages.append({"role": "user", "content": _user_turn(ex.question, cfg.instruction)})
+        messages.append({"role": "assistant", "content": ex.solution.strip()})
+    messages.append({"role": "user", "content": _user_turn(problem.question, cfg.instruction)})
+    return messages
+
+
+def stop_sequences(config: PromptConfig | None = None) -> tuple[str, ...]:
+    """Stop strings that go with a prompt style: a plain few-shot prompt invites the model to write
+    the next ``Problem:`` itself; chat prompts end at the template's end-of-turn token instead."""
+    if config is not None and config.style == "plain":
+        return (f"\n\n{PLAIN_QUESTION}", f"\n{PLAIN_QUESTION}")
+    return ()
+
+
+__all__ = [
+    "DEFAULT_INSTRUCTION",
+    "Exemplar",
+    "PromptConfig",
+    "build_prompt",
+    "dataset_family",
+    "default_prompt_config",
+    "packaged_exemplars",
+    "resolve",
+    "stop_sequences",
+]
