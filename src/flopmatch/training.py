@@ -476,6 +476,11 @@ def _make_trainer(dataset: Any, *, base_model: str, out_dir: Path, config: Train
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if len(dataset) and isinstance(dataset[0]["prompt"], list) and not tokenizer.chat_template:
+        raise ValueError(
+            f"the SFT data is in chat format but {base_model} has no chat template; build the data with a "
+            "plain-text prompt (build_sft(..., prompt=PromptConfig(style='plain')))"
+        )
     # Full fine-tuning keeps fp32 master weights (see TrainConfig); a frozen LoRA base can be bf16.
     dtype = torch.bfloat16 if (config.lora is not None and config.bf16) else torch.float32
     args = SFTConfig(
