@@ -61,6 +61,8 @@ def _load(n_gsm8k: int, n_math: int) -> list[dict]:
 
 
 def _number(text: str) -> Fraction | None:
+    if "_" in text:  # "204_5" is a base-5 numeral, not Python's 2045
+        return None
     try:
         return Fraction(text)
     except (ValueError, ZeroDivisionError):
@@ -91,7 +93,13 @@ def _candidates(problem: dict, other_gold: str, rng: random.Random) -> tuple[lis
                 wrong.append(gold[:i] + str((int(gold[i]) + rng.randint(1, 8)) % 10) + gold[i + 1 :])
             else:
                 wrong.append(gold + "+1")
-    return right, wrong
+    # another problem's gold, or a mutation, can equal this gold: such a candidate is not wrong
+    wrong = [
+        w
+        for w in wrong
+        if w != gold and w.split("=")[-1].strip() != gold and (value is None or _number(w) != value)
+    ]
+    return right, wrong or [str(rng.randint(10**6, 10**7))]
 
 
 def _render(problem: dict, answer: str, rng: random.Random) -> str:

@@ -112,6 +112,9 @@ def test_extract_answer_rejects_unknown_dataset() -> None:
         (r"\dfrac{1}{2}", r"\frac{1}{2}"),
         (r"\frac{270}7\text{ degrees}", r"\frac{270}7"),
         (r"0.\overline{3}", r"\frac{1}{3}"),
+        ("204_5", "54"),  # a numeral in base 5
+        ("A3_{16}", "163"),
+        ("x_2", "x_2"),  # a subscript, not a base
         (r"1.\overline{234}", r"\frac{137}{111}"),
         (r"1 - \frac{1}{\mathrm{e}}", r"1 - \frac{1}{e}"),
         ("1\u22121/e", "1-1/e"),
@@ -183,7 +186,9 @@ HARD_CASES: list[tuple[str, str, str, str]] = [
     ("The answer is \u221a2.", r"\sqrt{2}", "math", "correct"),  # math-verify: wrong
     (r"\boxed{0.\overline{3}}", r"\frac{1}{3}", "math", "correct"),  # math-verify: wrong
     (r"The answer is 12.", "12", "math", "correct"),
-    (r"\boxed{016}", "16", "math", "correct"),  # leading zeros, as competition answers are written
+    (r"\boxed{016}", "16", "math", "correct"),
+    (r"\boxed{40_7}", "40_9", "math", "wrong"),  # math-verify: correct (it drops the base)
+    (r"\boxed{36}", "40_9", "math", "correct"),  # leading zeros, as competition answers are written
     (r"\boxed{0.5}", "05", "math", "wrong"),
     (r"\boxed{004}. Check: \boxed{004}", "4", "math", "correct"),  # Math-Verify#44 read 4.004
     # GSM8K

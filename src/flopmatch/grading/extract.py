@@ -322,6 +322,7 @@ _EXPRESSION_LEAD_RE = re.compile(r"(?:[({^*/+\-]|\\[A-Za-z]+)\s*$")  # "\15" is 
 _DANGLING_OPERATOR_RE = re.compile(r"[-+*/=^_]\s*$")
 _NUMBER_DEGREES_RE = re.compile(r"\d\s*\\?(?:text\{\s*)?degrees?\}?$")
 _MATHY_START_RE = re.compile(r"[\\\d\-+(\[{.|]")
+_BASE_NUMERAL_RE = re.compile(r"([0-9A-Za-z]+)_\s*\{?\s*(\d{1,2})\s*\}?")
 _DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?")
 _DEGREE_WORDS_RE = re.compile(r"\s*\\?(?:text\{\s*)?degrees?\}?$")
 
@@ -333,7 +334,8 @@ def normalize_answer(answer: str, dataset_or_mode: str) -> str:
     spacing commands, thousands separators, currency signs, ``\\text{}`` units after a value,
     leading zeros (``016`` → ``16``, as competition answers are written). Rewrites what math-verify
     mis-parses: unicode operators, ``\\mathrm{e}`` (parsed as a truncated string otherwise),
-    repeating decimals ``0.\\overline{3}`` (→ ``\\frac{1}{3}``).
+    repeating decimals ``0.\\overline{3}`` (→ ``\\frac{1}{3}``), numerals in another base
+    (``204_5`` → ``54``), multiple-choice letters (``\\text{A, D}`` → ``A,D``).
     """
     mode = dataset_or_mode if dataset_or_mode in ("numeric", "latex") else answer_mode(dataset_or_mode)
     if _SIMPLE_NUMBER_RE.fullmatch(answer):  # the common case, and nothing below would change it but this
@@ -355,6 +357,7 @@ def normalize_answer(answer: str, dataset_or_mode: str) -> str:
         s = s.replace(",", "")
     s = _LEADING_ZEROS_RE.sub("", s)
     s = _repeating_decimal(s)
+    s = _base_numeral(s)
     s = _choices(s)
     if mode == "numeric":
         s = _PERCENT_RE.sub("", s)
@@ -398,6 +401,21 @@ def _strip_units(s: str) -> str:
             s = match.group("math").strip()
         s = _DEGREE_WORDS_RE.sub("", s) if _NUMBER_DEGREES_RE.search(s) else s
     return s
+
+
+def _base_numeral(s: str) -> str:
+    """``204_5`` → ``54``: a numeral in another base is that number. math-verify drops the
+    subscript, so ``40_9`` (36) would "equal" ``40_7`` (28)."""
+    match = _BASE_NUMERAL_RE.fullmatch(s)
+    if match is None:
+        return s
+    digits, base = match.group(1), int(match.group(2))
+    if not 2 <= base <= 36:
+        return s
+    try:
+        return str(int(digits, base))
+    except ValueError:  # "x_2": not a numeral
+        return s
 
 
 def _choices(s: str) -> str:
