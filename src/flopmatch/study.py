@@ -272,6 +272,22 @@ class TrainingConfig(_Section):
     options: dict[str, Any] = Field(
         default_factory=dict, description="flopmatch.training.TrainConfig fields overriding the preset"
     )
+    steps_per_budget: dict[int, PositiveInt] | None = Field(
+        None,
+        description="optimizer steps per budget (SE samples per problem -> steps), the paper's protocol, e.g. "
+        "{1: 600, 10: 6000}; overrides options.max_steps",
+    )
+    launcher: Literal["inprocess", "accelerate"] = Field(
+        "inprocess",
+        description="inprocess (one process, CPU or one GPU) or accelerate (`accelerate launch` per run: multi-GPU, "
+        "DeepSpeed/FSDP)",
+    )
+    accelerate_config: str | None = Field(
+        None, description="an accelerate config file (relative to the study file), e.g. DeepSpeed ZeRO-3"
+    )
+    accelerate_args: list[str] = Field(
+        default_factory=list, description="extra `accelerate launch` arguments, e.g. [--num_processes, '8']"
+    )
 
 
 class EvaluationConfig(_Section):
@@ -330,6 +346,12 @@ class StudyConfig(_Section):
             if self.problems.test is None:
                 raise ValueError(
                     "training is enabled but problems.test is not set; fine-tuned models need a test split"
+                )
+            unknown = sorted(set(self.training.steps_per_budget or {}) - set(self.budget.se_samples))
+            if unknown:
+                raise ValueError(
+                    f"training.steps_per_budget names budget(s) {unknown} that budget.se_samples "
+                    f"{self.budget.se_samples} does not have"
                 )
             for paradigm in self.paradigms.number_matched:
                 if not getattr(self.paradigms, paradigm):
@@ -453,6 +475,11 @@ def resolve_paths(config: StudyConfig, base: Path) -> StudyConfig:
             return m
         return m.model_copy(update={"model": _resolve_path(m.model, base)})
 
+    training = config.training
+    if training.accelerate_config:
+        training = training.model_copy(
+            update={"accelerate_config": _resolve_path(training.accelerate_config, base)}
+        )
     problems = config.problems
     validation = problems.validation
     if validation is not None and validation.data_file is not None:
@@ -471,6 +498,7 @@ def resolve_paths(config: StudyConfig, base: Path) -> StudyConfig:
                 update={"wc": model(config.models.wc), "se": model(config.models.se)}
             ),
             "paradigms": config.paradigms.model_copy(update={"student": model(config.paradigms.student)}),
+            "training": training,
         }
     )
 
@@ -778,10 +806,10 @@ def _stage_config(config: StudyConfig, stage: str) -> Any:
 CONTENT_HASH_LIMIT = 16 << 20
 
 
-def fingerprint(paths: Sequence[Path]) -> str:
-    """Identity of a stage's outputs: every file under ``paths`` by relative name and content (by size
-    and modification time when large), so rewriting identical tables does not make later stages rerun
-    while any real change does."""
+def fingerprint(paths: Sequence[Path], root: Path) -> str:
+    """Identity of a stage's outputs: every file under ``paths`` by its name relative to ``root`` (so a
+    run directory can be moved) and its content (size and modification time when large). Rewriting
+    identical tables does not make later stages rerun; any real change does."""
     entries: list[tuple[str, str]] = []
     for path in paths:
         if path.is_file():
@@ -791,7 +819,7 @@ def fingerprint(paths: Sequence[Path]) -> str:
         else:
             continue
         for file in files:
-            entries.append((str(file), _file_identity(file)))
+            entries.append((os.path.relpath(file, root), _file_identity(file)))
     return config_hash(entries)
 
 
@@ -907,7 +935,7 @@ def study_status(ctx: StudyContext) -> list[StageStatus]:
 
 
 def _outputs_intact(ctx: StudyContext, stage: str, entry: Mapping[str, Any]) -> bool:
-    return entry.get("outputs") == fingerprint(_outputs(ctx, stage))
+    return entry.get("outputs") == fingerprint(_outputs(ctx, stage), ctx.run.root)
 
 
 # --------------------------------------------------------------------------- the run lock
@@ -1048,7 +1076,9 @@ def run_study(
                 _mark_failed(run, stage, digest, error)
                 raise StageFailed(stage, error) from exc
             seconds = time.perf_counter() - t0
-            run.mark_done(stage, digest, outputs=fingerprint(_outputs(ctx, stage)), seconds=seconds, **info)
+            run.mark_done(
+                stage, digest, outputs=fingerprint(_outputs(ctx, stage), run.root), seconds=seconds, **info
+            )
             log(
                 f"{head}: done in {_fmt_seconds(seconds)}"
                 + (f" — {info['summary']}" if info.get("summary") else "")
@@ -1324,7 +1354,10 @@ def _stage_judge(ctx: StudyContext) -> dict[str, Any]:
     finally:
         judge.close()
     parts = [
-        f"{_role_label(ctx, m)} FPR {s.fpr.fpr * 100:.1f}% of {s.fpr.n} judged" for m, s in stats.items()
+        f"{_role_label(ctx, m)} FPR {s.fpr.fpr * 100:.1f}% of {s.fpr.n} judged"
+        if s.fpr.n
+        else f"{_role_label(ctx, m)}: no answer-correct solution to judge"
+        for m, s in stats.items()
     ]
     return {"summary": ", ".join(parts)}
 
@@ -1379,13 +1412,18 @@ def _stage_train(ctx: StudyContext) -> dict[str, Any]:
 
     config = ctx.config
     roles = ctx.roles()
-    train_cfg = _train_config(config)
+    base_cfg = _train_config(config)
     validation = ctx.problems("validation") or None
     results: dict[str, Any] = {}
     jobs = train_jobs(config, ctx.budgets())
     sets = (ctx.run.stage_state().get("sft") or {}).get("sets", {})
     for number, job in enumerate(jobs, 1):
         student = roles[job.student_role]
+        train_cfg = base_cfg
+        if config.training.steps_per_budget and job.data.budget in config.training.steps_per_budget:
+            train_cfg = base_cfg.model_copy(
+                update={"max_steps": config.training.steps_per_budget[job.data.budget]}
+            )
         if sets.get(job.data.name, {}).get("examples", 1) == 0:
             ctx.log(
                 f"    [{number}/{len(jobs)}] {job.name}: skipped, {job.data.name} has no correct solutions"
@@ -1398,7 +1436,7 @@ def _stage_train(ctx: StudyContext) -> dict[str, Any]:
                 "job": job,
                 "config": train_cfg,
                 "base": student["path"],
-                "data": fingerprint([ctx.run.sft_dir(job.data.name)]),
+                "data": fingerprint([ctx.run.sft_dir(job.data.name)], ctx.run.root),
             }
         )
         out_dir = ctx.run.model_dir(job.name)
@@ -1406,6 +1444,9 @@ def _stage_train(ctx: StudyContext) -> dict[str, Any]:
             results[job.name] = read_json(ctx.run.root / "state.json")[sub].get("best")
             continue
         ctx.log(f"    [{number}/{len(jobs)}] {job.name}: {student['label']} on {job.data.name}")
+        if config.training.launcher == "accelerate":
+            _accelerate_train(ctx, ctx.run.sft_dir(job.data.name), student["path"], out_dir, train_cfg)
+        # In-process: trains (or, after an accelerate run, finds the finished run) and selects the checkpoint.
         result = train(
             ctx.run.sft_dir(job.data.name),
             base_model=student["path"],
@@ -1417,11 +1458,39 @@ def _stage_train(ctx: StudyContext) -> dict[str, Any]:
             select_options=dict(config.evaluation.backend_options),
             overwrite=True,
         )
-        best = str(result.best or out_dir)
+        best = os.path.relpath(result.best or out_dir, ctx.run.root)  # relative: the run can move
         ctx.run.mark_done(sub, digest, best=best, seconds=result.seconds, loss=result.train_loss)
         results[job.name] = best
     write_json({"jobs": results}, ctx.run.root / "models" / "trained.json")
-    return {"summary": f"{len(jobs)} models"}
+    trained = sum(1 for v in results.values() if v is not None)
+    return {
+        "summary": f"{trained} of {len(jobs)} models trained"
+        + (" (the rest had no data)" if trained < len(jobs) else "")
+    }
+
+
+def _accelerate_train(
+    ctx: StudyContext, data_dir: Path, base_model: str, out_dir: Path, train_cfg: Any
+) -> None:
+    """One fine-tuning run under ``accelerate launch`` (multi-GPU / DeepSpeed / FSDP). The run's exact
+    TrainConfig goes in a file, so the in-process ``train`` call that follows recognises the finished run
+    (same config hash) and only selects the checkpoint on the validation problems."""
+    import shutil
+    import subprocess
+    import sys
+
+    config = ctx.config.training
+    cfg_path = write_json(train_cfg.model_dump(mode="json"), out_dir.parent / f".{out_dir.name}.train.json")
+    launcher = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+    command = [launcher, "launch"]
+    if config.accelerate_config:
+        command += ["--config_file", config.accelerate_config]
+    command += [*config.accelerate_args, "-m", "flopmatch.training", "--data", str(data_dir), "--model", base_model,
+                "--out", str(out_dir), "--config", str(cfg_path)]  # fmt: skip
+    ctx.log("    $ " + " ".join(command))
+    completed = subprocess.run(command, check=False)
+    if completed.returncode != 0:
+        raise StudyError(f"`accelerate launch` exited with {completed.returncode} training {out_dir.name}")
 
 
 def _stage_eval(ctx: StudyContext) -> dict[str, Any]:
@@ -1461,7 +1530,7 @@ def _stage_eval(ctx: StudyContext) -> dict[str, Any]:
             ctx.log(f"    [{number}/{len(jobs)}] {job.name}: not trained (no data), not evaluated")
             continue
         ctx.log(f"    [{number}/{len(jobs)}] {job.name}")
-        result = run_eval(job.name, trained[job.name])
+        result = run_eval(job.name, str(ctx.run.root / trained[job.name]))
         rows += _eval_rows(
             job.paradigm,
             job.data.budget,
@@ -1484,7 +1553,8 @@ def _stage_eval(ctx: StudyContext) -> dict[str, Any]:
                 baselines[student_role],
             )
     write_table(rows, ctx.run.metrics_dir / "paradigms.parquet")
-    return {"summary": f"{len(jobs)} fine-tuned + {len(baselines)} base models on {len(test)} test problems"}
+    evaluated = sum(1 for j in jobs if trained.get(j.name) is not None)
+    return {"summary": f"{evaluated} fine-tuned + {len(baselines)} base models on {len(test)} test problems"}
 
 
 def _eval_rows(
@@ -1560,6 +1630,7 @@ class DryRun:
     jobs: list[TrainJob]
     evals: int
     stages: list[StageStatus] | None
+    warnings: list[str] = field(default_factory=list)
 
 
 def _count_split(spec: SplitConfig, seed: int) -> tuple[int | None, str]:
@@ -1668,7 +1739,14 @@ def dry_run(config: StudyConfig, run_dir: str | Path | None = None) -> DryRun:
     stages = None
     if RunDir(root).study_path.exists():
         stages = study_status(StudyContext(config=config, run=RunDir(root), log=lambda _: None))
-    return DryRun(config, root, problems, params, plan, plan_error, costs, jobs, evals, stages)
+    warnings = []
+    accelerate_config = config.training.accelerate_config
+    if config.training.enabled and accelerate_config and not Path(accelerate_config).exists():
+        warnings.append(f"training.accelerate_config {accelerate_config} does not exist (yet)")
+    for role, spec in (("sample", config.problems.sample), ("test", config.problems.test)):
+        if spec is not None and spec.data_file and not Path(spec.data_file).exists():
+            warnings.append(f"problems.{role}.data_file {spec.data_file} does not exist")
+    return DryRun(config, root, problems, params, plan, plan_error, costs, jobs, evals, stages, warnings)
 
 
 def _ledger_mean_tokens(run: RunDir, config: StudyConfig) -> dict[str, tuple[float, str]]:

@@ -145,9 +145,9 @@ def demo_command(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """The whole study on the embedded toy world, on CPU: two tiny models pretrained locally (cached
-    after the first run), compute-matched sampling at SE 1 vs WC 3 and 10 vs 30, grading, exact FPR,
-    all three fine-tuning paradigms, and the report. A few minutes on 2 cores."""
+    """The whole study on the embedded toy world, on CPU: tiny WC, SE and student models pretrained
+    locally (cached after the first run), SE 1 and 10 samples per problem against WC's compute-matched ~3x,
+    grading, exact FPR, all three fine-tuning paradigms and the report. Minutes on 2 cores."""
     import shutil
 
     from flopmatch.study import StudyError, demo_config, run_study
@@ -228,6 +228,13 @@ def _print_dry_run(cfg, run: Path | None) -> None:
         )
     else:
         console.print("fine-tuning: off (training.enabled: false) — dataset metrics only")
+    if cfg.training.enabled and cfg.training.launcher == "accelerate":
+        console.print(
+            f"training launcher: accelerate launch {' '.join(cfg.training.accelerate_args)}"
+            + (f" --config_file {cfg.training.accelerate_config}" if cfg.training.accelerate_config else "")
+        )
+    for warning in plan.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
     if plan.stages:
         console.print(
             "stages in " + str(plan.run_dir) + ": " + ", ".join(f"{s.name} {s.state}" for s in plan.stages)
