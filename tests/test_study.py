@@ -463,3 +463,11 @@ def test_a_failing_stage_is_recorded_and_reported(tmp_path):
     assert status.exit_code == 0
     assert re.search(r"problems\s*│\s*failed", status.output) and "ProblemSourceError" in status.output
     assert re.search(r"plan\s*│\s*pending", status.output)
+
+
+def test_judge_spec_fields_are_checked(tmp_path):
+    bad = {**MINIMAL, "judge": {"spec": {"backend": "openai", "model": "m", "base_url": "http://x"}}}
+    message = _error(tmp_path, bad)
+    assert "judge.spec" in message and "base_url" in message and "options" in message
+    good = {**MINIMAL, "judge": {"spec": {"backend": "openai", "model": "m", "options": {"base_url": "http://x"}}}}
+    assert load_study_config(_write(tmp_path, good)).judge.spec["options"]["base_url"] == "http://x"

@@ -239,6 +239,26 @@ class JudgeConfig(_Section):
     )
     per_model: PositiveInt = Field(500, description="answer-correct solutions judged per model (paper: 500)")
 
+    @field_validator("spec")
+    @classmethod
+    def _known_spec(cls, value: str | dict[str, Any]) -> str | dict[str, Any]:
+        """The fields of flopmatch.judge.JudgeSpec; engine settings (base_url, dtype, ...) go in ``options``."""
+        if isinstance(value, dict):
+            from dataclasses import fields
+
+            from flopmatch.judge import JudgeSpec
+
+            known = [f.name for f in fields(JudgeSpec)]
+            unknown = sorted(set(value) - set(known))
+            if unknown:
+                raise ValueError(
+                    f"unknown judge setting(s) {unknown}; expected some of {known} (engine settings such as "
+                    "base_url or dtype go under `options:`)"
+                )
+            if "backend" not in value:
+                raise ValueError("a judge spec needs `backend:` (vllm, hf, openai or toyworld-checker)")
+        return value
+
 
 class AnalysisConfig(_Section):
     ks: list[PositiveInt] | None = Field(
