@@ -16,6 +16,7 @@ Verdicts depend only on the pair, never on scheduling, so they are the same for 
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -183,12 +184,20 @@ def _progress_bar(total: int, enabled: bool):
 
 _shared_lock = threading.Lock()
 _shared: list[WatchdogPool] = []
+_shared_pid: list[int] = []
 
 
 def _shared_pool() -> WatchdogPool:
+    """One worker kept for :func:`grade` calls; a forked child starts its own (its parent's
+    workers are not its children)."""
+    if _shared and _shared_pid[0] != os.getpid():
+        _shared.clear()
+        _shared_pid.clear()
     if not _shared:
+        if not _shared_pid:
+            atexit.register(_close_shared_pool)
         _shared.append(WatchdogPool(workers=1))
-        atexit.register(_close_shared_pool)
+        _shared_pid[:] = [os.getpid()]
     return _shared[0]
 
 
