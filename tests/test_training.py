@@ -321,3 +321,52 @@ def test_cli_train(task):
     bad = CliRunner().invoke(app, ["train", "--data", str(task.root / "nope"), "--model", task.base,
                                    "--out", str(task.root / "cli2"), "--preset", "tiny-cpu"])
     assert bad.exit_code != 0 and "no SFT dataset directory" in bad.output
+
+
+# --------------------------------------------------------------------------- multi-process
+
+
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "accelerate"
+
+
+@pytest.mark.parametrize("name, kind", [("deepspeed_zero3", "DEEPSPEED"), ("deepspeed_zero2", "DEEPSPEED"),
+                                        ("fsdp", "FSDP")])
+def test_accelerate_configs_load(name, kind):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ACCELERATE_CONFIGS / f"{name}.yaml"))
+    assert config.distributed_type.name == kind and config.mixed_precision == "bf16"
+    if name == "deepspeed_zero3":  # checkpoints must hold whole weights that hf/vLLM can load
+        assert config.deepspeed_config["zero_stage"] == 3 and config.deepspeed_config["zero3_save_16bit_model"]
+    if name == "fsdp":
+        assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+
+@pytest.mark.train
+def test_two_process_launch_then_select_only(task, tmp_path):
+    """`python -m flopmatch.training` under torchrun (what `accelerate launch` runs on GPUs), 2 CPU ranks."""
+    out = tmp_path / "ddp"
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(json.dumps({"question": p.question, "answer": f"x\n#### {p.answer}"}) + "\n"
+                           for p in task.validation[:8]))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "-m", "flopmatch.training", "--data", str(task.sft), "--model",
+         task.base, "--out", str(out), "--preset", "tiny-cpu", "--max-steps", "6", "--checkpoints", "2",
+         "--max-length", "64", "--val-problems", "gsm8k", "--val-data-file", str(val)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "checkpoint selection skipped" in done.stderr
+    assert done.stdout.count("best:") == 1  # rank 0 reports, rank 1 stays quiet
+    assert [s for s, _ in list_checkpoints(out)] == [3, 6] and (out / "best" / "model.safetensors").exists()
+    from typer.testing import CliRunner
+
+    from flopmatch.cli import app
+
+    res = CliRunner().invoke(app, ["train", "--out", str(out), "--select-only", "--val-problems", "gsm8k",
+                                   "--val-data-file", str(val), "--select-max-tokens", "8", "--option",
+                                   "dtype=float32"])
+    assert res.exit_code == 0, res.output
+    assert sorted(json.loads((out / "selection.json").read_text())["scores"]) == ["3", "6"]

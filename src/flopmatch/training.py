@@ -511,6 +511,7 @@ def _make_trainer(dataset: Any, *, base_model: str, out_dir: Path, config: Train
         save_strategy="no",  # EvenCheckpoints decides when to save
         save_only_model=not config.keep_resume_state,
         eval_strategy="no",
+        ddp_find_unused_parameters=False,  # every trainable parameter is used (full model, or LoRA)
         report_to="none",
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=False,
@@ -609,6 +610,11 @@ def _absolute_if_local(model: str) -> str:
 
 def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True outside a multi-process launch, and on rank 0 inside one."""
+    return _is_main_process()
 
 
 def _is_main_process() -> bool:

@@ -144,7 +144,14 @@ def train_command(
     Multi-GPU: `accelerate launch --config_file examples/accelerate/deepspeed_zero3.yaml -m flopmatch.training
     --data ... --model ... --out ...` (same options), then `flopmatch train --out DIR --select-only --val-problems ...`.
     """
-    from flopmatch.training import LoraSettings, TrainConfig, best_checkpoint, select_checkpoint, train
+    from flopmatch.training import (
+        LoraSettings,
+        TrainConfig,
+        best_checkpoint,
+        is_main_process,
+        select_checkpoint,
+        train,
+    )
 
     validation = (
         _load_problems(val_problems, val_split, val_data_file, val_limit, val_seed) if val_problems else None
@@ -192,6 +199,8 @@ def train_command(
         )
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         raise fail(str(exc)) from exc
+    if not is_main_process():
+        return  # in a multi-process launch, rank 0 reports
     console.print(f"[bold]{result.out_dir}[/]: {result.global_step} steps, {len(result.checkpoints)} checkpoints, "
                   f"{result.seconds:.1f} s ({result.steps_per_second:.2f} steps/s, {result.tokens_per_second:.0f} tokens/s)")
     if result.loss_history:
