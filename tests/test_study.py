@@ -471,3 +471,15 @@ def test_judge_spec_fields_are_checked(tmp_path):
     assert "judge.spec" in message and "base_url" in message and "options" in message
     good = {**MINIMAL, "judge": {"spec": {"backend": "openai", "model": "m", "options": {"base_url": "http://x"}}}}
     assert load_study_config(_write(tmp_path, good)).judge.spec["options"]["base_url"] == "http://x"
+
+
+def test_component_settings_fail_before_any_stage(tmp_path):
+    data = _toy_study("typo")
+    data["training"]["options"]["learnin_rate"] = 0.1
+    config = validate_study_dict(data)
+    with pytest.raises(StudyConfigError, match="training.options.learnin_rate: unknown TrainConfig field"):
+        run_study(config, tmp_path / "run", log=lambda _: None, progress=False)
+    assert not (tmp_path / "run" / "state.json").exists()
+    data = _toy_study("typo2", training={"enabled": False}, sampling={"prompt": {"shotz": 2}})
+    with pytest.raises(StudyConfigError, match=r"sampling.prompt: unknown PromptConfig field\(s\) \['shotz'\]"):
+        run_study(validate_study_dict(data), tmp_path / "run2", log=lambda _: None, progress=False)

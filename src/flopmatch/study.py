@@ -1034,6 +1034,32 @@ def load_run_config(run_dir: str | Path) -> StudyConfig:
     return load_study_config(run.study_path)
 
 
+def check_components(config: StudyConfig) -> None:
+    """Validate the sections other modules interpret (TrainConfig fields, prompt overrides) before any
+    stage runs, so a typo fails in a second rather than after hours of sampling."""
+    from pydantic import ValidationError as PydanticError
+
+    if config.training.enabled:
+        try:
+            _train_config(config)
+        except PydanticError as exc:
+            problems = "; ".join(
+                f"training.options.{'.'.join(str(p) for p in e['loc'])}: "
+                + ("unknown TrainConfig field" if e["type"] == "extra_forbidden" else e["msg"])
+                for e in exc.errors()
+            )
+            raise StudyConfigError(f"{problems} (see flopmatch.training.TrainConfig)") from None
+    if config.sampling.prompt:
+        from flopmatch.prompts import PromptConfig
+
+        unknown = sorted(set(config.sampling.prompt) - set(PromptConfig.model_fields))
+        if unknown:
+            raise StudyConfigError(
+                f"sampling.prompt: unknown PromptConfig field(s) {unknown}; expected some of "
+                f"{sorted(PromptConfig.model_fields)}"
+            )
+
+
 def run_study(
     config: StudyConfig,
     run_dir: str | Path | None = None,
@@ -1052,6 +1078,7 @@ def run_study(
     for name in (*only, *force):
         if name not in STAGES:
             raise StudyError(f"unknown stage {name!r}; stages are: {', '.join(STAGES)}")
+    check_components(config)
     run = RunDir(run_dir_for(config, run_dir)).ensure()
     ctx = StudyContext(config=config, run=run, log=log, progress=progress)
     started = time.perf_counter()
@@ -1708,6 +1735,7 @@ def dry_run(config: StudyConfig, run_dir: str | Path | None = None) -> DryRun:
     """
     from flopmatch.budget import BudgetError, plan_budgets
 
+    check_components(config)
     root = run_dir_for(config, run_dir)
     problems: dict[str, tuple[int | None, str]] = {}
     sample_count = _count_split(config.problems.sample, config.seed)

@@ -71,11 +71,13 @@ def study_command(
         cfg = load_study_config(config, overrides or ())
     except StudyConfigError as exc:
         raise fail(str(exc)) from None
-    if dry_run:
-        _print_dry_run(cfg, run)
-        return
     try:
+        if dry_run:
+            _print_dry_run(cfg, run)
+            return
         result = run_study(cfg, run, only=only or (), force=force or (), log=_log, progress=not quiet)
+    except StudyConfigError as exc:
+        raise fail(str(exc)) from None
     except StudyError as exc:
         if verbose and exc.__cause__ is not None:
             console.print_exception(show_locals=False)
