@@ -33,7 +33,8 @@ def test_session_rewrites_its_own_shard_and_keeps_others(tmp_path):
     assert len(shard_paths(RunDir(tmp_path).ledger_path)) == 2  # one file per session, rewritten in place
     rows = {r["session_id"]: r for r in read_ledger(tmp_path).to_pylist()}
     row = rows[first.session_id]
-    assert (row["samples"], row["prompt_tokens"], row["completion_tokens"], row["truncated"]) == (2, 20, 12, 1)
+    counts = (row["samples"], row["prompt_tokens"], row["completion_tokens"], row["truncated"])
+    assert counts == (2, 20, 12, 1)
     assert row["status"] == "done"
     assert row["nominal_flops"] == 2 * 1_000 * 12  # 2·P·generated tokens
     assert row["prompt_flops"] == 2 * 1_000 * 20
@@ -94,13 +95,15 @@ def test_empty_run_summary_has_the_columns(tmp_path):
 
 
 def _sample_rows(session_id: str, n: int, *, tokens: int = 4, length_every: int = 0) -> list[dict]:
+    common = dict(model="org/wc", sample_idx=0, text="x", prompt_tokens=3, completion_tokens=tokens,
+                  backend="hf", seeding="per-request", seconds=0.5, session_id=session_id)  # fmt: skip
     return [
         {
-            "model": "org/wc", "problem_id": f"p{i}", "sample_idx": 0, "seed": i, "text": "x",
-            "prompt_tokens": 3, "completion_tokens": tokens,
+            **common,
+            "problem_id": f"p{i}",
+            "seed": i,
             "finish_reason": "length" if length_every and i % length_every == 0 else "stop",
-            "backend": "hf", "seeding": "per-request", "seconds": 0.5, "session_id": session_id,
-        }  # fmt: skip
+        }
         for i in range(n)
     ]
 
