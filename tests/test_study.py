@@ -359,7 +359,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-c", "from flopmatch.cli import main; main()", *args]
 
 
-def test_killed_study_resumes_where_it_stopped(tmp_path):
+def test_killed_study_resumes_where_it_stopped(tmp_path, monkeypatch):
     """SIGKILL the study while it samples; the rerun skips finished stages, completes sampling with
     exactly S samples per problem and none twice, and finishes the study."""
     tiny = {**TINY_TOY, "train_steps": 10}
@@ -394,11 +394,8 @@ def test_killed_study_resumes_where_it_stopped(tmp_path):
     assert statuses["problems"] == "done" and statuses["plan"] == "done"
     assert statuses["sample"] == "interrupted"
 
-    os.environ["FLOPMATCH_CACHE"] = env["FLOPMATCH_CACHE"]
-    try:
-        result = run_study(config, run_dir, log=lambda _: None, progress=False)
-    finally:
-        os.environ.pop("FLOPMATCH_CACHE")
+    monkeypatch.setenv("FLOPMATCH_CACHE", env["FLOPMATCH_CACHE"])
+    result = run_study(config, run_dir, log=lambda _: None, progress=False)
     assert result.ran[0] == "sample" and "problems" in result.skipped and "plan" in result.skipped
     roles = json.loads((run_dir / "roles.json").read_text())
     budgets = [(b["se_samples"], b["wc_samples"]) for b in json.loads(run.plan_path.read_text())["budgets"]]
