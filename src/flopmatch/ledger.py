@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -341,10 +341,3 @@ def reconcile(
         write_table(pa.Table.from_pylist([fixed], schema=LEDGER_SCHEMA), path)
         repaired += 1
     return repaired
-
-
-def session_as_dict(session: LedgerSession) -> dict[str, Any]:
-    """The session's counters as plain data (for summaries and logs)."""
-    data = asdict(session)
-    data["run_dir"] = str(data["run_dir"])
-    return data
