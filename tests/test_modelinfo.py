@@ -192,3 +192,16 @@ def test_offline_qwen_pair_ratio_is_about_three():
     assert (small.total, large.total) == (494_032_768, 1_543_714_304)
     assert small.tied and large.tied
     assert 2.9 < large.total / small.total < 3.3
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not _offline_pair_installed(), reason="offline Qwen2.5-Coder GGUF parts / flopmatch.models not installed"
+)
+def test_converted_qwen_directory_counts_like_its_registry_name():
+    """The prepared safetensors folder says its head is untied (it holds the GGUF's copy), yet it is
+    the same model: naming it by path must not price it higher than naming it by registry name."""
+    from flopmatch import models
+
+    directory = models.prepare("qwen2.5-coder-0.5b-instruct")
+    assert count_parameters(directory).total == count_parameters("qwen2.5-coder-0.5b-instruct").total

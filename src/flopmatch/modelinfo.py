@@ -325,6 +325,9 @@ def _from_local(path: Path) -> ParamCount | None:
             return params_from_config(_read_config(path), source=f"config:{path}")
         raise ModelInfoError(f"{path}: expected a model directory, a config.json or a .gguf file")
     if path.is_dir():
+        converted = _from_converted_gguf(path)
+        if converted is not None:
+            return converted
         if (path / "config.json").is_file():
             return params_from_config(
                 _read_config(path / "config.json"), source=f"config:{path / 'config.json'}"
@@ -335,6 +338,29 @@ def _from_local(path: Path) -> ParamCount | None:
         raise ModelInfoError(
             f"{path}: no config.json and {len(ggufs)} .gguf files; point at the config.json or one .gguf file"
         )
+    return None
+
+
+def _from_converted_gguf(path: Path) -> ParamCount | None:
+    """A directory ``flopmatch.models.prepare`` converted from a registry GGUF.
+
+    Its config.json says ``tie_word_embeddings: false`` because the GGUF stores a (re-quantized) copy
+    of the embedding as the output head, so counting the config would price the same model higher
+    (630M instead of 494M for the 0.5B) than its registry name or its GGUF. The marker names the
+    GGUF's SHA-256; the count comes from that registry entry, so every way of naming the model agrees.
+    """
+    marker = path / ".prepared.json"
+    if not marker.is_file():
+        return None
+    try:
+        sha = json.loads(marker.read_text(encoding="utf-8")).get("gguf_sha256")
+        from flopmatch import models
+    except (ValueError, OSError, ImportError):
+        return None
+    for name, entry in getattr(models, "REGISTRY", {}).items():
+        gguf = getattr(entry, "gguf", None)
+        if sha and gguf is not None and gguf.sha256 == sha:
+            return _from_registry(name)
     return None
 
 
