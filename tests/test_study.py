@@ -466,7 +466,10 @@ def test_judge_spec_fields_are_checked(tmp_path):
     bad = {**MINIMAL, "judge": {"spec": {"backend": "openai", "model": "m", "base_url": "http://x"}}}
     message = _error(tmp_path, bad)
     assert "judge.spec" in message and "base_url" in message and "options" in message
-    good = {**MINIMAL, "judge": {"spec": {"backend": "openai", "model": "m", "options": {"base_url": "http://x"}}}}
+    good = {
+        **MINIMAL,
+        "judge": {"spec": {"backend": "openai", "model": "m", "options": {"base_url": "http://x"}}},
+    }
     assert load_study_config(_write(tmp_path, good)).judge.spec["options"]["base_url"] == "http://x"
 
 
@@ -478,5 +481,7 @@ def test_component_settings_fail_before_any_stage(tmp_path):
         run_study(config, tmp_path / "run", log=lambda _: None, progress=False)
     assert not (tmp_path / "run" / "state.json").exists()
     data = _toy_study("typo2", training={"enabled": False}, sampling={"prompt": {"shotz": 2}})
-    with pytest.raises(StudyConfigError, match=r"sampling.prompt: unknown PromptConfig field\(s\) \['shotz'\]"):
+    with pytest.raises(
+        StudyConfigError, match=r"sampling.prompt: unknown PromptConfig field\(s\) \['shotz'\]"
+    ):
         run_study(validate_study_dict(data), tmp_path / "run2", log=lambda _: None, progress=False)
