@@ -138,13 +138,17 @@ class StubServer:
             self.attempts[key] += 1
             attempt = self.attempts[key]
         if self.api_key is not None and auth != f"Bearer {self.api_key}":
-            return self._reply(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}})
+            return self._reply(
+                401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}
+            )
         if body.get("model") != self.model:
             return self._reply(404, {"error": {"message": f"model {body.get('model')!r} does not exist"}})
         directives: dict[str, str] = dict(_DIRECTIVE.findall(prompt))
         await asyncio.sleep(self.latency)
         if "echo-auth" in directives:
-            return self._reply(int(directives["echo-auth"]), {"error": {"message": f"bad request from {auth}"}})
+            return self._reply(
+                int(directives["echo-auth"]), {"error": {"message": f"bad request from {auth}"}}
+            )
         if "status" in directives:
             return self._reply(int(directives["status"]), {"error": {"message": "rejected by directive"}})
         if "hang" in directives and attempt == 1:
@@ -152,7 +156,11 @@ class StubServer:
         failures = [int(s) for s in directives.get("fail", "").split(",") if s.strip()]
         if attempt <= len(failures):
             status = failures[attempt - 1]
-            headers = {"Retry-After": directives["retry-after"]} if status == 429 and "retry-after" in directives else None
+            headers = (
+                {"Retry-After": directives["retry-after"]}
+                if status == 429 and "retry-after" in directives
+                else None
+            )
             return self._reply(status, {"error": {"message": f"injected {status}"}}, headers)
 
         words = answer_text(prompt, seed).split()
@@ -173,5 +181,13 @@ class StubServer:
         else:
             choice = {"index": 0, "text": text, "finish_reason": finish}
             kind = "text_completion"
-        return self._reply(200, {"id": f"stub-{len(self.requests)}", "object": kind, "model": self.model,
-                                 "choices": [choice], "usage": usage})
+        return self._reply(
+            200,
+            {
+                "id": f"stub-{len(self.requests)}",
+                "object": kind,
+                "model": self.model,
+                "choices": [choice],
+                "usage": usage,
+            },
+        )

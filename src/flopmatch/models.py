@@ -246,7 +246,10 @@ def assemble_gguf(parts: Sequence[Path], dest: Path, *, size: int, sha256: str, 
     tmp = Path(tmp_name)
     digest = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, tqdm(total=size, unit="B", unit_scale=True, desc=f"join {label}") as bar:
+        with (
+            os.fdopen(fd, "wb") as out,
+            tqdm(total=size, unit="B", unit_scale=True, desc=f"join {label}") as bar,
+        ):
             for part in parts:
                 with open(part, "rb") as handle:
                     while chunk := handle.read(_CHUNK):
@@ -295,7 +298,9 @@ def gguf_path(name: str, *, verify: bool = False) -> Path:
                 actual = sha256_file(dest)
                 if actual == source.sha256:
                     return dest
-                log.warning("%s: cached GGUF has SHA-256 %s, expected %s; rebuilding", name, actual, source.sha256)
+                log.warning(
+                    "%s: cached GGUF has SHA-256 %s, expected %s; rebuilding", name, actual, source.sha256
+                )
         stamp_path.unlink(missing_ok=True)
         assemble_gguf(locate_parts(source), dest, size=source.size, sha256=source.sha256, label=name)
         store.write_json(_stamp(dest, source.sha256), stamp_path)
@@ -339,8 +344,10 @@ def prepare(name: str) -> Path:
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
         try:
             _convert_gguf(gguf, tmp)
-            store.write_json({"gguf_sha256": entry.gguf.sha256, "dtype": "bfloat16", "upstream": entry.upstream},
-                             tmp / _PREPARED_MARKER)
+            store.write_json(
+                {"gguf_sha256": entry.gguf.sha256, "dtype": "bfloat16", "upstream": entry.upstream},
+                tmp / _PREPARED_MARKER,
+            )
             if out.exists():  # an incomplete earlier attempt (no marker)
                 shutil.rmtree(out)
             os.replace(tmp, out)
@@ -366,7 +373,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     model.load_state_dict(state, strict=True, assign=True)
     del loaded, state
     model.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

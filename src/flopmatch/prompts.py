@@ -145,7 +145,9 @@ def build_prompt(problem: Problem, config: PromptConfig | None = None) -> str | 
     if cfg.style == "plain":
         blocks = [cfg.system.strip()] if cfg.system else []
         blocks.append(cfg.instruction)
-        blocks += [f"{PLAIN_QUESTION} {ex.question.strip()}\n{PLAIN_ANSWER} {ex.solution.strip()}" for ex in shots]
+        blocks += [
+            f"{PLAIN_QUESTION} {ex.question.strip()}\n{PLAIN_ANSWER} {ex.solution.strip()}" for ex in shots
+        ]
         blocks.append(f"{PLAIN_QUESTION} {problem.question.strip()}\n{PLAIN_ANSWER}")
         return "\n\n".join(blocks)
     messages: list[Message] = [{"role": "system", "content": cfg.system}] if cfg.system else []

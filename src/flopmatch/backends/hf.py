@@ -65,7 +65,12 @@ class SeededSampler:
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, prompt_len: int):
         if temperature <= 0:
             raise ValueError("SeededSampler needs temperature > 0 (temperature 0 is greedy decoding)")
-        self.seeds, self.temperature, self.top_p, self.prompt_len = list(seeds), temperature, top_p, prompt_len
+        self.seeds, self.temperature, self.top_p, self.prompt_len = (
+            list(seeds),
+            temperature,
+            top_p,
+            prompt_len,
+        )
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
@@ -96,7 +101,8 @@ def auto_dtype(device: str) -> Any:
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     native_bf16 = any(
-        getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        getattr(torch.cpu, probe, lambda: False)()
+        for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     )
     return torch.bfloat16 if native_bf16 else torch.float32
 
@@ -200,7 +206,9 @@ class HFBackend:
             started = time.perf_counter()
             width = max(len(prompt_ids[i]) for i, _ in batch)
             padding = [width - len(prompt_ids[i]) for i, _ in batch]
-            input_ids = torch.tensor([[pad] * p + prompt_ids[i] for p, (i, _) in zip(padding, batch, strict=True)])
+            input_ids = torch.tensor(
+                [[pad] * p + prompt_ids[i] for p, (i, _) in zip(padding, batch, strict=True)]
+            )
             attention_mask = torch.tensor([[0] * p + [1] * (width - p) for p in padding])
             processors = LogitsProcessorList()
             if params.temperature > 0:
@@ -222,7 +230,13 @@ class HFBackend:
             ]
 
     def _completion(
-        self, request: Request, j: int, prompt_tokens: int, tokens: list[int], params: SamplingParams, seconds: float
+        self,
+        request: Request,
+        j: int,
+        prompt_tokens: int,
+        tokens: list[int],
+        params: SamplingParams,
+        seconds: float,
     ) -> Completion:
         """Count the tokens a row really generated (up to and including EOS; finished rows are padded)
         and cut the text at the first stop string, as vLLM does."""

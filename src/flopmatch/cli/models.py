@@ -41,7 +41,9 @@ def list_cmd() -> None:
 @models_app.command("prepare")
 def prepare_cmd(
     name: str = typer.Argument(..., help="A registry name, e.g. qwen2.5-coder-0.5b-instruct."),
-    verify: bool = typer.Option(False, "--verify", help="Re-hash the cached GGUF even if it was verified before."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Re-hash the cached GGUF even if it was verified before."
+    ),
 ) -> None:
     """Join, verify (SHA-256) and convert a registry model once; print the directory backends load."""
     from flopmatch.models import ModelError, get_entry, gguf_path, prepare
