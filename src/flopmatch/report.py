@@ -213,7 +213,9 @@ def load_run(run_dir: str | Path) -> RunData:
     roles = read_json(roles_path) if roles_path.exists() else {}
     plan = read_json(run.plan_path) if run.plan_path.exists() else None
     problems = {}
-    for split_file in sorted((run.root / "problems").glob("*.parquet")):
+    order = {"sample": 0, "validation": 1, "test": 2}
+    files = sorted((run.root / "problems").glob("*.parquet"), key=lambda p: (order.get(p.stem, 3), p.stem))
+    for split_file in files:
         problems[split_file.stem] = int(pd.read_parquet(split_file, columns=["problem_id"]).shape[0])
     metrics = run.metrics_dir
     figures = sorted((metrics / "figures").glob("*.png")) if (metrics / "figures").is_dir() else []
@@ -934,7 +936,7 @@ def _paradigm_figure(
     import numpy as np
 
     labels = [
-        f"{PARADIGM_NAMES.get(r.paradigm, r.paradigm)}\nSE {r.budget_se_samples}"
+        f"{PARADIGM_NAMES.get(r.paradigm, r.paradigm)}\n{_budget_short(budgets, r.budget_se_samples)}"
         for r in comparisons.itertuples()
     ]
     x = np.arange(len(labels))
