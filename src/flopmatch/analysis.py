@@ -37,7 +37,6 @@ from flopmatch.metrics import (
     NEAR_DUP_NGRAM,
     NEAR_DUP_THRESHOLD,
     bootstrap_mean_cis,
-    expected_unique_at_k,
     format_changes,
     multiplicities,
     near_duplicate_groups,
@@ -154,19 +153,28 @@ def curve_ks(s: int) -> list[int]:
 
 
 def per_problem_matrix(data: ModelSamples, pids: Sequence[str], s: int, ks: Sequence[int]) -> np.ndarray:
-    """(problems × metrics) values at budget S: for each k, pass@k, diversity@k, near-dup diversity@k."""
+    """(problems × metrics) values at budget S: for each k, pass@k, diversity@k, near-dup diversity@k.
+
+    With n = S fixed, pass@k(S, m, k) depends only on m, so each of the at most S + 1 rows over ``ks``
+    is computed once; diversity@k = Σ_j pass@k(S, m_j, k) (:func:`expected_unique_at_k`) is then a sum
+    of cached rows.
+    """
+    rows: dict[int, np.ndarray] = {}
+
+    def pass_row(m: int) -> np.ndarray:
+        if m not in rows:
+            rows[m] = np.array([pass_at_k(s, m, k) for k in ks])
+        return rows[m]
+
     out = np.empty((len(pids), 3 * len(ks)))
     for row, pid in enumerate(pids):
         p = data.problems[pid]
-        mask = p.idx < s
-        keep = [i for i in np.flatnonzero(mask & p.correct)]
-        c = len(keep)
+        keep = np.flatnonzero((p.idx < s) & p.correct).tolist()
         exact = multiplicities(p.norms[i] for i in keep)
-        near = multiplicities(near_duplicate_groups([p.texts[i] for i in keep])) if c > 1 else exact
-        for j, k in enumerate(ks):
-            out[row, 3 * j] = pass_at_k(s, c, k)
-            out[row, 3 * j + 1] = expected_unique_at_k(s, exact, k)
-            out[row, 3 * j + 2] = expected_unique_at_k(s, near, k)
+        near = multiplicities(near_duplicate_groups([p.texts[i] for i in keep])) if len(exact) > 1 else exact
+        out[row, 0::3] = pass_row(len(keep))
+        out[row, 1::3] = sum((pass_row(m) for m in exact), np.zeros(len(ks)))
+        out[row, 2::3] = sum((pass_row(m) for m in near), np.zeros(len(ks)))
     return out
 
 
