@@ -291,3 +291,51 @@ def test_bootstrap_mean_cis_columns_match_single_and_python_loop():
     idx = np.random.default_rng(9).integers(0, 50, size=(300, 50))
     ref = np.quantile([matrix[row, 1].mean() for row in idx], [0.025, 0.975])
     assert (lo[1], hi[1]) == pytest.approx(tuple(ref))
+
+
+def test_minhash_agreement_estimates_jaccard():
+    from flopmatch.metrics import minhash_signature
+
+    rng = np.random.default_rng(11)
+    errors = []
+    for _ in range(60):
+        universe = rng.choice(10_000, size=300, replace=False)
+        cut = int(rng.integers(20, 280))
+        a = frozenset(int(x) for x in universe[:cut + 20])
+        b = frozenset(int(x) for x in universe[cut - 20 if cut >= 20 else 0 :])
+        true = len(a & b) / len(a | b)
+        est = float((minhash_signature(a, 256) == minhash_signature(b, 256)).mean())
+        errors.append(est - true)
+    # 256 permutations: standard error <= 0.031 per pair; the mean error must be near 0 (no bias).
+    assert abs(np.mean(errors)) < 0.02 and np.max(np.abs(errors)) < 0.15
+    # Small consecutive integers (a nearly monotone hash would always pick the smallest): J = 80/120.
+    a, b = frozenset(range(100)), frozenset(range(20, 120))
+    assert float((minhash_signature(a, 512) == minhash_signature(b, 512)).mean()) == pytest.approx(2 / 3, abs=0.08)
+
+
+def test_near_duplicates_match_all_pairs_on_many_paraphrases():
+    """300 solutions, 30 methods x light rewrites: LSH grouping equals exact all-pairs grouping."""
+    rng = np.random.default_rng(4)
+    vocab = [f"w{i}" for i in range(400)]
+    bases = [list(rng.choice(vocab, size=120)) for _ in range(30)]
+    texts = []
+    for _ in range(300):
+        words = list(bases[int(rng.integers(0, 30))])
+        for _ in range(int(rng.integers(0, 5))):
+            words[int(rng.integers(0, len(words)))] = str(rng.choice(vocab))
+        texts.append(" ".join(words))
+    sets = [shingles(t) for t in texts]
+    parent = list(range(len(texts)))
+
+    def find(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, j in itertools.combinations(range(len(texts)), 2):
+        if jaccard(sets[i], sets[j]) >= 0.8:
+            parent[max(find(i), find(j))] = min(find(i), find(j))
+    ref: dict[int, int] = {}
+    expected = [ref.setdefault(find(i), len(ref)) for i in range(len(texts))]
+    assert near_duplicate_groups(texts) == expected
+    assert 30 <= len(set(expected)) < 300

@@ -183,7 +183,6 @@ NEAR_DUP_NGRAM = 3
 NEAR_DUP_NUM_PERM = 128
 NEAR_DUP_MISS = 1e-6  # LSH may miss a pair AT the threshold with at most this probability
 
-_MERSENNE = (1 << 61) - 1
 _WORD = re.compile(r"\S+")
 
 
@@ -212,23 +211,30 @@ def jaccard(a: frozenset[int], b: frozenset[int]) -> float:
 
 
 @functools.lru_cache(maxsize=8)
-def _minhash_params(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
-    # Fixed seed: signatures must not depend on any caller's seed. a, b < 2^32 so that a·x + b with
-    # 32-bit shingle hashes x stays below 2^64 and numpy's uint64 arithmetic is exact.
-    rng = np.random.default_rng(0x5EED)
-    a = rng.integers(1, 1 << 32, size=num_perm, dtype=np.uint64)
-    b = rng.integers(0, 1 << 32, size=num_perm, dtype=np.uint64)
-    return a, b
+def _minhash_seeds(num_perm: int) -> np.ndarray:
+    # Fixed: signatures must not depend on any caller's seed.
+    return np.random.default_rng(0x5EED).integers(0, 2**63, size=num_perm, dtype=np.uint64)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijective 64-bit mixer (uint64 arithmetic wraps, as intended)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 def minhash_signature(shingle_set: frozenset[int], num_perm: int = NEAR_DUP_NUM_PERM) -> np.ndarray:
-    """MinHash signature: for each of ``num_perm`` universal hashes (a·x + b mod 2^61−1), the minimum."""
-    a, b = _minhash_params(num_perm)
+    """MinHash signature: for each of ``num_perm`` seeded 64-bit hashes mix64(x XOR seed_i), the minimum.
+
+    A strong mixer matters: a linear a·x + b with small a barely wraps and is nearly monotone in x,
+    so every signature would pick the smallest shingle and estimate nothing. P(signatures agree at a
+    position) = Jaccard, which the tests check.
+    """
+    seeds = _minhash_seeds(num_perm)
     if not shingle_set:
         return np.full(num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
-    x = np.fromiter(sorted(shingle_set), dtype=np.uint64)
-    h = (x[:, None] * a[None, :] + b[None, :]) % np.uint64(_MERSENNE)
-    return h.min(axis=0)
+    x = np.fromiter(shingle_set, dtype=np.uint64, count=len(shingle_set))
+    return _mix64(x[:, None] ^ seeds[None, :]).min(axis=0)
 
 
 def lsh_rows(threshold: float, num_perm: int = NEAR_DUP_NUM_PERM, miss: float = NEAR_DUP_MISS) -> int:
