@@ -508,3 +508,19 @@ def test_real_judge_eval_cli_on_processbench(qwen_judge, tmp_path, monkeypatch):
     items = pa.parquet.read_table(out_path.with_suffix(".items.parquet")).to_pylist()
     assert [r["label"] for r in items] == [i.label for i in load_processbench(PROCESSBENCH, limit=4, seed=0)]
     assert all(r["raw"] for r in items)
+
+
+def test_judge_run_within_a_plan_budget(tmp_path):
+    from flopmatch.budget import plan_budgets
+
+    run, kinds = _toy_run(tmp_path)
+    plan_budgets(mode="flops", se_samples=[1], wc_params=1e9, se_params=3e9, wc_name="toy/wc",
+                 se_name="toy/se").save(run)
+    stats = judge_run(run, ToyworldCheckerJudge(), per_model=500, budget=0)
+    # WC: 3 samples per problem at this budget (valid, fp, wrong) -> 2 answer-correct, half false positives.
+    assert stats["toy/wc"].candidates == 24 and stats["toy/wc"].fpr.fpr == pytest.approx(1 / 2)
+    # SE: 1 sample per problem (fp) -> all false positives.
+    assert stats["toy/se"].candidates == 12 and stats["toy/se"].fpr.fpr == 1.0
+    assert max(r["sample_idx"] for r in read_judgments(run, "toy/wc").to_pylist()) == 1
+    with pytest.raises(ValueError, match="out of range"):
+        judge_run(run, ToyworldCheckerJudge(), budget=5)
