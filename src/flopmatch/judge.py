@@ -318,6 +318,7 @@ class LLMJudge:
                         except VerdictError as exc:
                             errors[i] = (completion.text, str(exc))
                             messages[i] = _retry_messages(prompts[i][0], completion.text, str(exc))
+            bar.update(len(items) - len(results))  # the unparseable ones are done too
         finally:
             bar.close()
         out = []
