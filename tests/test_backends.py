@@ -589,8 +589,9 @@ def test_openai_backend_against_vllm_serve(tiny, tmp_path):
         url = f"http://127.0.0.1:{port}/v1"
         params = SamplingParams(temperature=0.8, max_tokens=6)
         requests = [Request("text", TEXT, (0, 1), (1, 2)), Request("short", "Owen", (3,), (3,))]
-        completions = create_backend("openai", "tiny", base_url=url, api="completions", send_seed=False,
-                                     ignore_eos=True)  # fmt: skip
+        completions = create_backend(
+            "openai", "tiny", base_url=url, api="completions", send_seed=False, ignore_eos=True
+        )
         _, flat = collect(completions, requests, params)
         check_complete(requests, flat, params)
         assert {c.completion_tokens for c in flat.values()} == {6}, (

@@ -121,7 +121,7 @@ class VLLMBackend:
 
     # ------------------------------------------------------------------ prompts
 
-    def _engine_prompt(self, prompt: str | list[Message]) -> Any:
+    def engine_prompt(self, prompt: str | list[Message]) -> Any:
         """Raw text goes to vLLM as text (tokenized exactly as ``LLM.generate`` would); chat messages
         are rendered with the model's chat template and sent as token ids (the template writes its own
         special tokens, so none are added again)."""
@@ -164,7 +164,7 @@ class VLLMBackend:
         one_per_sample = self.seeding == "per-request" or params.temperature == 0
         try:
             for i, request in enumerate(requests):
-                prompt = self._engine_prompt(request.prompt)
+                prompt = self.engine_prompt(request.prompt)
                 if one_per_sample:
                     for j, seed in enumerate(request.seeds):
                         rid = f"fm{call}-{i}-{j}"
