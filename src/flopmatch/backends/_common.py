@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from flopmatch.backends.base import Completion, Request
+from flopmatch.backends.base import Completion
 
 
 class Flusher:
@@ -54,10 +54,6 @@ def normalise_finish(reason: str | None) -> str:
     if reason in ("abort", "error", None):
         return "error"
     return "stop"  # "stop", "eos", "stop_sequence", "content_filter", ...
-
-
-def total_samples(requests: Sequence[Request]) -> int:
-    return sum(len(r.sample_indices) for r in requests)
 
 
 def no_chat_template(model: str) -> ValueError:
