@@ -329,6 +329,24 @@ def test_force_reruns_a_stage_and_unchanged_outputs_stop_the_cascade(trained_stu
 
 
 @pytest.mark.train
+def test_a_model_retrained_in_place_is_evaluated_again(trained_study):
+    config, run_dir, _ = trained_study
+    state = RunDir(run_dir).stage_state()
+    job = next(
+        k.removeprefix("train:") for k, v in state.items() if k.startswith("train:") and v["status"] == "done"
+    )
+    others = [p for p in (run_dir / "evals").glob("*.parquet") if p.stem != job]
+    before = {p: p.stat().st_mtime_ns for p in others}
+    record = run_dir / "models" / job / "train_result.json"
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "seconds": data["seconds"] + 1.0}))  # as a retraining would
+    rerun = run_study(config, run_dir, log=lambda _: None, progress=False)
+    assert rerun.ran[:2] == ["train", "eval"]  # the report follows only if the scores changed
+    assert RunDir(run_dir).stage_state()[f"eval:{job}"]["finished_at"] > state[f"eval:{job}"]["finished_at"]
+    assert {p: p.stat().st_mtime_ns for p in others} == before  # the other evaluations were reused
+
+
+@pytest.mark.train
 def test_deleted_outputs_are_noticed_and_rebuilt(trained_study):
     config, run_dir, _ = trained_study
     (run_dir / "metrics" / "compute_matched.parquet").unlink()

@@ -880,7 +880,11 @@ def _outputs(ctx: StudyContext, stage: str) -> list[Path]:
         case "sft":
             return [run.root / "sft"]
         case "train":
-            return [run.root / "models" / "trained.json"]
+            # each run's result record changes whenever it is retrained (even into the same directory)
+            return [
+                run.root / "models" / "trained.json",
+                *sorted((run.root / "models").glob("*/train_result.json")),
+            ]
         case "eval":
             return [run.metrics_dir / "paradigms.parquet"]
         case "report":
@@ -1553,7 +1557,21 @@ def _stage_eval(ctx: StudyContext) -> dict[str, Any]:
     max_tokens = ev.max_tokens or config.sampling.max_tokens
 
     def run_eval(name: str, model: str) -> Any:
-        return evaluate(
+        # evaluate() reuses a saved result with the same settings and model *path*; a model retrained in
+        # place must not reuse it, so each evaluation is keyed here by the model's training record too.
+        records = [Path(model) / "train_result.json", Path(model).parent / "train_result.json"]
+        record = next((r for r in records if r.exists()), None)
+        inside = Path(model).is_relative_to(ctx.run.root)
+        sub = f"eval:{name}"
+        digest = config_hash(
+            {"eval": ev, "max_tokens": max_tokens, "seed": config.seed,
+             "model": os.path.relpath(model, ctx.run.root) if inside else model,
+             "trained": _file_identity(record) if record else None}
+        )  # fmt: skip
+        if not ctx.run.is_done(sub, digest):
+            for stale in (ctx.run.eval_path(name), ctx.run.eval_path(name).with_suffix(".json")):
+                stale.unlink(missing_ok=True)
+        result = evaluate(
             model,
             test,
             backend=ev.backend,
@@ -1565,6 +1583,8 @@ def _stage_eval(ctx: StudyContext) -> dict[str, Any]:
             backend_options=dict(ev.backend_options),
             progress_desc=f"eval {name}",
         )
+        ctx.run.mark_done(sub, digest, metrics=result.metrics)
+        return result
 
     rows: list[dict[str, Any]] = []
     baselines: dict[str, Any] = {}
