@@ -35,7 +35,7 @@ def study_command(
     config: Annotated[Path, typer.Argument(help="A study file (YAML); see examples/.")],
     run: Annotated[
         Path | None,
-        typer.Option("--run", help="Run directory (default: the config's run_dir, else runs/<name>)."),
+        typer.Option("--run", help="Run directory (default: the config's run_dir, else runs/NAME)."),
     ] = None,
     only: Annotated[
         list[str] | None,
