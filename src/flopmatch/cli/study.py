@@ -44,7 +44,8 @@ def study_command(
     force: Annotated[
         list[str] | None,
         typer.Option(
-            "--force", help="Rerun this stage even if done (repeatable); what reads its outputs reruns too."
+            "--force",
+            help="Rerun this stage even if done (repeatable); what reads its outputs reruns if they changed.",
         ),
     ] = None,
     dry_run: Annotated[
