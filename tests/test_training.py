@@ -261,7 +261,7 @@ def test_a_killed_run_resumes_from_its_newest_checkpoint(task):
                    config=TrainConfig.tiny_cpu(max_steps=150, learning_rate=5e-3, n_checkpoints=10, max_length=64,
                                                logging_steps=20))
     assert result.resumed_from is not None and result.resumed_from >= first_step
-    assert result.global_step == 150
+    assert result.global_step == 150 and result.steps_per_second > 0 and result.tokens_per_second > 0
     assert [s for s, _ in list_checkpoints(out)] == checkpoint_steps(150, 10)
     assert (first_path / "model.safetensors").read_bytes() == first_bytes  # finished work untouched
 
@@ -301,8 +301,9 @@ def test_vllm_loads_the_trained_model(task):
     hf = evaluate(out, task.test, backend="hf", n=0, max_tokens=24, backend_options=HF)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    # eager: this checks that vLLM loads the output; torch.compile would add minutes on a busy CPU
     vllm = evaluate(out, task.test, backend="vllm", n=0, max_tokens=24,
-                    backend_options={"dtype": "float32", "max_model_len": 256})
+                    backend_options={"dtype": "float32", "max_model_len": 256, "enforce_eager": True})
     assert vllm.metrics["pass@1"] >= 0.8 and abs(vllm.metrics["pass@1"] - hf.metrics["pass@1"]) <= 0.1
 
 

@@ -257,10 +257,19 @@ def evaluate(
         prompt = meta.get("prompt_configs")
     prompt_for, stops = _prompt_function(problems, prompt, trained=bool(meta))
 
+    # What the saved result depends on: the model (and its weight files), settings, problems, prompts.
     key = config_hash(
-        {"model": str(model), "base": base, "lora": adapter, "weights": [_files_fingerprint(base), _files_fingerprint(adapter)],
-         "config": config, "problems": ids,
-         "prompts": [_plain(prompt_for(p)) for p in problems[:3]], "prompt": _plain(prompt), "stop": stops}
+        {
+            "model": str(model),
+            "base": base,
+            "lora": adapter,
+            "weights": [_files_fingerprint(base), _files_fingerprint(adapter)],
+            "config": config,
+            "problems": ids,
+            "prompt": _plain(prompt),
+            "rendered": [_plain(prompt_for(p)) for p in problems[:3]],  # catches a changed prompt format
+            "stop": stops,
+        }
     )
     out_path = Path(out_path) if out_path is not None else None
     summary_path = out_path.with_suffix(".json") if out_path is not None else None

@@ -33,6 +33,7 @@ process group is asking for trouble); run it afterwards on one process with
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
 import os
@@ -403,7 +404,9 @@ def train(
 
     state = trainer.state
     tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+    # throughput of this session only: a resumed run restores the counters of the checkpoint it resumed
     steps_done = state.global_step - (_step_of(resume) if resume else 0)
+    tokens_done = tokens - (_tokens_seen(resume) if resume else 0)
     result = TrainResult(
         out_dir=out_dir,
         base_model=base_model,
@@ -416,11 +419,12 @@ def train(
         seconds=seconds,
         tokens=tokens,
         steps_per_second=steps_done / seconds if seconds > 0 else 0.0,
-        tokens_per_second=(tokens / seconds) if (seconds > 0 and not resume) else 0.0,
+        tokens_per_second=tokens_done / seconds if seconds > 0 else 0.0,
         config_hash=digest,
         resumed_from=_step_of(resume) if resume else None,
     )
     del trainer
+    gc.collect()  # free the training copy of the model before selection loads checkpoints
     if not _is_main_process():
         return result
 
@@ -597,6 +601,11 @@ def _drop_incomplete_checkpoints(out_dir: Path) -> None:
     for _, path in list_checkpoints(out_dir, complete_only=False):
         if path not in complete:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _tokens_seen(checkpoint: Path) -> int:
+    state = checkpoint / "trainer_state.json"
+    return int(read_json(state).get("num_input_tokens_seen", 0) or 0) if state.exists() else 0
 
 
 def _step_of(path: Path) -> int:

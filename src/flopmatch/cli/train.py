@@ -69,7 +69,7 @@ def build_sft_command(
         str | None,
         typer.Option("--number-matched-to", help="the other model (use its samples per problem), a count, or an SFT set"),
     ] = None,
-    name: Annotated[str | None, typer.Option(help="dataset name under RUN/sft/ (default <model>-b<budget>...)")] = None,
+    name: Annotated[str | None, typer.Option(help="dataset name under RUN/sft/ (default: MODEL-bBUDGET plus option suffixes)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Answer-correct solutions of one model → an HF dataset (`messages` + prompt/completion + lineage)."""
@@ -260,7 +260,7 @@ def eval_command(
     lora: Annotated[Path | None, typer.Option("--lora", help="a LoRA adapter to apply to --model")] = None,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="backend option KEY=VALUE")] = None,
-    run: Annotated[Path | None, typer.Option("--run", help="write RUN/evals/<name>.parquet")] = None,
+    run: Annotated[Path | None, typer.Option("--run", help="write RUN/evals/NAME.parquet")] = None,
     name: Annotated[str | None, typer.Option(help="evaluation name (with --run)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="per-sample Parquet (summary in .json beside it)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
