@@ -120,3 +120,20 @@ def test_sigkill_mid_shard_leaves_only_whole_shards(tmp_path):
     # The interrupted temporary file, if any, is not read as a shard.
     leftovers = [p.name for p in directory.iterdir() if p not in shards]
     assert all(name.startswith(".") and name.endswith(".tmp") for name in leftovers)
+
+
+def test_run_dir_is_path_like(tmp_path):
+    run = RunDir(tmp_path / "run")
+    assert RunDir(run).root == run.root
+    assert Path(run) == tmp_path / "run"
+
+
+def test_written_files_are_not_private(tmp_path):
+    path = store.write_json({"a": 1}, tmp_path / "x.json")
+    assert path.stat().st_mode & 0o044 == 0o044 & ~_current_umask()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -54,6 +54,8 @@ def _atomic_path(path: Path):
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600 files; a run directory is meant to be shared like any other output.
+    tmp.chmod(0o666 & ~_umask())
     try:
         yield tmp
         with open(tmp, "rb") as handle:
@@ -63,6 +65,12 @@ def _atomic_path(path: Path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -219,8 +227,12 @@ class RunDir:
 
     root: Path
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | os.PathLike):
         object.__setattr__(self, "root", Path(root))
+
+    def __fspath__(self) -> str:
+        # Lets a RunDir go wherever a path does, including RunDir(RunDir(...)) and Path(run).
+        return str(self.root)
 
     def ensure(self) -> RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
