@@ -24,5 +24,8 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print a clear error and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}")
+    # Never hard-wrap an error (it names files and lines people copy), and never read it as rich
+    # markup: paths and model output may contain "[...]".
+    err_console.print("[bold red]error:[/]", end=" ")
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code)

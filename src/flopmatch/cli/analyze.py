@@ -42,7 +42,8 @@ def analyze_command(
     for line in result.headline:
         console.print(f"[bold]{line}[/]")
     for warning in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}")
+        err_console.print("[yellow]warning:[/]", end=" ")
+        err_console.print(warning, markup=False, highlight=False, soft_wrap=True)
     for name, path in result.files.items():
         console.print(f"{name}: {path}")
     for path in result.figures:
