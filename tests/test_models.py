@@ -12,22 +12,11 @@ from typer.testing import CliRunner
 
 from flopmatch import models
 from flopmatch.models import ChecksumError, GGUFSource, ModelError, RegistryEntry
+from offline_models import QWEN_05, QWEN_15, needs_offline_pair
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
-QWEN_05 = "qwen2.5-coder-0.5b-instruct"
-QWEN_15 = "qwen2.5-coder-1.5b-instruct"
-
-
-def _installed(name: str) -> bool:
-    return models.model_info(name).installed
-
-
-needs_qwen = pytest.mark.skipif(
-    not (_installed(QWEN_05) and _installed(QWEN_15)),
-    reason="offline Qwen2.5-Coder GGUF parts not installed (make offline-models)",
-)
 
 
 @pytest.fixture
@@ -168,7 +157,7 @@ def test_cli_lists_and_refuses_unknown_names(cache):
 
 
 @pytest.mark.slow
-@needs_qwen
+@needs_offline_pair
 def test_real_parts_verify_and_a_corrupted_copy_is_refused(tmp_path):
     entry = models.get_entry(QWEN_05)
     path = models.gguf_path(QWEN_05, verify=True)
@@ -191,7 +180,7 @@ def test_real_parts_verify_and_a_corrupted_copy_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-@needs_qwen
+@needs_offline_pair
 @pytest.mark.parametrize("name", [QWEN_05, QWEN_15])
 def test_prepared_models_match_the_registry_parameter_counts(name):
     import torch
@@ -212,7 +201,7 @@ QUESTION = [{"role": "user", "content": "What is 12 + 30? Reply with just the nu
 
 
 @pytest.mark.slow
-@needs_qwen
+@needs_offline_pair
 def test_prepared_05b_answers_through_hf():
     import torch
 
@@ -229,7 +218,7 @@ def test_prepared_05b_answers_through_hf():
 
 @pytest.mark.slow
 @pytest.mark.vllm
-@needs_qwen
+@needs_offline_pair
 def test_prepared_05b_answers_through_vllm():
     from flopmatch.backends import Request, SamplingParams, create_backend
 

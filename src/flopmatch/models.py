@@ -195,7 +195,7 @@ def locate_parts(source: GGUFSource) -> list[Path]:
     return parts
 
 
-def _parts_installed(source: GGUFSource) -> bool:
+def parts_installed(source: GGUFSource) -> bool:
     try:
         locate_parts(source)
     except ModelError:
@@ -388,7 +388,7 @@ def model_info(name: str) -> ModelInfo:
     entry = get_entry(name)
     if entry.gguf is not None:
         prepared = is_prepared(name)
-        installed = prepared or _parts_installed(entry.gguf)
+        installed = prepared or parts_installed(entry.gguf)
         path = _prepared_dir(name) if prepared else None
         parameters = entry.parameters
     else:  # the toy world knows its own sizes and where it caches a trained model

@@ -33,7 +33,7 @@ MAX_DEPTH = 16
 MAX_DIGITS = 12
 
 _ANSWER_RE = re.compile(r"^\s*answer\s*:\s*(.*?)\s*$", re.IGNORECASE)
-_INT_RE = re.compile(r"^[+-]?\d{1,%d}\.?$" % MAX_DIGITS)
+_INT_RE = re.compile(rf"^[+-]?\d{{1,{MAX_DIGITS}}}\.?$")
 _TOKEN_RE = re.compile(r"\s*(?:(\d+)|(.))")
 _ALIASES = str.maketrans({"×": "*", "÷": "/", "−": "-", "–": "-"})
 
