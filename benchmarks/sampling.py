@@ -9,8 +9,9 @@
   every prompt in one ``generate`` call for both (``batch_size`` = all rows).
 
 Both sides generate exactly ``--tokens`` tokens per sample (``ignore_eos`` / ``min_new_tokens``), so
-the work is equal; the script checks the token counts. Runs alternate raw / flopmatch in an A-B-B-A
-order (``--repeats`` pairs) to cancel drift, and report the median time of each side.
+the work is equal; the script checks the token counts. After ``--warmup`` untimed runs of each side,
+runs alternate raw / flopmatch in A-B-B-A order (``--repeats`` runs per side) to cancel drift, and the
+median time of each side is reported.
 
 Prompts: the first ``--prompts`` GSM8K test questions (../shared/data, else synthetic) as zero-shot
 chat prompts (``PromptConfig(shots=0)``), so decoding dominates as it does when sampling many
@@ -66,10 +67,16 @@ def make_requests(questions: list[str], samples: int):
     ]
 
 
-def abba(raw: Callable[[], int], ours: Callable[[], int], repeats: int) -> dict[str, list[float]]:
-    """Time both sides in A-B-B-A order; each callable returns the tokens it generated."""
+def abba(
+    raw: Callable[[], int], ours: Callable[[], int], repeats: int, warmup: int
+) -> dict[str, list[float]]:
+    """Time both sides in A-B-B-A order after ``warmup`` untimed runs of each (the first full-size
+    batch pays for allocations); each callable returns the tokens it generated."""
     times: dict[str, list[float]] = {"raw": [], "flopmatch": []}
     tokens: dict[str, set[int]] = {"raw": set(), "flopmatch": set()}
+    for _ in range(warmup):
+        tokens["raw"].add(raw())
+        tokens["flopmatch"].add(ours())
     order = [("raw", raw), ("flopmatch", ours), ("flopmatch", ours), ("raw", raw)] * ((repeats + 1) // 2)
     for name, fn in order[: 2 * repeats]:
         started = time.perf_counter()
@@ -102,9 +109,8 @@ def bench_vllm(model: str, requests, args) -> dict:
     def ours() -> int:
         return sum(c.completion_tokens for batch in backend.generate(requests, params) for c in batch)
 
-    backend.llm.generate(prompts[:2], VSamplingParams(max_tokens=8), use_tqdm=False)  # warm-up
     try:
-        return abba(raw, ours, args.repeats) | {"seeding": backend.seeding}
+        return abba(raw, ours, args.repeats, args.warmup) | {"seeding": backend.seeding}
     finally:
         backend.close()
 
@@ -142,15 +148,8 @@ def bench_hf(model: str, requests, args) -> dict:
     def ours() -> int:
         return sum(c.completion_tokens for batch in backend.generate(requests, params) for c in batch)
 
-    with torch.inference_mode():  # warm-up
-        hf_model.generate(
-            input_ids=input_ids[:1],
-            attention_mask=attention_mask[:1],
-            max_new_tokens=2,
-            pad_token_id=tok.pad_token_id,
-        )
     try:
-        return abba(raw, ours, args.repeats) | {
+        return abba(raw, ours, args.repeats, args.warmup) | {
             "dtype": str(backend.dtype),
             "threads": torch.get_num_threads(),
         }
@@ -165,6 +164,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per side (A-B-B-A order)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed full-size runs per side first")
     parser.add_argument("--engines", default="vllm,hf")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--max-model-len", type=int, default=2048)
@@ -177,7 +177,7 @@ def main() -> None:
     requests = make_requests(load_questions(args.prompts), args.samples)
     print(
         f"model {args.model}; {args.prompts} prompts x {args.samples} samples x {args.tokens} tokens; "
-        f"{args.repeats} timed runs per side"
+        f"{args.warmup} warm-up + {args.repeats} timed runs per side"
     )
     results = {}
     for engine in args.engines.split(","):
