@@ -33,24 +33,29 @@ FAMILIES = ("collections", "money", "factory", "comparison", "sharing")
 class Knobs:
     """Difficulty knobs of the generator.
 
-    ``min_steps``/``max_steps`` bound the number of reference steps; ``max_number`` bounds the numbers a
-    problem states (starting amounts, amounts added or removed); ``max_factor`` bounds multipliers and
-    divisors; ``max_distractors`` is the most irrelevant numeric facts inserted; ``families`` restricts
-    the story templates.
+    ``min_steps``/``max_steps`` bound the number of reference steps; ``max_start`` bounds the amounts a
+    story starts from, ``max_number`` the amounts added, removed or compared, ``max_factor`` the
+    multipliers and divisors (the defaults keep most steps to a two-digit and a one-digit number, which
+    is what a model trained for two CPU-minutes can learn to do most of the time);
+    ``max_distractors`` is the most irrelevant numeric facts inserted; ``families`` restricts the story
+    templates.
     """
 
     min_steps: int = 1
     max_steps: int = 4
-    max_number: int = 30
-    max_factor: int = 6
+    max_start: int = 30
+    max_number: int = 9
+    max_factor: int = 4
     max_distractors: int = 1
     families: tuple[str, ...] = FAMILIES
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps <= self.max_steps <= 8:
             raise ValueError(f"need 1 <= min_steps <= max_steps <= 8, got {self.min_steps}..{self.max_steps}")
-        if self.max_number < 10:
-            raise ValueError(f"max_number must be >= 10, got {self.max_number}")
+        if self.max_start < 10:
+            raise ValueError(f"max_start must be >= 10, got {self.max_start}")
+        if self.max_number < 3:
+            raise ValueError(f"max_number must be >= 3, got {self.max_number}")
         if not 2 <= self.max_factor <= 12:
             raise ValueError(f"max_factor must be in 2..12, got {self.max_factor}")
         if self.max_distractors < 0:
@@ -196,7 +201,7 @@ def _collections(c: _Ctx, s: Story, n_steps: int) -> str:
         s.sentences.append(f"{name} has {bags} {cont} of {it} with {per} {it} in each.")
         x = s.step(bags, "*", per)
     else:
-        x = c.num(5, 2 * c.knobs.max_number)
+        x = c.num(5, c.knobs.max_start)
         s.sentences.append(f"{name} has {x} {it}.")
     He = he.capitalize()
     while len(s.steps) < n_steps:
@@ -220,11 +225,11 @@ def _collections(c: _Ctx, s: Story, n_steps: int) -> str:
             s.sentences.append(f"{friend} gives {name} {b} {it}.")
             x = s.step(x, "+", b)
         elif kind == "lose":
-            b = c.num(1, min(x - 1, c.knobs.max_number))
+            b = c.num(2, min(x - 1, c.knobs.max_number))
             s.sentences.append(f"{He} loses {b} {it}.")
             x = s.step(x, "-", b)
         elif kind == "give":
-            b = c.num(1, min(x - 1, c.knobs.max_number))
+            b = c.num(2, min(x - 1, c.knobs.max_number))
             s.sentences.append(f"{He} gives {b} {it} to {friend}.")
             x = s.step(x, "-", b)
         elif kind == "half":
@@ -245,11 +250,11 @@ def _money(c: _Ctx, s: Story, n_steps: int) -> str:
     name, he, his = c.cast[0]
     He = he.capitalize()
     if n_steps >= 2 and c.rng.random() < 0.3:
-        days, pay = c.factor(), c.num(5, c.knobs.max_number)
+        days, pay = c.factor(), c.num(3, max(5, c.knobs.max_start // 3))
         s.sentences.append(f"{name} earns {pay} dollars a day for {days} days.")
         x = s.step(pay, "*", days)
     else:
-        x = c.num(20, 4 * c.knobs.max_number)
+        x = c.num(10, c.knobs.max_start)
         s.sentences.append(f"{name} has {x} dollars.")
     while len(s.steps) < n_steps:
         room = n_steps - len(s.steps)
@@ -265,14 +270,14 @@ def _money(c: _Ctx, s: Story, n_steps: int) -> str:
             x = s.step(x, "+", b)
         elif kind == "spend":
             thing = c.rng.choice(THINGS)[1]
-            b = c.num(1, min(x - 1, c.knobs.max_number))
+            b = c.num(2, min(x - 1, c.knobs.max_number))
             s.sentences.append(f"{He} spends {b} dollars on a {thing}.")
             x = s.step(x, "-", b)
         else:
             things = c.rng.choice(THINGS)[0]
             count, price = c.factor(), c.factor()
             if count * price >= x:  # cannot afford: earn first, which keeps every quantity positive
-                b = count * price - x + c.num(1, 10)
+                b = count * price - x + c.num(2, 10)
                 s.sentences.append(f"{He} earns {b} dollars.")
                 x = s.step(x, "+", b)
                 continue
@@ -284,7 +289,7 @@ def _money(c: _Ctx, s: Story, n_steps: int) -> str:
 
 def _factory(c: _Ctx, s: Story, n_steps: int) -> str:
     place, goods = c.rng.choice(MACHINES)
-    rate, hours = c.num(3, c.knobs.max_number), c.factor()
+    rate, hours = c.num(3, max(5, c.knobs.max_start // 3)), c.factor()
     s.sentences.append(f"A {place} makes {rate} {goods} every hour. It works for {hours} hours.")
     x = s.step(rate, "*", hours)
     question = f"How many {goods} does the {place} have now?"
@@ -301,13 +306,13 @@ def _factory(c: _Ctx, s: Story, n_steps: int) -> str:
             s.sentences.append(f"Then it makes {b} more {goods}.")
             x = s.step(x, "+", b)
         elif kind == "sold":
-            b = c.num(1, min(x - 1, c.knobs.max_number))
+            b = c.num(2, min(x - 1, c.knobs.max_number))
             s.sentences.append(f"It sells {b} {goods}.")
             x = s.step(x, "-", b)
         else:
             divisors = [d for d in range(2, c.knobs.max_factor + 1) if x % d == 0]
             if not divisors:
-                b = c.num(1, 5)
+                b = c.num(2, 5)
                 s.sentences.append(f"Then it makes {b} more {goods}.")
                 x = s.step(x, "+", b)
                 continue
@@ -321,7 +326,7 @@ def _factory(c: _Ctx, s: Story, n_steps: int) -> str:
 def _comparison(c: _Ctx, s: Story, n_steps: int) -> str:
     it = c.items
     people = [p[0] for p in c.cast[:5]]
-    x = c.num(5, 2 * c.knobs.max_number)
+    x = c.num(5, c.knobs.max_start)
     s.sentences.append(f"{people[0]} has {x} {it}.")
     values = [x]
     # With k people there are k - 1 comparison steps; "together" adds one more step per extra person.
@@ -343,7 +348,7 @@ def _comparison(c: _Ctx, s: Story, n_steps: int) -> str:
             s.sentences.append(f"{name} has {b} more {it} than {prev_name}.")
             v = s.step(cur, "+", b)
         elif kind == "fewer":
-            b = c.num(1, min(cur - 1, c.knobs.max_number))
+            b = c.num(2, min(cur - 1, c.knobs.max_number))
             s.sentences.append(f"{name} has {b} fewer {it} than {prev_name}.")
             v = s.step(cur, "-", b)
         elif kind == "twice":
@@ -370,14 +375,14 @@ def _sharing(c: _Ctx, s: Story, n_steps: int) -> str:
     groups = c.rng.choice(GROUPS)
     # Built backwards so the final division is exact: choose the share and the number of groups first,
     # then walk the additions/removals back from their product to the opening amount.
-    share, parts = c.num(2, c.knobs.max_number // 2), c.factor()
+    share, parts = c.num(2, max(3, c.knobs.max_start // 4)), c.factor()
     target = share * parts
     pre = n_steps - 1
     use_product = pre >= 2 and c.rng.random() < 0.5
     x, backwards = target, []
     for _ in range(pre - (2 if use_product else 0)):
         if c.rng.random() < 0.5 and x > 3:
-            b = c.num(1, min(x - 1, c.knobs.max_number))
+            b = c.num(2, min(x - 1, c.knobs.max_number))
             backwards.append(("+", b))
             x -= b
         else:
@@ -430,7 +435,7 @@ def _join(names: list[str]) -> str:
 def _distractor(c: _Ctx, used: set[int]) -> tuple[str, int]:
     """An irrelevant numeric fact whose number is not one the solution uses."""
     for _ in range(50):
-        v = c.num(2, c.knobs.max_number)
+        v = c.num(2, c.knobs.max_start)
         if v not in used:
             break
     other, _, _ = c.cast[5]
@@ -518,8 +523,30 @@ def generate_problems(
     return [to_problem(make_toy_problem(seed, i, knobs), split, i) for i in range(start, start + n)]
 
 
+def _split_problems(split: str) -> list[Problem]:
+    """A built-in split: the first ``DEFAULT_SIZES[split]`` problems of its stream whose question is new.
+
+    Small numbers make a few short problems recur by chance, so a problem is skipped when its question
+    already appeared earlier in the split or (for ``test``) anywhere in ``train``: the study never
+    evaluates on a question it trained on. Ids keep the stream index, so they stay stable (with gaps).
+    """
+    seen: set[str] = set()
+    if split == "test":
+        seen = {p.question for p in _split_problems("train")}
+    out: list[Problem] = []
+    index = 0
+    while len(out) < DEFAULT_SIZES[split]:
+        problem = to_problem(make_toy_problem(SPLIT_SEEDS[split], index), split, index)
+        index += 1
+        if problem.question not in seen:
+            seen.add(problem.question)
+            out.append(problem)
+    return out
+
+
 def load_problems(split: str | None = "train", limit: int | None = None, seed: int | None = None) -> list[Problem]:
-    """A built-in toy-world split: ``train`` (2000 problems) or ``test`` (500), disjoint by seed.
+    """A built-in toy-world split: ``train`` (2000 problems) or ``test`` (500), disjoint streams with no
+    question in common.
 
     ``split=None`` means ``test``, as for every named source of ``flopmatch.problems.load``. ``limit``
     keeps at most that many problems the way every source does (``flopmatch.problems.select_subset``):
@@ -533,6 +560,4 @@ def load_problems(split: str | None = "train", limit: int | None = None, seed: i
         raise ValueError(f"unknown toyworld split {split!r}; expected one of {sorted(DEFAULT_SIZES)}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    size = DEFAULT_SIZES[split] if limit is None or seed is not None else min(limit, DEFAULT_SIZES[split])
-    problems = generate_problems(size, seed=SPLIT_SEEDS[split], split=split)
-    return select_subset(problems, limit=limit, seed=seed)
+    return select_subset(_split_problems(split), limit=limit, seed=seed)
