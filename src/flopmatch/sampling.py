@@ -58,7 +58,7 @@ SAMPLE_SCHEMA = pa.schema(
         ("sample_idx", pa.int32()),
         ("seed", pa.int64()),
         ("text", pa.string()),
-        ("prompt_tokens", pa.int32()),
+        ("prompt_tokens", pa.int32()),  # prefilled for this sample: a vLLM request charges its first sample
         ("completion_tokens", pa.int32()),
         ("finish_reason", pa.string()),
         ("backend", pa.string()),

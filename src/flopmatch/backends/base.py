@@ -57,7 +57,7 @@ class Completion:
     sample_idx: int
     seed: int
     text: str
-    prompt_tokens: int
+    prompt_tokens: int  # prompt tokens prefilled for this sample (0 when it shared its request's prefill)
     completion_tokens: int
     finish_reason: str  # "stop" | "length" | "error"
     seconds: float = 0.0  # wall seconds attributed to this sample (batch time / samples in batch)

@@ -194,9 +194,11 @@ class VLLMBackend:
                 engine.abort_request(list(pending))
 
     def _completions(self, output: Any, request: Request, positions: list[int]) -> list[Completion]:
+        # vLLM prefills a request's prompt once for all of its samples, so the prompt is charged to the
+        # first sample only: summed over samples, prompt_tokens is the prefill work actually done.
         prompt_tokens = len(output.prompt_token_ids or ())
         completions = []
-        for choice in output.outputs:
+        for rank, choice in enumerate(sorted(output.outputs, key=lambda c: c.index)):
             j = positions[choice.index]
             completions.append(
                 Completion(
@@ -204,7 +206,7 @@ class VLLMBackend:
                     sample_idx=request.sample_indices[j],
                     seed=request.seeds[j],
                     text=choice.text,
-                    prompt_tokens=prompt_tokens,
+                    prompt_tokens=prompt_tokens if rank == 0 else 0,
                     completion_tokens=len(choice.token_ids),
                     finish_reason=normalise_finish(choice.finish_reason),
                     extra={} if self.seeding == "per-request" else {"engine_seed": self.engine_seed},
