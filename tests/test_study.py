@@ -303,6 +303,35 @@ def test_full_study_runs_every_stage_and_all_paradigms(trained_study):
 
 
 @pytest.mark.train
+def test_demo_command_runs_the_packaged_study_end_to_end(tmp_path):
+    """`flopmatch demo` as a user runs it (the installed console script, in its own process), shrunk with
+    --set so it takes seconds; the full-size demo is timed in the closing notes, not here."""
+    script = Path(sys.executable).with_name("flopmatch")
+    run = tmp_path / "demo"
+    shrink = [
+        "problems.sample.limit=16", "problems.validation.holdout=4", "problems.test.limit=8",
+        "budget.se_samples=[1,2]", "judge.per_model=50", "analysis.n_boot=50", "evaluation.n=2",
+        "training.options.max_steps=2", "training.options.n_checkpoints=1",
+    ]  # fmt: skip
+    args = [str(script), "demo", "--run", str(run), "--quiet"] + [f"--set={o}" for o in shrink]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=1800)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[10/10] report: done" in done.stdout and "study finished" in done.stdout
+    report = run / "report" / "index.html"
+    assert f"report: {report}" in done.stdout.replace("\n", "")
+    assert report.stat().st_size > 10_000 and "## Verdict" in (run / "report" / "report.md").read_text()
+    state = RunDir(run).stage_state()
+    assert all(state[stage]["status"] == "done" for stage in STAGES), state
+    # the same command again resumes: every stage is skipped
+    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0 and "0 stages ran" in again.stdout, again.stdout + again.stderr
+    bad = subprocess.run([str(script), "demo", "--run", str(run), "--set", "budget.se_samples=[0]"],
+                         capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "budget.se_samples" in bad.stdout + bad.stderr
+
+
+@pytest.mark.train
 def test_rerun_skips_everything_and_a_changed_section_reruns_only_what_reads_it(trained_study):
     config, run_dir, _ = trained_study
     again = run_study(config, run_dir, log=lambda _: None, progress=False)

@@ -1838,9 +1838,10 @@ def _ledger_mean_tokens(run: RunDir, config: StudyConfig) -> dict[str, tuple[flo
     return out
 
 
-def demo_config() -> StudyConfig:
-    """The packaged copy of ``examples/toyworld.yaml`` (works from an installed wheel)."""
+def demo_config(overrides: Sequence[str] = ()) -> StudyConfig:
+    """The packaged copy of ``examples/toyworld.yaml`` (works from an installed wheel), with
+    ``KEY=VALUE`` overrides applied as ``flopmatch study --set`` does."""
     from importlib.resources import as_file, files
 
     with as_file(files("flopmatch").joinpath("configs/toyworld.yaml")) as path:
-        return load_study_config(path)
+        return load_study_config(path, overrides)

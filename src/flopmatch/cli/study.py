@@ -146,6 +146,10 @@ def demo_command(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Delete the run directory first (toy models stay cached).")
     ] = False,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a key of the demo config, e.g. --set problems.test.limit=500."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """The whole study on the embedded toy world, on CPU: tiny WC, SE and student models pretrained
@@ -153,11 +157,14 @@ def demo_command(
     grading, exact FPR, all three fine-tuning paradigms and the report. Minutes on 2 cores."""
     import shutil
 
-    from flopmatch.study import StudyError, demo_config, run_study
+    from flopmatch.study import StudyConfigError, StudyError, demo_config, run_study
 
+    try:
+        cfg = demo_config(overrides or ())
+    except StudyConfigError as exc:
+        raise fail(str(exc)) from None
     if fresh and run.exists():
         shutil.rmtree(run)
-    cfg = demo_config()
     console.print(f"[bold]flopmatch demo[/]: {cfg.description}\nrun directory: {run}")
     try:
         result = run_study(cfg, run, log=_log, progress=not quiet)
