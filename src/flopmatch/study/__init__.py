@@ -1,0 +1,136 @@
+"""One YAML file drives a whole study: the typed config and the stage orchestrator.
+
+A study is the paper's experiment end to end::
+
+    problems -> plan -> sample -> grade -> judge -> analyze -> sft -> train -> eval -> report
+
+Each stage reads what earlier stages wrote into the run directory (``flopmatch.store.RunDir``) and
+writes its own outputs there. A stage is skipped when its *digest* is unchanged: the hash of the config
+sections it reads plus the fingerprints of its upstream stages' outputs. Editing ``sampling.temperature``
+therefore reruns sampling and everything after it, and nothing before; forcing a stage that rewrites
+its outputs reruns what depends on them. Stages that are long (sampling, training) are resumable inside
+too, so a killed study picks up where it stopped and never redoes finished work.
+
+This package is the library; ``flopmatch study`` / ``status`` / ``demo`` only wrap it:
+
+- ``config``: the typed study config (``StudyConfig``), loading a study file and its error messages;
+- ``jobs``: the SFT sets and fine-tuning runs the paradigms need;
+- ``context``: what every stage gets (``StudyContext``), ``StudyError`` and output fingerprints;
+- ``orchestrator``: stage bookkeeping (digests, status), the run lock and ``run_study``;
+- ``stages``: the stage functions;
+- ``dryrun``: ``--dry-run``, the plan and cost of a study without running it.
+"""
+
+from __future__ import annotations
+
+from flopmatch.study.config import (
+    BACKENDS,
+    KNOWN_SOURCES,
+    PARADIGMS,
+    AnalysisConfig,
+    BudgetConfig,
+    EvaluationConfig,
+    GradingConfig,
+    JudgeConfig,
+    ModelsConfig,
+    ModelSpec,
+    ParadigmsConfig,
+    PositiveInt,
+    ProblemsConfig,
+    SamplingConfig,
+    SplitConfig,
+    StudyConfig,
+    StudyConfigError,
+    TrainingConfig,
+    ValidationSplitConfig,
+    apply_overrides,
+    demo_config,
+    expand_env,
+    format_validation_error,
+    load_study_config,
+    resolve_paths,
+    validate_study_dict,
+)
+from flopmatch.study.context import (
+    CONTENT_HASH_LIMIT,
+    PROBLEM_ROLES,
+    ROLES_FILE,
+    StudyContext,
+    StudyError,
+    fingerprint,
+)
+from flopmatch.study.dryrun import KNOWN_SIZES, DryRun, dry_run
+from flopmatch.study.jobs import PARADIGM_SHORT, PARADIGM_STUDENT, SFTSet, TrainJob, sft_sets, train_jobs
+from flopmatch.study.orchestrator import (
+    STAGE_VERSIONS,
+    STAGES,
+    StageFailed,
+    StageStatus,
+    StudyResult,
+    check_components,
+    freeze_config,
+    load_run_config,
+    run_dir_for,
+    run_study,
+    stage_digest,
+    study_status,
+)
+from flopmatch.study.stages import STAGE_RUNNERS, split_problems
+
+__all__ = [
+    "BACKENDS",
+    "CONTENT_HASH_LIMIT",
+    "KNOWN_SIZES",
+    "KNOWN_SOURCES",
+    "PARADIGMS",
+    "PARADIGM_SHORT",
+    "PARADIGM_STUDENT",
+    "PROBLEM_ROLES",
+    "ROLES_FILE",
+    "STAGES",
+    "STAGE_RUNNERS",
+    "STAGE_VERSIONS",
+    "AnalysisConfig",
+    "BudgetConfig",
+    "DryRun",
+    "EvaluationConfig",
+    "GradingConfig",
+    "JudgeConfig",
+    "ModelSpec",
+    "ModelsConfig",
+    "ParadigmsConfig",
+    "PositiveInt",
+    "ProblemsConfig",
+    "SFTSet",
+    "SamplingConfig",
+    "SplitConfig",
+    "StageFailed",
+    "StageStatus",
+    "StudyConfig",
+    "StudyConfigError",
+    "StudyContext",
+    "StudyError",
+    "StudyResult",
+    "TrainJob",
+    "TrainingConfig",
+    "ValidationSplitConfig",
+    "apply_overrides",
+    "check_components",
+    "demo_config",
+    "dry_run",
+    "expand_env",
+    "fingerprint",
+    "format_validation_error",
+    "freeze_config",
+    "load_run_config",
+    "load_study_config",
+    "resolve_paths",
+    "run_dir_for",
+    "run_study",
+    "sft_sets",
+    "split_problems",
+    "stage_digest",
+    "study_status",
+    "train_jobs",
+    "validate_study_dict",
+]

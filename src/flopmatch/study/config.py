@@ -1,0 +1,595 @@
+"""The typed study config: the sections of one study file, loading it (``$VAR`` expansion, ``--set``
+overrides, paths resolved against the file) and error messages that name the file, line and key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# --------------------------------------------------------------------------- config
+
+#: Problem sources a split may name (see ``flopmatch.problems.load``).
+KNOWN_SOURCES: tuple[str, ...] = ("gsm8k", "math", "math500", "math-offline", "toyworld")
+#: Generation engines (see ``flopmatch.backends.create_backend``).
+BACKENDS: tuple[str, ...] = ("vllm", "hf", "openai")
+PARADIGMS: tuple[str, ...] = ("knowledge_distillation", "self_improvement", "weak_to_strong")
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys are errors (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(_Section):
+    """Where one split's problems come from."""
+
+    source: str = Field(description=f"a problem source: one of {', '.join(KNOWN_SOURCES)}")
+    split: str | None = Field(
+        None, description="the source's split name (e.g. train, test); the source's default when omitted"
+    )
+    data_file: str | None = Field(
+        None,
+        description="a local JSONL/Parquet file in the format of ../shared/data (relative paths are "
+        "relative to the config file; $VAR and ${VAR:-default} are expanded)",
+    )
+    limit: PositiveInt | None = Field(None, description="a positive number of problems (a seeded subset)")
+    seed: int | None = Field(None, description="an integer seed for the subset; the study seed when omitted")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if value not in KNOWN_SOURCES:
+            raise ValueError(f"unknown problem source {value!r}; expected one of {', '.join(KNOWN_SOURCES)}")
+        return value
+
+
+class ValidationSplitConfig(_Section):
+    """Problems for checkpoint selection: either their own source, or ``holdout: N`` problems carved off
+    the sample split (they are then never sampled from, so validation stays held out)."""
+
+    holdout: PositiveInt | None = Field(
+        None, description="a positive number of sample-split problems to hold out for validation"
+    )
+    source: str | None = Field(None, description=f"a problem source: one of {', '.join(KNOWN_SOURCES)}")
+    split: str | None = None
+    data_file: str | None = None
+    limit: PositiveInt | None = None
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> ValidationSplitConfig:
+        if (self.holdout is None) == (self.source is None):
+            raise ValueError(
+                "give either `holdout: N` (carve N sample problems off) or `source:` (its own problems)"
+            )
+        if self.holdout is not None and any(v is not None for v in (self.split, self.data_file, self.limit)):
+            raise ValueError("`holdout` takes its problems from the sample split; drop split/data_file/limit")
+        if self.source is not None and self.source not in KNOWN_SOURCES:
+            raise ValueError(
+                f"unknown problem source {self.source!r}; expected one of {', '.join(KNOWN_SOURCES)}"
+            )
+        return self
+
+    def as_split(self) -> SplitConfig:
+        assert self.source is not None
+        return SplitConfig(
+            source=self.source, split=self.split, data_file=self.data_file, limit=self.limit, seed=self.seed
+        )
+
+
+class ProblemsConfig(_Section):
+    sample: SplitConfig = Field(description="the split the WC and SE models write solutions for")
+    validation: ValidationSplitConfig | None = Field(
+        None, description="checkpoint-selection problems: `holdout: N` or a split of their own"
+    )
+    test: SplitConfig | None = Field(
+        None, description="held-out problems the fine-tuned models are evaluated on"
+    )
+
+
+class ModelSpec(_Section):
+    """One model: what to load, how to serve it, and (optionally) facts the planner would otherwise read."""
+
+    model: str = Field(
+        description="a Hugging Face id, a local directory, or a registry name (`flopmatch models list`)"
+    )
+    backend: Literal["vllm", "hf", "openai"] = Field(
+        "vllm", description="the generation engine: vllm, hf or openai"
+    )
+    backend_options: dict[str, Any] = Field(
+        default_factory=dict, description="engine options passed to the backend (dtype, max_model_len, ...)"
+    )
+    params: float | None = Field(
+        None,
+        gt=0,
+        description="parameter count override (e.g. 9.24e9); read from the model's config/GGUF when omitted",
+    )
+    price_per_token: float | None = Field(
+        None, gt=0, description="price per output token (budget mode `price`)"
+    )
+    label: str | None = Field(None, description="a short display name for tables (defaults to the model)")
+    toyworld_spec: dict[str, Any] | None = Field(
+        None,
+        description="fields of flopmatch.toyworld.ToyModelSpec: a toy-world model of this shape, pretrained "
+        "locally and cached (`model` is then only its name), e.g. a third, smaller student",
+    )
+
+    @property
+    def display(self) -> str:
+        return self.label or self.model
+
+    @field_validator("toyworld_spec")
+    @classmethod
+    def _toy_spec(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return value
+        from dataclasses import fields
+
+        from flopmatch.toyworld.models import ToyModelSpec
+
+        known = {f.name for f in fields(ToyModelSpec)} - {"knobs", "noise"}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown ToyModelSpec field(s) {unknown}; expected some of {sorted(known)}")
+        try:
+            ToyModelSpec(**value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"not a valid toy model: {exc}") from None
+        return value
+
+
+class ModelsConfig(_Section):
+    wc: ModelSpec = Field(description="the weak-cheap model")
+    se: ModelSpec = Field(description="the strong-expensive model")
+
+
+class BudgetConfig(_Section):
+    mode: Literal["flops", "price", "number", "measured"] = Field(
+        "flops", description="how budgets are matched: flops, price, number or measured"
+    )
+    se_samples: list[PositiveInt] = Field(
+        default_factory=lambda: [1, 10], description="SE samples per problem at each budget, e.g. [1, 10]"
+    )
+    rounding: Literal["floor", "round", "ceil"] = Field(
+        "floor", description="how a fractional WC count is rounded"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra keyword arguments for flopmatch.budget.plan_budgets (e.g. mean solution lengths)",
+    )
+
+    @field_validator("se_samples")
+    @classmethod
+    def _sorted_unique(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("give at least one budget, e.g. [1, 10]")
+        if len(set(value)) != len(value):
+            raise ValueError(f"budgets must be distinct, got {value}")
+        return sorted(value)
+
+
+class SamplingConfig(_Section):
+    temperature: float = Field(0.7, ge=0, description="a temperature >= 0")
+    top_p: float = Field(0.95, gt=0, le=1, description="top_p in (0, 1]")
+    max_tokens: PositiveInt = Field(512, description="a positive token limit per solution")
+    stop: list[str] = Field(default_factory=list)
+    prompt: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of the dataset's default PromptConfig (few-shot count, ...)",
+    )
+    replicas: PositiveInt = Field(1, description="engine replicas (Ray actors) per model")
+    ray_address: str | None = Field(
+        None, description="an existing Ray cluster's address; local Ray when omitted"
+    )
+    budget_seconds: float | None = Field(
+        None, gt=0, description="stop sampling a model cleanly after this many seconds"
+    )
+
+
+class GradingConfig(_Section):
+    workers: PositiveInt | None = Field(None, description="grading processes; all cores when omitted")
+    timeout: float = Field(5.0, gt=0, description="seconds allowed per equivalence check")
+
+
+class JudgeConfig(_Section):
+    enabled: bool = True
+    spec: str | dict[str, Any] = Field(
+        "toyworld-checker",
+        description="a judge spec for flopmatch.judge.make_judge: `toyworld-checker` or a backend/model mapping",
+    )
+    per_model: PositiveInt = Field(500, description="answer-correct solutions judged per model (paper: 500)")
+
+    @field_validator("spec")
+    @classmethod
+    def _known_spec(cls, value: str | dict[str, Any]) -> str | dict[str, Any]:
+        """The fields of flopmatch.judge.JudgeSpec; engine settings (base_url, dtype, ...) go in ``options``."""
+        if isinstance(value, dict):
+            from dataclasses import fields
+
+            from flopmatch.judge import JudgeSpec
+
+            known = [f.name for f in fields(JudgeSpec)]
+            unknown = sorted(set(value) - set(known))
+            if unknown:
+                raise ValueError(
+                    f"unknown judge setting(s) {unknown}; expected some of {known} (engine settings such as "
+                    "base_url or dtype go under `options:`)"
+                )
+            if "backend" not in value:
+                raise ValueError("a judge spec needs `backend:` (vllm, hf, openai or toyworld-checker)")
+        return value
+
+
+class AnalysisConfig(_Section):
+    ks: list[PositiveInt] | None = Field(
+        None, description="k values for coverage@k/diversity@k; all budgets when omitted"
+    )
+    n_boot: PositiveInt = Field(1000, description="bootstrap resamples for the confidence intervals")
+
+
+class ParadigmsConfig(_Section):
+    knowledge_distillation: bool = Field(True, description="train a separate student on WC data vs SE data")
+    self_improvement: bool = Field(True, description="train WC on its own data vs on SE data")
+    weak_to_strong: bool = Field(True, description="train SE on WC data vs on its own data")
+    student: ModelSpec | None = Field(
+        None, description="the knowledge-distillation student (required when knowledge_distillation is on)"
+    )
+    number_matched: list[Literal["knowledge_distillation", "self_improvement", "weak_to_strong"]] = Field(
+        default_factory=lambda: ["knowledge_distillation"],
+        description="paradigms that also get the number-matched control (WC data with SE's sample count)",
+    )
+    max_per_problem: PositiveInt | None = Field(None, description="cap on correct solutions kept per problem")
+
+    def enabled(self) -> list[str]:
+        return [p for p in PARADIGMS if getattr(self, p)]
+
+
+class TrainingConfig(_Section):
+    enabled: bool = Field(True, description="run build-sft, train and eval (off: dataset metrics only)")
+    preset: Literal["default", "tiny-cpu"] = Field(
+        "default", description="starting hyperparameters: default (the paper's) or tiny-cpu"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="flopmatch.training.TrainConfig fields overriding the preset"
+    )
+    steps_per_budget: dict[int, PositiveInt] | None = Field(
+        None,
+        description="optimizer steps per budget (SE samples per problem -> steps), the paper's protocol, e.g. "
+        "{1: 600, 10: 6000}; overrides options.max_steps",
+    )
+    launcher: Literal["inprocess", "accelerate"] = Field(
+        "inprocess",
+        description="inprocess (one process, CPU or one GPU) or accelerate (`accelerate launch` per run: multi-GPU, "
+        "DeepSpeed/FSDP)",
+    )
+    accelerate_config: str | None = Field(
+        None, description="an accelerate config file (relative to the study file), e.g. DeepSpeed ZeRO-3"
+    )
+    accelerate_args: list[str] = Field(
+        default_factory=list, description="extra `accelerate launch` arguments, e.g. [--num_processes, '8']"
+    )
+
+
+class EvaluationConfig(_Section):
+    backend: Literal["vllm", "hf"] = Field(
+        "vllm", description="the engine that evaluates trained models: vllm or hf"
+    )
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+    n: PositiveInt = Field(4, description="samples per problem at temperature for maj@k and pass@k")
+    temperature: float = Field(0.7, ge=0)
+    max_tokens: PositiveInt | None = Field(None, description="defaults to sampling.max_tokens")
+    baselines: bool = Field(True, description="also evaluate each student before fine-tuning")
+
+
+class StudyConfig(_Section):
+    """The whole study. ``flopmatch study CONFIG.yaml --dry-run`` validates a file against this."""
+
+    name: str = Field(description="a short study name (letters, digits, . _ -); the run goes to runs/<name>")
+    description: str = ""
+    run_dir: str | None = Field(None, description="where the run lives; runs/<name> when omitted")
+    seed: int = 0
+    problems: ProblemsConfig
+    models: ModelsConfig
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    grading: GradingConfig = Field(default_factory=GradingConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    paradigms: ParadigmsConfig = Field(default_factory=ParadigmsConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError(
+                f"{value!r} is not a usable directory name; use letters, digits, '.', '_' or '-'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudyConfig:
+        if self.budget.mode == "price":
+            missing = [r for r in ("wc", "se") if getattr(self.models, r).price_per_token is None]
+            if missing:
+                raise ValueError(
+                    f"budget.mode is `price` but models.{missing[0]}.price_per_token is not set; "
+                    "give both models a price per output token"
+                )
+        if self.training.enabled:
+            if self.paradigms.knowledge_distillation and self.paradigms.student is None:
+                raise ValueError(
+                    "paradigms.knowledge_distillation is on but paradigms.student is not set; name a student "
+                    "model or set knowledge_distillation: false"
+                )
+            if self.problems.test is None:
+                raise ValueError(
+                    "training is enabled but problems.test is not set; fine-tuned models need a test split"
+                )
+            unknown = sorted(set(self.training.steps_per_budget or {}) - set(self.budget.se_samples))
+            if unknown:
+                raise ValueError(
+                    f"training.steps_per_budget names budget(s) {unknown} that budget.se_samples "
+                    f"{self.budget.se_samples} does not have"
+                )
+            for paradigm in self.paradigms.number_matched:
+                if not getattr(self.paradigms, paradigm):
+                    raise ValueError(f"paradigms.number_matched lists {paradigm} but that paradigm is off")
+        return self
+
+
+class StudyConfigError(ValueError):
+    """A study file that cannot be used; the message names the file, line, key and what is expected."""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+_ENV_PATTERN = re.compile(
+    r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """Expand ``$VAR``, ``${VAR}`` and ``${VAR:-default}``; an unset variable without default is an error
+    (a silently empty path would point a study at the wrong data)."""
+    env = os.environ if environ is None else environ
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group("braced") or match.group("bare")
+        if name in env and env[name] != "":
+            return env[name]
+        if match.group("default") is not None:
+            return match.group("default")
+        raise StudyConfigError(
+            f"environment variable ${name} is not set (use ${{{name}:-default}} for a default)"
+        )
+
+    return _ENV_PATTERN.sub(replace, text)
+
+
+def _resolve_path(value: str | None, base: Path) -> str | None:
+    if value is None:
+        return None
+    expanded = Path(os.path.expanduser(expand_env(value)))
+    return str(expanded if expanded.is_absolute() else (base / expanded).resolve())
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.startswith((".", "/", "~", "$"))
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config mapping, e.g.
+    ``training.enabled=true`` or ``problems.sample.limit=100``."""
+    data = _deep_copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise StudyConfigError(f"override {item!r} is not of the form key.path=value")
+        parts = key.strip().split(".")
+        node: Any = data
+        for part in parts[:-1]:
+            if not isinstance(node, dict):
+                raise StudyConfigError(f"override {item!r}: {part!r} is not inside a mapping")
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise StudyConfigError(f"override {item!r}: {parts[-2]!r} is not a mapping")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return data
+
+
+def _deep_copy(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _deep_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_deep_copy(v) for v in obj]
+    return obj
+
+
+def load_study_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
+    """Read, validate and resolve a study file.
+
+    Relative ``data_file``/``run_dir`` paths (and model references that start with ``./``, ``../``, ``~``
+    or ``$``) are resolved against the file's directory, so a study runs the same from any working
+    directory. Errors raise ``StudyConfigError`` naming the file, line, key and what is expected.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StudyConfigError(f"{path}: cannot read the study file ({exc.strerror or exc})") from exc
+    try:
+        root_node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise StudyConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+    if not isinstance(data, dict):
+        raise StudyConfigError(f"{path}: a study file is a mapping of sections (name, problems, models, ...)")
+    data = apply_overrides(data, overrides)
+    return validate_study_dict(data, base_dir=path.resolve().parent, source=str(path), node=root_node)
+
+
+def validate_study_dict(
+    data: Mapping[str, Any], *, base_dir: Path | None = None, source: str = "<config>", node: Any = None
+) -> StudyConfig:
+    """Validate a raw mapping (as read from YAML) into a resolved ``StudyConfig``."""
+    try:
+        config = StudyConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise StudyConfigError(format_validation_error(exc, source=source, node=node)) from None
+    return resolve_paths(config, base_dir or Path.cwd())
+
+
+def resolve_paths(config: StudyConfig, base: Path) -> StudyConfig:
+    """Make every file reference absolute, so the frozen copy in the run directory is self-sufficient."""
+
+    def split(s: SplitConfig | None) -> SplitConfig | None:
+        return None if s is None else s.model_copy(update={"data_file": _resolve_path(s.data_file, base)})
+
+    def model(m: ModelSpec | None) -> ModelSpec | None:
+        if m is None or not _looks_like_path(m.model):
+            return m
+        return m.model_copy(update={"model": _resolve_path(m.model, base)})
+
+    training = config.training
+    if training.accelerate_config:
+        training = training.model_copy(
+            update={"accelerate_config": _resolve_path(training.accelerate_config, base)}
+        )
+    problems = config.problems
+    validation = problems.validation
+    if validation is not None and validation.data_file is not None:
+        validation = validation.model_copy(update={"data_file": _resolve_path(validation.data_file, base)})
+    return config.model_copy(
+        update={
+            "run_dir": _resolve_path(config.run_dir, base) if config.run_dir else None,
+            "problems": problems.model_copy(
+                update={
+                    "sample": split(problems.sample),
+                    "validation": validation,
+                    "test": split(problems.test),
+                }
+            ),
+            "models": config.models.model_copy(
+                update={"wc": model(config.models.wc), "se": model(config.models.se)}
+            ),
+            "paradigms": config.paradigms.model_copy(update={"student": model(config.paradigms.student)}),
+            "training": training,
+        }
+    )
+
+
+# --------------------------------------------------------------------------- error messages
+
+
+def format_validation_error(exc: ValidationError, *, source: str = "<config>", node: Any = None) -> str:
+    """One line per problem: ``file:line: dotted.key: what is wrong; expected ...``."""
+    lines = [f"{source}: invalid study config ({exc.error_count()} problem{'s' * (exc.error_count() != 1)})"]
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        line = _yaml_line(node, loc)
+        where = f"{source}:{line}" if line else source
+        lines.append(f"  {where}: {key}: {_explain(error, loc)}")
+    return "\n".join(lines)
+
+
+def _explain(error: Mapping[str, Any], loc: tuple) -> str:
+    kind = error["type"]
+    field = _field_info(StudyConfig, loc)
+    expected = field.description if field is not None and field.description else None
+    if kind == "missing":
+        return f"required key is missing; expected {expected}" if expected else "required key is missing"
+    if kind == "extra_forbidden":
+        parent = _section_model(StudyConfig, loc[:-1])
+        if parent is None:
+            return "unknown key"
+        close = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields), n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        return f"unknown key; {hint}expected one of: {', '.join(parent.model_fields)}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "value_error":  # our own validators already say what they got and what they expect
+        return message
+    got = error.get("input")
+    shown = f" (got {got!r})" if not isinstance(got, dict | list) and got is not None else ""
+    return f"{message}{shown}; expected {expected}" if expected else f"{message}{shown}"
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The member types of an annotation (Optional/Union unwrapped, Annotated stripped)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [t for a in typing.get_args(annotation) for t in _unwrap(a)]
+    return [annotation]
+
+
+def _section_model(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if current is None or not isinstance(part, str) or part not in current.model_fields:
+            return None if current is None or isinstance(part, str) else current
+        members = [
+            t
+            for t in _unwrap(current.model_fields[part].annotation)
+            if isinstance(t, type) and issubclass(t, BaseModel)
+        ]
+        current = members[0] if members else None
+    return current
+
+
+def _field_info(model: type[BaseModel], loc: tuple) -> Any:
+    parts = [p for p in loc if isinstance(p, str)]
+    if not parts:
+        return None
+    parent = _section_model(model, tuple(parts[:-1]))
+    if parent is None:
+        return None
+    return parent.model_fields.get(parts[-1])
+
+
+def _yaml_line(node: Any, loc: tuple) -> int | None:
+    """The 1-based line of ``loc`` in a composed YAML tree (the deepest existing ancestor's line)."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+            if match is None:
+                key_node = next((k for k, _ in node.value if getattr(k, "value", None) == str(part)), None)
+                return key_node.start_mark.line + 1 if key_node is not None else line
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            return line
+        line = node.start_mark.line + 1
+    return line
+
+
+def demo_config(overrides: Sequence[str] = ()) -> StudyConfig:
+    """The packaged copy of ``examples/toyworld.yaml`` (works from an installed wheel), with
+    ``KEY=VALUE`` overrides applied as ``flopmatch study --set`` does."""
+    from importlib.resources import as_file, files
+
+    with as_file(files("flopmatch").joinpath("configs/toyworld.yaml")) as path:
+        return load_study_config(path, overrides)

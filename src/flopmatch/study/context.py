@@ -1,0 +1,88 @@
+"""What every stage gets: the ``StudyContext`` (config, run directory, logger), the error a stage
+raises when the study cannot go on, and the fingerprints that identify a stage's outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flopmatch.store import RunDir, config_hash, read_json, read_table
+from flopmatch.study.config import StudyConfig
+
+ROLES_FILE = "roles.json"
+PROBLEM_ROLES: tuple[str, ...] = ("sample", "validation", "test")
+
+
+class StudyError(RuntimeError):
+    """A study cannot go on (a stage's inputs are missing, a stage failed); the message says what to do."""
+
+
+@dataclass
+class StudyContext:
+    """What every stage gets: the config, the run directory and a logger."""
+
+    config: StudyConfig
+    run: RunDir
+    log: Any  # Callable[[str], None]
+    progress: bool = True
+
+    def problems(self, role: str) -> list[Any]:
+        from flopmatch.problems import problems_from_table
+
+        path = self.run.problems_path(role)
+        if not path.exists():
+            return []
+        return problems_from_table(read_table(path))
+
+    def roles(self) -> dict[str, Any]:
+        path = self.run.root / ROLES_FILE
+        if not path.exists():
+            raise StudyError(f"{path}: missing; the plan stage writes it (run the study without --only)")
+        return read_json(path)
+
+    def plan(self) -> Any:
+        from flopmatch.budget import BudgetPlan
+
+        if not self.run.plan_path.exists():
+            raise StudyError(f"{self.run.plan_path}: no plan; run the plan stage first")
+        return BudgetPlan.load(self.run)
+
+    def budgets(self) -> list[tuple[int, int]]:
+        return [(int(b.se_samples), int(b.wc_samples)) for b in self.plan().budgets]
+
+
+#: Files up to this size are fingerprinted by content, bigger ones (model weights) by size and mtime.
+CONTENT_HASH_LIMIT = 16 << 20
+
+
+def fingerprint(paths: Sequence[Path], root: Path) -> str:
+    """Identity of a stage's outputs: every file under ``paths`` by its name relative to ``root`` (so a
+    run directory can be moved) and its content (size and modification time when large). Rewriting
+    identical tables does not make later stages rerun; any real change does."""
+    entries: list[tuple[str, str]] = []
+    for path in paths:
+        if path.is_file():
+            files = [path]
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        else:
+            continue
+        for file in files:
+            entries.append((os.path.relpath(file, root), _file_identity(file)))
+    return config_hash(entries)
+
+
+def _file_identity(path: Path) -> str:
+    stat = path.stat()
+    if stat.st_size > CONTENT_HASH_LIMIT:
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

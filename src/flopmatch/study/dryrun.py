@@ -1,0 +1,151 @@
+"""``flopmatch study --dry-run``: validate a study, plan its budgets and estimate what it would cost,
+without running anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flopmatch.store import RunDir, model_key
+from flopmatch.study.config import ModelSpec, SplitConfig, StudyConfig
+from flopmatch.study.context import StudyContext
+from flopmatch.study.jobs import TrainJob, train_jobs
+from flopmatch.study.orchestrator import StageStatus, check_components, run_dir_for, study_status
+from flopmatch.study.stages import _load_split, _params_offline
+
+# --------------------------------------------------------------------------- dry run
+
+#: Problems per source split, for cost estimates when a source cannot be read offline.
+KNOWN_SIZES: dict[tuple[str, str], int] = {
+    ("gsm8k", "train"): 7473,
+    ("gsm8k", "test"): 1319,
+    ("math", "train"): 7500,
+    ("math", "test"): 5000,
+    ("math500", "test"): 500,
+    ("math-offline", "train"): 4500,
+    ("math-offline", "test"): 500,
+}
+
+
+@dataclass
+class DryRun:
+    """What ``--dry-run`` prints: the plan and what the study would cost, with where each number came from."""
+
+    config: StudyConfig
+    run_dir: Path
+    problems: dict[str, tuple[int | None, str]]  # role -> (count, how it was found)
+    params: dict[str, tuple[float | None, str]]  # role -> (count, source)
+    plan: Any | None
+    plan_error: str | None
+    costs: list[dict[str, Any]]
+    jobs: list[TrainJob]
+    evals: int
+    stages: list[StageStatus] | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _count_split(spec: SplitConfig, seed: int) -> tuple[int | None, str]:
+    """Problems in a split: loaded when that is cheap and offline (local files, the toy world), else
+    the source's known size, capped by ``limit``."""
+    if spec.data_file is not None or spec.source == "toyworld":
+        try:
+            return len(_load_split(spec, seed)), "counted"
+        except Exception as exc:  # noqa: BLE001 - a dry run reports, the real run fails loudly
+            return None, f"cannot load: {exc}"
+    size = KNOWN_SIZES.get((spec.source, spec.split or "test"))
+    if size is None:
+        return spec.limit, "limit" if spec.limit else "unknown size"
+    return (min(size, spec.limit) if spec.limit else size), "known dataset size"
+
+
+def dry_run(config: StudyConfig, run_dir: str | Path | None = None) -> DryRun:
+    """Validate what can be validated without running anything, plan the budgets and estimate cost.
+
+    Sampling cost is an upper bound: every solution at ``sampling.max_tokens`` generated tokens (the
+    ledger of an earlier run of this study, when there is one, gives measured mean lengths instead).
+    """
+    from flopmatch.budget import BudgetError, plan_budgets
+
+    check_components(config)
+    root = run_dir_for(config, run_dir)
+    problems: dict[str, tuple[int | None, str]] = {}
+    sample_count = _count_split(config.problems.sample, config.seed)
+    validation = config.problems.validation
+    if validation is not None and validation.holdout:
+        problems["sample"] = sample_count
+        problems["validation"] = (validation.holdout, "held out from the sample split")
+    else:
+        problems["sample"] = sample_count
+        if validation is not None:
+            problems["validation"] = _count_split(validation.as_split(), config.seed)
+    if config.problems.test is not None:
+        problems["test"] = _count_split(config.problems.test, config.seed)
+    params = {"wc": _params_offline(config.models.wc), "se": _params_offline(config.models.se)}
+    if config.paradigms.student is not None and config.training.enabled:
+        params["student"] = _params_offline(config.paradigms.student)
+    plan, plan_error = None, None
+    try:
+        options = dict(config.budget.options)
+        options.pop("ledger", None)
+        if config.budget.mode == "price":
+            options.setdefault("wc_price", config.models.wc.price_per_token)
+            options.setdefault("se_price", config.models.se.price_per_token)
+        plan = plan_budgets(
+            mode=config.budget.mode, se_samples=config.budget.se_samples, wc_params=params["wc"][0],
+            se_params=params["se"][0], rounding=config.budget.rounding, n_problems=problems["sample"][0],
+            wc_name=config.models.wc.model, se_name=config.models.se.model, **options,
+        )  # fmt: skip
+    except (BudgetError, TypeError, ValueError) as exc:
+        plan_error = str(exc)
+    costs = []
+    n = problems["sample"][0]
+    if plan is not None and n:
+        mean_tokens = _ledger_mean_tokens(RunDir(root), config)
+        for role in ("wc", "se"):
+            spec: ModelSpec = getattr(config.models, role)
+            per_problem = max(int(getattr(b, f"{role}_samples")) for b in plan.budgets)
+            tokens, basis = mean_tokens.get(
+                role, (config.sampling.max_tokens, "upper bound: max_tokens each")
+            )
+            samples = n * per_problem
+            p = params[role][0]
+            costs.append({"role": role, "model": spec.display, "samples": samples, "tokens": samples * tokens,
+                          "flops": 2 * p * samples * tokens if p else None, "basis": basis})  # fmt: skip
+    jobs = train_jobs(config, [(b.se_samples, b.wc_samples) for b in plan.budgets]) if plan else []
+    jobs = jobs if config.training.enabled else []
+    students = {j.student_role for j in jobs}
+    evals = len(jobs) + (len(students) if config.evaluation.baselines else 0)
+    stages = None
+    if RunDir(root).study_path.exists():
+        stages = study_status(StudyContext(config=config, run=RunDir(root), log=lambda _: None))
+    warnings = []
+    accelerate_config = config.training.accelerate_config
+    if config.training.enabled and accelerate_config and not Path(accelerate_config).exists():
+        warnings.append(f"training.accelerate_config {accelerate_config} does not exist (yet)")
+    for role, spec in (("sample", config.problems.sample), ("test", config.problems.test)):
+        if spec is not None and spec.data_file and not Path(spec.data_file).exists():
+            warnings.append(f"problems.{role}.data_file {spec.data_file} does not exist")
+    return DryRun(config, root, problems, params, plan, plan_error, costs, jobs, evals, stages, warnings)
+
+
+def _ledger_mean_tokens(run: RunDir, config: StudyConfig) -> dict[str, tuple[float, str]]:
+    if not run.ledger_path.exists():
+        return {}
+    try:
+        from flopmatch.ledger import summarize_ledger
+
+        frame = summarize_ledger(run.root)
+    except Exception:  # noqa: BLE001 - an unreadable ledger only loses the refinement
+        return {}
+    out = {}
+    for role in ("wc", "se"):
+        key = model_key(getattr(config.models, role).model)
+        rows = (
+            frame[frame["model"].map(lambda m: model_key(str(m))) == key] if "model" in frame else frame[:0]
+        )
+        if len(rows) and float(rows["samples"].sum()) > 0:
+            mean = float(rows["completion_tokens"].sum()) / float(rows["samples"].sum())
+            out[role] = (mean, "measured mean length (this run's ledger)")
+    return out

@@ -1,0 +1,59 @@
+"""What the training paradigms need: the SFT sets and the fine-tuning runs of a study at its budgets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from flopmatch.study.config import StudyConfig
+
+PARADIGM_SHORT = {"knowledge_distillation": "kd", "self_improvement": "si", "weak_to_strong": "w2s"}
+#: Which model each paradigm fine-tunes (paper.md: a separate student; WC itself; SE itself).
+PARADIGM_STUDENT = {"knowledge_distillation": "student", "self_improvement": "wc", "weak_to_strong": "se"}
+
+
+@dataclass(frozen=True)
+class SFTSet:
+    """One training set: a model's correct solutions at one budget (``kind`` wc, se or wc_number_matched)."""
+
+    name: str
+    kind: str
+    role: str  # whose samples: wc | se
+    budget: int  # SE samples per problem of the budget
+    samples_per_problem: int
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One fine-tuning run: a paradigm's student trained on one SFT set."""
+
+    name: str
+    paradigm: str
+    student_role: str  # student | wc | se
+    data: SFTSet
+
+
+def sft_sets(config: StudyConfig, budgets: Sequence[tuple[int, int]]) -> list[SFTSet]:
+    """Every SFT set the enabled paradigms need, given the plan's (se_samples, wc_samples) budgets."""
+    out: list[SFTSet] = []
+    for se_n, wc_n in budgets:
+        out.append(SFTSet(f"wc-b{se_n}", "wc", "wc", se_n, wc_n))
+        out.append(SFTSet(f"se-b{se_n}", "se", "se", se_n, se_n))
+        if config.paradigms.number_matched:
+            out.append(SFTSet(f"wc-nm-b{se_n}", "wc_number_matched", "wc", se_n, se_n))
+    return out
+
+
+def train_jobs(config: StudyConfig, budgets: Sequence[tuple[int, int]]) -> list[TrainJob]:
+    """All three paradigms at every budget (each: WC data vs SE data), plus the number-matched control
+    for the paradigms listed in ``paradigms.number_matched``."""
+    sets = {s.name: s for s in sft_sets(config, budgets)}
+    jobs: list[TrainJob] = []
+    for paradigm in config.paradigms.enabled():
+        short = PARADIGM_SHORT[paradigm]
+        for se_n, _ in budgets:
+            kinds = ["se", "wc"] + (["wc-nm"] if paradigm in config.paradigms.number_matched else [])
+            for kind in kinds:
+                data = sets[f"{kind}-b{se_n}"]
+                jobs.append(TrainJob(f"{short}-{data.name}", paradigm, PARADIGM_STUDENT[paradigm], data))
+    return jobs
