@@ -321,18 +321,19 @@ def is_prepared(name: str) -> bool:
     return (_prepared_dir(name) / _PREPARED_MARKER).is_file()
 
 
-def prepare(name: str) -> Path:
+def prepare(name: str, *, progress: bool = True) -> Path:
     """A directory ``transformers`` and vLLM load directly, built once and cached.
 
     For the Qwen GGUFs: transformers dequantizes the GGUF (``from_pretrained(dir, gguf_file=...)``),
     but marks the result quantized and refuses ``save_pretrained``; so the weights are moved into a
     model built from the same config without ``quantization_config`` and saved as bf16 safetensors,
     with the GGUF's tokenizer and chat template. The directory appears atomically (built under a
-    temporary name, renamed when complete). Toy-world names delegate to ``toyworld.ensure_model``.
+    temporary name, renamed when complete). Toy-world names delegate to ``toyworld.ensure_model``
+    (``progress``: its pretraining progress bar).
     """
     entry = get_entry(name)
     if entry.toyworld_kind is not None:
-        return Path(_toyworld().ensure_model(entry.toyworld_kind))
+        return Path(_toyworld().ensure_model(entry.toyworld_kind, progress=progress))
     out = _prepared_dir(name)
     if is_prepared(name):
         return out
@@ -413,11 +414,11 @@ def list_models() -> list[ModelInfo]:
     return [model_info(name) for name in REGISTRY]
 
 
-def resolve_model(ref: str) -> str:
+def resolve_model(ref: str, *, progress: bool = True) -> str:
     """What a backend should load for ``ref``: registry name → prepared directory (prepared now if
     needed); an existing path → itself; anything else → unchanged (a hub id)."""
     if ref in REGISTRY:
-        return str(prepare(ref))
+        return str(prepare(ref, progress=progress))
     if Path(ref).expanduser().exists():
         return str(Path(ref).expanduser())
     return ref

@@ -104,7 +104,7 @@ def _stage_problems(ctx: StudyContext) -> dict[str, Any]:
     return {"counts": counts, "summary": ", ".join(f"{n} {r}" for r, n in counts.items())}
 
 
-def _model_entry(spec: ModelSpec, *, resolve: bool, log: Any) -> dict[str, Any]:
+def _model_entry(spec: ModelSpec, *, resolve: bool, log: Any, progress: bool = True) -> dict[str, Any]:
     """Role record: the reference, its run-directory key, where it loads from, and its parameter count."""
     from flopmatch.modelinfo import count_parameters
     from flopmatch.models import resolve_model
@@ -112,7 +112,10 @@ def _model_entry(spec: ModelSpec, *, resolve: bool, log: Any) -> dict[str, Any]:
     path = spec.model
     if resolve:
         log(f"    preparing {spec.model} …")
-        path = str(_toy_model(spec)) if spec.toyworld_spec is not None else resolve_model(spec.model)
+        if spec.toyworld_spec is not None:
+            path = str(_toy_model(spec, progress=progress))
+        else:
+            path = resolve_model(spec.model, progress=progress)
     # The name samples are filed under: the reference itself, except for a toy model built from a spec,
     # which nothing else could resolve, so its (cached) directory stands in.
     name = path if spec.toyworld_spec is not None else spec.model
@@ -132,11 +135,12 @@ def _model_entry(spec: ModelSpec, *, resolve: bool, log: Any) -> dict[str, Any]:
     }
 
 
-def _toy_model(spec: ModelSpec) -> Path:
+def _toy_model(spec: ModelSpec, *, progress: bool = True) -> Path:
     """A toy-world model built from ``spec.toyworld_spec``: pretrained on first use, then cached."""
     from flopmatch.toyworld import ToyModelSpec, ensure_model
 
-    return ensure_model(model_key(spec.model), spec=ToyModelSpec(**(spec.toyworld_spec or {})))  # type: ignore[arg-type]
+    toy_spec = ToyModelSpec(**(spec.toyworld_spec or {}))
+    return ensure_model(model_key(spec.model), spec=toy_spec, progress=progress)  # type: ignore[arg-type]
 
 
 def _params_offline(spec: ModelSpec) -> tuple[float | None, str]:
@@ -177,12 +181,12 @@ def _stage_plan(ctx: StudyContext) -> dict[str, Any]:
 
     config = ctx.config
     roles = {
-        "wc": _model_entry(config.models.wc, resolve=True, log=ctx.log),
-        "se": _model_entry(config.models.se, resolve=True, log=ctx.log),
+        "wc": _model_entry(config.models.wc, resolve=True, log=ctx.log, progress=ctx.progress),
+        "se": _model_entry(config.models.se, resolve=True, log=ctx.log, progress=ctx.progress),
     }
     student = config.paradigms.student
     if student is not None and config.training.enabled and config.paradigms.knowledge_distillation:
-        roles["student"] = _model_entry(student, resolve=True, log=ctx.log)
+        roles["student"] = _model_entry(student, resolve=True, log=ctx.log, progress=ctx.progress)
     n_problems = len(ctx.problems("sample"))
     options = dict(config.budget.options)
     if config.budget.mode == "price":
