@@ -138,7 +138,7 @@ def test_unknown_names_and_toyworld_entries(cache):
 def test_resolve_model_passes_paths_and_hub_ids_through(tmp_path, fake_model, monkeypatch):
     assert models.resolve_model(str(tmp_path)) == str(tmp_path)
     assert models.resolve_model("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
-    monkeypatch.setattr(models, "prepare", lambda name: tmp_path / f"prepared-{name}")
+    monkeypatch.setattr(models, "prepare", lambda name, progress=True: tmp_path / f"prepared-{name}")
     assert models.resolve_model(fake_model[0]) == str(tmp_path / "prepared-fake-model")
 
 
