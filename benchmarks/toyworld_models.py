@@ -104,7 +104,7 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
 
     print(f"\ntoy world, {len(problems)} test problems, backend {args.backend}, T={args.temperature}")
-    print(f"{'':28}{'WC':>12}{'SE':>12}")
+    print(f"{'':34}{'WC':>18}{'SE':>18}")
     rows = [
         ("parameters", f"{wc['n_params']:,}", f"{se['n_params']:,}"),
         ("train wall s / CPU s", f"{wc['train_wall_s']}/{wc['train_cpu_s']}", f"{se['train_wall_s']}/{se['train_cpu_s']}"),
@@ -115,9 +115,9 @@ def main() -> None:
          f"{se['fpr']:.3f} ({se['n_false_positive']}/{se['n_correct']})"),
     ]
     for name, a, b in rows:
-        print(f"{name:28}{a:>12}{b:>12}")
+        print(f"{name:34}{a:>18}{b:>18}")
     for label, cov in result["compute_matched"].items():
-        print(f"coverage {label:19}{cov['wc']:>12.3f}{cov['se']:>12.3f}   WC/SE = {cov['wc'] / max(cov['se'], 1e-9):.2f}")
+        print(f"coverage {label:25}{cov['wc']:>18.3f}{cov['se']:>18.3f}   WC/SE = {cov['wc'] / max(cov['se'], 1e-9):.2f}")
     print(f"greedy by level  WC {wc['greedy_by_level']}\n                 SE {se['greedy_by_level']}")
     print(f"written: {args.out}")
 

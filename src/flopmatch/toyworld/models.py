@@ -5,10 +5,10 @@ from the noise model (``noise.py``), so they make a real reasoner's kinds of mis
 included. Same data, same steps, same tokenizer: the only difference is size, so the WC model is
 weaker because it is smaller.
 
-Where they land (``python benchmarks/toyworld_models.py --problems 100``, 2-core CPU): WC 156k
-parameters, SE 517k; greedy pass@1 0.34 vs 0.50; exact false-positive rate of sampled correct
-solutions (T=0.7) 0.34 vs 0.18; coverage at the compute-matched budgets WC 0.47 vs SE 0.37 (3 vs 1
-samples) and 0.85 vs 0.75 (30 vs 10) -- the paper's pattern. Training on one idle core: WC ~56 s,
+Where they land (``python benchmarks/toyworld_models.py --problems 300``, 2-core CPU): WC 156k
+parameters, SE 517k; greedy pass@1 0.29 vs 0.47; exact false-positive rate of sampled correct
+solutions (T=0.7) 0.32 vs 0.20; coverage at the compute-matched budgets WC 0.42 vs SE 0.33 (3 vs 1
+samples) and 0.85 vs 0.74 (30 vs 10) -- the paper's pattern. Training on one idle core: WC ~56 s,
 SE ~122 s (~95 s with ``FLOPMATCH_TOY_THREADS=2``).
 
 A model is trained on first use and cached under ``$FLOPMATCH_CACHE/toyworld/<size>-<config hash>``
