@@ -311,7 +311,7 @@ def test_demo_command_runs_the_packaged_study_end_to_end(tmp_path):
     shrink = [
         "problems.sample.limit=16", "problems.validation.holdout=4", "problems.test.limit=8",
         "budget.se_samples=[1,2]", "judge.per_model=50", "analysis.n_boot=50", "evaluation.n=2",
-        "training.options.max_steps=2", "training.options.n_checkpoints=1",
+        "training.steps_per_budget={1: 2, 2: 2}", "training.options.n_checkpoints=1",
     ]  # fmt: skip
     args = [str(script), "demo", "--run", str(run), "--quiet"] + [f"--set={o}" for o in shrink]
     env = os.environ | {"OMP_NUM_THREADS": "1", "COLUMNS": "200"}
