@@ -168,20 +168,9 @@ def test_near_duplicates_group_rewordings_but_not_different_solutions():
     assert near_duplicate_groups(texts, threshold=1.0) == [0, 1, 2, 0]
 
 
-def test_near_duplicates_agree_with_exact_pairwise_jaccard():
-    rng = np.random.default_rng(3)
-    vocab = [f"w{i}" for i in range(12)]
-    base = list(rng.choice(vocab, size=30))
-    texts = []
-    for _ in range(40):
-        words = list(base)
-        for _ in range(int(rng.integers(0, 6))):
-            words[int(rng.integers(0, len(words)))] = str(rng.choice(vocab))
-        texts.append(" ".join(words))
-    threshold = 0.6
-    groups = near_duplicate_groups(texts, threshold=threshold)
+def _all_pairs_groups(texts: list[str], threshold: float) -> list[int]:
+    """Reference grouping: union-find over ALL pairs with exact Jaccard (no LSH), numbered by first member."""
     sets = [shingles(t) for t in texts]
-    # Reference: union-find over ALL pairs with exact Jaccard (no LSH).
     parent = list(range(len(texts)))
 
     def find(i):
@@ -193,8 +182,21 @@ def test_near_duplicates_agree_with_exact_pairwise_jaccard():
         if jaccard(sets[i], sets[j]) >= threshold:
             parent[max(find(i), find(j))] = min(find(i), find(j))
     ref: dict[int, int] = {}
-    expected = [ref.setdefault(find(i), len(ref)) for i in range(len(texts))]
-    assert groups == expected
+    return [ref.setdefault(find(i), len(ref)) for i in range(len(texts))]
+
+
+def test_near_duplicates_agree_with_exact_pairwise_jaccard():
+    rng = np.random.default_rng(3)
+    vocab = [f"w{i}" for i in range(12)]
+    base = list(rng.choice(vocab, size=30))
+    texts = []
+    for _ in range(40):
+        words = list(base)
+        for _ in range(int(rng.integers(0, 6))):
+            words[int(rng.integers(0, len(words)))] = str(rng.choice(vocab))
+        texts.append(" ".join(words))
+    groups = near_duplicate_groups(texts, threshold=0.6)
+    assert groups == _all_pairs_groups(texts, threshold=0.6)
     assert len(set(groups)) > 1  # the check would be vacuous if everything merged
 
 
@@ -324,18 +326,6 @@ def test_near_duplicates_match_all_pairs_on_many_paraphrases():
         for _ in range(int(rng.integers(0, 5))):
             words[int(rng.integers(0, len(words)))] = str(rng.choice(vocab))
         texts.append(" ".join(words))
-    sets = [shingles(t) for t in texts]
-    parent = list(range(len(texts)))
-
-    def find(i):
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
-    for i, j in itertools.combinations(range(len(texts)), 2):
-        if jaccard(sets[i], sets[j]) >= 0.8:
-            parent[max(find(i), find(j))] = min(find(i), find(j))
-    ref: dict[int, int] = {}
-    expected = [ref.setdefault(find(i), len(ref)) for i in range(len(texts))]
+    expected = _all_pairs_groups(texts, threshold=0.8)
     assert near_duplicate_groups(texts) == expected
     assert 30 <= len(set(expected)) < 300
