@@ -22,10 +22,19 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _print_labelled(target: Console, label: str, message: str) -> None:
+    # Never hard-wrap the message (it names files and lines people copy), and never read it as rich
+    # markup: paths and model output may contain "[...]".
+    target.print(label, end=" ")
+    target.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print a clear error and return the Exit to raise."""
-    # Never hard-wrap an error (it names files and lines people copy), and never read it as rich
-    # markup: paths and model output may contain "[...]".
-    err_console.print("[bold red]error:[/]", end=" ")
-    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+    _print_labelled(err_console, "[bold red]error:[/]", message)
     return typer.Exit(code)
+
+
+def warn(message: str, target: Console = err_console) -> None:
+    """Print a warning (to stderr unless ``target`` says otherwise), verbatim like :func:`fail`."""
+    _print_labelled(target, "[yellow]warning:[/]", message)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flopmatch.cli._app import app, console, err_console, fail
+from flopmatch.cli._app import app, console, fail, warn
 
 
 def _ks(text: str | None) -> list[int] | None:
@@ -42,8 +42,7 @@ def analyze_command(
     for line in result.headline:
         console.print(f"[bold]{line}[/]")
     for warning in result.warnings:
-        err_console.print("[yellow]warning:[/]", end=" ")
-        err_console.print(warning, markup=False, highlight=False, soft_wrap=True)
+        warn(warning)
     for name, path in result.files.items():
         console.print(f"{name}: {path}")
     for path in result.figures:

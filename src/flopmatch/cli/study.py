@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flopmatch.cli._app import app, console, fail
+from flopmatch.cli._app import app, console, fail, warn
 
 STATE_STYLE = {
     "done": "green",
@@ -244,7 +244,7 @@ def _print_dry_run(cfg, run: Path | None) -> None:
             + (f" --config_file {cfg.training.accelerate_config}" if cfg.training.accelerate_config else "")
         )
     for warning in plan.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        warn(warning, console)  # part of the printed plan, so on stdout
     if plan.stages:
         console.print(
             "stages in " + str(plan.run_dir) + ": " + ", ".join(f"{s.name} {s.state}" for s in plan.stages)
