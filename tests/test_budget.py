@@ -175,7 +175,8 @@ def test_a_more_expensive_wc_is_flagged():
 
 
 def test_measured_mode_from_a_real_sampling_ledger(tmp_path):
-    ledger = pytest.importorskip("flopmatch.ledger")
+    from flopmatch import ledger
+
     for model, samples, seconds, tokens in (("small", 30, 60.0, 30 * 200), ("large", 10, 31.5, 10 * 180)):
         session = ledger.LedgerSession(run_dir=tmp_path, model=model, backend="hf", seeding="engine")
         for _ in range(samples):

@@ -40,8 +40,9 @@ CASES = [
 
 @pytest.mark.parametrize(("model_type", "extra"), CASES, ids=[f"{m}-{i}" for i, (m, _) in enumerate(CASES)])
 def test_config_count_equals_the_model_transformers_builds(tmp_path, model_type, extra):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
+
     torch.set_num_threads(1)
     config = transformers.AutoConfig.for_model(model_type, **TINY, **extra)
     model = transformers.AutoModelForCausalLM.from_config(config)
@@ -81,7 +82,7 @@ def test_unsupported_or_broken_configs_say_what_to_do(tmp_path):
 
 def _write_gguf(path, *, head: str) -> dict[str, int]:
     """A tiny llama-shaped GGUF: F32 embedding, quantized (Q8_0) blocks; head = none | copy | own."""
-    gguf = pytest.importorskip("gguf")
+    import gguf
     from gguf.quants import quantize
 
     rng = np.random.default_rng(0)
@@ -113,7 +114,8 @@ def _write_gguf(path, *, head: str) -> dict[str, int]:
 
 @pytest.mark.parametrize("head", ["none", "copy", "own"])
 def test_gguf_counts_elements_not_bytes(tmp_path, head):
-    gguf = pytest.importorskip("gguf")
+    import gguf
+
     path = tmp_path / "tiny.gguf"
     counts = _write_gguf(path, head=head)
     # our header reader agrees with gguf's own reader, tensor by tensor

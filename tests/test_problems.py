@@ -275,9 +275,8 @@ def test_repeated_problem_texts_get_distinct_ids(tmp_path):
 
 
 def test_toyworld_delegates_to_the_generator():
-    toyworld = pytest.importorskip("flopmatch.toyworld")
-    if not hasattr(toyworld, "load_problems"):
-        pytest.skip("flopmatch.toyworld.load_problems not available")
+    from flopmatch import toyworld
+
     got = load("toyworld", split="test", limit=5, seed=3)
     assert got == toyworld.load_problems(split="test", limit=5, seed=3)
     assert len(got) == 5 and all(isinstance(p, Problem) for p in got)

