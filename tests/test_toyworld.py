@@ -76,7 +76,11 @@ def test_knobs_control_steps_numbers_and_distractors():
 
 def test_load_problems_splits_are_disjoint_and_limits_are_seeded_subsets():
     train, test = load_problems("train"), load_problems("test")
-    assert (len(train), len(test)) == (2000, 500)
+    assert (len(train), len(test)) == (2000, 2000)
+    # growing the test split (it was 500) only appended problems: the first ones kept their ids
+    assert [p.problem_id for p in test[:3]] == ["toyworld/test/0", "toyworld/test/1", "toyworld/test/2"]
+    # (the 500-problem split ended at stream index 503: four short questions recurred and were skipped)
+    assert test[499].problem_id == "toyworld/test/503"
     assert not {p.question for p in train} & {p.question for p in test}
     assert load_problems(None) == test  # like every named source, no split means test
     assert load_problems("test", limit=20) == test[:20]
@@ -207,6 +211,31 @@ def test_noise_model_mixes_clean_derailed_and_false_positive_solutions():
     assert NoiseConfig(slip=0, wrong_number=0, wrong_op=0, skip_last=0, slip_recover=0, made_up=0, guess=0).flawed_total == 0
     with pytest.raises(ValueError):
         NoiseConfig(slip=0.9, guess=0.5)
+
+
+def test_false_positive_scale_changes_only_the_false_positive_rates_and_the_model_key():
+    from flopmatch.toyworld.models import toy_model_spec
+    from flopmatch.toyworld.noise import noise_config
+
+    base = NoiseConfig()
+    doubled = noise_config({"false_positive_scale": 2})
+    for kind, rate in base.kinds.items():
+        assert getattr(doubled, kind) == pytest.approx(rate * (2 if kind in FALSE_POSITIVE_KINDS else 1))
+    none = noise_config({"false_positive_scale": 0, "slip": 0.2})
+    assert none.slip == 0.2 and all(getattr(none, k) == 0 for k in FALSE_POSITIVE_KINDS)
+    def fp_share(cfg: NoiseConfig) -> float:
+        rng = random.Random(1)
+        return sum(noisy_solution(make_toy_problem(7, i), rng, cfg)[1] in FALSE_POSITIVE_KINDS for i in range(2000)) / 2000
+
+    # only slips that land on the right answer by coincidence remain
+    assert fp_share(none) < 0.02 < 0.08 < fp_share(base) < 0.14 < 0.18 < fp_share(doubled)
+    shape = dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=192)
+    assert toy_model_spec(shape).key == SPECS["wc"].key  # no noise given: the default model and cache entry
+    assert toy_model_spec({**shape, "noise": {"false_positive_scale": 2}}).key != SPECS["wc"].key
+    with pytest.raises(ValueError, match="unknown noise field"):
+        noise_config({"false_positives": 2})
+    with pytest.raises(ValueError, match="false_positive_scale"):
+        noise_config({"false_positive_scale": -1})
 
 
 # --------------------------------------------------------------------------- models

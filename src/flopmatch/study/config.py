@@ -124,7 +124,8 @@ class ModelSpec(_Section):
     toyworld_spec: dict[str, Any] | None = Field(
         None,
         description="fields of flopmatch.toyworld.ToyModelSpec: a toy-world model of this shape, pretrained "
-        "locally and cached (`model` is then only its name), e.g. a third, smaller student",
+        "locally and cached (`model` is then only its name), e.g. a third, smaller student; `noise` takes "
+        "fields of flopmatch.toyworld.NoiseConfig (e.g. {false_positive_scale: 2})",
     )
 
     @property
@@ -138,14 +139,14 @@ class ModelSpec(_Section):
             return value
         from dataclasses import fields
 
-        from flopmatch.toyworld.models import ToyModelSpec
+        from flopmatch.toyworld.models import ToyModelSpec, toy_model_spec
 
-        known = {f.name for f in fields(ToyModelSpec)} - {"knobs", "noise"}
+        known = {f.name for f in fields(ToyModelSpec)} - {"knobs"}
         unknown = sorted(set(value) - known)
         if unknown:
             raise ValueError(f"unknown ToyModelSpec field(s) {unknown}; expected some of {sorted(known)}")
         try:
-            ToyModelSpec(**value)
+            toy_model_spec(value)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"not a valid toy model: {exc}") from None
         return value

@@ -137,9 +137,10 @@ def _model_entry(spec: ModelSpec, *, resolve: bool, log: Any, progress: bool = T
 
 def _toy_model(spec: ModelSpec, *, progress: bool = True) -> Path:
     """A toy-world model built from ``spec.toyworld_spec``: pretrained on first use, then cached."""
-    from flopmatch.toyworld import ToyModelSpec, ensure_model
+    from flopmatch.toyworld import ensure_model
+    from flopmatch.toyworld.models import toy_model_spec
 
-    toy_spec = ToyModelSpec(**(spec.toyworld_spec or {}))
+    toy_spec = toy_model_spec(spec.toyworld_spec or {})
     return ensure_model(model_key(spec.model), spec=toy_spec, progress=progress)  # type: ignore[arg-type]
 
 
@@ -151,9 +152,9 @@ def _params_offline(spec: ModelSpec) -> tuple[float | None, str]:
     if spec.params:
         return spec.params, "given in the study config"
     if spec.toyworld_spec is not None:
-        from flopmatch.toyworld import ToyModelSpec
+        from flopmatch.toyworld.models import toy_model_spec
 
-        return float(ToyModelSpec(**spec.toyworld_spec).n_params), "toy model spec"
+        return float(toy_model_spec(spec.toyworld_spec).n_params), "toy model spec"
     try:
         from flopmatch.models import REGISTRY
 

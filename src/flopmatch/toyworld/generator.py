@@ -24,7 +24,10 @@ DATASET = "toyworld"
 # Seeds of the built-in splits. The splits are disjoint because each problem's random stream is derived
 # from (split seed, index) and the three seeds differ; "pretrain" feeds the toy models only.
 SPLIT_SEEDS: dict[str, int] = {"train": 1_000, "test": 2_000, "pretrain": 3_000}
-DEFAULT_SIZES: dict[str, int] = {"train": 2_000, "test": 500}
+# test: 2000, so that a paired comparison of two fine-tuned students can resolve a few points (the minimum
+# detectable effect shrinks with the square root of the test size). Growing a split only appends problems:
+# the first 500 test problems (the split's size before) kept their ids.
+DEFAULT_SIZES: dict[str, int] = {"train": 2_000, "test": 2_000}
 
 FAMILIES = ("collections", "money", "factory", "comparison", "sharing")
 
@@ -545,7 +548,7 @@ def _split_problems(split: str) -> list[Problem]:
 
 
 def load_problems(split: str | None = "train", limit: int | None = None, seed: int | None = None) -> list[Problem]:
-    """A built-in toy-world split: ``train`` (2000 problems) or ``test`` (500), disjoint streams with no
+    """A built-in toy-world split: ``train`` (2000 problems) or ``test`` (2000), disjoint streams with no
     question in common.
 
     ``split=None`` means ``test``, as for every named source of ``flopmatch.problems.load``. ``limit``

@@ -35,7 +35,7 @@ from typing import Literal
 
 from flopmatch.store import config_hash
 from flopmatch.toyworld.generator import SPLIT_SEEDS, Knobs, make_toy_problem
-from flopmatch.toyworld.noise import NoiseConfig, noisy_solution
+from flopmatch.toyworld.noise import NoiseConfig, noise_config, noisy_solution
 
 Size = Literal["wc", "se"]
 
@@ -124,6 +124,15 @@ SPECS: dict[str, ToyModelSpec] = {
 }
 
 PARAMS: dict[str, int] = {size: spec.n_params for size, spec in SPECS.items()}
+
+
+def toy_model_spec(values: dict) -> ToyModelSpec:
+    """A :class:`ToyModelSpec` from a study's ``toyworld_spec`` mapping: its fields, with ``noise`` a
+    mapping for :func:`flopmatch.toyworld.noise.noise_config` (``false_positive_scale`` included)."""
+    values = dict(values)
+    if "noise" in values and not isinstance(values["noise"], NoiseConfig):
+        values["noise"] = noise_config(values["noise"])
+    return ToyModelSpec(**values)
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:

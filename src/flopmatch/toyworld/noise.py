@@ -55,6 +55,33 @@ class NoiseConfig:
         return sum(self.kinds.values())
 
 
+def scale_false_positives(cfg: NoiseConfig, scale: float) -> NoiseConfig:
+    """``cfg`` with every right-answer-wrong-reasoning rate (:data:`FALSE_POSITIVE_KINDS`) times ``scale``.
+
+    The false-positive propensity knob of the toy world: 0 gives models that never write a flawed
+    derivation with a right answer, 2 twice the default share. The other rates are unchanged, so the
+    clean share absorbs the difference.
+    """
+    if scale < 0:
+        raise ValueError(f"false_positive_scale must be >= 0, got {scale}")
+    return replace(cfg, **{kind: getattr(cfg, kind) * scale for kind in sorted(FALSE_POSITIVE_KINDS)})
+
+
+def noise_config(values: dict | None = None) -> NoiseConfig:
+    """A :class:`NoiseConfig` from a mapping of its fields plus an optional ``false_positive_scale``
+    (applied after the fields), as written in a study's ``toyworld_spec.noise``."""
+    values = dict(values or {})
+    scale = values.pop("false_positive_scale", None)
+    known = {f.name for f in fields(NoiseConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown noise field(s) {unknown}; expected some of {sorted(known | {'false_positive_scale'})}"
+        )
+    cfg = NoiseConfig(**values)
+    return cfg if scale is None else scale_false_positives(cfg, float(scale))
+
+
 def _slipped(value: int, rng: random.Random) -> int:
     """A plausible wrong value near ``value``."""
     for _ in range(20):
