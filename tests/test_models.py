@@ -233,3 +233,154 @@ def test_prepared_05b_answers_through_vllm():
         assert len(texts) == 2 and all("42" in t for t in texts)
     finally:
         backend.close()
+
+
+# --------------------------------------------------------------------------- conversion of a real (tiny) GGUF
+
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_tiny_qwen2_gguf(path: Path):
+    """A 2-layer Qwen2 (random weights) written as llama.cpp lays a Qwen2 GGUF out: Qwen2 tensor names,
+    Q8_0 matrices (F32 embedding, norms and biases), a byte-level BPE tokenizer ("gpt2" model, "qwen2"
+    pre-tokenizer) trained on the packaged exemplars, and a ChatML template. Returns the source model."""
+    import json
+
+    import gguf
+    import numpy as np
+    import torch
+    from gguf.quants import quantize
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers import models as tokenizer_models
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from flopmatch.prompts import packaged_exemplars
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(tokenizer_models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = [f"{e.question} {e.solution}" for group in packaged_exemplars().values() for e in group]
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    state = json.loads(bpe.to_str())["model"]
+    tokens = sorted(state["vocab"], key=state["vocab"].get)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in state["merges"]]
+    # initializer_range 0.2 (not 0.02): logits of order one, so a wrong tensor shows in the comparison
+    config = Qwen2Config(vocab_size=len(tokens), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6,
+                         rope_theta=10000.0, tie_word_embeddings=False, initializer_range=0.2,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    source = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():  # initialised as zeros and ones: make them count, so a dropped one shows
+        for name, parameter in source.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(0.0, 0.2)
+            elif name.endswith("norm.weight"):
+                parameter.normal_(1.0, 0.2)
+    writer = gguf.GGUFWriter(str(path), "qwen2")
+    writer.add_context_length(256)
+    writer.add_embedding_length(64)
+    writer.add_block_count(2)
+    writer.add_feed_forward_length(96)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(0)
+    writer.add_chat_template(TINY_CHAT_TEMPLATE)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, config.num_hidden_layers)
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    for name, tensor in source.state_dict().items():
+        module, _, kind = name.rpartition(".")
+        array = tensor.float().numpy()
+        gguf_name = f"{names.get_name(module)}.{kind}"
+        if array.ndim == 2 and gguf_name != "token_embd.weight":
+            writer.add_tensor(gguf_name, quantize(array, q8), raw_dtype=q8)
+        else:
+            writer.add_tensor(gguf_name, np.ascontiguousarray(array))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return source
+
+
+def _install_as_parts(site: Path, whole: bytes, prefix: str, n_parts: int) -> GGUFSource:
+    """Split ``whole`` over ``n_parts`` part packages under ``site``, as the offline models ship."""
+    cuts = [len(whole) * k // n_parts for k in range(n_parts + 1)]
+    for n in range(1, n_parts + 1):
+        (site / f"{prefix}{n}" / "data").mkdir(parents=True)
+        (site / f"{prefix}{n}" / "data" / f"part{n:02d}.bin").write_bytes(whole[cuts[n - 1] : cuts[n]])
+    return GGUFSource(prefix, prefix.replace("_", "-"), "1.0", n_parts, len(whole), hashlib.sha256(whole).hexdigest())
+
+
+def test_prepare_converts_a_real_qwen2_gguf_to_safetensors_that_transformers_loads(tmp_path, cache, monkeypatch):
+    import gguf
+    import torch
+    from gguf.quants import dequantize
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    written = tmp_path / "written" / "tiny.gguf"
+    written.parent.mkdir()
+    source = write_tiny_qwen2_gguf(written)
+    site = tmp_path / "site"
+    monkeypatch.syspath_prepend(str(site))
+    entry = RegistryEntry("tiny-qwen2", "test model", "none/tiny", 1, gguf=_install_as_parts(
+        site, written.read_bytes(), "fm_tiny_qwen2_part", 2))  # fmt: skip
+    monkeypatch.setitem(models.REGISTRY, entry.name, entry)
+
+    out = models.prepare(entry.name, progress=False)
+    assert models.is_prepared(entry.name) and models.resolve_model(entry.name) == str(out)
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.gguf"))
+    gguf_file = models.gguf_path(entry.name)
+
+    # every stored tensor is the GGUF's own tensor, dequantized by gguf's reference code, in bf16
+    stored = load_file(out / "model.safetensors")
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, 2)
+    reader = {t.name: t for t in gguf.GGUFReader(str(gguf_file)).tensors}
+    assert len(stored) == len(reader) == len(source.state_dict())
+    for name, tensor in stored.items():
+        module, _, kind = name.rpartition(".")
+        raw = reader[f"{names.get_name(module)}.{kind}"]
+        expected = torch.from_numpy(dequantize(raw.data, raw.tensor_type).reshape(tensor.shape).copy())
+        assert tensor.dtype == torch.bfloat16, name
+        assert torch.equal(tensor, expected.to(torch.bfloat16)), name
+
+    converted = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert converted.dtype == torch.bfloat16 and type(converted).__name__ == "Qwen2ForCausalLM"
+    assert not hasattr(converted.config, "quantization_config")
+    reference = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
+                                                     dtype=torch.bfloat16).eval()  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    gguf_tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    assert tokenizer.chat_template == TINY_CHAT_TEMPLATE
+    text = tokenizer.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\n")
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    assert torch.equal(ids, gguf_tokenizer(text, return_tensors="pt").input_ids)
+    assert tokenizer.decode(ids[0]) == text  # byte-level BPE round-trips
+    with torch.no_grad():
+        ours = converted(ids).logits.float()
+        theirs = reference(ids).logits.float()
+        original = source.to(torch.bfloat16)(ids).logits.float()
+    scale = theirs.abs().max().item()
+    assert scale > 1.0  # logits large enough that a misplaced tensor would show
+    torch.testing.assert_close(ours, theirs, rtol=1.6e-2, atol=1.6e-2 * scale)
+    # and the model the GGUF was written from (Q8_0 rounding in between: a looser bound)
+    torch.testing.assert_close(ours, original, rtol=0.1, atol=0.05 * scale)
+    assert (ours.argmax(-1) == original.argmax(-1)).float().mean() > 0.9
+    assert converted.generation_config.eos_token_id == 2 and converted.generation_config.pad_token_id == 0
