@@ -294,7 +294,9 @@ def write_tiny_qwen2_gguf(path: Path):
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
     writer.add_token_list(tokens)
-    writer.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
+    writer.add_token_types(
+        [gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens]
+    )
     writer.add_token_merges(merges)
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
@@ -323,10 +325,14 @@ def _install_as_parts(site: Path, whole: bytes, prefix: str, n_parts: int) -> GG
     for n in range(1, n_parts + 1):
         (site / f"{prefix}{n}" / "data").mkdir(parents=True)
         (site / f"{prefix}{n}" / "data" / f"part{n:02d}.bin").write_bytes(whole[cuts[n - 1] : cuts[n]])
-    return GGUFSource(prefix, prefix.replace("_", "-"), "1.0", n_parts, len(whole), hashlib.sha256(whole).hexdigest())
+    return GGUFSource(
+        prefix, prefix.replace("_", "-"), "1.0", n_parts, len(whole), hashlib.sha256(whole).hexdigest()
+    )
 
 
-def test_prepare_converts_a_real_qwen2_gguf_to_safetensors_that_transformers_loads(tmp_path, cache, monkeypatch):
+def test_prepare_converts_a_real_qwen2_gguf_to_safetensors_that_transformers_loads(
+    tmp_path, cache, monkeypatch
+):
     import gguf
     import torch
     from gguf.quants import dequantize
