@@ -1,0 +1,225 @@
+"""The paired statistics against exact small cases and simulations (flopmatch.paired)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from flopmatch import paired
+
+# --------------------------------------------------------------------------- McNemar
+
+
+def _mcnemar_by_enumeration(b: int, c: int) -> float:
+    """Independent computation: enumerate every assignment of the b + c discordant problems to a side
+    (each equally likely under the null) and count those at least as extreme as |b − c|."""
+    n = b + c
+    observed = abs(b - c)
+    extreme = sum(1 for signs in itertools.product((0, 1), repeat=n) if abs(2 * sum(signs) - n) >= observed)
+    return extreme / 2**n
+
+
+@pytest.mark.parametrize("b,c", [(b, c) for b in range(0, 8) for c in range(0, 8)])
+def test_mcnemar_exact_matches_enumeration(b, c):
+    assert paired.mcnemar_exact(b, c) == pytest.approx(_mcnemar_by_enumeration(b, c), abs=1e-12)
+
+
+def test_mcnemar_from_outcomes_counts_only_discordant_problems():
+    wc = [1, 1, 1, 0, 0, 1, 1, 1]
+    se = [1, 0, 0, 0, 1, 0, 0, 1]
+    assert paired.discordant_counts(wc, se) == (4, 1)
+    assert paired.mcnemar_exact(4, 1) == pytest.approx(_mcnemar_by_enumeration(4, 1))
+    with pytest.raises(ValueError, match="0/1"):
+        paired.discordant_counts([0.5, 1], [0, 1])
+    with pytest.raises(ValueError, match="same length"):
+        paired.discordant_counts([1, 0], [1])
+
+
+def test_mcnemar_large_n_agrees_with_scipy_binomtest():
+    from scipy.stats import binomtest
+
+    assert paired.mcnemar_exact(60, 35) == pytest.approx(binomtest(35, 95, 0.5).pvalue, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def _simulated_pairs(rng, n, p_se, delta, discordance):
+    """0/1 outcomes of two students on n problems with a known difference and discordance rate."""
+    u = rng.random(n)
+    wc_only, se_only = (discordance + delta) / 2, (discordance - delta) / 2
+    both = p_se - se_only
+    wc = (u < wc_only).astype(float)
+    se = ((u >= wc_only) & (u < wc_only + se_only)).astype(float)
+    shared = (u >= wc_only + se_only) & (u < wc_only + se_only + both)
+    return wc + shared, se + shared
+
+
+def test_paired_bootstrap_interval_covers_the_true_difference_about_95_percent():
+    rng = np.random.default_rng(1)
+    delta, hits, sims = 0.05, 0, 200
+    for i in range(sims):
+        wc, se = _simulated_pairs(rng, 300, 0.4, delta, 0.2)
+        ci = paired.paired_bootstrap(wc, se, n_boot=400, seed=i)
+        hits += ci.low <= delta <= ci.high
+    assert 0.89 <= hits / sims <= 0.99
+
+
+def test_hierarchical_bootstrap_covers_a_seed_level_shift_that_a_problem_bootstrap_misses():
+    """Each training seed shifts the whole score (sd 4 pts): resampling seeds as well keeps coverage
+    near nominal, resampling only problems of the seed means does not."""
+    rng = np.random.default_rng(2)
+    n, seeds, tau, delta, sims = 300, 4, 0.04, 0.0, 150
+    hier = flat = 0
+    for i in range(sims):
+        base = rng.random(n) < 0.4
+        sides = []
+        for _ in range(2):
+            shift = rng.normal(0, tau, size=seeds)
+            flips = rng.random((seeds, n)) < 0.04 + np.abs(shift)[:, None]
+            target = (shift > 0)[:, None]  # a positive shift flips wrong answers right, a negative one the reverse
+            sides.append(np.where(flips, target, base[None, :]).astype(float))
+        ci = paired.paired_bootstrap(sides[0], sides[1], n_boot=300, seed=i)
+        hier += ci.low <= delta <= ci.high
+        flat_ci = paired.paired_bootstrap(sides[0].mean(0), sides[1].mean(0), n_boot=300, seed=i)
+        flat += flat_ci.low <= delta <= flat_ci.high
+    assert hier / sims >= 0.85
+    assert flat / sims < hier / sims - 0.1
+
+
+def test_bootstrap_rejects_mismatched_or_missing_values():
+    with pytest.raises(ValueError, match="same"):
+        paired.bootstrap_differences(np.ones((2, 5)), np.ones(4))
+    with pytest.raises(ValueError, match="NaN"):
+        paired.paired_bootstrap([1, np.nan], [1, 0])
+
+
+def test_bootstrap_is_reproducible_for_a_seed():
+    rng = np.random.default_rng(3)
+    wc, se = rng.random((2, 50)), rng.random((3, 50))
+    a = paired.bootstrap_differences(wc, se, n_boot=300, seed=7)
+    b = paired.bootstrap_differences(wc, se, n_boot=300, seed=7)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, paired.bootstrap_differences(wc, se, n_boot=300, seed=8))
+
+
+# --------------------------------------------------------------------------- permutation
+
+
+def test_sign_flip_test_matches_exhaustive_enumeration_on_a_small_case():
+    d = np.array([0.5, 1.0, 0.25, -0.25, 0.75, 1.0, 0.0, 0.5])
+    nonzero = d[d != 0]
+    observed = abs(nonzero.sum())
+    exact = np.mean([abs(np.dot(s, nonzero)) >= observed - 1e-12
+                     for s in itertools.product((-1, 1), repeat=nonzero.size)])  # fmt: skip
+    assert paired.sign_flip_test(d, n_perm=40000, seed=0) == pytest.approx(exact, abs=0.01)
+
+
+def test_sign_flip_test_is_uniform_under_the_null():
+    rng = np.random.default_rng(4)
+    ps = [paired.sign_flip_test(rng.normal(size=40), n_perm=400, seed=i) for i in range(300)]
+    assert 0.02 <= np.mean(np.array(ps) < 0.05) <= 0.09
+    assert paired.sign_flip_test(np.zeros(10)) == 1.0
+
+
+# --------------------------------------------------------------------------- Holm
+
+
+def test_holm_against_a_hand_computed_case():
+    # sorted p: 0.01 (x4 = 0.04), 0.02 (x3 = 0.06), 0.03 (x2 = 0.06), 0.04 (x1 = 0.04 -> running max 0.06)
+    adjusted = paired.holm([0.03, 0.01, 0.04, 0.02])
+    assert adjusted == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    adjusted = paired.holm([0.5, float("nan"), 0.001])
+    assert adjusted[0] == pytest.approx(0.5) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.002)
+    assert paired.holm([0.9, 0.8]).max() <= 1.0
+
+
+# --------------------------------------------------------------------------- power
+
+
+def test_mde_formula_and_the_deciding_md_figures():
+    assert paired.mde_paired(200, 0.15) == pytest.approx(2.8016 * math.sqrt(0.15 / 200), rel=1e-3)
+    assert paired.mde_paired(200, 0.15) == pytest.approx(0.077, abs=0.001)
+    assert paired.mde_paired(1000, 0.15) == pytest.approx(0.034, abs=0.001)
+    assert paired.problems_for_mde(paired.mde_paired(500, 0.2), 0.2) == 500
+    # seeds: less problem-level variance, plus the seed-level term
+    assert paired.mde_paired(200, 0.15, seeds=3, seed_discordance=0.08) < paired.mde_paired(200, 0.15)
+    assert paired.mde_paired(200, 0.15, seed_sd=0.02) > paired.mde_paired(200, 0.15)
+    with pytest.raises(ValueError, match="seed_discordance"):
+        paired.mde_paired(200, 0.1, seed_discordance=0.2)
+
+
+def test_one_seed_mde_gives_80_percent_power_to_mcnemar():
+    """Simulated pairs whose true difference is the MDE: McNemar's exact test rejects about 80% of the time
+    (a little less: the exact test is conservative), and about 5% at no difference."""
+    rng = np.random.default_rng(5)
+    n, d = 400, 0.2
+    mde = paired.mde_paired(n, d)
+    powers = []
+    for delta in (mde, 0.0):
+        rejected = 0
+        for _ in range(400):
+            wc, se = _simulated_pairs(rng, n, 0.4, delta, d)
+            rejected += paired.mcnemar_exact(*paired.discordant_counts(wc, se)) < 0.05
+        powers.append(rejected / 400)
+    assert 0.70 <= powers[0] <= 0.88
+    assert powers[1] <= 0.08
+
+
+def test_seed_aware_mde_matches_a_simulation_of_its_model():
+    """Simulate the documented model (stable per-problem outcomes, per-seed flips at rate d_s/2 per side,
+    a global seed shift of sd τ): the spread of the seed-averaged difference matches paired_se, and a
+    test at that standard error has ≈80% power at the MDE."""
+    rng = np.random.default_rng(6)
+    n, seeds, d, d_s, tau = 400, 3, 0.2, 0.08, 0.015
+    se_formula = paired.paired_se(n, d, seeds=seeds, seed_discordance=d_s, seed_sd=tau)
+    mde = paired.mde_paired(n, d, seeds=seeds, seed_discordance=d_s, seed_sd=tau)
+
+    def one_study(delta):
+        # stable part: the two recipes' answers differ on d - d_s of the problems; the seed noise below
+        # shrinks every difference by (1 - d_s), so the stable difference is scaled up to keep delta
+        stable_wc, stable_se = _simulated_pairs(rng, n, 0.4, delta / (1 - d_s), d - d_s)
+        means = []
+        for stable in (stable_wc, stable_se):
+            # each seed re-draws a fraction d_s of its answers at random (flipping about d_s/2): two seeds of
+            # one recipe then disagree on ≈ d_s of the problems, a per-seed variance of ≈ d_s/2 per side
+            redraw = rng.random((seeds, n)) < d_s
+            noise = np.where(redraw, rng.integers(0, 2, (seeds, n)) - stable[None, :], 0.0)
+            means.append((stable[None, :] + noise).mean() + rng.normal(0, tau, size=seeds).mean())
+        return means[0] - means[1]
+
+    null = np.array([one_study(0.0) for _ in range(1500)])
+    assert null.std() == pytest.approx(se_formula, rel=0.12)
+    alt = np.array([one_study(mde) for _ in range(800)])
+    power = np.mean(np.abs(alt) > 1.96 * se_formula)
+    assert 0.72 <= power <= 0.88
+
+
+# --------------------------------------------------------------------------- comparisons and verdicts
+
+
+def test_compare_paired_uses_mcnemar_for_one_seed_and_sign_flip_for_several():
+    rng = np.random.default_rng(7)
+    wc, se = _simulated_pairs(rng, 200, 0.3, 0.1, 0.2)
+    one = paired.compare_paired(wc, se, n_boot=300)
+    assert one.test == "McNemar exact" and one.seeds == 1 and one.problems == 200
+    assert one.p_value == paired.mcnemar_exact(*paired.discordant_counts(wc, se))
+    assert one.diff == pytest.approx(wc.mean() - se.mean())
+    assert one.ci_low < one.diff < one.ci_high
+    assert one.discordance == pytest.approx(np.mean(wc != se))
+    # MDE from the bootstrap se is close to the closed form at the observed discordance
+    assert one.mde == pytest.approx(paired.mde_paired(200, one.discordance), rel=0.2)
+    two = paired.compare_paired(np.vstack([wc, wc]), np.vstack([se, 1 - se]), n_boot=300, n_perm=500)
+    assert two.test == "sign-flip permutation" and two.seeds == 2
+
+
+def test_verdict_words():
+    assert paired.verdict(0.06, 0.02, 0.1, 0.01, 3, 0.04) == "WC data better"
+    assert paired.verdict(-0.06, -0.1, -0.02, 0.01, 2, 0.04) == "SE data better"
+    assert paired.verdict(-0.06, -0.1, -0.02, 0.01, 1, 0.04) == "one seed: not a verdict"
+    assert paired.verdict(0.02, -0.01, 0.05, 0.2, 3, 0.04) == "no detectable difference (MDE 4.0 pts)"
+    # significant p but an interval through 0 (seed noise): no verdict
+    assert paired.verdict(0.03, -0.01, 0.07, 0.01, 3, 0.05).startswith("no detectable difference")
