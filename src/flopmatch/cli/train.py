@@ -114,7 +114,11 @@ def train_command(
     max_length: Annotated[int | None, typer.Option("--max-length", min=8, help="tokens per example")] = None,
     warmup_ratio: Annotated[float | None, typer.Option("--warmup-ratio")] = None,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="cosine | linear | constant_with_warmup ...")] = None,
-    seed: Annotated[int | None, typer.Option(help="training seed")] = None,
+    seed: Annotated[
+        list[int] | None,
+        typer.Option(help="training seed (data order, new parameters); repeat it to train once per seed, each "
+                     "into OUT-s<seed>"),
+    ] = None,
     bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bf16 mixed precision")] = None,
     gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing")] = None,
     cpu: Annotated[bool | None, typer.Option("--cpu/--no-cpu", help="train on CPU")] = None,
@@ -144,14 +148,7 @@ def train_command(
     Multi-GPU: `accelerate launch --config_file examples/accelerate/deepspeed_zero3.yaml -m flopmatch.training
     --data ... --model ... --out ...` (same options), then `flopmatch train --out DIR --select-only --val-problems ...`.
     """
-    from flopmatch.training import (
-        LoraSettings,
-        TrainConfig,
-        best_checkpoint,
-        is_main_process,
-        select_checkpoint,
-        train,
-    )
+    from flopmatch.training import LoraSettings, TrainConfig, select_checkpoint
 
     validation = (
         _load_problems(val_problems, val_split, val_data_file, val_limit, val_seed) if val_problems else None
@@ -178,7 +175,7 @@ def train_command(
     overrides = {
         "learning_rate": lr, "per_device_batch_size": batch_size, "gradient_accumulation_steps": grad_accum,
         "num_train_epochs": epochs, "max_steps": max_steps, "max_length": max_length, "warmup_ratio": warmup_ratio,
-        "lr_scheduler_type": scheduler, "seed": seed, "bf16": bf16, "gradient_checkpointing": gradient_checkpointing,
+        "lr_scheduler_type": scheduler, "bf16": bf16, "gradient_checkpointing": gradient_checkpointing,
         "use_cpu": cpu, "n_checkpoints": checkpoints,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
@@ -186,10 +183,27 @@ def train_command(
         targets: list[str] | str = lora_targets if lora_targets == "all-linear" else [
             t.strip() for t in lora_targets.split(",") if t.strip()]
         values["lora"] = LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=targets)
+    seeds = list(dict.fromkeys(seed or []))
+    if len(seeds) == 1:
+        values["seed"] = seeds[0]
     try:
         config = TrainConfig.tiny_cpu(**values) if preset == "tiny-cpu" else TrainConfig(**values)
     except ValueError as exc:
         raise fail(f"bad training settings: {exc}") from exc
+    # several seeds: one run per seed, OUT-s<seed> each (as a study names its extra seeds)
+    runs = [(out, config)] if len(seeds) < 2 else [
+        (out.with_name(f"{out.name}-s{s}"), config.model_copy(update={"seed": s})) for s in seeds]
+    for out_dir, run_config in runs:
+        if len(runs) > 1:
+            console.print(f"[bold]seed {run_config.seed}[/] → {out_dir}")
+        _train_and_report(data, model, out_dir, run_config, validation, select_backend, select_max_tokens,
+                          option, overwrite)  # fmt: skip
+
+
+def _train_and_report(data: Path, model: str, out: Path, config: Any, validation: Any, select_backend: str,
+                      select_max_tokens: int, option: list[str] | None, overwrite: bool) -> None:  # fmt: skip
+    """One training run and its console summary."""
+    from flopmatch.training import best_checkpoint, is_main_process, train
 
     try:
         result = train(

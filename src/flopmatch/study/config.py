@@ -271,6 +271,12 @@ class TrainingConfig(_Section):
         description="optimizer steps per budget (SE samples per problem -> steps), the paper's protocol, e.g. "
         "{1: 600, 10: 6000}; overrides options.max_steps",
     )
+    seeds: list[int] | None = Field(
+        None,
+        description="training seeds: every fine-tuning job runs once per seed (data order, initialisation of new "
+        "parameters) and comparisons resample seeds too, e.g. [0, 1, 2]; one seed (options.seed, else the "
+        "study seed) when omitted",
+    )
     launcher: Literal["inprocess", "accelerate"] = Field(
         "inprocess",
         description="inprocess (one process, CPU or one GPU) or accelerate (`accelerate launch` per run: multi-GPU, "
@@ -282,6 +288,27 @@ class TrainingConfig(_Section):
     accelerate_args: list[str] = Field(
         default_factory=list, description="extra `accelerate launch` arguments, e.g. [--num_processes, '8']"
     )
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError(f"training.seeds must be a non-empty list of distinct integers, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_seed(self) -> TrainingConfig:
+        if self.seeds is not None and "seed" in self.options:
+            raise ValueError("set the training seed in training.seeds or in training.options.seed, not both")
+        return self
+
+    def default_seed(self, study_seed: int) -> int:
+        """The seed of a one-seed study (options.seed, else the study seed): its runs keep the plain job names."""
+        return int(self.options.get("seed", study_seed))
+
+    def seed_list(self, study_seed: int) -> list[int]:
+        """The training seeds, in order (one, :meth:`default_seed`, when ``seeds`` is not given)."""
+        return list(self.seeds) if self.seeds is not None else [self.default_seed(study_seed)]
 
 
 class EvaluationConfig(_Section):

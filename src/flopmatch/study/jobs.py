@@ -25,12 +25,21 @@ class SFTSet:
 
 @dataclass(frozen=True)
 class TrainJob:
-    """One fine-tuning run: a paradigm's student trained on one SFT set."""
+    """One fine-tuning run: a paradigm's student trained on one SFT set with one training seed.
+
+    ``name`` is ``<paradigm>-<set>`` for the study's default seed (the layout of one-seed runs, so adding
+    seeds to a study reuses them) and ``<paradigm>-<set>-s<seed>`` for every other seed."""
 
     name: str
     paradigm: str
     student_role: str  # student | wc | se
     data: SFTSet
+    seed: int = 0
+
+    def identity(self) -> dict[str, object]:
+        """What names the job apart from its seed (the seed is hashed with the training config): hashing
+        this keeps the fingerprints of runs made before seeds existed."""
+        return {"name": self.name, "paradigm": self.paradigm, "student_role": self.student_role, "data": self.data}
 
 
 def sft_sets(config: StudyConfig, budgets: Sequence[tuple[int, int]]) -> list[SFTSet]:
@@ -46,8 +55,9 @@ def sft_sets(config: StudyConfig, budgets: Sequence[tuple[int, int]]) -> list[SF
 
 def train_jobs(config: StudyConfig, budgets: Sequence[tuple[int, int]]) -> list[TrainJob]:
     """All three paradigms at every budget (each: WC data vs SE data), plus the number-matched control
-    for the paradigms listed in ``paradigms.number_matched``."""
+    for the paradigms listed in ``paradigms.number_matched``, once per training seed."""
     sets = {s.name: s for s in sft_sets(config, budgets)}
+    default_seed = config.training.default_seed(config.seed)
     jobs: list[TrainJob] = []
     for paradigm in config.paradigms.enabled():
         short = PARADIGM_SHORT[paradigm]
@@ -55,5 +65,8 @@ def train_jobs(config: StudyConfig, budgets: Sequence[tuple[int, int]]) -> list[
             kinds = ["se", "wc"] + (["wc-nm"] if paradigm in config.paradigms.number_matched else [])
             for kind in kinds:
                 data = sets[f"{kind}-b{se_n}"]
-                jobs.append(TrainJob(f"{short}-{data.name}", paradigm, PARADIGM_STUDENT[paradigm], data))
+                for seed in config.training.seed_list(config.seed):
+                    suffix = "" if seed == default_seed else f"-s{seed}"
+                    name = f"{short}-{data.name}{suffix}"
+                    jobs.append(TrainJob(name, paradigm, PARADIGM_STUDENT[paradigm], data, seed))
     return jobs

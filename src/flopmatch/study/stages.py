@@ -383,9 +383,9 @@ def _stage_train(ctx: StudyContext) -> dict[str, Any]:
     sets = (ctx.run.stage_state().get("sft") or {}).get("sets", {})
     for number, job in enumerate(jobs, 1):
         student = roles[job.student_role]
-        train_cfg = base_cfg
+        train_cfg = base_cfg.model_copy(update={"seed": job.seed})  # TRL's seed and data_seed
         if config.training.steps_per_budget and job.data.budget in config.training.steps_per_budget:
-            train_cfg = base_cfg.model_copy(
+            train_cfg = train_cfg.model_copy(
                 update={"max_steps": config.training.steps_per_budget[job.data.budget]}
             )
         if sets.get(job.data.name, {}).get("examples", 1) == 0:
@@ -397,7 +397,7 @@ def _stage_train(ctx: StudyContext) -> dict[str, Any]:
         sub = f"train:{job.name}"
         digest = config_hash(
             {
-                "job": job,
+                "job": job.identity(),  # the seed is in train_cfg; runs from before seeds keep their hash
                 "config": train_cfg,
                 "base": student["path"],
                 "data": fingerprint([ctx.run.sft_dir(job.data.name)], ctx.run.root),
@@ -519,6 +519,7 @@ def _stage_eval(ctx: StudyContext) -> dict[str, Any]:
             job.data.kind,
             job.name,
             result,
+            seed=job.seed,
         )
     done_pairs = {(j.paradigm, j.data.budget, j.student_role) for j in jobs}
     for paradigm, budget, student_role in sorted(done_pairs):
@@ -538,8 +539,11 @@ def _stage_eval(ctx: StudyContext) -> dict[str, Any]:
 
 
 def _eval_rows(
-    paradigm: str, budget: int, wc_samples: int, student: str, data: str, name: str, result: Any
+    paradigm: str, budget: int, wc_samples: int, student: str, data: str, name: str, result: Any,
+    seed: int | None = None,
 ) -> list[dict[str, Any]]:
+    """Rows of ``metrics/paradigms.parquet``: one per metric; ``seed`` is the training seed (None for a
+    model before fine-tuning), ``model_name`` names the evaluation file (``evals/<model_name>.parquet``)."""
     out = []
     for metric, value in sorted(result.metrics.items()):
         low, high = result.intervals.get(metric, (float("nan"), float("nan")))
@@ -551,6 +555,7 @@ def _eval_rows(
                 "student": student,
                 "data": data,
                 "model_name": name,
+                "seed": seed,
                 "metric": metric,
                 "value": float(value),
                 "ci_low": float(low),
