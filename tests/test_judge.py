@@ -606,3 +606,144 @@ def test_judge_run_within_a_plan_budget(tmp_path):
     assert max(r["sample_idx"] for r in read_judgments(run, "toy/wc").to_pylist()) == 1
     with pytest.raises(ValueError, match="out of range"):
         judge_run(run, ToyworldCheckerJudge(), budget=5)
+
+
+# --------------------------------------------------------------------------- a real (tiny) model through the hf backend
+
+WIRED_REPLY = '{"verdict": "invalid", "first_wrong_step": 1, "explanation": "Step 1 does not follow."}'
+
+
+@pytest.fixture(scope="module")
+def tiny_judge_model(tmp_path_factory) -> Path:
+    """test_backends' tiny Llama (random weights, BPE tokenizer, a chat template) with room for judge
+    prompts (over 1000 tokens: rotary positions have no weights, so widening the limit changes nothing else)."""
+    from transformers import AutoConfig
+
+    from test_backends import build_tiny_model
+
+    path = build_tiny_model(tmp_path_factory.mktemp("tiny-judge"))
+    config = AutoConfig.from_pretrained(path)
+    config.max_position_embeddings = 4096
+    config.save_pretrained(path)
+    return path
+
+
+def wire_to_always_reply(base: Path, out: Path, reply: str) -> Path:
+    """The tiny model, rewired by hand so that greedy decoding always answers ``reply``.
+
+    ``reply`` becomes one added token. Every layer's output projections are zeroed, so the last
+    position's hidden state is its own token embedding; the embedding of the chat template's final
+    token points along one axis, the reply token's along another, and the LM head maps the first axis
+    to the reply token and the second to EOS. Whatever the prompt, generation is: reply, EOS.
+    """
+    import torch
+    from tokenizers import AddedToken
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.add_tokens([AddedToken(reply, normalized=False, special=False)])
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
+                                           add_generation_prompt=True)  # fmt: skip
+    last = tokenizer(prompt, add_special_tokens=False)["input_ids"][-1]
+    reply_id = tokenizer.convert_tokens_to_ids(reply)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model.resize_token_embeddings(len(tokenizer))
+    hidden = model.config.hidden_size
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+        axis = torch.eye(hidden)
+        embed[last], embed[reply_id] = axis[0], axis[1]
+        head.zero_()
+        head[reply_id], head[tokenizer.eos_token_id] = 10 * axis[0], 10 * axis[1]
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+class RecordingBackend:
+    """Delegates to a real backend and records each ``generate`` call's requests."""
+
+    def __init__(self, backend):
+        self.inner = backend
+        self.name, self.model, self.seeding = backend.name, backend.model, backend.seeding
+        self.calls: list[list[Request]] = []
+
+    def generate(self, requests: Sequence[Request], params: SamplingParams) -> Iterator[list[Completion]]:
+        self.calls.append(list(requests))
+        return self.inner.generate(requests, params)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _hf_judge(model: Path, max_retries: int) -> tuple[LLMJudge, RecordingBackend]:
+    spec = {"backend": "hf", "model": str(model), "max_retries": max_retries, "max_tokens": 12,
+            "options": {"dtype": "float32", "batch_size": 4}}  # fmt: skip
+    judge = make_judge(spec)
+    assert isinstance(judge, LLMJudge) and judge.backend.name == "hf"
+    recorder = RecordingBackend(judge.backend)
+    judge.backend = recorder
+    judge.progress = False
+    return judge, recorder
+
+
+def test_llm_judge_on_a_real_tiny_model_retries_garbage_then_writes_unparseable_rows(
+    tmp_path, tiny_judge_model
+):
+    import torch
+
+    torch.set_num_threads(1)
+    run, kinds = _toy_run(tmp_path, n_problems=4)
+    judge, recorder = _hf_judge(tiny_judge_model, max_retries=1)
+    assert judge.name == f"llm:hf:{tiny_judge_model}"
+    stats = judge_run(run, judge, per_model=3, seed=0, models=["toy/wc"])["toy/wc"]
+    assert (stats.selected, stats.judged_now) == (3, 3)
+    assert stats.fpr.n == 0 and math.isnan(stats.fpr.fpr)  # unparseable verdicts are left out
+    rows = read_judgments(run, "toy/wc").to_pylist()
+    assert len(rows) == 3 and {r["judge"] for r in rows} == {judge.name}
+    assert all(r["status"] == "unparseable" and r["first_wrong_step"] is None for r in rows)
+    assert all(r["explanation"].startswith("after 2 attempts: ") for r in rows)
+    assert {(r["problem_id"], r["sample_idx"]) for r in rows} <= set(kinds["toy/wc"])
+
+    # one first attempt and one retry per item, the retry carrying the model's own reply and the error
+    assert [len(call) for call in recorder.calls] == [3, 3]
+    backend = recorder.inner
+    for first, retry in zip(recorder.calls[0], recorder.calls[1], strict=True):
+        assert retry.prompt[: len(first.prompt)] == first.prompt and retry.prompt[-2]["role"] == "assistant"
+        assert "could not be used" in retry.prompt[-1]["content"]
+        # the prompt the model saw: the chat template around the system prompt and the delimited candidate
+        seen = backend.tokenizer.decode(backend.encode(first.prompt))
+        assert seen.startswith("<|system|>You are a meticulous grader") and seen.endswith("<|assistant|>")
+        assert "<<<CANDIDATE " in seen and "<|user|>## Problem" in seen
+    # the reply fed back is what the model really said (greedy: generating again gives it again)
+    first_replies = _replies(backend, recorder.calls[0], judge.params)
+    assert {r.request_id: r.prompt[-2]["content"] for r in recorder.calls[1]} == {
+        k: v[:2_000] for k, v in first_replies.items()
+    }
+    # and the stored raw reply is the model's reply to the retry
+    retry_replies = _replies(backend, recorder.calls[1], judge.params)
+    assert [r["raw"] for r in rows] == [retry_replies[str(i)] for i in range(3)]
+    judge.close()
+
+
+def _replies(backend, requests: Sequence[Request], params: SamplingParams) -> dict[str, str]:
+    return {c.request_id: c.text for batch in backend.generate(requests, params) for c in batch}
+
+
+def test_llm_judge_on_a_real_model_wired_to_one_verdict_parses_and_stores_it(tmp_path, tiny_judge_model):
+    import torch
+
+    torch.set_num_threads(1)
+    wired = wire_to_always_reply(tiny_judge_model, tmp_path / "wired", WIRED_REPLY)
+    run, _ = _toy_run(tmp_path, n_problems=4)
+    judge, recorder = _hf_judge(wired, max_retries=2)
+    stats = judge_run(run, judge, per_model=4, seed=0, models=["toy/se"])["toy/se"]
+    assert len(recorder.calls) == 1  # every reply parsed at the first attempt: no retry
+    assert stats.fpr.n == 4 and stats.fpr.fpr == 1.0
+    rows = read_judgments(run, "toy/se").to_pylist()
+    assert [(r["status"], r["first_wrong_step"], r["raw"]) for r in rows] == [("invalid", 0, WIRED_REPLY)] * 4
+    assert rows[0]["explanation"] == "Step 1 does not follow."
+    judge.close()
