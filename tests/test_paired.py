@@ -223,3 +223,73 @@ def test_verdict_words():
     assert paired.verdict(0.02, -0.01, 0.05, 0.2, 3, 0.04) == "no detectable difference (MDE 4.0 pts)"
     # significant p but an interval through 0 (seed noise): no verdict
     assert paired.verdict(0.03, -0.01, 0.07, 0.01, 3, 0.05).startswith("no detectable difference")
+
+
+# --------------------------------------------------------------------------- the study's comparison table
+
+
+def _synthetic_run(seeds=(0, 1), n=120, effect=0.15):
+    """paradigms.parquet-like rows and per-problem values: WC data better by ``effect`` at budget 10 only."""
+    import pandas as pd
+
+    rng = np.random.default_rng(11)
+    ids = [f"toy-{i:04d}" for i in range(n)]
+    base_skill = rng.random(n)
+    values, rows = {}, []
+    for budget in (1, 10):
+        for data in ("se", "wc", "base"):
+            for seed in (seeds if data != "base" else (None,)):
+                name = f"kd-{data}-b{budget}" + (f"-s{seed}" if seed else "") if data != "base" else "base-student"
+                lift = effect if (data == "wc" and budget == 10) else 0.0
+                greedy = (rng.random(n) < np.clip(base_skill * 0.5 + lift + 0.05 * rng.random(), 0, 1)).astype(float)
+                values[name] = pd.DataFrame({"pass@1": greedy, "maj@2": rng.integers(0, 3, n) / 2,
+                                             "sample_accuracy": rng.random(n)}, index=ids)  # fmt: skip
+                for metric in ("pass@1", "maj@2", "sample_accuracy"):
+                    rows.append({"paradigm": "knowledge_distillation", "budget_se_samples": budget, "wc_samples": 3 * budget,
+                                 "student": "toy student", "data": data, "model_name": name, "seed": seed,
+                                 "metric": metric, "value": float(values[name][metric].mean())})  # fmt: skip
+    return pd.DataFrame(rows), values
+
+
+def test_comparison_table_averages_seeds_corrects_and_decides():
+    from flopmatch.comparisons import COLUMNS, CompareSettings, comparison_table
+
+    paradigms, values = _synthetic_run()
+    loads = []
+    table = comparison_table(paradigms, lambda name: loads.append(name) or values[name],
+                             CompareSettings(n_boot=400, n_perm=2000))  # fmt: skip
+    assert list(table.columns) == COLUMNS
+    assert len(loads) == len(set(loads))  # each evaluation read once
+    assert set(table["comparison"]) == {"wc_vs_se", "wc_vs_base", "se_vs_base"}  # no number-matched rows here
+    assert "sample_accuracy" not in set(table["metric"])
+    row = table[(table.comparison == "wc_vs_se") & (table.metric == "pass@1") & (table.budget_se_samples == 10)].iloc[0]
+    wc = np.mean([values["kd-wc-b10"]["pass@1"].mean(), values["kd-wc-b10-s1"]["pass@1"].mean()])
+    se = np.mean([values["kd-se-b10"]["pass@1"].mean(), values["kd-se-b10-s1"]["pass@1"].mean()])
+    assert row.wc == pytest.approx(wc) and row.se == pytest.approx(se) and row["diff"] == pytest.approx(wc - se)
+    assert row.seeds == 2 and row.test_problems == 120 and row.test == "sign-flip permutation"
+    assert row.ci_low > 0 and row.verdict == "WC data better"
+    # Holm within (comparison, metric): two budgets in the family
+    family = table[(table.comparison == "wc_vs_se") & (table.metric == "pass@1")]
+    assert family["p_adjusted"].to_numpy() == pytest.approx(paired.holm(family["p_value"].to_numpy()))
+    low = family[family.budget_se_samples == 1].iloc[0]
+    assert low.verdict.startswith("no detectable difference (MDE ")
+    assert row.mde_relative == pytest.approx(row.mde / row.se * 100)
+
+
+def test_comparison_table_with_one_seed_is_never_a_verdict():
+    from flopmatch.comparisons import CompareSettings, comparison_table
+
+    paradigms, values = _synthetic_run(seeds=(0,), effect=0.3)
+    table = comparison_table(paradigms, values.__getitem__, CompareSettings(n_boot=300, n_perm=1000))
+    row = table[(table.comparison == "wc_vs_se") & (table.metric == "pass@1") & (table.budget_se_samples == 10)].iloc[0]
+    assert row.test == "McNemar exact" and row.p_adjusted < 0.05
+    assert row.verdict == "one seed: not a verdict"
+
+
+def test_comparison_table_refuses_models_evaluated_on_other_problems():
+    from flopmatch.comparisons import CompareSettings, comparison_table
+
+    paradigms, values = _synthetic_run(seeds=(0,))
+    values["kd-wc-b1"] = values["kd-wc-b1"].iloc[:-3]
+    with pytest.raises(ValueError, match="different test problems"):
+        comparison_table(paradigms, values.__getitem__, CompareSettings(n_boot=50, n_perm=50))

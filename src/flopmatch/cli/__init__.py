@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "judge",  # judge, judge-labels, judge-eval
     "analyze",  # analyze
     "train",  # build-sft, train, eval
+    "compare",  # compare (paired verdicts of fine-tuned students)
     "study",  # study, status, report, demo
 )
 

@@ -535,7 +535,18 @@ def _stage_eval(ctx: StudyContext) -> dict[str, Any]:
             )
     write_table(rows, ctx.run.metrics_dir / "paradigms.parquet")
     evaluated = sum(1 for j in jobs if trained.get(j.name) is not None)
-    return {"summary": f"{evaluated} fine-tuned + {len(baselines)} base models on {len(test)} test problems"}
+    summary = f"{evaluated} fine-tuned + {len(baselines)} base models on {len(test)} test problems"
+    return {"summary": summary + _compare(ctx)}
+
+
+def _compare(ctx: StudyContext) -> str:
+    """metrics/comparisons.parquet|md: the paired comparisons (flopmatch.comparisons), and their count."""
+    from flopmatch.comparisons import CompareSettings, compare_run
+
+    table = compare_run(ctx.run.root, CompareSettings(n_boot=ctx.config.analysis.n_boot, seed=ctx.config.seed))
+    head = table[(table["comparison"] == "wc_vs_se") & (table["metric"] == "pass@1")]
+    decided = head["verdict"].isin(["WC data better", "SE data better"]).sum()
+    return f"; {len(table)} paired comparisons, {decided} of {len(head)} WC-vs-SE pass@1 verdicts"
 
 
 def _eval_rows(
