@@ -483,3 +483,90 @@ def test_cli_bad_rows_name_file_line_and_field(tmp_path: Path, line: str, messag
     assert result.exit_code == 2
     flat = "".join(result.output.split())  # rich wraps long lines
     assert "".join(message.split()) in flat
+
+
+# --------------------------------------------------------------------------- workers never run user code
+
+# A user's script as a newcomer writes it: no `if __name__ == "__main__":` guard, output at top level.
+UNGUARDED_SCRIPT = r"""
+from flopmatch.grading import grade_many
+print("top-level output of the user's script")
+grades = grade_many([(r"We get $\boxed{\frac{\sqrt{3}}{2}}$", r"\frac{\sqrt3}2")], dataset="math", progress=False)
+print("verdict:", grades[0].status, grades[0].extracted)
+"""
+
+
+def _run_python(args: list[str], tmp_path: Path, stdin: str | None = None):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, *args], input=stdin, capture_output=True, text=True, cwd=tmp_path, timeout=600
+    )
+
+
+def _check_ran_once(result) -> None:
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("top-level output of the user's script") == 1, result.stdout
+    assert result.stdout.count("verdict:") == 1, result.stdout
+    assert "verdict: correct \\frac{\\sqrt{3}}{2}" in result.stdout, result.stdout
+
+
+def test_a_script_without_a_main_guard_runs_once_and_grades(tmp_path: Path) -> None:
+    """Grading workers fork from a fork server of our own: they never re-import the user's script
+    (multiprocessing's spawn and forkserver would, once per worker)."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    _check_ran_once(_run_python([str(script)], tmp_path))
+
+
+def test_a_script_piped_on_stdin_runs_once_and_grades(tmp_path: Path) -> None:
+    """``python - <<EOF``: there is no file to re-import, which broke multiprocessing's start methods."""
+    _check_ran_once(_run_python(["-"], tmp_path, stdin=UNGUARDED_SCRIPT))
+
+
+def test_a_fork_server_that_cannot_start_reports_its_real_error(tmp_path: Path) -> None:
+    """A math-verify that fails to import in the workers' process: the error quotes that failure,
+    not a guess. (A fresh process, so that no fork server is already running.)"""
+    planted = tmp_path / "planted" / "math_verify"
+    planted.mkdir(parents=True)
+    (planted / "__init__.py").write_text("raise ImportError('planted: this math_verify is broken')\n")
+    script = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(planted.parent)!r})\n"
+        "from flopmatch.grading import grade_many\n"
+        "try:\n"
+        "    grade_many([(r'\\boxed{\\sqrt{4}}', '2')], dataset='math', workers=1, progress=False)\n"
+        "except RuntimeError as exc:\n"
+        "    print('RuntimeError:', exc)\n"
+    )
+    result = _run_python(["-c", script], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "RuntimeError: the grading fork server exited (code 1)" in result.stdout, result.stdout
+    assert "ImportError: planted: this math_verify is broken" in result.stdout, result.stdout
+
+
+def test_a_worker_that_cannot_start_sends_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in this process's main thread (signals) with the start-up step made to fail."""
+    import multiprocessing
+    import signal
+
+    from flopmatch.grading import worker
+
+    def broken_warm_up() -> None:
+        raise ZeroDivisionError("planted start-up failure")
+
+    monkeypatch.setattr(worker, "warm_up", broken_warm_up)
+    monkeypatch.setattr(worker, "_die_with_parent", lambda: None)  # not the test process
+    monkeypatch.setattr(worker, "_limit_memory", lambda limit: None)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGALRM)}
+    ours, theirs = multiprocessing.Pipe()
+    try:
+        with pytest.raises(ZeroDivisionError):
+            worker.main(theirs, None)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    kind, text = ours.recv()
+    assert kind == worker.FAILED
+    assert "ZeroDivisionError: planted start-up failure" in text

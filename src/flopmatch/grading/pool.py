@@ -4,8 +4,8 @@ math-verify bounds its work with ``signal.alarm``, which only works in a main th
 interrupt C code: ``\\boxed{9^{9^{9^{9}}}}`` can hold a worker forever. Here each worker reports
 after every answer; the parent gives each report ``timeout`` seconds, and a worker that misses
 its deadline is killed (SIGKILL), its current answer recorded as ``timeout``, the rest of its task
-handed to a fresh worker. Workers fork from a fork server that has math-verify imported, so a
-replacement costs milliseconds.
+handed to a fresh worker. Workers fork from a fork server that has math-verify imported
+(:mod:`.server`), so a replacement costs milliseconds; they never import the caller's ``__main__``.
 
 A task is one gold answer with the distinct answers to check against it, so the gold is parsed
 once per task, not once per answer.
@@ -13,17 +13,16 @@ once per task, not once per answer.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any
+
+from flopmatch.grading.server import STARTUP_LIMIT, ForkServer, WorkerProcess, WorkerStartError, shared_server
 
 DEFAULT_MEMORY_LIMIT = 4 * 1024**3  # bytes of address space per worker
-_STARTUP_LIMIT = 180.0  # seconds a new worker may take to import sympy and math-verify
 _MAX_START_FAILURES = 3
 
 OnResult = Callable[[int, str, str], None]
@@ -39,10 +38,11 @@ class Task:
 
 @dataclass
 class _Worker:
-    process: Any
+    process: WorkerProcess
     conn: Connection
     started: float
     ready: bool = False
+    failure: str = ""  # the traceback of a worker that could not start
     task: Task | None = None
     gold_done: bool = False
     done: int = 0  # items of the current task already reported
@@ -55,16 +55,6 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
-
-
-def _context() -> multiprocessing.context.BaseContext:
-    """A fork server with math-verify preloaded where available (fork is unsafe in a process that
-    may hold vLLM or torch threads); spawn elsewhere."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["flopmatch.grading._preload"])
-        return ctx
-    return multiprocessing.get_context("spawn")  # pragma: no cover - not POSIX
 
 
 class WatchdogPool:
@@ -90,7 +80,7 @@ class WatchdogPool:
         self.memory_limit = memory_limit
         self.kills = 0  # workers killed by the watchdog, for reports and tests
         self._pool: list[_Worker] = []
-        self._ctx = _context()
+        self._server: ForkServer | None = None
         self._start_failures = 0
 
     @property
@@ -133,28 +123,20 @@ class WatchdogPool:
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join()
-            worker.conn.close()
+            worker.process.close()
         self._pool.clear()
 
     def _start_worker(self) -> None:
-        from flopmatch.grading import worker as worker_module
-
-        parent, child = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(
-            target=worker_module.main,
-            args=(child, self.memory_limit),
-            name="flopmatch-grader",
-            daemon=True,
-        )
-        process.start()
-        child.close()
-        self._pool.append(_Worker(process=process, conn=parent, started=time.monotonic()))
+        """Fork a worker from the process's fork server (restarted if it died since the last one)."""
+        self._server = shared_server()
+        process = self._server.start_worker(self.memory_limit)
+        self._pool.append(_Worker(process=process, conn=process.conn, started=time.monotonic()))
 
     def _retire(self, worker: _Worker, kill: bool) -> None:
-        if kill and worker.process.is_alive():
+        if kill:
             worker.process.kill()
         worker.process.join(5.0)
-        worker.conn.close()
+        worker.process.close()
         self._pool.remove(worker)
 
     # ------------------------------------------------------------------ running
@@ -187,7 +169,7 @@ class WatchdogPool:
     def _wait_and_handle(self, queue: deque[Task], on_result: OnResult) -> None:
         now = time.monotonic()
         deadlines = [w.deadline for w in self._pool if w.task is not None]
-        deadlines += [w.started + _STARTUP_LIMIT for w in self._pool if not w.ready]
+        deadlines += [w.started + STARTUP_LIMIT for w in self._pool if not w.ready]
         wait_for = max(0.0, min(deadlines) - now) if deadlines else 0.5
         ready = wait([w.conn for w in self._pool], timeout=min(wait_for, 0.5))
         for worker in [w for w in self._pool if w.conn in ready]:
@@ -201,16 +183,19 @@ class WatchdogPool:
             if worker.task is not None and now > worker.deadline:
                 self.kills += 1
                 self._lost(worker, queue, on_result, killed=True)
-            elif not worker.ready and now > worker.started + _STARTUP_LIMIT:
+            elif not worker.ready and now > worker.started + STARTUP_LIMIT:
                 self._lost(worker, queue, on_result, killed=True)
 
     def _handle(self, worker: _Worker, message: tuple, on_result: OnResult) -> None:
-        from flopmatch.grading.worker import GOLD, ITEM, READY
+        from flopmatch.grading.worker import FAILED, GOLD, ITEM, READY
 
         kind = message[0]
         if kind == READY:
             worker.ready = True
             self._start_failures = 0
+            return
+        if kind == FAILED:
+            worker.failure = message[1]
             return
         task = worker.task
         assert task is not None, "a worker reported without a task"
@@ -229,6 +214,10 @@ class WatchdogPool:
             if worker.done == len(task.items):
                 worker.task = None
 
+    def _last_words(self) -> str:
+        tail = self._server.log_tail() if self._server is not None else ""
+        return tail or "(nothing: no traceback, no output)"
+
     def _lost(self, worker: _Worker, queue: deque[Task], on_result: OnResult, *, killed: bool) -> None:
         """A worker died or was killed: settle what it was doing and requeue the rest."""
         was_ready = worker.ready
@@ -239,9 +228,9 @@ class WatchdogPool:
             if not was_ready:
                 self._start_failures += 1
                 if self._start_failures >= _MAX_START_FAILURES:
-                    raise RuntimeError(
-                        f"grading workers keep failing to start (last exit code {code}); "
-                        "check that math-verify imports in a fresh Python process"
+                    raise WorkerStartError(
+                        f"grading workers keep failing to start (last exit code {code}); the last one said:\n"
+                        + (worker.failure or self._last_words())
                     )
             return
         limit = f"{self.timeout:g}s"

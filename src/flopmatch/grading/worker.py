@@ -1,6 +1,6 @@
 """The grading worker process: parses a gold answer once, then checks answers against it.
 
-Imported by the fork server before any worker starts (see :mod:`.pool`), so that starting or
+Imported by the fork server before any worker starts (see :mod:`.server`), so that starting or
 replacing a worker costs a ``fork()``, not a fresh import of sympy and math-verify.
 
 Each check runs under a soft alarm (``setitimer``), which interrupts the pure-Python parts of
@@ -12,8 +12,10 @@ runaway ``(10^{10})!`` fails with ``MemoryError`` instead of starving the machin
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
@@ -24,6 +26,7 @@ from flopmatch.grading.equivalence import check, parse_answer, quiet_math_verify
 
 # Messages from a worker to the parent.
 READY = "ready"
+FAILED = "failed"  # the worker could not start; carries its traceback
 GOLD = "gold"
 ITEM = "item"
 
@@ -64,7 +67,7 @@ def _limit_memory(max_bytes: int | None) -> None:
 
 def _die_with_parent() -> None:
     """Linux: get SIGKILL when the fork server (our parent) exits, which it does when the grading
-    process dies — so a check stuck in C code never outlives a killed run."""
+    process dies (its control socket closes) — so a check stuck in C code never outlives a killed run."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -94,13 +97,23 @@ def warm_up() -> None:
 
 
 def main(conn: Connection, memory_limit: int | None) -> None:
-    """Serve tasks ``(gold, [(key, answer), ...], seconds)`` until ``None`` or the parent goes away."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    signal.signal(signal.SIGALRM, _on_alarm)
-    _die_with_parent()
-    _limit_memory(memory_limit)
-    warm_up()
-    conn.send((READY,))
+    """Serve tasks ``(gold, [(key, answer), ...], seconds)`` until ``None`` or the parent goes away.
+
+    Announces itself with ``(READY, pid)``; a worker that cannot start sends ``(FAILED, traceback)``
+    first, so the grading process reports the real cause."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+        signal.signal(signal.SIGALRM, _on_alarm)
+        _die_with_parent()
+        _limit_memory(memory_limit)
+        warm_up()
+    except BaseException:
+        try:
+            conn.send((FAILED, traceback.format_exc()))
+        except (OSError, ValueError):
+            pass
+        raise
+    conn.send((READY, os.getpid()))
     while True:
         try:
             task = conn.recv()
