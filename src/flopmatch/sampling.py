@@ -761,3 +761,18 @@ def _advance(bar, n: int, ledger: LedgerSession) -> None:
     bar.update(n)
     if ledger.seconds > 0:
         bar.set_postfix_str(f"{ledger.completion_tokens / ledger.seconds:.1f} tok/s", refresh=False)
+
+
+# --------------------------------------------------------------------------- public for flopmatch.allocation_run
+
+# The round-based driver of difficulty-aware allocation reuses this module's engine, writer, budget
+# and bookkeeping as they are; these are their public names.
+SampleWriter = _Writer
+SpendBudget = _Budget
+start_engine = _start_engine
+prompt_builder = _prompt_builder
+check_config = _check_config
+sampling_lock = _sampling_lock
+parameter_count = _parameter_count
+check_unique_ids = _check_unique_ids
+progress_bar = _progress_bar
