@@ -238,6 +238,13 @@ def _print_dry_run(cfg, run: Path | None) -> None:
         )
     else:
         console.print("fine-tuning: off (training.enabled: false) — dataset metrics only")
+    if plan.power is not None:
+        pw = plan.power
+        console.print(
+            f"power: WC − SE pass@1 detectable from {pw['mde'] * 100:.1f} points ({pw['mde_relative']:.0f}% relative "
+            f"at {pw['accuracy']:.0%}) with {pw['test_problems']:,} test problems, {pw['seeds']} training seed(s), "
+            f"{pw['discordance']:.0%} discordance ({pw['basis']}; 80% power, α = 0.05; seed noise not included)"
+        )
     if cfg.training.enabled and cfg.training.launcher == "accelerate":
         console.print(
             f"training launcher: accelerate launch {' '.join(cfg.training.accelerate_args)}"

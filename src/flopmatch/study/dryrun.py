@@ -44,6 +44,7 @@ class DryRun:
     evals: int
     stages: list[StageStatus] | None
     warnings: list[str] = field(default_factory=list)
+    power: dict[str, Any] | None = None  # the planned WC-vs-SE pass@1 comparison's MDE (see planned_power)
 
 
 def _count_split(spec: SplitConfig, seed: int) -> tuple[int | None, str]:
@@ -127,7 +128,63 @@ def dry_run(config: StudyConfig, run_dir: str | Path | None = None) -> DryRun:
     for role, spec in (("sample", config.problems.sample), ("test", config.problems.test)):
         if spec is not None and spec.data_file and not Path(spec.data_file).exists():
             warnings.append(f"problems.{role}.data_file {spec.data_file} does not exist")
-    return DryRun(config, root, problems, params, plan, plan_error, costs, jobs, evals, stages, warnings)
+    power = planned_power(config, problems.get("test", (None, ""))[0], RunDir(root)) if jobs else None
+    if power is not None:
+        warnings += power["warnings"]
+    return DryRun(config, root, problems, params, plan, plan_error, costs, jobs, evals, stages, warnings, power)
+
+
+#: Planning assumptions when no run has measured them: the share of test problems on which the WC-data
+#: and SE-data students disagree (deciding.md), and the SE-data student's pass@1 (relative gains need it).
+ASSUMED_DISCORDANCE = 0.15
+ASSUMED_ACCURACY = 0.5
+#: The smallest relative gain a study should be able to detect (the paper's gains are 1–6% relative).
+TARGET_RELATIVE_GAIN = 0.05
+
+
+def planned_power(config: StudyConfig, test_problems: int | None, run: RunDir) -> dict[str, Any] | None:
+    """The minimum detectable WC − SE difference of greedy pass@1 (80% power, α = 0.05) for the planned test
+    size and seeds: (1.96 + 0.84)·sqrt(d / N), with d and the SE-data accuracy measured by an earlier
+    run of this study (its comparisons.parquet) or assumed. Seed-to-seed variance is unknown before a
+    run and not included, so the MDE is a floor. Warns when a 5% relative gain is out of reach."""
+    from flopmatch.paired import mde_paired, problems_for_mde
+
+    if not test_problems:
+        return None
+    seeds = len(config.training.seed_list(config.seed))
+    discordance, accuracy, basis = ASSUMED_DISCORDANCE, ASSUMED_ACCURACY, "assumed"
+    measured = _measured_discordance(run)
+    if measured is not None:
+        discordance, accuracy, basis = *measured, "measured in this run's metrics/comparisons.parquet"
+    mde = mde_paired(test_problems, discordance)
+    target = TARGET_RELATIVE_GAIN * accuracy
+    warnings = []
+    if mde > target:
+        warnings.append(
+            f"power: {test_problems} test problems detect a WC − SE pass@1 difference of {mde * 100:.1f} points "
+            f"(80% power, {discordance:.0%} discordance, {basis}), {mde / accuracy:.0%} relative at "
+            f"{accuracy:.0%} accuracy; a {TARGET_RELATIVE_GAIN:.0%} relative gain ({target * 100:.1f} pts) needs about "
+            f"{problems_for_mde(target, discordance):,} test problems (problems.test.limit)"
+        )
+    if seeds < 2:
+        warnings.append("power: one training seed; a difference it shows is never a verdict (set training.seeds: "
+                        "[0, 1, 2])")  # fmt: skip
+    return {"test_problems": test_problems, "seeds": seeds, "discordance": discordance, "accuracy": accuracy,
+            "basis": basis, "mde": mde, "mde_relative": mde / accuracy * 100, "warnings": warnings}  # fmt: skip
+
+
+def _measured_discordance(run: RunDir) -> tuple[float, float] | None:
+    """(mean discordance, mean SE-data pass@1) of the WC-vs-SE pass@1 comparisons of an earlier run."""
+    path = run.metrics_dir / "comparisons.parquet"
+    if not path.exists():
+        return None
+    import pandas as pd
+
+    table = pd.read_parquet(path)
+    rows = table[(table["comparison"] == "wc_vs_se") & (table["metric"] == "pass@1")] if len(table) else table
+    if rows.empty or rows["discordance"].isna().all() or not (rows["se"] > 0).any():
+        return None
+    return float(rows["discordance"].mean()), float(rows["se"].mean())
 
 
 def _ledger_mean_tokens(run: RunDir, config: StudyConfig) -> dict[str, tuple[float, str]]:
