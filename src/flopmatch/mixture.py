@@ -1,0 +1,220 @@
+"""Forecasts for allocations of a budget over several models, from their pilots (pure maths, no I/O).
+
+An allocation is a number of samples per problem for each model. :class:`Forecaster` evaluates many
+allocations at once (the point forecast and a paired bootstrap over pilot problems); the formulas and
+their reasons are in the docstring of :mod:`flopmatch.advise`, which ranks the allocations.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import special
+
+from flopmatch.pilot import PilotModel
+
+OBJECTIVES = ("coverage", "unique", "valid-unique")
+DEFAULT_STEP = 0.1
+
+
+class AllocationError(ValueError):
+    """An allocation cannot be evaluated (bad step, pilots on different problems, a missing FPR)."""
+
+
+# --------------------------------------------------------------------------- allocations (pure)
+
+
+def share_grid(n_models: int, step: float = DEFAULT_STEP) -> list[tuple[float, ...]]:
+    """Every split of the budget over ``n_models`` in multiples of ``step`` (shares sum to 1)."""
+    if not 0 < step <= 1:
+        raise AllocationError(f"the share step must be in (0, 1], got {step}")
+    units = round(1 / step)
+    if abs(units * step - 1) > 1e-9:
+        raise AllocationError(f"the share step must divide 100%, got {step}")
+    out = []
+    for parts in itertools.product(range(units + 1), repeat=n_models - 1):
+        if sum(parts) <= units:
+            out.append(tuple(p / units for p in (*parts, units - sum(parts))))
+    return out
+
+
+def samples_for(
+    shares: Sequence[float], amount: float, n_problems: int, costs: Sequence[float]
+) -> tuple[int, ...]:
+    """Samples per problem each share of ``amount`` buys over ``n_problems`` (rounded down)."""
+    return tuple(
+        int(math.floor(s * amount / (n_problems * c) + 1e-9)) for s, c in zip(shares, costs, strict=True)
+    )
+
+
+# --------------------------------------------------------------------------- the forecaster (pure)
+
+
+def prefix_miss(n: np.ndarray, c: np.ndarray, k: int, fit: Any) -> np.ndarray:
+    """Per pilot problem: P(the first k samples all fail | n pilot samples, c correct), pilot included."""
+    n, c = n.astype(float), c.astype(float)
+    if k == 0:
+        return np.ones_like(n)
+    fits_k = n - c >= k  # C(n-c, k)/C(n, k), and 0 where fewer than k pilot samples failed
+    safe_rest, safe_n = np.where(fits_k, n - c - k + 1, 1.0), np.where(k <= n, n - k + 1, 1.0)
+    log_ratio = (
+        special.gammaln(n - c + 1)
+        - special.gammaln(safe_rest)
+        - special.gammaln(n + 1)
+        + special.gammaln(safe_n)
+    )
+    within = np.where(fits_k, np.exp(log_ratio), 0.0)
+    beyond = np.where(c == 0, fit.posterior_miss(n, c, np.maximum(k - n, 0)), 0.0)
+    return np.where(k <= n, within, beyond)
+
+
+@dataclass
+class _ModelData:
+    n: np.ndarray
+    c: np.ndarray
+    u: np.ndarray
+    fit: Any
+    fpr: float
+
+
+class Forecaster:
+    """Forecasts the objective of allocations (samples per problem per model) from the pilots, with a
+    paired bootstrap over pilot problems (see the module docstring)."""
+
+    def __init__(
+        self,
+        pilots: Sequence[PilotModel],
+        *,
+        n_problems: int,
+        objective: str = "coverage",
+        n_boot: int = 200,
+        seed: int = 0,
+    ):
+        from flopmatch.forecast import fit_success
+
+        if objective not in OBJECTIVES:
+            raise AllocationError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
+        ids = list(pilots[0].counts["problem_id"])
+        self.models: list[_ModelData] = []
+        for p in pilots:
+            counts = p.counts.set_index("problem_id")
+            missing = [i for i in ids if i not in counts.index]
+            if missing or len(counts) != len(ids):
+                raise AllocationError(
+                    f"{p.name}: the pilot covers other problems than {pilots[0].name}'s ({missing[:3]})"
+                )
+            counts = counts.loc[ids]
+            if objective == "valid-unique" and p.fpr is None:
+                raise AllocationError(
+                    f"objective valid-unique needs an FPR for {p.name}: --fpr {p.name}=x or judge the pilot"
+                )
+            n, c = counts["n"].to_numpy(np.int64), counts["c"].to_numpy(np.int64)
+            self.models.append(
+                _ModelData(
+                    n,
+                    c,
+                    counts["unique_correct"].to_numpy(np.int64),
+                    fit_success(n, c, seed=seed),
+                    float(p.fpr or 0.0),
+                )
+            )
+        if n_problems < len(ids):
+            raise AllocationError(
+                f"the problem set ({n_problems}) is smaller than the pilot ({len(ids)} problems)"
+            )
+        self.n_problems, self.n_pilot, self.objective = n_problems, len(ids), objective
+        self.n_boot, self.seed = n_boot, seed
+        rng = np.random.default_rng(seed)
+        self._resamples = [rng.integers(0, len(ids), len(ids)) for _ in range(n_boot)]
+        self._boot_fits: list[list[Any]] | None = None
+
+    def evaluate(self, allocations: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """The objective of each allocation: the point forecast (C,) and its bootstrap replicates (B, C)."""
+        from flopmatch.forecast import refit
+
+        alloc = np.asarray(allocations, dtype=np.int64).reshape(len(allocations), len(self.models))
+        if self._boot_fits is None:  # refitted once per resample, shared by every later evaluation
+            self._boot_fits = [
+                [refit(m.fit, m.n[idx], m.c[idx]) for m in self.models] for idx in self._resamples
+            ]
+        full = np.arange(self.n_pilot)
+        point = self._value(alloc, full, [m.fit for m in self.models])
+        boot = np.empty((self.n_boot, len(alloc)))
+        for b, (idx, fits) in enumerate(zip(self._resamples, self._boot_fits, strict=True)):
+            boot[b] = self._value(alloc, idx, fits)
+        return point, boot
+
+    def _value(self, alloc: np.ndarray, idx: np.ndarray, fits: Sequence[Any]) -> np.ndarray:
+        if self.objective == "coverage":
+            return self._coverage(alloc, idx, fits)
+        return self._unique(alloc, idx, fits)
+
+    def _coverage(self, alloc: np.ndarray, idx: np.ndarray, fits: Sequence[Any]) -> np.ndarray:
+        prod_prefix = np.ones((len(idx), len(alloc)))
+        prod_fresh = np.ones((len(idx), len(alloc)))
+        for j, (m, fit) in enumerate(zip(self.models, fits, strict=True)):
+            n, c = m.n[idx], m.c[idx]
+            ks, where = np.unique(alloc[:, j], return_inverse=True)
+            prefix = np.stack([prefix_miss(n, c, int(k), fit) for k in ks], axis=1)
+            fresh = np.stack([fit.posterior_miss(n, c, int(k)) for k in ks], axis=1)
+            prod_prefix *= prefix[:, where]
+            prod_fresh *= fresh[:, where]
+        missed = prod_prefix.sum(axis=0) + (self.n_problems - self.n_pilot) * prod_fresh.mean(axis=0)
+        return 1.0 - missed / self.n_problems
+
+    def _unique(self, alloc: np.ndarray, idx: np.ndarray, fits: Sequence[Any]) -> np.ndarray:
+        from flopmatch.forecast import fit_unique
+
+        total = np.zeros(len(alloc))
+        for j, (m, fit) in enumerate(zip(self.models, fits, strict=True)):
+            c, u = m.c[idx], m.u[idx]
+            ufit = fit_unique(c, u) if (c > 0).any() else None
+            ks, where = np.unique(alloc[:, j], return_inverse=True)
+            # with no correct pilot sample there is no pool to fit: each correct sample counts as new
+            yields = np.array(
+                [
+                    0.0
+                    if k == 0
+                    else ufit.unique_at_k(fit, int(k))
+                    if ufit
+                    else float(fit.expected_correct(int(k)))
+                    for k in ks
+                ]
+            )
+            weight = 1.0 - m.fpr if self.objective == "valid-unique" else 1.0
+            total += weight * yields[where]
+        return total
+
+
+def frontier_curves(
+    pilots: Sequence[PilotModel],
+    forecaster: Forecaster,
+    costs: Sequence[float],
+    budget_amount: float,
+    n_problems: int,
+    points: int = 16,
+) -> dict[str, list[dict[str, float]]]:
+    """Each model alone: the objective against total cost, up to twice the budget (for the frontier plot)."""
+    out: dict[str, list[dict[str, float]]] = {}
+    for j, p in enumerate(pilots):
+        k_max = max(2, int(2 * budget_amount / (n_problems * costs[j])))
+        ks = sorted({int(round(x)) for x in np.geomspace(1, k_max, points)})
+        allocs = [tuple(k if i == j else 0 for i in range(len(pilots))) for k in ks]
+        point, boot = forecaster.evaluate(allocs)
+        lo, hi = np.percentile(boot, 2.5, axis=0), np.percentile(boot, 97.5, axis=0)
+        out[p.name] = [
+            {
+                "samples_per_problem": k,
+                "cost": n_problems * k * costs[j],
+                "forecast": float(point[i]),
+                "low": float(lo[i]),
+                "high": float(hi[i]),
+            }
+            for i, k in enumerate(ks)
+        ]
+    return out
