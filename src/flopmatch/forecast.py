@@ -399,6 +399,8 @@ class ModelForecast:
     unique_fit: UniqueFit | None = None
     power_law: PowerLawFit | None = None
     n_boot: int = 0
+    measured_samples: int | None = None  # S, when callers compare with what S samples per problem measured
+    measured_problems: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` shape of issue 13 (extra keys: unique_fit, power_law, per-point baselines)."""
@@ -408,6 +410,7 @@ class ModelForecast:
             "model": self.model, "problems": self.problems, "pilot_samples": self.pilot_samples, "fit": fit,
             "unique_fit": self.unique_fit.to_dict() if self.unique_fit else None,
             "power_law": asdict(self.power_law) if self.power_law else None, "n_boot": self.n_boot,
+            "measured_samples": self.measured_samples, "measured_problems": self.measured_problems,
             "forecast": [asdict(p) for p in self.points],
         }
 

@@ -1,0 +1,126 @@
+"""`flopmatch forecast`: coverage@k and unique correct solutions at large k, forecast from a pilot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from flopmatch.cli._app import app, console, fail
+
+DEFAULT_K = "1,3,10,30,100,1000"
+
+
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise fail(f"--k expects comma-separated integers, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise fail(f"--k values must be >= 1, got {text!r}")
+    return sorted(set(ks))
+
+
+def _interval(value: float | None, low: float | None, high: float | None, digits: int, pct: bool) -> str:
+    if value is None:
+        return "—"
+    scale, unit = (100, "%") if pct else (1, "")
+    text = f"{value * scale:.{digits}f}{unit}"
+    if low is not None and high is not None:
+        text += f" [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
+    return text
+
+
+def _plain(value: float | None, digits: int, pct: bool) -> str:
+    return "—" if value is None else (f"{value * 100:.{digits}f}%" if pct else f"{value:.{digits}f}")
+
+
+def _print_table(forecasts) -> None:
+    for fc in forecasts:
+        fit = fc.fit
+        params = ", ".join(f"{k}={v:.3g}" for k, v in fit.params.items())
+        title = (f"{fc.model or 'counts'}: {fc.problems} problems × {fc.pilot_samples:g} pilot samples — "
+                 f"{fit.family} ({params})")
+        if fc.unique_fit is not None:
+            title += f", unique: CRP θ={fc.unique_fit.theta:.3g}"
+        measured = fc.measured_samples is not None
+        table = Table(title=title, title_justify="left")
+        table.add_column("k", justify="right", no_wrap=True)
+        table.add_column("coverage [95%]", justify="right", no_wrap=True)
+        if measured:
+            table.add_column(f"measured ({fc.measured_samples}/problem)", justify="right")
+        table.add_column("power law", justify="right")
+        table.add_column("unique correct [95%]", justify="right", no_wrap=True)
+        if measured:
+            table.add_column("measured unique", justify="right")
+        table.add_column("correct / problem", justify="right")
+        for p in fc.points:
+            row = [str(p.k), _interval(p.coverage, p.coverage_low, p.coverage_high, 1, True)]
+            if measured:
+                row.append(_plain(p.measured_coverage, 1, True))
+            row += [_plain(p.power_law_coverage, 1, True),
+                    _interval(p.unique_correct, p.unique_correct_low, p.unique_correct_high, 2, False)]
+            if measured:
+                row.append(_plain(p.measured_unique_correct, 2, False))
+            row.append(_plain(p.correct, 2, False))
+            table.add_row(*row)
+        console.print(table)
+        if fit.candidates:
+            scores = ", ".join(f"{k} {v:.1f}" for k, v in fit.candidates.items())
+            console.print(f"held-out log-likelihood ({min(5, fc.problems)}-fold over problems): {scores}")
+
+
+@app.command("forecast")
+def forecast_command(
+    run: Annotated[Path | None, typer.Argument(help="a graded run directory", file_okay=False)] = None,
+    counts: Annotated[Path | None, typer.Option("--counts", help="CSV/Parquet of problem_id, n, c [, model, "
+                                                "unique_correct, tokens] instead of a run", dir_okay=False)] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="only this model")] = None,
+    pilot_samples: Annotated[int, typer.Option("--pilot-samples", "-n", min=1,
+                                               help="RUN: fit on samples with sample_idx < n")] = 8,
+    pilot_problems: Annotated[int | None, typer.Option("--pilot-problems", min=2,
+                                                       help="RUN: a seeded subset of this many problems")] = None,
+    k: Annotated[str, typer.Option("--k", help="comma-separated k to forecast")] = DEFAULT_K,
+    family: Annotated[str, typer.Option(help="auto | beta-binomial | zero-inflated-beta")] = "auto",
+    n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="bootstrap resamples of problems")] = 200,
+    seed: Annotated[int, typer.Option(help="seed of the bootstrap, the folds and --pilot-problems")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print {\"models\": [...]} as JSON")] = False,
+) -> None:
+    """Forecast coverage@k (share of problems solved by at least one of k samples), expected correct and
+    expected unique correct solutions per problem for any k — far beyond the pilot's n — with 95%
+    bootstrap intervals.
+
+    It fits the distribution of per-problem success probability (beta-binomial, or a zero-inflated Beta
+    when many problems are never solved; the family with the better held-out likelihood is used and
+    shown) and a Chinese-restaurant model of how distinct correct solutions accumulate. Power law: Brown
+    et al.'s curve fitted to the same pilot, for comparison. When RUN holds more samples than the pilot,
+    the measured unbiased values at k <= S are shown beside the forecast.
+
+    Examples: `flopmatch forecast runs/toy --pilot-samples 4 --k 10,100,1000`;
+    `flopmatch forecast --counts pilot.csv --json` (a row per problem: `problem_id,n,c`).
+    """
+    from flopmatch.forecast import FAMILIES
+    from flopmatch.forecast_run import forecast_counts_file, forecast_run
+
+    if (run is None) == (counts is None):
+        raise fail("give either a RUN directory or --counts FILE")
+    if family != "auto" and family not in FAMILIES:
+        raise fail(f"--family must be auto or one of {', '.join(FAMILIES)}, got {family!r}")
+    ks = _parse_ks(k)
+    try:
+        if counts is not None:
+            forecasts = forecast_counts_file(counts, ks, model=model, n_boot=n_boot, seed=seed, family=family)
+        else:
+            if not run.is_dir():
+                raise FileNotFoundError(f"{run}: not a directory")
+            forecasts = forecast_run(run, model=model, pilot_samples=pilot_samples, ks=ks,
+                                     pilot_problems=pilot_problems, n_boot=n_boot, seed=seed, family=family)
+    except (ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps({"models": [fc.to_dict() for fc in forecasts]}, indent=2))
+        return
+    _print_table(forecasts)
