@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "grade",  # grade
     "judge",  # judge, judge-labels, judge-eval
     "analyze",  # analyze
+    "forecast",  # forecast (coverage / unique correct at large k from a pilot)
     "advise",  # advise (pilot, forecast, recommend a model or mix)
     "train",  # build-sft, train, eval
     "compare",  # compare (paired verdicts of fine-tuned students)
