@@ -247,7 +247,8 @@ def _synthetic_run(seeds=(0, 1), n=120, effect=0.15):
                 for metric in ("pass@1", "maj@2", "sample_accuracy"):
                     rows.append({"paradigm": "knowledge_distillation", "budget_se_samples": budget, "wc_samples": 3 * budget,
                                  "student": "toy student", "data": data, "model_name": name, "seed": seed,
-                                 "metric": metric, "value": float(values[name][metric].mean())})  # fmt: skip
+                                 "metric": metric, "value": float(values[name][metric].mean()),
+                                 "ci_low": float("nan"), "ci_high": float("nan")})  # fmt: skip
     return pd.DataFrame(rows), values
 
 
@@ -293,3 +294,34 @@ def test_comparison_table_refuses_models_evaluated_on_other_problems():
     values["kd-wc-b1"] = values["kd-wc-b1"].iloc[:-3]
     with pytest.raises(ValueError, match="different test problems"):
         comparison_table(paradigms, values.__getitem__, CompareSettings(n_boot=50, n_perm=50))
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def test_report_verdict_table_and_forest_plot_come_from_the_comparisons(tmp_path):
+    from flopmatch.comparisons import CompareSettings, comparison_table
+    from flopmatch.report import RunData, build_document, compute_verdict, iter_blocks
+    from flopmatch.store import RunDir
+
+    paradigms, values = _synthetic_run()
+    table = comparison_table(paradigms, values.__getitem__, CompareSettings(n_boot=300, n_perm=1000))
+    plan = {"budgets": [{"se_samples": 1, "wc_samples": 3}, {"se_samples": 10, "wc_samples": 30}]}
+    data = RunData(run=RunDir(tmp_path), config=None, roles={}, plan=plan, ledger=None, cost=None, summary=None,
+                   coverage=None, matched=None, paradigms=paradigms, problems={}, figures=[], stages={},
+                   comparisons=table)  # fmt: skip
+    lines = compute_verdict(data)
+    high = next(line for line in lines if "high budget" in line)
+    row = table[(table.comparison == "wc_vs_se") & (table.metric == "pass@1") & (table.budget_se_samples == 10)].iloc[0]
+    assert high.startswith("Paired, WC data vs SE data: knowledge distillation at the high budget (SE 10 vs WC 30): "
+                           "**WC data better**")  # fmt: skip
+    assert f"{row['diff'] * 100:+.1f} pts" in high and "2 seeds, 120 problems" in high
+    low = next(line for line in lines if "low budget" in line)
+    assert "**no detectable difference (MDE" in low
+    assert not any(line.startswith("WC data beat SE data") for line in lines)  # the unpaired count is replaced
+    report = build_document(data, figures_dir=tmp_path / "figures")
+    blocks = list(iter_blocks(report))
+    paired_tables = [b for b in blocks if getattr(b, "columns", None) and "difference [95% CI]" in b.columns]
+    assert len(paired_tables) == 1 and any("**WC data better**" in r for r in paired_tables[0].rows)
+    forest = tmp_path / "figures" / "paired_forest.png"
+    assert forest.exists() and forest.read_bytes()[:4] == b"\x89PNG"

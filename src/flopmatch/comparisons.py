@@ -341,3 +341,41 @@ def forest_plot(table: pd.DataFrame, path: Path, *, metric: str = "pass@1",
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# --------------------------------------------------------------------------- the report's pieces
+
+
+def verdict_lines(table: pd.DataFrame | None, budget_label: Callable[[int], str], *, metric: str = "pass@1") -> list[str]:
+    """The report's verdict lines: WC data vs SE data per budget and paradigm, then the number-matched
+    control the same way (``budget_label(se_samples)`` names a budget)."""
+    if table is None or table.empty:
+        return []
+    metric = metric if metric in set(table["metric"]) else str(table["metric"].iloc[0])
+    lines = []
+    for comparison, lead in (("wc_vs_se", "Paired, WC data vs SE data"),
+                             ("number_matched_vs_se", "Number-matched control vs SE data")):  # fmt: skip
+        rows = table[(table["comparison"] == comparison) & (table["metric"] == metric)]
+        for r in rows.sort_values(["budget_se_samples", "paradigm"]).itertuples():
+            lines.append(f"{lead}: " + verdict_sentence(r, budget_label(int(r.budget_se_samples))))
+    return lines
+
+
+def report_table(table: pd.DataFrame, budget_label: Callable[[int], str], *, metric: str = "pass@1",
+                 comparisons: tuple[str, ...] = ("wc_vs_se", "number_matched_vs_se", "wc_vs_number_matched",
+                                                 "wc_vs_base", "se_vs_base")) -> tuple[list[str], list[list[str]]]:  # fmt: skip
+    """(columns, rows) of the report's paired-comparison table for one metric."""
+    columns = ["paradigm", "budget (SE vs WC)", "comparison", "baseline", "treatment", "difference [95% CI]",
+               "p (Holm)", "seeds", "MDE (pts, rel.)", "verdict"]  # fmt: skip
+    rows = []
+    shown = table[(table["metric"] == metric) & table["comparison"].isin(comparisons)]
+    order = {c: i for i, c in enumerate(comparisons)}
+    shown = shown.assign(_order=shown["comparison"].map(order)).sort_values(["paradigm", "budget_se_samples", "_order"])
+    for r in shown.itertuples():
+        rows.append([
+            PARADIGM_NAMES.get(r.paradigm, r.paradigm), budget_label(int(r.budget_se_samples)),
+            r.comparison.replace("_", " "), f"{r.baseline.replace('_', ' ')} {pts(r.se, False)}%",
+            f"{r.treatment.replace('_', ' ')} {pts(r.wc, False)}%", f"{pts(r.diff)} [{pts(r.ci_low)}, {pts(r.ci_high)}]",
+            fmt_p(r.p_adjusted), str(r.seeds), f"{pts(r.mde, False)} ({r.mde_relative:.0f}%)", f"**{r.verdict}**",
+        ])  # fmt: skip
+    return columns, rows

@@ -186,6 +186,7 @@ class RunData:
     problems: dict[str, int]
     figures: list[Path]
     stages: dict[str, Any]
+    comparisons: pd.DataFrame | None = None  # metrics/comparisons.parquet (flopmatch.comparisons)
 
     def label(self, role: str) -> str:
         info = self.roles.get(role) or {}
@@ -233,6 +234,7 @@ def load_run(run_dir: str | Path) -> RunData:
         problems=problems,
         figures=figures,
         stages=run.stage_state(),
+        comparisons=_read_parquet(metrics / "comparisons.parquet"),
     )
 
 
@@ -344,6 +346,9 @@ def paradigm_comparisons(paradigms: pd.DataFrame | None) -> pd.DataFrame | None:
     for (paradigm, budget, metric), group in paradigms.groupby(
         ["paradigm", "budget_se_samples", "metric"], sort=False
     ):
+        if group["data"].duplicated().any():  # several training seeds: their mean (and mean interval)
+            means = {c: (c, "mean") for c in ("value", "ci_low", "ci_high") if c in group.columns}
+            group = group.groupby("data", as_index=False, sort=False).agg(**means, student=("student", "first"))
         by_data = {row["data"]: row for _, row in group.iterrows()}
         se, wc, nm = by_data.get("se"), by_data.get("wc"), by_data.get("wc_number_matched")
 
@@ -388,6 +393,12 @@ def compute_verdict(data: RunData) -> list[str]:
                     + "."
                 )
     comparisons = paradigm_comparisons(data.paradigms)
+    if data.comparisons is not None and not data.comparisons.empty:
+        from flopmatch.comparisons import verdict_lines
+
+        metric = headline_metric(data.paradigms) if data.paradigms is not None else "pass@1"
+        lines += verdict_lines(data.comparisons, lambda b: _budget_name(budgets, b), metric=metric)
+        comparisons = None  # the paired verdict replaces the unpaired win count below
     if comparisons is not None:
         metric = headline_metric(data.paradigms)
         head = comparisons[comparisons["metric"] == metric]
@@ -904,6 +915,7 @@ def _paradigm_section(data: RunData, figures_dir: Path | None) -> Section:
                 numeric=set(range(2, 2 + len(metrics))),
             )
         )
+    blocks += _paired_blocks(data, budgets, metric, figures_dir)
     if figures_dir is not None:
         fig = _paradigm_figure(comparisons[comparisons["metric"] == metric], budgets, metric, figures_dir)
         if fig is not None:
@@ -911,6 +923,29 @@ def _paradigm_section(data: RunData, figures_dir: Path | None) -> Section:
                 Figure(fig, f"{metric} of each student fine-tuned on SE vs WC data, with 95% intervals.")
             )
     return Section("Fine-tuning paradigms", blocks)
+
+
+def _paired_blocks(data: RunData, budgets: list[dict[str, Any]], metric: str, figures_dir: Path | None) -> list[Any]:
+    """The paired-comparison table and forest plot (flopmatch.comparisons), when the run has them."""
+    table = data.comparisons
+    if table is None or table.empty:
+        return [Text("No paired comparisons yet: `flopmatch compare RUN` writes metrics/comparisons.parquet.", "note")]
+    from flopmatch.comparisons import CORRECTION, forest_plot, report_table
+
+    columns, rows = report_table(table, lambda b: _budget_short(budgets, b), metric=metric)
+    blocks: list[Any] = [Table(columns, rows, numeric={3, 4, 5, 6, 7, 8}, caption=(
+        f"Paired comparisons ({metric}): treatment − baseline on the same test problems, in points, averaged over "
+        "training seeds; 95% interval: bootstrap over problems (and seeds, with ≥ 2). p: McNemar's exact test "
+        f"(one seed) or a sign-flip permutation test, adjusted by {CORRECTION}. MDE: the difference detectable "
+        "with 80% power. One seed is never a verdict. All metrics: metrics/comparisons.md."))]  # fmt: skip
+    if figures_dir is not None:
+        path = forest_plot(table, figures_dir / "paired_forest.png", metric=metric,
+                           label=lambda r: f"{PARADIGM_NAMES.get(r['paradigm'], r['paradigm'])}, "
+                                           f"{_budget_short(budgets, int(r['budget_se_samples']))}")  # fmt: skip
+        if path is not None:
+            blocks.append(Figure(path, f"Paired {metric} differences with 95% intervals (filled: a verdict; grey band: "
+                                       "± MDE): WC data vs SE data and the number-matched control vs SE data."))
+    return blocks
 
 
 def _value_ci(value: Any, low: Any, high: Any) -> str:
