@@ -8,7 +8,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 2
 export VLLM_CPU_NUM_OF_RESERVED_CPU ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast offline-models lint clean
+.PHONY: install chromium demo test test-fast offline-models lint clean
 
 install: $(STAMP)
 
@@ -26,8 +26,14 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/flopmatch demo
 
+# The report test renders the page in headless Chromium: Debian's package, installed when missing
+# (CI runs as root; elsewhere install it once with sudo).
+chromium:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) \
+	  || { echo "could not install chromium: run 'sudo apt-get install -y chromium'"; exit 1; }
+
 # pytest exits 5 when it ran no test: that is a failure here, not a pass.
-test: install
+test: install chromium
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
 
 test-fast: install
