@@ -27,15 +27,15 @@ def _parse_ks(text: str) -> list[int]:
 def _interval(value: float | None, low: float | None, high: float | None, digits: int, pct: bool) -> str:
     if value is None:
         return "—"
-    scale, unit = (100, "%") if pct else (1, "")
-    text = f"{value * scale:.{digits}f}{unit}"
+    scale = 100 if pct else 1
+    text = f"{value * scale:.{digits}f}"
     if low is not None and high is not None:
         text += f" [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
     return text
 
 
 def _plain(value: float | None, digits: int, pct: bool) -> str:
-    return "—" if value is None else (f"{value * 100:.{digits}f}%" if pct else f"{value:.{digits}f}")
+    return "—" if value is None else f"{value * (100 if pct else 1):.{digits}f}"
 
 
 def _print_table(forecasts) -> None:
@@ -46,17 +46,18 @@ def _print_table(forecasts) -> None:
                  f"{fit.family} ({params})")
         if fc.unique_fit is not None:
             title += f", unique: CRP θ={fc.unique_fit.theta:.3g}"
+        if fc.measured_samples is not None:
+            title += f"; measured: unbiased from S={fc.measured_samples} samples on {fc.measured_problems} problems"
         measured = fc.measured_samples is not None
         table = Table(title=title, title_justify="left")
         table.add_column("k", justify="right", no_wrap=True)
-        table.add_column("coverage [95%]", justify="right", no_wrap=True)
+        table.add_column("coverage % [95%]", justify="right", min_width=17)
         if measured:
-            table.add_column(f"measured ({fc.measured_samples}/problem)", justify="right")
-        table.add_column("power law", justify="right")
-        table.add_column("unique correct [95%]", justify="right", no_wrap=True)
+            table.add_column("measured", justify="right")
+        table.add_column("power law", justify="right", max_width=6)
+        table.add_column("unique correct [95%]", justify="right", min_width=17, max_width=17)
         if measured:
-            table.add_column("measured unique", justify="right")
-        table.add_column("correct / problem", justify="right")
+            table.add_column("measured", justify="right")
         for p in fc.points:
             row = [str(p.k), _interval(p.coverage, p.coverage_low, p.coverage_high, 1, True)]
             if measured:
@@ -65,12 +66,12 @@ def _print_table(forecasts) -> None:
                     _interval(p.unique_correct, p.unique_correct_low, p.unique_correct_high, 2, False)]
             if measured:
                 row.append(_plain(p.measured_unique_correct, 2, False))
-            row.append(_plain(p.correct, 2, False))
             table.add_row(*row)
         console.print(table)
         if fit.candidates:
             scores = ", ".join(f"{k} {v:.1f}" for k, v in fit.candidates.items())
             console.print(f"held-out log-likelihood ({min(5, fc.problems)}-fold over problems): {scores}")
+        console.print(f"expected correct samples per problem: {fc.fit.mean:.3g} × k (--json has every k)")
 
 
 @app.command("forecast")

@@ -1,0 +1,297 @@
+"""flopmatch.forecast: fits recover known parameters, forecasts equal exact expectations computed
+independently (numeric integration / Monte Carlo), k <= n forecasts agree with the unbiased estimator,
+and the CLI (counts files with bad rows, a run directory)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import integrate, stats
+from typer.testing import CliRunner
+
+from flopmatch.cli import app
+from flopmatch.forecast import (
+    SuccessFit,
+    UniqueFit,
+    fit_power_law,
+    fit_success,
+    fit_unique,
+    forecast_counts,
+    pilot_coverage,
+    unbiased_coverage,
+)
+from flopmatch.store import RunDir, append_shard, write_table
+
+
+def simulate(rng, problems: int, n: int, a: float, b: float, pi: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    p = np.where(rng.random(problems) < pi, 0.0, rng.beta(a, b, problems))
+    return np.full(problems, n), rng.binomial(n, p)
+
+
+def crp_unique(rng, draws: int, theta: float) -> int:
+    """Distinct tables after ``draws`` customers of a Chinese restaurant process (direct simulation)."""
+    tables = 0
+    for j in range(draws):
+        if rng.random() < theta / (theta + j):
+            tables += 1
+    return tables
+
+
+# --------------------------------------------------------------------------- fits
+
+
+def test_beta_binomial_fit_recovers_known_parameters():
+    rng = np.random.default_rng(1)
+    n, c = simulate(rng, 3000, 10, a=0.5, b=2.0)
+    fit = fit_success(n, c, family="beta-binomial")
+    assert fit.family == "beta-binomial"
+    assert fit.a == pytest.approx(0.5, rel=0.15)
+    assert fit.b == pytest.approx(2.0, rel=0.15)
+
+
+def test_zero_inflated_fit_recovers_pi_and_is_chosen_by_heldout_likelihood():
+    rng = np.random.default_rng(2)
+    n, c = simulate(rng, 3000, 16, a=2.0, b=3.0, pi=0.4)
+    fit = fit_success(n, c)  # auto
+    assert fit.family == "zero-inflated-beta"
+    assert set(fit.candidates) == {"beta-binomial", "zero-inflated-beta"}
+    assert fit.candidates["zero-inflated-beta"] > fit.candidates["beta-binomial"]
+    assert fit.pi == pytest.approx(0.4, abs=0.04)
+    assert fit.a / (fit.a + fit.b) == pytest.approx(0.4, abs=0.04)
+
+
+def test_plain_beta_data_does_not_need_zero_inflation():
+    rng = np.random.default_rng(3)
+    n, c = simulate(rng, 3000, 10, a=1.0, b=1.0)
+    fit = fit_success(n, c, family="zero-inflated-beta")
+    assert fit.pi < 0.05
+
+
+def test_fits_accept_unequal_samples_per_problem():
+    rng = np.random.default_rng(4)
+    n = rng.integers(2, 30, 3000)
+    c = rng.binomial(n, rng.beta(0.7, 1.4, len(n)))
+    fit = fit_success(n, c, family="beta-binomial")
+    assert fit.a == pytest.approx(0.7, rel=0.15)
+    assert fit.b == pytest.approx(1.4, rel=0.15)
+
+
+def test_fit_unique_recovers_crp_concentration():
+    rng = np.random.default_rng(5)
+    c = rng.integers(1, 40, 1500)
+    u = np.array([crp_unique(rng, int(ci), 1.7) for ci in c])
+    assert fit_unique(c, u).theta == pytest.approx(1.7, rel=0.12)
+
+
+def test_bad_counts_name_the_problem():
+    with pytest.raises(ValueError, match=r"problem 1: .*n=3, c=4"):
+        fit_success([3, 3], [1, 4])
+    with pytest.raises(ValueError, match=r"problem 0: unique_correct=0"):
+        fit_unique([2], [0])
+
+
+# --------------------------------------------------------------------------- exact expectations
+
+
+FITS = [
+    SuccessFit("beta-binomial", {"a": 0.3, "b": 2.5}, 0.0, None),
+    SuccessFit("zero-inflated-beta", {"a": 1.2, "b": 0.8, "pi": 0.25}, 0.0, None),
+]
+
+
+def _expect(fit: SuccessFit, g) -> float:
+    """E[g(p)] under the fit by numeric integration of the Beta density (plus the mass at 0)."""
+    pdf = stats.beta(fit.a, fit.b).pdf
+    value, _ = integrate.quad(lambda p: g(p) * pdf(p), 0, 1, limit=400, points=[1e-6, 1e-3, 0.5])
+    return fit.pi * g(0.0) + (1 - fit.pi) * value
+
+
+@pytest.mark.parametrize("fit", FITS, ids=lambda f: f.family)
+@pytest.mark.parametrize("k", [1, 7, 100, 1000])
+def test_coverage_and_correct_equal_numeric_integration(fit, k):
+    assert fit.coverage(k) == pytest.approx(_expect(fit, lambda p: 1 - (1 - p) ** k), abs=1e-6)
+    assert fit.expected_correct(k) == pytest.approx(k * _expect(fit, lambda p: p), rel=1e-6)
+
+
+@pytest.mark.parametrize("fit", FITS, ids=lambda f: f.family)
+@pytest.mark.parametrize(("n", "c", "m"), [(8, 0, 50), (8, 3, 10), (4, 4, 1000), (16, 0, 1)])
+def test_posterior_functions_equal_bayes_rule(fit, n, c, m):
+    def like(p: float) -> float:
+        return p**c * (1 - p) ** (n - c)
+
+    evidence = _expect(fit, like)
+    miss = _expect(fit, lambda p: like(p) * (1 - p) ** m) / evidence
+    mean = _expect(fit, lambda p: like(p) * p) / evidence
+    assert fit.posterior_miss(np.array([n]), np.array([c]), m)[0] == pytest.approx(miss, rel=1e-5, abs=1e-9)
+    assert fit.posterior_mean(np.array([n]), np.array([c]))[0] == pytest.approx(mean, rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize("fit", FITS, ids=lambda f: f.family)
+def test_unique_at_k_equals_monte_carlo(fit):
+    rng = np.random.default_rng(6)
+    model, k, draws = UniqueFit(theta=1.3, log_likelihood=0.0, problems=0), 30, 6000
+    p = np.where(rng.random(draws) < fit.pi, 0.0, rng.beta(fit.a, fit.b, draws))
+    values = np.array([crp_unique(rng, int(ci), model.theta) for ci in rng.binomial(k, p)])
+    se = values.std() / math.sqrt(draws)
+    assert abs(model.unique_at_k(fit, k) - values.mean()) < 4 * se
+
+
+def test_pilot_coverage_counts_solved_problems_and_extends_the_rest():
+    fit = FITS[0]
+    n, c = np.array([4, 4, 4, 4]), np.array([0, 1, 0, 2])
+    assert pilot_coverage(n, c, 4, fit=fit) == pytest.approx(0.5)
+    expected = (2 + 2 * (1 - fit.posterior_miss(np.array([4]), np.array([0]), 96)[0])) / 4
+    assert pilot_coverage(n, c, 100, fit=fit) == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------- forecasts and baselines
+
+
+def test_forecast_at_k_le_n_agrees_with_the_unbiased_estimator():
+    rng = np.random.default_rng(7)
+    n, c = simulate(rng, 300, 16, a=0.4, b=1.5)
+    counts = pd.DataFrame({"problem_id": range(len(n)), "n": n, "c": c})
+    fc = forecast_counts(counts, [1, 4, 16], n_boot=150, seed=1)
+    for point in fc.points:
+        truth = unbiased_coverage(n, c, point.k)
+        assert point.coverage_low <= truth <= point.coverage_high, (point, truth)
+        assert point.coverage_high - point.coverage_low < 0.15
+    assert fc.points[0].unique_correct is None  # no unique_correct column
+
+
+def test_forecast_intervals_and_unique_follow_the_data():
+    rng = np.random.default_rng(8)
+    n, c = simulate(rng, 200, 8, a=0.5, b=1.0)
+    u = np.array([crp_unique(rng, int(ci), 0.8) for ci in c])
+    counts = pd.DataFrame({"problem_id": range(len(n)), "n": n, "c": c, "unique_correct": u})
+    fc = forecast_counts(counts, [8, 100], n_boot=60, seed=0)
+    at8, at100 = fc.points
+    assert at8.unique_correct == pytest.approx(u.mean(), abs=0.15)  # k = n: close to what was seen
+    assert at8.unique_correct_low <= at8.unique_correct <= at8.unique_correct_high
+    assert at100.unique_correct > at8.unique_correct and at100.coverage > at8.coverage
+    assert fc.to_dict()["forecast"][1]["k"] == 100
+
+
+def test_power_law_fit_recovers_its_own_curve():
+    ks = np.arange(1, 17)
+    fit = fit_power_law(ks, np.exp(-0.9 * ks**-0.4))
+    assert (fit.a, fit.b) == pytest.approx((0.9, 0.4), rel=1e-9)
+    with pytest.raises(ValueError, match="two or more k"):
+        fit_power_law([1, 2], [1.0, 1.0])
+
+
+# --------------------------------------------------------------------------- CLI: counts files
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    ("content", "where"),
+    [
+        ("problem_id,n,c\na,8,3\nb,8,9\n", "line 3: field 'c' is 9, more than n=8"),
+        ("problem_id,n,c\na,0,0\n", "line 2: field 'n' must be >= 1"),
+        ("problem_id,n,c\na,8,-1\n", "line 2: field 'c' must be >= 0"),
+        ("problem_id,n,c\na,8,3\nb,2.5,1\n", "line 3: field 'n' must be an integer"),
+        ("problem_id,n,c\na,8,\n", "line 2: field 'c' must be an integer"),
+        ("problem_id,n\na,8\n", "line 1 (header): missing column(s) ['c']"),
+        ("problem_id,n,c,unique_correct\na,8,3,4\n", "line 2: field 'unique_correct' is 4"),
+        ("problem_id,n,c\na,8,3\na,8,2\n", "line 3: field 'problem_id': 'a' appears twice"),
+    ],
+)
+def test_counts_errors_name_file_line_and_field(tmp_path, content, where):
+    path = tmp_path / "pilot.csv"
+    path.write_text(content)
+    result = runner.invoke(app, ["forecast", "--counts", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}: {where}" in " ".join(result.output.split()) or f"{path}: {where}" in result.output
+
+
+def test_counts_parquet_errors_name_the_row(tmp_path):
+    path = tmp_path / "pilot.parquet"
+    pd.DataFrame({"problem_id": ["a", "b"], "n": [4, 4], "c": [1, 5]}).to_parquet(path)
+    result = runner.invoke(app, ["forecast", "--counts", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}: row 1: field 'c' is 5, more than n=4" in result.output
+
+
+def test_counts_json_shape_per_model(tmp_path):
+    rng = np.random.default_rng(9)
+    rows = []
+    for model, (a, b) in {"wc": (0.5, 1.5), "se": (1.5, 1.0)}.items():
+        n, c = simulate(rng, 60, 6, a=a, b=b)
+        rows += [{"model": model, "problem_id": f"p{i}", "n": int(ni), "c": int(ci), "tokens": 100}
+                 for i, (ni, ci) in enumerate(zip(n, c, strict=True))]
+    path = tmp_path / "counts.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    result = runner.invoke(app, ["forecast", "--counts", str(path), "--k", "1,50", "--n-boot", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    models = json.loads(result.output)["models"]
+    assert [m["model"] for m in models] == ["wc", "se"]
+    for m in models:
+        assert {"model", "problems", "pilot_samples", "fit", "forecast"} <= set(m)
+        assert m["problems"] == 60 and m["pilot_samples"] == 6
+        for point in m["forecast"]:
+            assert {"k", "coverage", "coverage_low", "coverage_high", "unique_correct", "unique_correct_low",
+                    "unique_correct_high"} <= set(point)
+            assert point["coverage_low"] <= point["coverage"] <= point["coverage_high"]
+    wc = pd.DataFrame(rows).query("model == 'wc'")
+    assert models[0]["forecast"][0]["coverage"] == pytest.approx((wc.c / wc.n).mean(), abs=0.03)
+
+
+# --------------------------------------------------------------------------- CLI: a run directory
+
+
+def make_run(root: Path, problems: int = 40, samples: int = 12) -> tuple[RunDir, dict[str, list[tuple[bool, str]]]]:
+    """One model's graded samples; correct texts come from a per-problem pool of two solutions."""
+    rng = np.random.default_rng(10)
+    run = RunDir(root).ensure()
+    truth: dict[str, list[tuple[bool, str]]] = {}
+    sample_rows, grade_rows = [], []
+    for i in range(problems):
+        pid, p = f"toy-{i:03d}", rng.beta(0.6, 1.2)
+        truth[pid] = []
+        for idx in range(samples):
+            ok = bool(rng.random() < p)
+            text = f"solution {int(rng.integers(0, 2))} of {pid}\nAnswer: 1" if ok else "Answer: 0"
+            truth[pid].append((ok, text))
+            sample_rows.append({"model": "toy-wc", "problem_id": pid, "sample_idx": idx, "seed": idx, "text": text})
+            grade_rows.append({"model": "toy-wc", "problem_id": pid, "sample_idx": idx,
+                               "status": "correct" if ok else "wrong", "extracted": "", "gold": "1"})
+    append_shard(run.samples_dir("toy-wc"), sample_rows)
+    write_table(grade_rows, run.grades_path("toy-wc"))
+    return run, truth
+
+
+def test_cli_forecast_run_uses_the_pilot_prefix_and_reports_measured_values(tmp_path):
+    run, truth = make_run(tmp_path / "run")
+    result = runner.invoke(app, ["forecast", str(run.root), "--pilot-samples", "4", "--k", "1,4,12,100",
+                                 "--n-boot", "30", "--json"])
+    assert result.exit_code == 0, result.output
+    (model,) = json.loads(result.output)["models"]
+    assert model["model"] == "toy-wc" and model["problems"] == 40 and model["pilot_samples"] == 4
+    pilot_share = np.mean([ok for draws in truth.values() for ok, _ in draws[:4]])
+    assert model["forecast"][0]["coverage"] == pytest.approx(pilot_share, abs=0.03)  # k = 1: E[p]
+    full = {p["k"]: p for p in model["forecast"]}
+    assert full[12]["measured_coverage"] == pytest.approx(np.mean([any(ok for ok, _ in d) for d in truth.values()]))
+    unique12 = np.mean([len({t for ok, t in d if ok}) for d in truth.values()])
+    assert full[12]["measured_unique_correct"] == pytest.approx(unique12)
+    assert full[100]["measured_coverage"] is None  # beyond the run's 12 samples
+    table = runner.invoke(app, ["forecast", str(run.root), "--pilot-samples", "4", "--n-boot", "10",
+                                "--pilot-problems", "20"])
+    assert table.exit_code == 0, table.output
+    assert "20 problems × 4 pilot samples" in table.output and "measured" in table.output
+
+
+def test_cli_forecast_run_errors(tmp_path):
+    run, _ = make_run(tmp_path / "run", problems=5, samples=3)
+    result = runner.invoke(app, ["forecast", str(run.root), "--pilot-samples", "5"])
+    assert result.exit_code == 2 and "no problem has all of samples 0..4 graded" in result.output
+    result = runner.invoke(app, ["forecast", str(run.root), "--model", "nope"])
+    assert result.exit_code == 2 and "model 'nope' has no grades" in result.output
+    result = runner.invoke(app, ["forecast"])
+    assert result.exit_code == 2 and "either a RUN directory or --counts FILE" in result.output
