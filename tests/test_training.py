@@ -189,6 +189,29 @@ def test_loss_is_on_the_completion_only_for_text_and_chat_prompts(tmp_path):
         assert row["labels"][0] == -100
 
 
+@pytest.mark.train
+def test_warmup_ratio_reaches_the_scheduler_as_a_fraction_of_the_steps(tmp_path):
+    from datasets import Dataset
+
+    from flopmatch.training import _make_trainer
+
+    tokenizer = byte_tokenizer()
+    base = tmp_path / "base"
+    tiny_llama(tokenizer, hidden=16).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    data = Dataset.from_list([{"prompt": "Problem: 1+2?\nSolution:", "completion": " 3"}] * 4)
+    config = tiny_config(warmup_ratio=0.25, max_steps=8, learning_rate=1e-3, lr_scheduler_type="linear")
+    trainer = _make_trainer(data, base_model=str(base), out_dir=tmp_path / "out", config=config)
+    assert trainer.args.get_warmup_steps(8) == 2  # 25% of 8 steps, not int(0.25) = 0 steps
+    trainer.create_optimizer_and_scheduler(num_training_steps=8)
+    lrs = []
+    for _ in range(4):
+        lrs.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(5e-4) and lrs[2] == pytest.approx(1e-3) and lrs[3] < lrs[2]
+
+
 # --------------------------------------------------------------------------- training end to end
 
 

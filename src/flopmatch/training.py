@@ -492,6 +492,8 @@ def _make_trainer(dataset: Any, *, base_model: str, out_dir: Path, config: Train
         model_init_kwargs={"dtype": dtype},
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler_type,
+        # transformers 5 reads a warmup_steps below 1 as a fraction of the steps (warmup_ratio is deprecated);
+        # TrainConfig keeps warmup_ratio < 1, so this is the ratio, not 0 steps (checked in test_training)
         warmup_steps=config.warmup_ratio,
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
