@@ -570,3 +570,24 @@ def test_a_worker_that_cannot_start_sends_its_traceback(monkeypatch: pytest.Monk
     kind, text = ours.recv()
     assert kind == worker.FAILED
     assert "ZeroDivisionError: planted start-up failure" in text
+
+
+def test_dedupe_and_fast_path_switches_change_the_work_not_the_verdicts() -> None:
+    # 3x a pair only sympy settles, 2x another, 2x a plain number the fast path settles exactly
+    pairs = [(r"So \boxed{\sqrt{4}}.", "2")] * 3 + [(r"\boxed{x+1}", "1+x")] * 2
+    pairs += [("The answer is 12.", "12")] * 2 + [(r"\boxed{\sqrt{5}}", "2")]
+    sent, verdicts = {}, {}
+    for dedupe in (True, False):
+        for fast_path in (True, False):
+            with _CountingPool(workers=1, timeout=30) as pool:
+                grades = grade_many(
+                    pairs, dataset="math", progress=False, pool=pool, dedupe=dedupe, fast_path=fast_path
+                )
+            sent[dedupe, fast_path] = sorted(a for _, answers in pool.seen for a in answers)
+            verdicts[dedupe, fast_path] = grades
+    assert [g.status for g in verdicts[True, True]] == ["correct"] * 7 + ["wrong"]
+    assert all(v == verdicts[True, True] for v in verdicts.values())
+    assert sent[True, True] == sorted([r"\sqrt{4}", "x+1", r"\sqrt{5}"])
+    assert sent[False, True] == sorted([r"\sqrt{4}"] * 3 + ["x+1"] * 2 + [r"\sqrt{5}"])
+    assert sent[True, False] == sorted([r"\sqrt{4}", "x+1", "12", r"\sqrt{5}"])
+    assert sent[False, False] == sorted([r"\sqrt{4}"] * 3 + ["x+1"] * 2 + ["12"] * 2 + [r"\sqrt{5}"])

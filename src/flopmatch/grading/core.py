@@ -73,6 +73,8 @@ def grade_many(
     timeout: float = 5.0,
     progress: bool = True,
     pool: WatchdogPool | None = None,
+    dedupe: bool = True,
+    fast_path: bool = True,
 ) -> list[Grade]:
     """Grade ``(response, gold)`` pairs; one :class:`Grade` per pair, in order.
 
@@ -81,12 +83,15 @@ def grade_many(
     usable CPUs), started only if some pair needs sympy. ``timeout``: the hard limit in seconds on
     checking one distinct answer (and on parsing one gold answer), enforced by killing the worker.
     ``pool``: an open :class:`WatchdogPool` to use instead of starting one (its own worker count and
-    timeout apply).
+    timeout apply). ``dedupe=False`` checks every pair, not each distinct pair once; ``fast_path=False``
+    sends plain numbers to the checker too: both are slower, for measuring what each step saves
+    (benchmarks/grading.py); verdicts stay the same.
     """
     pairs = list(pairs)
     datasets = _datasets_per_pair(dataset, len(pairs))
     grades: list[Grade | None] = [None] * len(pairs)
-    key_ids: dict[tuple[str, str], int] = {}
+    key_ids: dict[object, int] = {}  # a distinct check (its pair, or the pair's index without dedupe) → id
+    checks: list[tuple[str, str]] = []  # (gold, answer) of each check, by id
     members: list[list[int]] = []
     gold_cache: dict[tuple[str, str], str] = {}
     verdict_cache: dict[tuple[str, str], bool | None] = {}
@@ -107,18 +112,20 @@ def grade_many(
             grades[i] = Grade("error", extracted, "empty gold answer")
             continue
         pair_key = (gold_norm, extracted)
-        if pair_key not in verdict_cache:
+        if fast_path and pair_key not in verdict_cache:
             verdict_cache[pair_key] = fast_verdict(gold_norm, extracted)
-        verdict = verdict_cache[pair_key]
+        verdict = verdict_cache.get(pair_key)
         if verdict is not None:
             grades[i] = Grade("correct" if verdict else "wrong", extracted)
             continue
-        if pair_key not in key_ids:
-            key_ids[pair_key] = len(members)
+        check_key = pair_key if dedupe else i
+        if check_key not in key_ids:
+            key_ids[check_key] = len(checks)
+            checks.append(pair_key)
             members.append([])
-        members[key_ids[pair_key]].append(i)
+        members[key_ids[check_key]].append(i)
 
-    answers = {kid: answer for (_gold, answer), kid in key_ids.items()}
+    answers = [answer for _gold, answer in checks]
     bar = _progress_bar(len(pairs), progress)
     bar.update(len(pairs) - sum(len(m) for m in members))
 
@@ -129,7 +136,7 @@ def grade_many(
 
     try:
         if members:
-            tasks = _tasks(key_ids)
+            tasks = _tasks(checks)
             if pool is not None:
                 pool.run(tasks, record)
             else:
@@ -162,10 +169,10 @@ def _gold_text(gold: object, index: int) -> str:
     raise TypeError(f"pair {index}: gold answer must be a string or a number, got {type(gold).__name__}")
 
 
-def _tasks(key_ids: dict[tuple[str, str], int]) -> list[Task]:
-    """Group distinct pairs by gold answer, in first-seen order, at most TASK_SIZE per task."""
+def _tasks(checks: list[tuple[str, str]]) -> list[Task]:
+    """Group checks (``(gold, answer)`` by id) by gold answer, in first-seen order, at most TASK_SIZE per task."""
     by_gold: dict[str, list[tuple[int, str]]] = {}
-    for (gold, answer), kid in key_ids.items():
+    for kid, (gold, answer) in enumerate(checks):
         by_gold.setdefault(gold, []).append((kid, answer))
     tasks = []
     for gold, items in by_gold.items():
