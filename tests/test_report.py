@@ -8,6 +8,8 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
@@ -174,18 +176,75 @@ def test_report_numbers_come_from_the_run_tables(run_dir):
     assert any(line.startswith("Cost at the low budget") for line in paths.verdict)
 
 
+class _Outline(HTMLParser):
+    """The headings and image sources of a page's DOM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headings: list[str] = []
+        self.images: list[str] = []
+        self._heading: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("h1", "h2"):
+            self._heading = []
+        elif tag == "img":
+            self.images.append(dict(attrs).get("src") or "")
+
+    def handle_data(self, data: str) -> None:
+        if self._heading is not None:
+            self._heading.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("h1", "h2") and self._heading is not None:
+            self.headings.append("".join(self._heading).strip())
+            self._heading = None
+
+
+def rendered_dom(html_path: Path) -> str:
+    """The DOM as headless Chromium builds it from the page (`make test` installs Debian's chromium)."""
+    browser = shutil.which("chromium")
+    assert browser, "Debian chromium is not installed (`make test` installs it: apt-get install -y chromium)"
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+             "--disable-background-networking", "--disable-component-update", f"--user-data-dir={profile}",
+             "--dump-dom", html_path.resolve().as_uri()],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+    return done.stdout
+
+
 @pytest.mark.train
-@pytest.mark.skipif(
-    shutil.which("chromium") is None, reason="Debian chromium not installed (apt-get install chromium)"
-)
 def test_report_renders_in_headless_chromium(run_dir, tmp_path):
-    build_report(run_dir)
+    paths = build_report(run_dir)
+    outline = _Outline()
+    outline.feed(rendered_dom(paths.html))
+    # the browser's DOM has every section, in the report's order, and every figure inline
+    expected = ["Verdict", "Budget plan", "Cost: nominal FLOPs vs measured seconds", "Dataset quality",
+                "False-positive rate", "Coverage by level and subject", "Fine-tuning paradigms"]  # fmt: skip
+    found = [
+        next((k for k, h in enumerate(outline.headings) if h.startswith(title)), -1) for title in expected
+    ]
+    assert -1 not in found, f"sections missing from the rendered DOM: {outline.headings}"
+    assert found == sorted(found)
+    figures = sorted((run_dir / "metrics" / "figures").glob("*.png"))
+    assert len(outline.images) == len(figures)
+    assert all(src.startswith("data:image/png;base64,") for src in outline.images)
+
     out = tmp_path / "shot.png"
     subprocess.run([str(REPO / "scripts" / "screenshot_report.sh"), str(run_dir), str(out), "3000"], check=True,
                    timeout=120)  # fmt: skip
-    from PIL import Image
+    from PIL import Image, ImageStat
 
     with Image.open(out) as image:
         assert image.size == (1280, 3000)
-        # a rendered page, not a blank one: many distinct colours (text, tables, plots)
-        assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 200
+        rgb = image.convert("RGB")
+        # a rendered page, not a blank one: many distinct colours (text, tables, plots), real contrast,
+        # and ink spread down the page rather than in one corner
+        assert len(rgb.getcolors(maxcolors=1 << 20) or []) > 200
+        gray = rgb.convert("L")
+        assert ImageStat.Stat(gray).stddev[0] > 10
+        # (a real report measures about 30 in every band; the empty-run page drops to 0 below 1500 px)
+        bands = [gray.crop((0, y, 1280, y + 500)) for y in range(0, 2000, 500)]
+        assert all(ImageStat.Stat(band).stddev[0] > 10 for band in bands)
