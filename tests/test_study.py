@@ -402,6 +402,53 @@ def test_overlapping_splits_are_refused(tmp_path):
         run_study(config, tmp_path / "run", only=["problems"], log=lambda _: None, progress=False)
 
 
+@pytest.mark.train
+def test_training_seeds_train_each_job_per_seed_and_comparisons_resample_them(tmp_path):
+    """training.seeds: [0, 1]: every job runs twice (the default seed under its one-seed name, seed 1 as
+    -s1), per-seed rows are kept, and metrics/comparisons.parquet averages the seeds; a rerun skips all."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from flopmatch.cli import app
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    data = _toy_study("seeds", budget={"se_samples": [1]},
+                      paradigms={"knowledge_distillation": False, "weak_to_strong": False, "number_matched": []},
+                      training={"preset": "tiny-cpu", "seeds": [0, 1],
+                                "options": {"max_steps": 2, "n_checkpoints": 1}})  # fmt: skip
+    config = validate_study_dict(data)
+    run_dir = tmp_path / "run"
+    run_study(config, run_dir, log=lambda _: None, progress=False)
+    trained = json.loads((run_dir / "models" / "trained.json").read_text())["jobs"]
+    assert set(trained) == {"si-se-b1", "si-se-b1-s1", "si-wc-b1", "si-wc-b1-s1"}
+    assert all(best is not None for best in trained.values()), trained  # 12 problems: every set has data
+    for name in trained:
+        seed = json.loads((run_dir / "models" / name / "train_result.json").read_text())["config"]["seed"]
+        assert seed == (1 if name.endswith("-s1") else 0), name
+    paradigms = pd.read_parquet(run_dir / "metrics" / "paradigms.parquet")
+    fine_tuned = paradigms[paradigms["data"] != "base"]
+    assert set(fine_tuned["seed"]) == {0, 1} and paradigms[paradigms["data"] == "base"]["seed"].isna().all()
+    table = pd.read_parquet(run_dir / "metrics" / "comparisons.parquet")
+    for column in ("paradigm", "budget_se_samples", "metric", "comparison", "se", "wc", "diff", "ci_low", "ci_high",
+                   "p_value", "p_adjusted", "seeds", "test_problems", "mde", "mde_relative", "verdict"):  # fmt: skip
+        assert column in table.columns
+    head = table[(table["comparison"] == "wc_vs_se") & (table["metric"] == "pass@1")]
+    assert len(head) == 1
+    row = head.iloc[0]
+    wc = fine_tuned[(fine_tuned["data"] == "wc") & (fine_tuned["metric"] == "pass@1")]["value"].mean()
+    assert row["seeds"] == 2 and row["test_problems"] == 6 and row["wc"] == pytest.approx(wc)
+    assert row["ci_low"] <= row["diff"] <= row["ci_high"]
+    assert row["verdict"] != "one seed: not a verdict"
+    assert set(table["comparison"]) == {"wc_vs_se", "wc_vs_base", "se_vs_base"}
+    assert (run_dir / "metrics" / "comparisons.md").read_text().startswith("# Paired comparisons")
+    # the CLI prints the same rows
+    res = CliRunner().invoke(app, ["compare", str(run_dir), "--json", "--no-write", "--n-boot", "1000"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.output)) == len(table)
+    again = run_study(config, run_dir, log=lambda _: None, progress=False)
+    assert again.ran == []
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-c", "from flopmatch.cli import main; main()", *args]
 
@@ -472,6 +519,25 @@ def test_dry_run_of_the_paper_setup_prints_plan_and_cost():
     assert "14 training runs" in result.output
     lines = [line for line in result.output.splitlines() if "│" in line]
     assert any("10" in line and "29" in line for line in lines)  # 27.2B/9.24B rounded: SE 10 vs WC 29
+
+
+def test_dry_run_estimates_power_and_warns_when_5_percent_is_out_of_reach(tmp_path):
+    from flopmatch.paired import mde_paired
+    from flopmatch.study import dry_run
+
+    small = validate_study_dict(_toy_study("power"))  # 6 test problems, one seed
+    plan = dry_run(small, tmp_path / "run")
+    assert plan.power["test_problems"] == 6 and plan.power["seeds"] == 1
+    assert plan.power["mde"] == pytest.approx(mde_paired(6, 0.15))
+    assert any("5% relative gain" in w for w in plan.warnings)
+    assert any("one training seed" in w for w in plan.warnings)
+    big = _toy_study("power", training={"preset": "tiny-cpu", "seeds": [0, 1, 2]})
+    big["problems"]["test"]["limit"] = 2000
+    plan = dry_run(validate_study_dict(big), tmp_path / "run2")
+    assert plan.power["seeds"] == 3 and plan.power["mde"] < 0.025
+    assert not any(w.startswith("power:") for w in plan.warnings)
+    off = dry_run(validate_study_dict(_toy_study("power", training={"enabled": False})), tmp_path / "run3")
+    assert off.power is None
 
 
 def test_dry_run_reports_config_errors_with_exit_code(tmp_path):
