@@ -347,6 +347,28 @@ def test_cli_train(task):
     assert bad.exit_code != 0 and "no SFT dataset directory" in bad.output
 
 
+@pytest.mark.train
+def test_cli_train_repeated_seed_trains_once_per_seed(task):
+    """`--seed 3 --seed 4`: two runs, OUT-s3 and OUT-s4, each with its seed (TRL seed and data_seed), and
+    different weights (the data order differs)."""
+    from typer.testing import CliRunner
+
+    from flopmatch.cli import app
+
+    out = task.root / "seeded"
+    res = CliRunner().invoke(app, ["train", "--data", str(task.sft), "--model", task.base, "--out", str(out),
+                                   "--preset", "tiny-cpu", "--max-steps", "3", "--checkpoints", "1",
+                                   "--max-length", "64", "--seed", "3", "--seed", "4"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert not out.exists()
+    weights = []
+    for seed in (3, 4):
+        run = task.root / f"seeded-s{seed}"
+        assert json.loads((run / "train_result.json").read_text())["config"]["seed"] == seed
+        weights.append((run / "best" / "model.safetensors").read_bytes())
+    assert weights[0] != weights[1]
+
+
 # --------------------------------------------------------------------------- multi-process
 
 
