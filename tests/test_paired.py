@@ -325,3 +325,53 @@ def test_report_verdict_table_and_forest_plot_come_from_the_comparisons(tmp_path
     assert len(paired_tables) == 1 and any("**WC data better**" in r for r in paired_tables[0].rows)
     forest = tmp_path / "figures" / "paired_forest.png"
     assert forest.exists() and forest.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_cli_errors_name_the_problem(tmp_path):
+    from typer.testing import CliRunner
+
+    from flopmatch.cli import app
+
+    (tmp_path / "run").mkdir()
+    res = CliRunner().invoke(app, ["compare", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "paradigms.parquet" in res.output and "eval stage" in res.output
+    res = CliRunner().invoke(app, ["compare", str(tmp_path / "run"), "--comparison", "wc_vs_sE"])
+    assert res.exit_code == 2 and "wc_vs_sE" in res.output and "wc_vs_se" in res.output
+
+
+def test_compare_run_reads_evaluation_files(tmp_path):
+    """compare_run on a run directory: per-problem values recomputed from evals/*.parquet (greedy pass@1 and
+    maj@k from the sampled rows), written to comparisons.parquet and .md."""
+    import pandas as pd
+
+    from flopmatch.comparisons import compare_run, per_problem_values
+    from flopmatch.store import RunDir, write_json, write_table
+
+    run = RunDir(tmp_path / "run")
+    rng = np.random.default_rng(12)
+    ids = [f"p{i:03d}" for i in range(40)]
+    rows = []
+    for data in ("se", "wc"):
+        name = f"kd-{data}-b1"
+        eval_rows = []
+        for pid in ids:
+            eval_rows.append({"problem_id": pid, "mode": "greedy", "sample_idx": 0,
+                              "status": "correct" if rng.random() < (0.3 if data == "se" else 0.6) else "wrong",
+                              "extracted": "1"})  # fmt: skip
+            for idx in range(2):
+                eval_rows.append({"problem_id": pid, "mode": "sample", "sample_idx": idx,
+                                  "status": "correct" if rng.random() < 0.5 else "wrong", "extracted": str(idx)})  # fmt: skip
+        write_table(eval_rows, run.eval_path(name))
+        write_json({"config": {"ks": [1, 2]}}, run.eval_path(name).with_suffix(".json"))
+        for metric in ("pass@1", "maj@2"):
+            rows.append({"paradigm": "knowledge_distillation", "budget_se_samples": 1, "wc_samples": 3, "student": "s",
+                         "data": data, "model_name": name, "seed": 0, "metric": metric, "value": 0.0})  # fmt: skip
+    write_table(rows, run.metrics_dir / "paradigms.parquet")
+    values = per_problem_values(run.eval_path("kd-wc-b1"))
+    assert list(values.index) == ids and {"pass@1", "maj@1", "maj@2", "pass@2"} <= set(values.columns)
+    table = compare_run(run.root)
+    saved = pd.read_parquet(run.metrics_dir / "comparisons.parquet")
+    assert len(saved) == len(table) and set(saved["metric"]) == {"pass@1", "maj@1", "maj@2", "pass@2"}
+    row = saved[saved["metric"] == "pass@1"].iloc[0]
+    assert row["wc"] == pytest.approx(values["pass@1"].mean()) and row["test"] == "McNemar exact"
+    assert "| knowledge distillation | 1 | pass@1 | wc_vs_se |" in (run.metrics_dir / "comparisons.md").read_text()
