@@ -32,7 +32,8 @@ chromium:
 	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) \
 	  || { echo "could not install chromium: run 'sudo apt-get install -y chromium'"; exit 1; }
 
-# pytest exits 5 when it ran no test: that is a failure here, not a pass.
+# pytest exits 5 when it ran no test: that is a failure here, not a pass. Skip reasons are printed (-ra)
+# and a skip whose reason is not in tests/skip_allowlist.txt fails the run (tests/skip_gate.py).
 test: install chromium
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
 

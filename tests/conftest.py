@@ -1,0 +1,46 @@
+"""Session-wide set-up for every test: a private flopmatch cache, and the skip allow-list gate.
+
+The cache: tests never read or write the user's ``~/.cache/flopmatch``. ``$FLOPMATCH_CACHE`` points at
+one temporary folder for the whole session (toy models are pretrained into it on first use, a few
+minutes, once per session) and the folder is removed at the end. ``FLOPMATCH_TEST_CACHE=/some/dir`` keeps
+a test cache between sessions instead (it is never the default cache unless you name it).
+
+The gate: see ``skip_gate.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from skip_gate import SkipGate
+
+CACHE_ENV = "FLOPMATCH_CACHE"
+KEEP_ENV = "FLOPMATCH_TEST_CACHE"
+_SAVED = pytest.StashKey[tuple[Path, bool, "str | None"]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(SkipGate(), "flopmatch-skip-gate")
+    kept = os.environ.get(KEEP_ENV)
+    root = Path(kept) if kept else Path(tempfile.mkdtemp(prefix="flopmatch-test-cache-"))
+    root.mkdir(parents=True, exist_ok=True)
+    config.stash[_SAVED] = (root, not kept, os.environ.get(CACHE_ENV))
+    os.environ[CACHE_ENV] = str(root)  # subprocesses (CLI, Ray, vLLM workers) inherit it
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    saved = config.stash.get(_SAVED, None)
+    if saved is None:
+        return
+    root, temporary, before = saved
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
+    if temporary:
+        shutil.rmtree(root, ignore_errors=True)
