@@ -1,4 +1,4 @@
-"""Benchmark: flopmatch's ``grade_many`` vs a plain serial loop of math-verify ``parse`` + ``verify``.
+"""Benchmark: flopmatch's ``grade_many`` vs math-verify ``parse`` + ``verify``, serial and in a process pool.
 
 Builds a realistic sampling run from real problems (../shared/data): for each GSM8K test and
 MATH500 problem, ~30 responses made of the problem's reference reasoning followed by a final answer
@@ -8,25 +8,35 @@ plausible wrong answers, another problem's answer — so answers repeat as they 
 Some responses are truncated (no final answer) and a few are pathological (``9^{9^{9^{9}}}``,
 ``(10^{10})!``, a 5^5^5^5 tower).
 
-Both graders run on the same pairs in this one run:
+All graders run on the same pairs in this one run, with the same per-item limit ``--timeout``
+(math-verify's own parse/verify timeouts and a hard kill of an item still running after it; for
+flopmatch, its per-answer limit), and with their worker processes started and warm before the clock:
 
-* flopmatch: ``grade_many(pairs, workers=W)``, worker start-up included in its time;
-* baseline: ``verify(parse(gold), parse(response))`` per pair, serially, in one child process
-  (math-verify imported and warm before the clock starts). math-verify's own 5 s timeouts apply;
-  an item that hangs past ``--baseline-cap`` seconds anyway is killed, counted as "did not finish",
-  and charged the time it took.
+* math-verify serial: ``verify(parse(gold), parse(response))`` per pair in one child process;
+* math-verify pool: the same call mapped over the pairs by a ``concurrent.futures.ProcessPoolExecutor``
+  of ``--workers`` processes, as verl's reward managers do (TRL's math reward calls it serially); a
+  worker stuck past the limit is killed and the pool restarted (restart time not charged);
+* flopmatch ``grade_many`` on an open pool of ``--workers`` checkers, four ways: as shipped, without
+  de-duplication of identical pairs (``dedupe=False``), without the exact fast path for plain numbers
+  (``fast_path=False``), and without either; plus once cold (starting its own pool, as users call it).
 
-Prints both throughputs, the ratio, and verdict agreement on the pairs where the baseline finished,
-with examples of each kind of disagreement. Run: ``python benchmarks/grading.py [--problems N]``.
+The speed-up over the serial loop splits into factors that multiply back to it: parallelism (serial →
+pool), the per-check work (pool → flopmatch with neither switch: answers extracted in the parent and
+math-verify run on the extracted answer only, each gold parsed once per task), the exact fast path,
+and duplicate-pair caching (in both orders, since they overlap). Prints the table, the factors and
+verdict agreement. Run: ``python benchmarks/grading.py [--gsm8k N] [--math N] [--per-problem K]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
+import os
 import random
 import re
+import signal
 import time
 from collections import Counter
 from fractions import Fraction
@@ -161,32 +171,42 @@ def make_pairs(
     return pairs, datasets, kinds
 
 
-# --------------------------------------------------------------------------- the baseline
+# --------------------------------------------------------------------------- the math-verify baselines
 
 
-def _baseline_child(conn, pairs: list[tuple[str, str]], start: int) -> None:
-    import logging
-
+def math_verify_item(gold: str, response: str, timeout: float) -> bool:
+    """The baseline's check of one pair: what TRL's and verl's math-verify rewards call."""
     from math_verify import parse, verify
 
+    seconds = max(1, math.ceil(timeout))  # math-verify's alarms take whole seconds
+    gold_parsed = parse("\\boxed{" + gold + "}", parsing_timeout=seconds)
+    return bool(verify(gold_parsed, parse(response, parsing_timeout=seconds), timeout_seconds=seconds))
+
+
+def _warm_math_verify() -> None:
+    import logging
+
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
-    verify(parse("\\boxed{1}"), parse("The answer is 1."))  # warm: imports and parser set-up
+    math_verify_item("1", "The answer is \\boxed{1}.", 5.0)  # imports and parser set-up
+
+
+def _baseline_child(conn, pairs: list[tuple[str, str]], start: int, timeout: float) -> None:
+    _warm_math_verify()
     conn.send(("ready",))
     for i in range(start, len(pairs)):
         response, gold = pairs[i]
-        ok = verify(parse("\\boxed{" + gold + "}"), parse(response))
-        conn.send(("item", i, bool(ok)))
+        conn.send(("item", i, math_verify_item(gold, response, timeout)))
     conn.send(("done",))
 
 
 def run_baseline(pairs: list[tuple[str, str]], cap: float) -> tuple[list[bool | None], float, int]:
-    """Verdicts (``None``: did not finish), seconds on the clock, killed items."""
+    """Serial math-verify: verdicts (``None``: did not finish), seconds on the clock, killed items."""
     ctx = mp.get_context("spawn")
     verdicts: list[bool | None] = [None] * len(pairs)
     start, seconds, killed = 0, 0.0, 0
     while start < len(pairs):
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_baseline_child, args=(child, pairs, start), daemon=True)
+        proc = ctx.Process(target=_baseline_child, args=(child, pairs, start, cap), daemon=True)
         proc.start()
         child.close()
         assert parent.recv() == ("ready",)
@@ -212,7 +232,133 @@ def run_baseline(pairs: list[tuple[str, str]], cap: float) -> tuple[list[bool | 
     return verdicts, seconds, killed
 
 
+# Each pool worker's slot: the item it is checking and since when (time.monotonic, system-wide on Linux).
+_SLOT: list = []
+
+
+def _pool_worker_init(pids, items, started, slots, ready) -> None:
+    with slots.get_lock():
+        slot = slots.value
+        slots.value += 1
+    pids[slot] = os.getpid()
+    _SLOT[:] = [slot, items, started]
+    _warm_math_verify()
+    with ready.get_lock():
+        ready.value += 1
+
+
+def _pool_item(i: int, response: str, gold: str, timeout: float) -> tuple[int, bool]:
+    slot, items, started = _SLOT
+    items[slot], started[slot] = i, time.monotonic()
+    ok = math_verify_item(gold, response, timeout)
+    started[slot] = 0.0
+    return i, ok
+
+
+def _noop() -> None:
+    return None
+
+
+def run_pool_baseline(
+    pairs: list[tuple[str, str]], workers: int, cap: float
+) -> tuple[list[bool | None], float, int]:
+    """math-verify mapped over the pairs by a ProcessPoolExecutor: verdicts, seconds, killed items.
+
+    The clock runs once every worker has imported and warmed math-verify. An item running past ``cap``
+    gets its worker killed (as verl kills a pool on a timeout); the broken pool is replaced and the
+    unfinished items resubmitted, the killed one counted as not finished.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context()  # the platform default, as verl and TRL get it
+    verdicts: list[bool | None] = [None] * len(pairs)
+    todo, seconds, killed = list(range(len(pairs))), 0.0, 0
+    while todo:
+        pids, items = ctx.Array("q", workers, lock=False), ctx.Array("q", workers, lock=False)
+        started, slots, ready = ctx.Array("d", workers, lock=False), ctx.Value("i", 0), ctx.Value("i", 0)
+        executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_pool_worker_init,
+                                       initargs=(pids, items, started, slots, ready))  # fmt: skip
+        for f in [executor.submit(_noop) for _ in range(workers)]:
+            f.result()
+        deadline = time.monotonic() + 300
+        while ready.value < workers:  # every worker up and warm before the clock starts
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {ready.value} of {workers} pool workers started")
+            time.sleep(0.01)
+        clock = time.perf_counter()
+        futures = {executor.submit(_pool_item, i, *pairs[i], cap) for i in todo}
+        pending, lost = futures, set()
+        while pending:
+            done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+            now = time.monotonic()
+            stuck = [s for s in range(workers) if started[s] and now - started[s] > cap]
+            if stuck:
+                for s in stuck:
+                    os.kill(pids[s], signal.SIGKILL)
+                    lost.add(items[s])
+                killed += len(stuck)
+                break
+        seconds += time.perf_counter() - clock
+        executor.shutdown(wait=True, cancel_futures=True)
+        for f in futures:
+            if f.done() and not f.cancelled() and f.exception() is None:
+                i, ok = f.result()
+                verdicts[i] = ok
+        todo = [i for i in todo if verdicts[i] is None and i not in lost]
+    return verdicts, seconds, killed
+
+
+# --------------------------------------------------------------------------- flopmatch, four ways
+
+CONFIGS = {  # name: (dedupe, fast_path)
+    "flopmatch": (True, True),
+    "flopmatch, no dedupe": (False, True),
+    "flopmatch, no fast path": (True, False),
+    "flopmatch, neither": (False, False),
+}
+
+
+def run_flopmatch(
+    pairs, datasets, workers: int, timeout: float, repeats: int
+) -> dict[str, tuple[float, list]]:
+    """Seconds (best of ``repeats``) and grades per configuration, on one warm pool; configurations
+    interleave so a noisy machine hits all alike."""
+    from flopmatch.grading import WatchdogPool, grade_many
+
+    best: dict[str, tuple[float, list]] = {}
+    with WatchdogPool(workers=workers, timeout=timeout) as pool:
+        for dedupe, fast_path in CONFIGS.values():  # an untimed round: every worker started and warm
+            grade_many(pairs, dataset=datasets, progress=False, pool=pool, dedupe=dedupe, fast_path=fast_path)
+        for _ in range(repeats):
+            for name, (dedupe, fast_path) in CONFIGS.items():
+                clock = time.perf_counter()
+                grades = grade_many(pairs, dataset=datasets, progress=False, pool=pool, dedupe=dedupe,
+                                    fast_path=fast_path)  # fmt: skip
+                seconds = time.perf_counter() - clock
+                if name not in best or seconds < best[name][0]:
+                    best[name] = (seconds, grades)
+    return best
+
+
 # --------------------------------------------------------------------------- main
+
+
+def _factors(t: dict[str, float]) -> list[tuple[str, float]]:
+    """Multiplicative factors from the serial loop to flopmatch (their product is the total speed-up)."""
+    return [
+        ("parallelism (math-verify serial -> pool)", t["serial"] / t["pool"]),
+        ("per-check work (pool -> flopmatch with neither)", t["pool"] / t["flopmatch, neither"]),
+        ("exact fast path (neither -> no dedupe)", t["flopmatch, neither"] / t["flopmatch, no dedupe"]),
+        ("duplicate-pair caching (no dedupe -> flopmatch)", t["flopmatch, no dedupe"] / t["flopmatch"]),
+        (
+            "  other order: caching (neither -> no fast path)",
+            t["flopmatch, neither"] / t["flopmatch, no fast path"],
+        ),
+        (
+            "  other order: fast path (no fast path -> flopmatch)",
+            t["flopmatch, no fast path"] / t["flopmatch"],
+        ),
+    ]
 
 
 def main() -> None:
@@ -220,10 +366,14 @@ def main() -> None:
     parser.add_argument("--gsm8k", type=int, default=400, help="GSM8K test problems")
     parser.add_argument("--math", type=int, default=300, help="MATH500 problems")
     parser.add_argument("--per-problem", type=int, default=30)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument(
-        "--baseline-cap", type=float, default=60.0, help="kill a baseline item after this long"
+        "--workers", type=int, default=2, help="processes, for the math-verify pool and flopmatch"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, help="per-item limit in seconds, for every grader"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs of each flopmatch configuration (best kept)"
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -234,26 +384,43 @@ def main() -> None:
     distinct = len({(g, r) for r, g in pairs})
     print(
         f"pairs: {len(pairs)} ({args.gsm8k} GSM8K + {args.math} MATH500 problems x {args.per_problem}, "
-        f"+ pathological); distinct responses: {distinct}"
+        f"+ pathological); distinct responses: {distinct}; workers {args.workers}; limit {args.timeout:g} s per item"
     )
 
     clock = time.perf_counter()
-    grades = grade_many(pairs, dataset=datasets, workers=args.workers, timeout=args.timeout, progress=False)
-    ours = time.perf_counter() - clock
-    statuses = Counter(g.status for g in grades)
-    print(
-        f"flopmatch grade_many (workers={args.workers}): {ours:.1f} s, {len(pairs) / ours:.0f} responses/s; "
-        f"statuses {dict(statuses)}"
-    )
+    grade_many(pairs, dataset=datasets, workers=args.workers, timeout=args.timeout, progress=False)
+    cold = time.perf_counter() - clock
+    runs = run_flopmatch(pairs, datasets, args.workers, args.timeout, args.repeats)
+    grades = runs["flopmatch"][1]
+    for name, (_, other) in runs.items():
+        changed = sum(a.status != b.status for a, b in zip(grades, other, strict=True))
+        if changed:
+            print(f"  note: {name} differs from flopmatch on {changed} pairs (timeouts near the limit)")
 
-    verdicts, base, killed = run_baseline(pairs, args.baseline_cap)
+    verdicts, serial, killed = run_baseline(pairs, args.timeout)
+    pool_verdicts, pooled, pool_killed = run_pool_baseline(pairs, args.workers, args.timeout)
+    times = {"serial": serial, "pool": pooled, **{name: t for name, (t, _) in runs.items()}}
+    rows = [("math-verify serial", serial, f"items killed at the limit: {killed}"),
+            (f"math-verify ProcessPoolExecutor({args.workers})", pooled, f"items killed at the limit: {pool_killed}"),
+            *[(name, runs[name][0], "") for name in CONFIGS],
+            ("flopmatch, cold (starts its own pool)", cold, "")]  # fmt: skip
+    for name, seconds, note in rows:
+        print(f"{name:42s} {seconds:8.2f} s {len(pairs) / seconds:8.0f} responses/s  {note}")
+    print(f"speed-up of flopmatch (warm) over math-verify serial: {serial / times['flopmatch']:.1f}x, "
+          f"over the math-verify pool: {pooled / times['flopmatch']:.1f}x; cold over the pool: {pooled / cold:.1f}x")  # fmt: skip
+    factors = _factors(times)
+    for label, factor in factors:
+        print(f"  {label:55s} {factor:6.2f}x")
+
+    both = [
+        i
+        for i, (a, b) in enumerate(zip(verdicts, pool_verdicts, strict=True))
+        if a is not None and b is not None
+    ]
+    print(
+        f"math-verify serial vs pool verdicts: {sum(verdicts[i] == pool_verdicts[i] for i in both)}/{len(both)} equal"
+    )
     finished = [i for i, v in enumerate(verdicts) if v is not None]
-    print(
-        f"math-verify serial parse+verify: {base:.1f} s, {len(pairs) / base:.0f} responses/s; "
-        f"finished {len(finished)}/{len(pairs)} (killed after {args.baseline_cap:g} s: {killed})"
-    )
-    print(f"speed-up: {base / ours:.1f}x")
-
     agree = [i for i in finished if (grades[i].status == "correct") == verdicts[i]]
     print(
         f"verdict agreement where math-verify finished: {len(agree)}/{len(finished)} "
@@ -266,7 +433,20 @@ def main() -> None:
         f"  complete responses (a stated final answer, right or wrong by construction): {len(complete)}; "
         f"verdict as constructed: flopmatch {ok_ours}, math-verify {ok_mv}"
     )
-    kinds = Counter()
+    kinds = _disagreements(pairs, made, grades, verdicts, finished)
+    statuses = Counter(g.status for g in grades)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "pairs": len(pairs), "distinct": distinct, "workers": args.workers, "timeout": args.timeout,
+            "seconds": times | {"flopmatch, cold": cold}, "factors": dict(factors),
+            "speedup_over_serial": serial / times["flopmatch"], "speedup_over_pool": pooled / times["flopmatch"],
+            "baseline_finished": len(finished), "baseline_killed": killed, "pool_killed": pool_killed,
+            "agreement": len(agree) / max(1, len(finished)), "statuses": dict(statuses), "disagreements": kinds,
+        }, indent=2))  # fmt: skip
+
+
+def _disagreements(pairs, made, grades, verdicts, finished) -> dict[str, int]:
+    kinds: Counter = Counter()
     examples: dict[str, list[int]] = {}
     for i in finished:
         ours_ok = grades[i].status == "correct"
@@ -282,24 +462,7 @@ def main() -> None:
         for i in examples[kind][:3]:
             tail = pairs[i][0][-90:].replace("\n", " ")
             print(f"         gold {pairs[i][1]!r}  extracted {grades[i].extracted!r}  ...{tail!r}")
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "pairs": len(pairs),
-                    "distinct": distinct,
-                    "ours_s": ours,
-                    "baseline_s": base,
-                    "speedup": base / ours,
-                    "baseline_finished": len(finished),
-                    "baseline_killed": killed,
-                    "agreement": len(agree) / max(1, len(finished)),
-                    "statuses": dict(statuses),
-                    "disagreements": dict(kinds),
-                },
-                indent=2,
-            )
-        )
+    return dict(kinds)
 
 
 if __name__ == "__main__":
