@@ -21,6 +21,7 @@ from flopmatch.prompts import (
     resolve,
     stop_sequences,
 )
+from offline_models import needs_offline_pair
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -141,13 +142,13 @@ def test_exemplar_answers_are_right():
             assert got == Fraction(value).limit_denominator(1000), (family, ex.question)
 
 
+@needs_offline_pair
 def test_chat_prompt_renders_with_the_offline_qwen_template():
-    """The messages render through a real chat template (Qwen's, from the prepared offline model)."""
-    from flopmatch import models
-
-    if not models.is_prepared("qwen2.5-coder-0.5b-instruct"):
-        pytest.skip("offline Qwen 0.5B not prepared (flopmatch models prepare qwen2.5-coder-0.5b-instruct)")
+    """The messages render through a real chat template (Qwen's, from the offline model, prepared into
+    the session's cache on first use)."""
     from transformers import AutoTokenizer
+
+    from flopmatch import models
 
     tokenizer = AutoTokenizer.from_pretrained(models.prepare("qwen2.5-coder-0.5b-instruct"))
     text = tokenizer.apply_chat_template(build_prompt(MATH), tokenize=False, add_generation_prompt=True)
