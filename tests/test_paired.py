@@ -375,3 +375,14 @@ def test_compare_run_reads_evaluation_files(tmp_path):
     row = saved[saved["metric"] == "pass@1"].iloc[0]
     assert row["wc"] == pytest.approx(values["pass@1"].mean()) and row["test"] == "McNemar exact"
     assert "| knowledge distillation | 1 | pass@1 | wc_vs_se |" in (run.metrics_dir / "comparisons.md").read_text()
+
+
+def test_two_level_bootstrap_variance_of_the_seed_mean_is_unbiased_with_few_seeds():
+    """One problem, S seeds per side, no problem-level noise: the bootstrap variance of the difference
+    equals the unbiased variance of the two seed means (s²/S per side), not (S−1)/S of it."""
+    wc = np.array([[0.2], [0.5], [0.9]])
+    se = np.array([[0.4], [0.1]])
+    reps = paired.bootstrap_differences(wc, se, n_boot=200000, seed=0)
+    expected = wc.var(ddof=1) / 3 + se.var(ddof=1) / 2
+    assert reps.var() == pytest.approx(expected, rel=0.02)
+    assert reps.mean() == pytest.approx(wc.mean() - se.mean(), abs=0.002)

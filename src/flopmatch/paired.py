@@ -15,7 +15,9 @@ Everything here is a pure function of arrays; randomness comes from a seeded
 - :func:`bootstrap_differences` / :func:`paired_bootstrap` — replicates of the mean difference,
   resampling problems (shared by both sides: the pairing) and, for seeds × problems matrices, the
   seeds of each side independently (WC-data seed 1 and SE-data seed 1 are different training runs on
-  different data, not a pair).
+  different data, not a pair). Resampling S seeds with replacement sees only (S − 1)/S of their
+  variance (half of it with two seeds), so each side's seed rows are first spread about their mean by
+  sqrt(S / (S − 1)), which makes the bootstrap variance of the seed mean unbiased.
 - :func:`sign_flip_test` — a paired permutation test: under "no difference" the sign of each
   problem's difference is a fair coin.
 - :func:`holm` — Holm's step-down adjustment (controls the family-wise error rate, any dependence).
@@ -140,12 +142,16 @@ def bootstrap_differences(
 
 
 def _seed_resampled_means(matrix: np.ndarray, b: int, rng: np.random.Generator) -> np.ndarray:
-    """b rows of per-problem means over a resampled multiset of seeds (the plain means for one seed)."""
+    """b rows of per-problem means over a resampled multiset of seeds (the plain means for one seed).
+    The rows are spread about their mean by sqrt(S/(S−1)) first: the bootstrap variance of a mean of S
+    resampled rows is (S−1)/S of the unbiased one, which matters with the 2–3 seeds studies can afford."""
     seeds = matrix.shape[0]
     if seeds == 1:
         return np.broadcast_to(matrix[0], (b, matrix.shape[1]))
+    mean = matrix.mean(axis=0)
+    spread = mean + math.sqrt(seeds / (seeds - 1)) * (matrix - mean)
     counts = rng.multinomial(seeds, np.full(seeds, 1.0 / seeds), size=b)  # b × seeds
-    return counts @ matrix / seeds
+    return counts @ spread / seeds
 
 
 def paired_bootstrap(
