@@ -8,6 +8,7 @@ import os
 import random
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -247,6 +248,35 @@ TINY = ToyModelSpec(hidden_size=32, num_layers=2, num_heads=1, intermediate_size
 def test_params_wc_is_about_a_third_of_se():
     assert 0.25 < PARAMS["wc"] / PARAMS["se"] < 0.4
     assert SPECS["se"].key != SPECS["wc"].key
+
+
+def test_cache_key_covers_the_training_code(tmp_path, monkeypatch):
+    """A change to the code that generates the data, the tokenizer or the training loop gives a new key
+    (so a stale model is never reused); a comment edit does not."""
+    import shutil
+
+    import flopmatch.toyworld.models as toy_models
+
+    package = Path(toy_models.__file__).parent
+    copy = tmp_path / "toyworld"
+    copy.mkdir()
+    for name in toy_models.TRAINING_MODULES:
+        shutil.copy(package / f"{name}.py", copy / f"{name}.py")
+    assert set(toy_models.TRAINING_MODULES) >= {"generator", "noise", "tokenizer", "models"}
+    original = toy_models.training_code_hash(copy)
+    assert original == toy_models.package_training_code_hash()
+    for name in toy_models.TRAINING_MODULES:
+        path = copy / f"{name}.py"
+        text = path.read_text()
+        path.write_text(text + "\n# a comment only\n")
+        assert toy_models.training_code_hash(copy) == original, name
+        path.write_text(text + "\nCHANGED = 1\n")
+        assert toy_models.training_code_hash(copy) != original, name
+        path.write_text(text)
+    # the key follows the code hash, not only the spec (and not only RECIPE_VERSION)
+    key = TINY.key
+    monkeypatch.setattr(toy_models, "package_training_code_hash", lambda: "other training code")
+    assert TINY.key != key and toy_models.model_path("wc", tmp_path, TINY).name == f"wc-{TINY.key}"
 
 
 @pytest.fixture(scope="module")

