@@ -375,6 +375,12 @@ def test_compare_run_reads_evaluation_files(tmp_path):
     row = saved[saved["metric"] == "pass@1"].iloc[0]
     assert row["wc"] == pytest.approx(values["pass@1"].mean()) and row["test"] == "McNemar exact"
     assert "| knowledge distillation | 1 | pass@1 | wc_vs_se |" in (run.metrics_dir / "comparisons.md").read_text()
+    # a subset of training seeds is what fewer seeds would conclude; it never replaces the written table
+    (run.metrics_dir / "comparisons.parquet").unlink()
+    assert compare_run(run.root, training_seeds=[0])["diff"].tolist() == table["diff"].tolist()
+    assert not (run.metrics_dir / "comparisons.parquet").exists()
+    with pytest.raises(ValueError, match=r"no training seed \[5\]; the run has \[0\]"):
+        compare_run(run.root, training_seeds=[5])
 
 
 def test_two_level_bootstrap_variance_of_the_seed_mean_is_unbiased_with_few_seeds():

@@ -20,7 +20,7 @@ One implementation for the study's eval stage, ``flopmatch compare RUN`` and the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,14 +215,25 @@ def _adjust_and_judge(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
 # --------------------------------------------------------------------------- a run
 
 
-def compare_run(run_dir: str | Path, settings: CompareSettings | None = None, *, write: bool = True) -> pd.DataFrame:
+def compare_run(run_dir: str | Path, settings: CompareSettings | None = None, *, write: bool = True,
+                training_seeds: Sequence[int] | None = None) -> pd.DataFrame:  # fmt: skip
     """The comparison table of a run from ``metrics/paradigms.parquet`` and ``evals/*.parquet``; written
-    to ``metrics/comparisons.parquet`` and ``.md`` unless ``write`` is false."""
+    to ``metrics/comparisons.parquet`` and ``.md`` unless ``write`` is false. ``training_seeds`` keeps only
+    those seeds' students (what fewer seeds would have concluded); such a table is never written."""
     run = RunDir(run_dir)
     path = run.metrics_dir / "paradigms.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no paradigm results yet (run the study's eval stage)")
-    table = comparison_table(pd.read_parquet(path), lambda name: per_problem_values(run.eval_path(name)), settings)
+    paradigms = pd.read_parquet(path)
+    if training_seeds is not None:
+        if "seed" not in paradigms.columns:
+            raise ValueError(f"{path}: no seed column (a run from before training seeds: one seed only)")
+        known = set(paradigms["seed"].dropna().astype(int))
+        if set(training_seeds) - known:
+            raise ValueError(f"{path}: no training seed {sorted(set(training_seeds) - known)}; the run has {sorted(known)}")
+        paradigms = paradigms[paradigms["seed"].isna() | paradigms["seed"].isin(list(training_seeds))]
+        write = False
+    table = comparison_table(paradigms, lambda name: per_problem_values(run.eval_path(name)), settings)
     if write:
         write_comparisons(run, table)
     return table

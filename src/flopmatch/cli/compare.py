@@ -26,6 +26,11 @@ def compare_command(
     n_boot: Annotated[int, typer.Option("--n-boot", min=100, help="bootstrap resamples (problems and seeds)")] = 2000,
     n_perm: Annotated[int, typer.Option("--n-perm", min=100, help="sign-flip permutations")] = 10000,
     seed: Annotated[int, typer.Option(help="resampling seed")] = 0,
+    training_seed: Annotated[
+        list[int] | None,
+        typer.Option("--training-seed", help="use only this training seed's students (repeatable): what fewer "
+                     "seeds would have concluded; never written"),
+    ] = None,
     write: Annotated[bool, typer.Option("--write/--no-write", help="write metrics/comparisons.parquet|md")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
 ) -> None:
@@ -44,7 +49,8 @@ def compare_command(
     if unknown:
         raise fail(f"--comparison {unknown[0]!r} is not one of {', '.join(COMPARISONS)}")
     try:
-        table = compare_run(run, CompareSettings(n_boot=n_boot, n_perm=n_perm, seed=seed), write=write)
+        table = compare_run(run, CompareSettings(n_boot=n_boot, n_perm=n_perm, seed=seed), write=write,
+                            training_seeds=training_seed)  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
     shown = table
@@ -69,5 +75,5 @@ def compare_command(
             f"{pts(r.mde, False)} pts", r.verdict,
         )  # fmt: skip
     console.print(out)
-    if write:
+    if write and not training_seed:
         console.print(f"written: {Path(run) / 'metrics' / 'comparisons.parquet'} (and .md)")
