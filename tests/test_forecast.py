@@ -295,3 +295,22 @@ def test_cli_forecast_run_errors(tmp_path):
     assert result.exit_code == 2 and "model 'nope' has no grades" in result.output
     result = runner.invoke(app, ["forecast"])
     assert result.exit_code == 2 and "either a RUN directory or --counts FILE" in result.output
+
+
+def test_pilot_target_extends_the_pilot_problems_themselves():
+    from flopmatch.forecast import forecast_pilot
+
+    rng = np.random.default_rng(11)
+    p = rng.beta(0.4, 1.2, 300)
+    n = np.full(300, 8)
+    c = rng.binomial(n, p)
+    u = np.array([crp_unique(rng, int(ci), 1.0) for ci in c])
+    counts = pd.DataFrame({"problem_id": range(300), "n": n, "c": c, "unique_correct": u})
+    fc = forecast_pilot(counts, [1, 8, 100], n_boot=100, seed=0)
+    assert fc.target == "pilot" and [q.k for q in fc.points] == [8, 100]  # k < n is dropped
+    at8, at100 = fc.points
+    assert at8.coverage == pytest.approx(np.mean(c > 0)) and at8.unique_correct == pytest.approx(u.mean())
+    # the truth for these problems: solved ones stay solved, the others are solved in 92 more with 1-(1-p)^92
+    truth = np.mean(np.where(c > 0, 1.0, 1 - (1 - p) ** 92))
+    assert at100.coverage_low <= truth <= at100.coverage_high
+    assert at100.coverage == pytest.approx(pilot_coverage(n, c, 100, fit=fc.fit))

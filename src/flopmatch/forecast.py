@@ -221,6 +221,16 @@ class SuccessFit:
         pmf[0] += self.pi
         return pmf
 
+    def posterior_correct_pmf(self, n: int, c: int, m: int) -> np.ndarray:
+        """P(C' = j), j = 0..m: correct samples among m more for a problem that had c of n correct."""
+        j = np.arange(m + 1, dtype=float)
+        a_post, b_post = self.a + c, self.b + n - c
+        w0 = float(self._zero_weight(np.asarray(float(n)), np.asarray(float(c))))
+        pmf = (1 - w0) * np.exp(_log_binom(float(m), j) + special.betaln(a_post + j, b_post + m - j)
+                                - special.betaln(a_post, b_post))
+        pmf[0] += w0
+        return pmf
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -295,6 +305,11 @@ class UniqueFit:
         """Expected distinct solutions among m correct ones: theta * (digamma(theta + m) - digamma(theta))."""
         m = np.asarray(m, dtype=float)
         return self.theta * (special.digamma(self.theta + m) - special.digamma(self.theta))
+
+    def growth(self, c: np.ndarray, extra: np.ndarray) -> np.ndarray:
+        """Expected new distinct solutions when a problem with c correct gets ``extra`` more correct ones."""
+        c, extra = np.asarray(c, dtype=float), np.asarray(extra, dtype=float)
+        return self.theta * (special.digamma(self.theta + c + extra) - special.digamma(self.theta + c))
 
     def unique_at_k(self, success: SuccessFit, k: int) -> float:
         """E[unique correct among k samples] for a random problem, summing exactly over C = 0..k."""
@@ -401,6 +416,7 @@ class ModelForecast:
     n_boot: int = 0
     measured_samples: int | None = None  # S, when callers compare with what S samples per problem measured
     measured_problems: int | None = None
+    target: str = "population"  # or "pilot": the pilot problems themselves (forecast_pilot)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` shape of issue 13 (extra keys: unique_fit, power_law, per-point baselines)."""
@@ -411,6 +427,7 @@ class ModelForecast:
             "unique_fit": self.unique_fit.to_dict() if self.unique_fit else None,
             "power_law": asdict(self.power_law) if self.power_law else None, "n_boot": self.n_boot,
             "measured_samples": self.measured_samples, "measured_problems": self.measured_problems,
+            "target": self.target,
             "forecast": [asdict(p) for p in self.points],
         }
 
@@ -476,6 +493,58 @@ def forecast_counts(counts: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS, *, mod
         ))
     return ModelForecast(model=model, problems=len(n), pilot_samples=float(np.mean(n)), fit=fit, points=points,
                          unique_fit=ufit, power_law=power, n_boot=n_boot)
+
+
+def _pilot_point(fit: SuccessFit, ufit: UniqueFit | None, n, c, u, k: int) -> tuple[float, float | None]:
+    """Exact empirical-Bayes expectations for the pilot problems at k samples each (k >= every n_i)."""
+    cov = pilot_coverage(n, c, k, fit=fit)
+    if ufit is None:
+        return cov, None
+    values = [ui + float(np.dot(fit.posterior_correct_pmf(ni, ci, k - ni), ufit.growth(ci, np.arange(k - ni + 1))))
+              for ni, ci, ui in zip(n.tolist(), c.tolist(), u.tolist(), strict=True)]
+    return cov, float(np.mean(values))
+
+
+def forecast_pilot(counts: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS, *, model: str = "", n_boot: int = 200,
+                   seed: int = 0, family: str = "auto") -> ModelForecast:
+    """Forecast for THESE pilot problems if each got k samples in total (its pilot included).
+
+    Solved problems stay solved; unsolved ones are solved with their posterior probability, and unique
+    solutions grow from each problem's observed u_i by the CRP given its posterior number of extra
+    correct samples (:func:`pilot_coverage`). Intervals: a bootstrap over problems refits the prior, then
+    each problem's p and extra correct samples are drawn from its posterior, so they include the
+    randomness of the samples still to be drawn. Needs k >= every n_i (smaller k are dropped).
+    """
+    n, c, u = _count_arrays(counts)
+    ks = [int(k) for k in ks if int(k) >= int(n.max())]
+    if not ks:
+        raise ValueError(f"the pilot target needs k >= the pilot's samples per problem ({int(n.max())})")
+    fit = fit_success(n, c, family=family, seed=seed)
+    ufit = fit_unique(c, u) if u is not None and (c > 0).any() else None
+    rng = np.random.default_rng(seed)
+    cov_boot, uniq_boot = np.empty((n_boot, len(ks))), np.empty((n_boot, len(ks)))
+    for i in range(n_boot):
+        idx = rng.integers(0, len(n), len(n))
+        f = refit(fit, n[idx], c[idx])
+        uf = fit_unique(c[idx], u[idx]) if ufit is not None and (c[idx] > 0).any() else ufit
+        zero = rng.random(len(n)) < f._zero_weight(n.astype(float), c.astype(float))
+        p = np.where(zero, 0.0, rng.beta(f.a + c, f.b + n - c))
+        for j, k in enumerate(ks):
+            extra = rng.binomial(k - n, p)
+            cov_boot[i, j] = np.mean((c > 0) | (extra > 0))
+            uniq_boot[i, j] = np.mean(u + uf.growth(c, extra)) if uf is not None else np.nan
+    (cov_lo, cov_hi), (u_lo, u_hi) = _percentiles(cov_boot), _percentiles(uniq_boot)
+    points = []
+    for j, k in enumerate(ks):
+        cov, uniq = _pilot_point(fit, ufit, n, c, u, k)
+        points.append(ForecastPoint(
+            k=k, coverage=cov, coverage_low=float(cov_lo[j]), coverage_high=float(cov_hi[j]), unique_correct=uniq,
+            unique_correct_low=float(u_lo[j]) if uniq is not None else None,
+            unique_correct_high=float(u_hi[j]) if uniq is not None else None,
+            correct=float(np.sum(c) / len(n) + np.mean((k - n) * fit.posterior_mean(n, c))),
+        ))
+    return ModelForecast(model=model, problems=len(n), pilot_samples=float(np.mean(n)), fit=fit, points=points,
+                         unique_fit=ufit, n_boot=n_boot, target="pilot")
 
 
 def forecast_run(run_dir: Any, model: str | None = None, pilot_samples: int = 8, ks: Sequence[int] = DEFAULT_KS,

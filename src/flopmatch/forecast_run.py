@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from flopmatch.analysis import ModelSamples, load_model_samples
-from flopmatch.forecast import DEFAULT_KS, ModelForecast, forecast_counts
+from flopmatch.forecast import DEFAULT_KS, ModelForecast, forecast_counts, forecast_pilot
 from flopmatch.metrics import expected_unique_at_k, multiplicities, pass_at_k
 from flopmatch.store import RunDir, model_key
 
@@ -75,14 +75,17 @@ def select_models(graded: dict[str, Path], model: str | None) -> dict[str, Path]
 
 def forecast_run(run_dir: str | Path | RunDir, model: str | None = None, pilot_samples: int = 8,
                  ks: Sequence[int] = DEFAULT_KS, *, pilot_problems: int | None = None, n_boot: int = 200,
-                 seed: int = 0, family: str = "auto") -> list[ModelForecast]:
+                 seed: int = 0, family: str = "auto", target: str = "population") -> list[ModelForecast]:
     """Forecast each graded model (or ``model``) from a pilot of its first ``pilot_samples`` samples.
 
     The pilot is every problem with samples 0..n-1 graded, or a seeded subset of ``pilot_problems`` of
     them. When the model has S > n samples per problem, each k <= S also gets the measured unbiased
     coverage@k and diversity@k over all problems with S samples (``measured_coverage`` /
-    ``measured_unique_correct``): the truth the forecast is for.
+    ``measured_unique_correct``): the truth the forecast is for. ``target="pilot"`` forecasts the pilot
+    problems themselves (:func:`flopmatch.forecast.forecast_pilot`) and measures on them.
     """
+    if target not in ("population", "pilot"):
+        raise ValueError(f"target must be 'population' or 'pilot', got {target!r}")
     from flopmatch.judge import graded_models
 
     if pilot_samples < 1:
@@ -99,16 +102,20 @@ def forecast_run(run_dir: str | Path | RunDir, model: str | None = None, pilot_s
             raise ValueError(f"{path}: no problem has all of samples 0..{pilot_samples - 1} graded "
                              f"(the most any problem has is {data.max_samples})")
         pids = pick_problems(complete, pilot_problems, seed)
-        fc = forecast_counts(problem_counts(data, pilot_samples, pids), ks, model=name, n_boot=n_boot, seed=seed,
-                             family=family)
-        out.append(with_measured(fc, data, pilot_samples))
+        forecast = forecast_pilot if target == "pilot" else forecast_counts
+        fc = forecast(problem_counts(data, pilot_samples, pids), ks, model=name, n_boot=n_boot, seed=seed,
+                      family=family)
+        out.append(with_measured(fc, data, pilot_samples, pids if target == "pilot" else None))
     return out
 
 
-def with_measured(fc: ModelForecast, data: ModelSamples, pilot_samples: int) -> ModelForecast:
-    """Attach the measured values at k <= S when the model has S > n samples on some problems."""
+def with_measured(fc: ModelForecast, data: ModelSamples, pilot_samples: int,
+                  problem_ids: Sequence[str] | None = None) -> ModelForecast:
+    """Attach the measured values at k <= S when the model has S > n samples (on ``problem_ids``, or all)."""
     full = data.max_samples
     truth = sorted(data.complete(full)) if full > pilot_samples else []
+    if problem_ids is not None:
+        truth = [pid for pid in truth if pid in set(problem_ids)]
     if not truth:
         return fc
     points = []
@@ -199,11 +206,13 @@ def read_counts(path: str | Path) -> dict[str, pd.DataFrame]:
 
 
 def forecast_counts_file(path: str | Path, ks: Sequence[int] = DEFAULT_KS, *, model: str | None = None,
-                         n_boot: int = 200, seed: int = 0, family: str = "auto") -> list[ModelForecast]:
-    """:func:`forecast_counts` for every model of a counts file (or only ``model``)."""
+                         n_boot: int = 200, seed: int = 0, family: str = "auto",
+                         target: str = "population") -> list[ModelForecast]:
+    """:func:`forecast_counts` (or :func:`forecast_pilot` for ``target="pilot"``) for every model of a counts file."""
     groups = read_counts(path)
     if model is not None:
         if model not in groups:
             raise ValueError(f"{path}: no rows for model {model!r}; models: {sorted(groups)}")
         groups = {model: groups[model]}
-    return [forecast_counts(g, ks, model=m, n_boot=n_boot, seed=seed, family=family) for m, g in groups.items()]
+    forecast = forecast_pilot if target == "pilot" else forecast_counts
+    return [forecast(g, ks, model=m, n_boot=n_boot, seed=seed, family=family) for m, g in groups.items()]

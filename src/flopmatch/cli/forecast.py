@@ -42,7 +42,8 @@ def _print_table(forecasts) -> None:
     for fc in forecasts:
         fit = fc.fit
         params = ", ".join(f"{k}={v:.3g}" for k, v in fit.params.items())
-        title = (f"{fc.model or 'counts'}: {fc.problems} problems × {fc.pilot_samples:g} pilot samples — "
+        title = (f"{fc.model or 'counts'}: {fc.problems} problems × {fc.pilot_samples:g} pilot samples"
+                 + (" (forecast for these problems)" if fc.target == "pilot" else "") + " — "
                  f"{fit.family} ({params})")
         if fc.unique_fit is not None:
             title += f", unique: CRP θ={fc.unique_fit.theta:.3g}"
@@ -87,6 +88,8 @@ def forecast_command(
     k: Annotated[str, typer.Option("--k", help="comma-separated k to forecast")] = DEFAULT_K,
     family: Annotated[str, typer.Option(help="auto | beta-binomial | zero-inflated-beta")] = "auto",
     n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="bootstrap resamples of problems")] = 200,
+    target: Annotated[str, typer.Option(help="population: problems like the pilot's (default); pilot: the pilot "
+                                        "problems themselves, each given k samples in total")] = "population",
     seed: Annotated[int, typer.Option(help="seed of the bootstrap, the folds and --pilot-problems")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print {\"models\": [...]} as JSON")] = False,
 ) -> None:
@@ -110,15 +113,19 @@ def forecast_command(
         raise fail("give either a RUN directory or --counts FILE")
     if family != "auto" and family not in FAMILIES:
         raise fail(f"--family must be auto or one of {', '.join(FAMILIES)}, got {family!r}")
+    if target not in ("population", "pilot"):
+        raise fail(f"--target must be population or pilot, got {target!r}")
     ks = _parse_ks(k)
     try:
         if counts is not None:
-            forecasts = forecast_counts_file(counts, ks, model=model, n_boot=n_boot, seed=seed, family=family)
+            forecasts = forecast_counts_file(counts, ks, model=model, n_boot=n_boot, seed=seed, family=family,
+                                             target=target)
         else:
             if not run.is_dir():
                 raise FileNotFoundError(f"{run}: not a directory")
             forecasts = forecast_run(run, model=model, pilot_samples=pilot_samples, ks=ks,
-                                     pilot_problems=pilot_problems, n_boot=n_boot, seed=seed, family=family)
+                                     pilot_problems=pilot_problems, n_boot=n_boot, seed=seed, family=family,
+                                     target=target)
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
     if as_json:

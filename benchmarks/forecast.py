@@ -1,0 +1,185 @@
+"""Backtest of `flopmatch forecast`: a small pilot's forecast vs what S samples per problem measured.
+
+For every model of the given graded runs, with S samples per problem on every problem:
+
+* truth: the unbiased coverage@k and diversity@k (unique correct solutions, exact after
+  normalisation) over ALL problems of the run from all S samples;
+* pilots: n samples per problem (``sample_idx < n``) on a subset of ``--pilot-problems`` problems —
+  the first ones (sorted ids), the other disjoint blocks, and ``--random-subsets`` seeded random
+  subsets; each pilot is forecast with bootstrap intervals (refitting), and Brown et al.'s power law is
+  fitted to the same pilot's unbiased coverage curve (k = 1..n);
+* reported per (n, k): the forecast's absolute error (points of coverage / unique solutions), the
+  share of pilots whose 95% interval covers the truth, the power law's absolute error, and the paired
+  difference |forecast error| - |power-law error| over (model, pilot) with a bootstrap interval and a
+  sign-flip test; plus the forecast of the same pilot with each family forced, to judge the choice.
+
+Toy world (the README's numbers; the sampling is cached in the run directories and reused):
+
+    flopmatch sample --run runs/forecast-toy --model toyworld-wc -S 100 --problems toyworld --split test \\
+        --limit 300 --backend hf --max-tokens 128 -o batch_size=256
+    flopmatch sample --run runs/forecast-toy-se --model toyworld-se -S 100 --problems toyworld --split test \\
+        --limit 300 --backend hf --max-tokens 128 -o batch_size=256
+    flopmatch grade runs/forecast-toy; flopmatch grade runs/forecast-toy-se
+    python benchmarks/forecast.py --run runs/forecast-toy --run runs/forecast-toy-se --out forecast_toy.json
+
+Real models (a small slice): ``--pilots 4 --ks 4,8,16 --pilot-problems 20 --random-subsets 0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def parse_ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def pilot_subsets(pids: list[str], size: int, random_subsets: int, seed: int) -> list[tuple[str, list[str]]]:
+    """Disjoint blocks of ``size`` in id order (the first is 'first'), then seeded random subsets."""
+    out = [(f"block{i}" if i else "first", pids[i * size:(i + 1) * size]) for i in range(len(pids) // size)]
+    rng = np.random.default_rng(seed)
+    for r in range(random_subsets):
+        out.append((f"random{r}", [pids[i] for i in sorted(rng.choice(len(pids), size, replace=False))]))
+    return out
+
+
+def backtest_model(name, data, args) -> list[dict]:
+    from flopmatch.forecast import FAMILIES, fit_success, forecast_counts
+    from flopmatch.forecast_run import measured_at, problem_counts
+
+    full = data.max_samples
+    truth_pids = sorted(data.complete(full))
+    truth = {k: measured_at(data, full, truth_pids, k) for k in args.ks if k <= full}
+    rows = []
+    subsets = pilot_subsets(truth_pids, min(args.pilot_problems, len(truth_pids)), args.random_subsets, args.seed)
+    for label, pids in subsets:
+        for n in args.pilots:
+            started = time.perf_counter()
+            counts = problem_counts(data, n, pids)
+            fc = forecast_counts(counts, args.ks, model=name, n_boot=args.n_boot, seed=args.seed)
+            forced = {f: fit_success(counts["n"], counts["c"], family=f) for f in FAMILIES}
+            subset_truth = {k: measured_at(data, full, pids, k) for k in truth}
+            for p in fc.points:
+                if p.k not in truth:
+                    continue
+                cov_true, uniq_true = truth[p.k]
+                rows.append({
+                    "model": name, "subset": label, "n": n, "k": p.k, "problems": len(pids), "S": full,
+                    "family": fc.fit.family, "coverage_true": cov_true, "coverage": p.coverage,
+                    "coverage_low": p.coverage_low, "coverage_high": p.coverage_high,
+                    "coverage_true_subset": subset_truth[p.k][0],
+                    "power_law": p.power_law_coverage,
+                    **{f"coverage_{f}": float(fit.coverage(p.k)) for f, fit in forced.items()},
+                    "unique_true": uniq_true, "unique": p.unique_correct, "unique_low": p.unique_correct_low,
+                    "unique_high": p.unique_correct_high, "unique_true_subset": subset_truth[p.k][1],
+                    "seconds": time.perf_counter() - started,
+                })
+            if not args.quiet:
+                print(f"  {name} {label} n={n}: {fc.fit.family}, {time.perf_counter() - started:.1f} s", flush=True)
+    return rows
+
+
+def _covered(low, value, high) -> bool:
+    return low is not None and low <= value <= high
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    from flopmatch.paired import paired_bootstrap, sign_flip_test
+
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["n"], r["k"])].append(r)
+    out = []
+    for (n, k), rs in sorted(groups.items()):
+        err = np.array([r["coverage"] - r["coverage_true"] for r in rs])
+        first = [r for r in rs if r["subset"] == "first"]
+        pl = np.array([np.nan if r["power_law"] is None else r["power_law"] - r["coverage_true"] for r in rs])
+        ok = ~np.isnan(pl)
+        diff = np.abs(err[ok]) - np.abs(pl[ok])
+        interval = paired_bootstrap(np.abs(err[ok]), np.abs(pl[ok]), n_boot=2000, seed=0) if ok.sum() > 1 else None
+        uerr = np.array([r["unique"] - r["unique_true"] for r in rs if r["unique"] is not None])
+        out.append({
+            "n": n, "k": k, "pilots": len(rs),
+            "coverage_mae_pts": 100 * float(np.mean(np.abs(err))),
+            "coverage_bias_pts": 100 * float(np.mean(err)),
+            "coverage_first_err_pts": [round(100 * (r["coverage"] - r["coverage_true"]), 2) for r in first],
+            "coverage_interval_hit": float(np.mean([_covered(r["coverage_low"], r["coverage_true"], r["coverage_high"])
+                                                   for r in rs])),
+            "power_law_mae_pts": 100 * float(np.mean(np.abs(pl[ok]))) if ok.any() else None,
+            "forecast_minus_power_law_abs_err_pts": (
+                [100 * interval.diff, 100 * interval.low, 100 * interval.high] if interval else None),
+            "sign_flip_p": sign_flip_test(diff, seed=0) if diff.size else None,
+            **{f"mae_pts_{f}": 100 * float(np.mean([abs(r[f"coverage_{f}"] - r["coverage_true"]) for r in rs]))
+               for f in ("beta-binomial", "zero-inflated-beta")},
+            "families": {f: sum(r["family"] == f for r in rs) for f in ("beta-binomial", "zero-inflated-beta")},
+            "unique_mae": float(np.mean(np.abs(uerr))) if uerr.size else None,
+            "unique_bias": float(np.mean(uerr)) if uerr.size else None,
+            "unique_interval_hit": float(np.mean([_covered(r["unique_low"], r["unique_true"], r["unique_high"])
+                                                 for r in rs if r["unique"] is not None])) if uerr.size else None,
+        })
+    return out
+
+
+def markdown(summary: list[dict]) -> str:
+    lines = ["| n | k | pilots | coverage |err| (pts) | bias | 95% interval covers truth | power law |err| | "
+             "forecast − power law |err| [95% CI], p | unique |err| | unique bias | unique interval covers |",
+             "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for s in summary:
+        d = s["forecast_minus_power_law_abs_err_pts"]
+        cmp = f"{d[0]:+.1f} [{d[1]:+.1f}, {d[2]:+.1f}], p={s['sign_flip_p']:.3g}" if d else "—"
+        pl = f"{s['power_law_mae_pts']:.1f}" if s["power_law_mae_pts"] is not None else "—"
+        ue = f"{s['unique_mae']:.2f}" if s["unique_mae"] is not None else "—"
+        ub = f"{s['unique_bias']:+.2f}" if s["unique_bias"] is not None else "—"
+        uh = f"{100 * s['unique_interval_hit']:.0f}%" if s["unique_interval_hit"] is not None else "—"
+        lines.append(f"| {s['n']} | {s['k']} | {s['pilots']} | {s['coverage_mae_pts']:.1f} | "
+                     f"{s['coverage_bias_pts']:+.1f} | {100 * s['coverage_interval_hit']:.0f}% | {pl} | {cmp} | "
+                     f"{ue} | {ub} | {uh} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, action="append", required=True, help="a graded run (repeatable)")
+    parser.add_argument("--model", action="append", help="only these models (default: every graded model)")
+    parser.add_argument("--pilots", type=parse_ints, default=[4, 8, 16], help="pilot samples per problem")
+    parser.add_argument("--ks", type=parse_ints, default=[10, 33, 100], help="k to forecast (<= S)")
+    parser.add_argument("--pilot-problems", type=int, default=100)
+    parser.add_argument("--random-subsets", type=int, default=5)
+    parser.add_argument("--n-boot", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("forecast_backtest.json"))
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+
+    from flopmatch.analysis import load_model_samples
+    from flopmatch.judge import graded_models
+    from flopmatch.store import RunDir
+
+    rows = []
+    for run_dir in args.run:
+        run = RunDir(run_dir)
+        for name, path in graded_models(run).items():
+            if args.model and name not in args.model:
+                continue
+            data = load_model_samples(run, name, path)
+            if not args.quiet:
+                print(f"{name}: {len(data.problems)} problems, S = {data.max_samples}", flush=True)
+            rows += backtest_model(name, data, args)
+    per_model = {m: summarise([r for r in rows if r["model"] == m]) for m in dict.fromkeys(r["model"] for r in rows)}
+    result = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "summary": summarise(rows), "per_model": per_model, "rows": rows}
+    args.out.write_text(json.dumps(result, indent=1, default=str))
+    print("\nall models:\n" + markdown(result["summary"]))
+    for m, s in per_model.items():
+        print(f"\n{m}:\n" + markdown(s))
+    print(f"\nrows and settings: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
