@@ -267,8 +267,12 @@ class _Loop:
                 return outcome
             self.journal["rounds"] += 1
             self.journal["pending"] = None
-            self.journal["history"].append({"round": self.journal["rounds"], "planned": len(items),
-                                            "samples_on_disk": self.book.samples, "tokens": self.book.tokens})  # fmt: skip
+            self.journal["history"].append({
+                "round": self.journal["rounds"], "planned": len(items), "samples_on_disk": self.book.samples,
+                "tokens": self.book.tokens, "flops": 2.0 * self.p_total * self.book.tokens if self.p_total else None,
+                "covered": sum(c > 0 for c in self.book.correct.values()),
+                "unique_correct": sum(len(v) for v in self.book.norms.values()), "problems": len(self.book.problems),
+            })  # fmt: skip
             self._save_journal()
             self.rounds_here += 1
 

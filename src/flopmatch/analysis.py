@@ -412,6 +412,13 @@ def analyze(
     files["summary_md"] = write_text(summary_markdown(summary, warnings), out / "summary.md")
     files["compute_matched_md"] = write_text(compute_matched_markdown(compute_matched, headline),
                                              out / "compute_matched.md")
+    # Unequal counts (an allocation policy): coverage and unique correct over all samples, per FLOP.
+    from flopmatch.allocation_metrics import journal_of, write_allocation_metrics
+
+    files.update(write_allocation_metrics(run, data, n_boot=n_boot, seed=seed, plots=plots))
+    warnings += [f"{m} was sampled by the {j['config']['allocation']!r} policy: per-budget k metrics use only its "
+                 "problems with at least S samples; see metrics/allocation.md" for m in data
+                 if (j := journal_of(run, m)) and j["config"]["allocation"] != "uniform"]  # fmt: skip
     figures = make_figures(coverage_curve, diversity_curve, summary, out / "figures") if plots else []
     return AnalysisResult(summary, coverage_curve, diversity_curve, compute_matched, files, figures, warnings, headline)
 

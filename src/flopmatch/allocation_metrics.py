@@ -1,0 +1,160 @@
+"""Metrics of unequal sample counts: what a model's data holds at the FLOPs it spent, not at k.
+
+Under an allocation policy (``flopmatch.allocation``) problems have different numbers of samples, so
+"coverage at k samples per problem" is undefined for most k. What is defined, and what these tables
+report for every graded model of a run (uniform ones too, for comparison):
+
+* ``metrics/allocation.parquet`` / ``.md`` — per model: the policy, samples per problem (min, quartiles,
+  max), coverage (a problem with at least one correct sample) and unique correct solutions per problem
+  over *all* its samples, with percentile-bootstrap intervals over problems, and the nominal FLOPs
+  spent (2·P·completion tokens, P from the ledger) — coverage and unique correct per FLOP;
+* ``metrics/allocation_curve.parquet`` — coverage and unique correct against FLOPs spent: round by
+  round for a policy run (its journal records them as rounds finish), sample index by sample index
+  (every problem's i-th sample, in breadth-first order) for a uniform run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flopmatch.store import RunDir, model_key, read_json, read_shards, write_table, write_text
+
+ALLOCATION_COLUMNS = [
+    "model", "allocation", "objective", "rounds", "problems", "samples", "samples_min", "samples_q25",
+    "samples_median", "samples_q75", "samples_max", "coverage", "coverage_low", "coverage_high",
+    "unique_per_problem", "unique_low", "unique_high", "flops", "coverage_per_pflop",
+]  # fmt: skip
+CURVE_COLUMNS = ["model", "allocation", "point", "flops", "samples", "coverage", "unique_per_problem"]
+
+
+def journal_of(run: RunDir, model: str) -> dict[str, Any] | None:
+    """The allocation journal of a model sampled by a policy, or None (plain S-per-problem sampling)."""
+    path = run.samples_dir(model) / "allocation.json"
+    return read_json(path) if path.exists() else None
+
+
+def _params(run: RunDir, model: str) -> float | None:
+    from flopmatch.ledger import read_ledger
+
+    table = read_ledger(run.root)
+    if table.num_rows == 0:
+        return None
+    rows = [r for r in table.select(["model_key", "params"]).to_pylist() if r["model_key"] == model_key(model)]
+    values = [r["params"] for r in rows if r["params"]]
+    return float(values[0]) if values else None
+
+
+def allocation_tables(run_dir: str | Path | RunDir, data: dict[str, Any], *, n_boot: int = 1000,
+                      seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """Per-model summary and coverage-vs-FLOPs curve; ``data``: ``analysis.ModelSamples`` by model."""
+    from flopmatch.metrics import bootstrap_mean_cis
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    rows, curve = [], []
+    for model, samples in data.items():
+        journal = journal_of(run, model)
+        config = (journal or {}).get("config", {})
+        pids = sorted(samples.problems)
+        counts = np.array([len(samples.problems[p].idx) for p in pids], float)
+        covered = np.array([samples.problems[p].correct.any() for p in pids], float)
+        unique = np.array([len({x for x in samples.problems[p].norms if x is not None}) for p in pids], float)
+        lo, hi = bootstrap_mean_cis(np.column_stack([covered, unique]), n_boot=n_boot, seed=seed)
+        tokens = _tokens(run, model)
+        p_total = _params(run, model)
+        flops = 2.0 * p_total * sum(tokens.values()) if p_total else None
+        q = np.percentile(counts, [0, 25, 50, 75, 100]) if len(counts) else [0] * 5
+        rows.append({
+            "model": model, "allocation": config.get("allocation", "uniform"),
+            "objective": config.get("objective") if journal else None, "rounds": (journal or {}).get("rounds"),
+            "problems": len(pids), "samples": int(counts.sum()), "samples_min": q[0], "samples_q25": q[1],
+            "samples_median": q[2], "samples_q75": q[3], "samples_max": q[4],
+            "coverage": covered.mean(), "coverage_low": lo[0], "coverage_high": hi[0],
+            "unique_per_problem": unique.mean(), "unique_low": lo[1], "unique_high": hi[1], "flops": flops,
+            "coverage_per_pflop": covered.mean() / (flops / 1e15) if flops else None,
+        })  # fmt: skip
+        curve += _curve(model, samples, journal, tokens, p_total)
+    return pd.DataFrame(rows, columns=ALLOCATION_COLUMNS), pd.DataFrame(curve, columns=CURVE_COLUMNS)
+
+
+def _tokens(run: RunDir, model: str) -> dict[tuple[str, int], int]:
+    table = read_shards(run.samples_dir(model), columns=["problem_id", "sample_idx", "completion_tokens"])
+    cols = [table.column(c).to_pylist() for c in ("problem_id", "sample_idx", "completion_tokens")]
+    return {(p, int(i)): int(t or 0) for p, i, t in zip(*cols, strict=True)}
+
+
+def _curve(model, samples, journal, tokens, p_total) -> list[dict[str, Any]]:
+    n_problems = max(len(samples.problems), 1)
+    if journal is not None:
+        return [{"model": model, "allocation": journal["config"]["allocation"], "point": h["round"],
+                 "flops": h.get("flops"), "samples": h["samples_on_disk"], "coverage": h.get("covered", 0) / n_problems,
+                 "unique_per_problem": h.get("unique_correct", 0) / n_problems} for h in journal.get("history", [])]  # fmt: skip
+    out, spent, n = [], 0, 0
+    depth = max((len(p.idx) for p in samples.problems.values()), default=0)
+    for i in range(depth):  # breadth-first: every problem's i-th sample, then the (i+1)-th
+        covered = unique = 0
+        for pid, p in samples.problems.items():
+            keep = p.idx <= i
+            spent += tokens.get((pid, i), 0) if (p.idx == i).any() else 0
+            n += int((p.idx == i).any())
+            covered += bool((p.correct & keep).any())
+            unique += len({x for x, k in zip(p.norms, keep, strict=True) if k and x is not None})
+        out.append({"model": model, "allocation": "uniform", "point": i + 1, "flops": 2.0 * p_total * spent if p_total else None,
+                    "samples": n, "coverage": covered / n_problems, "unique_per_problem": unique / n_problems})  # fmt: skip
+    return out
+
+
+def allocation_markdown(table: pd.DataFrame) -> str:
+    """The summary as a markdown table (what the report embeds)."""
+    lines = [
+        "| model | policy | samples per problem (min / q25 / median / q75 / max) | coverage [95% CI] | "
+        "unique correct per problem [95% CI] | FLOPs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in table.to_dict("records"):
+        policy = r["allocation"] + (f" ({r['objective']})" if r["allocation"] == "adaptive" and r["objective"] else "")
+        dist = " / ".join(f"{r[c]:g}" for c in ("samples_min", "samples_q25", "samples_median", "samples_q75", "samples_max"))
+        flops = f"{r['flops']:.3g}" if r["flops"] == r["flops"] and r["flops"] is not None else "-"
+        lines.append(f"| {r['model']} | {policy} | {dist} | {r['coverage']:.3f} [{r['coverage_low']:.3f}, "
+                     f"{r['coverage_high']:.3f}] | {r['unique_per_problem']:.2f} [{r['unique_low']:.2f}, "
+                     f"{r['unique_high']:.2f}] | {flops} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_allocation_metrics(run: RunDir, data: dict[str, Any], *, n_boot: int = 1000, seed: int = 0,
+                             plots: bool = True) -> dict[str, Path]:  # fmt: skip
+    """Write the tables (and a coverage-vs-FLOPs figure) into ``metrics/``; returns the paths."""
+    table, curve = allocation_tables(run, data, n_boot=n_boot, seed=seed)
+    out = run.metrics_dir
+    files = {
+        "allocation": write_table(table, out / "allocation.parquet"),
+        "allocation_curve": write_table(curve, out / "allocation_curve.parquet"),
+        "allocation_md": write_text(allocation_markdown(table), out / "allocation.md"),
+    }
+    if plots and not curve.empty and curve["flops"].notna().any():
+        files["allocation_figure"] = _figure(curve, out / "figures" / "coverage_vs_flops.png")
+    return files
+
+
+def _figure(curve: pd.DataFrame, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (model, allocation), group in curve.groupby(["model", "allocation"], sort=True):
+        ax.plot(group["flops"], group["coverage"], marker=".", label=f"{model} — {allocation}")
+    ax.set_xscale("log")
+    ax.set_xlabel("nominal FLOPs spent (2·P·tokens)")
+    ax.set_ylabel("coverage (problems with a correct sample)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
