@@ -325,6 +325,13 @@ def build_sft(
     evaluation prompt, zero-shot).
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    from flopmatch.allocation_metrics import journal_of
+
+    journal = journal_of(run, source_model)
+    allocated = journal is not None and journal["config"]["allocation"] != "uniform"
+    if allocated and samples_per_problem is None and budget is None:
+        # An allocation policy's sample set is its budget: every correct solution it found (counts differ).
+        samples_per_problem = 1 + max((r["sample_idx"] for r in _read_graded_samples(run, source_model)), default=0)
     if samples_per_problem is None and budget is None:
         raise ValueError("give budget= (SE samples per problem, resolved via plan.json) or samples_per_problem=")
     if budget is not None:
@@ -346,7 +353,7 @@ def build_sft(
         samples_per_problem = match.samples_per_problem
 
     rows = [r for r in _read_graded_samples(run, source_model) if r["sample_idx"] < samples_per_problem]
-    short = _count_short_problems(rows, samples_per_problem)
+    short = 0 if allocated else _count_short_problems(rows, samples_per_problem)
     if short:
         raise ValueError(
             f"{run.samples_dir(source_model)}: {short} problem(s) have fewer than {samples_per_problem} samples; "
