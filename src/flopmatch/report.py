@@ -724,9 +724,27 @@ def _quality_section(data: RunData) -> Section:
         )
     else:
         blocks.append(Text("Metrics have not been computed (`analyze` stage).", "note"))
+    blocks += _allocation_blocks(data)
     for fig in data.figures:
         blocks.append(Figure(fig, _figure_caption(fig)))
     return Section("Dataset quality: coverage, diversity, false positives", blocks)
+
+
+def _allocation_blocks(data: RunData) -> list[Any]:
+    """Per model and policy: samples per problem and what all its samples hold (flopmatch.allocation_metrics);
+    shown when some model was sampled by a non-uniform allocation policy."""
+    table = _read_parquet(data.run.metrics_dir / "allocation.parquet")
+    if table is None or table.empty or (table["allocation"] == "uniform").all():
+        return []
+    quantiles = ("samples_min", "samples_q25", "samples_median", "samples_q75", "samples_max")
+    rows = [[r["model"], r["allocation"], " / ".join(f"{r[c]:g}" for c in quantiles), fmt_pct(r["coverage"]),
+             fmt_ci(r["coverage_low"], r["coverage_high"]), fmt_num(r["unique_per_problem"]), fmt_flops(r["flops"])]
+            for r in table.to_dict("records")]  # fmt: skip
+    return [Table(["model", "policy", "samples per problem (min / q25 / median / q75 / max)", "coverage", "95% CI",
+                   "unique correct per problem", "FLOPs spent"], rows,
+                  caption="Unequal sample counts: coverage and unique correct over all of a model's samples, at the "
+                  "FLOPs it spent (bootstrap over problems); the coverage-vs-FLOPs figure shows the way there.",
+                  numeric={3, 4, 5, 6})]  # fmt: skip
 
 
 def _at_full_k(summary: pd.DataFrame) -> pd.DataFrame:
@@ -740,6 +758,7 @@ def _at_full_k(summary: pd.DataFrame) -> pd.DataFrame:
 def _figure_caption(path: Path) -> str:
     name = path.stem.replace("_", " ").replace("-", " ")
     captions = {
+        "coverage_vs_flops": "coverage against nominal FLOPs spent, per model and allocation policy",
         "coverage": "coverage@k against k for each model, with 95% bands",
         "diversity": "diversity@k: unique correct solutions per problem among k samples",
         "fpr": "false-positive rate with 95% intervals",
