@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from flopmatch.study import (
     train_jobs,
     validate_study_dict,
 )
+from hold_points import hold_env, wait_for_hold
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -193,10 +193,27 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 # --------------------------------------------------------------------------- shipped examples
 
 
-@pytest.mark.parametrize("name", ["toyworld.yaml", "gsm8k-qwen-coder.yaml", "gemma2-math.yaml"])
-def test_examples_validate(name):
+# What each shipped example is for, written out by hand from its description (not read back from it).
+EXAMPLE_FACTS = {
+    "toyworld.yaml": ("toyworld-wc", "toyworld-se", "toyworld", [1, 10]),
+    "gsm8k-qwen-coder.yaml": ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct", "gsm8k", [1]),
+    "gemma2-math.yaml": ("google/gemma-2-9b", "google/gemma-2-27b", "math", [1, 10]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLE_FACTS))
+def test_examples_validate(name, monkeypatch):
+    monkeypatch.delenv("FLOPMATCH_DATA", raising=False)
     config = load_study_config(EXAMPLES / name)
     assert isinstance(config, StudyConfig)
+    wc, se, source, se_samples = EXAMPLE_FACTS[name]
+    assert (config.models.wc.model, config.models.se.model) == (wc, se)
+    assert config.problems.sample.source == source and config.budget.se_samples == se_samples
+    assert config.budget.mode == "flops"
+    if name == "gsm8k-qwen-coder.yaml":  # ${FLOPMATCH_DATA:-../../shared/data} resolves next to the checkout
+        data = (REPO.parent / "shared" / "data" / "gsm8k").resolve()
+        assert Path(config.problems.sample.data_file).resolve() == data / "train.jsonl"
+        assert Path(config.problems.test.data_file).resolve() == data / "test.jsonl"
 
 
 def test_gsm8k_example_reads_shared_data_and_keeps_training_behind_a_flag(monkeypatch):
@@ -467,21 +484,19 @@ def test_killed_study_resumes_where_it_stopped(tmp_path, monkeypatch):
     path = _write(tmp_path, data)
     run_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FLOPMATCH_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.Popen(_cli("study", str(path), "--run", str(run_dir), "--quiet"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    state_path = run_dir / "state.json"
-    deadline = time.monotonic() + 600
+    # The study holds for good right after its first sample shard is written: the kill lands mid-sampling
+    # however fast the machine is (the timeout only bounds a study that hangs).
+    marker, log = tmp_path / "held", tmp_path / "study.log"
+    with open(log, "wb") as output:
+        proc = subprocess.Popen(_cli("study", str(path), "--run", str(run_dir), "--quiet"),
+                                env=hold_env("flopmatch.store:append_shard", marker, env), stdout=output,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if state_path.exists():
-                state = json.loads(state_path.read_text() or "{}")
-                if state.get("sample", {}).get("status") == "running":
-                    break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the study ended before sampling started"
-        os.killpg(proc.pid, signal.SIGKILL)
+        wait_for_hold(proc, marker, timeout=1200, log=log)
     finally:
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
+    assert len(list((run_dir / "samples").glob("*/part-*.parquet"))) == 1, "killed after one shard"
     config = load_study_config(path)
     run = RunDir(run_dir)
     ctx = StudyContext(config=config, run=run, log=lambda _: None)
@@ -518,8 +533,12 @@ def test_dry_run_of_the_paper_setup_prints_plan_and_cost():
     assert "config OK" in result.output
     assert "EFLOP" in result.output  # sampling cost estimate
     assert "14 training runs" in result.output
-    lines = [line for line in result.output.splitlines() if "│" in line]
-    assert any("10" in line and "29" in line for line in lines)  # 27.2B/9.24B rounded: SE 10 vs WC 29
+    # By hand: 27.2B / 9.24B = 2.944, rounded: SE 1 -> WC 3 (2.94) and SE 10 -> WC 29 (29.44).
+    assert re.search(r"│\s+1 │\s+3 │", result.output) and re.search(r"│\s+10 │\s+29 │", result.output)
+    # The largest budget's cost: 7,500 problems x 29 WC samples x 1,024 tokens x 2 x 9.24e9 = 4.12e18 FLOPs;
+    # SE: 7,500 x 10 x 1,024 x 2 x 27.2e9 = 4.18e18.
+    assert re.search(r"217,500 │\s+222,720,000 │\s+4.12 EFLOP", result.output)
+    assert re.search(r"75,000 │\s+76,800,000 │\s+4.18 EFLOP", result.output)
 
 
 def test_dry_run_estimates_power_and_warns_when_5_percent_is_out_of_reach(tmp_path):
