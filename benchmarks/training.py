@@ -12,7 +12,7 @@
    qwen2.5-coder-0.5b-instruct``) on GSM8K train problems with their reference solutions (chat
    format), in a subprocess: seconds per step (first step apart), tokens/s and peak resident memory.
 
-    python benchmarks/training.py [--steps 60] [--repeats 2] [--qwen] [--qwen-steps 6]
+    python benchmarks/training.py [--steps 60] [--repeats 2] [--json OUT] [--qwen] [--qwen-steps 6]
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def run_flopmatch(data: Path, model: str, out: Path, steps: int) -> dict:
     return {"loop": result.seconds, "whole": whole, "steps": result.global_step, "tokens": result.tokens}
 
 
-def tiny_benchmark(steps: int, repeats: int) -> None:
+def tiny_benchmark(steps: int, repeats: int) -> dict:
     import torch
     import transformers
 
@@ -111,6 +111,7 @@ def tiny_benchmark(steps: int, repeats: int) -> None:
         outside = {name: min(s["whole"] - s["loop"] for s in r) for name, r in runs.items()}
         print("outside trainer.train() (set-up, tokenizing, records; least over repeats): "
               + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in outside.items()))
+        return {"steps": steps, "repeats": repeats, "runs": runs, "outside_loop_s": outside}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -183,13 +184,16 @@ def main() -> None:
     parser.add_argument("--qwen-steps", type=int, default=6)
     parser.add_argument("--qwen-batch", type=int, default=2)
     parser.add_argument("--qwen-max-length", type=int, default=384)
+    parser.add_argument("--json", type=Path, help="also write the tiny-model figures here")
     parser.add_argument("--qwen-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.qwen_child:
         qwen_child(args.qwen_steps, args.qwen_batch, args.qwen_max_length, args.qwen_child)
         return
     if not args.qwen_only:
-        tiny_benchmark(args.steps, args.repeats)
+        figures = tiny_benchmark(args.steps, args.repeats)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
     if args.qwen or args.qwen_only:
         qwen_benchmark(args.qwen_steps, args.qwen_batch, args.qwen_max_length)
 
