@@ -6,7 +6,6 @@ The tiny addition task and its model come from ``test_training`` (same builders,
 from __future__ import annotations
 
 import math
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -112,7 +111,40 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.train
-def test_evaluate_writes_rows_whose_grades_give_the_reported_metrics(trained):
+def _by_hand(greedy: str, samples: list[tuple[str, str | None]], k: int) -> dict[str, float]:
+    """The metric definitions, enumerated: pass@k is the share of all k-subsets of the samples with a
+    correct one (Chen et al. 2021); maj@k the mean, over the disjoint groups of k consecutive samples, of
+    the chance that a vote (ties split evenly, unanswered samples abstain) picks the right answer."""
+    from itertools import combinations
+
+    right = [status == "correct" for status, _ in samples]
+    subsets = list(combinations(range(len(samples)), k))
+    out = {"pass@1": float(greedy == "correct"), "sample_accuracy": sum(right) / len(right)}
+    out[f"pass@{k}"] = sum(any(right[i] for i in s) for s in subsets) / len(subsets)
+    groups = []
+    for start in range(0, len(samples) - k + 1, k):
+        votes: dict[str, int] = {}
+        for status, extracted in samples[start : start + k]:
+            answer = "right" if status == "correct" else "".join((extracted or "").split()).lower()
+            if answer:
+                votes[answer] = votes.get(answer, 0) + 1
+        winners = [a for a, c in votes.items() if votes and c == max(votes.values())]
+        groups.append(1 / len(winners) if "right" in winners else 0.0)
+    out[f"maj@{k}"] = sum(groups) / len(groups)
+    return out
+
+
+def test_metric_definitions_by_hand_on_a_small_case():
+    """The enumeration above agrees with values worked out on paper (so it can judge evaluate's)."""
+    samples = [("correct", "5"), ("wrong", "7"), ("wrong", "7"), ("no_answer", None)]
+    got = _by_hand("wrong", samples, 2)
+    # pairs: 6, of which 3 hold the correct sample -> 1/2; groups (5, 7): tie -> 1/2, (7, none) -> 0
+    assert got == {"pass@1": 0.0, "sample_accuracy": 0.25, "pass@2": 0.5, "maj@2": 0.25}
+    assert _by_hand("correct", samples, 4)["maj@4"] == 0.0  # 7 outvotes the right answer 2 to 1
+
+
+@pytest.mark.train
+def test_evaluate_writes_rows_whose_grades_give_the_reported_metrics(trained, monkeypatch):
     from test_training import HF
 
     out = trained.run.eval_path("tiny-test")
@@ -125,25 +157,31 @@ def test_evaluate_writes_rows_whose_grades_give_the_reported_metrics(trained):
     assert {r["mode"] for r in rows} == {"greedy", "sample"}
     assert {r["status"] for r in rows} <= {"correct", "wrong", "no_answer", "timeout", "error"}
     assert all(r["gold"] == p.answer for p in trained.test for r in rows if r["problem_id"] == p.problem_id)
-    # recompute every metric from the saved rows
+    # every metric, worked out from the saved rows by enumeration (not by the code under test)
     per_problem = []
     for p in trained.test:
         mine = [r for r in rows if r["problem_id"] == p.problem_id]
         greedy = next(r["status"] for r in mine if r["mode"] == "greedy")
         samples = sorted((r["sample_idx"], r["status"], r["extracted"]) for r in mine if r["mode"] == "sample")
         assert [s[0] for s in samples] == list(range(8))
-        per_problem.append(problem_metrics(greedy, [(s, e) for _, s, e in samples], ks=(1, 4, 8)))
+        pairs = [(s, e) for _, s, e in samples]
+        per_problem.append(_by_hand(greedy, pairs, 1) | _by_hand(greedy, pairs, 4) | _by_hand(greedy, pairs, 8))
     for name in ("pass@1", "maj@1", "maj@4", "maj@8", "pass@4", "pass@8", "sample_accuracy"):
         assert result.metrics[name] == pytest.approx(sum(v[name] for v in per_problem) / len(per_problem))
     assert "maj@16" not in result.metrics
     assert result.metrics["pass@1"] >= 0.8  # the trained model solves held-out problems
     assert result.summary_path.exists() and result.completion_tokens > 0 and result.seeding == "per-request"
 
-    # a repeated call is served from disk; a different setting is evaluated anew
-    started = time.perf_counter()
-    again = evaluate(trained.model, trained.test, backend="hf", n=8, ks=(1, 4, 8, 16), max_tokens=24,
-                     backend_options=HF, out_path=out)
-    assert time.perf_counter() - started < 2.0 and again.metrics == result.metrics and again.key == result.key
+    # a repeated call is served from disk (no engine, no grading); a different setting is evaluated anew
+    import flopmatch.backends
+    import flopmatch.grading
+
+    with monkeypatch.context() as patched:
+        for module, name in ((flopmatch.backends, "create_backend"), (flopmatch.grading, "grade_many")):
+            patched.setattr(module, name, lambda *a, **k: pytest.fail("a repeated evaluation ran again"))
+        again = evaluate(trained.model, trained.test, backend="hf", n=8, ks=(1, 4, 8, 16), max_tokens=24,
+                         backend_options=HF, out_path=out)  # fmt: skip
+    assert again.metrics == result.metrics and again.key == result.key
     greedy_only = evaluate(trained.model, trained.test, backend="hf", n=0, max_tokens=24, backend_options=HF,
                            out_path=out)
     assert set(greedy_only.metrics) == {"pass@1"} and greedy_only.metrics["pass@1"] == result.metrics["pass@1"]
