@@ -50,7 +50,7 @@ def pilot_subsets(pids: list[str], size: int, random_subsets: int, seed: int) ->
 
 
 def backtest_model(name, data, args) -> list[dict]:
-    from flopmatch.forecast import FAMILIES, fit_success, forecast_counts
+    from flopmatch.forecast import FAMILIES, fit_success, forecast_counts, forecast_pilot
     from flopmatch.forecast_run import measured_at, problem_counts
 
     full = data.max_samples
@@ -64,6 +64,8 @@ def backtest_model(name, data, args) -> list[dict]:
             counts = problem_counts(data, n, pids)
             fc = forecast_counts(counts, args.ks, model=name, n_boot=args.n_boot, seed=args.seed)
             forced = {f: fit_success(counts["n"], counts["c"], family=f) for f in FAMILIES}
+            own = {q.k: q for q in forecast_pilot(counts, [k for k in args.ks if k >= n], n_boot=args.n_boot,
+                                                  seed=args.seed).points}
             subset_truth = {k: measured_at(data, full, pids, k) for k in truth}
             for p in fc.points:
                 if p.k not in truth:
@@ -78,11 +80,21 @@ def backtest_model(name, data, args) -> list[dict]:
                     **{f"coverage_{f}": float(fit.coverage(p.k)) for f, fit in forced.items()},
                     "unique_true": uniq_true, "unique": p.unique_correct, "unique_low": p.unique_correct_low,
                     "unique_high": p.unique_correct_high, "unique_true_subset": subset_truth[p.k][1],
+                    **_pilot_fields(own.get(p.k)),
                     "seconds": time.perf_counter() - started,
                 })
             if not args.quiet:
                 print(f"  {name} {label} n={n}: {fc.fit.family}, {time.perf_counter() - started:.1f} s", flush=True)
     return rows
+
+
+def _pilot_fields(q) -> dict:
+    """The empirical-Bayes forecast for the pilot problems themselves (truth: *_true_subset)."""
+    if q is None:
+        return {}
+    return {"pilot_coverage": q.coverage, "pilot_coverage_low": q.coverage_low,
+            "pilot_coverage_high": q.coverage_high, "pilot_unique": q.unique_correct,
+            "pilot_unique_low": q.unique_correct_low, "pilot_unique_high": q.unique_correct_high}
 
 
 def _covered(low, value, high) -> bool:
@@ -122,8 +134,38 @@ def summarise(rows: list[dict]) -> list[dict]:
             "unique_bias": float(np.mean(uerr)) if uerr.size else None,
             "unique_interval_hit": float(np.mean([_covered(r["unique_low"], r["unique_true"], r["unique_high"])
                                                  for r in rs if r["unique"] is not None])) if uerr.size else None,
+            **_pilot_summary(rs),
         })
     return out
+
+
+def _pilot_summary(rs: list[dict]) -> dict:
+    rs = [r for r in rs if "pilot_coverage" in r]
+    if not rs:
+        return {}
+    err = np.array([r["pilot_coverage"] - r["coverage_true_subset"] for r in rs])
+    out = {"pilot_coverage_mae_pts": 100 * float(np.mean(np.abs(err))), "pilot_coverage_bias_pts": 100 * float(err.mean()),
+           "pilot_coverage_interval_hit": float(np.mean([_covered(r["pilot_coverage_low"], r["coverage_true_subset"],
+                                                                  r["pilot_coverage_high"]) for r in rs]))}
+    if rs[0]["pilot_unique"] is not None:
+        uerr = np.array([r["pilot_unique"] - r["unique_true_subset"] for r in rs])
+        out |= {"pilot_unique_mae": float(np.mean(np.abs(uerr))), "pilot_unique_bias": float(uerr.mean()),
+                "pilot_unique_interval_hit": float(np.mean([_covered(r["pilot_unique_low"], r["unique_true_subset"],
+                                                                     r["pilot_unique_high"]) for r in rs]))}
+    return out
+
+
+def pilot_markdown(summary: list[dict]) -> str:
+    lines = ["| n | k | pilots | coverage |err| (pts) | bias | interval covers | unique |err| | unique bias | "
+             "unique interval covers |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in summary:
+        if "pilot_coverage_mae_pts" not in s:
+            continue
+        u = (f"{s['pilot_unique_mae']:.2f} | {s['pilot_unique_bias']:+.2f} | {100 * s['pilot_unique_interval_hit']:.0f}%"
+             if "pilot_unique_mae" in s else "— | — | —")
+        lines.append(f"| {s['n']} | {s['k']} | {s['pilots']} | {s['pilot_coverage_mae_pts']:.1f} | "
+                     f"{s['pilot_coverage_bias_pts']:+.1f} | {100 * s['pilot_coverage_interval_hit']:.0f}% | {u} |")
+    return "\n".join(lines)
 
 
 def markdown(summary: list[dict]) -> str:
@@ -175,9 +217,13 @@ def main() -> None:
     result = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "summary": summarise(rows), "per_model": per_model, "rows": rows}
     args.out.write_text(json.dumps(result, indent=1, default=str))
-    print("\nall models:\n" + markdown(result["summary"]))
+    print("\nall models, forecast for the population (truth: all problems, S samples):\n" + markdown(result["summary"]))
     for m, s in per_model.items():
         print(f"\n{m}:\n" + markdown(s))
+    print("\nall models, forecast for the pilot problems themselves (--target pilot; truth: the same problems, "
+          "S samples):\n" + pilot_markdown(result["summary"]))
+    for m, s in per_model.items():
+        print(f"\n{m} (pilot problems):\n" + pilot_markdown(s))
     print(f"\nrows and settings: {args.out}")
 
 
