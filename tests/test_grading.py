@@ -257,10 +257,11 @@ PATHOLOGICAL = [
 
 
 def test_pathological_answers_come_back_within_the_limit_and_the_pool_goes_on() -> None:
-    """Power towers and huge factorials are recognised from the expression tree (no evaluation)."""
+    """Power towers and huge factorials are recognised from the expression tree (no evaluation), so they
+    come back as "too large" -- the reason says so -- instead of running into the (generous) limit."""
     pairs = [(PATHOLOGICAL[0], "5"), (r"\boxed{\frac{\sqrt{8}}{2}}", r"\sqrt{2}")]
     pairs += [(p, "5") for p in PATHOLOGICAL[1:]] + [(r"\boxed{\sqrt{3}}", r"\sqrt{2}")]
-    grades = grade_many(pairs, dataset="math", workers=2, timeout=2.0, progress=False)
+    grades = grade_many(pairs, dataset="math", workers=2, timeout=60.0, progress=False)
     assert (grades[1].status, grades[4].status) == ("correct", "wrong")
     for g in (grades[0], grades[2], grades[3]):
         assert g.status in ("timeout", "wrong"), g
@@ -292,16 +293,17 @@ def test_too_large_flags_towers_and_huge_factorials_but_not_competition_sized_nu
 
 
 def test_watchdog_kills_a_stuck_worker_and_hands_on_the_rest() -> None:
-    """With the in-worker alarm off, only the parent's watchdog can stop a sum of 10^5 terms that
-    sympy insists on adding up: it must kill the worker, record a timeout, and finish the task's
-    other answers on a fresh worker."""
+    """With the in-worker alarm off, only the parent's watchdog can stop a sum of 10^7 exact fractions
+    that sympy insists on adding up (it never finishes): it must kill the worker, record a timeout, and
+    finish the task's other answers on a fresh worker. The limit is generous for the answers that must
+    be graded (milliseconds each), so the statuses do not depend on the machine's speed."""
     pairs = [
         (r"\boxed{\frac{6}{2}}", "3"),
-        (r"\boxed{\sum_{k=1}^{100000}\frac{1}{k^2}}", "3"),
+        (r"\boxed{\sum_{k=1}^{10000000}\frac{1}{k^2}}", "3"),
         (r"\boxed{\sqrt{9}}", "3"),
         (r"\boxed{3.5}", "3"),
     ]
-    with WatchdogPool(workers=1, timeout=1.5, soft_fraction=None) as pool:
+    with WatchdogPool(workers=1, timeout=10.0, soft_fraction=None) as pool:
         grades = grade_many(pairs, dataset="math", progress=False, pool=pool)
         assert pool.kills == 1
     assert [g.status for g in grades] == ["correct", "timeout", "correct", "wrong"]
