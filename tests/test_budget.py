@@ -30,7 +30,7 @@ def _plan_cli(*args: str) -> dict:
 
     result = CliRunner().invoke(app, ["plan", *args, "--json"])
     assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+    return json.loads(result.stdout)  # the JSON alone: progress bars (a GGUF joined on first use) go to stderr
 
 
 def _counts(plan: dict) -> list[tuple[int, int]]:
@@ -240,12 +240,13 @@ def test_plan_for_models_reads_configs(tmp_path):
         (path / "config.json").write_text(json.dumps({**base, "num_hidden_layers": layers}))
         paths.append(str(path))
     plan = plan_for_models(paths[0], paths[1], [1, 10])
-    from flopmatch.modelinfo import count_parameters
-
-    small, large = count_parameters(paths[0]).total, count_parameters(paths[1]).total
-    assert plan.ratio == pytest.approx(large / small)
-    assert plan.wc.params == small and plan.wc.param_source.startswith("config:")
-    assert [b.wc_samples for b in plan.budgets] == [int(large / small), int(10 * large / small)]
+    # By hand: a layer has 4·64² attention + 3·64·128 MLP + 2·64 norm = 41,088 weights; the tied
+    # embedding 1000·64 = 64,000 and the final norm 64 come once (transformers builds the same counts).
+    small, large = 64_000 + 1 * 41_088 + 64, 64_000 + 9 * 41_088 + 64
+    assert (small, large) == (105_152, 433_856)
+    assert plan.ratio == pytest.approx(433_856 / 105_152)  # 4.126
+    assert plan.wc.params == small and plan.se.params == large and plan.wc.param_source.startswith("config:")
+    assert [b.wc_samples for b in plan.budgets] == [4, 41]  # floor(4.126), floor(41.26)
     # an override wins over the model
     assert plan_for_models(paths[0], paths[1], [1], wc_params=large).budgets[0].wc_samples == 1
 
