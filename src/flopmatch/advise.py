@@ -399,6 +399,16 @@ ADVICE_FILE = "advice.json"
 FRONTIER_FILE = "advice_frontier.png"
 
 
+@dataclass(frozen=True)
+class BudgetOptions:
+    """The budget as asked for: exactly one of these (see :func:`flopmatch.pilot.resolve_budget`)."""
+
+    flops: float | None = None
+    dollars: float | None = None
+    seconds: float | None = None
+    match: str | None = None
+
+
 def advise(
     run_dir: str | Path,
     models: Sequence[str | PilotModelSpec],
@@ -410,74 +420,95 @@ def advise(
     budget_dollars: float | None = None,
     budget_seconds: float | None = None,
     match: str | None = None,
-    prices: dict[str, float] | None = None,
-    fprs: dict[str, float] | None = None,
     objective: str = "coverage",
     step: float = DEFAULT_STEP,
     n_boot: int = 200,
     seed: int = 0,
-    sampling_params: Any = None,
-    prompt: Any = None,
-    grade_workers: int | None = None,
-    progress: bool = True,
-    log: Any = None,
+    **pilot_options: Any,
 ) -> Advice:
     """Run (or resume) the pilot in ``run_dir``, forecast, recommend; writes advice.json and the frontier plot.
 
     ``models``: references (registry name, directory, hub id) sampled with the vllm backend, or
-    :class:`~flopmatch.pilot.PilotModelSpec` for another backend. Without ``pilot_problems`` the pilot
-    starts on a seeded subset of ``MIN_PILOT_PROBLEMS`` problems, measures what a sample costs, and grows
-    (nested) to the most problems that keep its cost within a tenth of the budget.
+    :class:`~flopmatch.pilot.PilotModelSpec` for another backend. ``pilot_options`` go to
+    :func:`run_pilot` (prices, fprs, sampling_params, prompt, grade_workers, progress, log).
     """
-    log = log or (lambda _msg: None)
-    specs = [m if isinstance(m, PilotModelSpec) else PilotModelSpec(model=m) for m in models]
-    if len(specs) < 1:
-        raise AdviseError("give at least one --model")
-    if pilot_samples < 1:
-        raise AdviseError(f"--pilot-samples must be >= 1, got {pilot_samples}")
-    problems = list(problems)
-    if not problems:
-        raise AdviseError("no problems to advise on")
-    _check_names(specs, prices or {}, "--price")
-    _check_names(specs, fprs or {}, "--fpr")
-    budget_unit(
-        flops=budget_flops,
-        dollars=budget_dollars,
-        seconds=budget_seconds,
-        match=match,
-        priced=all(lookup(prices or {}, s) is not None for s in specs),
-    )
-    options = dict(samples=pilot_samples, sampling_params=sampling_params, prompt=prompt, progress=progress)
-
-    def measured(size: int) -> tuple[list[PilotModel], Budget, list[Problem]]:
-        subset = pilot_subset(problems, size, seed)
-        log(f"pilot: {len(subset)} problems × {pilot_samples} samples per model")
-        sample_pilot(run_dir, specs, subset, **options)
-        grade_run(run_dir, workers=grade_workers, progress=progress)
-        ids = [p.problem_id for p in subset]
-        pilots = load_pilot(run_dir, specs, ids, pilot_samples, prices=prices, fprs=fprs)
-        budget = resolve_budget(
-            flops=budget_flops,
-            dollars=budget_dollars,
-            seconds=budget_seconds,
-            match=match,
-            pilots=pilots,
-            n_problems=len(problems),
-        )
-        return pilots, budget, subset
-
-    size = pilot_problems or min(len(problems), MIN_PILOT_PROBLEMS)
-    pilots, budget, subset = measured(size)
-    if pilot_problems is None:
-        per_problem = pilot_samples * sum(p.cost.per_sample(budget.unit) for p in pilots)
-        target = min(len(problems), max(size, int(TARGET_PILOT_FRACTION * budget.amount / per_problem)))
-        if target > size:
-            pilots, budget, subset = measured(target)
+    budget_options = BudgetOptions(budget_flops, budget_dollars, budget_seconds, match)
+    pilots, budget = run_pilot(
+        run_dir, models, problems, budget=budget_options, pilot_samples=pilot_samples,
+        pilot_problems=pilot_problems, seed=seed, **pilot_options,
+    )  # fmt: skip
     advice = advise_from_pilot(
         pilots, budget, n_problems=len(problems), objective=objective, step=step, n_boot=n_boot, seed=seed
     )
     write_advice(advice, run_dir)
     return advice
+
+
+def run_pilot(
+    run_dir: str | Path,
+    models: Sequence[str | PilotModelSpec],
+    problems: Sequence[Problem],
+    *,
+    budget: BudgetOptions,
+    pilot_samples: int = 4,
+    pilot_problems: int | None = None,
+    seed: int = 0,
+    prices: dict[str, float] | None = None,
+    fprs: dict[str, float] | None = None,
+    sampling_params: Any = None,
+    prompt: Any = None,
+    grade_workers: int | None = None,
+    grade_timeout: float = 5.0,
+    progress: bool = True,
+    log: Any = None,
+) -> tuple[list[PilotModel], Budget]:
+    """Sample and grade the pilot (resumable), then read each model's counts and costs and price the budget.
+
+    Without ``pilot_problems`` the pilot starts on a seeded subset of ``MIN_PILOT_PROBLEMS`` problems,
+    measures what a sample costs, and grows (nested) to the most problems that keep its cost within a
+    tenth of the budget.
+    """
+    log = log or (lambda _msg: None)
+    specs = [m if isinstance(m, PilotModelSpec) else PilotModelSpec(model=m) for m in models]
+    problems = list(problems)
+    if not specs or not problems:
+        raise AdviseError("give at least one model and one problem")
+    if pilot_samples < 1:
+        raise AdviseError(f"--pilot-samples must be >= 1, got {pilot_samples}")
+    _check_names(specs, prices or {}, "--price")
+    _check_names(specs, fprs or {}, "--fpr")
+    if budget.match is not None:  # a misspelt model fails before the pilot spends anything
+        name, _ = parse_match(budget.match)
+        if not any(name in model_names(s) for s in specs):
+            raise AdviseError(f"--match {budget.match!r}: {name!r} is not one of the models "
+                              f"({', '.join(s.model for s in specs)})")  # fmt: skip
+    priced = all(lookup(prices or {}, s) is not None for s in specs)
+    budget_unit(
+        flops=budget.flops, dollars=budget.dollars, seconds=budget.seconds, match=budget.match, priced=priced
+    )
+
+    def measured(size: int) -> tuple[list[PilotModel], Budget]:
+        subset = pilot_subset(problems, size, seed)
+        log(f"pilot: {len(subset)} problems × {pilot_samples} samples per model")
+        sample_pilot(run_dir, specs, subset, samples=pilot_samples, sampling_params=sampling_params, prompt=prompt,
+                     progress=progress)  # fmt: skip
+        grade_run(run_dir, workers=grade_workers, timeout=grade_timeout, progress=progress)
+        ids = [p.problem_id for p in subset]
+        pilots = load_pilot(run_dir, specs, ids, pilot_samples, prices=prices, fprs=fprs)
+        priced_budget = resolve_budget(flops=budget.flops, dollars=budget.dollars, seconds=budget.seconds,
+                                       match=budget.match, pilots=pilots, n_problems=len(problems))  # fmt: skip
+        return pilots, priced_budget
+
+    size = min(len(problems), pilot_problems or MIN_PILOT_PROBLEMS)
+    pilots, priced_budget = measured(size)
+    if pilot_problems is None:
+        per_problem = pilot_samples * sum(p.cost.per_sample(priced_budget.unit) for p in pilots)
+        target = min(
+            len(problems), max(size, int(TARGET_PILOT_FRACTION * priced_budget.amount / per_problem))
+        )
+        if target > size:
+            pilots, priced_budget = measured(target)
+    return pilots, priced_budget
 
 
 def _check_names(specs: Sequence[PilotModelSpec], table: dict[str, float], option: str) -> None:

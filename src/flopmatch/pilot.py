@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from flopmatch.problems import Problem, select_subset
@@ -159,39 +160,47 @@ def pilot_counts(run_dir: str | Path, model: str, problem_ids: Sequence[str], sa
     Reads ``grades/<model>.parquet`` (run ``grade_run`` first) and the sample texts of correct samples.
     A pilot problem with fewer than ``samples`` graded samples is an error naming the file.
     """
-    from flopmatch.metrics import normalize_solution
+    table = graded_solutions(run_dir, model, problem_ids, samples)
+    short = table[table["n"] < samples]
+    if len(short):
+        raise PilotError(
+            f"{RunDir(run_dir).grades_path(model)}: problem {short['problem_id'].iloc[0]!r} has "
+            f"{int(short['n'].iloc[0])} graded samples with sample_idx < {samples} ({len(short)} pilot problems "
+            "are short); sample and grade the pilot first"
+        )
+    table["unique_correct"] = table["multiplicities"].map(len).astype(int)
+    return table[["problem_id", "n", "c", "unique_correct", "tokens"]]
+
+
+def graded_solutions(
+    run_dir: str | Path, model: str, problem_ids: Sequence[str], samples: int | None = None
+) -> pd.DataFrame:
+    """Per problem (in the given order): n graded samples (sample_idx < ``samples`` if given), c correct,
+    the multiplicities of the distinct correct solutions (normalised texts) and the generated tokens.
+    A problem with no graded sample has n = 0."""
+    from flopmatch.metrics import multiplicities, normalize_solution
 
     run = RunDir(run_dir)
     grades_path = run.grades_path(model)
     if not grades_path.exists():
-        raise PilotError(f"{grades_path}: no grades for {model}; the pilot must be graded first")
+        raise PilotError(f"{grades_path}: no grades for {model}; grade the samples first")
     wanted = set(problem_ids)
+    limit = samples if samples is not None else np.iinfo(np.int64).max
     grades = read_table(grades_path, columns=["problem_id", "sample_idx", "status"]).to_pandas()
-    grades = grades[grades["problem_id"].isin(wanted) & (grades["sample_idx"] < samples)]
-    texts = _sample_rows(run, model, wanted, samples)
+    grades = grades[grades["problem_id"].isin(wanted) & (grades["sample_idx"] < limit)]
+    texts = _sample_rows(run, model, wanted, limit)
     merged = grades.merge(texts, on=["problem_id", "sample_idx"], how="left", validate="one_to_one")
-    merged["correct"] = merged["status"] == "correct"
+    correct = merged["status"] == "correct"
     merged["norm"] = [
-        normalize_solution(t or "") if ok else None
-        for t, ok in zip(merged["text"], merged["correct"], strict=True)
+        normalize_solution(t or "") if ok else None for t, ok in zip(merged["text"], correct, strict=True)
     ]
-    table = merged.groupby("problem_id", sort=False).agg(
-        n=("sample_idx", "count"),
-        c=("correct", "sum"),
-        unique_correct=("norm", lambda s: s.dropna().nunique()),
-        tokens=("completion_tokens", "sum"),
-    )
-    table = table.reindex(list(dict.fromkeys(problem_ids)))
-    short = table[table["n"].fillna(0) < samples]
-    if len(short):
-        pid = short.index[0]
-        have = 0 if pd.isna(short["n"].iloc[0]) else int(short["n"].iloc[0])
-        raise PilotError(
-            f"{grades_path}: problem {pid!r} has {have} graded samples with sample_idx < {samples} "
-            f"({len(short)} pilot problems are short); sample and grade the pilot first"
-        )
-    table = table.reset_index().astype({"n": int, "c": int, "unique_correct": int, "tokens": "int64"})
-    return table[["problem_id", "n", "c", "unique_correct", "tokens"]]
+    merged["correct"] = correct
+    grouped = merged.groupby("problem_id", sort=False)
+    table = grouped.agg(n=("sample_idx", "count"), c=("correct", "sum"), tokens=("completion_tokens", "sum"))
+    table = table.reindex(list(dict.fromkeys(problem_ids))).fillna({"n": 0, "c": 0, "tokens": 0})
+    groups = {pid: multiplicities(norms.dropna()) for pid, norms in grouped["norm"]}
+    table["multiplicities"] = [groups.get(pid, []) for pid in table.index]
+    return table.reset_index().astype({"n": int, "c": int, "tokens": "int64"})
 
 
 def _sample_rows(run: RunDir, model: str, wanted: set[str], samples: int) -> pd.DataFrame:

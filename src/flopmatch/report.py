@@ -1028,7 +1028,7 @@ def _paradigm_figure(
 
 def _stages_section(data: RunData) -> Section:
     rows = []
-    order = ("problems", "plan", "sample", "grade", "judge", "analyze", "sft", "train", "eval", "report")
+    order = ("problems", "plan", "pilot", "sample", "grade", "judge", "analyze", "sft", "train", "eval", "report")
     for name in sorted(data.stages, key=lambda n: order.index(n) if n in order else len(order)):
         entry = data.stages[name]
         if ":" in name:
@@ -1048,6 +1048,36 @@ def _stages_section(data: RunData) -> Section:
     return Section("Stages", [Table(["stage", "status", "took", "finished"], rows, numeric={2})])
 
 
+def _pilot_section(data: RunData) -> Section | None:
+    """budget.mode advised: each budget's pilot forecasts next to what the full sample set measured."""
+    from flopmatch.study.pilot import forecast_vs_measured
+
+    frame = forecast_vs_measured(data.run.root)
+    if frame is None or frame.empty:
+        return None
+    pct = frame["objective"].iloc[0] == "coverage"
+    value = fmt_pct if pct else fmt_num
+    rows = [
+        [
+            f"SE {r.budget_se_samples} vs WC {r.budget_wc_samples}",
+            f"{r.allocation}{' (advised)' if r.role == 'advised' else ''}",
+            value(r.forecast),
+            fmt_ci(r.forecast_low, r.forecast_high, pct),
+            value(r.measured),
+            fmt_ci(r.measured_low, r.measured_high, pct),
+            "yes" if r.forecast_low <= r.measured <= r.forecast_high else "no",
+        ]
+        for r in frame.itertuples()
+    ]
+    caption = (
+        f"{frame['objective'].iloc[0]} forecast by `flopmatch advise` from the pilot stage's samples (intervals: "
+        "bootstrap over pilot problems) and measured on the whole sample split (unbiased estimate at the same "
+        "samples per problem; bootstrap over problems). Advice and frontier plots: pilot/advice.json, pilot/*.png."
+    )
+    columns = ["budget", "allocation", "forecast", "95% CI", "measured", "95% CI", "measured within forecast CI"]
+    return Section("Pilot forecast vs measured", [Table(columns, rows, caption=caption, numeric={2, 3, 4, 5})])
+
+
 def build_document(data: RunData, figures_dir: Path | None = None) -> Report:
     cfg = data.config or {}
     title = f"flopmatch study: {cfg.get('name', data.run.root.name)}"
@@ -1062,6 +1092,9 @@ def build_document(data: RunData, figures_dir: Path | None = None) -> Report:
     levels = _levels_section(data)
     if levels is not None:
         sections.append(levels)
+    pilot = _pilot_section(data)
+    if pilot is not None:
+        sections.append(pilot)
     sections.append(_paradigm_section(data, figures_dir))
     sections.append(_stages_section(data))
     return Report(

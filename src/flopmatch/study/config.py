@@ -157,10 +157,26 @@ class ModelsConfig(_Section):
     se: ModelSpec = Field(description="the strong-expensive model")
 
 
-class BudgetConfig(_Section):
-    mode: Literal["flops", "price", "number", "measured"] = Field(
-        "flops", description="how budgets are matched: flops, price, number or measured"
+class PilotConfig(_Section):
+    """budget.mode `advised`: the pilot `flopmatch advise` decides from (see flopmatch.advise)."""
+
+    samples: PositiveInt = Field(4, description="pilot samples per problem from each model")
+    problems: PositiveInt | None = Field(
+        None, description="pilot problems (a seeded subset); default: a tenth of the largest budget or less"
     )
+    objective: Literal["coverage", "unique", "valid-unique"] = Field(
+        "coverage", description="what the advice maximises: coverage, unique or valid-unique"
+    )
+    n_boot: PositiveInt = Field(200, description="bootstrap resamples of the pilot problems")
+
+
+class BudgetConfig(_Section):
+    mode: Literal["flops", "price", "number", "measured", "advised"] = Field(
+        "flops",
+        description="how budgets are matched: flops, price, number, measured, or advised (flops-matched, "
+        "plus a pilot stage whose advice is sampled and reported)",
+    )
+    pilot: PilotConfig = Field(default_factory=PilotConfig, description="the pilot of budget.mode `advised`")
     se_samples: list[PositiveInt] = Field(
         default_factory=lambda: [1, 10], description="SE samples per problem at each budget, e.g. [1, 10]"
     )
@@ -180,6 +196,11 @@ class BudgetConfig(_Section):
         if len(set(value)) != len(value):
             raise ValueError(f"budgets must be distinct, got {value}")
         return sorted(value)
+
+    @property
+    def matching(self) -> str:
+        """The plan's matching mode: an advised study compares WC and SE at matched FLOPs."""
+        return "flops" if self.mode == "advised" else self.mode
 
 
 class SamplingConfig(_Section):

@@ -94,7 +94,7 @@ def dry_run(config: StudyConfig, run_dir: str | Path | None = None) -> DryRun:
             options.setdefault("wc_price", config.models.wc.price_per_token)
             options.setdefault("se_price", config.models.se.price_per_token)
         plan = plan_budgets(
-            mode=config.budget.mode, se_samples=config.budget.se_samples, wc_params=params["wc"][0],
+            mode=config.budget.matching, se_samples=config.budget.se_samples, wc_params=params["wc"][0],
             se_params=params["se"][0], rounding=config.budget.rounding, n_problems=problems["sample"][0],
             wc_name=config.models.wc.model, se_name=config.models.se.model, **options,
         )  # fmt: skip

@@ -32,6 +32,7 @@ from flopmatch.study.stages import STAGE_RUNNERS, _train_config
 STAGES: tuple[str, ...] = (
     "problems",
     "plan",
+    "pilot",
     "sample",
     "grade",
     "judge",
@@ -73,6 +74,8 @@ class StageStatus:
 
 
 def _enabled(config: StudyConfig, stage: str) -> tuple[bool, str]:
+    if stage == "pilot" and config.budget.mode != "advised":
+        return False, "budget.mode is not advised"
     if stage == "judge" and not config.judge.enabled:
         return False, "judge.enabled is false"
     if stage in ("sft", "train", "eval") and not config.training.enabled:
@@ -87,7 +90,8 @@ def _needs(config: StudyConfig, stage: str) -> tuple[str, ...]:
     return {
         "problems": (),
         "plan": ("problems",),
-        "sample": ("problems", "plan"),
+        "pilot": ("problems", "plan"),
+        "sample": ("problems", "plan") + (("pilot",) if config.budget.mode == "advised" else ()),
         "grade": ("sample",),
         "judge": ("grade",),
         "analyze": ("plan", "grade", *judge),
@@ -107,13 +111,15 @@ def _stage_config(config: StudyConfig, stage: str) -> Any:
             return {"problems": config.problems, "seed": config.seed}
         case "plan":
             return {
-                "budget": config.budget,
+                "budget": config.budget.model_dump(mode="json", exclude={"pilot"}),  # the pilot: its own stage
                 "models": {
                     r: {"model": m.model, "params": m.params, "price": m.price_per_token, "label": m.label}
                     for r, m in (("wc", models.wc), ("se", models.se))
                 },
                 "student": config.paradigms.student.model if config.paradigms.student else None,
             }
+        case "pilot":
+            return {"budget": config.budget, "models": models, "sampling": config.sampling, "seed": config.seed}
         case "sample":
             return {"models": models, "sampling": config.sampling, "seed": config.seed}
         case "grade":
@@ -157,6 +163,8 @@ def _outputs(ctx: StudyContext, stage: str) -> list[Path]:
             return [run.problems_path(r) for r in PROBLEM_ROLES]
         case "plan":
             return [run.plan_path, run.root / ROLES_FILE]
+        case "pilot":
+            return [run.root / "pilot" / "advice.json"]
         case "sample":
             return [run.root / "samples" / k for k in keys]
         case "grade":

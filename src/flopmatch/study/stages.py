@@ -22,6 +22,7 @@ from flopmatch.study.context import (
     fingerprint,
 )
 from flopmatch.study.jobs import sft_sets, train_jobs
+from flopmatch.study.pilot import stage_pilot
 
 # --------------------------------------------------------------------------- stages
 
@@ -194,7 +195,7 @@ def _stage_plan(ctx: StudyContext) -> dict[str, Any]:
         options.setdefault("wc_price", config.models.wc.price_per_token)
         options.setdefault("se_price", config.models.se.price_per_token)
     common = dict(
-        mode=config.budget.mode, wc_params=roles["wc"]["params"], se_params=roles["se"]["params"],
+        mode=config.budget.matching, wc_params=roles["wc"]["params"], se_params=roles["se"]["params"],
         rounding=config.budget.rounding, n_problems=n_problems,
     )  # fmt: skip
     if "ledger" in options:  # measured mode from a calibration run's ledger
@@ -212,14 +213,10 @@ def _stage_plan(ctx: StudyContext) -> dict[str, Any]:
     return {"summary": f"ratio {plan.ratio:.2f}: {pairs} per problem"}
 
 
-def _stage_sample(ctx: StudyContext) -> dict[str, Any]:
+def sampling_settings(config: StudyConfig, problems: list[Any]) -> tuple[Any, Any]:
+    """The study's SamplingParams and prompt (None: each dataset's default); the pilot stage uses the same."""
     from flopmatch.backends.base import SamplingParams
-    from flopmatch.sampling import SamplingConfigMismatch, sample
 
-    config = ctx.config
-    problems = ctx.problems("sample")
-    counts = {"wc": max(w for _, w in ctx.budgets()), "se": max(s for s, _ in ctx.budgets())}
-    roles = ctx.roles()
     prompt = (
         _prompt_config(config, problems[0].dataset) if config.sampling.prompt else None
     )  # None: per dataset
@@ -229,6 +226,21 @@ def _stage_sample(ctx: StudyContext) -> dict[str, Any]:
         max_tokens=config.sampling.max_tokens,
         stop=tuple(config.sampling.stop),
     )
+    return params, prompt
+
+
+def _stage_sample(ctx: StudyContext) -> dict[str, Any]:
+    from flopmatch.sampling import SamplingConfigMismatch, sample
+
+    config = ctx.config
+    problems = ctx.problems("sample")
+    counts = {"wc": max(w for _, w in ctx.budgets()), "se": max(s for s, _ in ctx.budgets())}
+    if config.budget.mode == "advised":  # also what the pilot's advice asked for (flopmatch.study.pilot)
+        from flopmatch.study.pilot import advised_samples
+
+        counts = {role: max(count, advised_samples(ctx.run, role)) for role, count in counts.items()}
+    roles = ctx.roles()
+    params, prompt = sampling_settings(config, problems)
     done: dict[str, Any] = {}
     for role in ("wc", "se"):
         spec: ModelSpec = getattr(config.models, role)
@@ -587,6 +599,7 @@ def _stage_report(ctx: StudyContext) -> dict[str, Any]:
 STAGE_RUNNERS = {
     "problems": _stage_problems,
     "plan": _stage_plan,
+    "pilot": stage_pilot,
     "sample": _stage_sample,
     "grade": _stage_grade,
     "judge": _stage_judge,

@@ -1,0 +1,351 @@
+"""flopmatch advise: option parsing, the allocation maths, the decision, and the pilot end to end on the
+toy-world models (hf backend), from the CLI and inside a study (budget.mode: advised)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flopmatch.advise import (
+    MIN_PILOT_PROBLEMS,
+    AdviseError,
+    Budget,
+    advise_from_pilot,
+    parse_match,
+    parse_model_values,
+)
+from flopmatch.forecast import fit_success
+from flopmatch.metrics import pass_at_k
+from flopmatch.mixture import AllocationError, Forecaster, prefix_miss, samples_for, share_grid
+from flopmatch.pilot import ModelCost, PilotError, PilotModel, resolve_budget
+from flopmatch.store import RunDir, read_shards
+
+# --------------------------------------------------------------------------- options
+
+
+def test_model_values_parse_and_bad_items_name_the_option():
+    assert parse_model_values(["a=1.5", "org/m=2"], "--price") == {"a": 1.5, "org/m": 2.0}
+    for item, fragment in (("a", "MODEL=NUMBER"), ("a=x", "'x' is not a number"), ("=3", "MODEL=NUMBER"),
+                           ("a=-1", ">= 0"), ("a=nan", ">= 0")):  # fmt: skip
+        with pytest.raises(PilotError, match=fragment) as info:
+            parse_model_values([item], "--price")
+        assert "--price" in str(info.value)
+    with pytest.raises(PilotError, match="between 0 and 1"):
+        parse_model_values(["a=1.5"], "--fpr", upper=1.0)
+
+
+def test_match_parses_and_bad_values_fail_clearly():
+    assert parse_match("toyworld-se:10") == ("toyworld-se", 10)
+    assert parse_match("C:/models/x:3") == ("C:/models/x", 3)
+    for text, fragment in (("se", "MODEL:SAMPLES"), ("se:x", "not a whole number"), ("se:0", ">= 1"),
+                           (":3", "MODEL:SAMPLES")):  # fmt: skip
+        with pytest.raises(PilotError, match=fragment):
+            parse_match(text)
+
+
+# --------------------------------------------------------------------------- allocation maths
+
+
+def test_share_grid_and_samples_for():
+    grid = share_grid(2, 0.25)
+    assert grid == [(0.0, 1.0), (0.25, 0.75), (0.5, 0.5), (0.75, 0.25), (1.0, 0.0)]
+    assert len(share_grid(3, 0.1)) == 66  # the simplex at 10% steps
+    assert all(abs(sum(s) - 1) < 1e-12 for s in share_grid(3, 0.1))
+    with pytest.raises(ValueError, match="divide 100%"):
+        share_grid(2, 0.3)
+    # 100 problems, budget 3000: 30 per problem; costs 1 and 3 per sample
+    assert samples_for((0.5, 0.5), 3000, 100, (1.0, 3.0)) == (15, 5)
+    assert samples_for((1.0, 0.0), 2999, 100, (1.0, 3.0)) == (29, 0)  # rounded down, never over budget
+
+
+def test_prefix_miss_is_the_unbiased_miss_within_the_pilot_and_the_posterior_beyond():
+    n = np.array([8, 8, 8, 8])
+    c = np.array([0, 1, 5, 8])
+    fit = fit_success(np.array([8] * 6), np.array([0, 1, 2, 5, 8, 3]), family="beta-binomial")
+    for k in (1, 3, 8):
+        expected = [1 - pass_at_k(8, int(ci), k) for ci in c]
+        assert np.allclose(prefix_miss(n, c, k, fit), expected)
+    beyond = prefix_miss(n, c, 20, fit)
+    assert np.all(beyond[1:] == 0)  # a solved problem stays covered
+    assert np.isclose(beyond[0], fit.posterior_miss(8, 0, 12))
+    assert np.all(prefix_miss(n, c, 0, fit) == 1)
+
+
+def _pilot(
+    name: str, counts: np.ndarray, n: int, *, params: int = 1000, tokens: int = 10, uniques=None
+) -> PilotModel:
+    frame = pd.DataFrame({
+        "problem_id": [f"p{i}" for i in range(len(counts))], "n": n, "c": counts,
+        "unique_correct": counts if uniques is None else uniques, "tokens": tokens * n,
+    })  # fmt: skip
+    cost = ModelCost(name, samples=n * len(counts), completion_tokens=tokens * n * len(counts), seconds=1.0,
+                     params=params)  # fmt: skip
+    return PilotModel(name, frame, cost)
+
+
+def _simulated(p: np.ndarray, n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).binomial(n, p)
+
+
+def test_single_model_coverage_is_the_exact_expectation_under_the_fit():
+    rng = np.random.default_rng(1)
+    p = rng.beta(0.4, 1.5, 60)
+    pilot = _pilot("m", _simulated(p, 6, 2), 6)
+    forecaster = Forecaster([pilot], n_problems=200, n_boot=20)
+    fit = forecaster.models[0].fit
+    n, c = forecaster.models[0].n, forecaster.models[0].c
+    for k in (3, 6, 40):
+        point, boot = forecaster.evaluate([(k,)])
+        prefix = prefix_miss(n, c, k, fit).sum()
+        fresh = fit.posterior_miss(n, c, k).mean()
+        assert np.isclose(point[0], 1 - (prefix + 140 * fresh) / 200)
+        assert boot.shape == (20, 1)
+    # all problems in the pilot and k <= n: exactly the unbiased estimate of coverage@k
+    whole = Forecaster([pilot], n_problems=60, n_boot=5)
+    expected = np.mean([pass_at_k(6, int(ci), 4) for ci in pilot.counts["c"]])
+    assert np.isclose(whole.evaluate([(4,)])[0][0], expected)
+
+
+def test_mixture_keeps_the_correlation_between_models():
+    """Two models that fail on the same problems gain nothing from mixing; independent ones would."""
+    rng = np.random.default_rng(3)
+    p = np.where(
+        rng.random(80) < 0.5, 0.0, rng.beta(3, 2, 80)
+    )  # half the problems unsolvable by either model
+    a, b = _pilot("a", _simulated(p, 8, 4), 8), _pilot("b", _simulated(p, 8, 5), 8)
+    forecaster = Forecaster([a, b], n_problems=80, n_boot=10)
+    (alone_a, mixed), _ = forecaster.evaluate([(16, 0), (8, 8)])
+    assert mixed <= alone_a + 0.03  # an independence assumption would forecast about +25 points here
+
+
+def test_advice_picks_the_clearly_better_model_and_says_so():
+    rng = np.random.default_rng(7)
+    weak = _pilot("weak", _simulated(rng.beta(0.3, 3.0, 100), 4, 8), 4)
+    strong = _pilot("strong", _simulated(rng.beta(2.0, 1.0, 100), 4, 9), 4)
+    budget = Budget(100 * 10 * strong.cost.per_sample("flops"), "flops", "test")
+    advice = advise_from_pilot([weak, strong], budget, n_problems=1000, n_boot=100)
+    assert advice.best.models == ["strong"]
+    assert advice.decision.decided and advice.decision.difference_low > 0
+    assert advice.sentence.startswith("Sample strong ×1")
+    data = advice.to_dict()
+    assert data["recommendation"]["model"] == "strong"
+    assert data["pilot"]["problems"] == 100 and data["pilot"]["samples_per_problem"] == 4
+    # the pilot (100 × 4 from each, same cost per sample) against a budget of 1000 problems × 1 of strong
+    assert np.isclose(data["pilot"]["fraction_of_budget"], 800 / 1000)
+    assert len(data["candidates"]) == len({tuple(c["samples"].values()) for c in data["candidates"]})
+
+
+def test_advice_that_cannot_decide_says_how_much_more_pilot_would():
+    rng = np.random.default_rng(11)
+    p = rng.beta(0.5, 1.0, 40)
+    a, b = _pilot("a", _simulated(p, 4, 1), 4), _pilot("b", _simulated(p * 0.97, 4, 2), 4)
+    budget = Budget(1000 * 8 * a.cost.per_sample("flops"), "flops", "test")
+    advice = advise_from_pilot([a, b], budget, n_problems=1000, n_boot=100, step=0.5)
+    assert not advice.decision.decided
+    assert advice.sentence.startswith("The pilot cannot decide between")
+    more = advice.decision.more_pilot_problems
+    if more is not None:  # a positive gap: the interval shrinks like 1/sqrt(problems)
+        assert more >= 1 and f"about {more} more pilot problems" in advice.sentence
+    else:
+        assert "about as good" in advice.sentence
+
+
+def test_a_budget_that_buys_nothing_and_a_missing_fpr_are_errors():
+    a = _pilot("a", np.array([1, 2, 0]), 4)
+    with pytest.raises(AdviseError, match="does not buy one sample per problem"):
+        advise_from_pilot([a], Budget(1.0, "flops", "test"), n_problems=3, n_boot=5)
+    with pytest.raises(AllocationError, match="--fpr a=x"):
+        Forecaster([a], n_problems=3, objective="valid-unique", n_boot=5)
+    with pytest.raises(PilotError, match="exactly one budget"):
+        resolve_budget(flops=1.0, dollars=None, seconds=None, match="a:1", pilots=[a], n_problems=3)
+    with pytest.raises(PilotError, match="not one of the models"):
+        resolve_budget(flops=None, dollars=None, seconds=None, match="b:1", pilots=[a], n_problems=3)
+
+
+def test_valid_unique_discounts_each_model_by_its_fpr():
+    counts = np.array([4, 3, 2, 1, 0, 4])
+    a = _pilot("a", counts, 4)
+    b = PilotModel("b", a.counts.copy(), ModelCost("b", 24, 240, 1.0, 1000), fpr=0.5)
+    a = PilotModel("a", a.counts, a.cost, fpr=0.0)
+    forecaster = Forecaster([a, b], n_problems=6, objective="valid-unique", n_boot=5)
+    (only_a, only_b), _ = forecaster.evaluate([(8, 0), (0, 8)])
+    assert np.isclose(only_b, 0.5 * only_a)
+
+
+def _fake_graded_run(root: Path) -> Path:
+    """Problem a: four correct samples, two texts equal after normalisation; b: two correct, distinct."""
+    import pyarrow as pa
+
+    from flopmatch.grading.run import GRADE_SCHEMA
+    from flopmatch.sampling import SAMPLE_SCHEMA
+    from flopmatch.store import append_shard, write_table
+
+    run = RunDir(root).ensure()
+    samples, grades = [], []
+    for pid in ("a", "b"):
+        for i in range(4):
+            text = ("x = 1" if i % 2 else "x=1 ") if pid == "a" else f"step {i}"
+            samples.append({"model": "m", "problem_id": pid, "sample_idx": i, "seed": 0, "text": text,
+                            "prompt_tokens": 1, "completion_tokens": 10 + i, "finish_reason": "stop",
+                            "backend": "hf", "seeding": "per-request", "seconds": 0.5, "session_id": "s"})  # fmt: skip
+            status = "correct" if pid == "a" or i < 2 else "wrong"
+            grades.append({"model": "m", "problem_id": pid, "sample_idx": i, "status": status, "extracted": "1",
+                           "gold": "1", "detail": ""})  # fmt: skip
+    run.samples_dir("m").mkdir(parents=True)
+    append_shard(run.samples_dir("m"), pa.Table.from_pylist(samples, schema=SAMPLE_SCHEMA))
+    write_table(pa.Table.from_pylist(grades, schema=GRADE_SCHEMA), run.grades_path("m"))
+    return run.root
+
+
+def test_pilot_counts_and_cost_come_from_the_prefix_of_the_graded_samples(tmp_path):
+    from flopmatch.pilot import graded_solutions, pilot_cost, pilot_counts
+
+    root = _fake_graded_run(tmp_path / "run")
+    counts = pilot_counts(root, "m", ["a", "b"], 4).set_index("problem_id")
+    assert counts.loc["a"].tolist() == [4, 4, 1, 46] and counts.loc["b"].tolist() == [4, 2, 2, 46]
+    prefix = pilot_counts(root, "m", ["b"], 1).set_index("problem_id")
+    assert prefix.loc["b", "n"] == 1 and prefix.loc["b", "tokens"] == 10
+    assert graded_solutions(root, "m", ["a", "b"]).set_index("problem_id").loc["a", "multiplicities"] == [4]
+    cost = pilot_cost(root, "m", ["a", "b"], 3, params=1000)
+    assert (cost.samples, cost.completion_tokens, cost.seconds) == (6, 66, 3.0)
+    assert cost.per_sample("flops") == 2 * 1000 * 11 and cost.per_sample("seconds") == 0.5
+    with pytest.raises(PilotError, match="no price for m"):
+        cost.per_sample("dollars")
+    with pytest.raises(PilotError, match=r"m\.parquet: problem 'zz' has 0 graded samples"):
+        pilot_counts(root, "m", ["a", "zz"], 4)
+
+
+# --------------------------------------------------------------------------- end to end on the toy models
+
+REPO = Path(__file__).resolve().parents[1]
+FLOPMATCH = [str(Path(sys.executable).with_name("flopmatch"))]
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1", "COLUMNS": "200"}
+    return subprocess.run([*FLOPMATCH, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=1800)
+
+
+# 40 problems; no --pilot-problems: the default pilot starts on MIN_PILOT_PROBLEMS (20) of them and stays
+# there, since a tenth of the SE 10 budget buys fewer pilot problems than that
+TOY_ARGS = ("advise", "-m", "toyworld-wc", "-m", "toyworld-se", "--backend", "hf", "-o", "batch_size=256",
+            "--problems", "toyworld", "--split", "test", "--limit", "40", "--pilot-samples", "4",
+            "--max-tokens", "96", "--n-boot", "50")  # fmt: skip
+TOY_TIMEOUT = pytest.mark.timeout(2400)  # a shared, loaded CPU box: sampling the pilot took up to 15 min
+
+
+@pytest.fixture(scope="module")
+def toy_advice(tmp_path_factory):
+    root = tmp_path_factory.mktemp("advise")
+    result = _cli(*TOY_ARGS, "--match", "toyworld-se:10", "--run", str(root / "run"), "--json", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, json.loads(result.stdout)
+
+
+@TOY_TIMEOUT
+def test_advise_end_to_end_on_the_toy_models(toy_advice):
+    root, data = toy_advice
+    run = root / "run"
+    rec = data["recommendation"]
+    assert ("model" in rec) != ("mixture" in rec)
+    assert rec["interval"][0] <= rec["forecast"] <= rec["interval"][1]
+    assert set(data["pilot"]) >= {"problems", "samples_per_problem", "flops", "fraction_of_budget"}
+    assert data["pilot"]["problems"] == MIN_PILOT_PROBLEMS and data["pilot"]["samples_per_problem"] == 4
+    assert data["pilot"]["flops"] > 0 and 0 < data["pilot"]["fraction_of_budget"]
+    kinds = {c["kind"] for c in data["candidates"]}
+    assert kinds == {"model", "mixture"}
+    singles = {c["label"].split(" ×")[0] for c in data["candidates"] if c["kind"] == "model"}
+    assert singles == {"toyworld-wc", "toyworld-se"}
+    se_alone = next(c for c in data["candidates"] if c["kind"] == "model" and c["samples"]["toyworld-se"])
+    assert se_alone["samples"] == {"toyworld-wc": 0, "toyworld-se": 10}  # --match toyworld-se:10
+    assert data["sentence"] and data["sentence"][0].isupper() and data["sentence"].endswith(".")
+    assert json.loads((run / "advice.json").read_text())["recommendation"] == rec
+    assert (run / "advice_frontier.png").stat().st_size > 1000
+    # the pilot went through the ordinary sampling: 40 × 4 samples of each model, seeded and graded
+    for model in ("toyworld-wc", "toyworld-se"):
+        samples = read_shards(RunDir(run).samples_dir(model), columns=["sample_idx"]).column("sample_idx")
+        assert len(samples) == MIN_PILOT_PROBLEMS * 4 and max(samples.to_pylist()) == 3
+        assert RunDir(run).grades_path(model).exists()
+
+
+@TOY_TIMEOUT
+def test_advise_resumes_without_generating_and_prints_one_sentence(toy_advice):
+    root, first = toy_advice
+    run = root / "run"
+    before = sorted(p.name for p in (run / "ledger.parquet").iterdir())
+    result = _cli(*TOY_ARGS, "--match", "toyworld-se:10", "--run", str(run), cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (run / "ledger.parquet").iterdir()) == before  # no new sampling session
+    out = " ".join(result.stdout.split())
+    assert " ".join(first["sentence"].split()) in out
+    assert "advice.json" in out and "rank" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (("--match", "toyworld-se:x"), "not a whole number"),
+        (("--match", "nosuch:10"), "'nosuch' is not one of the models"),
+        (("--match", "toyworld-se:10", "--price", "toyworld-wc=abc"), "'abc' is not a number"),
+        (("--match", "toyworld-se:10", "--price", "other=1"), "--price other=...: not one of the models"),
+        (
+            ("--budget-dollars", "5", "--price", "toyworld-wc=1"),
+            "--price MODEL=USD_PER_MILLION_TOKENS for every",
+        ),
+        (("--budget-flops", "1e12", "--match", "toyworld-se:1"), "exactly one budget"),
+        ((), "exactly one budget"),
+    ],
+)
+def test_bad_budget_and_price_input_fails_before_sampling(tmp_path, extra, fragment):
+    result = _cli(*TOY_ARGS, *extra, "--run", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout
+    assert fragment in " ".join(result.stderr.split())
+    assert not (tmp_path / "run" / "samples").exists()
+
+
+# --------------------------------------------------------------------------- the study's advised mode
+
+
+@TOY_TIMEOUT
+def test_study_in_advised_mode_runs_the_pilot_and_reports_forecast_vs_measured(tmp_path):
+    from flopmatch.study import run_study, validate_study_dict
+
+    config = validate_study_dict({
+        "name": "advised",
+        "problems": {"sample": {"source": "toyworld", "split": "train", "limit": 30}},
+        "models": {"wc": {"model": "toyworld-wc", "backend": "hf", "backend_options": {"batch_size": 256}},
+                   "se": {"model": "toyworld-se", "backend": "hf", "backend_options": {"batch_size": 256}}},
+        "budget": {"mode": "advised", "se_samples": [1, 3],
+                   "pilot": {"samples": 2, "problems": 12, "n_boot": 30}},
+        "sampling": {"max_tokens": 96},
+        "judge": {"enabled": False},
+        "analysis": {"n_boot": 30},
+        "training": {"enabled": False},
+    })  # fmt: skip
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    result = run_study(config, tmp_path / "run", log=lambda _: None, progress=False)
+    assert "pilot" in result.ran and result.ran.index("pilot") < result.ran.index("sample")
+    run = RunDir(tmp_path / "run")
+    advice = json.loads((run.root / "pilot" / "advice.json").read_text())
+    assert [b["se_samples"] for b in advice["budgets"]] == [1, 3]
+    plan = json.loads(run.plan_path.read_text())
+    assert [b["wc_samples"] for b in plan["budgets"]] == [b["wc_samples"] for b in advice["budgets"]]
+    # every advised allocation was sampled in full (the pilot's samples are its first ones)
+    for entry in advice["budgets"]:
+        for model, k in entry["advice"]["candidates"][0]["samples"].items():
+            role = next(r for r, name in advice["roles"].items() if name == model)
+            ref = json.loads((run.root / "roles.json").read_text())[role]["model"]
+            counts = read_shards(run.samples_dir(ref), columns=["problem_id"]).to_pandas().value_counts()
+            assert len(counts) == 30 and counts.min() >= k
+    report = (run.report_dir / "report.md").read_text()
+    assert "## Pilot forecast vs measured" in report
+    assert "(advised)" in report
+    second = run_study(config, tmp_path / "run", log=lambda _: None, progress=False)
+    assert second.ran == []  # nothing redone, the pilot included
