@@ -283,8 +283,8 @@ def test_relative_change_paper_style():
 
 def test_bootstrap_intervals_agree_with_the_textbook_interval_of_a_mean():
     """For a mean of n = 400 draws the 95% percentile bootstrap is close to mean ± 1.96·s/√n (normal
-    theory, independent of how the bootstrap is coded): within 10% of that half-width (a 90% interval would be 16% short), for a normal
-    column and a 0/1 column, whether the columns are bootstrapped together or alone."""
+    theory, independent of how the bootstrap is coded): within 10% of that half-width (a 90% interval
+    would be 16% short), for a normal column and a 0/1 column, bootstrapped together or alone."""
     from flopmatch.metrics import bootstrap_mean_cis
 
     rng = np.random.default_rng(5)
