@@ -128,12 +128,19 @@ def test_run_dir_is_path_like(tmp_path):
     assert Path(run) == tmp_path / "run"
 
 
-def test_written_files_are_not_private(tmp_path):
-    path = store.write_json({"a": 1}, tmp_path / "x.json")
-    assert path.stat().st_mode & 0o044 == 0o044 & ~_current_umask()
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])
+def test_written_files_follow_the_umask_not_the_private_temp_file(tmp_path, mask):
+    """Files are written through a private temporary file; the result gets the mode any file created
+    under the user's umask gets (0644 under 022, 0640 under 027, 0600 under 077), whatever it is."""
+    before = os.umask(mask)
+    try:
+        written = [
+            store.write_json({"a": 1}, tmp_path / "x.json"),
+            store.write_text("hello", tmp_path / "x.txt"),
+            store.write_table(pa.table({"a": [1]}), tmp_path / "x.parquet"),
+            store.append_shard(tmp_path / "shards", pa.table({"a": [1]})),
+        ]
+    finally:
+        os.umask(before)
+    assert {oct(path.stat().st_mode & 0o777) for path in written} == {oct(0o666 & ~mask)}
 
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
