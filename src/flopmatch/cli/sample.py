@@ -102,6 +102,24 @@ def sample_command(
         int | None,
         typer.Option("--chunk-samples", min=1, help="samples per engine call / Ray task (default: auto)"),
     ] = None,
+    allocation: Annotated[
+        str,
+        typer.Option(
+            "--allocation",
+            help="uniform (S per problem, the default) | until-correct (stop a problem at --target-correct "
+            "distinct correct) | adaptive (each round to where one more sample adds the most); "
+            "non-uniform policies sample in graded rounds until the budget",
+        ),
+    ] = "uniform",
+    target_correct: Annotated[
+        int, typer.Option("--target-correct", min=1, help="until-correct: distinct correct solutions to stop at")
+    ] = 1,
+    objective: Annotated[
+        str, typer.Option("--objective", help="adaptive: coverage (first correct) | unique (distinct correct)")
+    ] = "coverage",
+    max_per_problem: Annotated[
+        int | None, typer.Option("--max-per-problem", min=1, help="allocation: at most this many samples of one problem")
+    ] = None,
     plan: Annotated[
         Path | None, typer.Option("--plan", help="a budget plan (default with --wc/--se: RUN/plan.json)")
     ] = None,
@@ -130,6 +148,8 @@ def sample_command(
     except ValueError as exc:
         raise fail(str(exc)) from exc
     problem_list = _load_problems(run, problems, split, data_file, limit, seed)
+    allocation_config = _allocation(allocation, target_correct, objective, max_per_problem, samples_per_problem,
+                                    budget_flops, budget_seconds)  # fmt: skip
     common = dict(
         backend=backend, backend_options=options, params=sampling_params, budget_flops=budget_flops,
         budget_seconds=budget_seconds, replicas=replicas, ray_address=ray_address, progress=progress,
@@ -137,7 +157,8 @@ def sample_command(
     )  # fmt: skip
     try:
         with _stdout_to_stderr(as_json):
-            summaries = _run(run, model, samples_per_problem, plan, wc, se, problem_list, common, params)
+            summaries = _run(run, model, samples_per_problem, plan, wc, se, problem_list, common, params,
+                             allocation_config)  # fmt: skip
     except (SamplingConfigMismatch, ValueError) as exc:  # bad input: a message, not a traceback
         raise fail(str(exc)) from exc
     _print_summaries(list(summaries.values()), as_json)
@@ -163,14 +184,46 @@ def _stdout_to_stderr(enabled: bool):
         os.close(saved)
 
 
-def _run(run, model, samples_per_problem, plan, wc, se, problem_list, common, params) -> dict:
+def _allocation(allocation, target_correct, objective, max_per_problem, samples_per_problem, budget_flops,
+                budget_seconds):  # fmt: skip
+    """The allocation policy, or None for today's S-per-problem sampling (uniform with -S)."""
+    from flopmatch.allocation import AllocationConfig
+
+    if allocation == "uniform" and (samples_per_problem is not None or (budget_flops is None and budget_seconds is None)):
+        if target_correct != 1 or objective != "coverage" or max_per_problem is not None:
+            raise fail("--target-correct, --objective and --max-per-problem apply to a non-uniform --allocation "
+                       "(or uniform with a budget and no -S)")
+        return None
+    if samples_per_problem is not None:
+        raise fail(f"--allocation {allocation} sets the samples per problem itself: drop -S (cap one problem "
+                   "with --max-per-problem)")
+    try:
+        return AllocationConfig(allocation=allocation, target_correct=target_correct, objective=objective,
+                                max_per_problem=max_per_problem)  # fmt: skip
+    except ValueError as exc:
+        raise fail(f"--allocation: {exc}") from exc
+
+
+def _run(run, model, samples_per_problem, plan, wc, se, problem_list, common, params, allocation=None) -> dict:
     """One model (--model/-S) or both models of a plan; returns the summaries by model."""
     from flopmatch.sampling import sample
 
     if plan is not None or wc is not None or se is not None:
         if model is not None or samples_per_problem is not None:
             raise fail("give either --model/--samples-per-problem or a plan (--plan, --wc, --se), not both")
+        if allocation is not None:
+            return _allocate_with_plan(run, plan, wc, se, problem_list, common, allocation)
         return _sample_with_plan(run, plan, wc, se, problem_list, common, params)
+    if allocation is not None:
+        if model is None:
+            raise fail("give --model (or a plan with --wc and --se)")
+        from flopmatch.allocation_run import sample_allocated
+
+        options = {k: v for k, v in common.items() if k not in ("chunk_samples",)}
+        summary = sample_allocated(run, model=model, problems=problem_list, config=allocation,
+                                   params_count=int(params) if params else None,
+                                   chunk_samples=common.get("chunk_samples") or 64, **options)  # fmt: skip
+        return {model: summary}
     if model is None or samples_per_problem is None:
         raise fail("give --model and --samples-per-problem (or a plan with --wc and --se)")
     summary = sample(
@@ -211,6 +264,42 @@ def _sample_with_plan(run, plan_path, wc, se, problem_list, common, params_overr
     return {s.model: s for s in out.values()}
 
 
+def _allocate_with_plan(run, plan_path, wc, se, problem_list, common, allocation):
+    """Both models of a plan under an allocation policy, each spending the plan's largest budget
+    (its FLOPs per problem × the problems) unless --budget-flops/--budget-seconds say otherwise."""
+    from flopmatch.allocation_run import sample_allocated
+    from flopmatch.budget import BudgetPlan
+    from flopmatch.store import RunDir
+
+    path = Path(plan_path or RunDir(run).plan_path)
+    if not path.exists():
+        raise fail(f"no budget plan at {path}: run `flopmatch plan` first or pass --plan")
+    try:
+        budget_plan = BudgetPlan.from_json(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise fail(f"cannot read the budget plan {path}: {exc}") from exc
+    out = {}
+    for role, name in (("wc", wc), ("se", se)):
+        side = getattr(budget_plan, role)
+        options = {k: v for k, v in common.items() if k != "chunk_samples"}
+        if options.get("budget_flops") is None and options.get("budget_seconds") is None:
+            options["budget_flops"] = plan_budget_flops(budget_plan, role, len(problem_list), path)
+        out[role] = sample_allocated(run, model=name or side.name, problems=problem_list, config=allocation,
+                                     params_count=int(side.params) if side.params else None,
+                                     chunk_samples=common.get("chunk_samples") or 64, **options)  # fmt: skip
+    return {s.model: s for s in out.values()}
+
+
+def plan_budget_flops(budget_plan, role: str, n_problems: int, path) -> float:
+    """A model's FLOP budget from a plan: its largest budget's FLOPs per problem × the problems."""
+    unit = budget_plan.flops_unit or ""
+    values = [getattr(b, f"{role}_flops") for b in budget_plan.budgets]
+    if not unit.startswith("FLOPs per problem (") or any(v is None for v in values):
+        raise fail(f"{path}: the plan has no absolute FLOPs per problem (it needs parameter counts and mean "
+                   "solution lengths); pass --budget-flops")
+    return float(max(values)) * n_problems
+
+
 class _Spec:
     """A model spec for sample_plan (flopmatch.study.ModelSpec has the same fields)."""
 
@@ -240,6 +329,15 @@ def _print_summaries(summaries, as_json: bool) -> None:
         "truncated": lambda s: str(s.truncated),
         "seconds": lambda s: f"{s.seconds:.1f} (+{s.startup_seconds:.1f} start-up)",
     }
+    if any(hasattr(s, "allocation") for s in summaries):  # a round-based allocation policy
+        fields.update({
+            "allocation": lambda s: getattr(s, "allocation", "uniform"),
+            "rounds": lambda s: str(getattr(s, "rounds", "-")),
+            "samples per problem": lambda s: "min {min:.0f} / median {median:.0f} / max {max:.0f}".format(
+                **s.per_problem) if getattr(s, "per_problem", None) else "-",
+            "FLOPs spent / budget": lambda s: f"{s.spent_flops:.3g} / {s.budget_flops:.3g}"
+            if getattr(s, "budget_flops", None) and s.spent_flops is not None else "-",
+        })  # fmt: skip
     for name, get in fields.items():
         table.add_row(name, *(get(s) for s in summaries))
     console.print(table)
