@@ -66,13 +66,18 @@ def compare_command(
         return
     from rich.table import Table
 
-    out = Table("paradigm", "budget", "metric", "comparison", "baseline", "treatment", "diff [95% CI]", "p (Holm)",
-                "seeds", "MDE", "verdict")  # fmt: skip
+    short = {"knowledge_distillation": "kd", "self_improvement": "si", "weak_to_strong": "w2s"}
+    out = Table(caption="kd: knowledge distillation, si: WC self-improvement, w2s: weak-to-strong; points; p: Holm")
+    for header in ("paradigm", "budget", "metric", "comparison"):
+        out.add_column(header, no_wrap=True)
+    for header in ("baseline → treatment", "diff [95% CI]", "p", "seeds", "MDE"):
+        out.add_column(header, justify="right")
+    out.add_column("verdict", overflow="fold")
     for r in shown.itertuples():
         out.add_row(
-            r.paradigm, str(r.budget_se_samples), r.metric, r.comparison, f"{pts(r.se, False)}%", f"{pts(r.wc, False)}%",
-            f"{pts(r.diff)} [{pts(r.ci_low)}, {pts(r.ci_high)}]", fmt_p(r.p_adjusted), str(r.seeds),
-            f"{pts(r.mde, False)} pts", r.verdict,
+            short.get(r.paradigm, r.paradigm), str(r.budget_se_samples), r.metric, r.comparison,
+            f"{pts(r.se, False)} → {pts(r.wc, False)}", f"{pts(r.diff)} [{pts(r.ci_low)}, {pts(r.ci_high)}]",
+            fmt_p(r.p_adjusted), str(r.seeds), pts(r.mde, False), r.verdict,
         )  # fmt: skip
     console.print(out)
     if write and not training_seed:
