@@ -159,6 +159,19 @@ def test_ledger_command_prints_table_and_json(tmp_path):
     assert result.exit_code != 0 and "no run directory" in result.output
 
 
-def test_flops_convention_is_stated():
-    assert "completion_tokens" in ledger.FLOPS_CONVENTION
+def test_flops_convention_is_the_papers_and_is_what_the_ledger_charges(tmp_path):
+    """The paper's 2·P·W counts generated tokens only: a 1.5B model writing 3 samples of 100 tokens
+    after 500-token prompts is charged 2 x 1.5e9 x 300 = 9e11 FLOPs (prompts apart: 2 x 1.5e9 x 1,500)."""
+    assert "2 * params * completion_tokens" in ledger.FLOPS_CONVENTION
     assert ledger.nominal_flops(10, 3) == 60.0 and ledger.nominal_flops(None, 3) is None
+    session = _session(tmp_path, params=1_500_000_000)
+    for _ in range(3):
+        session.add(prompt_tokens=500, completion_tokens=100, truncated=False)
+    session.seconds = 3.0
+    session.flush("done")
+    [row] = read_ledger(tmp_path).to_pylist()
+    assert row["nominal_flops"] == 9e11 and row["prompt_flops"] == 4.5e12
+    unknown = _session(tmp_path / "unknown", params=None)
+    unknown.add(prompt_tokens=5, completion_tokens=7, truncated=False)
+    unknown.flush("done")
+    assert read_ledger(tmp_path / "unknown").to_pylist()[0]["nominal_flops"] is None  # never a guess
