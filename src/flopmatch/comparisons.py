@@ -324,28 +324,32 @@ def forest_plot(table: pd.DataFrame, path: Path, *, metric: str = "pass@1",
     import matplotlib.pyplot as plt
 
     groups = list(dict.fromkeys(zip(rows["paradigm"], rows["budget_se_samples"], strict=True)))
-    fig, ax = plt.subplots(figsize=(7.0, 0.55 * len(groups) * len(comparisons) + 1.6), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.0, 0.42 * len(rows) + 0.3 * len(groups) + 1.4), dpi=120)
     colors = {"wc_vs_se": "#2f6fb0", "number_matched_vs_se": "#7f7f7f", "wc_vs_number_matched": "#9467bd"}
-    ticks, labels = [], []
-    for gi, (paradigm, budget) in enumerate(groups):
-        for ci, comparison in enumerate(comparisons):
+    short = {"wc_vs_se": "WC vs SE", "number_matched_vs_se": "number-matched vs SE",
+             "wc_vs_number_matched": "WC vs number-matched"}  # fmt: skip
+    ticks, labels, y = [], [], 0.0
+    for paradigm, budget in groups:
+        for comparison in comparisons:
             match = rows[(rows["paradigm"] == paradigm) & (rows["budget_se_samples"] == budget)
                          & (rows["comparison"] == comparison)]  # fmt: skip
             if match.empty:
                 continue
-            r = match.iloc[0]
-            y = -(gi * (len(comparisons) + 0.6) + ci)
+            r, color = match.iloc[0], colors.get(comparison, "#333")
             decided = r["verdict"] in (COMPARISONS[comparison][2], COMPARISONS[comparison][3])
-            ax.plot([r["ci_low"] * 100, r["ci_high"] * 100], [y, y], color=colors.get(comparison, "#333"), lw=2)
-            ax.plot(r["diff"] * 100, y, "o", color=colors.get(comparison, "#333"), ms=7,
-                    mfc=colors.get(comparison, "#333") if decided else "white")  # fmt: skip
-            ax.fill_betweenx([y - 0.3, y + 0.3], -r["mde"] * 100, r["mde"] * 100, color="#ddd", lw=0, zorder=0)
-            ticks.append(y)
+            ax.fill_betweenx([y - 0.3, y + 0.3], -r["mde"] * 100, r["mde"] * 100, color="#e3e3e3", lw=0, zorder=0)
+            ax.plot([r["ci_low"] * 100, r["ci_high"] * 100], [y, y], color=color, lw=2)
+            ax.plot(r["diff"] * 100, y, "o", color=color, ms=7, mfc=color if decided else "white")
             name = label(r) if label else f"{PARADIGM_NAMES.get(paradigm, paradigm)}, SE {budget}"
-            labels.append(f"{name} · {comparison.replace('_', ' ')}")
+            ticks.append(y)
+            labels.append(f"{name} · {short.get(comparison, comparison)}")
+            y -= 1.0
+        y -= 0.5  # a gap between paradigm × budget groups
     ax.axvline(0, color="#333", lw=0.8)
     ax.set_yticks(ticks, labels, fontsize=8)
-    ax.set_xlabel(f"{metric}: treatment − baseline (points), 95% paired interval; grey: ± MDE")
+    ax.set_xlabel(f"{metric} difference, treatment − baseline (points)")
+    ax.set_title("95% paired intervals; filled: a verdict, hollow: none; grey: ± MDE (80% power)", fontsize=8,
+                 loc="left")  # fmt: skip
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
