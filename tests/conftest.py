@@ -1,9 +1,10 @@
 """Session-wide set-up for every test: a private flopmatch cache, and the skip allow-list gate.
 
 The cache: tests never read or write the user's ``~/.cache/flopmatch``. ``$FLOPMATCH_CACHE`` points at
-one temporary folder for the whole session (toy models are pretrained into it on first use, a few
-minutes, once per session) and the folder is removed at the end. ``FLOPMATCH_TEST_CACHE=/some/dir`` keeps
-a test cache between sessions instead (it is never the default cache unless you name it).
+one folder in the session's pytest temporary directory (toy models are pretrained into it on first use,
+a few minutes, once per session); it is removed at the end, and pytest's rotation of old temporary
+directories removes what a killed session left. ``FLOPMATCH_TEST_CACHE=/some/dir`` keeps a test cache
+between sessions instead (it is never the default cache unless you name it).
 
 The gate: see ``skip_gate.py``.
 """
@@ -24,10 +25,16 @@ KEEP_ENV = "FLOPMATCH_TEST_CACHE"
 _SAVED = pytest.StashKey[tuple[Path, bool, "str | None"]]()
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's tmp_path plugin has set up the session's directory
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(SkipGate(), "flopmatch-skip-gate")
     kept = os.environ.get(KEEP_ENV)
-    root = Path(kept) if kept else Path(tempfile.mkdtemp(prefix="flopmatch-test-cache-"))
+    if kept:
+        root = Path(kept)
+    elif hasattr(config, "_tmp_path_factory"):  # pytest's own (rotated) temporary directories
+        root = config._tmp_path_factory.getbasetemp() / "flopmatch-cache"
+    else:  # tmp_path disabled (-p no:tmpdir)
+        root = Path(tempfile.mkdtemp(prefix="flopmatch-test-cache-"))
     root.mkdir(parents=True, exist_ok=True)
     config.stash[_SAVED] = (root, not kept, os.environ.get(CACHE_ENV))
     os.environ[CACHE_ENV] = str(root)  # subprocesses (CLI, Ray, vLLM workers) inherit it

@@ -1,8 +1,8 @@
 """One answer, for every test module, to "can the slow tests use the offline Qwen2.5-Coder pair here?".
 
-The answer is "their PyPI part packages are installed" (``make offline-models``). A GGUF or a prepared
-folder left in ``~/.cache/flopmatch`` by an earlier run is not enough: some tests read the parts
-themselves, and CI must skip rather than fail on a machine that only has a stale cache.
+The answer is "their PyPI part packages are installed" (``make offline-models``): tests prepare the
+models into the session's private cache (conftest.py), never from ``~/.cache/flopmatch``. This skip is
+the one tests/skip_allowlist.txt accepts.
 """
 
 from __future__ import annotations
