@@ -5,7 +5,7 @@ one data source with the student trained on another (:data:`COMPARISONS`): WC da
 (the paper's question), the number-matched control against SE data and against compute-matched WC
 data, and each fine-tuned student against itself before fine-tuning. With several training seeds
 each side is a seeds × problems matrix; the difference is averaged over seeds and its interval
-resamples problems and seeds together (:mod:`flopmatch.paired`).
+accounts for problems and seeds together (:mod:`flopmatch.paired`).
 
 Tests: McNemar's exact test for greedy pass@1 with one seed per side; otherwise a sign-flip
 permutation test on the per-problem differences of the seed means (it sees problem-level noise
@@ -278,8 +278,8 @@ def comparisons_markdown(table: pd.DataFrame) -> str:
         "# Paired comparisons of the fine-tuned students",
         "",
         "Differences are treatment − baseline on the same test problems, in points, averaged over training "
-        "seeds; 95% intervals are paired bootstraps over problems (two-level, problems and seeds, with ≥ 2 "
-        "seeds). p: McNemar's exact test for greedy pass@1 with one seed, else a sign-flip permutation test on "
+        "seeds; 95% intervals are paired bootstraps over problems, plus the seed-level shift of the scores with ≥ 2 "
+        "seeds (two-level). p: McNemar's exact test for greedy pass@1 with one seed, else a sign-flip permutation test on "
         f"the per-problem seed means. Adjusted p: {CORRECTION}. MDE: the difference detectable with 80% power "
         "at α = 0.05 (2.80 × the bootstrap standard error). A difference seen with one seed is never a verdict.",
         "",

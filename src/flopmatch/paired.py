@@ -3,8 +3,8 @@
 Both students answer the same problems, so every comparison here is *paired* by problem: the unit of
 resampling is the problem, and a problem both students solve (or both miss) carries no information
 about which is better. With several training seeds the seed is a second source of noise (two seeds
-of the same recipe disagree on 5–12% of the toy world's test problems), so intervals resample seeds
-as well as problems (a two-level bootstrap).
+of the same recipe disagree on 5–12% of the toy world's test problems), so intervals account for
+seeds as well as problems (a two-level bootstrap).
 
 Everything here is a pure function of arrays; randomness comes from a seeded
 ``numpy.random.Generator``, so every result is reproducible.
@@ -12,12 +12,15 @@ Everything here is a pure function of arrays; randomness comes from a seeded
 - :func:`mcnemar_exact` — McNemar's exact test: under "no difference" each discordant problem (one
   side right, the other wrong) favours either side with probability 1/2, so the count of
   treatment-only wins is Binomial(discordant, 1/2); the two-sided p doubles the smaller tail.
-- :func:`bootstrap_differences` / :func:`paired_bootstrap` — replicates of the mean difference,
-  resampling problems (shared by both sides: the pairing) and, for seeds × problems matrices, the
-  seeds of each side independently (WC-data seed 1 and SE-data seed 1 are different training runs on
-  different data, not a pair). Resampling S seeds with replacement sees only (S − 1)/S of their
-  variance (half of it with two seeds), so each side's seed rows are first spread about their mean by
-  sqrt(S / (S − 1)), which makes the bootstrap variance of the seed mean unbiased.
+- :func:`bootstrap_differences` / :func:`paired_bootstrap` — replicates of the mean difference over
+  seeds. Seed noise has two parts (model below): per-problem flips, independent across problems, and
+  a global shift of a seed's whole score. Resampling problems (shared by both sides: the pairing) of
+  the per-problem seed means already carries the first; the second is each side's between-seed
+  variance of the test score less what the per-problem flips explain, var_s(score_s) − mean_i
+  var_s(x_si) / N (clipped at 0), added to every replicate as a normal shift of variance
+  τ̂²_wc/S_wc + τ̂²_se/S_se. (Resampling seed rows as well would count the per-problem flips twice: a
+  third too wide with two seeds in simulation; plain resampling of S seeds also sees only (S − 1)/S of
+  their variance.) WC-data seed 1 and SE-data seed 1 are different runs on different data, not a pair.
 - :func:`sign_flip_test` — a paired permutation test: under "no difference" the sign of each
   problem's difference is a fair coin.
 - :func:`holm` — Holm's step-down adjustment (controls the family-wise error rate, any dependence).
@@ -121,8 +124,9 @@ def bootstrap_differences(
     """``n_boot`` bootstrap replicates of mean(treatment) − mean(baseline).
 
     Each side is a problems vector or a seeds × problems matrix (same problems, same order). Every
-    replicate draws one multiset of problems, used by both sides (the pairing), and — when a side has
-    more than one seed — a multiset of that side's seeds (a two-level bootstrap). Vectorised as
+    replicate draws one multiset of problems, used by both sides (the pairing), and averages the
+    per-problem differences of the seed means; with several seeds it adds a normal draw of the
+    seed-level shift (:func:`seed_shift_variance` of each side over its seed count). Vectorised as
     count-weighted means, ``chunk`` replicates at a time.
     """
     wc, se = as_seed_matrix(treatment, "treatment"), as_seed_matrix(baseline, "baseline")
@@ -132,26 +136,27 @@ def bootstrap_differences(
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     rng = np.random.default_rng(seed)
     n = wc.shape[1]
+    per_problem = wc.mean(axis=0) - se.mean(axis=0)
+    shift_sd = math.sqrt(seed_shift_variance(wc) / wc.shape[0] + seed_shift_variance(se) / se.shape[0])
     out = np.empty(n_boot)
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
-        per_problem = _seed_resampled_means(wc, b, rng) - _seed_resampled_means(se, b, rng)  # b × n
         problem_counts = rng.multinomial(n, np.full(n, 1.0 / n), size=b)  # b × n
-        out[start : start + b] = (per_problem * problem_counts).sum(axis=1) / n
+        out[start : start + b] = problem_counts @ per_problem / n
+    if shift_sd > 0:
+        out += rng.standard_normal(n_boot) * shift_sd
     return out
 
 
-def _seed_resampled_means(matrix: np.ndarray, b: int, rng: np.random.Generator) -> np.ndarray:
-    """b rows of per-problem means over a resampled multiset of seeds (the plain means for one seed).
-    The rows are spread about their mean by sqrt(S/(S−1)) first: the bootstrap variance of a mean of S
-    resampled rows is (S−1)/S of the unbiased one, which matters with the 2–3 seeds studies can afford."""
-    seeds = matrix.shape[0]
-    if seeds == 1:
-        return np.broadcast_to(matrix[0], (b, matrix.shape[1]))
-    mean = matrix.mean(axis=0)
-    spread = mean + math.sqrt(seeds / (seeds - 1)) * (matrix - mean)
-    counts = rng.multinomial(seeds, np.full(seeds, 1.0 / seeds), size=b)  # b × seeds
-    return counts @ spread / seeds
+def seed_shift_variance(matrix: np.ndarray) -> float:
+    """The variance of a seed's global score shift (τ² of the model below) from a seeds × problems
+    matrix: between-seed variance of the scores less the part per-problem flips explain,
+    var_s(score_s) − mean_i var_s(x_si) / N, clipped at 0 (0 with one seed)."""
+    seeds, n = matrix.shape
+    if seeds < 2:
+        return 0.0
+    scores = matrix.mean(axis=1)
+    return max(0.0, float(scores.var(ddof=1) - matrix.var(axis=0, ddof=1).mean() / n))
 
 
 def paired_bootstrap(
