@@ -9,7 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from flopmatch.cli._app import app, console, fail
+from flopmatch.cli._app import app, fail
+from flopmatch.cli.tables import JsonOption, print_json, print_table
 
 _STATUSES = ("correct", "wrong", "no_answer", "timeout", "error")
 
@@ -48,6 +49,7 @@ def grade_command(
     timeout: Annotated[
         float, typer.Option(min=0.1, help="hard limit in seconds per distinct answer check")
     ] = 5.0,
+    as_json: JsonOption = False,
 ) -> None:
     """Grade final answers: `correct | wrong | no_answer | timeout | error` for every response.
 
@@ -60,13 +62,13 @@ def grade_command(
     if run_dir is not None:
         if dataset is not None or output is not None:
             raise fail("--dataset and --output apply to --input files; a run's problems name their datasets")
-        _grade_run_dir(run_dir, workers, timeout)
+        _grade_run_dir(run_dir, workers, timeout, as_json)
     else:
         assert input_file is not None
-        _grade_file(input_file, dataset, output, workers, timeout)
+        _grade_file(input_file, dataset, output, workers, timeout, as_json)
 
 
-def _grade_run_dir(run_dir: Path, workers: int | None, timeout: float) -> None:
+def _grade_run_dir(run_dir: Path, workers: int | None, timeout: float, as_json: bool) -> None:
     from flopmatch.grading import grade_run
     from flopmatch.store import read_table
 
@@ -81,13 +83,12 @@ def _grade_run_dir(run_dir: Path, workers: int | None, timeout: float) -> None:
     rows = []
     for key, path in written.items():
         counts = Counter(read_table(path, columns=["status"]).column("status").to_pylist())
-        rows.append((key, counts))
-        console.print(f"[green]wrote[/] {path}")
-    _print_summary(rows)
+        rows.append((key, path, counts))
+    _print_summary(rows, as_json)
 
 
 def _grade_file(
-    path: Path, dataset: str | None, output: Path | None, workers: int | None, timeout: float
+    path: Path, dataset: str | None, output: Path | None, workers: int | None, timeout: float, as_json: bool
 ) -> None:
     from flopmatch.grading import DATASETS, grade_many
 
@@ -113,8 +114,7 @@ def _grade_file(
         )
         records.append(record)
     _write_records(records, out_path)
-    console.print(f"[green]wrote[/] {out_path}")
-    _print_summary([(path.name, Counter(g.status for g in grades))])
+    _print_summary([(path.name, out_path, Counter(g.status for g in grades))], as_json)
 
 
 def read_pairs(path: Path, dataset: str | None, *, known: frozenset[str] | set[str]) -> list[dict[str, Any]]:
@@ -168,17 +168,21 @@ def _write_records(records: list[dict[str, Any]], path: Path) -> None:
         write_table(records, path)
 
 
-def _print_summary(rows: list[tuple[str, Counter]]) -> None:
-    from rich.table import Table
-
-    table = Table(title="grades")
-    table.add_column("source")
-    for status in _STATUSES:
-        table.add_column(status, justify="right")
-    table.add_column("total", justify="right")
-    table.add_column("accuracy", justify="right")
-    for name, counts in rows:
+def _print_summary(rows: list[tuple[str, Path, Counter]], as_json: bool) -> None:
+    """One row per graded source (a run's model, or the input file) with where its grades went."""
+    records = []
+    for name, path, counts in rows:
         total = sum(counts.values())
-        accuracy = f"{counts.get('correct', 0) / total:.1%}" if total else "-"
-        table.add_row(name, *(str(counts.get(s, 0)) for s in _STATUSES), str(total), accuracy)
-    console.print(table)
+        records.append({"source": name, **{s: counts.get(s, 0) for s in _STATUSES}, "total": total,
+                        "accuracy": counts.get("correct", 0) / total if total else None, "grades": str(path)})  # fmt: skip
+    if as_json:
+        print_json(records)
+        return
+    columns = ("source", *_STATUSES, "total", "accuracy", "grades")
+    table = []
+    for r in records:
+        accuracy = "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}"
+        table.append((r["source"], *(str(r[s]) for s in _STATUSES), str(r["total"]), accuracy, r["grades"]))
+    print_table(
+        columns, table, keys={"source", "grades"}, right={*_STATUSES, "total", "accuracy"}, title="grades"
+    )

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from flopmatch.cli._app import app, console, fail
+from flopmatch.cli.tables import JsonOption, print_json, print_table, stdout_to_stderr
 
 BackendOpt = Annotated[
     str, typer.Option("--judge-backend", help="vllm | hf | openai | toyworld-checker (exact, toy world only)")
@@ -69,6 +69,7 @@ def judge_command(
     max_retries: Annotated[int, typer.Option(help="retries after a malformed verdict")] = 2,
     reference: Annotated[bool, typer.Option(help="show the judge the reference solution")] = True,
     option: OptionOpt = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Judge a seeded random sample of answer-correct solutions per model → judgments/MODEL.parquet.
 
@@ -76,20 +77,23 @@ def judge_command(
     """
     from flopmatch.judge import judge_run
 
-    judge = _make(judge_backend, judge_model, option, max_tokens, max_retries, reference)
+    with stdout_to_stderr(as_json):
+        judge = _make(judge_backend, judge_model, option, max_tokens, max_retries, reference)
     try:
-        stats = judge_run(run, judge, per_model=per_model, seed=seed, budget=budget, models=model)
+        with stdout_to_stderr(as_json):
+            stats = judge_run(run, judge, per_model=per_model, seed=seed, budget=budget, models=model)
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
     finally:
         judge.close()
-    table = Table(title=f"FPR by {judge.name}")
-    for col in ("model", "answer-correct", "judged", "new", "FPR", "95% Wilson CI", "n"):
-        table.add_column(col)
-    for s in stats.values():
-        table.add_row(s.model, str(s.candidates), str(s.selected), str(s.judged_now), _pct(s.fpr.fpr),
-                      f"[{_pct(s.fpr.lo)}, {_pct(s.fpr.hi)}]", str(s.fpr.n))
-    console.print(table)
+    if as_json:
+        print_json([{"model": s.model, "judge": judge.name, "answer_correct": s.candidates, "judged": s.selected,
+                     "new": s.judged_now, "fpr": s.fpr._asdict()} for s in stats.values()])  # fmt: skip
+        return
+    columns = ("model", "answer-correct", "judged", "new", "FPR", "95% Wilson CI", "n")
+    rows = [(s.model, str(s.candidates), str(s.selected), str(s.judged_now), _pct(s.fpr.fpr),
+             f"\\[{_pct(s.fpr.lo)}, {_pct(s.fpr.hi)}]", str(s.fpr.n)) for s in stats.values()]  # fmt: skip
+    print_table(columns, rows, keys={"model"}, right=set(columns[1:]), title=f"FPR by {judge.name}")
 
 
 @app.command("judge-labels")
@@ -125,6 +129,7 @@ def judge_eval_command(
     out: Annotated[
         Path | None, typer.Option(help="write the scores (JSON) here; per-item verdicts and a figure beside it")
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Measure a judge against human step labels: precision/recall/F1 for flagging flawed solutions and,
     on answer-correct items, the judge's FPR against the humans'."""
@@ -143,14 +148,23 @@ def judge_eval_command(
         items = load_processbench(data_file, limit=limit, seed=seed)
     except (LabelError, ValueError) as exc:
         raise fail(str(exc)) from exc
-    judge = _make(judge_backend, judge_model, option, max_tokens, max_retries, include_reference=False)
+    with stdout_to_stderr(as_json):
+        judge = _make(judge_backend, judge_model, option, max_tokens, max_retries, include_reference=False)
     try:
-        result, judgments = evaluate_judge(judge, items, split=data_file.stem)
+        with stdout_to_stderr(as_json):
+            result, judgments = evaluate_judge(judge, items, split=data_file.stem)
     finally:
         judge.close()
-    table = Table(title=f"{judge.name} on {data_file.name} ({result.n} items, {result.n_flawed} flawed)")
-    table.add_column("measure")
-    table.add_column("value")
+    record = {**result.as_dict(), "judge": judge.name, "data_file": str(data_file), "limit": limit, "seed": seed}
+    if out is not None:
+        write_json(record, out)
+        items_path = out.with_suffix(".items.parquet")
+        write_table(judgments_table(items, judgments, judge.name), items_path)
+        figure = plot_judge_eval(result, out.with_suffix(".png"),
+                                 f"{judge.name} on {data_file.name}, {result.n} items: {result.seconds:.0f} s")
+    if as_json:
+        print_json(record)
+        return
     rows = [
         ("precision (flagging flawed)", _pct(result.precision)),
         ("recall", _pct(result.recall)),
@@ -166,13 +180,7 @@ def judge_eval_command(
          f"{_pct(result.judge_fpr.fpr)} [{_pct(result.judge_fpr.lo)}, {_pct(result.judge_fpr.hi)}]"),
         ("seconds", f"{result.seconds:.1f} ({result.seconds / max(result.n, 1):.2f}/item)"),
     ]
-    for name, value in rows:
-        table.add_row(name, value)
-    console.print(table)
+    title = f"{judge.name} on {data_file.name} ({result.n} items, {result.n_flawed} flawed)"
+    print_table(("measure", "value"), rows, keys={"measure"}, title=title)
     if out is not None:
-        write_json({**result.as_dict(), "data_file": str(data_file), "limit": limit, "seed": seed}, out)
-        items_path = out.with_suffix(".items.parquet")
-        write_table(judgments_table(items, judgments, judge.name), items_path)
-        figure = plot_judge_eval(result, out.with_suffix(".png"),
-                                 f"{judge.name} on {data_file.name}, {result.n} items: {result.seconds:.0f} s")
         console.print(f"wrote {out}, {items_path} and {figure}")

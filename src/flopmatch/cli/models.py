@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from flopmatch.cli._app import app, console, fail
+from flopmatch.cli.tables import JsonOption, print_json, print_table
 
 models_app = typer.Typer(
     help=(
@@ -18,24 +19,31 @@ app.add_typer(models_app, name="models")
 
 
 @models_app.command("list")
-def list_cmd() -> None:
+def list_cmd(as_json: JsonOption = False) -> None:
     """Show the registry: installed? prepared? where? parameter count."""
-    from rich.table import Table
-
     from flopmatch.models import cache_dir, list_models
 
-    table = Table(title=f"flopmatch models (cache: {cache_dir()})")
-    for column in ("name", "parameters", "installed", "prepared", "path / source"):
-        table.add_column(column)
-    for info in list_models():
-        table.add_row(
-            info.name,
-            f"{info.parameters:,}" if info.parameters else "-",
-            "yes" if info.installed else "no",
-            "yes" if info.prepared else "no",
-            str(info.path) if info.path else info.upstream,
+    models = list_models()
+    if as_json:
+        print_json([
+            {"name": m.name, "parameters": m.parameters, "installed": m.installed, "prepared": m.prepared,
+             "path": str(m.path) if m.path else None, "source": m.upstream}
+            for m in models
+        ])  # fmt: skip
+        return
+    rows = [
+        (
+            m.name,
+            f"{m.parameters:,}" if m.parameters else "-",
+            "yes" if m.installed else "no",
+            "yes" if m.prepared else "no",
+            str(m.path) if m.path else m.upstream,
         )
-    console.print(table)
+        for m in models
+    ]
+    columns = ("name", "parameters", "installed", "prepared", "path / source")
+    print_table(columns, rows, keys={"name", "path / source"}, right={"parameters"}, title="flopmatch models")
+    console.print(f"cache: {cache_dir()}", soft_wrap=True, highlight=False)
 
 
 @models_app.command("prepare")

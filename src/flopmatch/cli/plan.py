@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from flopmatch.cli._app import app, console, fail
+from flopmatch.cli.tables import print_table
 
 
 class PlanMode(StrEnum):
@@ -216,12 +216,9 @@ def _render(plan) -> None:
     fields = [("params", lambda m: _si(m.params)), ("mean tokens W", lambda m: _num(m.tokens)),
               ("price/token", lambda m: _num(m.price)), ("cost/sample", lambda m: _num(m.cost_per_sample))]  # fmt: skip
     fields = [(name, get) for name, get in fields if any(get(m) != "–" for _, m in sides)]
-    models = Table(title="models", title_justify="left")
-    for column in ("role", "model", *(name for name, _ in fields)):
-        models.add_column(column, justify="left" if column in {"role", "model"} else "right")
-    for role, side in sides:
-        models.add_row(role, side.name, *(get(side) for _, get in fields))
-    console.print(models)
+    columns = ("role", "model", *(name for name, _ in fields))
+    rows = [(role, side.name, *(get(side) for _, get in fields)) for role, side in sides]
+    print_table(columns, rows, keys={"role", "model"}, right=set(columns[2:]), title="models")
     for role, side in (("WC", plan.wc), ("SE", plan.se)):
         for what, where in (
             ("params", side.param_source),
@@ -233,7 +230,6 @@ def _render(plan) -> None:
 
     extra_flops = plan.mode != "flops" and any(b.se_flops is not None for b in plan.budgets)
     show_cost = plan.mode != "number"
-    budgets = Table(title=f"budgets (cost in {plan.cost_unit})", title_justify="left")
     columns = ["SE samples", "WC samples", "WC exact"]
     if show_cost:
         columns += ["SE cost", "WC cost", "WC−SE"]
@@ -241,9 +237,7 @@ def _render(plan) -> None:
         columns += ["SE FLOPs", "WC FLOPs", "FLOPs WC−SE"]
     if plan.n_problems is not None:
         columns += ["SE total", "WC total"]
-        budgets.caption = f"totals: × {plan.n_problems:,} problems"
-    for column in columns:
-        budgets.add_column(column, justify="right")
+    rows = []
     for b in plan.budgets:
         row = [str(b.se_samples), f"[bold]{b.wc_samples}[/]", f"{b.wc_exact:.4g}"]
         if show_cost:
@@ -252,8 +246,10 @@ def _render(plan) -> None:
             row += [_sci(b.se_flops), _sci(b.wc_flops), f"{b.flops_mismatch_pct:+.2f}%"]
         if plan.n_problems is not None:
             row += [_cost(b.se_cost_total), _cost(b.wc_cost_total)]
-        budgets.add_row(*row)
-    console.print(budgets)
+        rows.append(row)
+    caption = f"totals: × {plan.n_problems:,} problems" if plan.n_problems is not None else None
+    title = f"budgets (cost in {plan.cost_unit})"
+    print_table(columns, rows, keys=(), right=set(columns), title=title, caption=caption)
     if plan.flops_unit and (extra_flops or plan.mode == "flops"):
         console.print(f"FLOPs: {plan.flops_unit}")
     for note in plan.notes:

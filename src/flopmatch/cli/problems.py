@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 from rich.panel import Panel
-from rich.table import Table
 from rich.text import Text
 
 from flopmatch.cli._app import app, console, fail
+from flopmatch.cli.tables import JsonOption, print_json, print_table
 
 
 @app.command("problems")
@@ -55,6 +55,7 @@ def problems_command(
             help="Also save the problems into this run directory (problems/<split>.parquet, merged by id).",
         ),
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Load a problem set and print its size, counts by level and subject, and example problems.
 
@@ -86,32 +87,37 @@ def problems_command(
 
     splits = sorted({p.split for p in problems})
     datasets = sorted({p.dataset for p in problems})
+    counts = {key: Counter(getattr(p, key) for p in problems) for key in ("level", "subject")}
+    counts = {key: c for key, c in counts.items() if set(c) != {None}}
+    written = save_problems(run, problems) if run is not None else {}
+    if as_json:
+        print_json({
+            "source": source, "problems": len(problems), "datasets": datasets, "splits": splits,
+            **{f"by_{key}": {str(v): n for v, n in _sorted(c)} for key, c in counts.items()},
+            "examples": [p.to_dict() for p in problems[:show]],
+            "saved": {name: str(path) for name, path in written.items()},
+        })  # fmt: skip
+        return
     console.print(
         f"[bold]{len(problems):,}[/] problems from [bold]{source}[/] "
         f"(dataset {', '.join(datasets)}; split {', '.join(splits)})"
     )
-    for title, key in (("level", "level"), ("subject", "subject")):
-        counts = Counter(getattr(p, key) for p in problems)
-        if set(counts) == {None}:
-            continue
-        table = Table(title=f"by {title}", title_justify="left")
-        table.add_column(title)
-        table.add_column("problems", justify="right")
-        table.add_column("share", justify="right")
-        for value, count in sorted(counts.items(), key=lambda kv: (kv[0] is None, str(kv[0]))):
-            table.add_row(
-                str(value) if value is not None else "–", f"{count:,}", f"{count / len(problems):.1%}"
-            )
-        console.print(table)
+    for key, c in counts.items():
+        rows = [("–" if v is None else str(v), f"{n:,}", f"{n / len(problems):.1%}") for v, n in _sorted(c)]
+        print_table(
+            (key, "problems", "share"), rows, keys={key}, right={"problems", "share"}, title=f"by {key}"
+        )
     for problem in problems[:show]:
         body = Text(_clip(problem.question, 800))
         body.append("\n\nanswer: ", style="bold")
         body.append(problem.answer)
         console.print(Panel(body, title=problem.problem_id, title_align="left"))
-    if run is not None:
-        written = save_problems(run, problems)
-        for split_name, path in written.items():
-            console.print(f"saved {split_name} → {path}")
+    for split_name, path in written.items():
+        console.print(f"saved {split_name} → {path}")
+
+
+def _sorted(counts: Counter) -> list:
+    return sorted(counts.items(), key=lambda kv: (kv[0] is None, str(kv[0])))
 
 
 def _clip(text: str, limit: int) -> str:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from flopmatch.cli._app import app, console, fail
+from flopmatch.cli.tables import print_json, print_table, stdout_to_stderr
 
 
 def _parse_options(items: list[str] | None) -> dict[str, Any]:
@@ -156,7 +154,7 @@ def sample_command(
         chunk_samples=chunk_samples,
     )  # fmt: skip
     try:
-        with _stdout_to_stderr(as_json):
+        with stdout_to_stderr(as_json):
             summaries = _run(run, model, samples_per_problem, plan, wc, se, problem_list, common, params,
                              allocation_config)  # fmt: skip
     except (SamplingConfigMismatch, ValueError) as exc:  # bad input: a message, not a traceback
@@ -164,24 +162,6 @@ def sample_command(
     _print_summaries(list(summaries.values()), as_json)
     if any(s.status == "incomplete" for s in summaries.values()):
         raise typer.Exit(1)
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr(enabled: bool):
-    """With --json, stdout carries only the JSON: engine logs (vLLM logs to stdout, from this process
-    and from the engine processes it spawns, which inherit file descriptor 1) go to stderr."""
-    if not enabled:
-        yield
-        return
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _allocation(allocation, target_correct, objective, max_per_problem, samples_per_problem, budget_flops,
@@ -309,15 +289,9 @@ class _Spec:
 
 def _print_summaries(summaries, as_json: bool) -> None:
     if as_json:
-        console.print_json(json.dumps([s.to_dict() for s in summaries], default=str))
+        print_json([s.to_dict() for s in summaries])
         return
-    from rich.table import Table
-
     # Transposed (a column per model), like `flopmatch ledger`: readable in a narrow terminal.
-    table = Table(title="sampling")
-    table.add_column("")
-    for s in summaries:
-        table.add_column(s.model_key, justify="right", overflow="fold")
     fields = {
         "status": lambda s: s.status,
         "backend": lambda s: f"{s.backend} ×{s.replicas}" if s.replicas > 1 else s.backend,
@@ -338,9 +312,9 @@ def _print_summaries(summaries, as_json: bool) -> None:
             "FLOPs spent / budget": lambda s: f"{s.spent_flops:.3g} / {s.budget_flops:.3g}"
             if getattr(s, "budget_flops", None) and s.spent_flops is not None else "-",
         })  # fmt: skip
-    for name, get in fields.items():
-        table.add_row(name, *(get(s) for s in summaries))
-    console.print(table)
+    models = [s.model_key for s in summaries]
+    rows = [(name, *(get(s) for s in summaries)) for name, get in fields.items()]
+    print_table(["", *models], rows, keys={"", *models}, right=set(models), title="sampling")
     for s in summaries:
         if s.message:
             console.print(f"{s.model}: {s.message}")
@@ -359,13 +333,12 @@ def ledger_command(
         raise fail(f"no run directory at {run}")
     frame = read_ledger(run).to_pandas() if sessions else summarize_ledger(run)
     if as_json:
-        console.print_json(frame.to_json(orient="records", date_format="iso"))
+        print_json(json.loads(frame.to_json(orient="records", date_format="iso")))
         return
     if frame.empty:
         console.print(f"no sampling recorded in {run}")
         return
     from pandas.api.types import is_numeric_dtype
-    from rich.table import Table
 
     if sessions:
         # model_key (the samples/ directory name) is short enough for a narrow terminal.
@@ -379,22 +352,24 @@ def ledger_command(
             "completion_tokens",
             "seconds",
         ]
-        table = Table(title=f"ledger sessions — {run}")
-        for column in columns:
-            justify = "right" if is_numeric_dtype(frame[column]) else "left"
-            table.add_column(column.replace("_", " "), justify=justify)
-        for record in frame.sort_values("started_at")[columns].to_dict("records"):
-            table.add_row(*(_fmt(record[c]) for c in columns))
+        records = frame.sort_values("started_at")[columns].to_dict("records")
+        print_table(
+            [c.replace("_", " ") for c in columns],
+            [[_fmt(record[c]) for c in columns] for record in records],
+            keys={"model key", "session id"},
+            right={c.replace("_", " ") for c in columns if is_numeric_dtype(frame[c])},
+            title=f"ledger sessions — {run}",
+        )
     else:
         # Transposed (a column per model): a study has two or three models and many figures.
-        table = Table(title=f"cost ledger — {run}", caption=FLOPS_CONVENTION)
-        table.add_column("")
         records = frame.to_dict("records")
-        for record in records:
-            table.add_column(str(record["model"]), justify="right", overflow="fold")
-        for field in [c for c in frame.columns if c != "model"]:
-            table.add_row(field.replace("_", " "), *(_fmt(r[field]) for r in records))
-    console.print(table)
+        models = [str(r["model"]) for r in records]
+        fields = [c for c in frame.columns if c != "model"]
+        rows = [[field.replace("_", " "), *(_fmt(r[field]) for r in records)] for field in fields]
+        title = f"cost ledger — {run}"
+        print_table(
+            ["", *models], rows, keys={"", *models}, right=set(models), title=title, caption=FLOPS_CONVENTION
+        )
 
 
 def _fmt(value: Any) -> str:

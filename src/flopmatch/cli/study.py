@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from flopmatch.cli._app import app, console, fail, warn
+from flopmatch.cli.tables import JsonOption, print_json, print_table
 
 STATE_STYLE = {
     "done": "green",
@@ -59,6 +59,9 @@ def study_command(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show the traceback when a stage fails.")
     ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="With --dry-run: print the plan as JSON (nothing else on stdout).")
+    ] = False,
 ) -> None:
     """Run a whole study from one YAML file: problems → plan → sample → grade → judge → analyze → sft →
     train → eval → report.
@@ -68,13 +71,15 @@ def study_command(
     """
     from flopmatch.study import StudyConfigError, StudyError, load_study_config, run_study
 
+    if as_json and not dry_run:
+        raise fail("--json goes with --dry-run (a study's results are in its run directory and report)")
     try:
         cfg = load_study_config(config, overrides or ())
     except StudyConfigError as exc:
         raise fail(str(exc)) from None
     try:
         if dry_run:
-            _print_dry_run(cfg, run)
+            _print_dry_run(cfg, run, as_json)
             return
         result = run_study(cfg, run, only=only or (), force=force or (), log=_log, progress=not quiet)
     except StudyConfigError as exc:
@@ -92,6 +97,7 @@ def study_command(
 @app.command("status")
 def status_command(
     run: Annotated[Path, typer.Argument(help="A run directory made by `flopmatch study`.")],
+    as_json: JsonOption = False,
 ) -> None:
     """Show each stage of a study run: done, stale (will rerun), pending, running, interrupted or off."""
     from flopmatch.store import RunDir
@@ -103,25 +109,31 @@ def status_command(
         raise fail(str(exc)) from None
     statuses = study_status(StudyContext(config=cfg, run=RunDir(run), log=lambda _: None))
     state = RunDir(run).stage_state()
-    table = Table(title=f"{cfg.name} — {run}", title_justify="left")
-    for column in ("stage", "state", "took", "finished", "note"):
-        table.add_column(column, justify="right" if column == "took" else "left")
+    records = []
     for s in statuses:
-        seconds = s.info.get("seconds")
-        finished = s.info.get("finished_at")
         note = s.reason or str(s.info.get("summary", ""))
         if s.name == "train":
             jobs = [k for k, v in state.items() if k.startswith("train:") and v.get("status") == "done"]
             note = note or f"{len(jobs)} models trained"
-        table.add_row(
-            s.name,
-            f"[{STATE_STYLE.get(s.state, '')}]{s.state}[/]",
+        records.append({"stage": s.name, "state": s.state, "seconds": s.info.get("seconds"),
+                        "finished_at": s.info.get("finished_at"), "note": note})  # fmt: skip
+    report = RunDir(run).report_dir / "index.html"
+    if as_json:
+        print_json({"name": cfg.name, "run": str(run), "stages": records,
+                    "report": str(report) if report.exists() else None})  # fmt: skip
+        return
+    rows = []
+    for r in records:
+        seconds, finished = r["seconds"], r["finished_at"]
+        rows.append((
+            r["stage"],
+            f"[{STATE_STYLE.get(r['state'], '')}]{r['state']}[/]",
             f"{seconds:.1f} s" if isinstance(seconds, int | float) else "",
             time.strftime("%Y-%m-%d %H:%M", time.localtime(finished)) if finished else "",
-            note,
-        )
-    console.print(table)
-    report = RunDir(run).report_dir / "index.html"
+            r["note"],
+        ))  # fmt: skip
+    print_table(("stage", "state", "took", "finished", "note"), rows, keys={"stage"}, right={"took"},
+                title=f"{cfg.name} — {run}")  # fmt: skip
     if report.exists():
         console.print(f"report: {report}")
 
@@ -187,50 +199,42 @@ def _print_finish(result) -> None:
         console.print(f"\nreport: [bold]{result.report}[/]")
 
 
-def _print_dry_run(cfg, run: Path | None) -> None:
+def _print_dry_run(cfg, run: Path | None, as_json: bool) -> None:
     from flopmatch.report import fmt_flops, fmt_params
     from flopmatch.study import dry_run
 
     plan = dry_run(cfg, run)
+    if as_json:
+        print_json(_dry_run_record(cfg, plan))
+        return
     console.print(f"[bold green]config OK[/]: {cfg.name} → {plan.run_dir}")
-    table = Table(title="problems", title_justify="left")
-    for column in ("split", "problems", "from"):
-        table.add_column(column)
-    for role, (count, how) in plan.problems.items():
-        table.add_row(role, "?" if count is None else f"{count:,}", how)
-    console.print(table)
-    table = Table(title="models", title_justify="left")
-    for column in ("role", "model", "backend", "parameters", "from"):
-        table.add_column(column)
+    rows = [
+        (role, "?" if count is None else f"{count:,}", how) for role, (count, how) in plan.problems.items()
+    ]
+    print_table(("split", "problems", "from"), rows, keys={"split"}, right={"problems"}, title="problems")
     specs = {"wc": cfg.models.wc, "se": cfg.models.se, "student": cfg.paradigms.student}
-    for role, (count, how) in plan.params.items():
-        spec = specs[role]
-        table.add_row(role, spec.model, spec.backend, fmt_params(count) if count else "?", how)
-    console.print(table)
+    rows = [
+        (role, specs[role].model, specs[role].backend, fmt_params(count) if count else "?", how)
+        for role, (count, how) in plan.params.items()
+    ]
+    columns = ("role", "model", "backend", "parameters", "from")
+    print_table(columns, rows, keys={"role", "model"}, right={"parameters"}, title="models")
     if plan.plan is None:
         console.print(f"[yellow]budget plan not computable yet:[/] {plan.plan_error}")
     else:
         p = plan.plan
-        table = Table(
-            title=f"budget plan ({p.mode}, ratio {p.ratio:.3f}, rounding {p.rounding})", title_justify="left"
-        )
-        for column in ("SE samples / problem", "WC samples / problem", "mismatch"):
-            table.add_column(column, justify="right")
-        for b in p.budgets:
-            table.add_row(str(b.se_samples), str(b.wc_samples), f"{b.mismatch_pct:+.1f}%")
-        console.print(table)
+        columns = ("SE samples / problem", "WC samples / problem", "mismatch")
+        rows = [(str(b.se_samples), str(b.wc_samples), f"{b.mismatch_pct:+.1f}%") for b in p.budgets]
+        title = f"budget plan ({p.mode}, ratio {p.ratio:.3f}, rounding {p.rounding})"
+        print_table(columns, rows, keys=(), right=set(columns), title=title)
     if plan.costs:
-        table = Table(
-            title="estimated sampling cost (largest budget; smaller budgets are its prefix)",
-            title_justify="left",
-        )
-        for column in ("model", "samples", "generated tokens", "nominal FLOPs", "basis"):
-            table.add_column(column, justify="left" if column in ("model", "basis") else "right")
-        for c in plan.costs:
-            table.add_row(
-                c["model"], f"{c['samples']:,}", f"{c['tokens']:,.0f}", fmt_flops(c["flops"]), c["basis"]
-            )
-        console.print(table)
+        columns = ("model", "samples", "generated tokens", "nominal FLOPs", "basis")
+        rows = [
+            (c["model"], f"{c['samples']:,}", f"{c['tokens']:,.0f}", fmt_flops(c["flops"]), c["basis"])
+            for c in plan.costs
+        ]
+        title = "estimated sampling cost (largest budget; smaller budgets are its prefix)"
+        print_table(columns, rows, keys={"model"}, right=set(columns[1:4]), title=title)
     if cfg.training.enabled:
         console.print(
             f"fine-tuning: {len(plan.jobs)} training runs ({', '.join(cfg.paradigms.enabled())}; number-matched "
@@ -256,3 +260,27 @@ def _print_dry_run(cfg, run: Path | None) -> None:
         console.print(
             "stages in " + str(plan.run_dir) + ": " + ", ".join(f"{s.name} {s.state}" for s in plan.stages)
         )
+
+
+def _dry_run_record(cfg, plan) -> dict:
+    """What --dry-run prints, as data (--json)."""
+    import json
+
+    specs = {"wc": cfg.models.wc, "se": cfg.models.se, "student": cfg.paradigms.student}
+    return {
+        "name": cfg.name,
+        "run_dir": str(plan.run_dir),
+        "problems": [{"split": k, "problems": n, "from": how} for k, (n, how) in plan.problems.items()],
+        "models": [
+            {"role": k, "model": specs[k].model, "backend": specs[k].backend, "parameters": n, "from": how}
+            for k, (n, how) in plan.params.items()
+        ],
+        "budget_plan": json.loads(plan.plan.to_json()) if plan.plan is not None else None,
+        "budget_plan_error": plan.plan_error,
+        "costs": plan.costs,
+        "training_runs": len(plan.jobs) if cfg.training.enabled else 0,
+        "evaluations": plan.evals,
+        "power": plan.power,
+        "warnings": list(plan.warnings),
+        "stages": [{"stage": s.name, "state": s.state} for s in plan.stages or []],
+    }

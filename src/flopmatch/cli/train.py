@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from flopmatch.cli._app import app, console, fail
+from flopmatch.cli.tables import JsonOption, print_json, print_table, stdout_to_stderr
 
 
 def _parse_options(items: list[str] | None) -> dict[str, Any]:
@@ -142,6 +143,7 @@ def train_command(
         bool, typer.Option("--select-only", help="only (re)select the best checkpoint of --out on the validation set")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a different run in --out")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Fine-tune with TRL (completion-only loss), save N checkpoints, keep the best on validation.
 
@@ -157,10 +159,15 @@ def train_command(
         if validation is None:
             raise fail("--select-only needs --val-problems")
         try:
-            selection = select_checkpoint(out, validation, backend=select_backend, max_tokens=select_max_tokens,
-                                          backend_options=_parse_options(option))
+            with stdout_to_stderr(as_json):
+                selection = select_checkpoint(out, validation, backend=select_backend, max_tokens=select_max_tokens,
+                                              backend_options=_parse_options(option))  # fmt: skip
         except (ValueError, FileNotFoundError) as exc:
             raise fail(str(exc)) from exc
+        if as_json:
+            print_json({"best": str(selection.best), "best_step": selection.best_step, "metric": selection.metric,
+                        "validation_scores": selection.scores})  # fmt: skip
+            return
         _print_scores(selection.scores, selection.best_step)
         console.print(f"best: [bold]{selection.best}[/]")
         return
@@ -193,16 +200,21 @@ def train_command(
     # several seeds: one run per seed, OUT-s<seed> each (as a study names its extra seeds)
     runs = [(out, config)] if len(seeds) < 2 else [
         (out.with_name(f"{out.name}-s{s}"), config.model_copy(update={"seed": s})) for s in seeds]
+    results = []
     for out_dir, run_config in runs:
-        if len(runs) > 1:
+        if len(runs) > 1 and not as_json:
             console.print(f"[bold]seed {run_config.seed}[/] → {out_dir}")
-        _train_and_report(data, model, out_dir, run_config, validation, select_backend, select_max_tokens,
-                          option, overwrite)  # fmt: skip
+        with stdout_to_stderr(as_json):
+            result = _train_and_report(data, model, out_dir, run_config, validation, select_backend,
+                                       select_max_tokens, option, overwrite, report=not as_json)  # fmt: skip
+        results.append(result)
+    if as_json and all(r is not None for r in results):  # None: not rank 0 of a multi-process launch
+        print_json([r.to_dict() for r in results])
 
 
 def _train_and_report(data: Path, model: str, out: Path, config: Any, validation: Any, select_backend: str,
-                      select_max_tokens: int, option: list[str] | None, overwrite: bool) -> None:  # fmt: skip
-    """One training run and its console summary."""
+                      select_max_tokens: int, option: list[str] | None, overwrite: bool, *, report: bool) -> Any:  # fmt: skip
+    """One training run and (``report``) its console summary; the TrainResult, None off rank 0."""
     from flopmatch.training import best_checkpoint, is_main_process, train
 
     try:
@@ -214,7 +226,9 @@ def _train_and_report(data: Path, model: str, out: Path, config: Any, validation
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         raise fail(str(exc)) from exc
     if not is_main_process():
-        return  # in a multi-process launch, rank 0 reports
+        return None  # in a multi-process launch, rank 0 reports
+    if not report:
+        return result
     console.print(f"[bold]{result.out_dir}[/]: {result.global_step} steps, {len(result.checkpoints)} checkpoints, "
                   f"{result.seconds:.1f} s ({result.steps_per_second:.2f} steps/s, {result.tokens_per_second:.0f} tokens/s)")
     if result.loss_history:
@@ -223,16 +237,13 @@ def _train_and_report(data: Path, model: str, out: Path, config: Any, validation
     if result.validation_scores:
         _print_scores(result.validation_scores, best_checkpoint(result.validation_scores))
     console.print(f"best: [bold]{result.best}[/]")
+    return result
 
 
 def _print_scores(scores: dict[int, float], best_step: int) -> None:
-    from rich.table import Table
-
-    table = Table("checkpoint", "validation pass@1")
-    for step in sorted(scores):
-        mark = " ◀ best" if step == best_step else ""
-        table.add_row(f"checkpoint-{step}", f"{scores[step]:.3f}{mark}")
-    console.print(table)
+    rows = [(f"checkpoint-{step}", f"{scores[step]:.3f}" + (" ◀ best" if step == best_step else ""))
+            for step in sorted(scores)]  # fmt: skip
+    print_table(("checkpoint", "validation pass@1"), rows, keys={"checkpoint"})
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -292,23 +303,23 @@ def eval_command(
         out = RunDir(run).eval_path(name or f"{model_key(model)}-{problems.replace('/', '_')}")
     model_ref = model if Path(model).expanduser().exists() else _resolve(model)
     try:
-        result = evaluate(
-            model_ref, found, backend=backend, n=n, ks=k_values, temperature=temperature, top_p=top_p,
-            max_tokens=max_tokens, greedy=greedy, lora_path=lora, seed=seed, out_path=out,
-            backend_options=_parse_options(option),
-        )
+        with stdout_to_stderr(as_json):
+            result = evaluate(
+                model_ref, found, backend=backend, n=n, ks=k_values, temperature=temperature, top_p=top_p,
+                max_tokens=max_tokens, greedy=greedy, lora_path=lora, seed=seed, out_path=out,
+                backend_options=_parse_options(option),
+            )
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
     if as_json:
-        console.print_json(json.dumps(result.to_dict()))
+        print_json(result.to_dict())
         return
-    from rich.table import Table
-
-    table = Table("metric", "value", "95% CI", title=f"{model} on {len(found)} {problems} problems")
+    rows = []
     for metric in sorted(result.metrics, key=_metric_order):
         low, high = result.intervals.get(metric, (float("nan"), float("nan")))
-        table.add_row(metric, f"{result.metrics[metric]:.3f}", f"[{low:.3f}, {high:.3f}]")
-    console.print(table)
+        rows.append((metric, f"{result.metrics[metric]:.3f}", f"\\[{low:.3f}, {high:.3f}]"))
+    title = f"{model} on {len(found)} {problems} problems"
+    print_table(("metric", "value", "95% CI"), rows, keys={"metric"}, right={"value"}, title=title)
     if result.path:
         console.print(f"rows: {result.path}\nsummary: {result.summary_path}")
 
