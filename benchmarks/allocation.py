@@ -74,7 +74,7 @@ def load_pool(runs: Sequence[Path], model: str, problems) -> dict[str, list[Pool
     rows = [r for pid in by_id for r in best.get(pid, [])]
     grades = grade_many([(r[2], by_id[r[0]].answer) for r in rows], dataset="toyworld", progress=False)
     pool: dict[str, list[PooledSample]] = {p.problem_id: [] for p in problems}
-    for (pid, idx, text, tokens), grade in zip(rows, grades, strict=True):
+    for (pid, _, text, tokens), grade in zip(rows, grades, strict=True):
         pool[pid].append(PooledSample(int(tokens), grade.correct, normalize_solution(text) if grade.correct else None))
     return pool
 

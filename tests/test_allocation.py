@@ -80,13 +80,16 @@ def test_adaptive_coverage_gains_under_a_uniform_prior():
 
 
 def test_adaptive_unique_prefers_the_largest_log_gain():
-    # Beta(1,1): E[p] = (c+1)/(n+2); gain = E[p]·(log(2+u) − log(1+u)).
-    # X: n=2 c=2 u=1 -> 0.75·log(3/2) = 0.304; Y: n=2 c=0 u=0 -> 0.25·log 2 = 0.173; Z: n=4 c=2 u=2 -> 0.5·log(4/3) = 0.144
+    # Beta(1,1): E[p] = (c+1)/(n+2); novelty = (u+1)/(c+1); q = E[p]·novelty; gain_j = q·(log(2+u_j) − log(1+u_j)),
+    # u_j = u + j·q.  X: n=2 c=2 u=1 -> q = 0.75·2/3 = 0.5, gains 0.5·log(3/2) = 0.203, 0.5·log(3.5/2.5) = 0.168;
+    # Y: n=2 c=0 u=0 -> q = 0.25, gains 0.25·log 2 = 0.173, 0.25·log(2.25/1.25) = 0.147;
+    # Z: n=4 c=2 u=2 -> q = 0.5, gain 0.5·log(4/3) = 0.144.
     states = [ProblemState("Z", 4, 2, 2), ProblemState("Y", 2, 0, 0), ProblemState("X", 2, 2, 1)]
     config = AllocationConfig(allocation="adaptive", objective="unique")
-    assert plan_round(states, config, 1, prior=BetaPrior()) == [("X", 0)]
-    # X's j-th extra counts u ≈ 1 + 0.75·j: j=1 -> 0.75·log(3.75/2.75) = 0.233, j=2 -> 0.188, j=3 -> 0.158 < Y's 0.173
-    assert plan_round(states, config, 4, prior=BetaPrior()) == [("X", 0), ("X", 1), ("X", 2), ("Y", 0)]
+    assert plan_round(states, config, 4, prior=BetaPrior()) == [("X", 0), ("Y", 0), ("X", 1), ("Y", 1)]
+    # Ten correct samples that all read the same: novelty 2/11, so it stops attracting samples.
+    stale = [ProblemState("same", 12, 10, 1), ProblemState("Y", 2, 0, 0)]
+    assert plan_round(stale, config, 1, prior=BetaPrior()) == [("Y", 0)]
 
 
 def test_beta_prior_posteriors():

@@ -12,8 +12,9 @@ are drawn in *rounds*; after each round is graded a policy decides how far each 
   expected to add the most under an empirical-Bayes posterior of its success rate p (the prior is a
   Beta fit to every problem's (n, c) so far — ``flopmatch.forecast.fit_success`` when installed):
   for the ``coverage`` objective the probability that the next sample is the problem's first correct
-  one (1{uncovered}·E[(1−p)^j·p | n, c] for its j-th extra sample this round); for ``unique`` the gain
-  in Σ log(1 + unique correct) (diminishing returns: spread distinct solutions across problems).
+  one (1{uncovered}·E[(1−p)^j·p | n, c] for its j-th extra sample this round); for ``unique`` the
+  expected gain in Σ log(1 + unique correct) (diminishing returns: spread distinct solutions across
+  problems; a correct sample counts as new with the smoothed share of distinct ones so far).
   Covered problems are ranked by the ``unique`` gain once no uncovered problem can take a sample.
 
 Promises (see ``flopmatch.allocation_run`` for the driver):
@@ -34,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -122,25 +123,47 @@ class BetaPrior:
         return np.exp(betaln(self.a + c, self.b + n - c + m) - betaln(self.a + c, self.b + n - c))
 
 
-def fit_prior(states: Sequence[ProblemState]) -> tuple[Posterior, str]:
-    """The prior for ``adaptive``: the forecast module's fit to every problem's (n, c), or Beta(1, 1).
+def fit_prior(states: Sequence[ProblemState]) -> tuple[BetaPrior, str]:
+    """The prior for ``adaptive``: a beta-binomial maximum-likelihood fit (``flopmatch.forecast``) to
+    every sampled problem's (n, c), or Beta(1, 1) before two problems are sampled.
 
-    A beta-binomial maximum-likelihood fit, refitted every round on all graded data: the beta-binomial likelihood ignores how the sample
-    counts were chosen (adaptive stopping is ignorable for likelihood inference), so later rounds
-    only sharpen the first round's fit. Returns the prior and a label saying which it is.
+    Fitting on adaptively allocated data is sound: the beta-binomial likelihood ignores how the sample
+    counts were chosen (adaptive stopping is ignorable for likelihood inference), so later fits only
+    sharpen the first round's. Returns the prior and a label saying which it is.
     """
     observed = [s for s in states if s.n > 0]
     if len(observed) < 2:
         return BetaPrior(), "beta(1,1): fewer than 2 problems sampled"
-    try:
-        from flopmatch.forecast import fit_success
-    except ImportError:
-        return BetaPrior(), "beta(1,1): flopmatch.forecast not available"
+    from flopmatch.forecast import fit_success
+
     n = np.array([s.n for s in observed])
     c = np.array([s.correct for s in observed])
-    # One family, no held-out model choice: refitted every round, it must be cheap (~0.1 s, not ~1 s).
     fit = fit_success(n, c, family="beta-binomial", seed=0)
-    return fit, f"{fit.family} {', '.join(f'{k}={v:.3g}' for k, v in sorted(fit.params.items()))}"
+    a, b = float(fit.params["a"]), float(fit.params["b"])
+    return BetaPrior(a, b), f"beta-binomial fit a={a:.3g}, b={b:.3g} on {int(n.sum())} samples"
+
+
+REFIT_GROWTH = 1.2  # refit the prior once the samples have grown by 20% since the last fit
+
+
+@dataclass
+class PriorCache:
+    """The prior in use and when it was fitted; the driver keeps it in its journal, so a rerun uses the
+    prior the interrupted run used (a refit on other data would change the decisions)."""
+
+    a: float | None = None
+    b: float | None = None
+    fitted_at: int = 0  # samples on disk when it was fitted
+    label: str = ""
+
+    def prior(self, states: Sequence[ProblemState], samples: int) -> BetaPrior:
+        if self.a is None or self.b is None or samples >= REFIT_GROWTH * self.fitted_at:
+            fitted, self.label = fit_prior(states)
+            self.a, self.b, self.fitted_at = fitted.a, fitted.b, samples
+        return BetaPrior(self.a, self.b)
+
+    def to_dict(self) -> dict[str, float | int | str | None]:
+        return {"a": self.a, "b": self.b, "fitted_at": self.fitted_at, "label": self.label}
 
 
 # --------------------------------------------------------------------------- policies (pure)
@@ -170,10 +193,16 @@ def round_size(states: Sequence[ProblemState], config: AllocationConfig) -> int:
     return max(config.min_round, valued or active)
 
 
-def _unique_gain(mean: float, unique: float, j: int) -> float:
-    """Expected gain in log(1 + unique correct) of the j-th extra sample (unique ≈ u + j·E[p])."""
-    u = unique + j * mean
-    return mean * (math.log(2.0 + u) - math.log(1.0 + u))
+def _unique_gain(mean: float, state: ProblemState, j: int) -> float:
+    """Expected gain in log(1 + unique correct) of the j-th extra sample this round.
+
+    A correct sample is new with probability ≈ (u + 1) / (c + 1) (the smoothed share of distinct ones
+    among the correct so far: a problem whose correct solutions all read the same stops paying), so a
+    sample adds a distinct correct one with probability q = E[p]·novelty, and u grows by about j·q.
+    """
+    q = mean * (state.unique_correct + 1) / (state.correct + 1)
+    u = state.unique_correct + j * q
+    return q * (math.log(2.0 + u) - math.log(1.0 + u))
 
 
 def _keys(states: Sequence[ProblemState], config: AllocationConfig, prior: Posterior | None):
@@ -195,7 +224,7 @@ def _keys(states: Sequence[ProblemState], config: AllocationConfig, prior: Poste
         return misses[(i, m)]
 
     def key(i: int, j: int):
-        unique = _unique_gain(float(mean[i]), states[i].unique_correct, j)
+        unique = _unique_gain(float(mean[i]), states[i], j)
         if config.objective == "unique":
             return (-unique, ties[i])
         first = miss(i, j) - miss(i, j + 1) if states[i].correct == 0 else 0.0
@@ -322,7 +351,6 @@ def simulate(
     budget_tokens: float | None,
     max_tokens: int,
     chunk_samples: int = 64,
-    fit: Callable[[Sequence[ProblemState]], tuple[Posterior, str]] = fit_prior,
 ) -> SimulationResult:
     """Run a policy over a pool of seeded samples (sample i of a problem is the same whichever policy
     asks for it), exactly as the driver would: same rounds, same budget guard. A problem whose pool
@@ -333,9 +361,10 @@ def simulate(
     budget = TokenBudget(budget_tokens)
     trace: list[dict[str, float]] = []
     rounds, stop = 0, "policy finished"
+    prior = PriorCache()
     while True:
         states = [s for s in states_from(seen) if s.problem_id not in exhausted]
-        plan = plan_next(states, config, budget, max_tokens, spent_samples=sum(map(len, seen.values())), fit=fit)
+        plan = plan_next(states, config, budget, max_tokens, spent_samples=sum(map(len, seen.values())), prior=prior)
         if isinstance(plan, str):
             stop = plan
             break
@@ -366,7 +395,7 @@ def plan_next(
     max_tokens: int,
     *,
     spent_samples: int,
-    fit: Callable[[Sequence[ProblemState]], tuple[Posterior, str]] = fit_prior,
+    prior: PriorCache | None = None,
 ) -> list[tuple[str, int]] | str:
     """The next round's picks, or why there is none ("policy finished" / "budget")."""
     wanted = round_size(states, config)
@@ -376,6 +405,6 @@ def plan_next(
         return "budget"
     mean = budget.spent_tokens / spent_samples if spent_samples else None
     size = max(1, min(wanted, affordable(budget.remaining(), mean, max_tokens)))
-    prior = fit(states)[0] if config.allocation == "adaptive" else None
-    picks = plan_round(states, config, size, prior=prior)
+    posterior = (prior or PriorCache()).prior(states, spent_samples) if config.allocation == "adaptive" else None
+    picks = plan_round(states, config, size, prior=posterior)
     return picks or "policy finished"

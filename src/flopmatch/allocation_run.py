@@ -31,6 +31,7 @@ import numpy as np
 from flopmatch import store
 from flopmatch.allocation import (
     AllocationConfig,
+    PriorCache,
     ProblemState,
     TokenBudget,
     admit,
@@ -246,7 +247,8 @@ class _Loop:
         self.budget_seconds, self.grade_timeout, self.p_total = budget_seconds, grade_timeout, p_total
         self.spent_seconds = float(model_spend(run.root, model)["seconds"]) if budget_seconds else 0.0
         self.engine = self.ledger = None
-        self.prior, self.rounds_here = "", 0
+        self.prior_cache = PriorCache(**journal.get("prior", {}))
+        self.rounds_here = 0
         self.bar = progress_bar(0, desc=model_key(model), enabled=progress)
 
     def run(self) -> str:
@@ -277,14 +279,9 @@ class _Loop:
             self.rounds_here += 1
 
     def _plan(self) -> list[tuple[str, int]] | str:
-        from flopmatch.allocation import fit_prior
-
-        def fit(states):
-            prior, self.prior = fit_prior(states)
-            return prior, self.prior
-
         plan = plan_next(self.book.states(), self.config, self.tokens, self.params.max_tokens,
-                         spent_samples=self.book.samples, fit=fit)  # fmt: skip
+                         spent_samples=self.book.samples, prior=self.prior_cache)  # fmt: skip
+        self.journal["prior"] = self.prior_cache.to_dict()  # saved with the round it decided
         if isinstance(plan, str):
             return plan
         cap = self._seconds_cap()
@@ -399,7 +396,7 @@ def _summary(loop: _Loop, stop: str, budget_flops: float | None, p_total: int | 
         startup_seconds=ledger.startup_seconds if ledger else 0.0, params=p_total,
         nominal_flops=ledger.row()["nominal_flops"] if ledger else None, status=status,
         session_id=ledger.session_id if ledger else None, allocation=loop.config.allocation,
-        objective=loop.config.objective, rounds=loop.journal["rounds"], prior=loop.prior, budget_flops=budget_flops,
+        objective=loop.config.objective, rounds=loop.journal["rounds"], prior=loop.prior_cache.label, budget_flops=budget_flops,
         spent_flops=spent, unspent_flops=(budget_flops - spent) if budget_flops and spent is not None else None,
         per_problem={"min": float(counts.min(initial=0)), "median": float(np.median(counts)) if len(counts) else 0.0,
                      "mean": float(counts.mean()) if len(counts) else 0.0, "max": float(counts.max(initial=0))},
