@@ -56,7 +56,7 @@ def print_table(
             header,
             justify="right" if header in right else "left",
             no_wrap=header in keys,
-            overflow="ellipsis" if header in keys else "fold",  # keys never need it (see below)
+            overflow="fold",  # never an ellipsis: _fit leaves every column at least its longest word
         )
     for row in rows:
         table.add_row(*row)
