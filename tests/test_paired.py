@@ -145,6 +145,9 @@ def test_mde_formula_and_the_deciding_md_figures():
     assert paired.mde_paired(200, 0.15) == pytest.approx(0.077, abs=0.001)
     assert paired.mde_paired(1000, 0.15) == pytest.approx(0.034, abs=0.001)
     assert paired.problems_for_mde(paired.mde_paired(500, 0.2), 0.2) == 500
+    seedy = {"seeds": 2, "seed_discordance": 0.08, "seed_sd": 0.01}
+    assert paired.problems_for_mde(paired.mde_paired(700, 0.16, **seedy), 0.16, **seedy) == 700
+    assert paired.problems_for_mde(0.02, 0.16, **seedy) == math.inf  # 2τ²/S alone is above the target
     # seeds: less problem-level variance, plus the seed-level term
     assert paired.mde_paired(200, 0.15, seeds=3, seed_discordance=0.08) < paired.mde_paired(200, 0.15)
     assert paired.mde_paired(200, 0.15, seed_sd=0.02) > paired.mde_paired(200, 0.15)
@@ -275,6 +278,10 @@ def test_comparison_table_averages_seeds_corrects_and_decides():
     low = family[family.budget_se_samples == 1].iloc[0]
     assert low.verdict.startswith("no detectable difference (MDE ")
     assert row.mde_relative == pytest.approx(row.mde / row.se * 100)
+    # seed noise: two seeds of one recipe disagree on part of the problems (each side drew its own answers)
+    expected = np.mean([np.mean(values[f"kd-{k}-b10"]["pass@1"] != values[f"kd-{k}-b10-s1"]["pass@1"])
+                        for k in ("wc", "se")])  # fmt: skip
+    assert row.seed_discordance == pytest.approx(expected) and row.seed_sd >= 0
 
 
 def test_comparison_table_with_one_seed_is_never_a_verdict():
@@ -285,6 +292,7 @@ def test_comparison_table_with_one_seed_is_never_a_verdict():
     row = table[(table.comparison == "wc_vs_se") & (table.metric == "pass@1") & (table.budget_se_samples == 10)].iloc[0]
     assert row.test == "McNemar exact" and row.p_adjusted < 0.05
     assert row.verdict == "one seed: not a verdict"
+    assert math.isnan(row.seed_discordance) and math.isnan(row.seed_sd)
 
 
 def test_comparison_table_refuses_models_evaluated_on_other_problems():

@@ -558,6 +558,17 @@ def test_dry_run_estimates_power_and_warns_when_5_percent_is_out_of_reach(tmp_pa
     assert not any(w.startswith("power:") for w in plan.warnings)
     off = dry_run(validate_study_dict(_toy_study("power", training={"enabled": False})), tmp_path / "run3")
     assert off.power is None
+    # an earlier run's comparisons: its discordance and seed noise plan the next study (seed-aware MDE)
+    import pandas as pd
+
+    measured = {"comparison": "wc_vs_se", "metric": "pass@1", "discordance": 0.2, "se": 0.3,
+                "seed_discordance": 0.08, "seed_sd": 0.03}  # fmt: skip
+    (tmp_path / "run4" / "metrics").mkdir(parents=True)
+    pd.DataFrame([measured]).to_parquet(tmp_path / "run4" / "metrics" / "comparisons.parquet")
+    plan = dry_run(validate_study_dict(big), tmp_path / "run4")
+    assert plan.power["basis"].startswith("measured") and plan.power["accuracy"] == pytest.approx(0.3)
+    assert plan.power["mde"] == pytest.approx(mde_paired(2000, 0.2, seeds=3, seed_discordance=0.08, seed_sd=0.03))
+    assert any("out of reach with 3 seed(s)" in w for w in plan.warnings)  # 2τ²/3 alone exceeds 1.5 points
 
 
 def test_dry_run_reports_config_errors_with_exit_code(tmp_path):

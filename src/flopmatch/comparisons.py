@@ -47,7 +47,7 @@ CORRECTION = "Holm over paradigms × budgets, per comparison and metric"
 COLUMNS = [
     "paradigm", "budget_se_samples", "wc_samples", "student", "metric", "comparison", "treatment", "baseline",
     "se", "wc", "diff", "ci_low", "ci_high", "test", "p_value", "p_adjusted", "seeds", "test_problems",
-    "discordance", "mde", "mde_relative", "verdict",
+    "discordance", "mde", "mde_relative", "seed_discordance", "seed_sd", "verdict",
 ]  # fmt: skip
 
 
@@ -137,9 +137,24 @@ def comparison_table(
                 )  # fmt: skip
                 # a base model has no training seed: the trained side's seeds decide what can be claimed
                 seeds = a.shape[0] if baseline == "base" else result.seeds
-                rows.append(_row(group, paradigm, int(budget), metric, comparison, result, seeds, better, worse))
+                row = _row(group, paradigm, int(budget), metric, comparison, result, seeds, better, worse)
+                rows.append({**row, **seed_noise(a, b)})
     table = pd.DataFrame(rows, columns=[*COLUMNS, "better_words", "worse_words"])
     return _adjust_and_judge(table, settings.alpha)
+
+
+def seed_noise(*sides: np.ndarray) -> dict[str, float]:
+    """How much training seeds disagree, over the sides with ≥ 2 seeds (NaN without any): the share of
+    problems two seeds of one recipe answer differently (0/1 metrics; mean absolute difference
+    otherwise) and the sd of a seed's global score shift (:func:`flopmatch.paired.seed_shift_variance`).
+    ``flopmatch study --dry-run`` plans the next study's MDE with them."""
+    seeded = [m for m in sides if m.shape[0] > 1]
+    if not seeded:
+        return {"seed_discordance": float("nan"), "seed_sd": float("nan")}
+    disagreement = [np.abs(m[:, None, :] - m[None, :, :]).sum(axis=(0, 1)).mean() / (m.shape[0] * (m.shape[0] - 1))
+                    for m in seeded]  # fmt: skip
+    shift = [paired.seed_shift_variance(m) for m in seeded]
+    return {"seed_discordance": float(np.mean(disagreement)), "seed_sd": float(np.sqrt(np.mean(shift)))}
 
 
 def _check_columns(paradigms: pd.DataFrame) -> None:

@@ -251,12 +251,17 @@ def mde_paired(n_problems: int, discordance: float, *, seeds: int = 1, seed_disc
     return mde_from_se(se, alpha=alpha, power=power)
 
 
-def problems_for_mde(mde: float, discordance: float, *, alpha: float = ALPHA, power: float = POWER) -> int:
-    """Test problems a one-seed paired comparison needs to detect ``mde`` (inverse of :func:`mde_paired`)."""
+def problems_for_mde(mde: float, discordance: float, *, seeds: int = 1, seed_discordance: float = 0.0,
+                     seed_sd: float = 0.0, alpha: float = ALPHA, power: float = POWER) -> float:  # fmt: skip
+    """Test problems a paired comparison needs to detect ``mde`` (the inverse of :func:`mde_paired` in N).
+    ``math.inf`` when the seed-level term 2τ²/S alone exceeds the target: then only more seeds help."""
     if mde <= 0:
         raise ValueError(f"mde must be > 0, got {mde}")
     z = z_value(1 - alpha / 2) + z_value(power)
-    return math.ceil(discordance * (z / mde) ** 2)
+    room = (mde / z) ** 2 - 2 * seed_sd**2 / seeds
+    if room <= 0:
+        return math.inf
+    return float(math.ceil((discordance - seed_discordance * (1 - 1 / seeds)) / room))
 
 
 # --------------------------------------------------------------------------- one comparison

@@ -247,7 +247,8 @@ def _print_dry_run(cfg, run: Path | None, as_json: bool) -> None:
         console.print(
             f"power: WC − SE pass@1 detectable from {pw['mde'] * 100:.1f} points ({pw['mde_relative']:.0f}% relative "
             f"at {pw['accuracy']:.0%}) with {pw['test_problems']:,} test problems, {pw['seeds']} training seed(s), "
-            f"{pw['discordance']:.0%} discordance ({pw['basis']}; 80% power, α = 0.05; seed noise not included)"
+            f"{pw['discordance']:.0%} discordance, seed noise d_s {pw['seed_discordance']:.0%} τ {pw['seed_sd'] * 100:.1f} pts "
+            f"({pw['basis']}; 80% power, α = 0.05)"
         )
     if cfg.training.enabled and cfg.training.launcher == "accelerate":
         console.print(

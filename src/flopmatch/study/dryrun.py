@@ -145,46 +145,60 @@ TARGET_RELATIVE_GAIN = 0.05
 def planned_power(config: StudyConfig, test_problems: int | None, run: RunDir) -> dict[str, Any] | None:
     """The minimum detectable WC − SE difference of greedy pass@1 (80% power, α = 0.05) for the planned test
     size and seeds: (1.96 + 0.84)·sqrt(d / N), with d and the SE-data accuracy measured by an earlier
-    run of this study (its comparisons.parquet) or assumed. Seed-to-seed variance is unknown before a
-    run and not included, so the MDE is a floor. Warns when a 5% relative gain is out of reach."""
+    run of this study (its comparisons.parquet) or assumed. When that run had ≥ 2 seeds, its seed noise
+    (seed discordance d_s, seed shift τ) enters the seed-aware :func:`flopmatch.paired.mde_paired`;
+    otherwise seed-to-seed variance is unknown and left out (the MDE is then a floor). Warns when a 5%
+    relative gain is out of reach."""
     from flopmatch.paired import mde_paired, problems_for_mde
 
     if not test_problems:
         return None
     seeds = len(config.training.seed_list(config.seed))
     discordance, accuracy, basis = ASSUMED_DISCORDANCE, ASSUMED_ACCURACY, "assumed"
+    seed_discordance, seed_sd = 0.0, 0.0
     measured = _measured_discordance(run)
     if measured is not None:
-        discordance, accuracy, basis = *measured, "measured in this run's metrics/comparisons.parquet"
-    mde = mde_paired(test_problems, discordance)
+        discordance, accuracy, seed_discordance, seed_sd = measured
+        basis = "measured in this run's metrics/comparisons.parquet"
+    mde = mde_paired(test_problems, discordance, seeds=seeds, seed_discordance=min(seed_discordance, discordance),
+                     seed_sd=seed_sd)  # fmt: skip
     target = TARGET_RELATIVE_GAIN * accuracy
     warnings = []
     if mde > target:
+        needed = problems_for_mde(target, discordance, seeds=seeds, seed_discordance=min(seed_discordance, discordance),
+                                  seed_sd=seed_sd)  # fmt: skip
+        remedy = (f"needs about {int(needed):,} test problems (problems.test.limit)" if needed != float("inf") else
+                  f"is out of reach with {seeds} seed(s) at any test size (seed shift τ {seed_sd * 100:.1f} pts): add seeds")  # fmt: skip
         warnings.append(
             f"power: {test_problems} test problems detect a WC − SE pass@1 difference of {mde * 100:.1f} points "
             f"(80% power, {discordance:.0%} discordance, {basis}), {mde / accuracy:.0%} relative at "
-            f"{accuracy:.0%} accuracy; a {TARGET_RELATIVE_GAIN:.0%} relative gain ({target * 100:.1f} pts) needs about "
-            f"{problems_for_mde(target, discordance):,} test problems (problems.test.limit)"
+            f"{accuracy:.0%} accuracy; a {TARGET_RELATIVE_GAIN:.0%} relative gain ({target * 100:.1f} pts) {remedy}"
         )
     if seeds < 2:
         warnings.append("power: one training seed; a difference it shows is never a verdict (set training.seeds: "
                         "[0, 1, 2])")  # fmt: skip
     return {"test_problems": test_problems, "seeds": seeds, "discordance": discordance, "accuracy": accuracy,
-            "basis": basis, "mde": mde, "mde_relative": mde / accuracy * 100, "warnings": warnings}  # fmt: skip
+            "seed_discordance": seed_discordance, "seed_sd": seed_sd, "basis": basis, "mde": mde,
+            "mde_relative": mde / accuracy * 100, "warnings": warnings}  # fmt: skip
 
 
-def _measured_discordance(run: RunDir) -> tuple[float, float] | None:
-    """(mean discordance, mean SE-data pass@1) of the WC-vs-SE pass@1 comparisons of an earlier run."""
+def _measured_discordance(run: RunDir) -> tuple[float, float, float, float] | None:
+    """(mean discordance, mean SE-data pass@1, seed discordance, seed shift sd; 0 for the last two
+    without seeds) of the WC-vs-SE pass@1 comparisons of an earlier run."""
     path = run.metrics_dir / "comparisons.parquet"
     if not path.exists():
         return None
+    import numpy as np
     import pandas as pd
 
     table = pd.read_parquet(path)
     rows = table[(table["comparison"] == "wc_vs_se") & (table["metric"] == "pass@1")] if len(table) else table
     if rows.empty or rows["discordance"].isna().all() or not (rows["se"] > 0).any():
         return None
-    return float(rows["discordance"].mean()), float(rows["se"].mean())
+    seed_discordance = rows["seed_discordance"].mean() if "seed_discordance" in rows else float("nan")
+    seed_sd = float(np.sqrt((rows["seed_sd"] ** 2).mean())) if "seed_sd" in rows else float("nan")
+    return (float(rows["discordance"].mean()), float(rows["se"].mean()),
+            0.0 if pd.isna(seed_discordance) else float(seed_discordance), 0.0 if np.isnan(seed_sd) else seed_sd)  # fmt: skip
 
 
 def _ledger_mean_tokens(run: RunDir, config: StudyConfig) -> dict[str, tuple[float, str]]:
