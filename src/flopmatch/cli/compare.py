@@ -62,7 +62,8 @@ def compare_command(
     if comparison:
         shown = shown[shown["comparison"].isin(comparison)]
     if as_json:
-        console.print_json(json.dumps(shown.to_dict("records"), default=str))
+        records = shown.astype(object).where(shown.notna(), None).to_dict("records")  # NaN is not JSON: null
+        console.print_json(json.dumps(records, default=str))
         return
     from rich.table import Table
 
