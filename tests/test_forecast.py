@@ -65,6 +65,17 @@ def test_zero_inflated_fit_recovers_pi_and_is_chosen_by_heldout_likelihood():
     assert fit.a / (fit.a + fit.b) == pytest.approx(0.4, abs=0.04)
 
 
+def test_beta_mixture_fit_recovers_two_groups_of_problems():
+    rng = np.random.default_rng(12)
+    n1, c1 = simulate(rng, 1500, 16, a=1.0, b=12.0)
+    n2, c2 = simulate(rng, 1500, 16, a=8.0, b=2.0)
+    fit = fit_success(np.r_[n1, n2], np.r_[c1, c2], family="beta-mixture")
+    low, high = sorted([(fit.params["a1"] / (fit.params["a1"] + fit.params["b1"]), fit.params["w"]),
+                        (fit.params["a2"] / (fit.params["a2"] + fit.params["b2"]), 1 - fit.params["w"])])
+    assert low[0] == pytest.approx(1 / 13, abs=0.02) and high[0] == pytest.approx(0.8, abs=0.03)
+    assert low[1] == pytest.approx(0.5, abs=0.05)
+
+
 def test_plain_beta_data_does_not_need_zero_inflation():
     rng = np.random.default_rng(3)
     n, c = simulate(rng, 3000, 10, a=1.0, b=1.0)
@@ -101,14 +112,21 @@ def test_bad_counts_name_the_problem():
 FITS = [
     SuccessFit("beta-binomial", {"a": 0.3, "b": 2.5}, 0.0, None),
     SuccessFit("zero-inflated-beta", {"a": 1.2, "b": 0.8, "pi": 0.25}, 0.0, None),
+    SuccessFit("beta-mixture", {"w": 0.4, "a1": 0.5, "b1": 6.0, "a2": 3.0, "b2": 1.0}, 0.0, None),
 ]
 
 
 def _expect(fit: SuccessFit, g) -> float:
-    """E[g(p)] under the fit by numeric integration of the Beta density (plus the mass at 0)."""
-    pdf = stats.beta(fit.a, fit.b).pdf
-    value, _ = integrate.quad(lambda p: g(p) * pdf(p), 0, 1, limit=400, points=[1e-6, 1e-3, 0.5])
-    return fit.pi * g(0.0) + (1 - fit.pi) * value
+    """E[g(p)] under the fit by numeric integration of the Beta densities (plus the mass at 0)."""
+    params = fit.params
+    parts = ([(params["w"], params["a1"], params["b1"]), (1 - params["w"], params["a2"], params["b2"])]
+             if fit.family == "beta-mixture" else [(1.0, params["a"], params["b"])])
+    pi = params.get("pi", 0.0)
+    value = 0.0
+    for weight, a, b in parts:
+        pdf = stats.beta(a, b).pdf
+        value += weight * integrate.quad(lambda p, pdf=pdf: g(p) * pdf(p), 0, 1, limit=400, points=[1e-6, 1e-3, 0.5])[0]
+    return pi * g(0.0) + (1 - pi) * value
 
 
 @pytest.mark.parametrize("fit", FITS, ids=lambda f: f.family)
@@ -135,7 +153,12 @@ def test_posterior_functions_equal_bayes_rule(fit, n, c, m):
 def test_unique_at_k_equals_monte_carlo(fit):
     rng = np.random.default_rng(6)
     model, k, draws = UniqueFit(theta=1.3, log_likelihood=0.0, problems=0), 30, 6000
-    p = np.where(rng.random(draws) < fit.pi, 0.0, rng.beta(fit.a, fit.b, draws))
+    if fit.family == "beta-mixture":
+        first = rng.random(draws) < fit.params["w"]
+        p = np.where(first, rng.beta(fit.params["a1"], fit.params["b1"], draws),
+                     rng.beta(fit.params["a2"], fit.params["b2"], draws))
+    else:
+        p = np.where(rng.random(draws) < fit.pi, 0.0, rng.beta(fit.a, fit.b, draws))
     values = np.array([crp_unique(rng, int(ci), model.theta) for ci in rng.binomial(k, p)])
     se = values.std() / math.sqrt(draws)
     assert abs(model.unique_at_k(fit, k) - values.mean()) < 4 * se

@@ -12,20 +12,24 @@ n_i may differ per problem):
 * ``zero-inflated-beta``: p = 0 with probability pi (problems the model can never solve), otherwise
   p ~ Beta(a, b). It exists for pilots with many never-solved problems, where a plain Beta has to
   stretch its left tail to explain them and then over-forecasts large k.
+* ``beta-mixture``: p ~ w Beta(a1, b1) + (1 - w) Beta(a2, b2). For the opposite failure: hard-but-
+  solvable problems (p ~ 0.05) that a single Beta with a < 1 piles up near p = 0, under-forecasting
+  large k (seen in the toy world, README "Forecasting from a pilot").
 
-``family="auto"`` fits both and keeps the one with the higher held-out log-likelihood (k-fold over
-problems, seeded); :attr:`SuccessFit.family` records which, :attr:`SuccessFit.candidates` both scores.
+``family="auto"`` fits the first two and keeps the one with the higher held-out log-likelihood (k-fold
+over problems, seeded); :attr:`SuccessFit.family` records which, :attr:`SuccessFit.candidates` every
+score. ``beta-mixture`` is opt-in (``family="beta-mixture"``): its fit is much slower.
 
 Forecasts under a fit (closed forms with Beta functions):
 
-* coverage@k = 1 - E[(1-p)^k] = (1 - pi) * (1 - B(a, b+k) / B(a, b));
+* coverage@k = 1 - E[(1-p)^k] = (1 - pi) * (1 - B(a, b+k) / B(a, b)) (a weighted sum over mixture parts);
 * expected correct samples per problem = k * E[p] = k * (1 - pi) * a / (a + b);
 * per problem, after seeing c of n correct, the posterior is Beta(a+c, b+n-c) (mixed with p = 0 for
-  an unsolved problem under zero inflation): :meth:`SuccessFit.posterior_miss`,
-  :meth:`SuccessFit.posterior_mean`.
+  an unsolved problem under zero inflation, over parts by their responsibilities for a mixture):
+  :meth:`SuccessFit.posterior_miss`, :meth:`SuccessFit.posterior_mean`.
 
-Unique correct solutions (:func:`fit_unique`): within a problem, correct solutions are draws from a
-Chinese-restaurant process (a Dirichlet-process pool of distinct solutions) with one concentration
+Unique correct solutions (:func:`fit_unique`, :mod:`flopmatch.forecast_unique`): within a problem,
+correct solutions are draws from a Chinese-restaurant process (a Dirichlet-process pool of distinct solutions) with one concentration
 theta shared by all problems: the j-th correct sample is new with probability theta / (theta + j - 1).
 The expected number of distinct solutions among m correct ones is theta * (digamma(theta + m) -
 digamma(theta)): it grows like theta * log(m), saturating slowly, and theta is fitted by maximum
@@ -54,14 +58,20 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special
 
+from flopmatch.forecast_unique import UniqueFit, fit_unique
 from flopmatch.metrics import pass_at_k
 
-FAMILIES = ("beta-binomial", "zero-inflated-beta")
+FAMILIES = ("beta-binomial", "zero-inflated-beta", "beta-mixture")
+# What "auto" chooses between. The 5-parameter mixture is opt-in: its multi-start fit is ~50x slower,
+# too slow to run inside every fold and bootstrap resample on a loaded 2-core machine.
+AUTO_FAMILIES = ("beta-binomial", "zero-inflated-beta")
+__all__ = ["AUTO_FAMILIES", "FAMILIES", "ForecastPoint", "ModelForecast", "PowerLawFit", "SuccessFit", "UniqueFit", "fit_power_law",
+           "fit_success", "fit_unique", "forecast_counts", "forecast_pilot", "forecast_run", "pilot_coverage", "refit",
+           "unbiased_coverage"]
 DEFAULT_KS = (1, 3, 10, 30, 100, 1000)
 CV_FOLDS = 5
 _LOG_BOUND = 9.2  # a, b in [1e-4, 1e4]: wide enough for any pilot, finite so degenerate data stays finite
 _LOGIT_BOUND = 12.0
-_THETA_LOG_BOUND = 14.0
 
 
 # --------------------------------------------------------------------------- inputs
@@ -97,57 +107,96 @@ def _log_binom(n, c):
     return special.gammaln(n + 1) - special.gammaln(c + 1) - special.gammaln(n - c + 1)
 
 
-def _unpack(family: str, theta: np.ndarray) -> tuple[float, float, float]:
-    a, b = math.exp(theta[0]), math.exp(theta[1])
-    pi = float(special.expit(theta[2])) if family == "zero-inflated-beta" else 0.0
-    return a, b, pi
+def components(family: str, params: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Every family as (weights, a, b, pi): a mixture of Betas with an optional mass pi at p = 0."""
+    if family == "beta-mixture":
+        w = params["w"]
+        return (np.array([w, 1 - w]), np.array([params["a1"], params["a2"]]), np.array([params["b1"], params["b2"]]),
+                0.0)
+    return np.array([1.0]), np.array([params["a"]]), np.array([params["b"]]), params.get("pi", 0.0)
 
 
-def _pointwise_loglik(family: str, a: float, b: float, pi: float, n, c) -> np.ndarray:
-    lbb = _log_binom(n, c) + special.betaln(c + a, n - c + b) - special.betaln(a, b)
-    if pi <= 0.0:
-        return lbb
-    with_beta = math.log1p(-pi) + lbb
-    return np.where(c == 0, np.logaddexp(math.log(pi), with_beta), with_beta)
+_N_PARAMS = {"beta-binomial": 2, "zero-inflated-beta": 3, "beta-mixture": 5}
+
+
+def _unpack(family: str, theta: np.ndarray) -> dict[str, float]:
+    if family == "beta-mixture":
+        return {"w": float(special.expit(theta[0])), "a1": math.exp(theta[1]), "b1": math.exp(theta[2]),
+                "a2": math.exp(theta[3]), "b2": math.exp(theta[4])}
+    params = {"a": math.exp(theta[0]), "b": math.exp(theta[1])}
+    if family == "zero-inflated-beta":
+        params["pi"] = float(special.expit(theta[2]))
+    return params
+
+
+def _logit(x: float) -> float:
+    x = min(max(x, 1e-12), 1 - 1e-12)
+    return math.log(x / (1 - x))
+
+
+def _theta(family: str, params: dict[str, float]) -> np.ndarray:
+    if family == "beta-mixture":
+        return np.array([_logit(params["w"]), *(math.log(params[k]) for k in ("a1", "b1", "a2", "b2"))])
+    base = [math.log(params["a"]), math.log(params["b"])]
+    if family == "zero-inflated-beta":
+        base.append(_logit(params["pi"]))
+    return np.array(base)
+
+
+def _component_loglik(w, a, b, pi, n, c) -> tuple[np.ndarray, np.ndarray]:
+    """log of each part's joint probability with c | n: Beta components (rows) and the p = 0 mass."""
+    n, c = np.asarray(n, dtype=float), np.asarray(c, dtype=float)
+    lbb = (_log_binom(n, c)[None] + special.betaln(c[None] + a[:, None], (n - c)[None] + b[:, None])
+           - special.betaln(a, b)[:, None])
+    with_beta = np.log(w)[:, None] + math.log1p(-pi) + lbb
+    zero = np.where(c == 0, math.log(pi), -np.inf) if pi > 0 else np.full(c.shape, -np.inf)
+    return with_beta, zero
+
+
+def _pointwise_loglik(family: str, params: dict[str, float], n, c) -> np.ndarray:
+    with_beta, zero = _component_loglik(*components(family, params), n, c)
+    return np.logaddexp(special.logsumexp(with_beta, axis=0), zero)
+
+
+def _starts(family: str, mean: float) -> list[np.ndarray]:
+    if family == "beta-mixture":  # a low and a high component, diffuse and concentrated
+        return [np.array([0.0, *np.log([lo * conc, (1 - lo) * conc, hi * conc, (1 - hi) * conc])])
+                for lo, hi in ((0.1, 0.7), (0.03, 0.5), (0.2, 0.9)) for conc in (2.0, 10.0)]
+    starts = []
+    for conc in (0.5, 2.0, 10.0):
+        base = [math.log(mean * conc), math.log((1 - mean) * conc)]
+        starts += [np.array([*base, logit]) for logit in (-3.0, 0.0)] if family == "zero-inflated-beta" else [
+            np.array(base)]
+    return starts
 
 
 def _fit_family(family: str, n, c, w, starts: Sequence[np.ndarray] | None = None) -> tuple[dict[str, float], float]:
-    """Maximum-likelihood (a, b[, pi]) for aggregated counts; several starts, the best kept."""
+    """Maximum-likelihood parameters for aggregated counts; several starts, the best kept."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
-    zi = family == "zero-inflated-beta"
-
-    bounds = np.array([_LOG_BOUND, _LOG_BOUND] + ([_LOGIT_BOUND] if zi else []))
+    bounds = np.full(_N_PARAMS[family], _LOG_BOUND)
+    if family != "beta-binomial":
+        bounds[0 if family == "beta-mixture" else 2] = _LOGIT_BOUND
 
     def nll(theta: np.ndarray) -> float:
-        theta = np.clip(theta, -bounds, bounds)
-        return -float(np.dot(w, _pointwise_loglik(family, *_unpack(family, theta), n, c)))
+        return -float(np.dot(w, _pointwise_loglik(family, _unpack(family, np.clip(theta, -bounds, bounds)), n, c)))
 
     if starts is None:
-        mean = float(np.clip(np.dot(w, c) / max(np.dot(w, n), 1e-12), 0.02, 0.98))
-        starts = []
-        for conc in (0.5, 2.0, 10.0):
-            base = [math.log(mean * conc), math.log((1 - mean) * conc)]
-            starts += [np.array([*base, logit]) for logit in (-3.0, 0.0)] if zi else [np.array(base)]
-    # Nelder-Mead on the clipped objective: as accurate here as L-BFGS-B and, with 2-3 parameters, much
+        starts = _starts(family, float(np.clip(np.dot(w, c) / max(np.dot(w, n), 1e-12), 0.02, 0.98)))
+    # Nelder-Mead on the clipped objective: as accurate here as L-BFGS-B and, with 2-5 parameters, much
     # faster (L-BFGS-B's BLAS threads spin on a busy machine; 0.3 s against 0.03 s per fit measured).
     best = None
     for x0 in starts:
         x0 = np.clip(np.asarray(x0, dtype=float), -bounds, bounds)
-        res = optimize.minimize(nll, x0, method="Nelder-Mead", options={"xatol": 1e-7, "fatol": 1e-10, "maxiter": 4000})
+        res = optimize.minimize(nll, x0, method="Nelder-Mead",
+                                options={"xatol": 1e-7, "fatol": 1e-10, "maxiter": 800 * len(x0)})
         if best is None or res.fun < best.fun:
             best = res
-    a, b, pi = _unpack(family, np.clip(best.x, -bounds, bounds))
-    params = {"a": a, "b": b, **({"pi": pi} if zi else {})}
-    return params, -float(best.fun)
+    return _unpack(family, np.clip(best.x, -bounds, bounds)), -float(best.fun)
 
 
-def _theta(family: str, params: dict[str, float]) -> np.ndarray:
-    base = [math.log(params["a"]), math.log(params["b"])]
-    if family == "zero-inflated-beta":
-        pi = min(max(params["pi"], 1e-12), 1 - 1e-12)
-        base.append(math.log(pi / (1 - pi)))
-    return np.array(base)
+def _scalar_or_array(out: np.ndarray) -> float | np.ndarray:
+    return float(out) if np.ndim(out) == 0 else out
 
 
 @dataclass(frozen=True)
@@ -163,72 +212,91 @@ class SuccessFit:
 
     @property
     def a(self) -> float:
-        return self.params["a"]
+        """a of the (first) Beta component."""
+        return float(components(self.family, self.params)[1][0])
 
     @property
     def b(self) -> float:
-        return self.params["b"]
+        return float(components(self.family, self.params)[2][0])
 
     @property
     def pi(self) -> float:
-        """Mass at p = 0 (0 for the plain beta-binomial)."""
-        return self.params.get("pi", 0.0)
+        """Mass at p = 0 (0 unless zero-inflated)."""
+        return components(self.family, self.params)[3]
 
     @property
     def mean(self) -> float:
         """E[p]: the expected share of correct samples."""
-        return (1 - self.pi) * self.a / (self.a + self.b)
+        w, a, b, pi = components(self.family, self.params)
+        return float((1 - pi) * np.dot(w, a / (a + b)))
 
     def coverage(self, k: int | np.ndarray) -> float | np.ndarray:
-        """coverage@k = 1 - E[(1-p)^k] = (1 - pi) * (1 - B(a, b+k)/B(a, b))."""
-        k_arr = np.asarray(k, dtype=float)
-        miss_beta = np.exp(special.betaln(self.a, self.b + k_arr) - special.betaln(self.a, self.b))
-        out = (1 - self.pi) * (1 - miss_beta)
-        return float(out) if np.ndim(out) == 0 else out
+        """coverage@k = 1 - E[(1-p)^k] = (1 - pi) * sum_j w_j (1 - B(a_j, b_j+k)/B(a_j, b_j))."""
+        w, a, b, pi = components(self.family, self.params)
+        k_arr = np.asarray(k, dtype=float)[..., None]
+        miss = np.exp(special.betaln(a, b + k_arr) - special.betaln(a, b))
+        return _scalar_or_array((1 - pi) * np.sum(w * (1 - miss), axis=-1))
 
     def expected_correct(self, k: int | np.ndarray) -> float | np.ndarray:
         """Expected correct samples per problem among k: k * E[p]."""
-        out = np.asarray(k, dtype=float) * self.mean
-        return float(out) if np.ndim(out) == 0 else out
+        return _scalar_or_array(np.asarray(k, dtype=float) * self.mean)
 
-    def _zero_weight(self, n: np.ndarray, c: np.ndarray) -> np.ndarray:
-        """Posterior probability that p = 0 (only unsolved problems under zero inflation have any)."""
-        if self.pi <= 0.0:
-            return np.zeros(np.broadcast(n, c).shape)
-        log_beta_miss = special.betaln(self.a, self.b + n) - special.betaln(self.a, self.b)
-        w0 = self.pi / (self.pi + (1 - self.pi) * np.exp(log_beta_miss))
-        return np.where(c == 0, w0, 0.0)
+    def responsibilities(self, n: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior weight of each Beta component (components × problems) and of p = 0 (problems)."""
+        with_beta, zero = _component_loglik(*components(self.family, self.params), np.atleast_1d(n),
+                                            np.atleast_1d(c))
+        total = np.logaddexp(special.logsumexp(with_beta, axis=0), zero)
+        return np.exp(with_beta - total), np.exp(zero - total)
 
     def posterior_miss(self, n: np.ndarray, c: np.ndarray, m: int | np.ndarray) -> np.ndarray:
         """Per problem: E[(1-p)^m | n samples, c correct] — the chance that m more samples all fail."""
-        n, c = (np.asarray(x, dtype=float) for x in (n, c))
+        n, c = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (n, c))
         m = np.asarray(m, dtype=float)
-        a_post, b_post = self.a + c, self.b + n - c
-        beta_miss = np.exp(special.betaln(a_post, b_post + m) - special.betaln(a_post, b_post))
-        w0 = self._zero_weight(n, c)
-        return w0 + (1 - w0) * beta_miss
+        _, a, b, _ = components(self.family, self.params)
+        resp, zero = self.responsibilities(n, c)
+        a_post, b_post = a[:, None] + c, b[:, None] + n - c
+        miss = np.exp(special.betaln(a_post, b_post + m) - special.betaln(a_post, b_post))
+        return zero + np.sum(resp * miss, axis=0)
 
     def posterior_mean(self, n: np.ndarray, c: np.ndarray) -> np.ndarray:
         """Per problem: E[p | n samples, c correct]."""
-        n, c = (np.asarray(x, dtype=float) for x in (n, c))
-        return (1 - self._zero_weight(n, c)) * (self.a + c) / (self.a + self.b + n)
+        n, c = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (n, c))
+        _, a, b, _ = components(self.family, self.params)
+        resp, _ = self.responsibilities(n, c)
+        return np.sum(resp * (a[:, None] + c) / (a[:, None] + b[:, None] + n), axis=0)
+
+    def posterior_sample(self, n: np.ndarray, c: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One draw of each problem's p from its posterior."""
+        n, c = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (n, c))
+        _, a, b, _ = components(self.family, self.params)
+        resp, zero = self.responsibilities(n, c)
+        weights = np.vstack([zero[None], resp])  # part 0: p = 0, then the Beta components
+        part = (rng.random(len(n))[None] > np.cumsum(weights, axis=0)).sum(axis=0)
+        part = np.minimum(part, len(a))
+        j = np.maximum(part - 1, 0)
+        draws = rng.beta(a[j] + c, b[j] + n - c)
+        return np.where(part == 0, 0.0, draws)
 
     def correct_pmf(self, k: int) -> np.ndarray:
         """P(C = j), j = 0..k: the number of correct samples among k for a random problem."""
-        j = np.arange(k + 1, dtype=float)
-        pmf = (1 - self.pi) * np.exp(_log_binom(float(k), j) + special.betaln(j + self.a, k - j + self.b)
-                                     - special.betaln(self.a, self.b))
-        pmf[0] += self.pi
+        w, a, b, pi = components(self.family, self.params)
+        j = np.arange(k + 1, dtype=float)[None]
+        parts = np.exp(_log_binom(float(k), j) + special.betaln(j + a[:, None], k - j + b[:, None])
+                       - special.betaln(a, b)[:, None])
+        pmf = (1 - pi) * np.dot(w, parts)
+        pmf[0] += pi
         return pmf
 
     def posterior_correct_pmf(self, n: int, c: int, m: int) -> np.ndarray:
         """P(C' = j), j = 0..m: correct samples among m more for a problem that had c of n correct."""
-        j = np.arange(m + 1, dtype=float)
-        a_post, b_post = self.a + c, self.b + n - c
-        w0 = float(self._zero_weight(np.asarray(float(n)), np.asarray(float(c))))
-        pmf = (1 - w0) * np.exp(_log_binom(float(m), j) + special.betaln(a_post + j, b_post + m - j)
-                                - special.betaln(a_post, b_post))
-        pmf[0] += w0
+        _, a, b, _ = components(self.family, self.params)
+        resp, zero = self.responsibilities(np.array([float(n)]), np.array([float(c)]))
+        j = np.arange(m + 1, dtype=float)[None]
+        a_post, b_post = a[:, None] + c, b[:, None] + n - c
+        parts = np.exp(_log_binom(float(m), j) + special.betaln(a_post + j, b_post + m - j)
+                       - special.betaln(a_post, b_post))
+        pmf = np.dot(resp[:, 0], parts)
+        pmf[0] += zero[0]
         return pmf
 
     def to_dict(self) -> dict[str, Any]:
@@ -247,9 +315,7 @@ def heldout_log_likelihood(family: str, n: np.ndarray, c: np.ndarray, *, folds: 
         test = order[f::folds]
         train = np.setdiff1d(order, test)
         params, _ = _fit_family(family, *_aggregate(n[train], c[train]))
-        pi = params.get("pi", 0.0)
-        total += float(np.sum(_pointwise_loglik(family, params["a"], params["b"], pi,
-                                                n[test].astype(float), c[test].astype(float))))
+        total += float(np.sum(_pointwise_loglik(family, params, n[test].astype(float), c[test].astype(float))))
     return total
 
 
@@ -258,7 +324,7 @@ def fit_success(n: Any, c: Any, family: str = "auto", seed: int = 0) -> SuccessF
     n, c = as_counts(n, c)
     if len(n) == 0:
         raise ValueError("fit_success needs at least one problem")
-    families = FAMILIES if family == "auto" else (family,)
+    families = AUTO_FAMILIES if family == "auto" else (family,)
     if any(f not in FAMILIES for f in families):
         raise ValueError(f"unknown family {family!r}; expected 'auto' or one of {FAMILIES}")
     scores: dict[str, float] = {}
@@ -287,57 +353,6 @@ def pilot_coverage(n: Any, c: Any, k_per_problem: int | np.ndarray, *, fit: Succ
     more = np.maximum(np.broadcast_to(np.asarray(k_per_problem), n.shape) - n, 0)
     covered = np.where(c > 0, 1.0, 1.0 - fit.posterior_miss(n, c, more))
     return float(np.mean(covered))
-
-
-# --------------------------------------------------------------------------- unique correct solutions
-
-
-@dataclass(frozen=True)
-class UniqueFit:
-    """Chinese-restaurant-process model of distinct correct solutions within a problem (module docstring)."""
-
-    theta: float
-    log_likelihood: float
-    problems: int
-    model: str = "crp"
-
-    def unique_given_correct(self, m: int | np.ndarray) -> np.ndarray:
-        """Expected distinct solutions among m correct ones: theta * (digamma(theta + m) - digamma(theta))."""
-        m = np.asarray(m, dtype=float)
-        return self.theta * (special.digamma(self.theta + m) - special.digamma(self.theta))
-
-    def growth(self, c: np.ndarray, extra: np.ndarray) -> np.ndarray:
-        """Expected new distinct solutions when a problem with c correct gets ``extra`` more correct ones."""
-        c, extra = np.asarray(c, dtype=float), np.asarray(extra, dtype=float)
-        return self.theta * (special.digamma(self.theta + c + extra) - special.digamma(self.theta + c))
-
-    def unique_at_k(self, success: SuccessFit, k: int) -> float:
-        """E[unique correct among k samples] for a random problem, summing exactly over C = 0..k."""
-        pmf = success.correct_pmf(int(k))
-        return float(np.dot(pmf, self.unique_given_correct(np.arange(int(k) + 1))))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def fit_unique(c: Any, u: Any) -> UniqueFit:
-    """Maximum-likelihood CRP concentration from per-problem (correct, unique) counts; c = 0 rows carry none."""
-    c_arr, u_arr = np.asarray(c, dtype=np.int64), np.asarray(u, dtype=np.int64)
-    bad = np.flatnonzero((u_arr < 0) | (u_arr > c_arr) | ((c_arr > 0) & (u_arr < 1)))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"problem {i}: unique_correct={u_arr[i]} must be between 1 and c={c_arr[i]} (0 when c=0)")
-    keep = c_arr > 0
-    cs, us = c_arr[keep].astype(float), u_arr[keep].astype(float)
-    if cs.size == 0:
-        raise ValueError("fit_unique needs at least one problem with a correct sample")
-
-    def nll(log_theta: float) -> float:
-        t = math.exp(log_theta)
-        return -float(np.sum(us * log_theta + special.gammaln(t) - special.gammaln(t + cs)))
-
-    res = optimize.minimize_scalar(nll, bounds=(-_THETA_LOG_BOUND, _THETA_LOG_BOUND), method="bounded")
-    return UniqueFit(theta=math.exp(res.x), log_likelihood=-float(res.fun), problems=int(cs.size))
 
 
 # --------------------------------------------------------------------------- baselines
@@ -527,8 +542,7 @@ def forecast_pilot(counts: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS, *, mode
         idx = rng.integers(0, len(n), len(n))
         f = refit(fit, n[idx], c[idx])
         uf = fit_unique(c[idx], u[idx]) if ufit is not None and (c[idx] > 0).any() else ufit
-        zero = rng.random(len(n)) < f._zero_weight(n.astype(float), c.astype(float))
-        p = np.where(zero, 0.0, rng.beta(f.a + c, f.b + n - c))
+        p = f.posterior_sample(n, c, rng)
         for j, k in enumerate(ks):
             extra = rng.binomial(k - n, p)
             cov_boot[i, j] = np.mean((c > 0) | (extra > 0))

@@ -86,7 +86,7 @@ def forecast_command(
     pilot_problems: Annotated[int | None, typer.Option("--pilot-problems", min=2,
                                                        help="RUN: a seeded subset of this many problems")] = None,
     k: Annotated[str, typer.Option("--k", help="comma-separated k to forecast")] = DEFAULT_K,
-    family: Annotated[str, typer.Option(help="auto | beta-binomial | zero-inflated-beta")] = "auto",
+    family: Annotated[str, typer.Option(help="auto | beta-binomial | zero-inflated-beta | beta-mixture")] = "auto",
     n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="bootstrap resamples of problems")] = 200,
     target: Annotated[str, typer.Option(help="population: problems like the pilot's (default); pilot: the pilot "
                                         "problems themselves, each given k samples in total")] = "population",
