@@ -39,6 +39,27 @@ def parse_ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _graded_frame(run: Path, model: str) -> pd.DataFrame | None:
+    from flopmatch.store import RunDir, read_shards, read_table
+
+    r = RunDir(run)
+    if not r.grades_path(model).exists():
+        return None
+    grades = read_table(r.grades_path(model), columns=["problem_id", "sample_idx", "status"]).to_pandas()
+    samples = read_shards(r.samples_dir(model), columns=["problem_id", "sample_idx", "completion_tokens"])
+    samples = samples.to_pandas().drop_duplicates(["problem_id", "sample_idx"])
+    return grades.merge(samples, how="left", on=["problem_id", "sample_idx"])
+
+
+def _ledger_params(run: Path, model: str) -> int:
+    from flopmatch.ledger import summarize_ledger
+    from flopmatch.store import model_key
+
+    ledger = summarize_ledger(run)
+    mine = ledger[ledger["model"].map(model_key) == model_key(model)]
+    return int(mine["params"].dropna().iloc[0])
+
+
 class Graded:
     """One model's graded samples as matrices over (problem, sample_idx): correct and generated tokens."""
 
@@ -50,38 +71,46 @@ class Graded:
     params: int
 
     @classmethod
-    def load(cls, runs: list[Path], model: str) -> Graded:
-        from flopmatch.ledger import summarize_ledger
-        from flopmatch.store import RunDir, model_key, read_shards, read_table
-
+    def load(cls, runs: list[Path], model: str, samples: int | None = None) -> Graded:
+        """The model's graded samples from the run (of ``runs``) with the most problems holding at least
+        ``samples`` graded samples (default: as many as the most complete problem has); the first
+        ``samples`` of each (a prefix, as a smaller run would have drawn them)."""
+        best = None
         for run in runs:
-            r = RunDir(run)
-            if r.grades_path(model).exists():
-                break
-        else:
+            frame = _graded_frame(run, model)
+            if frame is None:
+                continue
+            counts = frame.groupby("problem_id")["sample_idx"].count()
+            need = samples or int(counts.max())
+            complete = counts[counts >= need].index
+            if best is None or len(complete) > len(best[2]):
+                best = (run, frame, complete, need)
+        if best is None:
             raise SystemExit(
                 f"no graded samples of {model} in {', '.join(map(str, runs))} (run flopmatch grade)"
             )
-        grades = read_table(r.grades_path(model), columns=["problem_id", "sample_idx", "status"]).to_pandas()
-        samples = read_shards(r.samples_dir(model), columns=["problem_id", "sample_idx", "completion_tokens"])
-        frame = grades.merge(samples.to_pandas().drop_duplicates(["problem_id", "sample_idx"]), how="left",
-                             on=["problem_id", "sample_idx"])  # fmt: skip
-        per_problem = frame.groupby("problem_id")["sample_idx"].count()
-        full = int(per_problem.min())
-        frame = frame[frame["sample_idx"] < full]
+        run, frame, complete, full = best
+        frame = frame[frame["problem_id"].isin(set(complete)) & (frame["sample_idx"] < full)]
         self = cls.__new__(cls)
-        self.model, self.samples = model, full
-        self.ids = sorted(per_problem.index)
+        self.model, self.samples, self.run = model, full, run
+        self.ids = sorted(complete)
         index = {pid: i for i, pid in enumerate(self.ids)}
         rows, cols = frame["problem_id"].map(index).to_numpy(), frame["sample_idx"].to_numpy()
         self.correct = np.zeros((len(self.ids), full), dtype=bool)
         self.correct[rows, cols] = (frame["status"] == "correct").to_numpy()
         self.tokens = np.zeros((len(self.ids), full))
         self.tokens[rows, cols] = frame["completion_tokens"].fillna(0).to_numpy()
-        ledger = summarize_ledger(r.root)
-        mine = ledger[ledger["model"].map(model_key) == model_key(model)]
-        self.params = int(mine["params"].dropna().iloc[0])
+        self.params = _ledger_params(run, model)
         return self
+
+    def restrict(self, ids: list[str]) -> Graded:
+        """The same model on a subset of its problems (in the given order)."""
+        index = {pid: i for i, pid in enumerate(self.ids)}
+        rows = np.array([index[pid] for pid in ids])
+        out = Graded.__new__(Graded)
+        out.__dict__.update(self.__dict__)
+        out.ids, out.correct, out.tokens = list(ids), self.correct[rows], self.tokens[rows]
+        return out
 
     def cost_per_sample(self, rows: np.ndarray | None = None, n: int | None = None) -> float:
         tokens = self.tokens if rows is None else self.tokens[rows, :n]
@@ -213,7 +242,13 @@ def main() -> None:
     parser.add_argument("--run", type=Path, action="append", required=True, help="a graded run (repeatable)")
     parser.add_argument("--wc", default="toyworld-wc")
     parser.add_argument("--se", default="toyworld-se")
-    parser.add_argument("--se-samples", type=parse_ints, default=parse_ints("1,3,10,30"))
+    parser.add_argument("--se-samples", type=parse_ints, default=parse_ints("1,3,10,30"), help="budgets")
+    parser.add_argument(
+        "--wc-samples-on-disk", dest="wc_samples", type=int, help="use problems with this many"
+    )
+    parser.add_argument(
+        "--se-samples-on-disk", dest="se_samples_disk", type=int, help="use problems with this many"
+    )
     parser.add_argument("--pilot-samples", type=parse_ints, default=parse_ints("4,8"))
     parser.add_argument("--pilot-problems", type=int, default=50)
     parser.add_argument("--replicates", type=int, default=20)
@@ -222,14 +257,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     started = time.perf_counter()
-    models = [Graded.load(args.run, args.wc), Graded.load(args.run, args.se)]
+    models = [
+        Graded.load(args.run, args.wc, args.wc_samples),
+        Graded.load(args.run, args.se, args.se_samples_disk),
+    ]
     common = sorted(set(models[0].ids) & set(models[1].ids))
-    if common != models[0].ids or common != models[1].ids:
-        raise SystemExit("the two models' runs hold different problems")
+    if not common:
+        raise SystemExit("the two models' runs share no problem with enough graded samples")
+    models = [m.restrict(common) for m in models]
     truths = truth_table(models, args.se_samples, n_boot=1000, seed=args.seed)
     rows = backtest(models, truths, args)
     result = {
         "problems": len(common), "samples_per_problem": {m.model: m.samples for m in models},
+        "runs": {m.model: str(m.run) for m in models},
         "cost_per_sample_flops": {m.model: m.cost_per_sample() for m in models}, "truth": truths,
         "summary": summarize(rows), "rows": rows, "seconds": time.perf_counter() - started,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "run"},
