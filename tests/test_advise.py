@@ -140,6 +140,14 @@ def test_advice_picks_the_clearly_better_model_and_says_so():
     # the pilot (100 × 4 from each, same cost per sample) against a budget of 1000 problems × 1 of strong
     assert np.isclose(data["pilot"]["fraction_of_budget"], 800 / 1000)
     assert len(data["candidates"]) == len({tuple(c["samples"].values()) for c in data["candidates"]})
+    # every share buys samples (a share too small for one sample per problem would waste it)
+    assert all(
+        c["samples"][m] > 0 for c in data["candidates"] for m, share in c["shares"].items() if share > 0
+    )
+    assert [c["shares"] for c in data["candidates"] if c["kind"] == "model"] == [
+        {"weak": 0.0, "strong": 1.0},
+        {"weak": 1.0, "strong": 0.0},
+    ]
 
 
 def test_advice_that_cannot_decide_says_how_much_more_pilot_would():

@@ -286,7 +286,8 @@ def advise_from_pilot(
     shares, allocs = [], []
     for s in share_grid(len(pilots), step):
         k = samples_for(s, budget.amount, n_problems, costs)
-        if any(k) and k not in allocs:
+        # a share too small to buy one sample per problem wastes budget: the allocation is dominated
+        if any(k) and all(ki > 0 for ki, si in zip(k, s, strict=True) if si > 0) and k not in allocs:
             shares.append(s)
             allocs.append(k)
     if not allocs:
