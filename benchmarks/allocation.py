@@ -243,5 +243,35 @@ def _reach(results, budgets) -> list[dict]:
     return out
 
 
+def plot(results: dict, path: Path) -> Path:
+    """Coverage against FLOPs spent at the high budget, per model and policy (round by round)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    high = max(r["se_budget"] for r in results["rows"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, role in zip(axes, MODELS, strict=True):
+        for r in (r for r in results["rows"] if r["se_budget"] == high and r["model"] == role):
+            flops = [2.0 * results["params"][role] * t["tokens"] for t in r["trace"]]
+            ax.plot(flops, [t["covered"] / results["problems"] for t in r["trace"]], label=r["policy"])
+        ax.set_title(f"{role.upper()} (toy world, {results['problems']} test problems)")
+        ax.set_xlabel("nominal FLOPs spent (2·P·tokens)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("coverage")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if len(sys.argv) == 4 and sys.argv[1] == "--plot":  # python benchmarks/allocation.py --plot RESULTS.json OUT.png
+        plot(json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[3]))
+    else:
+        main()
