@@ -8,9 +8,9 @@ How: every sample is seeded by (model, problem, index), so sample i of a problem
 policy asks for it. The benchmark draws each model's samples once, uniformly (``flopmatch.sampling``,
 HF backend), and replays every policy over that pool with ``flopmatch.allocation.simulate`` — the
 driver's own rounds, budget guard and prior. Where a policy wants a problem deeper than the pool, the
-pool is extended for those problems (same seeds) and the replay is redone. ``--check-driver`` also runs
-the real round driver (``sample_allocated``) for one setting and compares its sample set with the
-replay's.
+pool is extended for those problems (same seeds) and the replay is redone. That the replay is the
+driver is tested: ``tests/test_allocation.py`` runs the real round driver on the toy WC model and checks
+that the replay over its samples asks for exactly those samples.
 
 Statistics: the policies are compared on the same problems, so differences are paired: a bootstrap
 interval over problems (2,000 resamples) and an exact sign test on the problems one policy covers and
