@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     run = args.run.resolve()
     work = args.work or args.out / "work"
     work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     roles = read_json(run / "roles.json")
     role_models = {r: roles[r]["model"] for r in ("wc", "se")}
     role_paths = {r: roles[r]["path"] for r in ("wc", "se")}

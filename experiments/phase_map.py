@@ -52,7 +52,8 @@ class Cell:
 
 
 def cell_config(demo: dict[str, Any], cell: Cell, *, sample: int, test: int, run_dir: Path,
-                paradigms: tuple[str, ...] = tuple(PARADIGMS)) -> dict[str, Any]:
+                paradigms: tuple[str, ...] = tuple(PARADIGMS), steps_per_budget: dict[int, int] | None = None,
+                ) -> dict[str, Any]:
     """The demo's study config, moved into ``cell``'s toy world: its noise model for all three models,
     its WC pretraining, self-improvement and knowledge distillation only, training left to this script."""
     noise = {"false_positive_scale": cell.fp_scale}
@@ -62,6 +63,10 @@ def cell_config(demo: dict[str, Any], cell: Cell, *, sample: int, test: int, run
     config["run_dir"] = str(run_dir)
     config["problems"]["sample"]["limit"] = sample
     config["problems"]["test"]["limit"] = test
+    if steps_per_budget:
+        config["budget"]["se_samples"] = sorted(steps_per_budget)
+        config["training"]["steps_per_budget"] = dict(steps_per_budget)
+    config["training"].pop("seeds", None)  # this script runs the seeds itself
     models = config["models"]
     if not (default_noise and cell.wc_steps == DEFAULT_STEPS):
         models["wc"] = {**models["wc"], "model": f"toyworld-wc-{cell.name}",
@@ -154,7 +159,7 @@ def compare_cell(cell: Cell, demo: dict[str, Any], args: argparse.Namespace) -> 
     from flopmatch.store import read_table
 
     config = cell_config(demo, cell, sample=args.sample, test=args.test, run_dir=args.runs / cell.name,
-                         paradigms=tuple(args.paradigms.split(",")))
+                         paradigms=tuple(args.paradigms.split(",")), steps_per_budget=args.steps_per_budget)
     run = prepare_cell(config, progress=not args.quiet)
     problems = {r: problems_from_table(read_table(run / "problems" / f"{r}.parquet")) for r in ("validation", "test")}
     paths = _role_paths(run)
@@ -325,13 +330,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paradigms", default="self_improvement,knowledge_distillation",
                         help=f"comma-separated, of {', '.join(PARADIGMS)}")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds")
-    parser.add_argument("--sample", type=int, default=200, help="problems sampled per cell")
-    parser.add_argument("--test", type=int, default=500, help="test problems per cell")
+    parser.add_argument("--sample", type=int, default=100, help="problems sampled per cell")
+    parser.add_argument("--budgets", default="1:10,4:30",
+                        help="SE samples per problem : fine-tuning steps, comma-separated (the demo: 1:30,10:120 "
+                        "for 300 problems)")
+    parser.add_argument("--test", type=int, default=400, help="test problems per cell")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "phase-map", help="run directories")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "phase-map")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     args.runs = args.runs.resolve()
+    args.steps_per_budget = {int(b): int(n) for b, n in (item.split(":") for item in args.budgets.split(","))}
     unknown = set(args.paradigms.split(",")) - set(PARADIGMS)
     if unknown:
         parser.error(f"unknown paradigm(s) {sorted(unknown)}; expected some of {sorted(PARADIGMS)}")
