@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +26,24 @@ def _options(items: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key.strip()] = value
     return out
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool):
+    """With --json, stdout carries only the JSON: engine logs (vLLM writes to file descriptor 1, also from
+    the engine processes it spawns) go to stderr. (The same guard as `flopmatch sample --json`.)"""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _problems(run: Path, source: str | None, split: str | None, data_file: Path | None, limit: int | None):
@@ -142,13 +163,14 @@ def advise_command(
     problem_list = _problems(run, problems, split, data_file, limit)
     specs = [PilotModelSpec(model=m, backend=backend, backend_options=dict(options)) for m in model]
     try:
-        advice = advise(
-            run, specs, problem_list, pilot_samples=pilot_samples, pilot_problems=pilot_problems,
-            budget_flops=budget_flops, budget_dollars=budget_dollars, budget_seconds=budget_seconds, match=match,
-            prices=prices, fprs=fprs, objective=objective, step=step, n_boot=n_boot, seed=seed,
-            sampling_params=params, progress=not quiet and not as_json,
-            log=(lambda _m: None) if quiet or as_json else (lambda m: err_console.print(m, markup=False)),
-        )  # fmt: skip
+        with _stdout_to_stderr(as_json):
+            advice = advise(
+                run, specs, problem_list, pilot_samples=pilot_samples, pilot_problems=pilot_problems,
+                budget_flops=budget_flops, budget_dollars=budget_dollars, budget_seconds=budget_seconds, match=match,
+                prices=prices, fprs=fprs, objective=objective, step=step, n_boot=n_boot, seed=seed,
+                sampling_params=params, progress=not quiet and not as_json,
+                log=(lambda _m: None) if quiet or as_json else (lambda m: err_console.print(m, markup=False)),
+            )  # fmt: skip
     except ValueError as exc:  # bad input or a budget that buys nothing: a message, not a traceback
         raise fail(str(exc)) from exc
     if as_json:
