@@ -65,7 +65,7 @@ def allocation_tables(run_dir: str | Path | RunDir, data: dict[str, Any], *, n_b
         lo, hi = bootstrap_mean_cis(np.column_stack([covered, unique]), n_boot=n_boot, seed=seed)
         tokens = _tokens(run, model)
         p_total = _params(run, model)
-        flops = 2.0 * p_total * sum(tokens.values()) if p_total else None
+        flops = 2.0 * p_total * sum(tokens.values()) if p_total and tokens else None
         q = np.percentile(counts, [0, 25, 50, 75, 100]) if len(counts) else [0] * 5
         rows.append({
             "model": model, "allocation": config.get("allocation", "uniform"),
@@ -81,6 +81,14 @@ def allocation_tables(run_dir: str | Path | RunDir, data: dict[str, Any], *, n_b
 
 
 def _tokens(run: RunDir, model: str) -> dict[tuple[str, int], int]:
+    """Completion tokens per sample; empty when the samples do not record them (FLOPs then unknown)."""
+    import pyarrow.parquet as pq
+
+    from flopmatch.store import shard_paths
+
+    paths = shard_paths(run.samples_dir(model))
+    if not paths or "completion_tokens" not in pq.read_schema(paths[0]).names:
+        return {}
     table = read_shards(run.samples_dir(model), columns=["problem_id", "sample_idx", "completion_tokens"])
     cols = [table.column(c).to_pylist() for c in ("problem_id", "sample_idx", "completion_tokens")]
     return {(p, int(i)): int(t or 0) for p, i, t in zip(*cols, strict=True)}
@@ -102,7 +110,7 @@ def _curve(model, samples, journal, tokens, p_total) -> list[dict[str, Any]]:
             n += int((p.idx == i).any())
             covered += bool((p.correct & keep).any())
             unique += len({x for x, k in zip(p.norms, keep, strict=True) if k and x is not None})
-        out.append({"model": model, "allocation": "uniform", "point": i + 1, "flops": 2.0 * p_total * spent if p_total else None,
+        out.append({"model": model, "allocation": "uniform", "point": i + 1, "flops": 2.0 * p_total * spent if p_total and tokens else None,
                     "samples": n, "coverage": covered / n_problems, "unique_per_problem": unique / n_problems})  # fmt: skip
     return out
 
