@@ -370,3 +370,36 @@ def test_allocation_tables_report_unequal_counts_over_all_samples(tmp_path):
     assert row["flops"] is None or math.isnan(row["flops"])  # no ledger: P unknown
     assert curve["coverage"].tolist() == pytest.approx([1 / 3, 2 / 3]) and curve["flops"].tolist() == [60.0, 140.0]
     assert "| m | adaptive (coverage) | 1 / 1.5 / 2 / 3 / 4 |" in allocation_markdown(table)
+
+
+def test_sft_takes_every_correct_solution_of_an_allocated_model(tmp_path):
+    import pyarrow as pa
+
+    from flopmatch.problems import save_problems
+    from flopmatch.sampling import SAMPLE_SCHEMA
+    from flopmatch.sft import build_sft
+    from flopmatch.store import RunDir, write_json, write_table
+    from flopmatch.toyworld import load_problems
+
+    run = RunDir(tmp_path / "run").ensure()
+    problems = load_problems("test", limit=3)
+    save_problems(run, problems)
+    # Unequal counts: 1, 5 and 2 samples; correct ones at (0, 0), (1, 3), (1, 4).
+    layout = {problems[0].problem_id: [True], problems[1].problem_id: [False, False, False, True, True],
+              problems[2].problem_id: [False, False]}  # fmt: skip
+    rows, grades = [], []
+    for pid, oks in layout.items():
+        for idx, ok in enumerate(oks):
+            rows.append({"model": "m", "problem_id": pid, "sample_idx": idx, "seed": idx, "text": f"solution {idx}",
+                         "prompt_tokens": 1, "completion_tokens": 10, "finish_reason": "stop", "backend": "hf",
+                         "seeding": "per-request", "seconds": 0.1, "session_id": "s"})  # fmt: skip
+            grades.append({"model": "m", "problem_id": pid, "sample_idx": idx, "status": "correct" if ok else "wrong",
+                           "extracted": None, "gold": "0", "detail": ""})  # fmt: skip
+    store.append_shard(run.samples_dir("m"), pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
+    write_table(pa.Table.from_pylist(grades), run.grades_path("m"))
+    with pytest.raises(ValueError, match="give budget="):
+        build_sft(run, source_model="m")  # plain sampling still needs a budget
+    write_json({"config": {"allocation": "adaptive"}, "rounds": 1, "pending": None, "history": []},
+               run.samples_dir("m") / "allocation.json")  # fmt: skip
+    result = build_sft(run, source_model="m")
+    assert result.examples == 3  # every correct solution, though the counts per problem differ
