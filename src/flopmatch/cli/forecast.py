@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from flopmatch.cli._app import app, console, fail
+from flopmatch.cli.tables import print_table
 
 DEFAULT_K = "1,3,10,30,100,1000"
 
@@ -50,15 +50,9 @@ def _print_table(forecasts) -> None:
         if fc.measured_samples is not None:
             title += f"; measured: unbiased from S={fc.measured_samples} samples on {fc.measured_problems} problems"
         measured = fc.measured_samples is not None
-        table = Table(title=title, title_justify="left")
-        table.add_column("k", justify="right", no_wrap=True)
-        table.add_column("coverage % [95%]", justify="right", min_width=17)
-        if measured:
-            table.add_column("measured", justify="right")
-        table.add_column("power law", justify="right", max_width=6)
-        table.add_column("unique correct [95%]", justify="right", min_width=17, max_width=17)
-        if measured:
-            table.add_column("measured", justify="right")
+        columns = ["k", "coverage % [95%]", *(["measured"] if measured else []), "power law",
+                   "unique correct [95%]", *(["measured unique"] if measured else [])]
+        rows = []
         for p in fc.points:
             row = [str(p.k), _interval(p.coverage, p.coverage_low, p.coverage_high, 1, True)]
             if measured:
@@ -67,8 +61,8 @@ def _print_table(forecasts) -> None:
                     _interval(p.unique_correct, p.unique_correct_low, p.unique_correct_high, 2, False)]
             if measured:
                 row.append(_plain(p.measured_unique_correct, 2, False))
-            table.add_row(*row)
-        console.print(table)
+            rows.append(row)
+        print_table(columns, rows, keys={"k"}, right=set(columns) - {"k"}, title=title)
         if fit.candidates:
             scores = ", ".join(f"{k} {v:.1f}" for k, v in fit.candidates.items())
             console.print(f"held-out log-likelihood ({min(5, fc.problems)}-fold over problems): {scores}")
