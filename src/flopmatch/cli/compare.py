@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from flopmatch.cli._app import app, console, fail
+from flopmatch.cli.tables import print_table
 
 
 @app.command("compare")
@@ -65,21 +66,17 @@ def compare_command(
         records = shown.astype(object).where(shown.notna(), None).to_dict("records")  # NaN is not JSON: null
         console.print_json(json.dumps(records, default=str))
         return
-    from rich.table import Table
-
     short = {"knowledge_distillation": "kd", "self_improvement": "si", "weak_to_strong": "w2s"}
-    out = Table(caption="kd: knowledge distillation, si: WC self-improvement, w2s: weak-to-strong; points; p: Holm")
-    for header in ("paradigm", "budget", "metric", "comparison"):
-        out.add_column(header, no_wrap=True)
-    for header in ("baseline → treatment", "diff [95% CI]", "p", "seeds", "MDE"):
-        out.add_column(header, justify="right")
-    out.add_column("verdict", overflow="fold")
-    for r in shown.itertuples():
-        out.add_row(
-            short.get(r.paradigm, r.paradigm), str(r.budget_se_samples), r.metric, r.comparison,
-            f"{pts(r.se, False)} → {pts(r.wc, False)}", f"{pts(r.diff)} [{pts(r.ci_low)}, {pts(r.ci_high)}]",
-            fmt_p(r.p_adjusted), str(r.seeds), pts(r.mde, False), r.verdict,
-        )  # fmt: skip
-    console.print(out)
+    columns = ["paradigm", "budget", "metric", "comparison", "baseline → treatment", "diff [95% CI]", "p", "seeds",
+               "MDE", "verdict"]
+    rows = [
+        [short.get(r.paradigm, r.paradigm), str(r.budget_se_samples), r.metric, r.comparison,
+         f"{pts(r.se, False)} → {pts(r.wc, False)}", f"{pts(r.diff)} [{pts(r.ci_low)}, {pts(r.ci_high)}]",
+         fmt_p(r.p_adjusted), str(r.seeds), pts(r.mde, False), r.verdict]
+        for r in shown.itertuples()
+    ]  # fmt: skip
+    print_table(columns, rows, keys={"paradigm", "budget", "metric", "comparison"},
+                right={"baseline → treatment", "diff [95% CI]", "p", "seeds", "MDE"},
+                caption="kd: knowledge distillation, si: WC self-improvement, w2s: weak-to-strong; points; p: Holm")
     if write and not training_seed:
         console.print(f"written: {Path(run) / 'metrics' / 'comparisons.parquet'} (and .md)")
