@@ -283,19 +283,7 @@ def advise_from_pilot(
     forecaster = forecaster or Forecaster(
         pilots, n_problems=n_problems, objective=objective, n_boot=n_boot, seed=seed
     )
-    shares, allocs = [], []
-    for s in share_grid(len(pilots), step):
-        k = samples_for(s, budget.amount, n_problems, costs)
-        # a share too small to buy one sample per problem wastes budget: the allocation is dominated
-        if any(k) and all(ki > 0 for ki, si in zip(k, s, strict=True) if si > 0) and k not in allocs:
-            shares.append(s)
-            allocs.append(k)
-    if not allocs:
-        cheapest = min(range(len(pilots)), key=costs.__getitem__)
-        raise AdviseError(
-            f"the budget ({budget.amount:.4g} {budget.unit}) does not buy one sample per problem of any model "
-            f"(the cheapest, {names[cheapest]}, needs {n_problems * costs[cheapest]:.4g} {budget.unit})"
-        )
+    shares, allocs = _allocations(names, costs, budget, n_problems, step)
     point, boot = forecaster.evaluate(allocs)
     lo, hi = np.percentile(boot, 2.5, axis=0), np.percentile(boot, 97.5, axis=0)
     candidates = [
@@ -328,15 +316,7 @@ def advise_from_pilot(
         pilot_samples=pilot_samples,
         n_models=len(pilots),
     )
-    pilot_spend = sum(p.cost.samples * c for p, c in zip(pilots, costs, strict=True))
-    flops = [p.cost.per_sample("flops") * p.cost.samples if p.cost.params else None for p in pilots]
-    pilot = {
-        "problems": n_pilot,
-        "samples_per_problem": pilot_samples,
-        "flops": sum(flops) if all(f is not None for f in flops) else None,
-        "cost": pilot_spend,
-        "fraction_of_budget": pilot_spend / budget.amount,
-    }
+    pilot = _pilot_summary(pilots, costs, budget, n_pilot=n_pilot, pilot_samples=pilot_samples)
     advice = Advice(
         objective,
         budget,
@@ -353,6 +333,41 @@ def advise_from_pilot(
         )
     advice.frontier = frontier_curves(pilots, forecaster, costs, budget.amount, n_problems)
     return advice
+
+
+def _allocations(
+    names: Sequence[str], costs: Sequence[float], budget: Budget, n_problems: int, step: float
+) -> tuple[list[tuple[float, ...]], list[tuple[int, ...]]]:
+    """The distinct allocations the share grid buys (shares, samples per problem per model)."""
+    shares, allocs = [], []
+    for s in share_grid(len(names), step):
+        k = samples_for(s, budget.amount, n_problems, costs)
+        # a share too small to buy one sample per problem wastes budget: the allocation is dominated
+        if any(k) and all(ki > 0 for ki, si in zip(k, s, strict=True) if si > 0) and k not in allocs:
+            shares.append(s)
+            allocs.append(k)
+    if not allocs:
+        cheapest = min(range(len(names)), key=costs.__getitem__)
+        raise AdviseError(
+            f"the budget ({budget.amount:.4g} {budget.unit}) does not buy one sample per problem of any model "
+            f"(the cheapest, {names[cheapest]}, needs {n_problems * costs[cheapest]:.4g} {budget.unit})"
+        )
+    return shares, allocs
+
+
+def _pilot_summary(
+    pilots: Sequence[PilotModel], costs: Sequence[float], budget: Budget, *, n_pilot: int, pilot_samples: int
+) -> dict[str, Any]:
+    """The ``pilot`` entry of advice.json: its size, its nominal FLOPs and its cost against the budget."""
+    spend = sum(p.cost.samples * c for p, c in zip(pilots, costs, strict=True))
+    flops = [p.cost.per_sample("flops") * p.cost.samples if p.cost.params else None for p in pilots]
+    return {
+        "problems": n_pilot,
+        "samples_per_problem": pilot_samples,
+        "flops": sum(flops) if all(f is not None for f in flops) else None,
+        "cost": spend,
+        "fraction_of_budget": spend / budget.amount,
+    }
 
 
 def _model_table(
