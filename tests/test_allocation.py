@@ -277,6 +277,11 @@ def test_sigkill_inside_and_between_rounds_resumes_to_the_same_sample_set(tmp_pa
     budget = _budget()
     whole = _in_process(tmp_path / "whole", allocation, budget)
     assert whole.status in ("budget", "done") and whole.spent_flops <= budget
+    counts = {}
+    for pid, _, _ in _sample_set(tmp_path / "whole"):
+        counts[pid] = counts.get(pid, 0) + 1
+    assert whole.per_problem["min"] == min(counts.get(f"toyworld/test/{i}", 0) for i in range(PROBLEMS))
+    assert whole.per_problem["max"] == max(counts.values()) == whole.samples_per_problem
     if allocation != "until-correct":
         assert whole.status == "budget" and budget - whole.spent_flops < 2.0 * whole.params * MAX_TOKENS
     expected = _sample_set(tmp_path / "whole")

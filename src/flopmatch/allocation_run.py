@@ -398,7 +398,7 @@ def _summary(loop: _Loop, stop: str, budget_flops: float | None, p_total: int | 
         session_id=ledger.session_id if ledger else None, allocation=loop.config.allocation,
         objective=loop.config.objective, rounds=loop.journal["rounds"], prior=loop.prior_cache.label, budget_flops=budget_flops,
         spent_flops=spent, unspent_flops=(budget_flops - spent) if budget_flops and spent is not None else None,
-        per_problem={"min": float(counts.min(initial=0)), "median": float(np.median(counts)) if len(counts) else 0.0,
+        per_problem={"min": float(counts.min()) if len(counts) else 0.0, "median": float(np.median(counts)) if len(counts) else 0.0,
                      "mean": float(counts.mean()) if len(counts) else 0.0, "max": float(counts.max(initial=0))},
     )  # fmt: skip
     covered = sum(c > 0 for c in book.correct.values())
