@@ -293,8 +293,10 @@ def heat_map(rows: list[dict[str, Any]], path: Path) -> None:
     panels = sorted({(r["paradigm"], r["budget_se_samples"]) for r in rows})
     gaps = sorted({r["wc_pretrain_steps"] for r in rows}, reverse=True)
     fps = sorted({r["fp_scale"] for r in rows})
-    limit = max(1.0, max(abs(100 * r["diff"]) for r in rows))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 0.9 * len(gaps) + 1.8), squeeze=False)
+    # a fixed ±5-point scale at least, so that differences well inside the noise do not look saturated
+    limit = max(5.0, max(abs(100 * r["diff"]) for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 0.9 * len(gaps) + 1.8), squeeze=False)
+    fig.subplots_adjust(wspace=0.3)
     for ax, (paradigm, budget) in zip(axes[0], panels, strict=True):
         grid = np.full((len(gaps), len(fps)), np.nan)
         for r in rows:
@@ -308,7 +310,8 @@ def heat_map(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_xticks(range(len(fps)), [f"{f:g}" for f in fps])
         ax.set_yticks(range(len(gaps)), [str(g) for g in gaps])
         ax.set_xlabel("false-positive scale")
-        ax.set_ylabel("WC pretraining steps")
+        if ax is axes[0][0]:
+            ax.set_ylabel("WC pretraining steps")
         ax.set_title(f"{paradigm.replace('_', ' ')}\nbudget {budget} SE sample(s)", fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), label="WC − SE data, pass@1 points (blue: WC wins)")
     fig.savefig(path, dpi=120, bbox_inches="tight")
