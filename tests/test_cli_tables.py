@@ -175,11 +175,6 @@ def test_every_command_that_prints_a_table_offers_json() -> None:
     assert not missing, f"commands that print a table without --json: {missing}"
 
 
-# Commands added while issue 12 was worked on, by other hands; they move to print_table next. The
-# test fails once one of them has moved, so that this list only ever shrinks.
-NOT_YET_ON_PRINT_TABLE = {"advise.py"}
-
-
 def test_tables_are_printed_one_way() -> None:
     """rich tables are built only by flopmatch.cli.tables (so no command can cut a name again)."""
     builds_its_own = {
@@ -187,7 +182,4 @@ def test_tables_are_printed_one_way() -> None:
         for path in sorted(CLI_DIR.glob("*.py"))
         if path.name != "tables.py" and re.search(r"rich\.table|\bTable\(", path.read_text(encoding="utf-8"))
     }
-    assert not builds_its_own - NOT_YET_ON_PRINT_TABLE, "build tables with flopmatch.cli.tables.print_table"
-    assert not NOT_YET_ON_PRINT_TABLE - builds_its_own, (
-        "moved to print_table: take it off NOT_YET_ON_PRINT_TABLE"
-    )
+    assert not builds_its_own, f"{sorted(builds_its_own)}: build tables with flopmatch.cli.tables.print_table"

@@ -2,62 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from flopmatch.cli._app import app, console, err_console, fail, warn
-
-
-def _options(items: list[str] | None) -> dict[str, Any]:
-    """Backend ``KEY=VALUE`` options; a VALUE that parses as JSON (numbers, true, lists) is taken as such."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise fail(f"--option expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr(enabled: bool):
-    """With --json, stdout carries only the JSON: engine logs (vLLM writes to file descriptor 1, also from
-    the engine processes it spawns) go to stderr. (The same guard as `flopmatch sample --json`.)"""
-    if not enabled:
-        yield
-        return
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def _problems(run: Path, source: str | None, split: str | None, data_file: Path | None, limit: int | None):
-    from flopmatch import problems as problems_mod
-
-    if source is None:
-        saved = problems_mod.load_run_problems(run, split)
-        if not saved:
-            raise fail(f"no --problems given and no problems saved in {run}/problems/")
-        return problems_mod.select_subset(list(saved.values()), limit=limit, seed=None)
-    try:
-        return problems_mod.load(source, split=split, data_file=data_file, limit=limit)
-    except (ValueError, OSError, RuntimeError) as exc:
-        raise fail(str(exc)) from exc
+from flopmatch.cli.inputs import load_problems, parse_options
+from flopmatch.cli.tables import print_table, stdout_to_stderr
 
 
 @app.command("advise")
@@ -159,11 +112,11 @@ def advise_command(
         params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
     except ValueError as exc:
         raise fail(str(exc)) from exc
-    options = _options(option)
-    problem_list = _problems(run, problems, split, data_file, limit)
+    options = parse_options(option)
+    problem_list = load_problems(run, problems, split, data_file, limit, None)
     specs = [PilotModelSpec(model=m, backend=backend, backend_options=dict(options)) for m in model]
     try:
-        with _stdout_to_stderr(as_json):
+        with stdout_to_stderr(as_json):
             advice = advise(
                 run, specs, problem_list, pilot_samples=pilot_samples, pilot_problems=pilot_problems,
                 budget_flops=budget_flops, budget_dollars=budget_dollars, budget_seconds=budget_seconds, match=match,
@@ -180,24 +133,18 @@ def advise_command(
 
 
 def _print_advice(advice: Any, run: Path) -> None:
-    from rich.table import Table
-
     scale, unit = (100.0, "%") if advice.objective == "coverage" else (1.0, "")
-    table = Table(title=f"advice — {advice.objective} for {advice.budget.amount:.4g} {advice.budget.unit}")
-    for column in ("rank", "allocation", "samples/problem", "cost", "forecast", "95% interval"):
-        table.add_column(column, justify="left" if column == "allocation" else "right")
+    columns = ["rank", "allocation", "samples/problem", "cost", "forecast", "95% interval"]
     shown = [c for c in advice.candidates if c.is_single]
     shown += [c for c in advice.candidates if not c.is_single][:3]
-    for candidate in sorted(shown, key=advice.candidates.index):
-        table.add_row(
-            str(advice.candidates.index(candidate) + 1),
-            candidate.label,
-            " + ".join(str(k) for k in candidate.samples.values()),
-            f"{candidate.cost:.3g}",
-            f"{scale * candidate.forecast:.1f}{unit}",
-            f"[{scale * candidate.low:.1f}, {scale * candidate.high:.1f}]",
-        )
-    console.print(table)
+    rows = [
+        [str(advice.candidates.index(candidate) + 1), candidate.label,
+         " + ".join(str(k) for k in candidate.samples.values()), f"{candidate.cost:.3g}",
+         f"{scale * candidate.forecast:.1f}{unit}", f"[{scale * candidate.low:.1f}, {scale * candidate.high:.1f}]"]
+        for candidate in sorted(shown, key=advice.candidates.index)
+    ]  # fmt: skip
+    print_table(columns, rows, keys={"rank", "allocation"}, right=set(columns) - {"allocation"},
+                title=f"advice — {advice.objective} for {advice.budget.amount:.4g} {advice.budget.unit}")
     for message in advice.warnings:
         warn(message)
     console.print(advice.sentence, markup=False, highlight=False, soft_wrap=True)

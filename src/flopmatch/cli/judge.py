@@ -4,14 +4,14 @@ against ProcessBench's human step labels."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from flopmatch.cli._app import app, console, fail
+from flopmatch.cli.inputs import parse_options
 from flopmatch.cli.tables import JsonOption, print_json, print_table, stdout_to_stderr
 
 BackendOpt = Annotated[
@@ -25,24 +25,11 @@ OptionOpt = Annotated[
 ]
 
 
-def _options(items: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise fail(f"--option expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
 def _make(backend: str, model: str | None, options: list[str] | None, max_tokens: int, max_retries: int,
           include_reference: bool):
     from flopmatch.judge import JudgeSpec, make_judge
 
-    spec = JudgeSpec(backend=backend, model=model, options=_options(options), max_tokens=max_tokens,
+    spec = JudgeSpec(backend=backend, model=model, options=parse_options(options), max_tokens=max_tokens,
                      max_retries=max_retries, include_reference=include_reference)
     try:
         return make_judge(spec)

@@ -9,37 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from flopmatch.cli._app import app, console, fail
+from flopmatch.cli.inputs import load_problems, parse_options
 from flopmatch.cli.tables import print_json, print_table, stdout_to_stderr
-
-
-def _parse_options(items: list[str] | None) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; a VALUE that parses as JSON (numbers, true, lists) is taken as such."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise fail(f"--option expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
-def _load_problems(run: Path, source: str | None, split: str | None, data_file: Path | None, limit, seed):
-    from flopmatch import problems as problems_mod
-
-    if source is None:
-        saved = problems_mod.load_run_problems(run, split)
-        if not saved:
-            where = f"{run}/problems/{split}.parquet" if split else f"{run}/problems/"
-            raise fail(f"no --problems given and no problems saved in {where}")
-        found = list(saved.values())
-        return problems_mod.select_subset(found, limit=limit, seed=seed)
-    try:
-        return problems_mod.load(source, split=split, data_file=data_file, limit=limit, seed=seed)
-    except (ValueError, OSError, RuntimeError) as exc:
-        raise fail(str(exc)) from exc
 
 
 @app.command("sample")
@@ -136,7 +107,7 @@ def sample_command(
     from flopmatch.backends.base import SamplingParams
     from flopmatch.sampling import SamplingConfigMismatch
 
-    options = _parse_options(option)
+    options = parse_options(option)
     if base_url:
         options["base_url"] = base_url
     try:
@@ -145,7 +116,7 @@ def sample_command(
         )
     except ValueError as exc:
         raise fail(str(exc)) from exc
-    problem_list = _load_problems(run, problems, split, data_file, limit, seed)
+    problem_list = load_problems(run, problems, split, data_file, limit, seed)
     allocation_config = _allocation(allocation, target_correct, objective, max_per_problem, samples_per_problem,
                                     budget_flops, budget_seconds)  # fmt: skip
     common = dict(

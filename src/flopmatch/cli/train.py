@@ -9,21 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from flopmatch.cli._app import app, console, fail
+from flopmatch.cli.inputs import parse_options
 from flopmatch.cli.tables import JsonOption, print_json, print_table, stdout_to_stderr
-
-
-def _parse_options(items: list[str] | None) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; a VALUE that parses as JSON (numbers, true, lists) is taken as such."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise fail(f"--option expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 def _load_problems(source: str, split: str | None, data_file: Path | None, limit: int | None, seed: int | None):
@@ -161,7 +148,7 @@ def train_command(
         try:
             with stdout_to_stderr(as_json):
                 selection = select_checkpoint(out, validation, backend=select_backend, max_tokens=select_max_tokens,
-                                              backend_options=_parse_options(option))  # fmt: skip
+                                              backend_options=parse_options(option))  # fmt: skip
         except (ValueError, FileNotFoundError) as exc:
             raise fail(str(exc)) from exc
         if as_json:
@@ -221,7 +208,7 @@ def _train_and_report(data: Path, model: str, out: Path, config: Any, validation
         result = train(
             data, base_model=_resolve(model), out_dir=out, config=config, validation=validation,
             select_backend=select_backend, select_max_tokens=select_max_tokens,
-            select_options=_parse_options(option), overwrite=overwrite,
+            select_options=parse_options(option), overwrite=overwrite,
         )
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         raise fail(str(exc)) from exc
@@ -307,7 +294,7 @@ def eval_command(
             result = evaluate(
                 model_ref, found, backend=backend, n=n, ks=k_values, temperature=temperature, top_p=top_p,
                 max_tokens=max_tokens, greedy=greedy, lora_path=lora, seed=seed, out_path=out,
-                backend_options=_parse_options(option),
+                backend_options=parse_options(option),
             )
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc

@@ -1,0 +1,40 @@
+"""Command-line inputs shared by several commands: backend ``KEY=VALUE`` options and a run's problems."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from flopmatch.cli._app import fail
+
+
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``--option KEY=VALUE`` pairs; a VALUE that parses as JSON (numbers, true, lists) is taken as such."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise fail(f"--option expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def load_problems(run: Path, source: str | None, split: str | None, data_file: Path | None,
+                  limit: int | None, seed: int | None) -> list[Any]:
+    """``--problems SOURCE`` (with split, data file, limit and seed), or the problems saved in ``run``."""
+    from flopmatch import problems as problems_mod
+
+    if source is None:
+        saved = problems_mod.load_run_problems(run, split)
+        if not saved:
+            where = f"{run}/problems/{split}.parquet" if split else f"{run}/problems/"
+            raise fail(f"no --problems given and no problems saved in {where}")
+        return problems_mod.select_subset(list(saved.values()), limit=limit, seed=seed)
+    try:
+        return problems_mod.load(source, split=split, data_file=data_file, limit=limit, seed=seed)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise fail(str(exc)) from exc
