@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from flopmatch.cli._app import app, console, err_console, fail, warn
-from flopmatch.cli.inputs import load_problems, parse_options
+from flopmatch.cli.inputs import DataFileOpt, ProblemsOpt, SplitOpt, load_problems, parse_options
 from flopmatch.cli.tables import print_table, stdout_to_stderr
 
 
@@ -20,16 +20,9 @@ def advise_command(
         typer.Option("--model", "-m", help="a candidate model (repeat): registry name, directory or hub id"),
     ],
     run: Annotated[Path, typer.Option("--run", help="the run directory the pilot samples go to (resumable)")],
-    problems: Annotated[
-        str | None,
-        typer.Option(
-            "--problems", help="gsm8k | math | math500 | math-offline | toyworld | a file; default: the run's"
-        ),
-    ] = None,
-    split: Annotated[str | None, typer.Option(help="the problem split (default: test)")] = None,
-    data_file: Annotated[
-        Path | None, typer.Option("--data-file", help="a local JSONL/Parquet file or data dir")
-    ] = None,
+    problems: ProblemsOpt = None,
+    split: SplitOpt = None,
+    data_file: DataFileOpt = None,
     limit: Annotated[
         int | None, typer.Option(min=1, help="the problem set: at most this many problems")
     ] = None,

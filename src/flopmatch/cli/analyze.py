@@ -8,18 +8,7 @@ from typing import Annotated
 import typer
 
 from flopmatch.cli._app import app, console, fail, warn
-
-
-def _ks(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        ks = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise fail(f"--k expects comma-separated integers, got {text!r}") from None
-    if not ks or min(ks) < 1:
-        raise fail(f"--k values must be >= 1, got {text!r}")
-    return ks
+from flopmatch.cli.inputs import parse_ks
 
 
 @app.command("analyze")
@@ -36,7 +25,7 @@ def analyze_command(
     from flopmatch.analysis import analyze
 
     try:
-        result = analyze(run, ks=_ks(k), n_boot=n_boot, seed=seed, judge=judge, plots=plots)
+        result = analyze(run, ks=None if k is None else parse_ks(k), n_boot=n_boot, seed=seed, judge=judge, plots=plots)
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
     for line in result.headline:

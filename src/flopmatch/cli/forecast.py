@@ -9,19 +9,10 @@ from typing import Annotated
 import typer
 
 from flopmatch.cli._app import app, console, fail
+from flopmatch.cli.inputs import parse_ks
 from flopmatch.cli.tables import print_table
 
 DEFAULT_K = "1,3,10,30,100,1000"
-
-
-def _parse_ks(text: str) -> list[int]:
-    try:
-        ks = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise fail(f"--k expects comma-separated integers, got {text!r}") from None
-    if not ks or min(ks) < 1:
-        raise fail(f"--k values must be >= 1, got {text!r}")
-    return sorted(set(ks))
 
 
 def _interval(value: float | None, low: float | None, high: float | None, digits: int, pct: bool) -> str:
@@ -109,7 +100,7 @@ def forecast_command(
         raise fail(f"--family must be auto or one of {', '.join(FAMILIES)}, got {family!r}")
     if target not in ("population", "pilot"):
         raise fail(f"--target must be population or pilot, got {target!r}")
-    ks = _parse_ks(k)
+    ks = parse_ks(k)
     try:
         if counts is not None:
             forecasts = forecast_counts_file(counts, ks, model=model, n_boot=n_boot, seed=seed, family=family,

@@ -1,12 +1,33 @@
-"""Command-line inputs shared by several commands: backend ``KEY=VALUE`` options and a run's problems."""
+"""Command-line inputs shared by several commands: the problem-set options, backend ``KEY=VALUE`` options,
+``--k`` lists and a run's problems."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from flopmatch.cli._app import fail
+
+ProblemsOpt = Annotated[
+    str | None,
+    typer.Option("--problems", help="gsm8k | math | math500 | math-offline | toyworld | a file; default: the run's"),
+]
+SplitOpt = Annotated[str | None, typer.Option(help="the problem split (default: test)")]
+DataFileOpt = Annotated[Path | None, typer.Option("--data-file", help="a local JSONL/Parquet file or data dir")]
+
+
+def parse_ks(text: str) -> list[int]:
+    """``--k 1,3,10``: distinct positive integers, ascending."""
+    try:
+        ks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise fail(f"--k expects comma-separated integers, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise fail(f"--k values must be >= 1, got {text!r}")
+    return sorted(set(ks))
 
 
 def parse_options(items: list[str] | None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from flopmatch.cli._app import app, console, fail
-from flopmatch.cli.inputs import load_problems, parse_options
+from flopmatch.cli.inputs import DataFileOpt, ProblemsOpt, SplitOpt, load_problems, parse_options
 from flopmatch.cli.tables import print_json, print_table, stdout_to_stderr
 
 
@@ -22,16 +22,9 @@ def sample_command(
     samples_per_problem: Annotated[
         int | None, typer.Option("--samples-per-problem", "-S", min=1, help="solutions per problem")
     ] = None,
-    problems: Annotated[
-        str | None,
-        typer.Option(
-            "--problems", help="gsm8k | math | math500 | math-offline | toyworld | a file; default: the run's"
-        ),
-    ] = None,
-    split: Annotated[str | None, typer.Option(help="the problem split (default: test)")] = None,
-    data_file: Annotated[
-        Path | None, typer.Option("--data-file", help="a local JSONL/Parquet file or data dir")
-    ] = None,
+    problems: ProblemsOpt = None,
+    split: SplitOpt = None,
+    data_file: DataFileOpt = None,
     limit: Annotated[int | None, typer.Option(min=0, help="at most this many problems")] = None,
     seed: Annotated[
         int | None, typer.Option(help="choose the --limit problems at random with this seed")
