@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from flopmatch.problems import Problem
+from flopmatch.record import Problem
 
 MAX_TEXT_CHARS = 4_000
 MAX_LINES = 64

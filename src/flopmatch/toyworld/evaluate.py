@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from math import comb
 from pathlib import Path
 
-from flopmatch.problems import Problem
+from flopmatch.record import Problem
 from flopmatch.toyworld.checker import StepCheck, check_solution
 from flopmatch.toyworld.models import format_prompt
 
