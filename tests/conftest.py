@@ -6,7 +6,8 @@ a few minutes, once per session); it is removed at the end, and pytest's rotatio
 directories removes what a killed session left. ``FLOPMATCH_TEST_CACHE=/some/dir`` keeps a test cache
 between sessions instead (it is never the default cache unless you name it).
 
-The gate: see ``skip_gate.py``.
+The gate: see ``skip_gate.py``. The default toy models pretrain in the background while other tests
+run: see ``toy_prefetch.py``.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from pathlib import Path
 import pytest
 
 from skip_gate import SkipGate
+from toy_prefetch import ToyPrefetch
 
 CACHE_ENV = "FLOPMATCH_CACHE"
 KEEP_ENV = "FLOPMATCH_TEST_CACHE"
 _SAVED = pytest.StashKey[tuple[Path, bool, "str | None"]]()
+_PREFETCH = "flopmatch-toy-prefetch"
 
 
 @pytest.hookimpl(trylast=True)  # after pytest's tmp_path plugin has set up the session's directory
@@ -38,6 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
     root.mkdir(parents=True, exist_ok=True)
     config.stash[_SAVED] = (root, not kept, os.environ.get(CACHE_ENV))
     os.environ[CACHE_ENV] = str(root)  # subprocesses (CLI, Ray, vLLM workers) inherit it
+    config.pluginmanager.register(ToyPrefetch(root), _PREFETCH)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -45,6 +49,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if saved is None:
         return
     root, temporary, before = saved
+    prefetch = config.pluginmanager.get_plugin(_PREFETCH)
+    if prefetch is not None:  # normally stopped at session finish already
+        prefetch.stop()
     if before is None:
         os.environ.pop(CACHE_ENV, None)
     else:
