@@ -71,6 +71,44 @@ class AllocationConfig(BaseModel):
         return self
 
 
+class StudyAllocation(BaseModel):
+    """A study's ``sampling.allocation``: the policy that draws each model's *allocated* sample sets.
+
+    Written as a policy name (``sampling.allocation: adaptive``) or a mapping of the policy and its
+    options. With a non-uniform policy the study samples each model a second time, once per budget,
+    under that budget's FLOPs for the model (never above them; see ``flopmatch.allocation_study``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Allocation = Field("uniform", description="uniform (only S samples per problem) | until-correct | adaptive")
+    objective: Objective = Field("coverage", description="adaptive: coverage | unique")
+    target_correct: int = Field(1, ge=1, description="until-correct: distinct correct solutions to stop at")
+    max_per_problem: int | None = Field(None, ge=1, description="at most this many samples of one problem")
+    round_samples: int | None = Field(None, ge=1, description="samples per round (default: one per active problem)")
+    min_round: int = Field(16, ge=1, description="the smallest round (engine calls are batched)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy_name(cls, value: object) -> object:
+        return {"policy": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _options_fit(self) -> StudyAllocation:
+        options = self.model_dump(exclude={"policy"}, exclude_defaults=True)
+        if self.policy == "uniform" and options:
+            raise ValueError(f"{sorted(options)} apply to a non-uniform policy (policy is uniform)")
+        if self.policy != "until-correct" and self.target_correct != 1:
+            raise ValueError(f"target_correct applies to until-correct only, not to {self.policy!r}")
+        if self.policy != "adaptive" and self.objective != "coverage":
+            raise ValueError(f"objective applies to adaptive only, not to {self.policy!r}")
+        return self
+
+    def policy_config(self) -> AllocationConfig:
+        """The driver's settings (``flopmatch.allocation_run.sample_allocated``)."""
+        return AllocationConfig(allocation=self.policy, **self.model_dump(exclude={"policy"}))
+
+
 @dataclass(frozen=True)
 class ProblemState:
     """What the policies know of one problem: samples on disk, correct ones, distinct correct ones."""

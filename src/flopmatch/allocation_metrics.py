@@ -136,6 +136,12 @@ def write_allocation_metrics(run: RunDir, data: dict[str, Any], *, n_boot: int =
                              plots: bool = True) -> dict[str, Path]:  # fmt: skip
     """Write the tables (and a coverage-vs-FLOPs figure) into ``metrics/``; returns the paths."""
     table, curve = allocation_tables(run, data, n_boot=n_boot, seed=seed)
+    return write_allocation_outputs(run, table, curve, plots=plots)
+
+
+def write_allocation_outputs(run: RunDir, table: pd.DataFrame, curve: pd.DataFrame, *,
+                             plots: bool = True) -> dict[str, Path]:  # fmt: skip
+    """``metrics/allocation.parquet|md``, ``allocation_curve.parquet`` and the coverage-vs-FLOPs figure."""
     out = run.metrics_dir
     files = {
         "allocation": write_table(table, out / "allocation.parquet"),

@@ -79,6 +79,7 @@ class AllocationSummary(SampleSummary):
     spent_flops: float | None = None  # every sample of this model on disk, 2·P·completion tokens
     unspent_flops: float | None = None
     per_problem: dict[str, float] = dataclasses.field(default_factory=dict)  # min / median / mean / max
+    covered: int = 0  # problems with a correct sample
 
 
 class AllocationMismatch(ValueError):
@@ -402,6 +403,7 @@ def _summary(loop: _Loop, stop: str, budget_flops: float | None, p_total: int | 
                      "mean": float(counts.mean()) if len(counts) else 0.0, "max": float(counts.max(initial=0))},
     )  # fmt: skip
     covered = sum(c > 0 for c in book.correct.values())
+    summary.covered = int(covered)
     summary.message = (
         f"{loop.config.allocation}: {stop} after {summary.rounds} round(s); {int(counts.sum())} samples, "
         f"{covered}/{len(counts)} problems covered"

@@ -40,6 +40,19 @@ COMPARISONS: dict[str, tuple[str, str, str, str]] = {
     "wc_vs_base": ("wc", "base", "fine-tuning on WC data helps", "fine-tuning on WC data hurts"),
     "se_vs_base": ("se", "base", "fine-tuning on SE data helps", "fine-tuning on SE data hurts"),
 }  # fmt: skip
+#: Allocated data (``paradigms.allocations``; kinds ``<role>_<policy>``, flopmatch.allocation_study): the
+#: policy's data against uniform data of the same model at the same FLOPs, and WC against SE under the policy.
+ALLOCATION_COMPARISONS: dict[str, tuple[str, str, str, str]] = {
+    name: sides
+    for policy, words in (("adaptive", "adaptive"), ("until_correct", "until-correct"))
+    for name, sides in (
+        (f"{policy}_vs_uniform", (f"wc_{policy}", "wc", f"{words} WC data better", "uniform WC data better")),
+        (f"se_{policy}_vs_uniform", (f"se_{policy}", "se", f"{words} SE data better", "uniform SE data better")),
+        (f"wc_vs_se_{policy}", (f"wc_{policy}", f"se_{policy}", f"WC data better ({words})",
+                                f"SE data better ({words})")),
+    )
+}  # fmt: skip
+COMPARISONS.update(ALLOCATION_COMPARISONS)
 #: Metrics compared (``sample_accuracy`` is maj@1 under another name).
 SKIP_METRICS = ("sample_accuracy",)
 CORRECTION = "Holm over paradigms × budgets, per comparison and metric"
@@ -326,7 +339,7 @@ def verdict_sentence(row: Any, budget_label: str) -> str:
 
 
 def forest_plot(table: pd.DataFrame, path: Path, *, metric: str = "pass@1",
-                comparisons: tuple[str, ...] = ("wc_vs_se", "number_matched_vs_se"),
+                comparisons: tuple[str, ...] = ("wc_vs_se", "number_matched_vs_se", *ALLOCATION_COMPARISONS),
                 label: Callable[[Any], str] | None = None) -> Path | None:  # fmt: skip
     """Difference and 95% interval per paradigm × budget (one marker per comparison), in points, with
     the MDE as a shaded band around 0; filled markers are verdicts, hollow ones are not."""
@@ -340,9 +353,11 @@ def forest_plot(table: pd.DataFrame, path: Path, *, metric: str = "pass@1",
 
     groups = list(dict.fromkeys(zip(rows["paradigm"], rows["budget_se_samples"], strict=True)))
     fig, ax = plt.subplots(figsize=(8.0, 0.42 * len(rows) + 0.3 * len(groups) + 1.4), dpi=120)
-    colors = {"wc_vs_se": "#2f6fb0", "number_matched_vs_se": "#7f7f7f", "wc_vs_number_matched": "#9467bd"}
+    colors = {"wc_vs_se": "#2f6fb0", "number_matched_vs_se": "#7f7f7f", "wc_vs_number_matched": "#9467bd",
+              "adaptive_vs_uniform": "#2ca02c", "se_adaptive_vs_uniform": "#d62728", "wc_vs_se_adaptive": "#17becf"}
     short = {"wc_vs_se": "WC vs SE", "number_matched_vs_se": "number-matched vs SE",
-             "wc_vs_number_matched": "WC vs number-matched"}  # fmt: skip
+             "wc_vs_number_matched": "WC vs number-matched", "adaptive_vs_uniform": "adaptive vs uniform WC",
+             "se_adaptive_vs_uniform": "adaptive vs uniform SE", "wc_vs_se_adaptive": "WC vs SE (adaptive)"}  # fmt: skip
     ticks, labels, y = [], [], 0.0
     for paradigm, budget in groups:
         for comparison in comparisons:
@@ -393,7 +408,8 @@ def verdict_lines(table: pd.DataFrame | None, budget_label: Callable[[int], str]
 
 def report_table(table: pd.DataFrame, budget_label: Callable[[int], str], *, metric: str = "pass@1",
                  comparisons: tuple[str, ...] = ("wc_vs_se", "number_matched_vs_se", "wc_vs_number_matched",
-                                                 "wc_vs_base", "se_vs_base")) -> tuple[list[str], list[list[str]]]:  # fmt: skip
+                                                 *ALLOCATION_COMPARISONS, "wc_vs_base", "se_vs_base"),
+                 ) -> tuple[list[str], list[list[str]]]:  # fmt: skip
     """(columns, rows) of the report's paired-comparison table for one metric."""
     columns = ["paradigm", "budget (SE vs WC)", "comparison", "baseline", "treatment", "difference [95% CI]",
                "p (Holm)", "seeds", "MDE (pts, rel.)", "verdict"]  # fmt: skip

@@ -312,6 +312,7 @@ def build_sft(
     name: str | None = None,
     prompt: Any = None,
     seed: int = 0,
+    out_dir: str | Path | None = None,
 ) -> SFTBuildResult:
     """Build the SFT dataset of ``source_model``'s correct solutions in a run; see the module docstring.
 
@@ -322,7 +323,8 @@ def build_sft(
     another SFT dataset (match its number of examples). ``judge_filter``: True, or a judge name when
     the judgments table holds several judges. ``prompt`` is a
     :class:`flopmatch.prompts.PromptConfig` (default: :func:`sft_prompt_config`, the dataset's
-    evaluation prompt, zero-shot).
+    evaluation prompt, zero-shot). ``out_dir``: where to write it (default ``RunDir.sft_dir(name)``; a
+    study writes the sets of its allocated runs into its own ``sft/``).
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     from flopmatch.allocation_metrics import journal_of
@@ -381,7 +383,7 @@ def build_sft(
             source_model, budget=budget, samples_per_problem=samples_per_problem, max_per_problem=max_per_problem,
             dedupe=dedupe, judge_filter=bool(judge_filter),
         ) + match.label
-    path = run.sft_dir(name)
+    path = Path(out_dir) if out_dir is not None else run.sft_dir(name)
     covered = len({r["problem_id"] for r in chosen})
     result = SFTBuildResult(
         path=path,

@@ -235,6 +235,8 @@ def _print_dry_run(cfg, run: Path | None, as_json: bool) -> None:
         ]
         title = "estimated sampling cost (largest budget; smaller budgets are its prefix)"
         print_table(columns, rows, keys={"model"}, right=set(columns[1:4]), title=title)
+    for line in plan.allocation:
+        console.print(line)
     if cfg.training.enabled:
         console.print(
             f"fine-tuning: {len(plan.jobs)} training runs ({', '.join(cfg.paradigms.enabled())}; number-matched "
@@ -282,6 +284,7 @@ def _dry_run_record(cfg, plan) -> dict:
         "training_runs": len(plan.jobs) if cfg.training.enabled else 0,
         "evaluations": plan.evals,
         "power": plan.power,
+        "allocation": list(plan.allocation),
         "warnings": list(plan.warnings),
         "stages": [{"stage": s.name, "state": s.state} for s in plan.stages or []],
     }

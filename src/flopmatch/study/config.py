@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from flopmatch.allocation import StudyAllocation
+
 # --------------------------------------------------------------------------- config
 
 #: Problem sources a split may name (see ``flopmatch.problems.load``).
@@ -219,6 +221,16 @@ class SamplingConfig(_Section):
     budget_seconds: float | None = Field(
         None, gt=0, description="stop sampling a model cleanly after this many seconds"
     )
+    allocation: StudyAllocation = Field(
+        default_factory=StudyAllocation,
+        description="a policy name (uniform, until-correct, adaptive) or {policy, objective, target_correct, "
+        "max_per_problem}: a non-uniform policy also samples each model at each budget's FLOPs "
+        "(flopmatch.allocation_study)",
+    )
+
+    def digest_view(self) -> dict[str, Any]:
+        """What the sample stage's digest hashes (a uniform study hashes as before allocation existed)."""
+        return self.model_dump(mode="json", exclude={"allocation"} if self.allocation.policy == "uniform" else None)
 
 
 class GradingConfig(_Section):
@@ -274,9 +286,24 @@ class ParadigmsConfig(_Section):
         description="paradigms that also get the number-matched control (WC data with SE's sample count)",
     )
     max_per_problem: PositiveInt | None = Field(None, description="cap on correct solutions kept per problem")
+    allocations: list[Literal["uniform", "until-correct", "adaptive"]] = Field(
+        default_factory=lambda: ["uniform"],
+        description="whose data the students train on: uniform (S per problem) and/or sampling.allocation's policy",
+    )
+
+    @field_validator("allocations")
+    @classmethod
+    def _distinct_allocations(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"paradigms.allocations must be a non-empty list of distinct policies, got {value}")
+        return value
 
     def enabled(self) -> list[str]:
         return [p for p in PARADIGMS if getattr(self, p)]
+
+    def digest_view(self) -> dict[str, Any]:
+        """What the sft and train digests hash (a uniform-only study hashes as before allocations existed)."""
+        return self.model_dump(mode="json", exclude={"allocations"} if self.allocations == ["uniform"] else None)
 
 
 class TrainingConfig(_Section):
@@ -398,6 +425,13 @@ class StudyConfig(_Section):
             for paradigm in self.paradigms.number_matched:
                 if not getattr(self.paradigms, paradigm):
                     raise ValueError(f"paradigms.number_matched lists {paradigm} but that paradigm is off")
+        policy = self.sampling.allocation.policy
+        for allocation in self.paradigms.allocations:
+            if allocation not in ("uniform", policy):
+                raise ValueError(
+                    f"paradigms.allocations lists {allocation} but sampling.allocation is {policy}; "
+                    f"set `sampling.allocation: {allocation}` (one policy per study)"
+                )
         return self
 
 

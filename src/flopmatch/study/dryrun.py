@@ -45,6 +45,7 @@ class DryRun:
     stages: list[StageStatus] | None
     warnings: list[str] = field(default_factory=list)
     power: dict[str, Any] | None = None  # the planned WC-vs-SE pass@1 comparison's MDE (see planned_power)
+    allocation: list[str] = field(default_factory=list)  # what sampling.allocation adds (allocation_study)
 
 
 def _count_split(spec: SplitConfig, seed: int) -> tuple[int | None, str]:
@@ -114,6 +115,10 @@ def dry_run(config: StudyConfig, run_dir: str | Path | None = None) -> DryRun:
             p = params[role][0]
             costs.append({"role": role, "model": spec.display, "samples": samples, "tokens": samples * tokens,
                           "flops": 2 * p * samples * tokens if p else None, "basis": basis})  # fmt: skip
+    from flopmatch.allocation_study import dry_run_lines
+
+    allocation, allocated_costs = dry_run_lines(config.sampling.allocation, config.paradigms.allocations, plan, costs)
+    costs += allocated_costs
     jobs = train_jobs(config, [(b.se_samples, b.wc_samples) for b in plan.budgets]) if plan else []
     jobs = jobs if config.training.enabled else []
     students = {j.student_role for j in jobs}
@@ -131,7 +136,8 @@ def dry_run(config: StudyConfig, run_dir: str | Path | None = None) -> DryRun:
     power = planned_power(config, problems.get("test", (None, ""))[0], RunDir(root)) if jobs else None
     if power is not None:
         warnings += power["warnings"]
-    return DryRun(config, root, problems, params, plan, plan_error, costs, jobs, evals, stages, warnings, power)
+    return DryRun(config, root, problems, params, plan, plan_error, costs, jobs, evals, stages, warnings, power,
+                  allocation)  # fmt: skip
 
 
 #: Planning assumptions when no run has measured them: the share of test problems on which the WC-data

@@ -119,9 +119,9 @@ def _stage_config(config: StudyConfig, stage: str) -> Any:
                 "student": config.paradigms.student.model if config.paradigms.student else None,
             }
         case "pilot":
-            return {"budget": config.budget, "models": models, "sampling": config.sampling, "seed": config.seed}
+            return {"budget": config.budget, "models": models, "sampling": config.sampling.digest_view(), "seed": config.seed}
         case "sample":
-            return {"models": models, "sampling": config.sampling, "seed": config.seed}
+            return {"models": models, "sampling": config.sampling.digest_view(), "seed": config.seed}
         case "grade":
             return {"grading": config.grading}
         case "judge":
@@ -129,11 +129,11 @@ def _stage_config(config: StudyConfig, stage: str) -> Any:
         case "analyze":
             return {"analysis": config.analysis, "seed": config.seed}
         case "sft":
-            return {"paradigms": config.paradigms, "models": model_refs, "seed": config.seed}
+            return {"paradigms": config.paradigms.digest_view(), "models": model_refs, "seed": config.seed}
         case "train":
             return {
                 "training": config.training,
-                "paradigms": config.paradigms,
+                "paradigms": config.paradigms.digest_view(),
                 "models": model_refs,
                 "evaluation": {
                     "backend": config.evaluation.backend,
@@ -165,8 +165,8 @@ def _outputs(ctx: StudyContext, stage: str) -> list[Path]:
             return [run.plan_path, run.root / ROLES_FILE]
         case "pilot":
             return [run.root / "pilot" / "advice.json"]
-        case "sample":
-            return [run.root / "samples" / k for k in keys]
+        case "sample":  # and the allocated sets (flopmatch.allocation_study), graded as they are drawn
+            return [run.root / "samples" / k for k in keys] + [run.root / "allocated"]
         case "grade":
             return [run.root / "grades" / f"{k}.parquet" for k in keys]
         case "judge":

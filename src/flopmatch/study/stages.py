@@ -279,10 +279,13 @@ def _stage_sample(ctx: StudyContext) -> dict[str, Any]:
             "seconds": summary.seconds,
             "tokens_per_second": summary.tokens_per_second,
         }
-    return {
-        "models": done,
-        "summary": ", ".join(f"{r.upper()} {d['on_disk']} samples" for r, d in done.items()),
-    }
+    line = ", ".join(f"{r.upper()} {d['on_disk']} samples" for r, d in done.items())
+    if config.sampling.allocation.policy != "uniform":  # each budget again under the policy (allocation_study)
+        from flopmatch.allocation_study import describe_sets, study_allocated_sets
+
+        sets = study_allocated_sets(ctx, params, prompt)
+        line += f"; allocated: {describe_sets(sets)}"
+    return {"models": done, "summary": line}
 
 
 def _prompt_config(config: StudyConfig, dataset: str) -> Any:
@@ -342,6 +345,9 @@ def _stage_analyze(ctx: StudyContext) -> dict[str, Any]:
     from flopmatch.analysis import analyze
 
     analyze(ctx.run.root, ks=ctx.config.analysis.ks, n_boot=ctx.config.analysis.n_boot, seed=ctx.config.seed)
+    from flopmatch.allocation_study import write_study_allocation_metrics
+
+    write_study_allocation_metrics(ctx.run, n_boot=ctx.config.analysis.n_boot, seed=ctx.config.seed)
     return {}
 
 
@@ -352,6 +358,15 @@ def _stage_sft(ctx: StudyContext) -> dict[str, Any]:
     roles = ctx.roles()
     built: dict[str, Any] = {}
     for item in sft_sets(config, ctx.budgets()):
+        if item.allocation != "uniform":  # every correct solution the policy found within the budget
+            from flopmatch.allocation_study import build_allocated_sft
+
+            result = build_allocated_sft(ctx.run, policy=item.allocation, se_samples=item.budget,
+                                         model=roles[item.role]["model"], name=item.name,
+                                         max_per_problem=config.paradigms.max_per_problem, seed=config.seed)  # fmt: skip
+            built[item.name] = {"examples": result.examples, "problems": result.problems_covered}
+            ctx.log(f"    {item.name}: {result.examples} examples over {result.problems_covered} problems")
+            continue
         # Budgets resolve through plan.json; the control takes SE's samples per problem from WC.
         control = roles["se"]["model"] if item.kind == "wc_number_matched" else None
         result = build_sft(
