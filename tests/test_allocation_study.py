@@ -204,3 +204,39 @@ def test_study_samples_allocated_sets_under_the_uniform_spend_and_trains_on_them
     assert "adaptive" in (run.report_dir / "index.html").read_text()
     # a rerun finds every set on disk and does nothing
     assert run_study(config, run.root, log=lambda _: None, progress=False).ran == []
+
+
+def test_build_sft_cli_takes_an_allocated_model_without_a_budget(tmp_path):
+    import pyarrow as pa
+    from typer.testing import CliRunner
+
+    from flopmatch import store
+    from flopmatch.cli import app
+    from flopmatch.problems import save_problems
+    from flopmatch.sampling import SAMPLE_SCHEMA
+    from flopmatch.store import write_json, write_table
+    from flopmatch.toyworld import load_problems
+
+    run = RunDir(tmp_path / "run").ensure()
+    problems = load_problems("test", limit=2)
+    save_problems(run, problems)
+    layout = {problems[0].problem_id: [False, True, True], problems[1].problem_id: [False]}  # unequal counts
+    rows, grades = [], []
+    for pid, oks in layout.items():
+        for idx, ok in enumerate(oks):
+            rows.append({"model": "m", "problem_id": pid, "sample_idx": idx, "seed": idx, "text": f"solution {idx}",
+                         "prompt_tokens": 1, "completion_tokens": 10, "finish_reason": "stop", "backend": "hf",
+                         "seeding": "per-request", "seconds": 0.1, "session_id": "s"})  # fmt: skip
+            grades.append({"model": "m", "problem_id": pid, "sample_idx": idx, "status": "correct" if ok else "wrong",
+                           "extracted": None, "gold": "0", "detail": ""})  # fmt: skip
+    store.append_shard(run.samples_dir("m"), pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
+    write_table(pa.Table.from_pylist(grades), run.grades_path("m"))
+    runner = CliRunner()
+    refused = runner.invoke(app, ["build-sft", str(run.root), "--source", "m", "--json"])
+    assert refused.exit_code != 0 and "--budget" in refused.output  # plain sampling still needs a budget
+    write_json({"config": {"allocation": "adaptive"}, "rounds": 1, "pending": None, "history": []},
+               run.samples_dir("m") / "allocation.json")  # fmt: skip
+    result = runner.invoke(app, ["build-sft", str(run.root), "--source", "m", "--name", "alloc", "--json"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert json.loads(out[out.index("{"):])["examples"] == 2  # both correct solutions of the 3-sample problem

@@ -42,7 +42,8 @@ def build_sft_command(
     run: Annotated[Path, typer.Argument(help="the run directory")],
     source: Annotated[str, typer.Option("--source", "-m", help="the model whose correct solutions to use")],
     budget: Annotated[
-        int | None, typer.Option("--budget", "-b", min=1, help="SE samples per problem (the plan gives this model's S)")
+        int | None, typer.Option("--budget", "-b", min=1, help="SE samples per problem (the plan gives this model's S); a model sampled by "
+                         "--allocation takes every correct solution without it")
     ] = None,
     samples_per_problem: Annotated[
         int | None, typer.Option("--samples-per-problem", "-S", min=1, help="use this S directly (no plan needed)")
@@ -63,8 +64,9 @@ def build_sft_command(
     """Answer-correct solutions of one model → an HF dataset (`messages` + prompt/completion + lineage)."""
     from flopmatch.sft import build_sft
 
-    if budget is None and samples_per_problem is None:
-        raise fail("give --budget B (SE samples per problem, via plan.json) or --samples-per-problem S")
+    if budget is None and samples_per_problem is None and not _allocated(run, source):
+        raise fail("give --budget B (SE samples per problem, via plan.json) or --samples-per-problem S (a model "
+                   "sampled by an allocation policy needs neither: its set is every correct solution it found)")
     try:
         result = build_sft(
             run, source_model=source, budget=budget, samples_per_problem=samples_per_problem,
@@ -80,6 +82,15 @@ def build_sft_command(
     console.print(f"  problems covered   {result.problems_covered} of {result.problems_total}")
     console.print(f"  examples           {result.examples}")
     console.print(f"  mean per problem   {result.mean_per_problem:.2f}  (S = {result.samples_per_problem})")
+
+
+def _allocated(run: Path, source: str) -> bool:
+    """Was ``source`` sampled by a non-uniform allocation policy (``flopmatch sample --allocation``)?"""
+    from flopmatch.allocation_metrics import journal_of
+    from flopmatch.store import RunDir
+
+    journal = journal_of(RunDir(run), source)
+    return journal is not None and journal["config"]["allocation"] != "uniform"
 
 
 # --------------------------------------------------------------------------- train
