@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import integrate, stats
+from scipy import integrate, special, stats
 from typer.testing import CliRunner
 
 from flopmatch.cli import app
@@ -59,8 +59,8 @@ def test_zero_inflated_fit_recovers_pi_and_is_chosen_by_heldout_likelihood():
     n, c = simulate(rng, 3000, 16, a=2.0, b=3.0, pi=0.4)
     fit = fit_success(n, c)  # auto
     assert fit.family == "zero-inflated-beta"
-    assert set(fit.candidates) == {"beta-binomial", "zero-inflated-beta"}
-    assert fit.candidates["zero-inflated-beta"] > fit.candidates["beta-binomial"]
+    assert set(fit.candidates) == {"beta-binomial", "zero-inflated-beta", "logit-normal"}
+    assert fit.candidates["zero-inflated-beta"] > max(fit.candidates["beta-binomial"], fit.candidates["logit-normal"])
     assert fit.pi == pytest.approx(0.4, abs=0.04)
     assert fit.a / (fit.a + fit.b) == pytest.approx(0.4, abs=0.04)
 
@@ -74,6 +74,17 @@ def test_beta_mixture_fit_recovers_two_groups_of_problems():
                         (fit.params["a2"] / (fit.params["a2"] + fit.params["b2"]), 1 - fit.params["w"])])
     assert low[0] == pytest.approx(1 / 13, abs=0.02) and high[0] == pytest.approx(0.8, abs=0.03)
     assert low[1] == pytest.approx(0.5, abs=0.05)
+
+
+def test_logit_normal_fit_recovers_known_parameters_and_is_chosen_by_auto():
+    rng = np.random.default_rng(13)
+    n = np.full(3000, 12)
+    c = rng.binomial(n, special.expit(rng.normal(-1.5, 2.0, len(n))))
+    fit = fit_success(n, c)  # auto
+    assert fit.family == "logit-normal"
+    assert fit.candidates["logit-normal"] > fit.candidates["beta-binomial"]
+    assert fit.params["mu"] == pytest.approx(-1.5, abs=0.15)
+    assert fit.params["sigma"] == pytest.approx(2.0, rel=0.1)
 
 
 def test_plain_beta_data_does_not_need_zero_inflation():
@@ -142,12 +153,16 @@ FITS = [
     SuccessFit("beta-binomial", {"a": 0.3, "b": 2.5}, 0.0, None),
     SuccessFit("zero-inflated-beta", {"a": 1.2, "b": 0.8, "pi": 0.25}, 0.0, None),
     SuccessFit("beta-mixture", {"w": 0.4, "a1": 0.5, "b1": 6.0, "a2": 3.0, "b2": 1.0}, 0.0, None),
+    SuccessFit("logit-normal", {"mu": -2.0, "sigma": 1.7}, 0.0, None),
 ]
 
 
 def _expect(fit: SuccessFit, g) -> float:
     """E[g(p)] under the fit by numeric integration of the Beta densities (plus the mass at 0)."""
     params = fit.params
+    if fit.family == "logit-normal":  # the continuous density: the module's grid must match it
+        pdf = stats.norm(params["mu"], params["sigma"]).pdf
+        return integrate.quad(lambda z: g(special.expit(z)) * pdf(z), -40, 40, limit=400)[0]
     parts = ([(params["w"], params["a1"], params["b1"]), (1 - params["w"], params["a2"], params["b2"])]
              if fit.family == "beta-mixture" else [(1.0, params["a"], params["b"])])
     pi = params.get("pi", 0.0)
@@ -182,7 +197,9 @@ def test_posterior_functions_equal_bayes_rule(fit, n, c, m):
 def test_unique_at_k_equals_monte_carlo(fit):
     rng = np.random.default_rng(6)
     model, k, draws = UniqueFit(theta=1.3, log_likelihood=0.0, problems=0), 30, 6000
-    if fit.family == "beta-mixture":
+    if fit.family == "logit-normal":
+        p = special.expit(rng.normal(fit.params["mu"], fit.params["sigma"], draws))
+    elif fit.family == "beta-mixture":
         first = rng.random(draws) < fit.params["w"]
         p = np.where(first, rng.beta(fit.params["a1"], fit.params["b1"], draws),
                      rng.beta(fit.params["a2"], fit.params["b2"], draws))

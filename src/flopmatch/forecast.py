@@ -12,21 +12,29 @@ n_i may differ per problem):
 * ``zero-inflated-beta``: p = 0 with probability pi (problems the model can never solve), otherwise
   p ~ Beta(a, b). It exists for pilots with many never-solved problems, where a plain Beta has to
   stretch its left tail to explain them and then over-forecasts large k.
-* ``beta-mixture``: p ~ w Beta(a1, b1) + (1 - w) Beta(a2, b2). For the opposite failure: hard-but-
-  solvable problems (p ~ 0.05) that a single Beta with a < 1 piles up near p = 0, under-forecasting
-  large k (seen in the toy world, README "Forecasting from a pilot").
+* ``logit-normal``: logit(p) ~ Normal(mu, sigma^2) — the Rasch / item-response view (success is
+  sigmoid(ability - difficulty), difficulties normal across problems), discretised on a fine logit grid
+  (:mod:`flopmatch.forecast_prior`). Its density vanishes at p = 0 where a Beta with a < 1 diverges:
+  a Beta fitted to a pilot piles hard-but-solvable problems (p ~ 0.01-0.1) up near p = 0 and
+  under-forecasts large k (toy world: -11 points at k = 100 from n = 8; README "Forecasting from a
+  pilot"); the logit-normal's thinner left tail halves that error there.
+* ``beta-mixture``: p ~ w Beta(a1, b1) + (1 - w) Beta(a2, b2). Opt-in: flexible, often the best held-out
+  likelihood, but at n <= 8 one part collapses onto a spike and its large-k forecast swings by tens of
+  points between pilots of the same population (README), so ``auto`` never picks it.
 
-``family="auto"`` fits the first two and keeps the one with the higher held-out log-likelihood (k-fold
-over problems, seeded); :attr:`SuccessFit.family` records which, :attr:`SuccessFit.candidates` every
-score. ``beta-mixture`` is opt-in (``family="beta-mixture"``): its fit is much slower.
+``family="auto"`` fits beta-binomial, zero-inflated-beta and logit-normal and keeps the one with the
+highest held-out log-likelihood (5-fold over problems, seeded); :attr:`SuccessFit.family` records which,
+:attr:`SuccessFit.candidates` every score. Fits maximise the likelihood of the distinct (n, c) pairs
+with their multiplicities by SLSQP with closed-form gradients (~0.1 s for ``auto``).
 
-Forecasts under a fit (closed forms with Beta functions):
+Forecasts under a fit: every family is a :class:`flopmatch.forecast_prior.Prior` (Beta parts and atoms),
+and every quantity is an expectation under one problem's posterior (the prior is the posterior after
+n = c = 0), in closed form per part:
 
-* coverage@k = 1 - E[(1-p)^k] = (1 - pi) * (1 - B(a, b+k) / B(a, b)) (a weighted sum over mixture parts);
-* expected correct samples per problem = k * E[p] = k * (1 - pi) * a / (a + b);
-* per problem, after seeing c of n correct, the posterior is Beta(a+c, b+n-c) (mixed with p = 0 for
-  an unsolved problem under zero inflation, over parts by their responsibilities for a mixture):
-  :meth:`SuccessFit.posterior_miss`, :meth:`SuccessFit.posterior_mean`.
+* coverage@k = 1 - E[(1-p)^k] (a Beta part gives 1 - B(a, b+k) / B(a, b); an atom 1 - (1 - p)^k);
+* expected correct samples per problem = k * E[p];
+* per problem, after seeing c of n correct, a Beta part updates to Beta(a+c, b+n-c) and the parts
+  reweight by their likelihoods: :meth:`SuccessFit.posterior_miss`, :meth:`SuccessFit.posterior_mean`.
 
 Unique correct solutions (:func:`fit_unique`, :mod:`flopmatch.forecast_unique`): within a problem,
 correct solutions are draws from a Chinese-restaurant process (a Dirichlet-process pool of distinct solutions) with one concentration
@@ -42,13 +50,14 @@ Intervals (:func:`forecast_counts`): percentile bootstrap over problems, refitti
 and theta on every resample. They describe a forecast for the population the pilot problems were
 drawn from.
 
-Baselines beside it: :func:`unbiased_coverage` (Chen et al. 2021, k <= n) and
-:func:`fit_power_law` (Brown et al. 2024: -log coverage@k = a * k^(-b), fitted to the pilot's
-unbiased curve).
+Baselines beside it (:mod:`flopmatch.forecast_baselines`, re-exported here): :func:`unbiased_coverage`
+(Chen et al. 2021, k <= n) and :func:`fit_power_law` (Brown et al. 2024: -log coverage@k = a * k^(-b),
+fitted to the pilot's unbiased curve).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -58,13 +67,29 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special
 
+from flopmatch.forecast_baselines import (
+    PowerLawFit,
+    fit_power_law,
+    power_law_from_counts,
+    unbiased_coverage,
+)
+from flopmatch.forecast_prior import (
+    GRID_P,
+    LOG_SIGMA_BOUNDS,
+    LOGIT_GRID,
+    MU_BOUND,
+    Prior,
+    as_counts,
+    atom_log_likelihood,
+    log_binom,
+    logit_normal_log_weights,
+)
 from flopmatch.forecast_unique import UniqueFit, fit_unique
-from flopmatch.metrics import pass_at_k
 
-FAMILIES = ("beta-binomial", "zero-inflated-beta", "beta-mixture")
-# What "auto" chooses between. The 5-parameter mixture is opt-in: its multi-start fit is ~50x slower,
-# too slow to run inside every fold and bootstrap resample on a loaded 2-core machine.
-AUTO_FAMILIES = ("beta-binomial", "zero-inflated-beta")
+FAMILIES = ("beta-binomial", "zero-inflated-beta", "logit-normal", "beta-mixture")
+# What "auto" chooses between. The 5-parameter mixture is opt-in: at small n its large-k forecasts are
+# unstable between pilots (module docstring).
+AUTO_FAMILIES = ("beta-binomial", "zero-inflated-beta", "logit-normal")
 __all__ = ["AUTO_FAMILIES", "FAMILIES", "ForecastPoint", "ModelForecast", "PowerLawFit", "SuccessFit", "UniqueFit", "fit_power_law",
            "fit_success", "fit_unique", "forecast_counts", "forecast_pilot", "forecast_run", "pilot_coverage", "refit",
            "unbiased_coverage"]
@@ -77,22 +102,6 @@ _LOGIT_BOUND = 12.0
 # --------------------------------------------------------------------------- inputs
 
 
-def as_counts(n: Any, c: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Validated int arrays (n_i >= 1, 0 <= c_i <= n_i); errors name the first bad problem's index."""
-    n_arr, c_arr = np.asarray(n), np.asarray(c)
-    if n_arr.shape != c_arr.shape or n_arr.ndim != 1:
-        raise ValueError(f"n and c must be 1-d arrays of equal length, got shapes {n_arr.shape} and {c_arr.shape}")
-    for name, arr in (("n", n_arr), ("c", c_arr)):
-        if arr.size and not np.all(np.asarray(arr, dtype=float) == np.round(np.asarray(arr, dtype=float))):
-            raise ValueError(f"{name} must hold integers; problem {int(np.argmax(arr != np.round(arr)))} does not")
-    n_arr, c_arr = n_arr.astype(np.int64), c_arr.astype(np.int64)
-    bad = np.flatnonzero((n_arr < 1) | (c_arr < 0) | (c_arr > n_arr))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"problem {i}: need n >= 1 and 0 <= c <= n, got n={n_arr[i]}, c={c_arr[i]}")
-    return n_arr, c_arr
-
-
 def _aggregate(n: np.ndarray, c: np.ndarray, weights: np.ndarray | None = None):
     """Distinct (n, c) pairs with multiplicities: the likelihood only depends on them (fast refits)."""
     pairs, inverse = np.unique(np.stack([n, c], axis=1), axis=0, return_inverse=True)
@@ -103,23 +112,32 @@ def _aggregate(n: np.ndarray, c: np.ndarray, weights: np.ndarray | None = None):
 # --------------------------------------------------------------------------- success model
 
 
-def _log_binom(n, c):
-    return special.gammaln(n + 1) - special.gammaln(c + 1) - special.gammaln(n - c + 1)
-
-
-def components(family: str, params: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Every family as (weights, a, b, pi): a mixture of Betas with an optional mass pi at p = 0."""
+def success_prior(family: str, params: dict[str, float]) -> Prior:
+    """Every family as a :class:`flopmatch.forecast_prior.Prior`: Beta parts and/or atoms."""
+    if family == "logit-normal":
+        return Prior.logit_normal(params["mu"], params["sigma"])
     if family == "beta-mixture":
         w = params["w"]
-        return (np.array([w, 1 - w]), np.array([params["a1"], params["a2"]]), np.array([params["b1"], params["b2"]]),
-                0.0)
-    return np.array([1.0]), np.array([params["a"]]), np.array([params["b"]]), params.get("pi", 0.0)
+        return Prior.betas([w, 1 - w], [params["a1"], params["a2"]], [params["b1"], params["b2"]])
+    return Prior.betas([1.0], [params["a"]], [params["b"]], params.get("pi", 0.0))
 
 
-_N_PARAMS = {"beta-binomial": 2, "zero-inflated-beta": 3, "beta-mixture": 5}
+_N_PARAMS = {"beta-binomial": 2, "zero-inflated-beta": 3, "beta-mixture": 5, "logit-normal": 2}
+
+
+def _bounds(family: str) -> tuple[np.ndarray, np.ndarray]:
+    """Box bounds of the unconstrained parameters (log a/b, logit weights; mu and log sigma)."""
+    if family == "logit-normal":
+        return np.array([-MU_BOUND, LOG_SIGMA_BOUNDS[0]]), np.array([MU_BOUND, LOG_SIGMA_BOUNDS[1]])
+    high = np.full(_N_PARAMS[family], _LOG_BOUND)
+    if family != "beta-binomial":
+        high[0 if family == "beta-mixture" else 2] = _LOGIT_BOUND
+    return -high, high
 
 
 def _unpack(family: str, theta: np.ndarray) -> dict[str, float]:
+    if family == "logit-normal":
+        return {"mu": float(theta[0]), "sigma": math.exp(theta[1])}
     if family == "beta-mixture":
         return {"w": float(special.expit(theta[0])), "a1": math.exp(theta[1]), "b1": math.exp(theta[2]),
                 "a2": math.exp(theta[3]), "b2": math.exp(theta[4])}
@@ -135,6 +153,8 @@ def _logit(x: float) -> float:
 
 
 def _theta(family: str, params: dict[str, float]) -> np.ndarray:
+    if family == "logit-normal":
+        return np.array([params["mu"], math.log(params["sigma"])])
     if family == "beta-mixture":
         return np.array([_logit(params["w"]), *(math.log(params[k]) for k in ("a1", "b1", "a2", "b2"))])
     base = [math.log(params["a"]), math.log(params["b"])]
@@ -143,19 +163,8 @@ def _theta(family: str, params: dict[str, float]) -> np.ndarray:
     return np.array(base)
 
 
-def _component_loglik(w, a, b, pi, n, c) -> tuple[np.ndarray, np.ndarray]:
-    """log of each part's joint probability with c | n: Beta components (rows) and the p = 0 mass."""
-    n, c = np.asarray(n, dtype=float), np.asarray(c, dtype=float)
-    lbb = (_log_binom(n, c)[None] + special.betaln(c[None] + a[:, None], (n - c)[None] + b[:, None])
-           - special.betaln(a, b)[:, None])
-    with_beta = np.log(w)[:, None] + math.log1p(-pi) + lbb
-    zero = np.where(c == 0, math.log(pi), -np.inf) if pi > 0 else np.full(c.shape, -np.inf)
-    return with_beta, zero
-
-
 def _pointwise_loglik(family: str, params: dict[str, float], n, c) -> np.ndarray:
-    with_beta, zero = _component_loglik(*components(family, params), n, c)
-    return np.logaddexp(special.logsumexp(with_beta, axis=0), zero)
+    return success_prior(family, params).log_marginal(n, c)
 
 
 class _Counts:
@@ -163,13 +172,36 @@ class _Counts:
 
     def __init__(self, n: np.ndarray, c: np.ndarray, w: np.ndarray):
         self.n, self.c, self.w = np.asarray(n, dtype=float), np.asarray(c, dtype=float), np.asarray(w, dtype=float)
-        self.log_binom = _log_binom(self.n, self.c)
+        self.log_binom = log_binom(self.n, self.c)
         self.unsolved = self.c == 0
+
+    @functools.cached_property
+    def grid_log_likelihood(self) -> np.ndarray:
+        """log P(c | n, p) at every logit-normal grid atom (rows) for every count pair (columns)."""
+        return self.log_binom[None] + atom_log_likelihood(GRID_P, self.n, self.c)
 
 
 def _split(logit: float) -> tuple[float, float, float]:
     """(share, log share, log(1 - share)) of a 2-way split from its logit, stable at both ends."""
     return float(special.expit(logit)), -float(np.logaddexp(0.0, -logit)), -float(np.logaddexp(0.0, logit))
+
+
+def _logit_normal_nll_and_grad(theta: np.ndarray, data: _Counts) -> tuple[float, np.ndarray]:
+    """The logit-normal's likelihood on its grid. With r_g the posterior weight of atom g and
+    s_g = d log w_g / d theta (the normal's score, centred because the weights are normalised),
+    d ll / d theta = sum_g r_g s_g."""
+    mu, sigma = theta[0], math.exp(theta[1])
+    log_w = logit_normal_log_weights(mu, sigma)
+    terms = log_w[:, None] + data.grid_log_likelihood
+    top = terms.max(axis=0)
+    ll = top + np.log(np.exp(terms - top).sum(axis=0))
+    resp = np.exp(terms - ll)
+    w = np.exp(log_w)
+    z = (LOGIT_GRID - mu) / sigma
+    score_mu, score_log_sigma = z / sigma, z**2
+    score_mu, score_log_sigma = score_mu - np.dot(w, score_mu), score_log_sigma - np.dot(w, score_log_sigma)
+    weighted = resp @ data.w
+    return -float(np.dot(data.w, ll)), -np.array([np.dot(weighted, score_mu), np.dot(weighted, score_log_sigma)])
 
 
 def _nll_and_grad(theta: np.ndarray, family: str, data: _Counts) -> tuple[float, np.ndarray]:
@@ -180,6 +212,8 @@ def _nll_and_grad(theta: np.ndarray, family: str, data: _Counts) -> tuple[float,
     responsibility of part j, d ll / d log a_j = r_j a_j (psi(c+a_j) - psi(n+a_j+b_j) - psi(a_j) + psi(a_j+b_j))
     (b alike), and d ll / d logit = r_first - share_first. Closed forms make one evaluation ~20 us.
     """
+    if family == "logit-normal":
+        return _logit_normal_nll_and_grad(theta, data)
     n, c = data.n, data.c
     if family == "beta-mixture":
         share, log_w1, log_w2 = _split(theta[0])
@@ -209,6 +243,8 @@ def _nll_and_grad(theta: np.ndarray, family: str, data: _Counts) -> tuple[float,
 
 
 def _starts(family: str, mean: float) -> list[np.ndarray]:
+    if family == "logit-normal":
+        return [np.array([_logit(mean) + shift, math.log(sigma)]) for shift, sigma in ((0.0, 1.0), (-1.0, 2.5))]
     if family == "beta-mixture":  # a low and a high component, diffuse and concentrated
         return [np.array([0.0, *np.log([lo * conc, (1 - lo) * conc, hi * conc, (1 - hi) * conc])])
                 for lo, hi in ((0.1, 0.7), (0.03, 0.5), (0.2, 0.9)) for conc in (2.0, 10.0)]
@@ -224,9 +260,7 @@ def _fit_family(family: str, n, c, w, starts: Sequence[np.ndarray] | None = None
     """Maximum-likelihood parameters for aggregated counts; several starts, the best kept."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
-    bounds = np.full(_N_PARAMS[family], _LOG_BOUND)
-    if family != "beta-binomial":
-        bounds[0 if family == "beta-mixture" else 2] = _LOGIT_BOUND
+    low, high = _bounds(family)
     data = _Counts(n, c, w)
     if starts is None:
         starts = _starts(family, float(np.clip(np.dot(data.w, data.c) / max(np.dot(data.w, data.n), 1e-12), 0.02, 0.98)))
@@ -234,13 +268,13 @@ def _fit_family(family: str, n, c, w, starts: Sequence[np.ndarray] | None = None
     # optimum. (L-BFGS-B is as accurate but its BLAS calls spin threads on a busy machine: 10x the CPU.)
     best = None
     for x0 in starts:
-        x0 = np.clip(np.asarray(x0, dtype=float), -bounds, bounds)
+        x0 = np.clip(np.asarray(x0, dtype=float), low, high)
         res = optimize.minimize(_nll_and_grad, x0, args=(family, data), jac=True, method="SLSQP",
-                                bounds=list(zip(-bounds, bounds, strict=True)),
+                                bounds=list(zip(low, high, strict=True)),
                                 options={"ftol": 1e-13, "maxiter": 500})
         if best is None or res.fun < best.fun:
             best = res
-    return _unpack(family, np.clip(best.x, -bounds, bounds)), -float(best.fun)
+    return _unpack(family, np.clip(best.x, low, high)), -float(best.fun)
 
 
 def _scalar_or_array(out: np.ndarray) -> float | np.ndarray:
@@ -259,93 +293,58 @@ class SuccessFit:
     candidates: dict[str, float] = field(default_factory=dict)  # held-out log-likelihood of each family tried
 
     @property
+    def prior(self) -> Prior:
+        return success_prior(self.family, self.params)
+
+    @property
     def a(self) -> float:
-        """a of the (first) Beta component."""
-        return float(components(self.family, self.params)[1][0])
+        """a of the (first) Beta component (nan for the logit-normal family)."""
+        return float(self.params.get("a", self.params.get("a1", math.nan)))
 
     @property
     def b(self) -> float:
-        return float(components(self.family, self.params)[2][0])
+        return float(self.params.get("b", self.params.get("b1", math.nan)))
 
     @property
     def pi(self) -> float:
         """Mass at p = 0 (0 unless zero-inflated)."""
-        return components(self.family, self.params)[3]
+        return float(self.params.get("pi", 0.0))
 
     @property
     def mean(self) -> float:
         """E[p]: the expected share of correct samples."""
-        w, a, b, pi = components(self.family, self.params)
-        return float((1 - pi) * np.dot(w, a / (a + b)))
+        return float(self.prior.mean(np.zeros(1), np.zeros(1))[0])
 
     def coverage(self, k: int | np.ndarray) -> float | np.ndarray:
-        """coverage@k = 1 - E[(1-p)^k] = (1 - pi) * sum_j w_j (1 - B(a_j, b_j+k)/B(a_j, b_j))."""
-        w, a, b, pi = components(self.family, self.params)
-        k_arr = np.asarray(k, dtype=float)[..., None]
-        miss = np.exp(special.betaln(a, b + k_arr) - special.betaln(a, b))
-        return _scalar_or_array((1 - pi) * np.sum(w * (1 - miss), axis=-1))
+        """coverage@k = 1 - E[(1-p)^k] (for Beta parts: 1 - B(a, b+k)/B(a, b), weighted over the parts)."""
+        k_arr = np.asarray(k, dtype=float)
+        zeros = np.zeros(k_arr.size)
+        return _scalar_or_array((1 - self.prior.miss(zeros, zeros, k_arr.ravel())).reshape(k_arr.shape))
 
     def expected_correct(self, k: int | np.ndarray) -> float | np.ndarray:
         """Expected correct samples per problem among k: k * E[p]."""
         return _scalar_or_array(np.asarray(k, dtype=float) * self.mean)
 
-    def responsibilities(self, n: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior weight of each Beta component (components × problems) and of p = 0 (problems)."""
-        with_beta, zero = _component_loglik(*components(self.family, self.params), np.atleast_1d(n),
-                                            np.atleast_1d(c))
-        total = np.logaddexp(special.logsumexp(with_beta, axis=0), zero)
-        return np.exp(with_beta - total), np.exp(zero - total)
-
     def posterior_miss(self, n: np.ndarray, c: np.ndarray, m: int | np.ndarray) -> np.ndarray:
         """Per problem: E[(1-p)^m | n samples, c correct] — the chance that m more samples all fail."""
         n, c = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (n, c))
-        m = np.asarray(m, dtype=float)
-        _, a, b, _ = components(self.family, self.params)
-        resp, zero = self.responsibilities(n, c)
-        a_post, b_post = a[:, None] + c, b[:, None] + n - c
-        miss = np.exp(special.betaln(a_post, b_post + m) - special.betaln(a_post, b_post))
-        return zero + np.sum(resp * miss, axis=0)
+        return self.prior.miss(n, c, m)
 
     def posterior_mean(self, n: np.ndarray, c: np.ndarray) -> np.ndarray:
         """Per problem: E[p | n samples, c correct]."""
-        n, c = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (n, c))
-        _, a, b, _ = components(self.family, self.params)
-        resp, _ = self.responsibilities(n, c)
-        return np.sum(resp * (a[:, None] + c) / (a[:, None] + b[:, None] + n), axis=0)
+        return self.prior.mean(*(np.atleast_1d(np.asarray(x, dtype=float)) for x in (n, c)))
 
     def posterior_sample(self, n: np.ndarray, c: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One draw of each problem's p from its posterior."""
-        n, c = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (n, c))
-        _, a, b, _ = components(self.family, self.params)
-        resp, zero = self.responsibilities(n, c)
-        weights = np.vstack([zero[None], resp])  # part 0: p = 0, then the Beta components
-        part = (rng.random(len(n))[None] > np.cumsum(weights, axis=0)).sum(axis=0)
-        part = np.minimum(part, len(a))
-        j = np.maximum(part - 1, 0)
-        draws = rng.beta(a[j] + c, b[j] + n - c)
-        return np.where(part == 0, 0.0, draws)
+        return self.prior.sample(*(np.atleast_1d(np.asarray(x, dtype=float)) for x in (n, c)), rng)
 
     def correct_pmf(self, k: int) -> np.ndarray:
         """P(C = j), j = 0..k: the number of correct samples among k for a random problem."""
-        w, a, b, pi = components(self.family, self.params)
-        j = np.arange(k + 1, dtype=float)[None]
-        parts = np.exp(_log_binom(float(k), j) + special.betaln(j + a[:, None], k - j + b[:, None])
-                       - special.betaln(a, b)[:, None])
-        pmf = (1 - pi) * np.dot(w, parts)
-        pmf[0] += pi
-        return pmf
+        return self.prior.correct_pmf(0.0, 0.0, int(k))
 
     def posterior_correct_pmf(self, n: int, c: int, m: int) -> np.ndarray:
         """P(C' = j), j = 0..m: correct samples among m more for a problem that had c of n correct."""
-        _, a, b, _ = components(self.family, self.params)
-        resp, zero = self.responsibilities(np.array([float(n)]), np.array([float(c)]))
-        j = np.arange(m + 1, dtype=float)[None]
-        a_post, b_post = a[:, None] + c, b[:, None] + n - c
-        parts = np.exp(_log_binom(float(m), j) + special.betaln(a_post + j, b_post + m - j)
-                       - special.betaln(a_post, b_post))
-        pmf = np.dot(resp[:, 0], parts)
-        pmf[0] += zero[0]
-        return pmf
+        return self.prior.correct_pmf(float(n), float(c), int(m))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -401,52 +400,6 @@ def pilot_coverage(n: Any, c: Any, k_per_problem: int | np.ndarray, *, fit: Succ
     more = np.maximum(np.broadcast_to(np.asarray(k_per_problem), n.shape) - n, 0)
     covered = np.where(c > 0, 1.0, 1.0 - fit.posterior_miss(n, c, more))
     return float(np.mean(covered))
-
-
-# --------------------------------------------------------------------------- baselines
-
-
-def unbiased_coverage(n: Any, c: Any, k: int) -> float:
-    """Chen et al.'s unbiased coverage@k: the mean of pass@k over problems with n_i >= k."""
-    n, c = as_counts(n, c)
-    keep = n >= k
-    if not keep.any():
-        raise ValueError(f"no problem has n >= k={k} samples")
-    return math.fsum(pass_at_k(int(ni), int(ci), int(k)) for ni, ci in zip(n[keep], c[keep], strict=True)) / int(
-        keep.sum())
-
-
-@dataclass(frozen=True)
-class PowerLawFit:
-    """Brown et al. 2024: coverage@k = exp(-a * k^(-b)), fitted by least squares of log(-log coverage) on log k."""
-
-    a: float
-    b: float
-    points: int
-
-    def coverage(self, k: int | np.ndarray) -> float | np.ndarray:
-        out = np.exp(-self.a * np.asarray(k, dtype=float) ** (-self.b))
-        return float(out) if np.ndim(out) == 0 else out
-
-
-def fit_power_law(ks: Sequence[int], coverage: Sequence[float]) -> PowerLawFit:
-    """Fit on the points with 0 < coverage < 1 (log(-log) is undefined elsewhere); needs two distinct k."""
-    k_arr, cov = np.asarray(ks, dtype=float), np.asarray(coverage, dtype=float)
-    keep = (cov > 0) & (cov < 1)
-    if len(np.unique(k_arr[keep])) < 2:
-        raise ValueError("the power-law fit needs coverage strictly between 0 and 1 at two or more k")
-    slope, intercept = np.polyfit(np.log(k_arr[keep]), np.log(-np.log(cov[keep])), 1)
-    return PowerLawFit(a=float(math.exp(intercept)), b=float(-slope), points=int(keep.sum()))
-
-
-def power_law_from_counts(n: Any, c: Any) -> PowerLawFit | None:
-    """The baseline fitted to the pilot's unbiased coverage at k = 1..min(n); None when it cannot be fitted."""
-    n, c = as_counts(n, c)
-    ks = list(range(1, int(n.min()) + 1))
-    try:
-        return fit_power_law(ks, [unbiased_coverage(n, c, k) for k in ks])
-    except ValueError:
-        return None
 
 
 # --------------------------------------------------------------------------- forecasts with intervals
