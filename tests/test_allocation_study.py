@@ -194,6 +194,9 @@ def test_study_samples_allocated_sets_under_the_uniform_spend_and_trains_on_them
     assert {"uniform", "adaptive @ SE 2"} <= set(allocation["allocation"])
     curve = pd.read_parquet(run.metrics_dir / "allocation_curve.parquet")
     assert "adaptive @ SE 2" in set(curve["allocation"])
+    counts = pd.read_parquet(run.metrics_dir / "allocation_counts.parquet")
+    assert len(counts[counts["allocation"] == "adaptive @ SE 2"]) == 2 * 8  # WC and SE, every sample problem
+    assert (run.metrics_dir / "figures" / "samples_per_problem.png").exists()
     paradigms = pd.read_parquet(run.metrics_dir / "paradigms.parquet")
     trained = json.loads((run.root / "models" / "trained.json").read_text())["jobs"]
     kinds = {k for k in ("wc_adaptive", "se_adaptive") if trained.get(f"kd-{k.replace('_', '-')}-b2")}

@@ -26,9 +26,10 @@ from flopmatch.store import RunDir, model_key, read_json, read_shards, write_tab
 ALLOCATION_COLUMNS = [
     "model", "allocation", "objective", "rounds", "problems", "samples", "samples_min", "samples_q25",
     "samples_median", "samples_q75", "samples_max", "coverage", "coverage_low", "coverage_high",
-    "unique_per_problem", "unique_low", "unique_high", "flops", "coverage_per_pflop",
+    "unique_per_problem", "unique_low", "unique_high", "flops", "coverage_per_pflop", "unique_per_pflop",
 ]  # fmt: skip
 CURVE_COLUMNS = ["model", "allocation", "point", "flops", "samples", "coverage", "unique_per_problem"]
+COUNT_COLUMNS = ["model", "allocation", "problem_id", "samples", "correct", "unique_correct"]
 
 
 def journal_of(run: RunDir, model: str) -> dict[str, Any] | None:
@@ -75,9 +76,19 @@ def allocation_tables(run_dir: str | Path | RunDir, data: dict[str, Any], *, n_b
             "coverage": covered.mean(), "coverage_low": lo[0], "coverage_high": hi[0],
             "unique_per_problem": unique.mean(), "unique_low": lo[1], "unique_high": hi[1], "flops": flops,
             "coverage_per_pflop": covered.mean() / (flops / 1e15) if flops else None,
+            "unique_per_pflop": unique.mean() / (flops / 1e15) if flops else None,
         })  # fmt: skip
         curve += _curve(model, samples, journal, tokens, p_total)
     return pd.DataFrame(rows, columns=ALLOCATION_COLUMNS), pd.DataFrame(curve, columns=CURVE_COLUMNS)
+
+
+def per_problem_counts(model: str, allocation: str, samples: Any) -> pd.DataFrame:
+    """One row per problem: its samples, correct ones and distinct correct ones (``samples``: an
+    ``analysis.ModelSamples``) — the distribution a policy's samples per problem take."""
+    rows = [{"model": model, "allocation": allocation, "problem_id": pid, "samples": len(p.idx),
+             "correct": int(p.correct.sum()), "unique_correct": len({x for x in p.norms if x is not None})}
+            for pid, p in sorted(samples.problems.items())]  # fmt: skip
+    return pd.DataFrame(rows, columns=COUNT_COLUMNS)
 
 
 def _tokens(run: RunDir, model: str) -> dict[tuple[str, int], int]:
@@ -136,21 +147,53 @@ def write_allocation_metrics(run: RunDir, data: dict[str, Any], *, n_boot: int =
                              plots: bool = True) -> dict[str, Path]:  # fmt: skip
     """Write the tables (and a coverage-vs-FLOPs figure) into ``metrics/``; returns the paths."""
     table, curve = allocation_tables(run, data, n_boot=n_boot, seed=seed)
-    return write_allocation_outputs(run, table, curve, plots=plots)
+    counts = [per_problem_counts(m, ((journal_of(run, m) or {}).get("config") or {}).get("allocation", "uniform"), s)
+              for m, s in data.items()]  # fmt: skip
+    counts_table = pd.concat(counts, ignore_index=True) if counts else pd.DataFrame(columns=COUNT_COLUMNS)
+    return write_allocation_outputs(run, table, curve, counts_table, plots=plots)
 
 
-def write_allocation_outputs(run: RunDir, table: pd.DataFrame, curve: pd.DataFrame, *,
-                             plots: bool = True) -> dict[str, Path]:  # fmt: skip
-    """``metrics/allocation.parquet|md``, ``allocation_curve.parquet`` and the coverage-vs-FLOPs figure."""
+def write_allocation_outputs(run: RunDir, table: pd.DataFrame, curve: pd.DataFrame,
+                             counts: pd.DataFrame | None = None, *, plots: bool = True) -> dict[str, Path]:  # fmt: skip
+    """``metrics/allocation.parquet|md``, ``allocation_curve.parquet``, ``allocation_counts.parquet`` (samples
+    per problem), the coverage- and unique-vs-FLOPs figure and, when some policy is not uniform, the
+    distribution of samples per problem."""
     out = run.metrics_dir
     files = {
         "allocation": write_table(table, out / "allocation.parquet"),
         "allocation_curve": write_table(curve, out / "allocation_curve.parquet"),
         "allocation_md": write_text(allocation_markdown(table), out / "allocation.md"),
     }
+    if counts is not None:
+        files["allocation_counts"] = write_table(counts, out / "allocation_counts.parquet")
     if plots and not curve.empty and curve["flops"].notna().any():
         files["allocation_figure"] = _figure(curve, out / "figures" / "coverage_vs_flops.png")
+    if plots and counts is not None and not counts.empty and (counts["allocation"] != "uniform").any():
+        files["samples_figure"] = _counts_figure(counts, out / "figures" / "samples_per_problem.png")
     return files
+
+
+def _counts_figure(counts: pd.DataFrame, path: Path) -> Path:
+    """Per model and policy: the share of problems with at most x samples (uniform: a step at S)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (model, allocation), group in counts.groupby(["model", "allocation"], sort=True):
+        x = np.sort(group["samples"].to_numpy())
+        ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", label=f"{model} — {allocation}")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("samples of a problem")
+    ax.set_ylabel("share of problems with at most that many")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _figure(curve: pd.DataFrame, path: Path) -> Path:
@@ -159,14 +202,18 @@ def _figure(curve: pd.DataFrame, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    curve = curve.assign(flops=pd.to_numeric(curve["flops"], errors="coerce"))
     for (model, allocation), group in curve.groupby(["model", "allocation"], sort=True):
-        ax.plot(group["flops"], group["coverage"], marker=".", label=f"{model} — {allocation}")
-    ax.set_xscale("log")
-    ax.set_xlabel("nominal FLOPs spent (2·P·tokens)")
-    ax.set_ylabel("coverage (problems with a correct sample)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+        for ax, column in zip(axes, ("coverage", "unique_per_problem"), strict=True):
+            ax.plot(group["flops"], group[column], marker=".", label=f"{model} — {allocation}")
+    for ax, label in zip(axes, ("coverage (problems with a correct sample)", "unique correct solutions per problem"),
+                         strict=True):  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("nominal FLOPs spent (2·P·tokens)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -187,23 +187,21 @@ def read_allocated_sets(run: RunDir) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- metrics and SFT (I/O)
 
 
-def allocated_tables(run: RunDir, *, n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``allocation_metrics.allocation_tables`` of every allocated set, labelled by budget: the rows the
-    study adds to ``metrics/allocation.parquet`` and ``allocation_curve.parquet``."""
-    from flopmatch.allocation_metrics import allocation_tables
+def allocated_tables(run: RunDir, *, n_boot: int = 1000, seed: int = 0) -> list[pd.DataFrame]:
+    """``allocation_metrics``' summary, curve and per-problem counts of every allocated set, labelled
+    ``<policy> @ SE <budget>``: the rows the study adds to ``metrics/allocation*.parquet``."""
+    from flopmatch.allocation_metrics import allocation_tables, per_problem_counts
     from flopmatch.analysis import load_model_samples
 
-    tables, curves = [], []
+    parts: list[list[pd.DataFrame]] = [[], [], []]
     for item in read_allocated_sets(run):
         sub = RunDir(run.root / item["run_dir"])
-        data = {item["model"]: load_model_samples(sub, item["model"], sub.grades_path(item["model"]))}
-        table, curve = allocation_tables(sub, data, n_boot=n_boot, seed=seed)
+        samples = load_model_samples(sub, item["model"], sub.grades_path(item["model"]))
+        table, curve = allocation_tables(sub, {item["model"]: samples}, n_boot=n_boot, seed=seed)
         label = f"{item['policy']} @ SE {item['se_samples']}"
-        tables.append(table.assign(allocation=label))
-        curves.append(curve.assign(allocation=label))
-    if not tables:
-        return pd.DataFrame(), pd.DataFrame()
-    return pd.concat(tables, ignore_index=True), pd.concat(curves, ignore_index=True)
+        for part, frame in zip(parts, (table, curve, per_problem_counts(item["model"], label, samples)), strict=True):
+            part.append(frame.assign(allocation=label))
+    return [pd.concat(part, ignore_index=True) if part else pd.DataFrame() for part in parts]
 
 
 def write_study_allocation_metrics(run: RunDir, *, n_boot: int = 1000, seed: int = 0,
@@ -212,17 +210,18 @@ def write_study_allocation_metrics(run: RunDir, *, n_boot: int = 1000, seed: int
     ones); nothing when the study allocates nothing."""
     from flopmatch.allocation_metrics import write_allocation_outputs
 
-    table, curve = allocated_tables(run, n_boot=n_boot, seed=seed)
-    if table.empty:
+    added = allocated_tables(run, n_boot=n_boot, seed=seed)
+    if added[0].empty:
         return {}
     out = run.metrics_dir
-    base = [pd.read_parquet(out / name) if (out / name).exists() else pd.DataFrame()
-            for name in ("allocation.parquet", "allocation_curve.parquet")]  # fmt: skip
-    if not base[0].empty:  # a rerun: drop the rows of an earlier pass
-        base[0] = base[0][base[0]["allocation"] == "uniform"]
-        base[1] = base[1][base[1]["allocation"] == "uniform"]
-    return write_allocation_outputs(run, pd.concat([base[0], table], ignore_index=True),
-                                    pd.concat([base[1], curve], ignore_index=True), plots=plots)  # fmt: skip
+    merged = []
+    for name, frame in zip(("allocation.parquet", "allocation_curve.parquet", "allocation_counts.parquet"), added,
+                           strict=True):  # fmt: skip
+        base = pd.read_parquet(out / name) if (out / name).exists() else pd.DataFrame()
+        if not base.empty:  # analyze wrote the run's own models; drop what an earlier pass added
+            base = base[~base["allocation"].astype(str).str.contains(" @ SE ")]
+        merged.append(pd.concat([base, frame], ignore_index=True) if not base.empty else frame)
+    return write_allocation_outputs(run, *merged, plots=plots)
 
 
 def build_allocated_sft(run: RunDir, *, policy: str, se_samples: int, model: str, name: str,
