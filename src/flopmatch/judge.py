@@ -49,8 +49,10 @@ from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 import pyarrow as pa
 
 from flopmatch.backends.base import Backend, Message, Request, SamplingParams
+from flopmatch.datasets import get_dataset
 from flopmatch.metrics import wilson_interval
 from flopmatch.problems import Problem, problems_from_table
+from flopmatch.progress import progress_bar
 from flopmatch.store import RunDir, model_key, read_shards, read_table, write_table
 
 JudgmentStatus = Literal["valid", "invalid", "unparseable"]
@@ -290,13 +292,11 @@ class LLMJudge:
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgment]:
         """Judge every item; malformed replies are retried with the parse error, then ``unparseable``."""
-        from tqdm.auto import tqdm
-
         prompts = [build_messages(item, include_reference=self.include_reference) for item in items]
         messages = {i: msgs for i, (msgs, _) in enumerate(prompts)}
         results: dict[int, Judgment] = {}
         errors: dict[int, tuple[str, str]] = {}
-        bar = tqdm(total=len(items), desc=f"judging ({self.name})", unit="sol", disable=not self.progress)
+        bar = progress_bar(len(items), f"judging ({self.name})", unit="sol", enabled=self.progress)
         try:
             for attempt in range(self.max_retries + 1):
                 pending = [i for i in messages if i not in results]
@@ -343,11 +343,9 @@ class ToyworldCheckerJudge:
     name = TOYWORLD_JUDGE
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgment]:
-        from flopmatch.toyworld import check_solution
-
         out = []
         for item in items:
-            check = check_solution(item.problem, item.solution)
+            check = _exact_checker(item.problem.dataset)(item.problem, item.solution)
             if check.steps_valid:
                 out.append(Judgment("valid", None, check.reason))
             else:
@@ -356,6 +354,14 @@ class ToyworldCheckerJudge:
 
     def close(self) -> None:
         return None
+
+
+def _exact_checker(dataset: str):
+    """The step checker a dataset declares (:mod:`flopmatch.datasets`); only such datasets have one."""
+    declared = get_dataset(dataset)
+    if declared is None or declared.checker is None:
+        raise ValueError(f"the {TOYWORLD_JUDGE} judge needs a dataset with an exact step checker; {dataset!r} has none")
+    return declared.load_function("checker")
 
 
 # --------------------------------------------------------------------------- construction
@@ -562,8 +568,6 @@ def judge_run(
     ``judgments/<model>.parquet`` after every ``chunk`` solutions, keyed by (problem_id, sample_idx,
     judge): a rerun, or a run killed half-way, only judges what is missing.
     """
-    from tqdm.auto import tqdm
-
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     if per_model < 1:
         raise ValueError(f"per_model must be >= 1, got {per_model}")
@@ -593,7 +597,7 @@ def judge_run(
         missing_problems = sorted({pid for pid, _ in todo if pid not in problems})
         if missing_problems:
             raise ValueError(f"{run.root / 'problems'}: no problem record for {missing_problems[:5]} (model {model})")
-        bar = tqdm(total=len(todo), desc=f"judge {model}", unit="sol")
+        bar = progress_bar(len(todo), f"judge {model}", unit="sol")
         for start in range(0, len(todo), chunk):
             keys = todo[start : start + chunk]
             items = [JudgeItem(problems[pid], texts[(pid, idx)]) for pid, idx in keys]

@@ -232,7 +232,7 @@ def assemble_gguf(parts: Sequence[Path], dest: Path, *, size: int, sha256: str, 
     The join goes to a temporary file beside ``dest`` and is renamed only after the checksum matches,
     so a crash or a mismatch never leaves a file that later calls would trust.
     """
-    from tqdm.auto import tqdm
+    from flopmatch.progress import progress_bar
 
     label = label or dest.name
     found = sum(p.stat().st_size for p in parts)
@@ -248,7 +248,7 @@ def assemble_gguf(parts: Sequence[Path], dest: Path, *, size: int, sha256: str, 
     try:
         with (
             os.fdopen(fd, "wb") as out,
-            tqdm(total=size, unit="B", unit_scale=True, desc=f"join {label}") as bar,
+            progress_bar(size, f"join {label}", unit="B", unit_scale=True) as bar,
         ):
             for part in parts:
                 with open(part, "rb") as handle:

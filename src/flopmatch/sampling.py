@@ -752,9 +752,9 @@ def _start_engine(kind, model, options, *, replicas, ray_address, ray_options) -
 
 
 def _progress_bar(total: int, *, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from flopmatch.progress import progress_bar
 
-    return tqdm(total=total, desc=f"sample {desc}", unit="sample", disable=not enabled, dynamic_ncols=True)
+    return progress_bar(total, f"sample {desc}", unit="sample", enabled=enabled)
 
 
 def _advance(bar, n: int, ledger: LedgerSession) -> None:

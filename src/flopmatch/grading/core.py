@@ -182,9 +182,9 @@ def _tasks(checks: list[tuple[str, str]]) -> list[Task]:
 
 
 def _progress_bar(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from flopmatch.progress import progress_bar
 
-    return tqdm(total=total, desc="grading", unit="ans", disable=not enabled or total == 0, leave=False)
+    return progress_bar(total, "grading", unit="ans", enabled=enabled and total > 0, leave=False)
 
 
 # --------------------------------------------------------------------------- shared pool for grade()
