@@ -12,7 +12,8 @@ source                    where the problems come from
 ``math-offline``          local files only: the offline MATH split of the shared data
                           (``train`` = MATH test 5000 minus the MATH500 problems, matched on
                           problem text -> 4,500; ``test`` = MATH500)
-``toyworld``              ``flopmatch.toyworld.load_problems`` (generated, CPU-sized)
+``toyworld``              ``flopmatch.toyworld.load_problems`` (generated, CPU-sized; any dataset
+                          declared with a ``loader`` in :mod:`flopmatch.datasets` loads the same way)
 a path / ``file``         a local JSONL/Parquet file; its format is detected from its fields
 ========================  =====================================================================
 
@@ -39,6 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from flopmatch.datasets import dataset_names, get_dataset
 from flopmatch.record import (  # noqa: F401 - the record is part of this module's API
     PROBLEM_SCHEMA,
     Problem,
@@ -462,13 +464,11 @@ def _hub(source: str, split: str) -> list[Problem]:
 
 # --------------------------------------------------------------------------- the entry point
 
+# The sources read here (hub or local files); generated datasets declare a loader instead.
 SPLITS: dict[str, tuple[str, ...]] = {
-    "gsm8k": ("train", "test"),
-    "math": ("train", "test"),
-    "math500": ("test",),
-    "math-offline": ("train", "test"),
+    name: get_dataset(name).splits for name in dataset_names() if get_dataset(name).loader is None
 }
-SOURCES = (*SPLITS, "toyworld")
+SOURCES = dataset_names()
 DEFAULT_SPLIT = "test"
 
 
@@ -490,16 +490,15 @@ def load(
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    if source == "toyworld":
+    declared = get_dataset(source)
+    if declared is not None and declared.loader is not None:
         if data_file is not None:
-            raise ValueError("the toy world is generated; it takes no data_file")
+            raise ValueError(f"{source} is generated; it takes no data_file")
         try:
-            from flopmatch.toyworld import load_problems
+            loader = declared.load_function("loader")
         except ImportError as exc:
-            raise ProblemSourceError(
-                f"the toy world (flopmatch.toyworld.load_problems) is not available: {exc}"
-            ) from exc
-        return load_problems(split=split, limit=limit, seed=seed)
+            raise ProblemSourceError(str(exc)) from exc
+        return loader(split=split, limit=limit, seed=seed)
     if source in SPLITS:
         split = split or DEFAULT_SPLIT
         if split not in SPLITS[source]:

@@ -23,14 +23,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from flopmatch.datasets import get_dataset
 from flopmatch.problems import Problem
 
 Message = dict[str, str]
 PromptStyle = Literal["chat", "plain", "toyworld"]
 
 DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-# Datasets' paper defaults: (exemplar set, shots).
-_DATASET_DEFAULTS: dict[str, tuple[str, int]] = {"gsm8k": ("gsm8k", 8), "math": ("math", 4)}
 _EXEMPLAR_FILE = "data/exemplars.json"
 PLAIN_QUESTION = "Problem:"
 PLAIN_ANSWER = "Solution:"
@@ -83,28 +82,25 @@ def packaged_exemplars() -> dict[str, tuple[Exemplar, ...]]:
 
 
 def dataset_family(dataset: str) -> str | None:
-    """``gsm8k`` or ``math`` (MATH, MATH500, ...) or None for datasets with no packaged exemplars."""
-    name = dataset.lower()
-    if name.startswith("gsm8k"):
-        return "gsm8k"
-    if name.startswith("math"):
-        return "math"
-    return None
+    """The packaged exemplar set a dataset declares (``gsm8k`` or ``math``), or None (zero-shot)."""
+    declared = get_dataset(dataset)
+    return declared.exemplars if declared else None
 
 
 def default_prompt_config(dataset: str) -> PromptConfig:
     """The paper's prompt for ``dataset``, fully resolved (exemplars included, so a run can store it).
 
-    GSM8K → 8-shot, MATH/MATH500 → 4-shot chat prompts; the toy world → its own format; anything else
-    → a zero-shot chat prompt with the ``\\boxed{}`` instruction.
+    As the dataset declares it (:mod:`flopmatch.datasets`): GSM8K → 8-shot, MATH/MATH500 → 4-shot
+    chat prompts; the toy world → its own format; an undeclared dataset → a zero-shot chat prompt
+    with the ``\\boxed{}`` instruction.
     """
-    if dataset.lower().startswith("toyworld"):
+    declared = get_dataset(dataset)
+    if declared is not None and declared.prompt_format is not None:
         return PromptConfig(style="toyworld", shots=0, exemplars=())
     family = dataset_family(dataset)
     if family is None:
         return PromptConfig(style="chat", shots=0, exemplars=())
-    exemplar_set, shots = _DATASET_DEFAULTS[family]
-    return PromptConfig(style="chat", shots=shots, exemplars=packaged_exemplars()[exemplar_set][:shots])
+    return PromptConfig(style="chat", shots=declared.shots, exemplars=packaged_exemplars()[family][: declared.shots])
 
 
 def resolve(config: PromptConfig | None, dataset: str) -> PromptConfig:
@@ -126,6 +122,14 @@ def resolve(config: PromptConfig | None, dataset: str) -> PromptConfig:
     return config.model_copy(update={"shots": shots, "exemplars": tuple(pool[:shots])})
 
 
+def _own_format(dataset: str):
+    """The prompt function of a dataset that writes its own prompts (the ``toyworld`` style)."""
+    declared = get_dataset(dataset)
+    if declared is None or declared.prompt_format is None:
+        raise ValueError(f"prompt style 'toyworld' needs a dataset with its own prompt format; {dataset!r} has none")
+    return declared.load_function("prompt_format")
+
+
 def _user_turn(question: str, instruction: str) -> str:
     return f"{question.strip()}\n\n{instruction}"
 
@@ -138,9 +142,7 @@ def build_prompt(problem: Problem, config: PromptConfig | None = None) -> str | 
     """
     cfg = resolve(config, problem.dataset)
     if cfg.style == "toyworld":
-        from flopmatch.toyworld import format_prompt  # lazy: the toy world is another module's
-
-        return format_prompt(problem.question)
+        return _own_format(problem.dataset)(problem.question)
     shots = cfg.exemplars or ()
     if cfg.style == "plain":
         blocks = [cfg.system.strip()] if cfg.system else []

@@ -90,11 +90,13 @@ def _grade_run_dir(run_dir: Path, workers: int | None, timeout: float, as_json: 
 def _grade_file(
     path: Path, dataset: str | None, output: Path | None, workers: int | None, timeout: float, as_json: bool
 ) -> None:
-    from flopmatch.grading import DATASETS, grade_many
+    from flopmatch.datasets import dataset_names
+    from flopmatch.grading import grade_many
 
-    if dataset is not None and dataset.lower() not in DATASETS:
-        raise fail(f"--dataset {dataset!r}: expected one of {', '.join(sorted(DATASETS))}")
-    rows = read_pairs(path, dataset, known=DATASETS)
+    known = set(dataset_names())
+    if dataset is not None and dataset.lower() not in known:
+        raise fail(f"--dataset {dataset!r}: expected one of {', '.join(sorted(known))}")
+    rows = read_pairs(path, dataset, known=known)
     out_path = output or path.with_name(path.stem + ".grades.parquet")
     if out_path.suffix not in (".parquet", ".jsonl"):
         raise fail(f"--output {out_path}: use a .parquet or .jsonl file name")

@@ -11,12 +11,11 @@ Public API::
 """
 
 from flopmatch.grading.core import STATUSES, Grade, grade, grade_many
-from flopmatch.grading.extract import DATASETS, answer_mode, extract_answer, last_boxed, normalize_answer
+from flopmatch.grading.extract import answer_mode, extract_answer, last_boxed, normalize_answer
 from flopmatch.grading.pool import WatchdogPool
 from flopmatch.grading.run import GRADE_SCHEMA, GRADER_VERSION, grade_run
 
 __all__ = [
-    "DATASETS",
     "GRADE_SCHEMA",
     "GRADER_VERSION",
     "STATUSES",

@@ -21,19 +21,16 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-NUMERIC_DATASETS = frozenset({"gsm8k", "toyworld"})
-LATEX_DATASETS = frozenset({"math", "math500"})
-DATASETS = NUMERIC_DATASETS | LATEX_DATASETS
+from flopmatch.datasets import dataset_names, get_dataset
 
 
 def answer_mode(dataset: str) -> str:
-    """``"numeric"`` or ``"latex"``: which extraction and normalisation rules a dataset uses."""
-    name = str(dataset).strip().lower()
-    if name in NUMERIC_DATASETS:
-        return "numeric"
-    if name in LATEX_DATASETS:
-        return "latex"
-    raise ValueError(f"unknown dataset {dataset!r}; grading supports {', '.join(sorted(DATASETS))}")
+    """``"numeric"`` or ``"latex"``: which extraction and normalisation rules a dataset uses (as it
+    declares them in :mod:`flopmatch.datasets`; the toy world's first-answer-line rule is numeric)."""
+    declared = get_dataset(dataset)
+    if declared is None:
+        raise ValueError(f"unknown dataset {dataset!r}; grading supports {', '.join(dataset_names())}")
+    return "latex" if declared.answers == "latex" else "numeric"
 
 
 # --------------------------------------------------------------------------- extraction
@@ -82,8 +79,8 @@ def extract_answer(text: str | None, dataset: str) -> str | None:
     if not text:
         return None
     text = text.replace("\r\n", "\n")
-    if str(dataset).strip().lower() == "toyworld":
-        return _toyworld_answer(text)
+    if get_dataset(dataset).answers == "first-answer-line":
+        return _first_answer_line(text)
     boxes = _boxed_candidates(text)
     candidates = sorted(boxes + _phrase_candidates(text), key=lambda c: c[0], reverse=True)
     for _, kind, raw in candidates:
@@ -98,7 +95,7 @@ def extract_answer(text: str | None, dataset: str) -> str | None:
     return None
 
 
-def _toyworld_answer(text: str) -> str | None:
+def _first_answer_line(text: str) -> str | None:
     """The toy world's rule, the same as its step checker's: the first ``Answer:`` line counts and
     everything after it is ignored (a tiny model may ramble on)."""
     match = _TOY_ANSWER_RE.search(text)

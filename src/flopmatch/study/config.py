@@ -17,11 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flopmatch.allocation import StudyAllocation
+from flopmatch.datasets import dataset_names
 
 # --------------------------------------------------------------------------- config
 
-#: Problem sources a split may name (see ``flopmatch.problems.load``).
-KNOWN_SOURCES: tuple[str, ...] = ("gsm8k", "math", "math500", "math-offline", "toyworld")
+#: Problem sources a split may name: the declared datasets (``flopmatch.datasets``, read by ``flopmatch.problems.load``).
+KNOWN_SOURCES: tuple[str, ...] = dataset_names()
 #: Generation engines (see ``flopmatch.backends.create_backend``).
 BACKENDS: tuple[str, ...] = ("vllm", "hf", "openai")
 PARADIGMS: tuple[str, ...] = ("knowledge_distillation", "self_improvement", "weak_to_strong")

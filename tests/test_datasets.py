@@ -1,0 +1,81 @@
+"""Datasets declare themselves: a dataset registered by a user is loaded, prompted, graded and judged
+through its declaration, exactly as the toy world is, with no name checks anywhere else."""
+
+from __future__ import annotations
+
+import sys
+import types
+from dataclasses import dataclass
+
+import pytest
+
+from flopmatch import datasets, problems, prompts
+from flopmatch.grading import answer_mode, extract_answer
+from flopmatch.judge import JudgeItem, ToyworldCheckerJudge
+from flopmatch.record import Problem
+
+
+@dataclass
+class _Check:
+    steps_valid: bool
+    first_wrong_step: int | None
+    reason: str
+
+
+def _plugin_module() -> types.ModuleType:
+    """A dataset package a user might write: a generator, a prompt format and an exact checker."""
+    module = types.ModuleType("countdown_plugin")
+
+    def load_problems(split=None, limit=None, seed=None):
+        made = [Problem(f"countdown/{split or 'test'}/{i}", "countdown", split or "test", f"{i} + {i}?", str(2 * i))
+                for i in range(5)]
+        return problems.select_subset(made, limit=limit, seed=seed)
+
+    module.load_problems = load_problems
+    module.format_prompt = lambda question: f"Q: {question}\n"
+    module.check = lambda problem, solution: _Check(solution.strip().endswith(problem.answer), None, "checked")
+    return module
+
+
+@pytest.fixture
+def countdown(monkeypatch):
+    monkeypatch.setitem(sys.modules, "countdown_plugin", _plugin_module())
+    declared = datasets.Dataset(
+        "countdown", ("test",), "first-answer-line", prompt_format="countdown_plugin:format_prompt",
+        loader="countdown_plugin:load_problems", checker="countdown_plugin:check",
+    )
+    monkeypatch.setitem(datasets._REGISTRY, "countdown", declared)
+    return declared
+
+
+def test_a_registered_dataset_is_loaded_prompted_graded_and_judged_through_its_declaration(countdown):
+    loaded = problems.load("countdown", limit=3)
+    assert [p.problem_id for p in loaded] == ["countdown/test/0", "countdown/test/1", "countdown/test/2"]
+    assert prompts.build_prompt(loaded[1]) == "Q: 1 + 1?\n"
+    assert prompts.default_prompt_config("countdown").style == "toyworld"  # the dataset's own format
+    assert answer_mode("countdown") == "numeric"
+    # The first "Answer:" line counts, nothing after it (the rule the toy world declares too).
+    assert extract_answer("2 + 2 = 4\nAnswer: 4\nAnswer: 5", "countdown") == "4"
+    judgments = ToyworldCheckerJudge().judge([JudgeItem(loaded[2], "so 4")])
+    assert judgments[0].status == "valid"
+    assert ToyworldCheckerJudge().judge([JudgeItem(loaded[2], "so 5")])[0].status == "invalid"
+
+
+def test_the_toy_world_is_declared_like_any_other_dataset():
+    toy = datasets.get_dataset("toyworld")
+    assert toy.loader and toy.prompt_format and toy.checker and toy.answers == "first-answer-line"
+    assert problems.load("toyworld", limit=2)[0].problem_id == "toyworld/test/0"
+    assert set(datasets.dataset_names()) >= {"gsm8k", "math", "math500", "math-offline", "toyworld"}
+
+
+def test_undeclared_datasets_and_missing_parts_fail_clearly(countdown, monkeypatch):
+    with pytest.raises(ValueError, match="unknown dataset 'nope'"):
+        answer_mode("nope")
+    assert prompts.default_prompt_config("nope").shots == 0  # an undeclared dataset: zero-shot chat
+    monkeypatch.setitem(datasets._REGISTRY, "countdown", datasets.Dataset("countdown", ("test",), "numeric",
+                                                                          loader="no_such_module:load"))
+    with pytest.raises(problems.ProblemSourceError, match="its loader no_such_module:load cannot be imported"):
+        problems.load("countdown")
+    gsm = Problem("gsm8k/test/0", "gsm8k", "test", "1+1?", "2")
+    with pytest.raises(ValueError, match="'gsm8k' has none"):
+        ToyworldCheckerJudge().judge([JudgeItem(gsm, "2")])
