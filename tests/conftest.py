@@ -58,3 +58,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         os.environ[CACHE_ENV] = before
     if temporary:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _progress_switches_stay_in_their_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--quiet`` switches bars off for the whole process (on purpose: workers inherit it); a test that
+    runs a quiet command in-process must not silence the tests after it."""
+    from flopmatch.progress import QUIET_ENV, LIBRARY_SWITCHES
+
+    for name in (QUIET_ENV, *LIBRARY_SWITCHES):
+        present = name in os.environ
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # recorded, so undone after the test
+        if not present:
+            monkeypatch.delenv(name)

@@ -14,7 +14,7 @@ import os
 from tqdm.auto import tqdm
 
 QUIET_ENV = "FLOPMATCH_QUIET"
-_LIBRARY_SWITCHES = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+LIBRARY_SWITCHES = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
 
 
 def is_quiet() -> bool:
@@ -25,10 +25,10 @@ def is_quiet() -> bool:
 def set_quiet(quiet: bool = True) -> None:
     """Switch every progress bar off (or back on) here and in the processes started from now on."""
     if quiet:
-        for name in (QUIET_ENV, *_LIBRARY_SWITCHES):
+        for name in (QUIET_ENV, *LIBRARY_SWITCHES):
             os.environ[name] = "1"
     else:
-        for name in (QUIET_ENV, *_LIBRARY_SWITCHES):
+        for name in (QUIET_ENV, *LIBRARY_SWITCHES):
             os.environ.pop(name, None)
 
 

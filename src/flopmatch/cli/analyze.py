@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from flopmatch.cli._app import app, console, fail, warn
-from flopmatch.cli.inputs import parse_ks
+from flopmatch.cli.inputs import QuietOption, parse_ks
 
 
 @app.command("analyze")
@@ -19,6 +19,7 @@ def analyze_command(
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
     judge: Annotated[str | None, typer.Option(help="use this judge's verdicts when several judged the run")] = None,
     plots: Annotated[bool, typer.Option(help="draw figures")] = True,
+    quiet: QuietOption = False,
 ) -> None:
     """Write metrics/summary.parquet|md, coverage/diversity curves, compute_matched.parquet|md and
     figures/*.png for a graded run."""

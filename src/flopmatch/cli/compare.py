@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from flopmatch.cli._app import app, console, fail
+from flopmatch.cli.inputs import QuietOption
 from flopmatch.cli.tables import print_table
 
 
@@ -34,6 +35,7 @@ def compare_command(
     ] = None,
     write: Annotated[bool, typer.Option("--write/--no-write", help="write metrics/comparisons.parquet|md")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Compare the students trained on WC data and on SE data (and the other pairs) problem by problem.
 

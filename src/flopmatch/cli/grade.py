@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from flopmatch.cli._app import app, fail
+from flopmatch.cli.inputs import QuietOption
 from flopmatch.cli.tables import JsonOption, print_json, print_table
 
 _STATUSES = ("correct", "wrong", "no_answer", "timeout", "error")
@@ -50,6 +51,7 @@ def grade_command(
         float, typer.Option(min=0.1, help="hard limit in seconds per distinct answer check")
     ] = 5.0,
     as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Grade final answers: `correct | wrong | no_answer | timeout | error` for every response.
 

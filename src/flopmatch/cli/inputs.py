@@ -1,5 +1,5 @@
-"""Command-line inputs shared by several commands: the problem-set options, backend ``KEY=VALUE`` options,
-``--k`` lists and a run's problems."""
+"""Command-line inputs shared by several commands: the problem-set options, ``--quiet``, backend
+``KEY=VALUE`` options, ``--k`` lists and a run's problems."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from flopmatch.cli._app import fail
+from flopmatch.progress import set_quiet
 
 ProblemsOpt = Annotated[
     str | None,
@@ -17,6 +18,18 @@ ProblemsOpt = Annotated[
 ]
 SplitOpt = Annotated[str | None, typer.Option(help="the problem split (default: test)")]
 DataFileOpt = Annotated[Path | None, typer.Option("--data-file", help="a local JSONL/Parquet file or data dir")]
+
+
+def _apply_quiet(quiet: bool) -> bool:
+    if quiet:
+        set_quiet(True)  # for this process and the workers, engines and trainers it starts
+    return quiet
+
+
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", callback=_apply_quiet, help="No progress bars (here, in workers and in the "
+                       "libraries flopmatch drives).")
+]
 
 
 def parse_ks(text: str) -> list[int]:

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from flopmatch.cli._app import app, console, fail
-from flopmatch.cli.inputs import parse_options
+from flopmatch.cli.inputs import QuietOption, parse_options
 from flopmatch.cli.tables import JsonOption, print_json, print_table, stdout_to_stderr
 
 BackendOpt = Annotated[
@@ -57,6 +57,7 @@ def judge_command(
     reference: Annotated[bool, typer.Option(help="show the judge the reference solution")] = True,
     option: OptionOpt = None,
     as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Judge a seeded random sample of answer-correct solutions per model → judgments/MODEL.parquet.
 
@@ -117,6 +118,7 @@ def judge_eval_command(
         Path | None, typer.Option(help="write the scores (JSON) here; per-item verdicts and a figure beside it")
     ] = None,
     as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Measure a judge against human step labels: precision/recall/F1 for flagging flawed solutions and,
     on answer-correct items, the judge's FPR against the humans'."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from flopmatch.cli._app import app, console, fail
+from flopmatch.cli.inputs import QuietOption
 from flopmatch.cli.tables import JsonOption, print_json, print_table
 
 models_app = typer.Typer(
@@ -52,6 +53,7 @@ def prepare_cmd(
     verify: bool = typer.Option(
         False, "--verify", help="Re-hash the cached GGUF even if it was verified before."
     ),
+    quiet: QuietOption = False,
 ) -> None:
     """Join, verify (SHA-256) and convert a registry model once; print the directory backends load."""
     from flopmatch.models import ModelError, get_entry, gguf_path, prepare

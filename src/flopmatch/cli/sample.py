@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from flopmatch.cli._app import app, console, fail
-from flopmatch.cli.inputs import DataFileOpt, ProblemsOpt, SplitOpt, load_problems, parse_options
+from flopmatch.cli.inputs import DataFileOpt, ProblemsOpt, QuietOption, SplitOpt, load_problems, parse_options
 from flopmatch.cli.tables import print_json, print_table, stdout_to_stderr
 
 
@@ -89,6 +89,7 @@ def sample_command(
     se: Annotated[str | None, typer.Option("--se", help="with a plan: the strong-expensive model")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    quiet: QuietOption = False,
 ) -> None:
     """Sample solutions into RUN/samples/MODEL/ — resumable: rerun the same command after a crash.
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from flopmatch.cli._app import app, console, fail, warn
+from flopmatch.cli.inputs import QuietOption
 from flopmatch.cli.tables import JsonOption, print_json, print_table
 
 STATE_STYLE = {
@@ -55,7 +56,7 @@ def study_command(
         list[str] | None,
         typer.Option("--set", help="Override a config key, e.g. --set training.enabled=true (repeatable)."),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars (stage lines only).")] = False,
+    quiet: QuietOption = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show the traceback when a stage fails.")
     ] = False,
@@ -162,7 +163,7 @@ def demo_command(
         list[str] | None,
         typer.Option("--set", help="Override a key of the demo config, e.g. --set problems.test.limit=500."),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """The whole study on the embedded toy world, on CPU: tiny WC, SE and student models pretrained
     locally (cached after the first run), SE 1 and 10 samples per problem against WC's compute-matched ~3x,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from flopmatch.cli._app import app, console, fail
-from flopmatch.cli.inputs import parse_options
+from flopmatch.cli.inputs import QuietOption, parse_options
 from flopmatch.cli.tables import JsonOption, print_json, print_table, stdout_to_stderr
 
 
@@ -60,6 +60,7 @@ def build_sft_command(
     ] = None,
     name: Annotated[str | None, typer.Option(help="dataset name under RUN/sft/ (default: MODEL-bBUDGET plus option suffixes)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Answer-correct solutions of one model → an HF dataset (`messages` + prompt/completion + lineage)."""
     from flopmatch.sft import build_sft
@@ -142,6 +143,7 @@ def train_command(
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a different run in --out")] = False,
     as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Fine-tune with TRL (completion-only loss), save N checkpoints, keep the best on validation.
 
@@ -287,6 +289,7 @@ def eval_command(
     name: Annotated[str | None, typer.Option(help="evaluation name (with --run)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="per-sample Parquet (summary in .json beside it)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """pass@1 (greedy) and maj@k / pass@k at temperature, graded by flopmatch's grader."""
     from flopmatch.evaluation import evaluate

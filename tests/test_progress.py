@@ -1,0 +1,43 @@
+"""One quiet switch: ``--quiet`` on a command silences flopmatch's bars, and its workers' and libraries'."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from flopmatch.progress import QUIET_ENV, is_quiet, progress_bar, set_quiet
+
+FLOPMATCH = Path(sys.executable).with_name("flopmatch")
+
+
+def test_the_switch_turns_every_bar_off_and_reaches_child_processes():
+    assert not is_quiet()
+    with progress_bar(3, "work", enabled=True) as bar:
+        assert not bar.disable
+    set_quiet(True)
+    with progress_bar(3, "work", enabled=True) as bar:
+        assert bar.disable
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('TQDM_DISABLE'), "
+                            f"os.environ.get('{QUIET_ENV}'))"], capture_output=True, text=True, check=True)
+    assert child.stdout.split() == ["1", "1"]  # workers, engines and trainers inherit it
+    set_quiet(False)
+    assert not is_quiet() and "TQDM_DISABLE" not in os.environ
+
+
+def test_grade_draws_its_bar_unless_quiet(tmp_path: Path):
+    source = tmp_path / "answers.jsonl"
+    source.write_text("".join(json.dumps({"response": f"#### {i}", "gold": str(i)}) + "\n" for i in range(20)))
+    env = {k: v for k, v in os.environ.items() if k not in (QUIET_ENV, "TQDM_DISABLE")}
+
+    def grade(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(FLOPMATCH), "grade", "--input", str(source), "--dataset", "gsm8k",
+                               "--workers", "1", "--json", *extra], capture_output=True, text=True, env=env)
+
+    loud, quiet = grade(), grade("--quiet")
+    assert loud.returncode == quiet.returncode == 0, loud.stderr + quiet.stderr
+    assert "grading" in loud.stderr  # the bar is drawn on stderr ...
+    assert "grading" not in quiet.stderr and "%|" not in quiet.stderr  # ... and not with --quiet
+    assert json.loads(loud.stdout) == json.loads(quiet.stdout)
