@@ -28,6 +28,8 @@ import pytest
 TOY_MODEL_MODULES: dict[str, tuple[str, ...]] = {
     "test_advise.py": ("wc", "se"),
     "test_allocation.py": ("wc",),
+    "test_allocation_study.py": ("wc", "se"),
+    "test_report.py": ("wc", "se"),
     "test_study.py": ("wc", "se"),
     "test_toyworld.py": ("wc", "se"),
 }
