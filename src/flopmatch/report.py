@@ -963,7 +963,8 @@ def _paired_blocks(data: RunData, budgets: list[dict[str, Any]], metric: str, fi
                                            f"{_budget_short(budgets, int(r['budget_se_samples']))}")  # fmt: skip
         if path is not None:
             blocks.append(Figure(path, f"Paired {metric} differences with 95% intervals (filled: a verdict; grey band: "
-                                       "± MDE): WC data vs SE data and the number-matched control vs SE data."))
+                                       "± MDE): WC data vs SE data, the number-matched control vs SE data and, in a study with "
+                                       "paradigms.allocations, allocated vs uniform data at the same FLOPs."))
     return blocks
 
 
