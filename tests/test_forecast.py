@@ -33,13 +33,19 @@ def simulate(rng, problems: int, n: int, a: float, b: float, pi: float = 0.0) ->
     return np.full(problems, n), rng.binomial(n, p)
 
 
-def crp_unique(rng, draws: int, theta: float) -> int:
-    """Distinct tables after ``draws`` customers of a Chinese restaurant process (direct simulation)."""
-    tables = 0
+def crp_unique(rng, draws: int, theta: float, discount: float = 0.0) -> int:
+    """Distinct tables after ``draws`` customers of a (Pitman-Yor) Chinese restaurant (direct simulation)."""
+    return py_path(rng, draws, theta, discount)[-1] if draws else 0
+
+
+def py_path(rng, draws: int, theta: float, discount: float) -> list[int]:
+    """Distinct tables after each of ``draws`` customers: new with probability (theta + K d) / (theta + j)."""
+    tables, path = 0, []
     for j in range(draws):
-        if rng.random() < theta / (theta + j):
+        if j == 0 or rng.random() < (theta + tables * discount) / (theta + j):
             tables += 1
-    return tables
+        path.append(tables)
+    return path
 
 
 # --------------------------------------------------------------------------- fits
@@ -136,7 +142,32 @@ def test_fit_unique_recovers_crp_concentration():
     rng = np.random.default_rng(5)
     c = rng.integers(1, 40, 1500)
     u = np.array([crp_unique(rng, int(ci), 1.7) for ci in c])
-    assert fit_unique(c, u).theta == pytest.approx(1.7, rel=0.12)
+    fit = fit_unique(c, u)
+    assert fit.theta == pytest.approx(1.7, rel=0.12)
+    assert fit.discount < 0.05
+
+
+def test_fit_unique_recovers_pitman_yor_discount():
+    rng = np.random.default_rng(15)
+    c = rng.integers(1, 17, 1500)
+    u = np.array([crp_unique(rng, int(ci), 0.8, 0.4) for ci in c])
+    fit = fit_unique(c, u)
+    assert fit.discount == pytest.approx(0.4, abs=0.05)
+    assert fit.theta == pytest.approx(0.8, rel=0.25)
+    assert fit_unique(c, u, start=fit).discount == pytest.approx(fit.discount, abs=1e-3)
+
+
+def test_pitman_yor_expectations_equal_simulation():
+    """E[K_m] and the growth from an observed (c, u) match direct simulation of the process."""
+    rng = np.random.default_rng(16)
+    model = UniqueFit(theta=0.8, log_likelihood=0.0, problems=0, discount=0.4)
+    paths = np.array([py_path(rng, 30, 0.8, 0.4) for _ in range(4000)])
+    final = paths[:, -1]
+    assert abs(model.unique_given_correct(30) - final.mean()) < 4 * final.std() / math.sqrt(len(final))
+    for u in (2, 3, 4):  # after 10 correct with u distinct, 20 more
+        rows = final[paths[:, 9] == u]
+        expected = u + model.growth(10, 20, u)
+        assert abs(expected - rows.mean()) < 4 * rows.std() / math.sqrt(len(rows))
 
 
 def test_bad_counts_name_the_problem():

@@ -37,17 +37,15 @@ n = c = 0), in closed form per part:
   reweight by their likelihoods: :meth:`SuccessFit.posterior_miss`, :meth:`SuccessFit.posterior_mean`.
 
 Unique correct solutions (:func:`fit_unique`, :mod:`flopmatch.forecast_unique`): within a problem,
-correct solutions are draws from a Chinese-restaurant process (a Dirichlet-process pool of distinct solutions) with one concentration
-theta shared by all problems: the j-th correct sample is new with probability theta / (theta + j - 1).
-The expected number of distinct solutions among m correct ones is theta * (digamma(theta + m) -
-digamma(theta)): it grows like theta * log(m), saturating slowly, and theta is fitted by maximum
-likelihood from each pilot problem's (c_i correct, u_i unique) alone (Ewens' sampling formula:
-P(u | c) is proportional to theta^u * Gamma(theta) / Gamma(theta + c)). Then
-unique@k = E over C ~ (number correct among k) of theta * (digamma(theta + C) - digamma(theta)),
-summed exactly over C = 0..k (O(k) work).
+correct solutions are draws from a Pitman-Yor process (a two-parameter Chinese restaurant) with one
+concentration theta and one discount d shared by all problems: after j correct samples with K distinct
+ones, the next is new with probability (theta + K d) / (theta + j). Distinct solutions grow like m^d
+(like theta log m when d = 0, the plain CRP); (theta, d) are fitted by maximum likelihood from each pilot
+problem's (c_i correct, u_i unique) alone. Then unique@k = E over C ~ (number correct among k) of
+E[K_C], summed exactly over C = 0..k (O(k) work).
 
 Intervals (:func:`forecast_counts`): percentile bootstrap over problems, refitting the chosen family
-and theta on every resample. They describe a forecast for the population the pilot problems were
+and the unique-solution model on every resample. They describe a forecast for the population the pilot problems were
 drawn from.
 
 Baselines beside it (:mod:`flopmatch.forecast_baselines`, re-exported here): :func:`unbiased_coverage`
@@ -490,7 +488,7 @@ def forecast_counts(counts: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS, *, mod
         f = refit(fit, n[idx], c[idx])
         cov_boot[i] = f.coverage(k_arr)
         if ufit is not None and (c[idx] > 0).any():
-            uf = fit_unique(c[idx], u[idx])
+            uf = fit_unique(c[idx], u[idx], start=ufit)
             uniq_boot[i] = [uf.unique_at_k(f, k) for k in ks]
     cov_lo, cov_hi = _percentiles(cov_boot)
     power = power_law_from_counts(n, c)
@@ -516,7 +514,7 @@ def _pilot_point(fit: SuccessFit, ufit: UniqueFit | None, n, c, u, k: int) -> tu
     cov = pilot_coverage(n, c, k, fit=fit)
     if ufit is None:
         return cov, None
-    values = [ui + float(np.dot(fit.posterior_correct_pmf(ni, ci, k - ni), ufit.growth(ci, np.arange(k - ni + 1))))
+    values = [ui + float(np.dot(fit.posterior_correct_pmf(ni, ci, k - ni), ufit.growth(ci, np.arange(k - ni + 1), ui)))
               for ni, ci, ui in zip(n.tolist(), c.tolist(), u.tolist(), strict=True)]
     return cov, float(np.mean(values))
 
@@ -526,7 +524,7 @@ def forecast_pilot(counts: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS, *, mode
     """Forecast for THESE pilot problems if each got k samples in total (its pilot included).
 
     Solved problems stay solved; unsolved ones are solved with their posterior probability, and unique
-    solutions grow from each problem's observed u_i by the CRP given its posterior number of extra
+    solutions grow from each problem's observed u_i by the Pitman-Yor model given its posterior number of extra
     correct samples (:func:`pilot_coverage`). Intervals: a bootstrap over problems refits the prior, then
     each problem's p and extra correct samples are drawn from its posterior, so they include the
     randomness of the samples still to be drawn. Needs k >= every n_i (smaller k are dropped).
@@ -542,12 +540,12 @@ def forecast_pilot(counts: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS, *, mode
     for i in range(n_boot):
         idx = rng.integers(0, len(n), len(n))
         f = refit(fit, n[idx], c[idx])
-        uf = fit_unique(c[idx], u[idx]) if ufit is not None and (c[idx] > 0).any() else ufit
+        uf = fit_unique(c[idx], u[idx], start=ufit) if ufit is not None and (c[idx] > 0).any() else ufit
         p = f.posterior_sample(n, c, rng)
         for j, k in enumerate(ks):
             extra = rng.binomial(k - n, p)
             cov_boot[i, j] = np.mean((c > 0) | (extra > 0))
-            uniq_boot[i, j] = np.mean(u + uf.growth(c, extra)) if uf is not None else np.nan
+            uniq_boot[i, j] = np.mean(u + uf.growth(c, extra, u)) if uf is not None else np.nan
     (cov_lo, cov_hi), (u_lo, u_hi) = _percentiles(cov_boot), _percentiles(uniq_boot)
     points = []
     for j, k in enumerate(ks):

@@ -37,7 +37,7 @@ def _print_table(forecasts) -> None:
                  + (" (forecast for these problems)" if fc.target == "pilot" else "") + " — "
                  f"{fit.family} ({params})")
         if fc.unique_fit is not None:
-            title += f", unique: CRP θ={fc.unique_fit.theta:.3g}"
+            title += f", unique: Pitman-Yor θ={fc.unique_fit.theta:.3g}, d={fc.unique_fit.discount:.3g}"
         if fc.measured_samples is not None:
             title += f"; measured: unbiased from S={fc.measured_samples} samples on {fc.measured_problems} problems"
         measured = fc.measured_samples is not None
@@ -71,7 +71,7 @@ def forecast_command(
     pilot_problems: Annotated[int | None, typer.Option("--pilot-problems", min=2,
                                                        help="RUN: a seeded subset of this many problems")] = None,
     k: Annotated[str, typer.Option("--k", help="comma-separated k to forecast")] = DEFAULT_K,
-    family: Annotated[str, typer.Option(help="auto | beta-binomial | zero-inflated-beta | beta-mixture")] = "auto",
+    family: Annotated[str, typer.Option(help="auto | beta-binomial | zero-inflated-beta | logit-normal | beta-mixture")] = "auto",
     n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="bootstrap resamples of problems")] = 200,
     target: Annotated[str, typer.Option(help="population: problems like the pilot's (default); pilot: the pilot "
                                         "problems themselves, each given k samples in total")] = "population",
@@ -82,9 +82,10 @@ def forecast_command(
     expected unique correct solutions per problem for any k — far beyond the pilot's n — with 95%
     bootstrap intervals.
 
-    It fits the distribution of per-problem success probability (beta-binomial, or a zero-inflated Beta
-    when many problems are never solved; the family with the better held-out likelihood is used and
-    shown) and a Chinese-restaurant model of how distinct correct solutions accumulate. Power law: Brown
+    It fits the distribution of per-problem success probability (beta-binomial, a zero-inflated Beta
+    when many problems are never solved, or a logit-normal when hard-but-solvable problems are many; the
+    family with the best held-out likelihood is used and shown) and a Pitman-Yor (two-parameter Chinese
+    restaurant) model of how distinct correct solutions accumulate. Power law: Brown
     et al.'s curve fitted to the same pilot, for comparison. When RUN holds more samples than the pilot,
     the measured unbiased values at k <= S are shown beside the forecast.
 
