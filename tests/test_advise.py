@@ -1,5 +1,6 @@
-"""flopmatch advise: option parsing, the allocation maths, the decision, and the pilot end to end on the
-toy-world models (hf backend), from the CLI and inside a study (budget.mode: advised)."""
+"""flopmatch advise: option parsing, the allocation maths, the decision, and the pilot end to end on two
+small toy-world models pretrained in seconds (hf backend), from the CLI and inside a study
+(budget.mode: advised). Nothing here needs the default toyworld-wc/-se models (minutes of pretraining)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from flopmatch.advise import (
 )
 from flopmatch.forecast import fit_success
 from flopmatch.metrics import pass_at_k
-from flopmatch.mixture import AllocationError, Forecaster, prefix_miss, samples_for, share_grid
+from flopmatch.mixture import AllocationError, Forecaster, miss_tables, prefix_miss, samples_for, share_grid
 from flopmatch.pilot import ModelCost, PilotError, PilotModel, resolve_budget
 from flopmatch.store import RunDir, read_shards
 
@@ -76,6 +77,32 @@ def test_prefix_miss_is_the_unbiased_miss_within_the_pilot_and_the_posterior_bey
     assert np.all(beyond[1:] == 0)  # a solved problem stays covered
     assert np.isclose(beyond[0], fit.posterior_miss(8, 0, 12))
     assert np.all(prefix_miss(n, c, 0, fit) == 1)
+
+
+def test_miss_tables_evaluate_each_distinct_pilot_count_once_and_equal_the_per_problem_values():
+    """Problems with equal (n, c) share one evaluation; unequal n per problem and k = 0 included."""
+    n, c = np.array([3, 8, 8, 5, 8, 3]), np.array([0, 1, 1, 5, 0, 0])
+    fit = fit_success(n, c, family="beta-binomial")
+    calls = []
+
+    class Counting:
+        def posterior_miss(self, n_, c_, m_):
+            calls.append(len(n_))
+            return fit.posterior_miss(n_, c_, m_)
+
+    ks = [0, 1, 3, 8, 20]
+    prefix, fresh = miss_tables(n, c, ks, Counting())
+    assert prefix.shape == fresh.shape == (6, 5) and calls == [2 * 4 * 5]  # one call, 4 distinct (n, c)
+    for i, (ni, ci) in enumerate(zip(n, c, strict=True)):
+        for j, k in enumerate(ks):
+            want_fresh = 1.0 if k == 0 else fit.posterior_miss(np.array([ni]), np.array([ci]), k)[0]
+            if k == 0:
+                want_prefix = 1.0
+            elif k <= ni:
+                want_prefix = 1 - pass_at_k(int(ni), int(ci), k)
+            else:  # beyond the pilot: only a never-solved problem can still miss
+                want_prefix = fit.posterior_miss(np.array([ni]), np.array([0]), k - ni)[0] if ci == 0 else 0.0
+            assert np.isclose(prefix[i, j], want_prefix) and np.isclose(fresh[i, j], want_fresh)
 
 
 def _pilot(
@@ -230,10 +257,30 @@ def test_pilot_counts_and_cost_come_from_the_prefix_of_the_graded_samples(tmp_pa
         pilot_counts(root, "m", ["a", "zz"], 4)
 
 
-# --------------------------------------------------------------------------- end to end on the toy models
+# --------------------------------------------------------------------------- end to end on small toy models
 
 REPO = Path(__file__).resolve().parents[1]
 FLOPMATCH = [str(Path(sys.executable).with_name("flopmatch"))]
+
+#: Two toy models that pretrain in seconds (the default toyworld-wc/-se take minutes): the default recipe
+#: cut to 400 steps and a 500-problem tokenizer corpus. "se" is the wider one (2.7x the parameters). Each
+#: solves a few toy problems (10-13% coverage at 4 samples on 40 test problems when measured), so the
+#: pilot's fits are not degenerate. Cached in the session's toy-model cache and shared with the study test.
+TINY_WC = {"hidden_size": 32, "num_layers": 2, "num_heads": 1, "intermediate_size": 128, "train_steps": 400,
+           "warmup_steps": 40, "tokenizer_corpus": 500}  # fmt: skip
+TINY_SE = {**TINY_WC, "hidden_size": 64, "num_heads": 2, "intermediate_size": 192}
+
+
+@pytest.fixture(scope="module")
+def toy_models() -> dict[str, str]:
+    """role -> directory of the two small toy models (pretrained on first use into $FLOPMATCH_CACHE)."""
+    from flopmatch.toyworld import ensure_model
+    from flopmatch.toyworld.models import toy_model_spec
+
+    return {
+        role: str(ensure_model(f"advise-{role}", spec=toy_model_spec(spec), progress=False))
+        for role, spec in (("wc", TINY_WC), ("se", TINY_SE))
+    }
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -241,54 +288,62 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([*FLOPMATCH, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=1800)
 
 
-# 40 problems; no --pilot-problems: the default pilot starts on MIN_PILOT_PROBLEMS (20) of them and stays
-# there, since a tenth of the SE 10 budget buys fewer pilot problems than that
-TOY_ARGS = ("advise", "-m", "toyworld-wc", "-m", "toyworld-se", "--backend", "hf", "-o", "batch_size=256",
+def _toy_args(models: dict[str, str]) -> tuple[str, ...]:
+    # 40 problems; no --pilot-problems: the default pilot starts on MIN_PILOT_PROBLEMS (20) of them and
+    # stays there, since a tenth of the SE 10 budget buys fewer pilot problems than that
+    return ("advise", "-m", models["wc"], "-m", models["se"], "--backend", "hf", "-o", "batch_size=256",
             "--problems", "toyworld", "--split", "test", "--limit", "40", "--pilot-samples", "4",
             "--max-tokens", "96", "--n-boot", "50")  # fmt: skip
+
+
 TOY_TIMEOUT = pytest.mark.timeout(2400)  # a shared, loaded CPU box: sampling the pilot took up to 15 min
 
 
 @pytest.fixture(scope="module")
-def toy_advice(tmp_path_factory):
+def toy_advice(tmp_path_factory, toy_models):
     root = tmp_path_factory.mktemp("advise")
-    result = _cli(*TOY_ARGS, "--match", "toyworld-se:10", "--run", str(root / "run"), "--json", cwd=root)
+    match = f"{toy_models['se']}:10"
+    result = _cli(*_toy_args(toy_models), "--match", match, "--run", str(root / "run"), "--json", cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     return root, json.loads(result.stdout)
 
 
 @TOY_TIMEOUT
-def test_advise_end_to_end_on_the_toy_models(toy_advice):
+def test_advise_end_to_end_on_the_toy_models(toy_advice, toy_models):
     root, data = toy_advice
     run = root / "run"
+    wc, se = toy_models["wc"], toy_models["se"]
     rec = data["recommendation"]
     assert ("model" in rec) != ("mixture" in rec)
     assert rec["interval"][0] <= rec["forecast"] <= rec["interval"][1]
     assert set(data["pilot"]) >= {"problems", "samples_per_problem", "flops", "fraction_of_budget"}
     assert data["pilot"]["problems"] == MIN_PILOT_PROBLEMS and data["pilot"]["samples_per_problem"] == 4
     assert data["pilot"]["flops"] > 0 and 0 < data["pilot"]["fraction_of_budget"]
+    # the forecasts rest on some solved problems, not on an all-zero pilot
+    assert max(m["pilot_coverage"] for m in data["models"].values()) > 0
     kinds = {c["kind"] for c in data["candidates"]}
     assert kinds == {"model", "mixture"}
     singles = {c["label"].split(" ×")[0] for c in data["candidates"] if c["kind"] == "model"}
-    assert singles == {"toyworld-wc", "toyworld-se"}
-    se_alone = next(c for c in data["candidates"] if c["kind"] == "model" and c["samples"]["toyworld-se"])
-    assert se_alone["samples"] == {"toyworld-wc": 0, "toyworld-se": 10}  # --match toyworld-se:10
+    assert singles == {wc, se}
+    se_alone = next(c for c in data["candidates"] if c["kind"] == "model" and c["samples"][se])
+    assert se_alone["samples"] == {wc: 0, se: 10}  # --match SE:10
     assert data["sentence"] and data["sentence"][0].isupper() and data["sentence"].endswith(".")
     assert json.loads((run / "advice.json").read_text())["recommendation"] == rec
     assert (run / "advice_frontier.png").stat().st_size > 1000
-    # the pilot went through the ordinary sampling: 40 × 4 samples of each model, seeded and graded
-    for model in ("toyworld-wc", "toyworld-se"):
+    # the pilot went through the ordinary sampling: 20 × 4 samples of each model, seeded and graded
+    for model in (wc, se):
         samples = read_shards(RunDir(run).samples_dir(model), columns=["sample_idx"]).column("sample_idx")
         assert len(samples) == MIN_PILOT_PROBLEMS * 4 and max(samples.to_pylist()) == 3
         assert RunDir(run).grades_path(model).exists()
 
 
 @TOY_TIMEOUT
-def test_advise_resumes_without_generating_and_prints_one_sentence(toy_advice):
+def test_advise_resumes_without_generating_and_prints_one_sentence(toy_advice, toy_models):
     root, first = toy_advice
     run = root / "run"
     before = sorted(p.name for p in (run / "ledger.parquet").iterdir())
-    result = _cli(*TOY_ARGS, "--match", "toyworld-se:10", "--run", str(run), cwd=root)
+    match = f"{toy_models['se']}:10"
+    result = _cli(*_toy_args(toy_models), "--match", match, "--run", str(run), cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in (run / "ledger.parquet").iterdir()) == before  # no new sampling session
     out = " ".join(result.stdout.split())
@@ -299,21 +354,26 @@ def test_advise_resumes_without_generating_and_prints_one_sentence(toy_advice):
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
-        (("--match", "toyworld-se:x"), "not a whole number"),
+        (("--match", "{se}:x"), "not a whole number"),
         (("--match", "nosuch:10"), "'nosuch' is not one of the models"),
-        (("--match", "toyworld-se:10", "--price", "toyworld-wc=abc"), "'abc' is not a number"),
-        (("--match", "toyworld-se:10", "--price", "other=1"), "--price other=...: not one of the models"),
-        (
-            ("--budget-dollars", "5", "--price", "toyworld-wc=1"),
-            "--price MODEL=USD_PER_MILLION_TOKENS for every",
-        ),
-        (("--budget-flops", "1e12", "--match", "toyworld-se:1"), "exactly one budget"),
+        (("--match", "{se}:10", "--price", "{wc}=abc"), "'abc' is not a number"),
+        (("--match", "{se}:10", "--price", "other=1"), "--price other=...: not one of the models"),
+        (("--budget-dollars", "5", "--price", "{wc}=1"), "--price MODEL=USD_PER_MILLION_TOKENS for every"),
+        (("--budget-flops", "1e12", "--match", "{se}:1"), "exactly one budget"),
         ((), "exactly one budget"),
     ],
 )
-def test_bad_budget_and_price_input_fails_before_sampling(tmp_path, extra, fragment):
-    result = _cli(*TOY_ARGS, *extra, "--run", str(tmp_path / "run"), cwd=tmp_path)
-    assert result.returncode == 2, result.stdout
+def test_bad_budget_and_price_input_fails_before_sampling(tmp_path, toy_models, extra, fragment):
+    """In process (the CLI's own code path, without a new interpreter per case); the models are real,
+    so input that slipped past the checks would start sampling and leave samples behind."""
+    from typer.testing import CliRunner
+
+    from flopmatch.cli import app
+
+    extra = tuple(item.format(**toy_models) for item in extra)
+    result = CliRunner().invoke(app, [*_toy_args(toy_models), *extra, "--run", str(tmp_path / "run")],
+                                env={"COLUMNS": "200", "NO_COLOR": "1"})  # fmt: skip
+    assert result.exit_code == 2, result.output
     assert fragment in " ".join(result.stderr.split())
     assert not (tmp_path / "run" / "samples").exists()
 
@@ -322,14 +382,16 @@ def test_bad_budget_and_price_input_fails_before_sampling(tmp_path, extra, fragm
 
 
 @TOY_TIMEOUT
-def test_study_in_advised_mode_runs_the_pilot_and_reports_forecast_vs_measured(tmp_path):
+def test_study_in_advised_mode_runs_the_pilot_and_reports_forecast_vs_measured(tmp_path, toy_models):
     from flopmatch.study import run_study, validate_study_dict
 
+    hf = {"backend": "hf", "backend_options": {"batch_size": 256}}
     config = validate_study_dict({
         "name": "advised",
         "problems": {"sample": {"source": "toyworld", "split": "train", "limit": 30}},
-        "models": {"wc": {"model": "toyworld-wc", "backend": "hf", "backend_options": {"batch_size": 256}},
-                   "se": {"model": "toyworld-se", "backend": "hf", "backend_options": {"batch_size": 256}}},
+        # the same small toy models as above (same names and specs: the same cached directories)
+        "models": {"wc": {"model": "advise-wc", **hf, "toyworld_spec": TINY_WC},
+                   "se": {"model": "advise-se", **hf, "toyworld_spec": TINY_SE}},
         "budget": {"mode": "advised", "se_samples": [1, 3],
                    "pilot": {"samples": 2, "problems": 12, "n_boot": 30}},
         "sampling": {"max_tokens": 96},
@@ -341,6 +403,8 @@ def test_study_in_advised_mode_runs_the_pilot_and_reports_forecast_vs_measured(t
     result = run_study(config, tmp_path / "run", log=lambda _: None, progress=False)
     assert "pilot" in result.ran and result.ran.index("pilot") < result.ran.index("sample")
     run = RunDir(tmp_path / "run")
+    roles = json.loads((run.root / "roles.json").read_text())
+    assert {roles[r]["path"] for r in ("wc", "se")} == set(toy_models.values())  # no second pretraining
     advice = json.loads((run.root / "pilot" / "advice.json").read_text())
     assert [b["se_samples"] for b in advice["budgets"]] == [1, 3]
     plan = json.loads(run.plan_path.read_text())
@@ -349,7 +413,7 @@ def test_study_in_advised_mode_runs_the_pilot_and_reports_forecast_vs_measured(t
     for entry in advice["budgets"]:
         for model, k in entry["advice"]["candidates"][0]["samples"].items():
             role = next(r for r, name in advice["roles"].items() if name == model)
-            ref = json.loads((run.root / "roles.json").read_text())[role]["model"]
+            ref = roles[role]["model"]
             counts = read_shards(run.samples_dir(ref), columns=["problem_id"]).to_pandas().value_counts()
             assert len(counts) == 30 and counts.min() >= k
     report = (run.report_dir / "report.md").read_text()

@@ -57,20 +57,44 @@ def samples_for(
 
 def prefix_miss(n: np.ndarray, c: np.ndarray, k: int, fit: Any) -> np.ndarray:
     """Per pilot problem: P(the first k samples all fail | n pilot samples, c correct), pilot included."""
-    n, c = n.astype(float), c.astype(float)
-    if k == 0:
-        return np.ones_like(n)
-    fits_k = n - c >= k  # C(n-c, k)/C(n, k), and 0 where fewer than k pilot samples failed
-    safe_rest, safe_n = np.where(fits_k, n - c - k + 1, 1.0), np.where(k <= n, n - k + 1, 1.0)
+    return miss_tables(n, c, [k], fit)[0][:, 0]
+
+
+def miss_tables(n: np.ndarray, c: np.ndarray, ks: Sequence[int], fit: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per pilot problem (rows) and k (columns): the prefix miss and the fresh miss.
+
+    prefix: P(the first k samples all fail | n pilot samples, c correct), the pilot's own included —
+    C(n−c, k)/C(n, k) for k ≤ n, else 1[c = 0] · E[(1 − p)^(k−n) | n, c];
+    fresh: E[(1 − p)^k | n, c], for a problem like this one that the pilot did not sample.
+
+    Both depend on a problem only through (n, c), and a pilot of n samples has at most n + 1 distinct
+    pairs, so the posterior is evaluated once per distinct pair and k, in one call for all of them.
+    """
+    n, c = np.asarray(n, dtype=np.int64), np.asarray(c, dtype=np.int64)
+    pairs, where = np.unique(np.stack([n, c], axis=1), axis=0, return_inverse=True)
+    un, uc = (pairs[:, i].astype(float)[:, None] for i in (0, 1))  # (pairs, 1)
+    k = np.asarray(ks, dtype=float)[None, :]  # (1, ks)
+    shape = np.broadcast_shapes(un.shape, k.shape)
+    rep_n, rep_c, rep_k = (np.broadcast_to(x, shape).ravel() for x in (un, uc, k))
+    both = fit.posterior_miss(
+        np.concatenate([rep_n, rep_n]),
+        np.concatenate([rep_c, rep_c]),
+        np.concatenate([rep_k, np.maximum(rep_k - rep_n, 0)]),
+    )
+    fresh, beyond = both[: rep_n.size].reshape(shape), both[rep_n.size :].reshape(shape)
+    fits_k = un - uc >= k  # C(n-c, k)/C(n, k), and 0 where fewer than k pilot samples failed
+    safe_rest, safe_n = np.where(fits_k, un - uc - k + 1, 1.0), np.where(k <= un, un - k + 1, 1.0)
     log_ratio = (
-        special.gammaln(n - c + 1)
+        special.gammaln(un - uc + 1)
         - special.gammaln(safe_rest)
-        - special.gammaln(n + 1)
+        - special.gammaln(un + 1)
         + special.gammaln(safe_n)
     )
     within = np.where(fits_k, np.exp(log_ratio), 0.0)
-    beyond = np.where(c == 0, fit.posterior_miss(n, c, np.maximum(k - n, 0)), 0.0)
-    return np.where(k <= n, within, beyond)
+    prefix = np.where(k <= un, within, np.where(uc == 0, beyond, 0.0))
+    prefix, fresh = np.where(k == 0, 1.0, prefix), np.where(k == 0, 1.0, fresh)
+    where = where.reshape(-1)
+    return prefix[where], fresh[where]
 
 
 @dataclass
@@ -160,8 +184,7 @@ class Forecaster:
         for j, (m, fit) in enumerate(zip(self.models, fits, strict=True)):
             n, c = m.n[idx], m.c[idx]
             ks, where = np.unique(alloc[:, j], return_inverse=True)
-            prefix = np.stack([prefix_miss(n, c, int(k), fit) for k in ks], axis=1)
-            fresh = np.stack([fit.posterior_miss(n, c, int(k)) for k in ks], axis=1)
+            prefix, fresh = miss_tables(n, c, ks, fit)
             prod_prefix *= prefix[:, where]
             prod_fresh *= fresh[:, where]
         missed = prod_prefix.sum(axis=0) + (self.n_problems - self.n_pilot) * prod_fresh.mean(axis=0)
