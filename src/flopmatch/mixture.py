@@ -222,22 +222,30 @@ def frontier_curves(
     n_problems: int,
     points: int = 16,
 ) -> dict[str, list[dict[str, float]]]:
-    """Each model alone: the objective against total cost, up to twice the budget (for the frontier plot)."""
-    out: dict[str, list[dict[str, float]]] = {}
-    for j, p in enumerate(pilots):
+    """Each model alone: the objective against total cost, up to twice the budget (for the frontier plot).
+
+    Every model's points go through one :meth:`Forecaster.evaluate` (one pass over the bootstrap)."""
+    curves = []
+    for j in range(len(pilots)):
         k_max = max(2, int(2 * budget_amount / (n_problems * costs[j])))
-        ks = sorted({int(round(x)) for x in np.geomspace(1, k_max, points)})
-        allocs = [tuple(k if i == j else 0 for i in range(len(pilots))) for k in ks]
-        point, boot = forecaster.evaluate(allocs)
-        lo, hi = np.percentile(boot, 2.5, axis=0), np.percentile(boot, 97.5, axis=0)
+        curves.append(sorted({int(round(x)) for x in np.geomspace(1, k_max, points)}))
+    allocs = [
+        tuple(k if i == j else 0 for i in range(len(pilots))) for j, ks in enumerate(curves) for k in ks
+    ]
+    point, boot = forecaster.evaluate(allocs)
+    lo, hi = np.percentile(boot, 2.5, axis=0), np.percentile(boot, 97.5, axis=0)
+    out: dict[str, list[dict[str, float]]] = {}
+    start = 0
+    for j, (p, ks) in enumerate(zip(pilots, curves, strict=True)):
         out[p.name] = [
             {
                 "samples_per_problem": k,
                 "cost": n_problems * k * costs[j],
-                "forecast": float(point[i]),
-                "low": float(lo[i]),
-                "high": float(hi[i]),
+                "forecast": float(point[start + i]),
+                "low": float(lo[start + i]),
+                "high": float(hi[start + i]),
             }
             for i, k in enumerate(ks)
         ]
+        start += len(ks)
     return out
