@@ -26,7 +26,6 @@ import pytest
 
 #: The test modules that use default pretrained toy models (by name, through the CLI or a study), and which.
 TOY_MODEL_MODULES: dict[str, tuple[str, ...]] = {
-    "test_advise.py": ("wc", "se"),
     "test_allocation.py": ("wc",),
     "test_allocation_study.py": ("wc", "se"),
     "test_report.py": ("wc", "se"),
