@@ -1,0 +1,348 @@
+"""Judging a run: a seeded sample of answer-correct solutions per model into ``judgments/<model>.parquet``
+(resumable), and human labels beside them (see :mod:`flopmatch.judge`)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from flopmatch.judge.core import FprEstimate, Judge, JudgeItem, fpr_estimate
+from flopmatch.problems import Problem, problems_from_table
+from flopmatch.progress import progress_bar
+from flopmatch.store import RunDir, model_key, read_shards, read_table, write_table
+
+# --------------------------------------------------------------------------- judging a run
+
+JUDGMENT_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("problem_id", pa.string()),
+        ("sample_idx", pa.int64()),
+        ("status", pa.string()),
+        ("first_wrong_step", pa.int64()),
+        ("explanation", pa.string()),
+        ("judge", pa.string()),
+        ("raw", pa.string()),
+    ]
+)
+
+HUMAN_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("problem_id", pa.string()),
+        ("sample_idx", pa.int64()),
+        ("valid", pa.bool_()),
+        ("source", pa.string()),
+    ]
+)
+
+
+def human_labels_path(run: RunDir, model: str) -> Path:
+    """Where imported human verdicts of a model live (beside, not inside, the judge's table)."""
+    return run.root / "judgments" / "human" / f"{model_key(model)}.parquet"
+
+
+def load_problems(run: RunDir) -> dict[str, Problem]:
+    """Every problem of the run, from all ``problems/<split>.parquet`` files."""
+    out: dict[str, Problem] = {}
+    for path in sorted((run.root / "problems").glob("*.parquet")):
+        for problem in problems_from_table(read_table(path)):
+            out[problem.problem_id] = problem
+    return out
+
+
+def graded_models(run: RunDir) -> dict[str, Path]:
+    """Model name (from the ``model`` column) → grades file, for every ``grades/*.parquet``."""
+    out: dict[str, Path] = {}
+    for path in sorted((run.root / "grades").glob("*.parquet")):
+        names = read_table(path, columns=["model"]).column("model").unique().to_pylist()
+        if len(names) != 1:
+            raise ValueError(f"{path}: expected one model in column 'model', found {names}")
+        out[str(names[0])] = path
+    return out
+
+
+def budget_samples(run: RunDir, model: str, budget: int) -> int:
+    """Samples per problem of ``model`` at plan budget index ``budget`` (WC or SE side of the plan)."""
+    from flopmatch.budget import BudgetPlan
+
+    if not run.plan_path.exists():
+        raise FileNotFoundError(f"{run.plan_path}: no plan, so budget {budget} means nothing")
+    plan = BudgetPlan.from_json(run.plan_path.read_text())
+    if not 0 <= budget < len(plan.budgets):
+        raise ValueError(f"budget index {budget} out of range: the plan has {len(plan.budgets)} budgets")
+    entry = plan.budgets[budget]
+    wc, se = plan_models(plan)
+    if model_key(model) == model_key(wc):
+        return int(entry.wc_samples)
+    if model_key(model) == model_key(se):
+        return int(entry.se_samples)
+    raise ValueError(f"model {model!r} is neither the plan's WC ({wc!r}) nor its SE ({se!r})")
+
+
+def plan_models(plan: Any) -> tuple[str, str]:
+    """(WC model, SE model) of a budget plan."""
+    for wc_attr, se_attr in (("wc_model", "se_model"), ("wc", "se")):
+        wc, se = getattr(plan, wc_attr, None), getattr(plan, se_attr, None)
+        if wc is not None and se is not None:
+            return _model_name(wc), _model_name(se)
+    raise ValueError("the budget plan names no WC/SE models")
+
+
+def _model_name(obj: Any) -> str:
+    if isinstance(obj, str):
+        return obj
+    for attr in ("name", "model", "id"):
+        value = getattr(obj, attr, None)
+        if isinstance(value, str):
+            return value
+    raise ValueError(f"cannot read a model name from {obj!r}")
+
+
+def selection_key(seed: int, model: str, problem_id: str, sample_idx: int) -> bytes:
+    """A seeded pseudo-random rank: a sample's place in the judging order, independent of verdicts.
+
+    Taking the m smallest keys is a uniform random sample; the keys of a sub-budget's solutions are a
+    subset of the full budget's, so samples drawn at different budgets overlap and judgments are reused.
+    """
+    return hashlib.blake2b(f"{seed}\x00{model}\x00{problem_id}\x00{sample_idx}".encode(), digest_size=16).digest()
+
+
+@dataclass(frozen=True)
+class JudgeRunStats:
+    model: str
+    candidates: int  # answer-correct solutions eligible
+    selected: int
+    judged_now: int
+    reused: int
+    fpr: FprEstimate
+
+
+def judge_run(
+    run_dir: str | Path | RunDir,
+    judge: Judge,
+    *,
+    per_model: int = 500,
+    seed: int = 0,
+    budget: int | None = None,
+    models: Sequence[str] | None = None,
+    chunk: int = 32,
+) -> dict[str, JudgeRunStats]:
+    """Judge a seeded random sample of ``per_model`` answer-correct solutions of every graded model.
+
+    Candidates are the samples graded ``correct`` (restricted to the plan's budget ``budget`` —
+    sample_idx below that budget's samples per problem — when given). Judgments are written to
+    ``judgments/<model>.parquet`` after every ``chunk`` solutions, keyed by (problem_id, sample_idx,
+    judge): a rerun, or a run killed half-way, only judges what is missing.
+    """
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if per_model < 1:
+        raise ValueError(f"per_model must be >= 1, got {per_model}")
+    available = graded_models(run)
+    if not available:
+        raise FileNotFoundError(f"{run.root / 'grades'}: no grades to judge (run `flopmatch grade` first)")
+    wanted = list(models) if models is not None else list(available)
+    problems = load_problems(run)
+    stats: dict[str, JudgeRunStats] = {}
+    for model in wanted:
+        if model not in available:
+            raise ValueError(f"model {model!r} has no grades in {run.root / 'grades'} (have {sorted(available)})")
+        grades = read_table(available[model], columns=["problem_id", "sample_idx", "status"]).to_pylist()
+        limit = budget_samples(run, model, budget) if budget is not None else None
+        candidates = [
+            (str(g["problem_id"]), int(g["sample_idx"]))
+            for g in grades
+            if g["status"] == "correct" and (limit is None or g["sample_idx"] < limit)
+        ]
+        candidates.sort(key=lambda key: selection_key(seed, model, *key))
+        selected = candidates[:per_model]
+        path = run.judgments_path(model)
+        existing = read_table(path).to_pylist() if path.exists() else []
+        done = {(r["problem_id"], r["sample_idx"]) for r in existing if r["judge"] == judge.name}
+        todo = [key for key in selected if key not in done]
+        texts = _sample_texts(run, model, set(todo))
+        missing_problems = sorted({pid for pid, _ in todo if pid not in problems})
+        if missing_problems:
+            raise ValueError(f"{run.root / 'problems'}: no problem record for {missing_problems[:5]} (model {model})")
+        bar = progress_bar(len(todo), f"judge {model}", unit="sol")
+        for start in range(0, len(todo), chunk):
+            keys = todo[start : start + chunk]
+            items = [JudgeItem(problems[pid], texts[(pid, idx)]) for pid, idx in keys]
+            verdicts = judge.judge(items)
+            if len(verdicts) != len(items):
+                raise RuntimeError(f"judge {judge.name} returned {len(verdicts)} verdicts for {len(items)} items")
+            existing += [
+                {
+                    "model": model,
+                    "problem_id": pid,
+                    "sample_idx": idx,
+                    "status": v.status,
+                    "first_wrong_step": v.first_wrong_step,
+                    "explanation": v.explanation,
+                    "judge": judge.name,
+                    "raw": v.raw,
+                }
+                for (pid, idx), v in zip(keys, verdicts, strict=True)
+            ]
+            write_table(pa.Table.from_pylist(existing, schema=JUDGMENT_SCHEMA), path)
+            bar.update(len(keys))
+        bar.close()
+        chosen = set(selected)
+        mine = [r["status"] for r in existing if r["judge"] == judge.name and (r["problem_id"], r["sample_idx"]) in chosen]
+        stats[model] = JudgeRunStats(model, len(candidates), len(selected), len(todo), len(selected) - len(todo),
+                                     fpr_estimate(mine))
+    return stats
+
+
+def _sample_texts(run: RunDir, model: str, keys: set[tuple[str, int]]) -> dict[tuple[str, int], str]:
+    if not keys:
+        return {}
+    table = read_shards(run.samples_dir(model), columns=["problem_id", "sample_idx", "text"])
+    out: dict[tuple[str, int], str] = {}
+    for row in table.to_pylist():
+        key = (str(row["problem_id"]), int(row["sample_idx"]))
+        if key in keys and key not in out:
+            out[key] = row["text"]
+    missing = sorted(keys - set(out))
+    if missing:
+        raise ValueError(f"{run.samples_dir(model)}: graded samples without text: {missing[:5]}")
+    return out
+
+
+def read_judgments(run: RunDir, model: str, judge_name: str | None = None) -> pa.Table:
+    """A model's judgments (optionally of one judge); an empty table when none."""
+    path = run.judgments_path(model)
+    if not path.exists():
+        return JUDGMENT_SCHEMA.empty_table()
+    table = read_table(path)
+    if judge_name is not None:
+        import pyarrow.compute as pc
+
+        table = table.filter(pc.equal(table.column("judge"), judge_name))
+    return table
+
+
+# --------------------------------------------------------------------------- human labels
+
+_TRUE = {"true", "1", "yes", "y", "valid", "t"}
+_FALSE = {"false", "0", "no", "n", "invalid", "f"}
+
+
+class LabelError(ValueError):
+    """A bad row in a human-label file (the message names file, line and field)."""
+
+
+def _parse_label_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"problem_id", "sample_idx", "valid"} - set(reader.fieldnames or [])
+            if missing:
+                raise LabelError(f"{path}:1: header lacks column(s) {sorted(missing)}")
+            for row in reader:
+                yield reader.line_num, row
+    elif suffix in (".jsonl", ".ndjson"):
+        with open(path, encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise LabelError(f"{path}:{line_no}: not valid JSON ({exc})") from None
+                if not isinstance(row, dict):
+                    raise LabelError(f"{path}:{line_no}: expected a JSON object")
+                yield line_no, row
+    else:
+        raise LabelError(f"{path}: unknown label format {suffix!r} (use .csv or .jsonl)")
+
+
+def _label_value(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower() if value is not None else ""
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise LabelError(f"{where}: field 'valid' must be true/false (or 1/0, yes/no), got {value!r}")
+
+
+def import_human_labels(run_dir: str | Path | RunDir, path: str | Path, model: str) -> Path:
+    """Import people's verdicts on a model's answer-correct solutions; they become that model's FPR.
+
+    The file is CSV (header ``problem_id,sample_idx,valid``) or JSONL (objects with those keys).
+    ``valid`` says the reasoning is sound. Every row must name a sample graded ``correct`` for the
+    model; a bad row raises :class:`LabelError` with file, line and field. Labels merge with earlier
+    imports; the same sample labelled differently is an error, never a silent overwrite.
+    """
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    path = Path(path)
+    if not path.is_file():
+        raise LabelError(f"{path}: no such file")
+    grades_file = run.grades_path(model)
+    if not grades_file.exists():
+        raise LabelError(f"{grades_file}: model {model!r} has no grades; labels must refer to graded samples")
+    status = {
+        (str(r["problem_id"]), int(r["sample_idx"])): r["status"]
+        for r in read_table(grades_file, columns=["problem_id", "sample_idx", "status"]).to_pylist()
+    }
+    out_path = human_labels_path(run, model)
+    labels: dict[tuple[str, int], dict[str, Any]] = {}
+    if out_path.exists():
+        for r in read_table(out_path).to_pylist():
+            labels[(r["problem_id"], r["sample_idx"])] = r
+    seen: set[tuple[str, int]] = set()
+    for line_no, row in _parse_label_rows(path):
+        where = f"{path}:{line_no}"
+        pid = row.get("problem_id")
+        if pid is None or str(pid).strip() == "":
+            raise LabelError(f"{where}: field 'problem_id' is missing or empty")
+        pid = str(pid).strip()
+        raw_idx = row.get("sample_idx")
+        try:
+            idx = int(str(raw_idx).strip())
+            if str(raw_idx).strip() != str(idx) or idx < 0:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise LabelError(f"{where}: field 'sample_idx' must be a non-negative integer, got {raw_idx!r}") from None
+        if "valid" not in row:
+            raise LabelError(f"{where}: field 'valid' is missing")
+        valid = _label_value(row["valid"], where)
+        key = (pid, idx)
+        if key in seen:
+            raise LabelError(f"{where}: sample ({pid!r}, {idx}) is labelled twice in this file")
+        seen.add(key)
+        if key not in status:
+            raise LabelError(f"{where}: sample ({pid!r}, {idx}) is not a graded sample of {model!r}")
+        if status[key] != "correct":
+            raise LabelError(
+                f"{where}: sample ({pid!r}, {idx}) was graded {status[key]!r}; FPR labels are for answer-correct samples"
+            )
+        if key in labels and labels[key]["valid"] != valid:
+            raise LabelError(
+                f"{where}: sample ({pid!r}, {idx}) was labelled valid={labels[key]['valid']} by "
+                f"{labels[key]['source']}; refusing to overwrite"
+            )
+        labels[key] = {"model": model, "problem_id": pid, "sample_idx": idx, "valid": valid, "source": str(path)}
+    if not seen:
+        raise LabelError(f"{path}: no labels")
+    rows = sorted(labels.values(), key=lambda r: (r["problem_id"], r["sample_idx"]))
+    return write_table(pa.Table.from_pylist(rows, schema=HUMAN_SCHEMA), out_path)
+
+
+def read_human_labels(run: RunDir, model: str) -> pa.Table:
+    path = human_labels_path(run, model)
+    return read_table(path) if path.exists() else HUMAN_SCHEMA.empty_table()
+
+
