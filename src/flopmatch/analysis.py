@@ -264,7 +264,7 @@ def analyze(
     ``ks`` limits the k values of the summary (each budget also gets k = S); ``judge`` picks the judge
     whose verdicts give the FPR when several judged the run.
     """
-    from flopmatch.judge import graded_models, load_problems, plan_models
+    from flopmatch.judge import graded_models, load_problems
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     warnings: list[str] = []
@@ -274,14 +274,53 @@ def analyze(
     data = {model: load_model_samples(run, model, path) for model, path in graded.items()}
     problems = load_problems(run)
     verdicts = {model: load_verdicts(run, model, judge, warnings) for model in data}
-
-    settings: list[_Setting] = []
     plan = None
     if run.plan_path.exists():
         from flopmatch.budget import BudgetPlan
-        from flopmatch.store import model_key
 
         plan = BudgetPlan.from_json(run.plan_path.read_text())
+    settings = _settings(data, plan, warnings)
+
+    summary, cells = _summary(settings, data, problems, verdicts, ks=ks, n_boot=n_boot, seed=seed)
+    if any(not (v.judge or v.human) for v in verdicts.values()):
+        unjudged = sorted(m for m, v in verdicts.items() if not (v.judge or v.human))
+        warnings.append(f"no FPR for {unjudged}: no judgments (run `flopmatch judge`) or human labels")
+    coverage_curve, diversity_curve = _curves(settings, data, n_boot=n_boot, seed=seed)
+    compute_matched, headline = _compute_matched(plan, cells)
+
+    out = run.metrics_dir
+    files = {
+        "summary": write_table(summary, out / "summary.parquet"),
+        "coverage_curve": write_table(coverage_curve, out / "coverage_curve.parquet"),
+        "diversity_curve": write_table(diversity_curve, out / "diversity_curve.parquet"),
+        "compute_matched": write_table(compute_matched, out / "compute_matched.parquet"),
+    }
+    files["summary_md"] = write_text(summary_markdown(summary, warnings), out / "summary.md")
+    files["compute_matched_md"] = write_text(compute_matched_markdown(compute_matched, headline),
+                                             out / "compute_matched.md")
+    # Unequal counts (an allocation policy): coverage and unique correct over all samples, per FLOP.
+    from flopmatch.allocation_metrics import journal_of, write_allocation_metrics
+
+    files.update(write_allocation_metrics(run, data, n_boot=n_boot, seed=seed, plots=plots))
+    warnings += [f"{m} was sampled by the {j['config']['allocation']!r} policy: per-budget k metrics use only its "
+                 "problems with at least S samples; see metrics/allocation.md" for m in data
+                 if (j := journal_of(run, m)) and j["config"]["allocation"] != "uniform"]  # fmt: skip
+    figures = make_figures(coverage_curve, diversity_curve, summary, out / "figures") if plots else []
+    return AnalysisResult(summary, coverage_curve, diversity_curve, compute_matched, files, figures, warnings, headline)
+
+
+Cells = dict[tuple[str, str | None, int | None], dict[str, tuple[float, float, float, int]]]
+
+
+def _settings(data: dict[str, ModelSamples], plan: Any, warnings: list[str]) -> list[_Setting]:
+    """The (model, budget) cells to measure: each plan budget's WC and SE on the problems both have
+    complete, then every other model at all its samples."""
+    from flopmatch.judge import plan_models
+    from flopmatch.store import model_key
+
+    settings: list[_Setting] = []
+    in_plan: set[str | None] = set()
+    if plan is not None:
         wc_name, se_name = plan_models(plan)
         by_key = {model_key(m): m for m in data}
         wc, se = by_key.get(model_key(wc_name)), by_key.get(model_key(se_name))
@@ -305,8 +344,6 @@ def analyze(
                 else:
                     warnings.append(f"budget {b.se_samples}: no problem has all {n} samples of {m}; skipped")
         in_plan = {wc, se}
-    else:
-        in_plan = set()
     for model, d in data.items():
         if model in in_plan:
             continue
@@ -316,9 +353,15 @@ def analyze(
             warnings.append(f"{model}: {len(d.problems) - len(pids)} problems have fewer than {s} graded samples; "
                             "left out")
         settings.append(_Setting(model, None, None, s, tuple(sorted(pids))))
+    return settings
 
+
+def _summary(settings: list[_Setting], data: dict[str, ModelSamples], problems: dict, verdicts: dict, *,
+             ks: Sequence[int] | None, n_boot: int, seed: int) -> tuple[pd.DataFrame, Cells]:
+    """Every metric of every setting, per problem group, with bootstrap intervals; and the whole-set
+    values at k = S of each setting (``cells``), which the compute-matched comparison reads."""
     summary_rows: list[dict[str, Any]] = []
-    cells: dict[tuple[str, str | None, int | None], dict[str, tuple[float, float, float, int]]] = {}
+    cells: Cells = {}
     for st in settings:
         groups = problem_groups(
             (pid, problems[pid].level if pid in problems else None, problems[pid].subject if pid in problems else None)
@@ -327,6 +370,7 @@ def analyze(
         k_list = sorted({k for k in (ks or default_ks(st.samples)) if 1 <= k <= st.samples} | {st.samples})
         matrix = per_problem_matrix(data[st.model], st.pids, st.samples, k_list)
         row_of = {pid: i for i, pid in enumerate(st.pids)}
+        cell = cells.setdefault((st.model, st.role, st.budget_se_samples), {})
         for group, gpids in groups.items():
             rows = [row_of[p] for p in gpids]
             sub = matrix[rows]
@@ -337,8 +381,7 @@ def analyze(
                     col = 3 * j + m
                     summary_rows.append(_row(st, metric, k, means[col], lo[col], hi[col], len(rows), len(rows), group))
                     if group == "all" and k == st.samples:
-                        cells.setdefault((st.model, st.role, st.budget_se_samples), {})[metric] = (
-                            float(means[col]), float(lo[col]), float(hi[col]), len(rows))
+                        cell[metric] = (float(means[col]), float(lo[col]), float(hi[col]), len(rows))
             v = verdicts[st.model]
             fprs = {"fpr_judge": _fpr_rows(v.judge, set(gpids), st.samples),
                     "fpr_human": _fpr_rows(v.human, set(gpids), st.samples)}
@@ -348,16 +391,16 @@ def analyze(
                 if n:
                     summary_rows.append(_row(st, metric, None, value, flo, fhi, n_problems, n, group))
                     if group == "all":
-                        cells.setdefault((st.model, st.role, st.budget_se_samples), {})[metric] = (value, flo, fhi, n)
-    if any(not (v.judge or v.human) for v in verdicts.values()):
-        unjudged = sorted(m for m, v in verdicts.items() if not (v.judge or v.human))
-        warnings.append(f"no FPR for {unjudged}: no judgments (run `flopmatch judge`) or human labels")
-
+                        cell[metric] = (value, flo, fhi, n)
     summary = pd.DataFrame(summary_rows, columns=SUMMARY_COLUMNS)
     for col in ("budget_se_samples", "k"):
         summary[col] = summary[col].astype("Int64")
+    return summary, cells
 
-    # Curves: each model at its largest setting.
+
+def _curves(settings: list[_Setting], data: dict[str, ModelSamples], *, n_boot: int,
+            seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Coverage and diversity against k, each model at its largest setting."""
     biggest: dict[str, _Setting] = {}
     for st in settings:
         if st.model not in biggest or st.samples > biggest[st.model].samples:
@@ -376,51 +419,34 @@ def analyze(
                                  "ci_low": lo[3 * j + m], "ci_high": hi[3 * j + m], "n_problems": len(st.pids)})
     coverage_curve = pd.DataFrame(cov_rows, columns=CURVE_COLUMNS)
     diversity_curve = pd.DataFrame(div_rows, columns=["model", "metric", "k", "value", "ci_low", "ci_high", "n_problems"])
+    return coverage_curve, diversity_curve
 
+
+def _compute_matched(plan: Any, cells: Cells) -> tuple[pd.DataFrame, list[str]]:
+    """WC against SE at each plan budget: the relative change of every metric, and one headline line each."""
     matched_rows, headline = [], []
-    if plan is not None:
-        wc_name, se_name = plan_models(plan)
-        for b in plan.budgets:
-            wc_cell = _find_cell(cells, "wc", int(b.se_samples))
-            se_cell = _find_cell(cells, "se", int(b.se_samples))
-            if wc_cell is None or se_cell is None:
+    for b in plan.budgets if plan is not None else ():
+        wc_cell = _find_cell(cells, "wc", int(b.se_samples))
+        se_cell = _find_cell(cells, "se", int(b.se_samples))
+        if not wc_cell or not se_cell:
+            continue
+        changes = []
+        for metric in (*SAMPLE_METRICS, "fpr"):
+            if metric not in wc_cell or metric not in se_cell:
                 continue
-            changes = []
-            for metric in (*SAMPLE_METRICS, "fpr"):
-                if metric not in wc_cell or metric not in se_cell:
-                    continue
-                w, s = wc_cell[metric], se_cell[metric]
-                change = relative_change(w[0], s[0], metric)
-                changes.append(change)
-                matched_rows.append({
-                    "budget_se_samples": int(b.se_samples), "wc_samples": int(b.wc_samples), "metric": metric,
-                    "wc_value": w[0], "se_value": s[0], "relative": change.value, "relative_text": change.text,
-                    "wc_ci_low": w[1], "wc_ci_high": w[2], "se_ci_low": s[1], "se_ci_high": s[2],
-                    "n_problems": w[3] if metric != "fpr" else None,
-                })
-            headline.append(f"{b.se_samples} SE vs {b.wc_samples} WC samples per problem: {format_changes(changes)}")
+            w, s = wc_cell[metric], se_cell[metric]
+            change = relative_change(w[0], s[0], metric)
+            changes.append(change)
+            matched_rows.append({
+                "budget_se_samples": int(b.se_samples), "wc_samples": int(b.wc_samples), "metric": metric,
+                "wc_value": w[0], "se_value": s[0], "relative": change.value, "relative_text": change.text,
+                "wc_ci_low": w[1], "wc_ci_high": w[2], "se_ci_low": s[1], "se_ci_high": s[2],
+                "n_problems": w[3] if metric != "fpr" else None,
+            })
+        headline.append(f"{b.se_samples} SE vs {b.wc_samples} WC samples per problem: {format_changes(changes)}")
     compute_matched = pd.DataFrame(matched_rows, columns=MATCHED_COLUMNS)
     compute_matched["n_problems"] = compute_matched["n_problems"].astype("Int64")
-
-    out = run.metrics_dir
-    files = {
-        "summary": write_table(summary, out / "summary.parquet"),
-        "coverage_curve": write_table(coverage_curve, out / "coverage_curve.parquet"),
-        "diversity_curve": write_table(diversity_curve, out / "diversity_curve.parquet"),
-        "compute_matched": write_table(compute_matched, out / "compute_matched.parquet"),
-    }
-    files["summary_md"] = write_text(summary_markdown(summary, warnings), out / "summary.md")
-    files["compute_matched_md"] = write_text(compute_matched_markdown(compute_matched, headline),
-                                             out / "compute_matched.md")
-    # Unequal counts (an allocation policy): coverage and unique correct over all samples, per FLOP.
-    from flopmatch.allocation_metrics import journal_of, write_allocation_metrics
-
-    files.update(write_allocation_metrics(run, data, n_boot=n_boot, seed=seed, plots=plots))
-    warnings += [f"{m} was sampled by the {j['config']['allocation']!r} policy: per-budget k metrics use only its "
-                 "problems with at least S samples; see metrics/allocation.md" for m in data
-                 if (j := journal_of(run, m)) and j["config"]["allocation"] != "uniform"]  # fmt: skip
-    figures = make_figures(coverage_curve, diversity_curve, summary, out / "figures") if plots else []
-    return AnalysisResult(summary, coverage_curve, diversity_curve, compute_matched, files, figures, warnings, headline)
+    return compute_matched, headline
 
 
 def _row(st: _Setting, metric: str, k: int | None, value: float, lo: float, hi: float, n_problems: int, n: int,
