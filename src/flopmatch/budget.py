@@ -200,6 +200,69 @@ def plan_budgets(
     FLOPs (2·P·W per sample, per solution token when W is not given). ``*_source`` strings are
     recorded in the plan so a reader knows where each number came from.
     """
+    budgets = _check_inputs(mode, rounding, se_samples, n_problems)
+
+    p_wc, p_se = _opt(wc_params, "wc_params"), _opt(se_params, "se_params")
+    w_wc, w_se = _opt(wc_tokens, "wc_tokens"), _opt(se_tokens, "se_tokens")
+    if (w_wc is None) != (w_se is None):
+        raise BudgetError(
+            "give both mean solution lengths or neither (wc_tokens/se_tokens; CLI: --wc-tokens/--se-tokens)"
+        )
+    notes: list[str] = []
+
+    c_wc, c_se, cost_unit = _cost_per_sample(
+        mode, p_wc, p_se, w_wc, w_se, notes, wc_price=wc_price, se_price=se_price,
+        wc_measured=(wc_cost_per_sample, wc_tokens_per_second), se_measured=(se_cost_per_sample, se_tokens_per_second),
+        measured_unit=measured_unit,
+    )
+
+    ratio = c_se / c_wc
+    if ratio < 1 and mode != "number":
+        notes.append(
+            f"{wc_name} costs more per sample than {se_name} (ratio {float(ratio):.3g} < 1): it is not the cheaper model"
+        )
+
+    f_wc = 2 * p_wc * (w_wc or 1) if p_wc is not None else None
+    f_se = 2 * p_se * (w_se or 1) if p_se is not None else None
+    have_flops = f_wc is not None and f_se is not None
+    flops_unit = None
+    if have_flops:
+        flops_unit = (
+            "FLOPs per problem (2·P·W per sample)"
+            if w_wc
+            else "FLOPs per problem per solution token (2·P per sample-token)"
+        )
+    elif mode != "flops":
+        notes.append("FLOPs not reported: parameter counts not given (wc_params/se_params)")
+
+    points = [_budget_point(s, ratio, rounding, c_wc, c_se, f_wc, f_se, n_problems, wc_name, notes)
+              for s in budgets]
+
+    def side(name, params, psrc, tokens, tsrc, price, cps, csrc, cost) -> ModelSide:
+        return ModelSide(
+            name=name, params=params, param_source=psrc, tokens=tokens, tokens_source=tsrc,
+            price=price, cost_per_sample=cps, cost_source=csrc, cost=float(cost),
+        )  # fmt: skip
+
+    return BudgetPlan(
+        mode=mode,
+        rounding=rounding,
+        ratio=float(ratio),
+        ratio_exact=str(ratio),
+        cost_unit=cost_unit,
+        flops_unit=flops_unit,
+        n_problems=n_problems,
+        wc=side(wc_name, wc_params, wc_param_source, wc_tokens, wc_tokens_source, wc_price,
+                wc_cost_per_sample, wc_cost_source, c_wc),
+        se=side(se_name, se_params, se_param_source, se_tokens, se_tokens_source, se_price,
+                se_cost_per_sample, se_cost_source, c_se),
+        budgets=points,
+        notes=list(dict.fromkeys(notes)),
+    )  # fmt: skip
+
+
+def _check_inputs(mode: str, rounding: str, se_samples: Sequence[int], n_problems: int | None) -> list[int]:
+    """The SE budgets, after checking the mode, rounding, budgets and problem count."""
     if mode not in MODES:
         raise BudgetError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if rounding not in ROUNDINGS:
@@ -214,15 +277,14 @@ def plan_budgets(
         isinstance(n_problems, bool) or not isinstance(n_problems, int) or n_problems < 1
     ):
         raise BudgetError(f"n_problems must be a positive integer, got {n_problems!r}")
+    return budgets
 
-    p_wc, p_se = _opt(wc_params, "wc_params"), _opt(se_params, "se_params")
-    w_wc, w_se = _opt(wc_tokens, "wc_tokens"), _opt(se_tokens, "se_tokens")
-    if (w_wc is None) != (w_se is None):
-        raise BudgetError(
-            "give both mean solution lengths or neither (wc_tokens/se_tokens; CLI: --wc-tokens/--se-tokens)"
-        )
-    notes: list[str] = []
 
+def _cost_per_sample(mode: str, p_wc: Fraction | None, p_se: Fraction | None, w_wc: Fraction | None,
+                     w_se: Fraction | None, notes: list[str], *, wc_price: float | None, se_price: float | None,
+                     wc_measured: tuple[float | None, float | None], se_measured: tuple[float | None, float | None],
+                     measured_unit: str) -> tuple[Fraction, Fraction, str]:
+    """(WC cost, SE cost, unit) of one sample per problem in the plan's currency."""
     if mode == "flops":
         if p_wc is None or p_se is None:
             raise BudgetError(
@@ -247,87 +309,50 @@ def plan_budgets(
         c_wc = c_se = Fraction(1)
         cost_unit = "samples per problem"
     else:  # measured
-        c_wc = _measured(wc_cost_per_sample, wc_tokens_per_second, w_wc, "wc")
-        c_se = _measured(se_cost_per_sample, se_tokens_per_second, w_se, "se")
+        c_wc = _measured(*wc_measured, w_wc, "wc")
+        c_se = _measured(*se_measured, w_se, "se")
         cost_unit = f"{measured_unit} per problem (measured)"
+    return c_wc, c_se, cost_unit
 
-    ratio = c_se / c_wc
-    if ratio < 1 and mode != "number":
-        notes.append(
-            f"{wc_name} costs more per sample than {se_name} (ratio {float(ratio):.3g} < 1): it is not the cheaper model"
-        )
 
-    f_wc = 2 * p_wc * (w_wc or 1) if p_wc is not None else None
-    f_se = 2 * p_se * (w_se or 1) if p_se is not None else None
+def _budget_point(s: int, ratio: Fraction, rounding: str, c_wc: Fraction, c_se: Fraction, f_wc: Fraction | None,
+                  f_se: Fraction | None, n_problems: int | None, wc_name: str, notes: list[str]) -> BudgetPoint:
+    """The WC sample count matching ``s`` SE samples, with both sides' cost (and FLOPs when known)."""
     have_flops = f_wc is not None and f_se is not None
-    flops_unit = None
-    if have_flops:
-        flops_unit = (
-            "FLOPs per problem (2·P·W per sample)"
-            if w_wc
-            else "FLOPs per problem per solution token (2·P per sample-token)"
+    wc_exact = ratio * s
+    k = round_samples(wc_exact, rounding)
+    if k == 0:
+        notes.append(
+            f"at se_samples={s} {rounding} rounding leaves {wc_name} 0 samples: one of its samples costs more"
         )
-    elif mode != "flops":
-        notes.append("FLOPs not reported: parameter counts not given (wc_params/se_params)")
-
-    points = []
-    for s in budgets:
-        wc_exact = ratio * s
-        k = round_samples(wc_exact, rounding)
-        if k == 0:
-            notes.append(
-                f"at se_samples={s} {rounding} rounding leaves {wc_name} 0 samples: one of its samples costs more"
-            )
-        wc_cost, se_cost = k * c_wc, s * c_se
-        point: dict[str, Any] = {
-            "se_samples": s,
-            "wc_samples": k,
-            "wc_exact": float(wc_exact),
-            "se_cost": float(se_cost),
-            "wc_cost": float(wc_cost),
-            "mismatch_pct": _pct(wc_cost, se_cost),
+    wc_cost, se_cost = k * c_wc, s * c_se
+    point: dict[str, Any] = {
+        "se_samples": s,
+        "wc_samples": k,
+        "wc_exact": float(wc_exact),
+        "se_cost": float(se_cost),
+        "wc_cost": float(wc_cost),
+        "mismatch_pct": _pct(wc_cost, se_cost),
+    }
+    if have_flops:
+        assert f_wc is not None and f_se is not None
+        point |= {
+            "se_flops": float(s * f_se),
+            "wc_flops": float(k * f_wc),
+            "flops_mismatch_pct": _pct(k * f_wc, s * f_se),
+        }
+    if n_problems is not None:
+        point |= {
+            "se_cost_total": float(se_cost * n_problems),
+            "wc_cost_total": float(wc_cost * n_problems),
         }
         if have_flops:
             assert f_wc is not None and f_se is not None
             point |= {
-                "se_flops": float(s * f_se),
-                "wc_flops": float(k * f_wc),
-                "flops_mismatch_pct": _pct(k * f_wc, s * f_se),
+                "se_flops_total": float(s * f_se * n_problems),
+                "wc_flops_total": float(k * f_wc * n_problems),
             }
-        if n_problems is not None:
-            point |= {
-                "se_cost_total": float(se_cost * n_problems),
-                "wc_cost_total": float(wc_cost * n_problems),
-            }
-            if have_flops:
-                assert f_wc is not None and f_se is not None
-                point |= {
-                    "se_flops_total": float(s * f_se * n_problems),
-                    "wc_flops_total": float(k * f_wc * n_problems),
-                }
-        points.append(BudgetPoint(**point))
-
-    def side(name, params, psrc, tokens, tsrc, price, cps, csrc, cost) -> ModelSide:
-        return ModelSide(
-            name=name, params=params, param_source=psrc, tokens=tokens, tokens_source=tsrc,
-            price=price, cost_per_sample=cps, cost_source=csrc, cost=float(cost),
-        )  # fmt: skip
-
-    return BudgetPlan(
-        mode=mode,
-        rounding=rounding,
-        ratio=float(ratio),
-        ratio_exact=str(ratio),
-        cost_unit=cost_unit,
-        flops_unit=flops_unit,
-        n_problems=n_problems,
-        wc=side(wc_name, wc_params, wc_param_source, wc_tokens, wc_tokens_source, wc_price,
-                wc_cost_per_sample, wc_cost_source, c_wc),
-        se=side(se_name, se_params, se_param_source, se_tokens, se_tokens_source, se_price,
-                se_cost_per_sample, se_cost_source, c_se),
-        budgets=points,
-        notes=list(dict.fromkeys(notes)),
-    )  # fmt: skip
+    return BudgetPoint(**point)
 
 
 def _measured(cost: float | None, tps: float | None, tokens: Fraction | None, side: str) -> Fraction:
