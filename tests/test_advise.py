@@ -16,8 +16,11 @@ import pytest
 
 from flopmatch.advise import (
     MIN_PILOT_PROBLEMS,
+    Advice,
     AdviseError,
     Budget,
+    Candidate,
+    Decision,
     advise_from_pilot,
     parse_match,
     parse_model_values,
@@ -188,8 +191,26 @@ def test_advice_that_cannot_decide_says_how_much_more_pilot_would():
     more = advice.decision.more_pilot_problems
     if more is not None:  # a positive gap: the interval shrinks like 1/sqrt(problems)
         assert more >= 1 and f"about {more} more pilot problems" in advice.sentence
+    elif advice.decision.difference > 0:  # even the whole problem set would leave the interval too wide
+        assert "even a pilot on all 1000 problems would not separate" in advice.sentence
     else:
         assert "about as good" in advice.sentence
+
+
+def test_the_sentence_tells_a_gap_no_pilot_here_can_separate_from_a_tie():
+    def candidate(name: str, forecast: float) -> Candidate:
+        return Candidate({name: 1.0}, {name: 5}, 100.0, forecast, forecast - 0.3, forecast + 0.3)
+
+    best, other = candidate("a", 0.475), candidate("b", 0.225)
+    pilot = {"problems": 20, "samples_per_problem": 4, "fraction_of_budget": 0.27}
+    budget = Budget(200.0, "flops", "test")
+    # 40 problems: the +25 point gap would need about 46 pilot problems (20 · (37.9 / 25)²), more than there are
+    gap = Decision(False, other, 0.25, -0.069, 0.688)
+    advice = Advice("coverage", budget, 40, pilot, {}, [best, other], gap)
+    assert "even a pilot on all 40 problems would not separate a difference this large" in advice.sentence
+    assert "about as good" not in advice.sentence
+    tie = Decision(False, candidate("b", 0.475), 0.0, -0.1, 0.1)
+    assert "about as good" in Advice("coverage", budget, 40, pilot, {}, [best, other], tie).sentence
 
 
 def test_a_budget_that_buys_nothing_and_a_missing_fpr_are_errors():

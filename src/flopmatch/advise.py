@@ -227,8 +227,10 @@ def advice_sentence(advice: Advice) -> str:
             f"about {d.more_pilot_problems} more pilot problems ({d.more_pilot_samples} more samples) "
             "would separate a difference this large"
         )
+    elif d.difference is not None and d.difference > 0:  # too wide even with every problem in the pilot
+        more = f"even a pilot on all {advice.n_problems} problems would not separate a difference this large"
     else:
-        more = "no pilot on this problem set would separate them: they are about as good"
+        more = "they forecast the same: they are about as good"
     return f"The pilot cannot decide between {head} and {other}; {more}; {cost}."
 
 
