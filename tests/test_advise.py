@@ -317,7 +317,7 @@ def _toy_args(models: dict[str, str]) -> tuple[str, ...]:
             "--max-tokens", "96", "--n-boot", "50")  # fmt: skip
 
 
-TOY_TIMEOUT = pytest.mark.timeout(2400)  # a shared, loaded CPU box: sampling the pilot took up to 15 min
+TOY_TIMEOUT = pytest.mark.timeout(2400)  # generous: at load 15-25 on 2 cores the file took 4-5 min
 
 
 @pytest.fixture(scope="module")
