@@ -31,6 +31,7 @@ config made zero-shot (:func:`sft_prompt_config`). The config is recorded per da
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -331,20 +332,9 @@ def build_sft(
 
     journal = journal_of(run, source_model)
     allocated = journal is not None and journal["config"]["allocation"] != "uniform"
-    if allocated and samples_per_problem is None and budget is None:
-        # An allocation policy's sample set is its budget: every correct solution it found (counts differ).
-        samples_per_problem = 1 + max((r["sample_idx"] for r in _read_graded_samples(run, source_model)), default=0)
-    if samples_per_problem is None and budget is None:
-        raise ValueError("give budget= (SE samples per problem, resolved via plan.json) or samples_per_problem=")
-    if budget is not None:
-        planned = resolve_samples_per_problem(run, source_model, budget)
-        if samples_per_problem is not None and samples_per_problem != planned:
-            raise ValueError(
-                f"samples_per_problem={samples_per_problem} contradicts the plan: budget {budget} gives "
-                f"{source_model!r} {planned} samples per problem"
-            )
-        samples_per_problem = planned
-    assert samples_per_problem is not None
+    graded = functools.cache(lambda: _read_graded_samples(run, source_model))  # the sample text, read once
+    samples_per_problem = _samples_per_problem(run, source_model, samples_per_problem, budget,
+                                               allocated=allocated, graded=graded)
     match = _resolve_number_match(run, number_matched_to, budget, source_model)
     if match.samples_per_problem is not None:
         if match.samples_per_problem > samples_per_problem:
@@ -354,7 +344,7 @@ def build_sft(
             )
         samples_per_problem = match.samples_per_problem
 
-    rows = [r for r in _read_graded_samples(run, source_model) if r["sample_idx"] < samples_per_problem]
+    rows = [r for r in graded() if r["sample_idx"] < samples_per_problem]
     short = 0 if allocated else _count_short_problems(rows, samples_per_problem)
     if short:
         raise ValueError(
@@ -385,14 +375,9 @@ def build_sft(
         ) + match.label
     path = Path(out_dir) if out_dir is not None else run.sft_dir(name)
     covered = len({r["problem_id"] for r in chosen})
-    result = SFTBuildResult(
-        path=path,
-        problems_covered=covered,
-        examples=len(chosen),
-        mean_per_problem=(len(chosen) / covered) if covered else 0.0,
-        problems_total=len(available),
-        samples_per_problem=samples_per_problem,
-    )
+    result = SFTBuildResult(path=path, problems_covered=covered, examples=len(chosen),
+                            mean_per_problem=len(chosen) / covered if covered else 0.0,
+                            problems_total=len(available), samples_per_problem=samples_per_problem)
     meta = {
         "source_model": source_model,
         "budget": budget,
@@ -408,6 +393,26 @@ def build_sft(
     }
     _save_dataset(records.rows, path, meta)
     return result
+
+
+def _samples_per_problem(run: RunDir, source_model: str, samples_per_problem: int | None, budget: int | None, *,
+                         allocated: bool, graded) -> int:
+    """S for the set: given, or resolved from the plan's ``budget`` (both: they must agree); a model
+    sampled by an allocation policy defaults to all it has (its counts differ per problem)."""
+    if allocated and samples_per_problem is None and budget is None:
+        samples_per_problem = 1 + max((r["sample_idx"] for r in graded()), default=0)
+    if samples_per_problem is None and budget is None:
+        raise ValueError("give budget= (SE samples per problem, resolved via plan.json) or samples_per_problem=")
+    if budget is not None:
+        planned = resolve_samples_per_problem(run, source_model, budget)
+        if samples_per_problem is not None and samples_per_problem != planned:
+            raise ValueError(
+                f"samples_per_problem={samples_per_problem} contradicts the plan: budget {budget} gives "
+                f"{source_model!r} {planned} samples per problem"
+            )
+        samples_per_problem = planned
+    assert samples_per_problem is not None
+    return samples_per_problem
 
 
 def _count_short_problems(rows: list[dict[str, Any]], samples_per_problem: int) -> int:
