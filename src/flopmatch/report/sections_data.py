@@ -140,90 +140,98 @@ def _short_source(source: Any) -> str:
 def cost_section(data: RunData) -> Section:
     blocks: list[Any] = []
     if data.ledger is not None:
-        ledger = data.ledger
-        rows = []
-        for _, r in ledger.iterrows():
-            model = str(r.get("model", ""))
-            role = data.role_of(model)
-            name = data.label(role) if role else model
-            rows.append(
-                [
-                    name,
-                    fmt_num(r.get("samples")),
-                    fmt_num(r.get("prompt_tokens")),
-                    fmt_num(r.get("completion_tokens")),
-                    fmt_seconds(r.get("seconds")),
-                    fmt_num(r.get("tokens_per_second", r.get("tokens/s")), 1),
-                    fmt_flops(r.get("nominal_flops")),
-                ]
-            )
-        blocks.append(
-            Table(
-                [
-                    "model",
-                    "samples",
-                    "prompt tokens",
-                    "generated tokens",
-                    "wall time",
-                    "generated tok/s",
-                    "nominal FLOPs",
-                ],
-                rows,
-                caption="The sampling ledger: everything each model generated.",
-                numeric={1, 2, 3, 4, 5, 6},
-            )
-        )
+        blocks.append(_ledger_table(data))
     if data.cost is not None:
-        budgets = budgets_of(data.plan)
-        rows = []
-        for budget_se, group in data.cost.groupby("budget_se_samples", sort=True):
-            by_role = {r["role"]: r for _, r in group.iterrows()}
-            for role in ("se", "wc"):
-                if role not in by_role:
-                    continue
-                r = by_role[role]
-                rows.append(
-                    [
-                        budget_short(budgets, int(budget_se)),
-                        data.label(role),
-                        str(r["samples_per_problem"]),
-                        fmt_num(r["mean_tokens"], 1),
-                        fmt_flops(r["nominal_flops"]),
-                        fmt_seconds(r["seconds"]),
-                    ]
-                )
-            if "wc" in by_role and "se" in by_role:
-                wc, se = by_role["wc"], by_role["se"]
-                rows.append(
-                    [
-                        "",
-                        "**WC / SE**",
-                        "",
-                        _ratio(wc["mean_tokens"], se["mean_tokens"]),
-                        _ratio(wc["nominal_flops"], se["nominal_flops"]),
-                        _ratio(wc["seconds"], se["seconds"]),
-                    ]
-                )
-        blocks.append(
-            Table(
-                [
-                    "budget (SE vs WC)",
-                    "model",
-                    "samples / problem",
-                    "mean tokens / solution",
-                    "nominal FLOPs (2·P·tokens)",
-                    "measured wall time",
-                ],
-                rows,
-                caption="Nominal FLOPs count generated tokens at 2·P each; wall time is what the engine took. "
-                "The paper matches the first; a WC/SE ratio far from 1 in the second means the match did "
-                "not hold on this hardware.",
-                numeric={2, 3, 4, 5},
-            )
-        )
+        blocks.append(_cost_by_budget_table(data))
     if not blocks:
         blocks.append(Text("Sampling has not run.", "note"))
     return Section("Cost: nominal FLOPs vs measured seconds", blocks)
+
+
+def _ledger_table(data: RunData) -> Table:
+    ledger = data.ledger
+    rows = []
+    for _, r in ledger.iterrows():
+        model = str(r.get("model", ""))
+        role = data.role_of(model)
+        name = data.label(role) if role else model
+        rows.append(
+            [
+                name,
+                fmt_num(r.get("samples")),
+                fmt_num(r.get("prompt_tokens")),
+                fmt_num(r.get("completion_tokens")),
+                fmt_seconds(r.get("seconds")),
+                fmt_num(r.get("tokens_per_second", r.get("tokens/s")), 1),
+                fmt_flops(r.get("nominal_flops")),
+            ]
+        )
+    return (
+        Table(
+            [
+                "model",
+                "samples",
+                "prompt tokens",
+                "generated tokens",
+                "wall time",
+                "generated tok/s",
+                "nominal FLOPs",
+            ],
+            rows,
+            caption="The sampling ledger: everything each model generated.",
+            numeric={1, 2, 3, 4, 5, 6},
+        )
+    )
+
+
+def _cost_by_budget_table(data: RunData) -> Table:
+    budgets = budgets_of(data.plan)
+    rows = []
+    for budget_se, group in data.cost.groupby("budget_se_samples", sort=True):
+        by_role = {r["role"]: r for _, r in group.iterrows()}
+        for role in ("se", "wc"):
+            if role not in by_role:
+                continue
+            r = by_role[role]
+            rows.append(
+                [
+                    budget_short(budgets, int(budget_se)),
+                    data.label(role),
+                    str(r["samples_per_problem"]),
+                    fmt_num(r["mean_tokens"], 1),
+                    fmt_flops(r["nominal_flops"]),
+                    fmt_seconds(r["seconds"]),
+                ]
+            )
+        if "wc" in by_role and "se" in by_role:
+            wc, se = by_role["wc"], by_role["se"]
+            rows.append(
+                [
+                    "",
+                    "**WC / SE**",
+                    "",
+                    _ratio(wc["mean_tokens"], se["mean_tokens"]),
+                    _ratio(wc["nominal_flops"], se["nominal_flops"]),
+                    _ratio(wc["seconds"], se["seconds"]),
+                ]
+            )
+    return (
+        Table(
+            [
+                "budget (SE vs WC)",
+                "model",
+                "samples / problem",
+                "mean tokens / solution",
+                "nominal FLOPs (2·P·tokens)",
+                "measured wall time",
+            ],
+            rows,
+            caption="Nominal FLOPs count generated tokens at 2·P each; wall time is what the engine took. "
+            "The paper matches the first; a WC/SE ratio far from 1 in the second means the match did "
+            "not hold on this hardware.",
+            numeric={2, 3, 4, 5},
+        )
+    )
 
 
 def _ratio(a: Any, b: Any) -> str:
