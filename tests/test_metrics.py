@@ -334,3 +334,14 @@ def test_near_duplicates_match_all_pairs_on_many_paraphrases():
     expected = _all_pairs_groups(texts, threshold=0.8)
     assert near_duplicate_groups(texts) == expected
     assert 30 <= len(set(expected)) < 300
+
+
+def test_relative_gain_is_the_papers_formula_with_missing_values_as_nan():
+    from flopmatch.metrics import relative_gain
+
+    assert relative_gain(0.53, 0.5) == pytest.approx(6.0)
+    assert relative_gain(0.5, 0.5) == 0.0
+    assert relative_gain(0.4, -0.5) == pytest.approx(180.0)  # against |SE|
+    for wc, se in ((0.2, 0.0), (None, 0.5), (0.5, float("nan")), ("n/a", 0.5)):
+        assert math.isnan(relative_gain(wc, se))
+    assert relative_change(0.53, 0.5, "coverage").value == pytest.approx(relative_gain(0.53, 0.5))

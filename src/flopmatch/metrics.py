@@ -31,7 +31,7 @@ import unicodedata
 import zlib
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -467,6 +467,18 @@ def _fmt_number(value: float) -> str:
     return f"{rounded:+}" if rounded != 0 else "+0"
 
 
+def relative_gain(wc: Any, se: Any) -> float:
+    """The paper's relative gain of WC over SE, in percent: (WC − SE) / |SE| · 100; NaN when either is
+    missing (None, NaN, not a number) or SE is 0."""
+    try:
+        wc, se = float(wc), float(se)
+    except (TypeError, ValueError):
+        return float("nan")
+    if se == 0 or math.isnan(se) or math.isnan(wc):
+        return float("nan")
+    return (wc - se) / abs(se) * 100.0
+
+
 def relative_change(wc: float, se: float, metric: str) -> RelativeChange:
     """The paper's WC-vs-SE comparison: relative % for coverage/diversity, points for FPR.
 
@@ -478,9 +490,9 @@ def relative_change(wc: float, se: float, metric: str) -> RelativeChange:
     if metric in POINT_METRICS:
         value = (wc - se) * 100.0
         return RelativeChange(value, "pts", f"{_fmt_number(value)} pts {label}")
-    if se == 0 or math.isnan(se) or math.isnan(wc):
-        return RelativeChange(float("nan"), "%", f"n/a {label} (SE {se:g})")
-    value = (wc - se) / abs(se) * 100.0
+    value = relative_gain(wc, se)
+    if math.isnan(value):
+        return RelativeChange(value, "%", f"n/a {label} (SE {se:g})")
     return RelativeChange(value, "%", f"{_fmt_number(value)}% {label}")
 
 

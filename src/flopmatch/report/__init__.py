@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flopmatch.metrics import relative_gain
 from flopmatch.report.blocks import (
     Bullets,
     Figure,
@@ -34,7 +35,6 @@ from flopmatch.report.blocks import (
     fmt_params,
     fmt_pct,
     fmt_seconds,
-    relative_gain,
 )
 from flopmatch.report.data import RunData, budgets_of, cost_by_budget, load_run
 from flopmatch.report.render import render_html, render_markdown

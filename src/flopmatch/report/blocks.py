@@ -120,13 +120,6 @@ def fmt_params(value: Any) -> str:
     return f"{value:.0f}"
 
 
-def relative_gain(wc: float, se: float) -> float:
-    """The paper's relative gain of WC data over SE data, in percent: (WC − SE) / SE · 100."""
-    if is_missing(wc) or is_missing(se) or se == 0:
-        return float("nan")
-    return (float(wc) - float(se)) / abs(float(se)) * 100.0
-
-
 def fmt_gain(gain: float) -> str:
     """Signed percent as the paper prints it ("+6%", "+5.8%", "−1.2%")."""
     if is_missing(gain):

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 # --------------------------------------------------------------------------- sections
+from flopmatch.metrics import relative_gain
 from flopmatch.report.blocks import (
     Figure,
     Section,
@@ -21,7 +22,6 @@ from flopmatch.report.blocks import (
     fmt_pct,
     fmt_seconds,
     is_missing,
-    relative_gain,
 )
 from flopmatch.report.data import RunData, budgets_of, read_parquet_or_none
 from flopmatch.report.verdict import budget_short

@@ -9,7 +9,8 @@ from typing import Any
 import pandas as pd
 
 # --------------------------------------------------------------------------- the verdict
-from flopmatch.report.blocks import fmt_gain, is_missing, relative_gain
+from flopmatch.metrics import relative_gain
+from flopmatch.report.blocks import fmt_gain, is_missing
 from flopmatch.report.data import RunData, budgets_of
 
 
