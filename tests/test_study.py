@@ -210,6 +210,13 @@ def test_examples_validate(name, monkeypatch):
     assert (config.models.wc.model, config.models.se.model) == (wc, se)
     assert config.problems.sample.source == source and config.budget.se_samples == se_samples
     assert config.budget.mode == "flops"
+    if config.paradigms.student is not None and config.paradigms.student.toyworld_spec is not None:
+        from flopmatch.toyworld.models import SPECS, toy_model_spec
+
+        # a valid toy model (head size vLLM runs, ...) and not one of the default pair: the demo test
+        # replaces it with a few-step model, so its shape is checked here
+        student = toy_model_spec(config.paradigms.student.toyworld_spec)
+        assert student.key not in {spec.key for spec in SPECS.values()}
     if name == "gsm8k-qwen-coder.yaml":  # ${FLOPMATCH_DATA:-../../shared/data} resolves next to the checkout
         data = (REPO.parent / "shared" / "data" / "gsm8k").resolve()
         assert Path(config.problems.sample.data_file).resolve() == data / "train.jsonl"
@@ -323,13 +330,17 @@ def test_full_study_runs_every_stage_and_all_paradigms(trained_study):
 @pytest.mark.train
 def test_demo_command_runs_the_packaged_study_end_to_end(tmp_path):
     """`flopmatch demo` as a user runs it (the installed console script, in its own process), shrunk with
-    --set so it takes seconds; the full-size demo is timed in the closing notes, not here."""
+    --set so it takes seconds; the full-size demo is timed in the closing notes, not here. The student is
+    the few-step toy model (the packaged student's spec is checked in test_examples_validate): its own
+    pretraining would be the only use of the default student in the test suite."""
     script = Path(sys.executable).with_name("flopmatch")
     run = tmp_path / "demo"
+    tiny_student = "{" + ", ".join(f"{key}: {value}" for key, value in TINY_TOY.items()) + "}"
     shrink = [
         "problems.sample.limit=16", "problems.validation.holdout=4", "problems.test.limit=8",
         "budget.se_samples=[1,2]", "judge.per_model=50", "analysis.n_boot=50", "evaluation.n=2",
         "training.steps_per_budget={1: 2, 2: 2}", "training.options.n_checkpoints=1",
+        f"paradigms.student.toyworld_spec={tiny_student}",
     ]  # fmt: skip
     args = [str(script), "demo", "--run", str(run), "--quiet"] + [f"--set={o}" for o in shrink]
     env = os.environ | {"OMP_NUM_THREADS": "1", "COLUMNS": "200"}
