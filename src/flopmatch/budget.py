@@ -152,11 +152,6 @@ def round_samples(value: Fraction, rounding: Rounding) -> int:
     raise BudgetError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
 
 
-def matched_samples(se_samples: int, ratio: Fraction, rounding: Rounding = "floor") -> int:
-    """WC samples matching ``se_samples`` SE samples at ``ratio`` = cost(SE) / cost(WC)."""
-    return round_samples(ratio * se_samples, rounding)
-
-
 def _pct(a: Fraction, b: Fraction) -> float:
     return float((a - b) / b * 100)
 

@@ -49,7 +49,6 @@ from flopmatch.store import RunDir, model_key, read_json, read_shards, read_tabl
 SFT_META_FILE = "flopmatch_sft.json"
 """Build record written inside every SFT dataset directory (config, counts, prompt config)."""
 
-LINEAGE_COLUMNS = ("source_model", "problem_id", "sample_idx", "seed", "budget", "samples_per_problem")
 
 
 @dataclass(frozen=True)

@@ -89,11 +89,10 @@ def budget_samples(run: RunDir, model: str, budget: int) -> int:
 
 def plan_models(plan: Any) -> tuple[str, str]:
     """(WC model, SE model) of a budget plan."""
-    for wc_attr, se_attr in (("wc_model", "se_model"), ("wc", "se")):
-        wc, se = getattr(plan, wc_attr, None), getattr(plan, se_attr, None)
-        if wc is not None and se is not None:
-            return _model_name(wc), _model_name(se)
-    raise ValueError("the budget plan names no WC/SE models")
+    wc, se = getattr(plan, "wc", None), getattr(plan, "se", None)
+    if wc is None or se is None:
+        raise ValueError("the budget plan names no WC/SE models")
+    return _model_name(wc), _model_name(se)
 
 
 def _model_name(obj: Any) -> str:
