@@ -337,6 +337,12 @@ class TrainingConfig(_Section):
     accelerate_args: list[str] = Field(
         default_factory=list, description="extra `accelerate launch` arguments, e.g. [--num_processes, '8']"
     )
+    workers: PositiveInt = Field(
+        1,
+        description="processes that run the fine-tuning runs, and then the evaluations, in parallel, each with one "
+        "torch thread (CPU studies: one per core; any number above 1 gives the same results); 1: one after another "
+        "in this process, with torch's default threads",
+    )
 
     @field_validator("seeds")
     @classmethod

@@ -400,6 +400,7 @@ def _train_config(config: StudyConfig) -> Any:
 
 def _stage_train(ctx: StudyContext) -> dict[str, Any]:
     from flopmatch.training import train
+    from flopmatch.workers import run_parallel
 
     config = ctx.config
     roles = ctx.roles()
@@ -408,6 +409,7 @@ def _stage_train(ctx: StudyContext) -> dict[str, Any]:
     results: dict[str, Any] = {}
     jobs = train_jobs(config, ctx.budgets())
     sets = (ctx.run.stage_state().get("sft") or {}).get("sets", {})
+    planned: list[tuple[int, Any, str, str, Path, dict[str, Any]]] = []
     for number, job in enumerate(jobs, 1):
         student = roles[job.student_role]
         train_cfg = base_cfg.model_copy(update={"seed": job.seed})  # TRL's seed and data_seed
@@ -434,12 +436,8 @@ def _stage_train(ctx: StudyContext) -> dict[str, Any]:
         if ctx.run.is_done(sub, digest) and (out_dir / "train_result.json").exists():
             results[job.name] = read_json(ctx.run.root / "state.json")[sub].get("best")
             continue
-        ctx.log(f"    [{number}/{len(jobs)}] {job.name}: {student['label']} on {job.data.name}")
-        if config.training.launcher == "accelerate":
-            _accelerate_train(ctx, ctx.run.sft_dir(job.data.name), student["path"], out_dir, train_cfg)
-        # In-process: trains (or, after an accelerate run, finds the finished run) and selects the checkpoint.
-        result = train(
-            ctx.run.sft_dir(job.data.name),
+        kwargs = dict(
+            data_dir=ctx.run.sft_dir(job.data.name),
             base_model=student["path"],
             out_dir=out_dir,
             config=train_cfg,
@@ -449,6 +447,21 @@ def _stage_train(ctx: StudyContext) -> dict[str, Any]:
             select_options=dict(config.evaluation.backend_options),
             overwrite=True,
         )
+        planned.append((number, job, sub, digest, out_dir, kwargs))
+    trained_by_workers: dict[str, Any] = {}
+    if config.training.workers > 1 and config.training.launcher == "inprocess" and len(planned) > 1:
+        # every run at once on the workers, the longest first so that they finish together
+        ctx.log(f"    {len(planned)} runs on {config.training.workers} worker processes")
+        longest_first = sorted(planned, key=lambda plan: -(plan[5]["config"].max_steps or 0))
+        done = run_parallel(train, [kwargs for *_, kwargs in longest_first], config.training.workers)
+        trained_by_workers = {plan[1].name: result for plan, result in zip(longest_first, done, strict=True)}
+    for number, job, sub, digest, out_dir, kwargs in planned:
+        student = roles[job.student_role]
+        ctx.log(f"    [{number}/{len(jobs)}] {job.name}: {student['label']} on {job.data.name}")
+        if config.training.launcher == "accelerate":
+            _accelerate_train(ctx, kwargs["data_dir"], student["path"], out_dir, kwargs["config"])
+        # In-process: trains (or, after an accelerate run, finds the finished run) and selects the checkpoint.
+        result = trained_by_workers.get(job.name) or train(**kwargs)
         best = os.path.relpath(result.best or out_dir, ctx.run.root)  # relative: the run can move
         ctx.run.mark_done(sub, digest, best=best, seconds=result.seconds, loss=result.train_loss)
         results[job.name] = best
@@ -486,6 +499,7 @@ def _accelerate_train(
 
 def _stage_eval(ctx: StudyContext) -> dict[str, Any]:
     from flopmatch.evaluation import evaluate
+    from flopmatch.workers import run_parallel
 
     config = ctx.config
     ev = config.evaluation
@@ -496,35 +510,51 @@ def _stage_eval(ctx: StudyContext) -> dict[str, Any]:
     jobs = train_jobs(config, ctx.budgets())
     max_tokens = ev.max_tokens or config.sampling.max_tokens
 
-    def run_eval(name: str, model: str) -> Any:
+    def eval_call(name: str, model: str) -> tuple[str, str, dict[str, Any]]:
         # evaluate() reuses a saved result with the same settings and model *path*; a model retrained in
         # place must not reuse it, so each evaluation is keyed here by the model's training record too.
         records = [Path(model) / "train_result.json", Path(model).parent / "train_result.json"]
         record = next((r for r in records if r.exists()), None)
         inside = Path(model).is_relative_to(ctx.run.root)
-        sub = f"eval:{name}"
         digest = config_hash(
             {"eval": ev, "max_tokens": max_tokens, "seed": config.seed,
              "model": os.path.relpath(model, ctx.run.root) if inside else model,
              "trained": _file_identity(record) if record else None}
         )  # fmt: skip
-        if not ctx.run.is_done(sub, digest):
-            for stale in (ctx.run.eval_path(name), ctx.run.eval_path(name).with_suffix(".json")):
-                stale.unlink(missing_ok=True)
-        result = evaluate(
-            model,
-            test,
-            backend=ev.backend,
-            n=ev.n,
-            temperature=ev.temperature,
-            max_tokens=max_tokens,
-            seed=config.seed,
-            out_path=ctx.run.eval_path(name),
-            backend_options=dict(ev.backend_options),
-            progress_desc=f"eval {name}",
-        )
+        kwargs = dict(
+            model=model, problems=test, backend=ev.backend, n=ev.n, temperature=ev.temperature,
+            max_tokens=max_tokens, seed=config.seed, out_path=ctx.run.eval_path(name),
+            backend_options=dict(ev.backend_options), progress_desc=f"eval {name}",
+        )  # fmt: skip
+        return f"eval:{name}", digest, kwargs
+
+    def drop_stale(name: str) -> None:
+        for stale in (ctx.run.eval_path(name), ctx.run.eval_path(name).with_suffix(".json")):
+            stale.unlink(missing_ok=True)
+
+    prefetched: set[str] = set()
+
+    def run_eval(name: str, model: str) -> Any:
+        sub, digest, kwargs = eval_call(name, model)
+        if not ctx.run.is_done(sub, digest) and name not in prefetched:
+            drop_stale(name)
+        result = evaluate(**kwargs)
         ctx.run.mark_done(sub, digest, metrics=result.metrics)
         return result
+
+    students = dict.fromkeys(j.student_role for j in jobs) if ev.baselines else {}
+    wanted = [(f"base-{role}", roles[role]["path"]) for role in students] + [
+        (j.name, str(ctx.run.root / trained[j.name])) for j in jobs if trained.get(j.name) is not None
+    ]
+    pending = [(name, eval_call(name, model)) for name, model in wanted]
+    pending = [(name, kwargs) for name, (sub, digest, kwargs) in pending if not ctx.run.is_done(sub, digest)]
+    if config.training.workers > 1 and len(pending) > 1:
+        # every evaluation at once on the workers; run_eval below then finds each saved result
+        ctx.log(f"    {len(pending)} evaluations on {config.training.workers} worker processes")
+        for name, _ in pending:
+            drop_stale(name)
+        run_parallel(evaluate, [kwargs for _, kwargs in pending], config.training.workers)
+        prefetched.update(name for name, _ in pending)
 
     rows: list[dict[str, Any]] = []
     baselines: dict[str, Any] = {}
