@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from flopmatch.boxed import last_boxed  # noqa: F401 - part of this module's API (the MATH gold rule)
 from flopmatch.datasets import dataset_names, get_dataset
 from flopmatch.record import (  # noqa: F401 - the record is part of this module's API
     PROBLEM_SCHEMA,
@@ -98,46 +99,6 @@ def gsm8k_gold(solution: str) -> str | None:
     if "####" not in solution:
         return None
     return normalize_gsm8k_answer(solution.rsplit("####", 1)[1]) or None
-
-
-_BOX_MARKERS = ("\\boxed", "\\fbox")
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` or ``\\fbox{...}`` in ``text`` (braces nest), else None.
-
-    Escaped braces (``\\{``, ``\\}``) do not count towards nesting, so ``\\boxed{\\left\\{1\\right.}``
-    works. The brace-less form ``\\boxed 5`` yields the token after the space. Unbalanced braces
-    yield None: the caller decides whether that is an error.
-    """
-    start, marker = max((text.rfind(m), m) for m in _BOX_MARKERS)
-    if start < 0:
-        return None
-    j = start + len(marker)
-    if j < len(text) and text[j].isalpha():  # \boxedx is another macro, not ours: look further left
-        return last_boxed(text[:start])
-    while j < len(text) and text[j] == " ":
-        j += 1
-    if j >= len(text):
-        return None
-    if text[j] != "{":
-        token = re.match(r"[^\s$]+", text[j:])
-        return token.group(0) if token else None
-    depth = 0
-    i = j
-    while i < len(text):
-        char = text[i]
-        if char == "\\":
-            i += 2
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return text[j + 1 : i]
-        i += 1
-    return None
 
 
 # --------------------------------------------------------------------------- row parsers

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from flopmatch.boxed import BOX_RE, box_span, last_boxed
 from flopmatch.datasets import dataset_names, get_dataset
 
 
@@ -36,13 +37,11 @@ def answer_mode(dataset: str) -> str:
 # --------------------------------------------------------------------------- extraction
 
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _ANSWER_AT_RE = re.compile(r"answer(?:[ \t]*\*\*)?[ \t]*(?:(is)\b[ \t]*:?|:|=)")
 # "Answer:" is a label only at the start of a line or after "final" ("check our answer: 17*44 …"
 # is not one).
 _LABEL_LEAD_RE = re.compile(r"[ \t*#>_-]*")
 _A_LINE_RE = re.compile(r"^[ \t]*(?:\*\*)?A(?:\*\*)?[ \t]*:", re.MULTILINE)
-_TOKEN_RE = re.compile(r"[^\s$]+")
 _TOY_ANSWER_RE = re.compile(r"^[ \t]*answer[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 # "... so our answer is correct": a verdict on the answer, not the answer.
 _NOT_AN_ANSWER_RE = re.compile(
@@ -107,7 +106,7 @@ def _first_answer_line(text: str) -> str | None:
 def _boxed_candidates(text: str) -> list[tuple[int, str, str]]:
     """``(position, "box", content)`` of every complete ``\\boxed{}``/``\\fbox{}`` and ``####``."""
     found: list[tuple[int, str, str]] = []
-    for match in _BOX_RE.finditer(text):
+    for match in BOX_RE.finditer(text):
         span = box_span(text, match.end())
         if span is not None:
             found.append((match.start(), "box", span[0]))
@@ -142,45 +141,6 @@ def _is_label(lower: str, start: int) -> bool:
     """Whether the "answer" at ``start`` opens its line (after markdown) or follows "final"."""
     prefix = lower[lower.rfind("\n", 0, start) + 1 : start]
     return bool(_LABEL_LEAD_RE.fullmatch(prefix)) or prefix.rstrip(" \t*").endswith("final")
-
-
-def box_span(text: str, start: int) -> tuple[str, int] | None:
-    """``(argument, end)`` of a ``\\boxed`` whose name ends at ``start``: ``{...}`` with nested
-    braces (escaped ``\\{``/``\\}`` do not nest), or the next token for ``\\boxed 5``. ``None`` when
-    the braces never close: a truncated response has no answer."""
-    i = start
-    n = len(text)
-    while i < n and text[i] in " \t":
-        i += 1
-    if i >= n:
-        return None
-    if text[i] != "{":
-        match = _TOKEN_RE.match(text, i)
-        return (match.group(0), match.end()) if match else None
-    depth = 0
-    j = i
-    while j < n:
-        ch = text[j]
-        if ch == "\\":
-            j += 2
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j], j + 1
-        j += 1
-    return None
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last complete ``\\boxed{}``/``\\fbox{}`` in ``text`` (MATH's gold rule)."""
-    for match in reversed(list(_BOX_RE.finditer(text))):
-        span = box_span(text, match.end())
-        if span is not None and span[0].strip():
-            return span[0]
-    return None
 
 
 def _line_after(text: str, start: int) -> str:
@@ -378,7 +338,7 @@ def _strip_wrappers(s: str) -> str:
                 if opener not in bare and closer not in bare and not inner.endswith("\\"):
                     s = inner.strip()
                     break
-        match = _BOX_RE.match(s)
+        match = BOX_RE.match(s)
         if match:
             span = box_span(s, match.end())
             if span is not None and span[1] == len(s):
