@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from flopmatch.analysis_render import compute_matched_markdown, make_figures, summary_markdown
+from flopmatch.grading.core import STATUSES
 from flopmatch.metrics import (
     bootstrap_mean_cis,
     format_changes,
@@ -47,7 +48,6 @@ from flopmatch.metrics import (
 )
 from flopmatch.store import RunDir, read_shards, read_table, write_table, write_text
 
-STATUSES = frozenset({"correct", "wrong", "no_answer", "timeout", "error"})
 SUMMARY_COLUMNS = [
     "model", "role", "budget_se_samples", "samples_per_problem", "metric", "k", "value", "ci_low", "ci_high",
     "n_problems", "n", "group",

@@ -12,8 +12,7 @@ import typer
 from flopmatch.cli._app import app, fail
 from flopmatch.cli.inputs import QuietOption
 from flopmatch.cli.tables import JsonOption, print_json, print_table
-
-_STATUSES = ("correct", "wrong", "no_answer", "timeout", "error")
+from flopmatch.grading.core import STATUSES
 
 
 @app.command("grade")
@@ -177,16 +176,16 @@ def _print_summary(rows: list[tuple[str, Path, Counter]], as_json: bool) -> None
     records = []
     for name, path, counts in rows:
         total = sum(counts.values())
-        records.append({"source": name, **{s: counts.get(s, 0) for s in _STATUSES}, "total": total,
+        records.append({"source": name, **{s: counts.get(s, 0) for s in STATUSES}, "total": total,
                         "accuracy": counts.get("correct", 0) / total if total else None, "grades": str(path)})  # fmt: skip
     if as_json:
         print_json(records)
         return
-    columns = ("source", *_STATUSES, "total", "accuracy", "grades")
+    columns = ("source", *STATUSES, "total", "accuracy", "grades")
     table = []
     for r in records:
         accuracy = "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}"
-        table.append((r["source"], *(str(r[s]) for s in _STATUSES), str(r["total"]), accuracy, r["grades"]))
+        table.append((r["source"], *(str(r[s]) for s in STATUSES), str(r["total"]), accuracy, r["grades"]))
     print_table(
-        columns, table, keys={"source", "grades"}, right={*_STATUSES, "total", "accuracy"}, title="grades"
+        columns, table, keys={"source", "grades"}, right={*STATUSES, "total", "accuracy"}, title="grades"
     )

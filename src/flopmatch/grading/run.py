@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from flopmatch.grading.core import grade_many
+from flopmatch.grading.core import STATUSES, grade_many
 from flopmatch.problems import problems_from_table
 from flopmatch.store import RunDir, config_hash, read_shards, read_table, shard_paths, write_table
 
@@ -193,7 +193,7 @@ def _grade_model(
     info = {
         "regraded": len(todo),
         "reused": len(kept),
-        **{s: counts.get(s, 0) for s in ("correct", "wrong", "no_answer", "timeout", "error")},
+        **{s: counts.get(s, 0) for s in STATUSES},
     }
     return pa.Table.from_pylist(out, schema=GRADE_SCHEMA), info
 
