@@ -201,7 +201,7 @@ def _print_finish(result) -> None:
 
 
 def _print_dry_run(cfg, run: Path | None, as_json: bool) -> None:
-    from flopmatch.report import fmt_flops, fmt_params
+    from flopmatch.formatting import fmt_flops, fmt_params
     from flopmatch.study import dry_run
 
     plan = dry_run(cfg, run)

@@ -20,22 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flopmatch.formatting import fmt_ci, fmt_flops, fmt_gain, fmt_num, fmt_params, fmt_pct, fmt_seconds
 from flopmatch.metrics import relative_gain
-from flopmatch.report.blocks import (
-    Bullets,
-    Figure,
-    Report,
-    Section,
-    Table,
-    Text,
-    fmt_ci,
-    fmt_flops,
-    fmt_gain,
-    fmt_num,
-    fmt_params,
-    fmt_pct,
-    fmt_seconds,
-)
+from flopmatch.report.blocks import Bullets, Figure, Report, Section, Table, Text
 from flopmatch.report.data import RunData, budgets_of, cost_by_budget, load_run
 from flopmatch.report.render import render_html, render_markdown
 from flopmatch.report.sections_training import build_document

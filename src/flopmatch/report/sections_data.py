@@ -7,13 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-# --------------------------------------------------------------------------- sections
-from flopmatch.metrics import relative_gain
-from flopmatch.report.blocks import (
-    Figure,
-    Section,
-    Table,
-    Text,
+from flopmatch.formatting import (
     fmt_ci,
     fmt_flops,
     fmt_gain,
@@ -23,6 +17,10 @@ from flopmatch.report.blocks import (
     fmt_seconds,
     is_missing,
 )
+
+# --------------------------------------------------------------------------- sections
+from flopmatch.metrics import relative_gain
+from flopmatch.report.blocks import Figure, Section, Table, Text
 from flopmatch.report.data import RunData, budgets_of, read_parquet_or_none
 from flopmatch.report.verdict import budget_short
 

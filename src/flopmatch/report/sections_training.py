@@ -8,19 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from flopmatch.report.blocks import (
-    Figure,
-    Report,
-    Section,
-    Table,
-    Text,
-    fmt_ci,
-    fmt_gain,
-    fmt_num,
-    fmt_pct,
-    fmt_seconds,
-    is_missing,
-)
+from flopmatch.formatting import fmt_ci, fmt_gain, fmt_num, fmt_pct, fmt_seconds, is_missing
+from flopmatch.report.blocks import Figure, Report, Section, Table, Text
 from flopmatch.report.data import RunData, budgets_of
 from flopmatch.report.sections_data import (
     cost_section,

@@ -8,9 +8,10 @@ from typing import Any
 
 import pandas as pd
 
+from flopmatch.formatting import fmt_gain, is_missing
+
 # --------------------------------------------------------------------------- the verdict
 from flopmatch.metrics import relative_gain
-from flopmatch.report.blocks import fmt_gain, is_missing
 from flopmatch.report.data import RunData, budgets_of
 
 

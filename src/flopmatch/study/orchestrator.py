@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from flopmatch.formatting import fmt_seconds
 from flopmatch.store import RunDir, config_hash, read_json, write_json, write_text
 from flopmatch.study.config import StudyConfig, StudyConfigError, load_study_config
 from flopmatch.study.context import (
@@ -431,7 +432,7 @@ def run_study(
                 stage, digest, outputs=fingerprint(_outputs(ctx, stage), run.root), seconds=seconds, **info
             )
             log(
-                f"{head}: done in {_fmt_seconds(seconds)}"
+                f"{head}: done in {fmt_seconds(seconds)}"
                 + (f" — {info['summary']}" if info.get("summary") else "")
             )
             ran.append(stage)
@@ -439,10 +440,3 @@ def run_study(
     return StudyResult(
         run.root, ran, skipped, report if report.exists() else None, time.perf_counter() - started
     )
-
-
-def _fmt_seconds(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes}m {secs:02d}s"
