@@ -73,11 +73,11 @@ def fingerprint(paths: Sequence[Path], root: Path) -> str:
         else:
             continue
         for file in files:
-            entries.append((os.path.relpath(file, root), _file_identity(file)))
+            entries.append((os.path.relpath(file, root), file_identity(file)))
     return config_hash(entries)
 
 
-def _file_identity(path: Path) -> str:
+def file_identity(path: Path) -> str:
     stat = path.stat()
     if stat.st_size > CONTENT_HASH_LIMIT:
         return f"{stat.st_size}:{stat.st_mtime_ns}"

@@ -13,7 +13,7 @@ from flopmatch.study.config import ModelSpec, SplitConfig, StudyConfig
 from flopmatch.study.context import StudyContext
 from flopmatch.study.jobs import TrainJob, train_jobs
 from flopmatch.study.orchestrator import StageStatus, check_components, run_dir_for, study_status
-from flopmatch.study.stages import _load_split, _params_offline
+from flopmatch.study.stages import load_split, params_offline
 
 # --------------------------------------------------------------------------- dry run
 
@@ -53,7 +53,7 @@ def _count_split(spec: SplitConfig, seed: int) -> tuple[int | None, str]:
     the source's known size, capped by ``limit``."""
     if spec.data_file is not None or spec.source == "toyworld":
         try:
-            return len(_load_split(spec, seed)), "counted"
+            return len(load_split(spec, seed)), "counted"
         except Exception as exc:  # noqa: BLE001 - a dry run reports, the real run fails loudly
             return None, f"cannot load: {exc}"
     size = KNOWN_SIZES.get((spec.source, spec.split or "test"))
@@ -84,9 +84,9 @@ def dry_run(config: StudyConfig, run_dir: str | Path | None = None) -> DryRun:
             problems["validation"] = _count_split(validation.as_split(), config.seed)
     if config.problems.test is not None:
         problems["test"] = _count_split(config.problems.test, config.seed)
-    params = {"wc": _params_offline(config.models.wc), "se": _params_offline(config.models.se)}
+    params = {"wc": params_offline(config.models.wc), "se": params_offline(config.models.se)}
     if config.paradigms.student is not None and config.training.enabled:
-        params["student"] = _params_offline(config.paradigms.student)
+        params["student"] = params_offline(config.paradigms.student)
     plan, plan_error = None, None
     try:
         options = dict(config.budget.options)

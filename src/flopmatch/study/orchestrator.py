@@ -28,7 +28,7 @@ from flopmatch.study.context import (
     StudyError,
     fingerprint,
 )
-from flopmatch.study.stages import STAGE_RUNNERS, _train_config
+from flopmatch.study.stages import STAGE_RUNNERS, study_train_config
 
 STAGES: tuple[str, ...] = (
     "problems",
@@ -346,7 +346,7 @@ def check_components(config: StudyConfig) -> None:
 
     if config.training.enabled:
         try:
-            _train_config(config)
+            study_train_config(config)
         except PydanticError as exc:
             problems = "; ".join(
                 f"training.options.{'.'.join(str(p) for p in e['loc'])}: "

@@ -18,7 +18,7 @@ from flopmatch.study.context import (
     ROLES_FILE,
     StudyContext,
     StudyError,
-    _file_identity,
+    file_identity,
     fingerprint,
 )
 from flopmatch.study.jobs import sft_sets, train_jobs
@@ -27,7 +27,7 @@ from flopmatch.study.pilot import stage_pilot
 # --------------------------------------------------------------------------- stages
 
 
-def _load_split(spec: SplitConfig, seed: int) -> list[Any]:
+def load_split(spec: SplitConfig, seed: int) -> list[Any]:
     from flopmatch.problems import load
 
     return load(
@@ -59,7 +59,7 @@ def split_problems(config: StudyConfig) -> dict[str, list[Any]]:
     holdout = validation.holdout if validation is not None else None
     if holdout and sample_spec.limit is not None:
         sample_spec = sample_spec.model_copy(update={"limit": sample_spec.limit + holdout})
-    sample = _load_split(sample_spec, config.seed)
+    sample = load_split(sample_spec, config.seed)
     out: dict[str, list[Any]] = {}
     if holdout:
         if holdout >= len(sample):
@@ -71,10 +71,10 @@ def split_problems(config: StudyConfig) -> dict[str, list[Any]]:
         out["validation"] = [p for p in sample if p.problem_id in held]
         sample = [p for p in sample if p.problem_id not in held]
     elif validation is not None:
-        out["validation"] = _load_split(validation.as_split(), config.seed)
+        out["validation"] = load_split(validation.as_split(), config.seed)
     out["sample"] = sample
     if problems_cfg.test is not None:
-        out["test"] = _load_split(problems_cfg.test, config.seed)
+        out["test"] = load_split(problems_cfg.test, config.seed)
     for role, items in out.items():
         if not items:
             raise StudyError(f"problems.{role}: the source returned no problems")
@@ -120,7 +120,7 @@ def _model_entry(spec: ModelSpec, *, resolve: bool, log: Any, progress: bool = T
     # The name samples are filed under: the reference itself, except for a toy model built from a spec,
     # which nothing else could resolve, so its (cached) directory stands in.
     name = path if spec.toyworld_spec is not None else spec.model
-    params, source = _params_offline(spec)
+    params, source = params_offline(spec)
     if params is None:
         count = count_parameters(path)
         params, source = float(count.total), str(count.source)
@@ -145,7 +145,7 @@ def _toy_model(spec: ModelSpec, *, progress: bool = True) -> Path:
     return ensure_model(model_key(spec.model), spec=toy_spec, progress=progress)  # type: ignore[arg-type]
 
 
-def _params_offline(spec: ModelSpec) -> tuple[float | None, str]:
+def params_offline(spec: ModelSpec) -> tuple[float | None, str]:
     """A parameter count without downloading or training anything: the override, the registry's
     nominal count (for the offline Qwen pair the upstream models' count, tied embeddings once — their
     GGUFs store an untied copy of the head, which would inflate P by a quarter), or a local config/GGUF.
@@ -388,7 +388,7 @@ def _stage_sft(ctx: StudyContext) -> dict[str, Any]:
     return {"sets": built, "summary": f"{len(built)} SFT sets"}
 
 
-def _train_config(config: StudyConfig) -> Any:
+def study_train_config(config: StudyConfig) -> Any:
     from flopmatch.training import TrainConfig
 
     options = dict(config.training.options)
@@ -404,7 +404,7 @@ def _stage_train(ctx: StudyContext) -> dict[str, Any]:
 
     config = ctx.config
     roles = ctx.roles()
-    base_cfg = _train_config(config)
+    base_cfg = study_train_config(config)
     validation = ctx.problems("validation") or None
     results: dict[str, Any] = {}
     jobs = train_jobs(config, ctx.budgets())
@@ -519,7 +519,7 @@ def _stage_eval(ctx: StudyContext) -> dict[str, Any]:
         digest = config_hash(
             {"eval": ev, "max_tokens": max_tokens, "seed": config.seed,
              "model": os.path.relpath(model, ctx.run.root) if inside else model,
-             "trained": _file_identity(record) if record else None}
+             "trained": file_identity(record) if record else None}
         )  # fmt: skip
         kwargs = dict(
             model=model, problems=test, backend=ev.backend, n=ev.n, temperature=ev.temperature,
