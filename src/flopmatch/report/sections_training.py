@@ -207,7 +207,7 @@ def _stages_section(data: RunData) -> Section:
 
 def _pilot_section(data: RunData) -> Section | None:
     """budget.mode advised: each budget's pilot forecasts next to what the full sample set measured."""
-    from flopmatch.study.pilot import forecast_vs_measured
+    from flopmatch.advice_run import forecast_vs_measured
 
     frame = forecast_vs_measured(data.run.root)
     if frame is None or frame.empty:

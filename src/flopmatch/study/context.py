@@ -86,3 +86,29 @@ def file_identity(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sampling_settings(config: StudyConfig, problems: list[Any]) -> tuple[Any, Any]:
+    """The study's SamplingParams and prompt (None: each dataset's default); the pilot stage uses the same."""
+    from flopmatch.backends.base import SamplingParams
+
+    prompt = (
+        _prompt_config(config, problems[0].dataset) if config.sampling.prompt else None
+    )  # None: per dataset
+    params = SamplingParams(
+        temperature=config.sampling.temperature,
+        top_p=config.sampling.top_p,
+        max_tokens=config.sampling.max_tokens,
+        stop=tuple(config.sampling.stop),
+    )
+    return params, prompt
+
+
+def _prompt_config(config: StudyConfig, dataset: str) -> Any:
+    """The dataset's default prompt, with the study's ``sampling.prompt`` overrides."""
+    from flopmatch.prompts import PromptConfig, default_prompt_config
+
+    base = default_prompt_config(dataset)
+    if not config.sampling.prompt:
+        return base
+    return PromptConfig.model_validate({**base.model_dump(), **config.sampling.prompt})

@@ -20,6 +20,7 @@ from flopmatch.study.context import (
     StudyError,
     file_identity,
     fingerprint,
+    sampling_settings,
 )
 from flopmatch.study.jobs import sft_sets, train_jobs
 from flopmatch.study.pilot import stage_pilot
@@ -213,22 +214,6 @@ def _stage_plan(ctx: StudyContext) -> dict[str, Any]:
     return {"summary": f"ratio {plan.ratio:.2f}: {pairs} per problem"}
 
 
-def sampling_settings(config: StudyConfig, problems: list[Any]) -> tuple[Any, Any]:
-    """The study's SamplingParams and prompt (None: each dataset's default); the pilot stage uses the same."""
-    from flopmatch.backends.base import SamplingParams
-
-    prompt = (
-        _prompt_config(config, problems[0].dataset) if config.sampling.prompt else None
-    )  # None: per dataset
-    params = SamplingParams(
-        temperature=config.sampling.temperature,
-        top_p=config.sampling.top_p,
-        max_tokens=config.sampling.max_tokens,
-        stop=tuple(config.sampling.stop),
-    )
-    return params, prompt
-
-
 def _stage_sample(ctx: StudyContext) -> dict[str, Any]:
     from flopmatch.sampling import SamplingConfigMismatch, sample
 
@@ -236,7 +221,7 @@ def _stage_sample(ctx: StudyContext) -> dict[str, Any]:
     problems = ctx.problems("sample")
     counts = {"wc": max(w for _, w in ctx.budgets()), "se": max(s for s, _ in ctx.budgets())}
     if config.budget.mode == "advised":  # also what the pilot's advice asked for (flopmatch.study.pilot)
-        from flopmatch.study.pilot import advised_samples
+        from flopmatch.advice_run import advised_samples
 
         counts = {role: max(count, advised_samples(ctx.run, role)) for role, count in counts.items()}
     roles = ctx.roles()
@@ -286,16 +271,6 @@ def _stage_sample(ctx: StudyContext) -> dict[str, Any]:
         sets = study_allocated_sets(ctx, params, prompt)
         line += f"; allocated: {describe_sets(sets)}"
     return {"models": done, "summary": line}
-
-
-def _prompt_config(config: StudyConfig, dataset: str) -> Any:
-    """The dataset's default prompt, with the study's ``sampling.prompt`` overrides."""
-    from flopmatch.prompts import PromptConfig, default_prompt_config
-
-    base = default_prompt_config(dataset)
-    if not config.sampling.prompt:
-        return base
-    return PromptConfig.model_validate({**base.model_dump(), **config.sampling.prompt})
 
 
 def _stage_grade(ctx: StudyContext) -> dict[str, Any]:
