@@ -89,7 +89,7 @@ FAMILIES = ("beta-binomial", "zero-inflated-beta", "logit-normal", "beta-mixture
 # unstable between pilots (module docstring).
 AUTO_FAMILIES = ("beta-binomial", "zero-inflated-beta", "logit-normal")
 __all__ = ["AUTO_FAMILIES", "FAMILIES", "ForecastPoint", "ModelForecast", "PowerLawFit", "SuccessFit", "UniqueFit", "fit_power_law",
-           "fit_success", "fit_unique", "forecast_counts", "forecast_pilot", "forecast_run", "pilot_coverage", "refit",
+           "fit_success", "fit_unique", "forecast_counts", "forecast_pilot", "pilot_coverage", "refit",
            "unbiased_coverage"]
 DEFAULT_KS = (1, 3, 10, 30, 100, 1000)
 CV_FOLDS = 5
@@ -558,15 +558,3 @@ def forecast_pilot(counts: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS, *, mode
         ))
     return ModelForecast(model=model, problems=len(n), pilot_samples=float(np.mean(n)), fit=fit, points=points,
                          unique_fit=ufit, n_boot=n_boot, target="pilot")
-
-
-def forecast_run(run_dir: Any, model: str | None = None, pilot_samples: int = 8, ks: Sequence[int] = DEFAULT_KS,
-                 **options: Any) -> list[ModelForecast]:
-    """Forecast every (or one) model of a graded run from its first ``pilot_samples`` samples per problem.
-
-    The run reading lives in :mod:`flopmatch.forecast_run` so this module stays pure; see
-    :func:`flopmatch.forecast_run.forecast_run` for the options.
-    """
-    from flopmatch.forecast_run import forecast_run as _forecast_run
-
-    return _forecast_run(run_dir, model=model, pilot_samples=pilot_samples, ks=ks, **options)
