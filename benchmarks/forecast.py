@@ -20,7 +20,11 @@ Toy world (the README's numbers; the sampling is cached in the run directories a
     flopmatch sample --run runs/forecast-toy-se --model toyworld-se -S 100 --problems toyworld --split test \\
         --limit 300 --backend hf --max-tokens 128 -o batch_size=256
     flopmatch grade runs/forecast-toy; flopmatch grade runs/forecast-toy-se
-    python benchmarks/forecast.py --run runs/forecast-toy --run runs/forecast-toy-se --out forecast_toy.json
+    python benchmarks/forecast.py --run runs/forecast-toy --out runs/forecast_backtest_wc.json \
+        --families beta-binomial,zero-inflated-beta,logit-normal,beta-mixture     # and runs/forecast-toy-se
+
+Pilots are 3 disjoint blocks of 100 problems plus 5 random subsets that overlap them, so the 8 pilots of a
+cell are not independent: the paired intervals and p-values are optimistic about that.
 
 Real models (a small slice): ``--pilots 4 --ks 4,8,16 --pilot-problems 20 --random-subsets 0``.
 """
