@@ -402,8 +402,24 @@ def test_bad_budget_and_price_input_fails_before_sampling(tmp_path, toy_models, 
 # --------------------------------------------------------------------------- the study's advised mode
 
 
+@pytest.fixture
+def one_torch_thread(monkeypatch):
+    """In-process sampling on one torch thread, whether or not torch was imported earlier (pretraining in
+    ``toy_models`` imports it, before any OMP_NUM_THREADS here): on a busy 2-core box a second thread
+    spin-waits, which tripled this test's CPU time in a cold session."""
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @TOY_TIMEOUT
-def test_study_in_advised_mode_runs_the_pilot_and_reports_forecast_vs_measured(tmp_path, toy_models):
+def test_study_in_advised_mode_runs_the_pilot_and_reports_forecast_vs_measured(
+    tmp_path, toy_models, one_torch_thread
+):
     from flopmatch.study import run_study, validate_study_dict
 
     hf = {"backend": "hf", "backend_options": {"batch_size": 256}}
@@ -420,7 +436,6 @@ def test_study_in_advised_mode_runs_the_pilot_and_reports_forecast_vs_measured(t
         "analysis": {"n_boot": 30},
         "training": {"enabled": False},
     })  # fmt: skip
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     result = run_study(config, tmp_path / "run", log=lambda _: None, progress=False)
     assert "pilot" in result.ran and result.ran.index("pilot") < result.ran.index("sample")
     run = RunDir(tmp_path / "run")
