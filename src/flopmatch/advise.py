@@ -208,10 +208,9 @@ def advice_sentence(advice: Advice) -> str:
         "unique": "unique correct per problem",
         "valid-unique": "valid unique correct per problem",
     }[obj]
-    pilot = advice.pilot
     cost = (
-        f"the pilot ({pilot['problems']} problems × {pilot['samples_per_problem']} samples per model) cost "
-        f"{pilot['fraction_of_budget']:.1%} of the budget"
+        f"the pilot ({advice.pilot['problems']} problems × {advice.pilot['samples_per_problem']} samples per "
+        f"model) cost {advice.pilot['fraction_of_budget']:.1%} of the budget"
     )
     head = f"{best.label}: forecast {what} {_fmt_value(best.forecast, obj)} {_fmt_interval(best.low, best.high, obj)}"
     if d.runner_up is None:
