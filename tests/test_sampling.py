@@ -30,13 +30,13 @@ from flopmatch.problems import Problem
 from flopmatch.sampling import (
     SAMPLE_SCHEMA,
     SamplingConfigMismatch,
-    _rows,
     build_chunks,
     missing_samples,
     sample,
     sample_plan,
     sample_seed,
 )
+from flopmatch.sampling_engine import sample_rows
 from flopmatch.store import RunDir
 from hold_points import hold_env, wait_for_hold
 
@@ -111,13 +111,13 @@ def test_rows_refuse_what_was_not_asked_and_skip_engine_errors():
         session="s",
         batch_seconds=2.0,
     )
-    rows, errors = _rows([comp(0), comp(1, "error")], expected=expected, **kw)
+    rows, errors = sample_rows([comp(0), comp(1, "error")], expected=expected, **kw)
     assert [r["sample_idx"] for r in rows] == [0] and errors == 1
     assert rows[0]["seed"] == 11 and rows[0]["seconds"] == 2.0  # batch time spread over its samples
     with pytest.raises(RuntimeError, match="not asked for or was already stored"):
-        _rows([comp(0), comp(0)], expected=expected, **kw)
+        sample_rows([comp(0), comp(0)], expected=expected, **kw)
     with pytest.raises(RuntimeError, match="not asked for"):
-        _rows([comp(5)], expected=expected, **kw)
+        sample_rows([comp(5)], expected=expected, **kw)
 
 
 # --------------------------------------------------------------------------- a tiny real model

@@ -42,18 +42,16 @@ from flopmatch.allocation import (
 from flopmatch.backends.base import SamplingParams
 from flopmatch.ledger import LedgerSession, model_spend, reconcile
 from flopmatch.problems import Problem
-from flopmatch.sampling import (
-    BOOKKEEPING_COLUMNS,
+from flopmatch.sampling import BOOKKEEPING_COLUMNS, SampleSummary, build_chunks
+from flopmatch.sampling_engine import (
     SAMPLE_SCHEMA,
-    SampleSummary,
     SampleWriter,
     SpendBudget,
-    build_chunks,
     check_config,
     check_unique_ids,
     parameter_count,
-    progress_bar,
     prompt_builder,
+    sample_progress_bar,
     sampling_lock,
     start_engine,
 )
@@ -250,7 +248,7 @@ class _Loop:
         self.engine = self.ledger = None
         self.prior_cache = PriorCache(**journal.get("prior", {}))
         self.rounds_here = 0
-        self.bar = progress_bar(0, desc=model_key(model), enabled=progress)
+        self.bar = sample_progress_bar(0, desc=model_key(model), enabled=progress)
 
     def run(self) -> str:
         """Rounds until the policy or the budget ends them; returns why it stopped."""

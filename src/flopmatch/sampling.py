@@ -25,22 +25,17 @@ distributions in one sample set.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import pyarrow as pa
-
 from flopmatch import store
-from flopmatch.backends.base import Completion, Request, SamplingParams
+from flopmatch.backends.base import Request, SamplingParams
 from flopmatch.ledger import LedgerSession, reconcile
 from flopmatch.problems import Problem
 from flopmatch.store import RunDir, model_key
@@ -49,24 +44,24 @@ if TYPE_CHECKING:
     from flopmatch.budget import BudgetPlan
     from flopmatch.prompts import PromptConfig
 
-log = logging.getLogger(__name__)
-
-SAMPLE_SCHEMA = pa.schema(
-    [
-        ("model", pa.string()),
-        ("problem_id", pa.string()),
-        ("sample_idx", pa.int32()),
-        ("seed", pa.int64()),
-        ("text", pa.string()),
-        ("prompt_tokens", pa.int32()),  # prefilled for this sample: a vLLM request charges its first sample
-        ("completion_tokens", pa.int32()),
-        ("finish_reason", pa.string()),
-        ("backend", pa.string()),
-        ("seeding", pa.string()),  # "per-request": seed made this sample; "engine": engine-level seed
-        ("seconds", pa.float64()),  # wall seconds attributed to this sample (batch time / batch size)
-        ("session_id", pa.string()),  # the ledger session that generated it
-    ]
+from flopmatch.sampling_engine import (
+    CONFIG_FILE,
+    SAMPLE_SCHEMA,
+    SampleWriter,
+    SamplingConfigMismatch,
+    SpendBudget,
+    check_config,
+    check_unique_ids,
+    column_sum,
+    drive,
+    parameter_count,
+    prompt_builder,
+    sample_keys,
+    sampling_lock,
+    start_engine,
 )
+
+log = logging.getLogger(__name__)
 
 # What resuming reads back (never the texts: a large run's samples need not fit in memory).
 BOOKKEEPING_COLUMNS = [
@@ -82,7 +77,6 @@ def default_chunk_samples(missing: int, replicas: int, *, ray: bool) -> int:
     return max(1, min(MAX_RAY_CHUNK, -(-missing // (4 * replicas))))
 
 
-CONFIG_FILE = "config.json"
 
 
 # --------------------------------------------------------------------------- seeds and plans (pure)
@@ -201,10 +195,6 @@ class SampleSummary:
         return data
 
 
-class SamplingConfigMismatch(ValueError):
-    """The samples on disk were drawn with other settings than this call asks for."""
-
-
 class ModelLike(Protocol):
     """What ``sample_plan`` needs of a model spec (``flopmatch.study.ModelSpec`` fits)."""
 
@@ -247,17 +237,8 @@ def sample(
     ``chunk_samples`` sets the samples per backend call / Ray task (``default_chunk_samples``).
     ``params_count`` overrides the parameter count read from the model's config.
     """
-    if samples_per_problem < 1:
-        raise ValueError(f"samples_per_problem must be >= 1, got {samples_per_problem}")
-    if replicas < 1:
-        raise ValueError(f"replicas must be >= 1, got {replicas}")
-    for name, value in (("budget_flops", budget_flops), ("budget_seconds", budget_seconds)):
-        if value is not None and value <= 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
     problems = list(problems)
-    if not problems:
-        raise ValueError("no problems to sample")
-    _check_unique_ids(problems)
+    _check_sample_args(problems, samples_per_problem, replicas, budget_flops, budget_seconds)
     params = params or SamplingParams()
     backend_options = dict(backend_options or {})
 
@@ -268,15 +249,15 @@ def sample(
     samples_dir = run.samples_dir(model)
     samples_dir.mkdir(parents=True, exist_ok=True)
 
-    with _sampling_lock(samples_dir):
-        prompt_of, prompt_record, prompt_stops = _prompt_builder(problems, prompt)
+    with sampling_lock(samples_dir):
+        prompt_of, prompt_record, prompt_stops = prompt_builder(problems, prompt)
         if prompt_stops and not params.stop:
             params = dataclasses.replace(params, stop=prompt_stops)
-        _check_config(samples_dir, params=params, prompt=prompt_record)
+        check_config(samples_dir, params=params, prompt=prompt_record)
 
         existing = store.read_shards(samples_dir, columns=BOOKKEEPING_COLUMNS, schema=SAMPLE_SCHEMA)
         reconcile(run.root, model, existing)
-        done = _keys(existing)
+        done = sample_keys(existing)
         work = missing_samples(problems, samples_per_problem, done)
         requested = len(problems) * samples_per_problem
         missing = sum(len(indices) for _, indices in work)
@@ -291,13 +272,13 @@ def sample(
             summary.message = f"all {requested} samples already on disk"
             return summary
 
-        params_total = _parameter_count(model, params_count, required=budget_flops is not None)
+        params_total = parameter_count(model, params_count, required=budget_flops is not None)
         summary.params = params_total
-        spent_tokens = _column_sum(existing, "completion_tokens")
+        spent_tokens = column_sum(existing, "completion_tokens")
         from flopmatch.ledger import model_spend
 
         spent_seconds = float(model_spend(run.root, model)["seconds"])
-        budget = _Budget(budget_flops, budget_seconds, params_total, spent_tokens, spent_seconds)
+        budget = SpendBudget(budget_flops, budget_seconds, params_total, spent_tokens, spent_seconds)
         if budget.spent():
             summary.status, summary.message = "budget", budget.reason()
             return summary
@@ -307,17 +288,37 @@ def sample(
         chunks, owner = build_chunks(model, work, prompt_of, chunk_size)
 
         started = time.perf_counter()
-        engine = _start_engine(
+        engine = start_engine(
             backend, model, backend_options, replicas=replicas, ray_address=ray_address, ray_options=ray_options
         )  # fmt: skip
         ledger = LedgerSession(
             run_dir=run.root, model=model, backend=engine.name, seeding=engine.seeding,
             replicas=replicas, params=params_total, startup_seconds=time.perf_counter() - started,
         )  # fmt: skip
-        writer = _Writer(samples_dir, model, chunks, owner, ledger, budget)
+        writer = SampleWriter(samples_dir, model, chunks, owner, ledger, budget)
         summary.backend, summary.seeding, summary.session_id = engine.name, engine.seeding, ledger.session_id
-        status = _drive(engine, chunks, params, writer, progress=progress, spent_seconds=spent_seconds)
+        status = drive(engine, chunks, params, writer, progress=progress, spent_seconds=spent_seconds)
 
+    return _finish_summary(summary, status, ledger, budget, writer)
+
+
+def _check_sample_args(problems: list[Problem], samples_per_problem: int, replicas: int,
+                       budget_flops: float | None, budget_seconds: float | None) -> None:
+    if samples_per_problem < 1:
+        raise ValueError(f"samples_per_problem must be >= 1, got {samples_per_problem}")
+    if replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {replicas}")
+    for name, value in (("budget_flops", budget_flops), ("budget_seconds", budget_seconds)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    if not problems:
+        raise ValueError("no problems to sample")
+    check_unique_ids(problems)
+
+
+def _finish_summary(summary: SampleSummary, status: str, ledger: LedgerSession, budget: SpendBudget,
+                    writer: SampleWriter) -> SampleSummary:
+    """The session's figures from its ledger, and what to tell the user when it stopped early."""
     summary.startup_seconds = ledger.startup_seconds
     summary.status = status
     summary.generated = ledger.samples
@@ -385,394 +386,6 @@ def sample_plan(
         )
     return out
 
-
-# --------------------------------------------------------------------------- the generation loop
-
-
-class _Writer:
-    """Turns backend batches into checked sample rows, one shard per batch, and keeps the ledger."""
-
-    def __init__(self, samples_dir: Path, model: str, chunks, owner, ledger: LedgerSession, budget: _Budget):
-        self.samples_dir, self.model, self.owner, self.ledger, self.budget = (
-            samples_dir,
-            model,
-            owner,
-            ledger,
-            budget,
-        )
-        self.expected: set[tuple[str, int]] = set()  # asked for and not yet stored
-        self.seeds: dict[tuple[str, int], int] = {}
-        for chunk in chunks:
-            for request in chunk:
-                for idx, seed in zip(request.sample_indices, request.seeds, strict=True):
-                    key = (owner[request.request_id], idx)
-                    self.expected.add(key)
-                    self.seeds[key] = seed
-
-    def write(self, batch: Sequence[Completion], batch_seconds: float) -> int:
-        """Persist one batch (atomically, as one shard); returns the samples it accounted for."""
-        ledger = self.ledger
-        rows, errors = _rows(batch, model=self.model, owner=self.owner, expected=self.expected, seeds=self.seeds,
-                             backend=ledger.backend, seeding=ledger.seeding, session=ledger.session_id,
-                             batch_seconds=batch_seconds)  # fmt: skip
-        store.append_shard(self.samples_dir, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
-        for row in rows:
-            self.expected.discard((row["problem_id"], row["sample_idx"]))
-            ledger.add(
-                prompt_tokens=row["prompt_tokens"],
-                completion_tokens=row["completion_tokens"],
-                truncated=row["finish_reason"] == "length",
-            )
-            self.budget.tokens += row["completion_tokens"]
-        ledger.errors += errors
-        return len(rows) + errors
-
-
-def _drive(engine: _Engine, chunks, params: SamplingParams, writer: _Writer, *, progress: bool,
-           spent_seconds: float) -> str:  # fmt: skip
-    """Run the engine over the chunks, persisting each batch; returns the session's ledger status.
-
-    The ledger shard is rewritten after every batch, and finally with the status; the engine is
-    closed whatever happens (its in-flight work was never persisted, so nothing half-written stays).
-    """
-    ledger, budget = writer.ledger, writer.budget
-    status = "failed"
-    batches = None
-    bar = _progress_bar(len(writer.expected), desc=model_key(writer.model), enabled=progress)
-    gen_start = last = time.perf_counter()
-    try:
-        ledger.flush()
-        batches = engine.batches(chunks, params)
-        for batch in batches:
-            now = time.perf_counter()
-            done = writer.write(batch, batch_seconds=now - last)
-            last = now
-            ledger.seconds = time.perf_counter() - gen_start
-            budget.seconds = spent_seconds + ledger.seconds
-            ledger.flush()
-            _advance(bar, done, ledger)
-            if budget.spent():
-                status = "budget"
-                break
-        else:
-            status = "done" if not writer.expected else "incomplete"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        ledger.seconds = time.perf_counter() - gen_start  # before closing: shutdown is not generation
-        if batches is not None:
-            with contextlib.suppress(Exception):
-                batches.close()
-        engine.close()
-        ledger.flush(status)
-        bar.close()
-    return status
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _check_unique_ids(problems: Sequence[Problem]) -> None:
-    seen: dict[str, int] = {}
-    for position, problem in enumerate(problems):
-        if problem.problem_id in seen:
-            raise ValueError(
-                f"problem_id {problem.problem_id!r} appears twice (positions {seen[problem.problem_id]} and "
-                f"{position}); samples are keyed by problem_id, so ids must be unique"
-            )
-        seen[problem.problem_id] = position
-
-
-def _keys(table: pa.Table) -> set[tuple[str, int]]:
-    if table.num_rows == 0:
-        return set()
-    return set(
-        zip(table.column("problem_id").to_pylist(), table.column("sample_idx").to_pylist(), strict=True)
-    )
-
-
-def _column_sum(table: pa.Table, column: str) -> int:
-    if table.num_rows == 0:
-        return 0
-    import pyarrow.compute as pc
-
-    return int(pc.sum(table.column(column)).as_py() or 0)
-
-
-def _prompt_builder(problems: Sequence[Problem], prompt: PromptConfig | None):
-    """A problem -> prompt function, the resolved prompt settings per dataset (to record), and the
-    stop strings the prompt style needs (a plain few-shot prompt invites the model to go on)."""
-    from flopmatch.prompts import build_prompt, resolve, stop_sequences
-
-    configs: dict[str, Any] = {}
-    for problem in problems:
-        if problem.dataset not in configs:
-            configs[problem.dataset] = resolve(prompt, problem.dataset)
-    stops: list[str] = []
-    for config in configs.values():
-        stops += [s for s in stop_sequences(config) if s not in stops]
-    record = {name: _plain(cfg) for name, cfg in sorted(configs.items())}
-    return (lambda problem: build_prompt(problem, configs[problem.dataset])), record, tuple(stops)
-
-
-def _check_config(samples_dir: Path, *, params: SamplingParams, prompt: Any) -> None:
-    """Refuse to add samples drawn with other settings to a sample set; record them on first use.
-
-    The settings are the sampling parameters and the prompt. The model reference string and the
-    backend are not compared: the directory already names the model, and engines draw from the same
-    distribution (each row records its backend and seeding).
-    """
-    config = {"params": _plain(params), "prompt": prompt}
-    path = samples_dir / CONFIG_FILE
-    if path.exists() and store.shard_paths(samples_dir):
-        recorded = store.read_json(path)
-        recorded.pop("hash", None)
-        if store.canonical_json(recorded) != store.canonical_json(config):
-            diffs = _diff(recorded, config)
-            raise SamplingConfigMismatch(
-                f"the samples in {samples_dir} were drawn with other settings ({'; '.join(diffs[:5])}). "
-                "Mixing them would mix two distributions: sample into another run directory, or delete "
-                f"{samples_dir} to start this model over."
-            )
-        return
-    store.write_json({**config, "hash": store.config_hash(config)}, path)
-
-
-def _plain(obj: Any) -> Any:
-    """JSON-shaped plain data of a config (dataclass, pydantic model, dict...)."""
-    return json.loads(store.canonical_json(obj))
-
-
-def _diff(old: Any, new: Any, path: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new)):
-            if key == "hash" and not path:
-                continue
-            out += _diff(old.get(key), new.get(key), f"{path}.{key}" if path else key)
-        return out
-    return [] if old == new else [f"{path or 'value'}: on disk {old!r}, now {new!r}"]
-
-
-@contextlib.contextmanager
-def _sampling_lock(samples_dir: Path):
-    """One sampler per model per run: an advisory ``flock`` (released by the OS if the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    path = samples_dir / ".lock"
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise RuntimeError(
-                f"another flopmatch process (pid {holder}) is sampling into {samples_dir}; "
-                "wait for it or stop it — two samplers would duplicate work"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _parameter_count(model: str, override: int | None, *, required: bool) -> int | None:
-    if override is not None:
-        if override <= 0:
-            raise ValueError(f"params_count must be > 0, got {override}")
-        return int(override)
-    try:
-        from flopmatch.modelinfo import count_parameters
-
-        return int(count_parameters(model).total)
-    except Exception as exc:  # noqa: BLE001 - any failure means "unknown", reported below
-        if required:
-            raise ValueError(
-                f"cannot count the parameters of {model!r} ({exc}); --budget-flops needs them: pass params_count"
-            ) from exc
-        log.warning("parameter count of %r unknown (%s): the ledger will have no nominal FLOPs", model, exc)
-        return None
-
-
-@dataclass
-class _Budget:
-    flops: float | None
-    max_seconds: float | None
-    params: int | None
-    tokens: int = 0
-    seconds: float = 0.0
-
-    def spent(self) -> bool:
-        if (
-            self.flops is not None
-            and self.params is not None
-            and 2.0 * self.params * self.tokens >= self.flops
-        ):
-            return True
-        return self.max_seconds is not None and self.seconds >= self.max_seconds
-
-    def reason(self) -> str:
-        if (
-            self.flops is not None
-            and self.params is not None
-            and 2.0 * self.params * self.tokens >= self.flops
-        ):
-            return (
-                f"FLOP budget spent: {2.0 * self.params * self.tokens:.3g} of {self.flops:.3g} nominal FLOPs"
-            )
-        return f"time budget spent: {self.seconds:.1f} of {self.max_seconds:.1f} generation seconds"
-
-
-def _rows(
-    batch: Sequence[Completion],
-    *,
-    model: str,
-    owner: dict[str, str],
-    expected: set[tuple[str, int]],
-    seeds: dict[tuple[str, int], int],
-    backend: str,
-    seeding: str,
-    session: str,
-    batch_seconds: float,
-) -> tuple[list[dict[str, Any]], int]:
-    """Sample rows for a batch, checked: a completion must be one we asked for and have not stored."""
-    rows: list[dict[str, Any]] = []
-    errors = 0
-    seen: set[tuple[str, int]] = set()
-    ok = [c for c in batch if c.finish_reason != "error"]
-    attributed = sum(c.seconds for c in ok) > 0
-    for completion in batch:
-        problem_id = owner.get(completion.request_id)
-        key = (problem_id, int(completion.sample_idx))
-        if problem_id is None or key not in expected or key in seen:
-            raise RuntimeError(
-                f"backend {backend} returned sample {completion.sample_idx} of request {completion.request_id!r}, "
-                "which was not asked for or was already stored; refusing to write it twice"
-            )
-        seen.add(key)
-        if completion.finish_reason == "error":
-            errors += 1
-            log.warning(
-                "engine error on %s sample %s: %s", problem_id, completion.sample_idx, completion.text[:200]
-            )
-            continue
-        rows.append(
-            {
-                "model": model,
-                "problem_id": problem_id,
-                "sample_idx": key[1],
-                "seed": seeds[key],
-                "text": completion.text,
-                "prompt_tokens": int(completion.prompt_tokens),
-                "completion_tokens": int(completion.completion_tokens),
-                "finish_reason": completion.finish_reason,
-                "backend": backend,
-                "seeding": seeding,
-                "seconds": float(completion.seconds) if attributed else batch_seconds / max(len(ok), 1),
-                "session_id": session,
-            }
-        )
-    return rows, errors
-
-
-# --------------------------------------------------------------------------- engines
-
-
-class _Engine(Protocol):
-    name: str
-    seeding: str
-
-    def batches(self, chunks: list[list[Request]], params: SamplingParams) -> Iterator[list[Completion]]: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass
-class _LocalEngine:
-    """One backend in this process; chunks are fed to it one after the other."""
-
-    backend: Any
-    name: str = field(init=False)
-    seeding: str = field(init=False)
-
-    def __post_init__(self):
-        self.name = self.backend.name
-        self.seeding = self.backend.seeding
-
-    def batches(self, chunks, params):
-        for chunk in chunks:
-            yield from self.backend.generate(chunk, params)
-
-    def close(self) -> None:
-        self.backend.close()
-
-
-@dataclass
-class _RayEngine:
-    """N replicas on Ray; yields each chunk's completions as a replica finishes it."""
-
-    pool: Any
-    name: str = field(init=False)
-    seeding: str = field(init=False)
-
-    def __post_init__(self):
-        self.name = self.pool.backend_name
-        self.seeding = self.pool.seeding
-
-    def batches(self, chunks, params):
-        for _, completions in self.pool.run(chunks, params):
-            yield completions
-
-    def close(self) -> None:
-        self.pool.close()
-
-
-def _start_engine(kind, model, options, *, replicas, ray_address, ray_options) -> _Engine:
-    if replicas > 1 or ray_address:
-        from flopmatch.scaleout import ReplicaPool
-
-        return _RayEngine(
-            ReplicaPool(kind, model, options, replicas=replicas, address=ray_address, **(ray_options or {}))
-        )
-    from flopmatch.backends import create_backend
-    from flopmatch.models import resolve_model
-
-    return _LocalEngine(create_backend(kind, resolve_model(model), **options))
-
-
-# --------------------------------------------------------------------------- progress
-
-
-def _progress_bar(total: int, *, desc: str, enabled: bool):
-    from flopmatch.progress import progress_bar
-
-    return progress_bar(total, f"sample {desc}", unit="sample", enabled=enabled)
-
-
-def _advance(bar, n: int, ledger: LedgerSession) -> None:
-    bar.update(n)
-    if ledger.seconds > 0:
-        bar.set_postfix_str(f"{ledger.completion_tokens / ledger.seconds:.1f} tok/s", refresh=False)
-
-
-# --------------------------------------------------------------------------- public for flopmatch.allocation_run
-
-# The round-based driver of difficulty-aware allocation reuses this module's engine, writer, budget
-# and bookkeeping as they are; these are their public names.
-SampleWriter = _Writer
-SpendBudget = _Budget
-start_engine = _start_engine
-prompt_builder = _prompt_builder
-check_config = _check_config
-sampling_lock = _sampling_lock
-parameter_count = _parameter_count
-check_unique_ids = _check_unique_ids
-progress_bar = _progress_bar
+# Re-exported: the sample table's schema, the settings file and its mismatch error are this module's API.
+__all__ = ["CONFIG_FILE", "SAMPLE_SCHEMA", "SampleSummary", "SamplingConfigMismatch", "build_chunks", "default_chunk_samples",
+           "missing_samples", "sample", "sample_plan", "sample_seed"]
