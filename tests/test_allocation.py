@@ -378,30 +378,12 @@ def test_allocation_tables_report_unequal_counts_over_all_samples(tmp_path):
 
 
 def test_sft_takes_every_correct_solution_of_an_allocated_model(tmp_path):
-    import pyarrow as pa
-
-    from flopmatch.problems import save_problems
-    from flopmatch.sampling import SAMPLE_SCHEMA
     from flopmatch.sft import build_sft
-    from flopmatch.store import RunDir, write_json, write_table
-    from flopmatch.toyworld import load_problems
+    from flopmatch.store import write_json
+    from graded_runs import graded_run
 
-    run = RunDir(tmp_path / "run").ensure()
-    problems = load_problems("test", limit=3)
-    save_problems(run, problems)
     # Unequal counts: 1, 5 and 2 samples; correct ones at (0, 0), (1, 3), (1, 4).
-    layout = {problems[0].problem_id: [True], problems[1].problem_id: [False, False, False, True, True],
-              problems[2].problem_id: [False, False]}  # fmt: skip
-    rows, grades = [], []
-    for pid, oks in layout.items():
-        for idx, ok in enumerate(oks):
-            rows.append({"model": "m", "problem_id": pid, "sample_idx": idx, "seed": idx, "text": f"solution {idx}",
-                         "prompt_tokens": 1, "completion_tokens": 10, "finish_reason": "stop", "backend": "hf",
-                         "seeding": "per-request", "seconds": 0.1, "session_id": "s"})  # fmt: skip
-            grades.append({"model": "m", "problem_id": pid, "sample_idx": idx, "status": "correct" if ok else "wrong",
-                           "extracted": None, "gold": "0", "detail": ""})  # fmt: skip
-    store.append_shard(run.samples_dir("m"), pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
-    write_table(pa.Table.from_pylist(grades), run.grades_path("m"))
+    run, problems = graded_run(tmp_path / "run", [[True], [False, False, False, True, True], [False, False]])
     with pytest.raises(ValueError, match="give budget="):
         build_sft(run, source_model="m")  # plain sampling still needs a budget
     write_json({"config": {"allocation": "adaptive"}, "rounds": 1, "pending": None, "history": []},

@@ -210,30 +210,13 @@ def test_study_samples_allocated_sets_under_the_uniform_spend_and_trains_on_them
 
 
 def test_build_sft_cli_takes_an_allocated_model_without_a_budget(tmp_path):
-    import pyarrow as pa
     from typer.testing import CliRunner
 
-    from flopmatch import store
     from flopmatch.cli import app
-    from flopmatch.problems import save_problems
-    from flopmatch.sampling import SAMPLE_SCHEMA
-    from flopmatch.store import write_json, write_table
-    from flopmatch.toyworld import load_problems
+    from flopmatch.store import write_json
+    from graded_runs import graded_run
 
-    run = RunDir(tmp_path / "run").ensure()
-    problems = load_problems("test", limit=2)
-    save_problems(run, problems)
-    layout = {problems[0].problem_id: [False, True, True], problems[1].problem_id: [False]}  # unequal counts
-    rows, grades = [], []
-    for pid, oks in layout.items():
-        for idx, ok in enumerate(oks):
-            rows.append({"model": "m", "problem_id": pid, "sample_idx": idx, "seed": idx, "text": f"solution {idx}",
-                         "prompt_tokens": 1, "completion_tokens": 10, "finish_reason": "stop", "backend": "hf",
-                         "seeding": "per-request", "seconds": 0.1, "session_id": "s"})  # fmt: skip
-            grades.append({"model": "m", "problem_id": pid, "sample_idx": idx, "status": "correct" if ok else "wrong",
-                           "extracted": None, "gold": "0", "detail": ""})  # fmt: skip
-    store.append_shard(run.samples_dir("m"), pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
-    write_table(pa.Table.from_pylist(grades), run.grades_path("m"))
+    run, problems = graded_run(tmp_path / "run", [[False, True, True], [False]])  # unequal counts
     runner = CliRunner()
     refused = runner.invoke(app, ["build-sft", str(run.root), "--source", "m", "--json"])
     assert refused.exit_code != 0 and "--budget" in refused.output  # plain sampling still needs a budget
