@@ -403,7 +403,7 @@ def test_accelerate_configs_load(name, kind):
 
 @pytest.mark.train
 def test_two_process_launch_then_select_only(task, tmp_path):
-    """`python -m flopmatch.training` under torchrun (what `accelerate launch` runs on GPUs), 2 CPU ranks."""
+    """`python -m flopmatch train` under torchrun (what `accelerate launch` runs on GPUs), 2 CPU ranks."""
     out = tmp_path / "ddp"
     val = tmp_path / "val.jsonl"
     val.write_text("".join(json.dumps({"question": p.question, "answer": f"x\n#### {p.answer}"}) + "\n"
@@ -411,7 +411,7 @@ def test_two_process_launch_then_select_only(task, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "-m", "flopmatch.training", "--data", str(task.sft), "--model",
+        [str(torchrun), "--nproc_per_node", "2", "-m", "flopmatch", "train", "--data", str(task.sft), "--model",
          task.base, "--out", str(out), "--preset", "tiny-cpu", "--max-steps", "6", "--checkpoints", "2",
          "--max-length", "64", "--val-problems", "gsm8k", "--val-data-file", str(val)],
         capture_output=True, text=True, env=env, timeout=600,

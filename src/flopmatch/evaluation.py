@@ -234,7 +234,7 @@ def evaluate(
     (``default_prompt_config``). ``out_path``
     (Parquet) receives one row per generated solution, and ``<out_path>.json`` the summary.
     """
-    from flopmatch.training import model_meta, resolve_trained_model
+    from flopmatch.trained import model_meta, resolve_trained_model
 
     config = EvalConfig(
         backend=backend, n=n, ks=tuple(ks), temperature=temperature, top_p=top_p, max_tokens=max_tokens,

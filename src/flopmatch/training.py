@@ -24,7 +24,7 @@ Multi-GPU: the same code under ``accelerate launch`` (DeepSpeed ZeRO or FSDP con
 ``examples/accelerate/``)::
 
     accelerate launch --config_file examples/accelerate/deepspeed_zero3.yaml \\
-        -m flopmatch.training --data runs/x/sft/wc-b1 --model google/gemma-2-9b --out runs/x/models/wc-b1
+        -m flopmatch train --data runs/x/sft/wc-b1 --model google/gemma-2-9b --out runs/x/models/wc-b1
 
 In a multi-process launch, checkpoint selection is skipped (an inference engine inside a training
 process group is asking for trouble); run it afterwards on one process with
@@ -47,15 +47,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from flopmatch.store import config_hash, read_json, write_json
+from flopmatch.trained import (  # noqa: F401 - the layout's names stay importable from here
+    CHECKPOINT_PREFIX,
+    HASH_MARKER,
+    MODEL_META_FILE,
+    SELECTION_FILE,
+    TRAIN_RESULT_FILE,
+    is_adapter_dir,
+    list_checkpoints,
+    model_meta,
+    resolve_trained_model,
+)
 
-TRAIN_RESULT_FILE = "train_result.json"
-SELECTION_FILE = "selection.json"
-MODEL_META_FILE = "flopmatch_model.json"
-"""Written into ``best/``: base model, LoRA or not, and the prompt configs (per dataset) of the training data."""
-
-CHECKPOINT_PREFIX = "checkpoint-"
-HASH_MARKER = ".flopmatch_train_hash"  # identity of the run that owns an output directory
-# Files and directories that only serve to resume training (never needed to load a model).
 RESUME_STATE_PATTERNS = (
     "optimizer.pt",
     "optimizer.bin",
@@ -163,60 +166,6 @@ def best_checkpoint(scores: dict[int, float]) -> int:
     if not scores:
         raise ValueError("no checkpoint scores to choose from")
     return max(sorted(scores), key=lambda step: (scores[step], -step))
-
-
-def list_checkpoints(out_dir: str | Path, *, complete_only: bool = True) -> list[tuple[int, Path]]:
-    """(step, path) of every checkpoint in ``out_dir``, by step. A checkpoint is complete once the
-    trainer has written its ``trainer_state.json`` (the last file of a save)."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return []
-    found = []
-    for path in out_dir.iterdir():
-        if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX):
-            suffix = path.name[len(CHECKPOINT_PREFIX) :]
-            if suffix.isdigit() and (not complete_only or (path / "trainer_state.json").exists()):
-                found.append((int(suffix), path))
-    return sorted(found)
-
-
-def is_adapter_dir(path: str | Path) -> bool:
-    return (Path(path) / "adapter_config.json").exists()
-
-
-def resolve_trained_model(path: str | Path) -> tuple[str, str | None]:
-    """(model to load, LoRA adapter path or None) for a directory from :func:`train` or any HF model.
-
-    A LoRA adapter directory names its base model in ``adapter_config.json``; an output directory of
-    :func:`train` resolves to its ``best/``.
-    """
-    path = Path(path)
-    if path.is_dir() and (path / "best").is_dir() and (path / TRAIN_RESULT_FILE).exists():
-        path = path / "best"
-    if path.is_dir() and is_adapter_dir(path):
-        base = read_json(path / "adapter_config.json").get("base_model_name_or_path")
-        if not base:
-            raise ValueError(f"{path / 'adapter_config.json'}: no base_model_name_or_path")
-        return str(base), str(path)
-    return str(path), None
-
-
-def model_meta(path: str | Path) -> dict[str, Any]:
-    """The record :func:`train` leaves next to a trained model; empty for models it did not train.
-
-    Found in ``path`` itself, in ``path/best`` (a training output directory), or — for a
-    ``checkpoint-N`` inside a training output — the run's record (at least ``{"trained": True}``).
-    """
-    path = Path(path)
-    for candidate in (path / MODEL_META_FILE, path / "best" / MODEL_META_FILE):
-        if candidate.exists():
-            return {"trained": True, **read_json(candidate)}
-    parent = path.parent
-    if path.name.startswith(CHECKPOINT_PREFIX) and (parent / HASH_MARKER).exists():
-        result = parent / TRAIN_RESULT_FILE
-        record = read_json(result) if result.exists() else {}
-        return {"trained": True, "prompt_configs": record.get("prompt_configs")}
-    return {}
 
 
 # --------------------------------------------------------------------------- results
@@ -775,17 +724,3 @@ def total_steps(n_examples: int, config: TrainConfig, world_size: int = 1) -> in
     batches = math.ceil(n_examples / (config.per_device_batch_size * world_size))
     per_epoch = max(1, math.ceil(batches / config.gradient_accumulation_steps))
     return max(1, math.ceil(per_epoch * config.num_train_epochs))
-
-
-# --------------------------------------------------------------------------- `python -m flopmatch.training`
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point for ``accelerate launch -m flopmatch.training ...``: the ``flopmatch train`` command."""
-    from flopmatch.cli import app
-
-    app(args=["train", *(sys.argv[1:] if argv is None else argv)], prog_name="flopmatch.training")
-
-
-if __name__ == "__main__":
-    main()

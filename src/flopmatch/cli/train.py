@@ -147,7 +147,7 @@ def train_command(
 ) -> None:
     """Fine-tune with TRL (completion-only loss), save N checkpoints, keep the best on validation.
 
-    Multi-GPU: `accelerate launch --config_file examples/accelerate/deepspeed_zero3.yaml -m flopmatch.training
+    Multi-GPU: `accelerate launch --config_file examples/accelerate/deepspeed_zero3.yaml -m flopmatch train
     --data ... --model ... --out ...` (same options), then `flopmatch train --out DIR --select-only --val-problems ...`.
     """
     from flopmatch.training import LoraSettings, TrainConfig, select_checkpoint
