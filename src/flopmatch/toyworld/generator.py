@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flopmatch.problems import Problem
+from flopmatch.record import Problem
 
 DATASET = "toyworld"
 
@@ -96,7 +96,7 @@ class Story:
     distractor_values: list[int] = field(default_factory=list)
 
     def step(self, left: int, op: str, right: int) -> _Val:
-        result = _apply(left, op, right)
+        result = apply_operation(left, op, right)
         self.steps.append(Step(int(left), op, int(right), result, _ref(left), _ref(right)))
         return _Val(result, len(self.steps) - 1)
 
@@ -131,7 +131,7 @@ class ToyProblem:
         return render_solution(self.steps, self.answer)
 
 
-def _apply(left: int, op: str, right: int) -> int:
+def apply_operation(left: int, op: str, right: int) -> int:
     if op == "+":
         return left + right
     if op == "-":
@@ -506,12 +506,6 @@ def to_problem(toy: ToyProblem, split: str, index: int) -> Problem:
     )
 
 
-def split_seed(split: str, seed: int | None = None) -> int:
-    """The seed of a split's problem stream; ``seed`` (if given) shifts every split together."""
-    if split not in SPLIT_SEEDS:
-        raise ValueError(f"unknown toyworld split {split!r}; expected one of {sorted(SPLIT_SEEDS)}")
-    return SPLIT_SEEDS[split] + (0 if seed is None else 10_000 * (seed + 1))
-
 
 def generate_problems(
     n: int, *, seed: int, split: str = "train", knobs: Knobs | None = None, start: int = 0
@@ -556,7 +550,7 @@ def load_problems(split: str | None = "train", limit: int | None = None, seed: i
     the first ones when ``seed`` is None, otherwise a seeded choice that is nested (a larger limit is a
     superset) and returned in id order. ``seed`` never changes which problems make up the split.
     """
-    from flopmatch.problems import select_subset
+    from flopmatch.record import select_subset
 
     split = "test" if split is None else split
     if split not in DEFAULT_SIZES:

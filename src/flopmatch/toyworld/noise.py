@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, fields, replace
 
-from flopmatch.toyworld.generator import Step, ToyProblem, _apply
+from flopmatch.toyworld.generator import Step, ToyProblem, apply_operation
 
 # Kinds whose final answer is still right although a step is wrong (the checker's false positives).
 FALSE_POSITIVE_KINDS = frozenset({"slip_recover", "made_up", "guess"})
@@ -103,7 +103,7 @@ def _recompute(steps: list[Step], start: int, new: int) -> list[Step]:
         left = values[st.left_ref] if st.left_ref is not None else st.left
         right = values[st.right_ref] if st.right_ref is not None else st.right
         try:
-            result = _apply(left, st.op, right)
+            result = apply_operation(left, st.op, right)
         except ValueError:  # an inexact division: the derailed model divides approximately
             result = left // right if right else left
         values[i] = result
@@ -121,7 +121,7 @@ def _render(steps: list[Step], answer: int, rng: random.Random, cfg: NoiseConfig
             nxt is not None
             and st.op in "+-" and nxt.op in "+-"
             and nxt.left_ref == i and nxt.right_ref != i
-            and _apply(st.left, st.op, st.right) == st.result  # never hide a slip by merging it away
+            and apply_operation(st.left, st.op, st.right) == st.result  # never hide a slip by merging it away
             and not any(i in (s.left_ref, s.right_ref) for s in steps[i + 2 :])
             and rng.random() < cfg.merge_steps
         ):
@@ -176,7 +176,7 @@ def noisy_solution(toy: ToyProblem, rng: random.Random, cfg: NoiseConfig | None 
             new = rng.choice(pool) if pool else old + 1
             left, right = (new, st.right) if side == "left" else (st.left, new)
             try:
-                result = _apply(left, st.op, right)
+                result = apply_operation(left, st.op, right)
             except ValueError:
                 result = left // right if right else left
             if result >= 0:
@@ -191,7 +191,7 @@ def noisy_solution(toy: ToyProblem, rng: random.Random, cfg: NoiseConfig | None 
         if candidates:
             i = rng.choice(candidates)
             st = steps[i]
-            result = _apply(st.left, swaps[st.op], st.right)
+            result = apply_operation(st.left, swaps[st.op], st.right)
             if result >= 0 and result != st.result:
                 steps[i] = replace(st, op=swaps[st.op])
                 steps = _recompute(steps, i, result)

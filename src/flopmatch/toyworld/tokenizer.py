@@ -12,7 +12,6 @@ are single tokens too.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -53,9 +52,3 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 768, numbers: str = 
         clean_up_tokenization_spaces=False,
     )
     return fast
-
-
-def load_tokenizer(path: str | Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))
