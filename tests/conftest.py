@@ -64,7 +64,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def _progress_switches_stay_in_their_test(monkeypatch: pytest.MonkeyPatch) -> None:
     """``--quiet`` switches bars off for the whole process (on purpose: workers inherit it); a test that
     runs a quiet command in-process must not silence the tests after it."""
-    from flopmatch.progress import QUIET_ENV, LIBRARY_SWITCHES
+    from flopmatch.progress import LIBRARY_SWITCHES, QUIET_ENV
 
     for name in (QUIET_ENV, *LIBRARY_SWITCHES):
         present = name in os.environ
