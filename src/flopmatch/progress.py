@@ -10,8 +10,10 @@ vLLM engines, ``accelerate launch`` training), and it also sets ``TQDM_DISABLE``
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from tqdm.auto import tqdm
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
 
 QUIET_ENV = "FLOPMATCH_QUIET"
 LIBRARY_SWITCHES = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
@@ -35,4 +37,6 @@ def set_quiet(quiet: bool = True) -> None:
 def progress_bar(total: int | float | None = None, desc: str | None = None, *, unit: str = "it",
                  enabled: bool = True, **options) -> tqdm:
     """A tqdm bar, drawn unless ``enabled`` is False or the process is quiet (:func:`set_quiet`)."""
+    from tqdm.auto import tqdm  # here, not at import: every CLI command imports this module for --quiet
+
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled or is_quiet(), dynamic_ncols=True, **options)
