@@ -144,3 +144,57 @@ def test_written_files_follow_the_umask_not_the_private_temp_file(tmp_path, mask
         os.umask(before)
     assert {oct(path.stat().st_mode & 0o777) for path in written} == {oct(0o666 & ~mask)}
 
+
+
+def test_jobs_have_their_own_section(tmp_path):
+    """Sub-stage jobs are recorded apart from the stages: stage_state() holds stages only."""
+    run = RunDir(tmp_path / "run").ensure()
+    run.mark_done("grade", "s1")
+    run.mark_job_started("grade:m", "j1")
+    assert not run.is_job_done("grade:m", "j1")
+    run.mark_job_done("grade:m", "j1", rows=4)
+    assert run.is_job_done("grade:m", "j1") and not run.is_job_done("grade:m", "j2")
+    assert set(run.stage_state()) == {"grade"}
+    assert run.job_state()["grade:m"]["rows"] == 4
+    raw = store.read_json(run.state_path)
+    assert set(raw) == {"grade", "jobs"} and set(raw["jobs"]) == {"grade:m"}
+    run.mark_done("sample", "s2")  # writing a stage keeps the jobs
+    assert run.is_job_done("grade:m", "j1")
+    run.mark_failed("judge", "s3", "boom")
+    assert run.stage_state()["judge"]["status"] == "failed" and run.is_job_done("grade:m", "j1")
+    run.clear_job("grade:m")
+    assert run.job_state() == {} and set(run.stage_state()) == {"grade", "sample", "judge"}
+
+
+def test_an_old_runs_top_level_job_keys_read_as_jobs(tmp_path):
+    """state.json written before the jobs section kept "grade:x" / "train:x" at the top level."""
+    run = RunDir(tmp_path / "run").ensure()
+    old = {
+        "grade": {"hash": "s", "status": "done"},
+        "grade:m": {"hash": "g", "status": "done", "grader": "x"},
+        "train:job": {"hash": "t", "status": "done", "best": "b"},
+    }
+    store.write_json(old, run.state_path)
+    assert set(run.stage_state()) == {"grade"}
+    assert set(run.job_state()) == {"grade:m", "train:job"}
+    assert run.is_job_done("grade:m", "g") and run.is_done("train:job", "t")  # old call sites still work
+    run.mark_job_done("grade:m", "g2")  # the entry moves into the section
+    raw = store.read_json(run.state_path)
+    assert "grade:m" not in raw and raw["jobs"]["grade:m"]["hash"] == "g2"
+    assert raw["train:job"]["best"] == "b"  # untouched until recorded again
+    assert run.job_state()["train:job"]["best"] == "b"
+
+
+def test_old_int32_sample_shards_read_as_int64(tmp_path):
+    """sample_idx was int32 in sample shards; read with the schema, old and new shards make one table."""
+    from flopmatch.store.schemas import SAMPLE_SCHEMA
+
+    assert SAMPLE_SCHEMA.field("sample_idx").type == pa.int64()
+    d = tmp_path / "samples" / "m"
+    store.append_shard(d, pa.table({"problem_id": ["p1"], "sample_idx": pa.array([0], pa.int32())}))
+    store.append_shard(d, pa.table({"problem_id": ["p1"], "sample_idx": pa.array([1], pa.int64())}))
+    table = store.read_shards(d, columns=["problem_id", "sample_idx"], schema=SAMPLE_SCHEMA)
+    assert table.schema.field("sample_idx").type == pa.int64()
+    assert table.column("sample_idx").to_pylist() == [0, 1]
+    assert store.read_shards(d).num_rows == 2  # no schema: the integers are widened
+    assert store.done_keys(d) == {("p1", 0), ("p1", 1)}

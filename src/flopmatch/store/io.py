@@ -1,20 +1,5 @@
-"""The run directory: the contract between pipeline stages.
-
-Layout (see README):
-
-    runs/<name>/
-      study.yaml                     resolved config, frozen
-      plan.json
-      state.json                     per-stage config hash and completion time
-      problems/<split>.parquet
-      samples/<model>/part-*.parquet one row per sample
-      grades/<model>.parquet
-      judgments/<model>.parquet
-      ledger.parquet
-      sft/<name>/                    HF dataset on disk
-      models/<name>/                 checkpoints
-      evals/<name>.parquet
-      report/index.html, report.md, figures/
+"""Atomic I/O of the run directory: tables, JSON, text, append-only shard tables, config hashes and
+model keys.
 
 Every write is atomic (a temporary file in the same directory, fsync, then ``os.replace``), so a
 process killed at any instant leaves either the whole file or nothing. Append-only tables are
@@ -33,7 +18,6 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,14 +141,31 @@ def shard_paths(directory: str | Path) -> list[Path]:
 def read_shards(
     directory: str | Path, columns: list[str] | None = None, schema: pa.Schema | None = None
 ) -> pa.Table:
-    """Read every shard of a table as one table (empty, with ``schema`` if given, when none)."""
+    """Read every shard of a table as one table (empty, with ``schema`` if given, when none).
+
+    Shards written by older versions may store a column with a narrower type (``sample_idx`` was int32
+    in sample shards): with ``schema`` every column the schema names is cast to its type; without it,
+    numeric columns are widened to a common type.
+    """
     paths = shard_paths(directory)
     if not paths:
         if schema is not None:
             return schema.empty_table() if columns is None else schema.empty_table().select(columns)
         return pa.table({})
     tables = [pq.read_table(p, columns=columns) for p in paths]
-    return pa.concat_tables(tables, promote_options="default")
+    if schema is not None:
+        tables = [cast_to_schema(t, schema) for t in tables]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def cast_to_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with every column that ``schema`` names cast to the schema's type (others untouched)."""
+    fields = [
+        schema.field(name) if name in schema.names else table.schema.field(name)
+        for name in table.column_names
+    ]
+    target = pa.schema(fields, metadata=table.schema.metadata)
+    return table if target.equals(table.schema) else table.cast(target)
 
 
 def done_keys(directory: str | Path, key_columns: Iterable[str] = ("problem_id", "sample_idx")) -> set[tuple]:
@@ -216,103 +217,3 @@ def model_key(model: str) -> str:
     if not key:
         raise ValueError(f"cannot make a directory name from model {model!r}")
     return key
-
-
-# --------------------------------------------------------------------------- the run directory
-
-
-@dataclass(frozen=True)
-class RunDir:
-    """Paths of one run and the per-stage completion state."""
-
-    root: Path
-
-    def __init__(self, root: str | os.PathLike):
-        object.__setattr__(self, "root", Path(root))
-
-    def __fspath__(self) -> str:
-        # Lets a RunDir go wherever a path does, including RunDir(RunDir(...)) and Path(run).
-        return str(self.root)
-
-    def ensure(self) -> RunDir:
-        self.root.mkdir(parents=True, exist_ok=True)
-        return self
-
-    # files
-    @property
-    def study_path(self) -> Path:
-        return self.root / "study.yaml"
-
-    @property
-    def plan_path(self) -> Path:
-        return self.root / "plan.json"
-
-    @property
-    def state_path(self) -> Path:
-        return self.root / "state.json"
-
-    @property
-    def ledger_path(self) -> Path:
-        return self.root / "ledger.parquet"
-
-    def problems_path(self, split: str) -> Path:
-        return self.root / "problems" / f"{split}.parquet"
-
-    def samples_dir(self, model: str) -> Path:
-        return self.root / "samples" / model_key(model)
-
-    def grades_path(self, model: str) -> Path:
-        return self.root / "grades" / f"{model_key(model)}.parquet"
-
-    def judgments_path(self, model: str) -> Path:
-        return self.root / "judgments" / f"{model_key(model)}.parquet"
-
-    def sft_dir(self, name: str) -> Path:
-        return self.root / "sft" / name
-
-    def model_dir(self, name: str) -> Path:
-        return self.root / "models" / name
-
-    def eval_path(self, name: str) -> Path:
-        return self.root / "evals" / f"{name}.parquet"
-
-    @property
-    def metrics_dir(self) -> Path:
-        return self.root / "metrics"
-
-    @property
-    def report_dir(self) -> Path:
-        return self.root / "report"
-
-    def sampled_models(self) -> list[str]:
-        """Directory names under samples/ that hold at least one shard."""
-        base = self.root / "samples"
-        if not base.is_dir():
-            return []
-        return sorted(p.name for p in base.iterdir() if p.is_dir() and shard_paths(p))
-
-    # stage state
-    def stage_state(self) -> dict[str, dict[str, Any]]:
-        if not self.state_path.exists():
-            return {}
-        return read_json(self.state_path)
-
-    def is_done(self, stage: str, config_digest: str) -> bool:
-        entry = self.stage_state().get(stage)
-        return bool(entry and entry.get("hash") == config_digest and entry.get("status") == "done")
-
-    def mark_done(self, stage: str, config_digest: str, **info: Any) -> None:
-        self._set_stage(stage, {"hash": config_digest, "status": "done", "finished_at": time.time(), **info})
-
-    def mark_started(self, stage: str, config_digest: str) -> None:
-        self._set_stage(stage, {"hash": config_digest, "status": "running", "started_at": time.time()})
-
-    def clear_stage(self, stage: str) -> None:
-        state = self.stage_state()
-        if state.pop(stage, None) is not None:
-            write_json(state, self.state_path)
-
-    def _set_stage(self, stage: str, entry: dict[str, Any]) -> None:
-        state = self.stage_state()
-        state[stage] = entry
-        write_json(state, self.state_path)
