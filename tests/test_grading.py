@@ -411,7 +411,7 @@ def test_grade_run_writes_grades_skips_unchanged_and_regrades_only_new_samples(t
     }
     assert rows[("math500/test/2", 1)]["status"] == "no_answer"
     assert rows[("toy/train/3", 0)]["status"] == "correct"
-    state = run.stage_state()["grade:Org--Weak-0.5B"]
+    state = run.job_state()["grade:Org--Weak-0.5B"]
     assert (state["regraded"], state["reused"], state["correct"]) == (5, 0, 3)
 
     mtime = path.stat().st_mtime_ns
@@ -420,12 +420,12 @@ def test_grade_run_writes_grades_skips_unchanged_and_regrades_only_new_samples(t
 
     append_shard(run.samples_dir(model), _samples(model, [("gsm8k/test/1", 2, "#### 18")]))
     grade_run(run.root, workers=1, progress=False)
-    state = run.stage_state()["grade:Org--Weak-0.5B"]
+    state = run.job_state()["grade:Org--Weak-0.5B"]
     assert (state["regraded"], state["reused"]) == (1, 5)
     assert pq.read_table(path).num_rows == 6
 
     grade_run(run.root, workers=1, timeout=3.0, progress=False)  # another grader config: all redone
-    assert run.stage_state()["grade:Org--Weak-0.5B"]["regraded"] == 6
+    assert run.job_state()["grade:Org--Weak-0.5B"]["regraded"] == 6
 
 
 def test_grade_run_names_samples_of_unknown_problems(tmp_path: Path) -> None:

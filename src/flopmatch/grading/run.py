@@ -11,7 +11,7 @@ The grades table has one row per sample::
     detail       str   why, for timeouts, errors and overruled matches ("" otherwise)
 
 A model is skipped when its sample shards, the gold answers and the grader configuration are all
-unchanged since it was last graded (stage ``grade:<model_key>`` in the run state). When only new
+unchanged since it was last graded (job ``grade:<model_key>`` in the run state). When only new
 shards arrived, rows already graded by the same grader configuration against the same gold are
 kept and only the new samples are graded.
 """
@@ -28,23 +28,13 @@ import pyarrow as pa
 from flopmatch.grading.core import STATUSES, grade_many
 from flopmatch.problems import problems_from_table
 from flopmatch.store import RunDir, config_hash, read_shards, read_table, shard_paths, write_table
+from flopmatch.store.schemas import GRADE_SCHEMA
 
 log = logging.getLogger(__name__)
 
 # Bump when extraction or equivalence rules change: finished grades are then redone.
 GRADER_VERSION = "1"
 
-GRADE_SCHEMA = pa.schema(
-    [
-        ("model", pa.string()),
-        ("problem_id", pa.string()),
-        ("sample_idx", pa.int64()),
-        ("status", pa.string()),
-        ("extracted", pa.string()),
-        ("gold", pa.string()),
-        ("detail", pa.string()),
-    ]
-)
 _SAMPLE_COLUMNS = ("problem_id", "sample_idx", "text")
 
 
@@ -75,14 +65,14 @@ def grade_run(
         sample_dir = run.root / "samples" / key
         shards = [p.name for p in shard_paths(sample_dir)]
         digest = config_hash({"grader": config, "shards": shards, "golds": golds_hash})
-        stage = f"grade:{key}"
+        job = f"grade:{key}"
         path = run.grades_path(key)
-        if run.is_done(stage, digest) and path.exists():
+        if run.is_job_done(job, digest) and path.exists():
             log.info("grades of %s are up to date", key)
             written[key] = path
             continue
-        previous_grader = run.stage_state().get(stage, {}).get("grader")
-        run.mark_started(stage, digest)
+        previous_grader = run.job_state().get(job, {}).get("grader")
+        run.mark_job_started(job, digest)
         table, counts = _grade_model(
             run,
             key,
@@ -94,7 +84,7 @@ def grade_run(
             progress=progress,
         )
         write_table(table, path)
-        run.mark_done(stage, digest, grader=grader_hash, rows=table.num_rows, **counts)
+        run.mark_job_done(job, digest, grader=grader_hash, rows=table.num_rows, **counts)
         written[key] = path
     return written
 
