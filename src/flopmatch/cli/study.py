@@ -109,13 +109,13 @@ def status_command(
     except StudyConfigError as exc:
         raise fail(str(exc)) from None
     statuses = study_status(StudyContext(config=cfg, run=RunDir(run), log=lambda _: None))
-    state = RunDir(run).stage_state()
+    jobs = RunDir(run).job_state()
     records = []
     for s in statuses:
         note = s.reason or str(s.info.get("summary", ""))
         if s.name == "train":
-            jobs = [k for k, v in state.items() if k.startswith("train:") and v.get("status") == "done"]
-            note = note or f"{len(jobs)} models trained"
+            trained = [k for k, v in jobs.items() if k.startswith("train:") and v.get("status") == "done"]
+            note = note or f"{len(trained)} models trained"
         records.append({"stage": s.name, "state": s.state, "seconds": s.info.get("seconds"),
                         "finished_at": s.info.get("finished_at"), "note": note})  # fmt: skip
     report = RunDir(run).report_dir / "index.html"
