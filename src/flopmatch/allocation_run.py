@@ -40,6 +40,7 @@ from flopmatch.allocation import (
     plan_next,
 )
 from flopmatch.backends.base import SamplingParams
+from flopmatch.errors import FlopmatchError
 from flopmatch.ledger import LedgerSession, model_spend, reconcile
 from flopmatch.problems import Problem
 from flopmatch.sampling import BOOKKEEPING_COLUMNS, SampleSummary, build_chunks
@@ -80,7 +81,7 @@ class AllocationSummary(SampleSummary):
     covered: int = 0  # problems with a correct sample
 
 
-class AllocationMismatch(ValueError):
+class AllocationMismatch(FlopmatchError, ValueError):
     """The samples on disk were allocated by another policy than this call asks for."""
 
 

@@ -33,13 +33,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from flopmatch.errors import FlopmatchError
+
 Mode = Literal["flops", "price", "number", "measured"]
 Rounding = Literal["floor", "round", "ceil"]
 MODES: tuple[str, ...] = ("flops", "price", "number", "measured")
 ROUNDINGS: tuple[str, ...] = ("floor", "round", "ceil")
 
 
-class BudgetError(ValueError):
+class BudgetError(FlopmatchError, ValueError):
     """The inputs do not determine a plan (a missing or non-positive number, an unknown mode...)."""
 
 

@@ -37,8 +37,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from flopmatch.errors import FlopmatchError
 
-class ModelInfoError(ValueError):
+
+class ModelInfoError(FlopmatchError, ValueError):
     """The parameter count of a model cannot be worked out (unknown architecture, missing field, offline)."""
 
 

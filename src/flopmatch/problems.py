@@ -42,6 +42,7 @@ from typing import Any
 
 from flopmatch.boxed import last_boxed  # noqa: F401 - part of this module's API (the MATH gold rule)
 from flopmatch.datasets import dataset_names, get_dataset
+from flopmatch.errors import FlopmatchError
 from flopmatch.record import (  # noqa: F401 - the record is part of this module's API
     PROBLEM_SCHEMA,
     Problem,
@@ -56,31 +57,26 @@ DATA_DIR_ENV = "FLOPMATCH_DATA_DIR"
 """Environment variable naming the offline data directory (laid out like the shared data)."""
 
 
-class ProblemFileError(ValueError):
+class ProblemFileError(FlopmatchError, ValueError):
     """A row of a problem file (or hub table) is malformed. Names the file, the line and the field."""
 
     def __init__(
         self, path: str | Path, line: int | None, field: str | None, message: str, *, unit: str = "line"
     ):
+        super().__init__(message, file=path, row=line, field=field, unit=unit)
         self.path = str(path)
         self.line = line
-        self.field = field
-        where = self.path if line is None else f"{self.path}, {unit} {line}"
-        what = f"field {field!r}: " if field else ""
-        super().__init__(f"{where}: {what}{message}")
 
 
-class ProblemSourceError(RuntimeError):
+class ProblemSourceError(FlopmatchError, RuntimeError):
     """A problem source cannot be reached or found (hub offline, no data directory, no toy world)."""
 
 
-class _RowError(Exception):
+class _RowError(FlopmatchError):
     """Raised by the row parsers; the caller adds file and line."""
 
     def __init__(self, field: str | None, message: str):
-        super().__init__(message)
-        self.field = field
-        self.message = message
+        super().__init__(message, field=field)
 
 
 # --------------------------------------------------------------------------- answers

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from flopmatch.backends._common import Flusher, normalise_finish
 from flopmatch.backends.base import Completion, Request, SamplingParams, Seeding
+from flopmatch.errors import FlopmatchError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ _FATAL_STATUSES = {401, 403, 404}
 _BODY_SNIPPET = 300
 
 
-class OpenAIBackendError(RuntimeError):
+class OpenAIBackendError(FlopmatchError, RuntimeError):
     """The server cannot serve this call at all (bad key, unknown model or URL)."""
 
 

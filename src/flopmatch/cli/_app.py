@@ -1,11 +1,48 @@
-"""The typer application every command module registers on."""
+"""The typer application every command module registers on, and the one place the CLI turns an error
+into a message: a command that raises a :data:`flopmatch.errors.USER_ERRORS` error (a
+:class:`~flopmatch.errors.FlopmatchError` raised anywhere below it, or bad input) prints
+``error: <message>`` on stderr, no traceback, and exits with the error's ``exit_code`` (2)."""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
 
 import typer
 from rich.console import Console
 
-app = typer.Typer(
+from flopmatch.errors import USER_ERRORS
+
+
+class FlopmatchTyper(typer.Typer):
+    """A typer app whose commands report :data:`~flopmatch.errors.USER_ERRORS` as messages."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable], Callable]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(func: Callable) -> Callable:
+            register(reporting_errors(func))
+            return func
+
+        return decorator
+
+
+def reporting_errors(func: Callable) -> Callable:
+    """``func`` with a user error turned into ``error: <message>`` and its exit code (typer reads the
+    options from the wrapped signature)."""
+
+    @functools.wraps(func)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except USER_ERRORS as exc:
+            raise fail(str(exc), getattr(exc, "exit_code", 2)) from exc
+
+    return command
+
+
+app = FlopmatchTyper(
     name="flopmatch",
     help=(
         "Compute-matched synthetic data for LLM reasoners.\n\n"

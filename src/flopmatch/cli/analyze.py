@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flopmatch.cli._app import app, console, fail, warn
+from flopmatch.cli._app import app, console, warn
 from flopmatch.cli.inputs import QuietOption, parse_ks
 
 
@@ -25,10 +25,7 @@ def analyze_command(
     figures/*.png for a graded run."""
     from flopmatch.analysis import analyze
 
-    try:
-        result = analyze(run, ks=None if k is None else parse_ks(k), n_boot=n_boot, seed=seed, judge=judge, plots=plots)
-    except (ValueError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from exc
+    result = analyze(run, ks=None if k is None else parse_ks(k), n_boot=n_boot, seed=seed, judge=judge, plots=plots)
     for line in result.headline:
         console.print(f"[bold]{line}[/]")
     for warning in result.warnings:

@@ -51,11 +51,8 @@ def compare_command(
     unknown = sorted(set(comparison or []) - set(COMPARISONS))
     if unknown:
         raise fail(f"--comparison {unknown[0]!r} is not one of {', '.join(COMPARISONS)}")
-    try:
-        table = compare_run(run, CompareSettings(n_boot=n_boot, n_perm=n_perm, seed=seed), write=write,
-                            training_seeds=training_seed)  # fmt: skip
-    except (ValueError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from exc
+    table = compare_run(run, CompareSettings(n_boot=n_boot, n_perm=n_perm, seed=seed), write=write,
+                        training_seeds=training_seed)  # fmt: skip
     shown = table
     if metric:
         missing = sorted(set(metric) - set(table["metric"]))

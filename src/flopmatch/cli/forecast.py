@@ -102,18 +102,15 @@ def forecast_command(
     if target not in ("population", "pilot"):
         raise fail(f"--target must be population or pilot, got {target!r}")
     ks = parse_ks(k)
-    try:
-        if counts is not None:
-            forecasts = forecast_counts_file(counts, ks, model=model, n_boot=n_boot, seed=seed, family=family,
-                                             target=target)
-        else:
-            if not run.is_dir():
-                raise FileNotFoundError(f"{run}: not a directory")
-            forecasts = forecast_run(run, model=model, pilot_samples=pilot_samples, ks=ks,
-                                     pilot_problems=pilot_problems, n_boot=n_boot, seed=seed, family=family,
-                                     target=target)
-    except (ValueError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from exc
+    if counts is not None:
+        forecasts = forecast_counts_file(counts, ks, model=model, n_boot=n_boot, seed=seed, family=family,
+                                         target=target)
+    else:
+        if not run.is_dir():
+            raise fail(f"{run}: not a directory")
+        forecasts = forecast_run(run, model=model, pilot_samples=pilot_samples, ks=ks,
+                                 pilot_problems=pilot_problems, n_boot=n_boot, seed=seed, family=family,
+                                 target=target)
     if as_json:
         typer.echo(json.dumps({"models": [fc.to_dict() for fc in forecasts]}, indent=2))
         return

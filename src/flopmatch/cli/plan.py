@@ -143,32 +143,28 @@ def plan_command(
         flopmatch plan --mode price --wc-price 0.3 --se-price 10.5 --se-samples 1 --json
         flopmatch plan --mode measured --ledger runs/x/ledger.parquet --wc M1 --se M2 --se-samples 1,10
     """
-    from flopmatch.budget import BudgetError, plan_for_models
-    from flopmatch.modelinfo import ModelInfoError
+    from flopmatch.budget import plan_for_models
     from flopmatch.store import write_text
 
-    try:
-        plan = plan_for_models(
-            wc,
-            se,
-            parse_samples(se_samples),
-            mode=mode.value,
-            wc_params=parse_count(wc_params, "--wc-params"),
-            se_params=parse_count(se_params, "--se-params"),
-            ledger=ledger,
-            wc_tokens=wc_tokens,
-            se_tokens=se_tokens,
-            wc_price=wc_price,
-            se_price=se_price,
-            wc_cost_per_sample=wc_cost,
-            se_cost_per_sample=se_cost,
-            wc_tokens_per_second=wc_tps,
-            se_tokens_per_second=se_tps,
-            rounding=rounding.value,
-            n_problems=problems,
-        )
-    except (BudgetError, ModelInfoError) as exc:
-        raise fail(str(exc)) from None
+    plan = plan_for_models(
+        wc,
+        se,
+        parse_samples(se_samples),
+        mode=mode.value,
+        wc_params=parse_count(wc_params, "--wc-params"),
+        se_params=parse_count(se_params, "--se-params"),
+        ledger=ledger,
+        wc_tokens=wc_tokens,
+        se_tokens=se_tokens,
+        wc_price=wc_price,
+        se_price=se_price,
+        wc_cost_per_sample=wc_cost,
+        se_cost_per_sample=se_cost,
+        wc_tokens_per_second=wc_tps,
+        se_tokens_per_second=se_tps,
+        rounding=rounding.value,
+        n_problems=problems,
+    )
     if out is not None:
         write_text(plan.to_json(), out)
     if as_json:

@@ -99,17 +99,13 @@ def sample_command(
     plan's largest budget; the models default to the plan's.
     """
     from flopmatch.backends.base import SamplingParams
-    from flopmatch.sampling import SamplingConfigMismatch
 
     options = parse_options(option)
     if base_url:
         options["base_url"] = base_url
-    try:
-        sampling_params = SamplingParams(
-            temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ())
-        )
-    except ValueError as exc:
-        raise fail(str(exc)) from exc
+    sampling_params = SamplingParams(
+        temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ())
+    )
     problem_list = load_problems(run, problems, split, data_file, limit, seed)
     allocation_config = _allocation(allocation, target_correct, objective, max_per_problem, samples_per_problem,
                                     budget_flops, budget_seconds)  # fmt: skip
@@ -118,12 +114,9 @@ def sample_command(
         budget_seconds=budget_seconds, replicas=replicas, ray_address=ray_address, progress=progress,
         chunk_samples=chunk_samples,
     )  # fmt: skip
-    try:
-        with stdout_to_stderr(as_json):
-            summaries = _run(run, model, samples_per_problem, plan, wc, se, problem_list, common, params,
-                             allocation_config)  # fmt: skip
-    except (SamplingConfigMismatch, ValueError) as exc:  # bad input: a message, not a traceback
-        raise fail(str(exc)) from exc
+    with stdout_to_stderr(as_json):  # bad input (a SamplingConfigMismatch...) is reported by flopmatch.cli._app
+        summaries = _run(run, model, samples_per_problem, plan, wc, se, problem_list, common, params,
+                         allocation_config)  # fmt: skip
     _print_summaries(list(summaries.values()), as_json)
     if any(s.status == "incomplete" for s in summaries.values()):
         raise typer.Exit(1)

@@ -37,6 +37,8 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
+from flopmatch.errors import FlopmatchError
+
 STARTUP_LIMIT = 180.0  # seconds the server may take to import sympy and math-verify
 _INT = struct.Struct("q")
 _BOOT = (
@@ -45,7 +47,7 @@ _BOOT = (
 )
 
 
-class WorkerStartError(RuntimeError):
+class WorkerStartError(FlopmatchError, RuntimeError):
     """No grading worker could be started; the message carries the real cause."""
 
 
