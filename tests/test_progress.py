@@ -41,3 +41,24 @@ def test_grade_draws_its_bar_unless_quiet(tmp_path: Path):
     assert "grading" in loud.stderr  # the bar is drawn on stderr ...
     assert "grading" not in quiet.stderr and "%|" not in quiet.stderr  # ... and not with --quiet
     assert json.loads(loud.stdout) == json.loads(quiet.stdout)
+
+
+def test_eval_on_a_tiny_model_draws_no_bar_when_quiet(tmp_path: Path):
+    """The evaluation loop, the model loading and the engine under it: nothing on stderr moves."""
+    from test_sampling import build_tiny_model, write_gsm8k_file
+
+    model = build_tiny_model(tmp_path / "tiny-qwen2")
+    data = write_gsm8k_file(tmp_path / "test.jsonl", 3)
+    env = {k: v for k, v in os.environ.items() if k not in (QUIET_ENV, "TQDM_DISABLE")}
+
+    def evaluate(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(FLOPMATCH), "eval", "--model", str(model), "--problems", "gsm8k", "--data-file",
+                               str(data), "--backend", "hf", "--n", "1", "--k", "1", "--max-tokens", "4",
+                               "--option", "dtype=float32", "--json", *extra],
+                              capture_output=True, text=True, env=env)  # fmt: skip
+
+    loud, quiet = evaluate(), evaluate("--quiet")
+    assert loud.returncode == quiet.returncode == 0, loud.stderr + quiet.stderr
+    assert "%|" in loud.stderr and "evaluate" in loud.stderr  # a bar is drawn ...
+    assert "%|" not in quiet.stderr and "it/s" not in quiet.stderr and "\r" not in quiet.stderr  # ... not quiet
+    assert json.loads(loud.stdout)["metrics"] == json.loads(quiet.stdout)["metrics"]

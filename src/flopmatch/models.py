@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flopmatch import store
+from flopmatch.errors import FlopmatchError
+from flopmatch.progress import is_quiet
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ _CHUNK = 8 << 20  # bytes per read while joining / hashing
 _PREPARED_MARKER = ".prepared.json"
 
 
-class ModelError(RuntimeError):
+class ModelError(FlopmatchError, RuntimeError):
     """A registry model cannot be used (parts missing, checksum mismatch, unknown name)."""
 
 
@@ -332,8 +334,8 @@ def prepare(name: str, *, progress: bool = True) -> Path:
     (``progress``: its pretraining progress bar).
     """
     entry = get_entry(name)
-    if entry.toyworld_kind is not None:
-        return Path(_toyworld().ensure_model(entry.toyworld_kind, progress=progress))
+    if entry.toyworld_kind is not None:  # its bar is a plain tqdm: --quiet is passed down here
+        return Path(_toyworld().ensure_model(entry.toyworld_kind, progress=progress and not is_quiet()))
     out = _prepared_dir(name)
     if is_prepared(name):
         return out

@@ -29,6 +29,7 @@ from typing import Any
 
 from flopmatch.backends._common import Flusher, children_skip_main, no_chat_template, normalise_finish
 from flopmatch.backends.base import Completion, Message, Request, SamplingParams, Seeding
+from flopmatch.progress import is_quiet
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,15 @@ def _lora_rank(lora_path: str) -> int:
         if allowed >= rank:
             return allowed
     raise ValueError(f"{config}: LoRA rank {rank} exceeds vLLM's maximum {_LORA_RANKS[-1]}")
+
+
+def _engine_arg_names() -> set[str]:
+    """The keywords this vLLM's engine takes (``use_tqdm_on_load`` is recent)."""
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    return {f.name for f in dataclasses.fields(EngineArgs)}
 
 
 def _default_cpu_environment() -> None:
@@ -121,6 +131,8 @@ class VLLMBackend:
                 "max_lora_rank": max_lora_rank or _lora_rank(lora_path),
             }
             self.lora_request = LoRARequest("adapter", 1, str(lora_path))
+        if is_quiet() and "use_tqdm_on_load" in _engine_arg_names():  # --quiet: no weight-loading bar
+            engine_kwargs.setdefault("use_tqdm_on_load", False)
         with children_skip_main():  # the engine's processes must not re-run the user's script
             self.llm = LLM(
                 self.path,

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from flopmatch.cli._app import app, console, err_console, fail, warn
-from flopmatch.cli.inputs import DataFileOpt, ProblemsOpt, SplitOpt, load_problems, parse_options
+from flopmatch.cli._app import app, console, err_console, warn
+from flopmatch.cli.inputs import DataFileOpt, ProblemsOpt, QuietOption, SplitOpt, load_problems, parse_options
 from flopmatch.cli.tables import print_table, stdout_to_stderr
 
 
@@ -82,7 +82,7 @@ def advise_command(
     top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 512,
     as_json: Annotated[bool, typer.Option("--json", help="print advice.json")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Which model (or mix of models) should write your data for this budget? Decide from a pilot.
 
@@ -99,26 +99,20 @@ def advise_command(
     from flopmatch.backends.base import SamplingParams
     from flopmatch.pilot import PilotModelSpec, parse_model_values
 
-    try:
-        prices = parse_model_values(price, "--price")
-        fprs = parse_model_values(fpr, "--fpr", upper=1.0)
-        params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-    except ValueError as exc:
-        raise fail(str(exc)) from exc
+    prices = parse_model_values(price, "--price")
+    fprs = parse_model_values(fpr, "--fpr", upper=1.0)
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
     options = parse_options(option)
     problem_list = load_problems(run, problems, split, data_file, limit, None)
     specs = [PilotModelSpec(model=m, backend=backend, backend_options=dict(options)) for m in model]
-    try:
-        with stdout_to_stderr(as_json):
-            advice = advise(
-                run, specs, problem_list, pilot_samples=pilot_samples, pilot_problems=pilot_problems,
-                budget_flops=budget_flops, budget_dollars=budget_dollars, budget_seconds=budget_seconds, match=match,
-                prices=prices, fprs=fprs, objective=objective, step=step, n_boot=n_boot, seed=seed,
-                sampling_params=params, progress=not quiet and not as_json,
-                log=(lambda _m: None) if quiet or as_json else (lambda m: err_console.print(m, markup=False)),
-            )  # fmt: skip
-    except ValueError as exc:  # bad input or a budget that buys nothing: a message, not a traceback
-        raise fail(str(exc)) from exc
+    with stdout_to_stderr(as_json):
+        advice = advise(
+            run, specs, problem_list, pilot_samples=pilot_samples, pilot_problems=pilot_problems,
+            budget_flops=budget_flops, budget_dollars=budget_dollars, budget_seconds=budget_seconds, match=match,
+            prices=prices, fprs=fprs, objective=objective, step=step, n_boot=n_boot, seed=seed,
+            sampling_params=params, progress=not quiet and not as_json,
+            log=(lambda _m: None) if quiet or as_json else (lambda m: err_console.print(m, markup=False)),
+        )  # fmt: skip
     if as_json:
         console.print_json(json.dumps(advice.to_dict(), default=str))
         return

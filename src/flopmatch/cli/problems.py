@@ -11,6 +11,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from flopmatch.cli._app import app, console, fail
+from flopmatch.cli.inputs import QuietOption
 from flopmatch.cli.tables import JsonOption, print_json, print_table
 
 
@@ -56,6 +57,7 @@ def problems_command(
         ),
     ] = None,
     as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Load a problem set and print its size, counts by level and subject, and example problems.
 
@@ -76,12 +78,9 @@ def problems_command(
         flopmatch problems math-offline --split train --data-file ../shared/data --limit 500 --seed 0
         flopmatch problems ../shared/data/math/math500_test.jsonl
     """
-    from flopmatch.problems import ProblemSourceError, load, save_problems
+    from flopmatch.problems import load, save_problems
 
-    try:
-        problems = load(source, split=split, data_file=data_file, limit=limit, seed=seed)
-    except (ValueError, ProblemSourceError) as exc:
-        raise fail(str(exc)) from None
+    problems = load(source, split=split, data_file=data_file, limit=limit, seed=seed)
     if not problems:
         raise fail(f"{source}: no problems")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from math import comb
 from pathlib import Path
 
+from flopmatch.progress import progress_bar
 from flopmatch.record import Problem
 from flopmatch.toyworld.checker import StepCheck, check_solution
 from flopmatch.toyworld.models import format_prompt
@@ -40,7 +41,6 @@ def hf_generate(
 ) -> list[list[str]]:
     """``n`` completions per problem with transformers ``generate`` (greedy when temperature is 0)."""
     import torch
-    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -50,7 +50,7 @@ def hf_generate(
     torch.manual_seed(seed)
     prompts = [format_prompt(p.question) for p in problems for _ in range(n)]
     texts: list[str] = []
-    for start in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="generate"):
+    for start in progress_bar(desc="generate", enabled=progress, iterable=range(0, len(prompts), batch_size)):
         chunk = prompts[start : start + batch_size]
         enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
