@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flopmatch.analysis_cost import write_cost
 from flopmatch.analysis_render import compute_matched_markdown, make_figures, summary_markdown
 from flopmatch.grading.core import STATUSES
 from flopmatch.metrics import (
@@ -46,17 +47,18 @@ from flopmatch.metrics import (
     relative_change,
     wilson_interval,
 )
-from flopmatch.store import RunDir, read_shards, read_table, write_table, write_text
+from flopmatch.store import RunDir, model_key, read_table, write_table, write_text
+from flopmatch.store.queries import (
+    graded_models,
+    load_problems,
+    plan_models,
+    read_human_labels,
+    read_judgments,
+    read_plan,
+    sample_texts,
+)
+from flopmatch.store.schemas import CURVE_COLUMNS, MATCHED_COLUMNS, SUMMARY_COLUMNS
 
-SUMMARY_COLUMNS = [
-    "model", "role", "budget_se_samples", "samples_per_problem", "metric", "k", "value", "ci_low", "ci_high",
-    "n_problems", "n", "group",
-]
-CURVE_COLUMNS = ["model", "k", "value", "ci_low", "ci_high", "n_problems"]
-MATCHED_COLUMNS = [
-    "budget_se_samples", "wc_samples", "metric", "wc_value", "se_value", "relative", "relative_text",
-    "wc_ci_low", "wc_ci_high", "se_ci_low", "se_ci_high", "n_problems",
-]
 SAMPLE_METRICS = ("coverage", "diversity", "diversity_near_dup")
 MAX_CURVE_POINTS = 48
 
@@ -105,19 +107,7 @@ def load_model_samples(run: RunDir, model: str, grades_path: Path) -> ModelSampl
         seen.add(key)
         rows.setdefault(key[0], []).append((key[1], r["status"] == "correct"))
     wanted = {(pid, idx) for pid, lst in rows.items() for idx, ok in lst if ok}
-    texts: dict[tuple[str, int], str] = {}
-    if wanted:
-        samples = read_shards(run.samples_dir(model), columns=["problem_id", "sample_idx", "text"])
-        for r in samples.to_pylist():
-            key = (str(r["problem_id"]), int(r["sample_idx"]))
-            if key in wanted and key not in texts:
-                texts[key] = r["text"] or ""
-        missing = sorted(wanted - set(texts))
-        if missing:
-            raise ValueError(
-                f"{run.samples_dir(model)}: {len(missing)} correct samples in {grades_path.name} have no text, "
-                f"e.g. {missing[:3]}"
-            )
+    texts = {key: text or "" for key, text in sample_texts(run, model, wanted).items()}
     problems: dict[str, _ProblemSamples] = {}
     for pid, lst in rows.items():
         lst.sort()
@@ -190,8 +180,6 @@ class _Verdicts:
 
 
 def load_verdicts(run: RunDir, model: str, judge: str | None, warnings: list[str]) -> _Verdicts:
-    from flopmatch.judge import read_human_labels, read_judgments
-
     out = _Verdicts()
     table = read_judgments(run, model)
     if table.num_rows:
@@ -263,8 +251,6 @@ def analyze(
     ``ks`` limits the k values of the summary (each budget also gets k = S); ``judge`` picks the judge
     whose verdicts give the FPR when several judged the run.
     """
-    from flopmatch.judge import graded_models, load_problems
-
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     warnings: list[str] = []
     graded = graded_models(run)
@@ -273,11 +259,7 @@ def analyze(
     data = {model: load_model_samples(run, model, path) for model, path in graded.items()}
     problems = load_problems(run)
     verdicts = {model: load_verdicts(run, model, judge, warnings) for model in data}
-    plan = None
-    if run.plan_path.exists():
-        from flopmatch.budget import BudgetPlan
-
-        plan = BudgetPlan.from_json(run.plan_path.read_text())
+    plan = read_plan(run, required=False)
     settings = _settings(data, plan, warnings)
 
     summary, cells = _summary(settings, data, problems, verdicts, ks=ks, n_boot=n_boot, seed=seed)
@@ -297,6 +279,7 @@ def analyze(
     files["summary_md"] = write_text(summary_markdown(summary, warnings), out / "summary.md")
     files["compute_matched_md"] = write_text(compute_matched_markdown(compute_matched, headline),
                                              out / "compute_matched.md")
+    files.update(write_cost(run, plan))  # what each budget cost, for the report
     # Unequal counts (an allocation policy): coverage and unique correct over all samples, per FLOP.
     from flopmatch.allocation_metrics import journal_of, write_allocation_metrics
 
@@ -314,9 +297,6 @@ Cells = dict[tuple[str, str | None, int | None], dict[str, tuple[float, float, f
 def _settings(data: dict[str, ModelSamples], plan: Any, warnings: list[str]) -> list[_Setting]:
     """The (model, budget) cells to measure: each plan budget's WC and SE on the problems both have
     complete, then every other model at all its samples."""
-    from flopmatch.judge import plan_models
-    from flopmatch.store import model_key
-
     settings: list[_Setting] = []
     in_plan: set[str | None] = set()
     if plan is not None:

@@ -86,7 +86,7 @@ def forecast_run(run_dir: str | Path | RunDir, model: str | None = None, pilot_s
     """
     if target not in ("population", "pilot"):
         raise ValueError(f"target must be 'population' or 'pilot', got {target!r}")
-    from flopmatch.judge import graded_models
+    from flopmatch.store.queries import graded_models
 
     if pilot_samples < 1:
         raise ValueError(f"pilot_samples must be >= 1, got {pilot_samples}")

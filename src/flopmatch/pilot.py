@@ -261,7 +261,7 @@ def judged_fpr(
     run_dir: str | Path, model: str, problem_ids: Sequence[str], samples: int
 ) -> tuple[float | None, str]:
     """The judge's false-positive rate on the pilot's answer-correct samples, when the run has judgments."""
-    from flopmatch.judge import read_judgments
+    from flopmatch.store.queries import read_judgments
 
     run = RunDir(run_dir)
     table = read_judgments(run, model)

@@ -44,7 +44,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from flopmatch.store import RunDir, model_key, read_json, read_shards, read_table, write_json
+from flopmatch.store import RunDir, model_key, read_json, read_table, write_json
+from flopmatch.store.queries import load_problems, read_judgments, read_samples, samples_at_budget
 
 SFT_META_FILE = "flopmatch_sft.json"
 """Build record written inside every SFT dataset directory (config, counts, prompt config)."""
@@ -162,37 +163,18 @@ def resolve_samples_per_problem(run: RunDir, source_model: str, budget: int) -> 
     source model must be one of them (compared by :func:`flopmatch.store.model_key`, as the sample
     directories are named).
     """
-    from pydantic import ValidationError
-
-    from flopmatch.budget import BudgetPlan
-
     path = run.plan_path
     if not path.exists():
         raise FileNotFoundError(
             f"{path}: no plan in this run; pass samples_per_problem= (--samples-per-problem) instead of a budget"
         )
-    try:
-        plan = BudgetPlan.from_json(path.read_text(encoding="utf-8"))
-    except ValidationError as exc:
-        raise ValueError(f"{path}: not a valid budget plan: {exc}") from exc
-    entry = next((b for b in plan.budgets if int(b.se_samples) == int(budget)), None)
-    if entry is None:
-        known = ", ".join(str(b.se_samples) for b in plan.budgets)
-        raise ValueError(f"{path}: no budget with se_samples={budget} (the plan has: {known})")
-    key = model_key(source_model)
-    if key == model_key(plan.wc.name):
-        return int(entry.wc_samples)
-    if key == model_key(plan.se.name):
-        return int(entry.se_samples)
-    raise ValueError(
-        f"{path}: model {source_model!r} is neither the plan's WC ({plan.wc.name!r}) nor its SE ({plan.se.name!r})"
-    )
+    return samples_at_budget(run, source_model, budget)
 
 
 def _read_graded_samples(run: RunDir, source_model: str) -> list[dict[str, Any]]:
     """Join the model's sample shards with its grades on (problem_id, sample_idx)."""
     samples_dir = run.samples_dir(source_model)
-    samples = read_shards(samples_dir)
+    samples = read_samples(run, source_model, None)  # the one read of sample text in SFT
     if samples.num_rows == 0:
         raise FileNotFoundError(f"{samples_dir}: no sample shards for model {source_model!r}")
     _require_columns(samples, ("problem_id", "sample_idx", "seed", "text"), samples_dir)
@@ -227,8 +209,6 @@ def _read_graded_samples(run: RunDir, source_model: str) -> list[dict[str, Any]]
 
 def _judge_verdicts(run: RunDir, source_model: str, judge_name: str | None) -> dict[tuple[str, int], str]:
     """(problem_id, sample_idx) -> verdict of one judge (the only one in the table when not named)."""
-    from flopmatch.judge import read_judgments
-
     path = run.judgments_path(source_model)
     if not path.exists():
         raise FileNotFoundError(f"{path}: judge_filter needs judgments; run `flopmatch judge` first")
@@ -463,9 +443,7 @@ def _resolve_number_match(
 
 
 def _problems_by_id(run: RunDir) -> dict[str, Any]:
-    from flopmatch.problems import load_run_problems
-
-    return load_run_problems(run)
+    return load_problems(run)
 
 
 def sft_prompt_config(dataset: str):

@@ -14,95 +14,25 @@ from typing import Any
 import pyarrow as pa
 
 from flopmatch.judge.core import FprEstimate, Judge, JudgeItem, fpr_estimate
-from flopmatch.problems import Problem, problems_from_table
 from flopmatch.progress import progress_bar
-from flopmatch.store import RunDir, model_key, read_shards, read_table, write_table
+from flopmatch.store import RunDir, read_table, write_table
+from flopmatch.store.queries import (  # noqa: F401 - the run queries were defined here; flopmatch.judge exports them
+    budget_samples,
+    graded_models,
+    load_problems,
+    plan_models,
+    read_human_labels,
+    read_judgments,
+    sample_texts,
+)
+from flopmatch.store.schemas import HUMAN_SCHEMA, JUDGMENT_SCHEMA
 
 # --------------------------------------------------------------------------- judging a run
-
-JUDGMENT_SCHEMA = pa.schema(
-    [
-        ("model", pa.string()),
-        ("problem_id", pa.string()),
-        ("sample_idx", pa.int64()),
-        ("status", pa.string()),
-        ("first_wrong_step", pa.int64()),
-        ("explanation", pa.string()),
-        ("judge", pa.string()),
-        ("raw", pa.string()),
-    ]
-)
-
-HUMAN_SCHEMA = pa.schema(
-    [
-        ("model", pa.string()),
-        ("problem_id", pa.string()),
-        ("sample_idx", pa.int64()),
-        ("valid", pa.bool_()),
-        ("source", pa.string()),
-    ]
-)
 
 
 def human_labels_path(run: RunDir, model: str) -> Path:
     """Where imported human verdicts of a model live (beside, not inside, the judge's table)."""
-    return run.root / "judgments" / "human" / f"{model_key(model)}.parquet"
-
-
-def load_problems(run: RunDir) -> dict[str, Problem]:
-    """Every problem of the run, from all ``problems/<split>.parquet`` files."""
-    out: dict[str, Problem] = {}
-    for path in sorted((run.root / "problems").glob("*.parquet")):
-        for problem in problems_from_table(read_table(path)):
-            out[problem.problem_id] = problem
-    return out
-
-
-def graded_models(run: RunDir) -> dict[str, Path]:
-    """Model name (from the ``model`` column) → grades file, for every ``grades/*.parquet``."""
-    out: dict[str, Path] = {}
-    for path in sorted((run.root / "grades").glob("*.parquet")):
-        names = read_table(path, columns=["model"]).column("model").unique().to_pylist()
-        if len(names) != 1:
-            raise ValueError(f"{path}: expected one model in column 'model', found {names}")
-        out[str(names[0])] = path
-    return out
-
-
-def budget_samples(run: RunDir, model: str, budget: int) -> int:
-    """Samples per problem of ``model`` at plan budget index ``budget`` (WC or SE side of the plan)."""
-    from flopmatch.budget import BudgetPlan
-
-    if not run.plan_path.exists():
-        raise FileNotFoundError(f"{run.plan_path}: no plan, so budget {budget} means nothing")
-    plan = BudgetPlan.from_json(run.plan_path.read_text())
-    if not 0 <= budget < len(plan.budgets):
-        raise ValueError(f"budget index {budget} out of range: the plan has {len(plan.budgets)} budgets")
-    entry = plan.budgets[budget]
-    wc, se = plan_models(plan)
-    if model_key(model) == model_key(wc):
-        return int(entry.wc_samples)
-    if model_key(model) == model_key(se):
-        return int(entry.se_samples)
-    raise ValueError(f"model {model!r} is neither the plan's WC ({wc!r}) nor its SE ({se!r})")
-
-
-def plan_models(plan: Any) -> tuple[str, str]:
-    """(WC model, SE model) of a budget plan."""
-    wc, se = getattr(plan, "wc", None), getattr(plan, "se", None)
-    if wc is None or se is None:
-        raise ValueError("the budget plan names no WC/SE models")
-    return _model_name(wc), _model_name(se)
-
-
-def _model_name(obj: Any) -> str:
-    if isinstance(obj, str):
-        return obj
-    for attr in ("name", "model", "id"):
-        value = getattr(obj, attr, None)
-        if isinstance(value, str):
-            return value
-    raise ValueError(f"cannot read a model name from {obj!r}")
+    return run.human_labels_path(model)
 
 
 def selection_key(seed: int, model: str, problem_id: str, sample_idx: int) -> bytes:
@@ -166,7 +96,7 @@ def judge_run(
         existing = read_table(path).to_pylist() if path.exists() else []
         done = {(r["problem_id"], r["sample_idx"]) for r in existing if r["judge"] == judge.name}
         todo = [key for key in selected if key not in done]
-        texts = _sample_texts(run, model, set(todo))
+        texts = sample_texts(run, model, set(todo))
         missing_problems = sorted({pid for pid, _ in todo if pid not in problems})
         if missing_problems:
             raise ValueError(f"{run.root / 'problems'}: no problem record for {missing_problems[:5]} (model {model})")
@@ -198,34 +128,6 @@ def judge_run(
         stats[model] = JudgeRunStats(model, len(candidates), len(selected), len(todo), len(selected) - len(todo),
                                      fpr_estimate(mine))
     return stats
-
-
-def _sample_texts(run: RunDir, model: str, keys: set[tuple[str, int]]) -> dict[tuple[str, int], str]:
-    if not keys:
-        return {}
-    table = read_shards(run.samples_dir(model), columns=["problem_id", "sample_idx", "text"])
-    out: dict[tuple[str, int], str] = {}
-    for row in table.to_pylist():
-        key = (str(row["problem_id"]), int(row["sample_idx"]))
-        if key in keys and key not in out:
-            out[key] = row["text"]
-    missing = sorted(keys - set(out))
-    if missing:
-        raise ValueError(f"{run.samples_dir(model)}: graded samples without text: {missing[:5]}")
-    return out
-
-
-def read_judgments(run: RunDir, model: str, judge_name: str | None = None) -> pa.Table:
-    """A model's judgments (optionally of one judge); an empty table when none."""
-    path = run.judgments_path(model)
-    if not path.exists():
-        return JUDGMENT_SCHEMA.empty_table()
-    table = read_table(path)
-    if judge_name is not None:
-        import pyarrow.compute as pc
-
-        table = table.filter(pc.equal(table.column("judge"), judge_name))
-    return table
 
 
 # --------------------------------------------------------------------------- human labels
@@ -338,10 +240,3 @@ def import_human_labels(run_dir: str | Path | RunDir, path: str | Path, model: s
         raise LabelError(f"{path}: no labels")
     rows = sorted(labels.values(), key=lambda r: (r["problem_id"], r["sample_idx"]))
     return write_table(pa.Table.from_pylist(rows, schema=HUMAN_SCHEMA), out_path)
-
-
-def read_human_labels(run: RunDir, model: str) -> pa.Table:
-    path = human_labels_path(run, model)
-    return read_table(path) if path.exists() else HUMAN_SCHEMA.empty_table()
-
-

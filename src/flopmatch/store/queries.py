@@ -1,0 +1,258 @@
+"""Typed readers of a run directory: what the stages after sampling ask of a run, answered one way.
+
+* problems: :func:`load_problems` (every split), :func:`problems_by_role` (one split);
+* the plan: :func:`read_plan` (the typed :class:`~flopmatch.budget.BudgetPlan`), :func:`plan_models`,
+  and a model's samples per problem at a budget — :func:`budget_samples` by the plan's budget index,
+  :func:`samples_at_budget` by the budget's SE sample count;
+* roles: :func:`read_roles` (``roles.json``: which model is WC and SE, its key, label and size);
+* grades and samples: :func:`graded_models`, :func:`read_grades` (optionally below a budget's sample
+  count), :func:`sample_texts` (the texts of given samples, the only reader of sample text here) and
+  :func:`sample_costs` (token counts and seconds, no text);
+* verdicts: :func:`read_judgments`, :func:`read_human_labels`;
+* the analysis's cost table: :func:`read_cost`.
+
+A model's data at a budget of S samples per problem is its samples with ``sample_idx < S`` (the sampler
+makes the low budget a prefix of the high one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from flopmatch.budget import BudgetPlan
+from flopmatch.record import Problem, problems_from_table
+from flopmatch.store.io import cast_to_schema, model_key, read_json, read_shards, read_table, shard_paths
+from flopmatch.store.layout import RunDir
+from flopmatch.store.schemas import COST_SCHEMA, HUMAN_SCHEMA, JUDGMENT_SCHEMA, SAMPLE_SCHEMA
+
+#: The columns of a sample table that say what it cost (no text).
+COST_COLUMNS = ("problem_id", "sample_idx", "completion_tokens", "prompt_tokens", "seconds")
+
+
+def as_run(run_dir: str | Path | RunDir) -> RunDir:
+    return run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+
+
+# --------------------------------------------------------------------------- problems
+
+
+def load_problems(run: RunDir) -> dict[str, Problem]:
+    """Every problem of the run, from all ``problems/<split>.parquet`` files."""
+    out: dict[str, Problem] = {}
+    for path in sorted(run.problems_dir.glob("*.parquet")):
+        for problem in problems_from_table(read_table(path)):
+            out[problem.problem_id] = problem
+    return out
+
+
+def problems_by_role(run: RunDir, role: str) -> list[Problem]:
+    """The problems of one role (``sample``, ``validation``, ``test``); empty when the run has none."""
+    path = run.problems_path(role)
+    return problems_from_table(read_table(path)) if path.exists() else []
+
+
+# --------------------------------------------------------------------------- plan and roles
+
+
+def read_plan(run: RunDir, *, required: bool = True) -> BudgetPlan | None:
+    """The run's budget plan (``plan.json``); None when there is none and ``required`` is false."""
+    from pydantic import ValidationError
+
+    path = run.plan_path
+    if not path.exists():
+        if required:
+            raise FileNotFoundError(
+                f"{path}: no plan in this run (run `flopmatch plan` or the study's plan stage)"
+            )
+        return None
+    try:
+        return BudgetPlan.from_json(path.read_text(encoding="utf-8"))
+    except ValidationError as exc:
+        raise ValueError(f"{path}: not a valid budget plan: {exc}") from exc
+
+
+def plan_models(plan: Any) -> tuple[str, str]:
+    """(WC model, SE model) of a budget plan."""
+    wc, se = getattr(plan, "wc", None), getattr(plan, "se", None)
+    if wc is None or se is None:
+        raise ValueError("the budget plan names no WC/SE models")
+    return model_name(wc), model_name(se)
+
+
+def model_name(obj: Any) -> str:
+    """The model name of a plan side (or of a plain string)."""
+    if isinstance(obj, str):
+        return obj
+    for attr in ("name", "model", "id"):
+        value = getattr(obj, attr, None)
+        if isinstance(value, str):
+            return value
+    raise ValueError(f"cannot read a model name from {obj!r}")
+
+
+def side_samples(plan: BudgetPlan, model: str, point: Any) -> int:
+    """``model``'s samples per problem at the plan's budget ``point`` (its WC or SE side)."""
+    wc, se = plan_models(plan)
+    if model_key(model) == model_key(wc):
+        return int(point.wc_samples)
+    if model_key(model) == model_key(se):
+        return int(point.se_samples)
+    raise ValueError(f"model {model!r} is neither the plan's WC ({wc!r}) nor its SE ({se!r})")
+
+
+def budget_samples(run: RunDir, model: str, budget: int) -> int:
+    """Samples per problem of ``model`` at plan budget index ``budget`` (WC or SE side of the plan)."""
+    if not run.plan_path.exists():
+        raise FileNotFoundError(f"{run.plan_path}: no plan, so budget {budget} means nothing")
+    plan = read_plan(run)
+    if not 0 <= budget < len(plan.budgets):
+        raise ValueError(f"budget index {budget} out of range: the plan has {len(plan.budgets)} budgets")
+    return side_samples(plan, model, plan.budgets[budget])
+
+
+def samples_at_budget(run: RunDir, model: str, se_samples: int) -> int:
+    """Samples per problem of ``model`` at the plan's budget of ``se_samples`` SE samples per problem."""
+    plan = read_plan(run)
+    point = next((b for b in plan.budgets if int(b.se_samples) == int(se_samples)), None)
+    if point is None:
+        known = ", ".join(str(b.se_samples) for b in plan.budgets)
+        raise ValueError(f"{run.plan_path}: no budget with se_samples={se_samples} (the plan has: {known})")
+    try:
+        return side_samples(plan, model, point)
+    except ValueError as exc:
+        raise ValueError(f"{run.plan_path}: {exc}") from None
+
+
+def read_roles(run: RunDir) -> dict[str, Any]:
+    """``roles.json`` (role → model, key, label, params); empty when the run has none."""
+    return read_json(run.roles_path) if run.roles_path.exists() else {}
+
+
+# --------------------------------------------------------------------------- grades and samples
+
+
+def graded_models(run: RunDir) -> dict[str, Path]:
+    """Model name (from the ``model`` column) → grades file, for every ``grades/*.parquet``."""
+    out: dict[str, Path] = {}
+    for path in sorted(run.grades_dir.glob("*.parquet")):
+        names = read_table(path, columns=["model"]).column("model").unique().to_pylist()
+        if len(names) != 1:
+            raise ValueError(f"{path}: expected one model in column 'model', found {names}")
+        out[str(names[0])] = path
+    return out
+
+
+def read_grades(
+    run: RunDir,
+    model: str,
+    *,
+    samples: int | None = None,
+    columns: tuple[str, ...] = ("problem_id", "sample_idx", "status"),
+) -> pa.Table:
+    """A model's grades (``columns``), only samples ``sample_idx < samples`` when given."""
+    path = run.grades_path(model)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no grades for model {model!r}; run `flopmatch grade` first")
+    table = read_table(path, columns=list(columns))
+    if samples is not None:
+        table = table.filter(pc.less(table.column("sample_idx"), samples))
+    return table
+
+
+def sample_texts(run: RunDir, model: str, keys: set[tuple[str, int]]) -> dict[tuple[str, int], str | None]:
+    """The text of each sample in ``keys`` ((problem_id, sample_idx)) as stored (None for a null text); a
+    key with no sample row raises."""
+    if not keys:
+        return {}
+    directory = run.samples_dir(model)
+    table = read_shards(directory, columns=["problem_id", "sample_idx", "text"], schema=SAMPLE_SCHEMA)
+    out: dict[tuple[str, int], str] = {}
+    for row in table.to_pylist():
+        key = (str(row["problem_id"]), int(row["sample_idx"]))
+        if key in keys and key not in out:
+            out[key] = row["text"]
+    missing = sorted(keys - set(out))
+    if missing:
+        raise ValueError(f"{directory}: {len(missing)} graded samples have no text, e.g. {missing[:5]}")
+    return out
+
+
+def read_samples(
+    run: RunDir, model: str, columns: tuple[str, ...] | None, *, samples: int | None = None
+) -> pa.Table:
+    """A model's sample table (only ``columns``, all when None; ask for ``text`` only where it is needed),
+    only samples ``sample_idx < samples`` when given. ``sample_idx`` is int64 whatever the shards store."""
+    wanted = list(columns) if columns is not None else None
+    table = read_shards(run.samples_dir(model), columns=wanted, schema=SAMPLE_SCHEMA)
+    if samples is not None and table.num_rows:
+        table = table.filter(pc.less(table.column("sample_idx"), samples))
+    return table
+
+
+def sample_costs(run: RunDir, model: str) -> pa.Table:
+    """A model's samples' token counts and seconds (those of :data:`COST_COLUMNS` each shard has; no
+    text); an empty table when the model has no samples."""
+    tables = []
+    for path in shard_paths(run.samples_dir(model)):
+        present = set(pq.read_schema(path).names)
+        table = pq.read_table(path, columns=[c for c in COST_COLUMNS if c in present])
+        tables.append(cast_to_schema(table, SAMPLE_SCHEMA))
+    return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def read_judgments(run: RunDir, model: str, judge_name: str | None = None) -> pa.Table:
+    """A model's judgments (optionally of one judge); an empty table when none."""
+    path = run.judgments_path(model)
+    if not path.exists():
+        return JUDGMENT_SCHEMA.empty_table()
+    table = read_table(path)
+    if judge_name is not None:
+        table = table.filter(pc.equal(table.column("judge"), judge_name))
+    return table
+
+
+def read_human_labels(run: RunDir, model: str) -> pa.Table:
+    """People's verdicts on a model's answer-correct samples; an empty table when none."""
+    path = run.human_labels_path(model)
+    return read_table(path) if path.exists() else HUMAN_SCHEMA.empty_table()
+
+
+# --------------------------------------------------------------------------- the analysis's tables
+
+
+def read_cost(run: RunDir) -> pa.Table | None:
+    """``metrics/cost.parquet`` (see :data:`~flopmatch.store.schemas.COST_SCHEMA`); None before the analysis
+    wrote it."""
+    return read_table(run.cost_path) if run.cost_path.exists() else None
+
+
+__all__ = [
+    "COST_COLUMNS",
+    "COST_SCHEMA",
+    "as_run",
+    "budget_samples",
+    "graded_models",
+    "load_problems",
+    "model_name",
+    "plan_models",
+    "problems_by_role",
+    "read_cost",
+    "read_grades",
+    "read_human_labels",
+    "read_judgments",
+    "read_plan",
+    "read_roles",
+    "read_samples",
+    "sample_costs",
+    "sample_texts",
+    "samples_at_budget",
+    "side_samples",
+]
