@@ -21,28 +21,12 @@ from flopmatch.backends.base import Completion, Request, SamplingParams
 from flopmatch.ledger import LedgerSession
 from flopmatch.problems import Problem
 from flopmatch.store import model_key
+from flopmatch.store.schemas import SAMPLE_SCHEMA
 
 if TYPE_CHECKING:
     from flopmatch.prompts import PromptConfig
 
 log = logging.getLogger("flopmatch.sampling")
-
-SAMPLE_SCHEMA = pa.schema(
-    [
-        ("model", pa.string()),
-        ("problem_id", pa.string()),
-        ("sample_idx", pa.int32()),
-        ("seed", pa.int64()),
-        ("text", pa.string()),
-        ("prompt_tokens", pa.int32()),  # prefilled for this sample: a vLLM request charges its first sample
-        ("completion_tokens", pa.int32()),
-        ("finish_reason", pa.string()),
-        ("backend", pa.string()),
-        ("seeding", pa.string()),  # "per-request": seed made this sample; "engine": engine-level seed
-        ("seconds", pa.float64()),  # wall seconds attributed to this sample (batch time / batch size)
-        ("session_id", pa.string()),  # the ledger session that generated it
-    ]
-)
 
 CONFIG_FILE = "config.json"
 
