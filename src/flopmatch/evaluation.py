@@ -40,26 +40,9 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flopmatch.store import config_hash, read_json, write_json, write_table
+from flopmatch.store.schemas import EVAL_SCHEMA
 
 DEFAULT_KS = (1, 4, 8, 16)
-
-EVAL_SCHEMA = pa.schema(
-    [
-        ("model", pa.string()),
-        ("lora_path", pa.string()),
-        ("problem_id", pa.string()),
-        ("dataset", pa.string()),
-        ("mode", pa.string()),  # "greedy" | "sample"
-        ("sample_idx", pa.int64()),
-        ("seed", pa.int64()),
-        ("text", pa.string()),
-        ("extracted", pa.string()),
-        ("gold", pa.string()),
-        ("status", pa.string()),
-        ("completion_tokens", pa.int64()),
-        ("finish_reason", pa.string()),
-    ]
-)
 
 
 class EvalConfig(BaseModel):

@@ -40,34 +40,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flopmatch.store import RunDir, model_key, shard_paths, write_table
+from flopmatch.store.schemas import LEDGER_SCHEMA
 
 FLOPS_CONVENTION = "nominal_flops = 2 * params * completion_tokens (paper: 2·P·W, generated tokens)"
 
 STATUSES = ("running", "done", "budget", "incomplete", "interrupted", "failed", "killed")
-
-LEDGER_SCHEMA = pa.schema(
-    [
-        ("session_id", pa.string()),
-        ("model", pa.string()),
-        ("model_key", pa.string()),
-        ("backend", pa.string()),
-        ("seeding", pa.string()),  # "per-request" | "engine"
-        ("replicas", pa.int32()),
-        ("status", pa.string()),  # one of STATUSES
-        ("samples", pa.int64()),
-        ("errors", pa.int64()),
-        ("prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()),
-        ("truncated", pa.int64()),
-        ("seconds", pa.float64()),
-        ("startup_seconds", pa.float64()),
-        ("params", pa.int64()),
-        ("nominal_flops", pa.float64()),
-        ("prompt_flops", pa.float64()),
-        ("started_at", pa.timestamp("ms", tz="UTC")),
-        ("updated_at", pa.timestamp("ms", tz="UTC")),
-    ]
-)
 
 
 def nominal_flops(params: int | None, tokens: int) -> float | None:
