@@ -187,9 +187,7 @@ def _stages_section(data: RunData) -> Section:
     rows = []
     order = ("problems", "plan", "pilot", "sample", "grade", "judge", "analyze", "sft", "train", "eval", "report")
     for name in sorted(data.stages, key=lambda n: order.index(n) if n in order else len(order)):
-        entry = data.stages[name]
-        if ":" in name:
-            continue  # per-job sub-stages (one per training run) stay out of the overview
+        entry = data.stages[name]  # stages only: per-job entries (one per training run) are RunDir.job_state()
         seconds = entry.get("seconds")
         finished = entry.get("finished_at")
         rows.append(
