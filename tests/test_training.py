@@ -32,6 +32,7 @@ from flopmatch.training import (
     resolve_trained_model,
     total_steps,
     train,
+    warmup_steps,
 )
 from hold_points import hold_env, wait_for_hold
 
@@ -161,6 +162,21 @@ def test_train_config_is_explicit_and_validated():
     assert total_steps(100, TrainConfig(max_steps=600)) == 600
 
 
+def test_the_training_api_keeps_its_names_wherever_the_parts_live():
+    """flopmatch.training stays the import for every public name it had before the parts moved out, and
+    there is one is_main_process."""
+    import flopmatch.training as training
+    import flopmatch.training_trainer as trainer
+
+    used = {"TrainConfig", "LoraSettings", "train", "TrainResult", "CheckpointSelection", "select_checkpoint",
+            "merge_lora", "total_steps", "checkpoint_steps", "best_checkpoint", "load_training_data",
+            "is_main_process", "list_checkpoints", "resolve_trained_model", "model_meta", "is_adapter_dir",
+            "MODEL_META_FILE", "TRAIN_RESULT_FILE", "SELECTION_FILE", "CHECKPOINT_PREFIX", "HASH_MARKER",
+            "RESUME_STATE_PATTERNS"}  # fmt: skip
+    assert used <= set(training.__all__) and all(hasattr(training, name) for name in training.__all__)
+    assert training.is_main_process is trainer.is_main_process and not hasattr(training, "_is_main_process")
+
+
 # --------------------------------------------------------------------------- completion-only loss
 
 
@@ -168,7 +184,7 @@ def test_train_config_is_explicit_and_validated():
 def test_loss_is_on_the_completion_only_for_text_and_chat_prompts(tmp_path):
     from datasets import Dataset
 
-    from flopmatch.training import _make_trainer
+    from flopmatch.training_trainer import make_trainer
 
     template = (
         "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
@@ -182,7 +198,7 @@ def test_loss_is_on_the_completion_only_for_text_and_chat_prompts(tmp_path):
     chat = Dataset.from_list([{"prompt": [{"role": "user", "content": "1+2?"}],
                                "completion": [{"role": "assistant", "content": "\\boxed{3}"}]}])
     for dataset, completion in ((text, " \\boxed{3}</s>"), (chat, " \\boxed{3}</s>")):
-        trainer = _make_trainer(dataset, base_model=str(base), out_dir=tmp_path / "out", config=tiny_config())
+        trainer = make_trainer(dataset, base_model=str(base), out_dir=tmp_path / "out", config=tiny_config())
         row = trainer.train_dataset[0]
         trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
         assert tokenizer.decode(trained) == completion  # prompt masked; EOS / end of turn learnt
@@ -190,10 +206,10 @@ def test_loss_is_on_the_completion_only_for_text_and_chat_prompts(tmp_path):
 
 
 @pytest.mark.train
-def test_warmup_ratio_reaches_the_scheduler_as_a_fraction_of_the_steps(tmp_path):
+def test_warmup_ratio_reaches_the_scheduler_as_whole_steps(tmp_path):
     from datasets import Dataset
 
-    from flopmatch.training import _make_trainer
+    from flopmatch.training_trainer import make_trainer
 
     tokenizer = byte_tokenizer()
     base = tmp_path / "base"
@@ -201,8 +217,8 @@ def test_warmup_ratio_reaches_the_scheduler_as_a_fraction_of_the_steps(tmp_path)
     tokenizer.save_pretrained(base)
     data = Dataset.from_list([{"prompt": "Problem: 1+2?\nSolution:", "completion": " 3"}] * 4)
     config = tiny_config(warmup_ratio=0.25, max_steps=8, learning_rate=1e-3, lr_scheduler_type="linear")
-    trainer = _make_trainer(data, base_model=str(base), out_dir=tmp_path / "out", config=config)
-    assert trainer.args.get_warmup_steps(8) == 2  # 25% of 8 steps, not int(0.25) = 0 steps
+    trainer = make_trainer(data, base_model=str(base), out_dir=tmp_path / "out", config=config)
+    assert trainer.args.warmup_steps == 2  # 25% of 8 steps, handed over as steps (not int(0.25) = 0 steps)
     trainer.create_optimizer_and_scheduler(num_training_steps=8)
     lrs = []
     for _ in range(4):
@@ -210,6 +226,43 @@ def test_warmup_ratio_reaches_the_scheduler_as_a_fraction_of_the_steps(tmp_path)
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
     assert lrs[0] == 0.0 and lrs[1] == pytest.approx(5e-4) and lrs[2] == pytest.approx(1e-3) and lrs[3] < lrs[2]
+
+
+def test_warmup_steps_round_a_fraction_of_the_steps_up_as_transformers_did():
+    """The trainer now gets whole warmup steps; they are the ones transformers made of the ratio when it
+    was handed the fraction (so a study's training, the demo's included, keeps its schedule)."""
+    from transformers import TrainingArguments
+
+    assert [warmup_steps(30, 0.1), warmup_steps(120, 0.1), warmup_steps(7, 0.0), warmup_steps(600, 0.03)] == [
+        3, 12, 0, 18]  # fmt: skip
+    for ratio in (0.0, 0.01, 0.03, 0.1, 0.25, 0.3, 0.7, 0.999):
+        as_fraction = TrainingArguments(output_dir="unused", warmup_steps=ratio, report_to="none")
+        for n_steps in (1, 3, 7, 10, 30, 99, 120, 333, 600, 1001):
+            assert warmup_steps(n_steps, ratio) == as_fraction.get_warmup_steps(n_steps), (n_steps, ratio)
+    with pytest.raises(ValueError, match="warmup_ratio"):
+        warmup_steps(10, 1.5)
+
+
+@pytest.mark.train
+def test_total_steps_are_the_steps_the_trainer_takes(tmp_path):
+    """Warmup steps are computed from :func:`total_steps`, so it must count the steps as the trainer does
+    (partial batches, partial accumulation, fractional epochs)."""
+    from datasets import Dataset
+
+    from flopmatch.training_trainer import make_trainer
+
+    tokenizer = byte_tokenizer()
+    base = tmp_path / "base"
+    tiny_llama(tokenizer, hidden=16).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    for n_examples, batch, accumulation, epochs in ((17, 3, 2, 2.5), (5, 8, 1, 1.0), (40, 4, 3, 0.5)):
+        data = Dataset.from_list([{"prompt": "Problem: 1+2?\nSolution:", "completion": " 3"}] * n_examples)
+        config = tiny_config(max_steps=None, num_train_epochs=epochs, per_device_batch_size=batch,
+                             gradient_accumulation_steps=accumulation, warmup_ratio=0.3)  # fmt: skip
+        trainer = make_trainer(data, base_model=str(base), out_dir=tmp_path / "out", config=config)
+        counted = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
+        assert total_steps(n_examples, config) == counted, (n_examples, batch, accumulation, epochs)
+        assert trainer.args.warmup_steps == warmup_steps(counted, 0.3)
 
 
 # --------------------------------------------------------------------------- training end to end
@@ -263,6 +316,29 @@ def test_training_lowers_loss_raises_accuracy_and_selects_the_best_checkpoint(ta
     assert again.seconds == result.seconds and again.validation_scores == result.validation_scores
     with pytest.raises(FileExistsError, match="different training run"):
         train(task.sft, base_model=task.base, out_dir=out, config=tiny_config(learning_rate=1e-3))
+
+
+@pytest.mark.train
+def test_selecting_a_finished_runs_checkpoint_keeps_its_record_whole(task):
+    """A run trained without validation (as under `accelerate launch`), then called again with validation
+    problems, selects its checkpoint; its record keeps config, data and prompts, so selecting again
+    (`--select-only`) still publishes (it once lost them, and publishing failed on the missing data_dir)."""
+    from flopmatch.training import select_checkpoint
+
+    out = task.root / "select-later"
+    config = tiny_config(max_steps=4, n_checkpoints=2)
+    first = train(task.sft, base_model=task.base, out_dir=out, config=config)
+    assert first.validation_scores == {} and first.best == out / "best"
+    again = train(task.sft, base_model=task.base, out_dir=out, config=config, validation=task.validation[:4],
+                  select_max_tokens=8, select_options=HF)  # fmt: skip
+    assert again.seconds == first.seconds and sorted(again.validation_scores) == [2, 4]
+    record = json.loads((out / "train_result.json").read_text())
+    assert record["config"]["max_steps"] == 4 and record["data_dir"] == str(task.sft)
+    assert record["prompt_configs"]["gsm8k"]["instruction"] == "Add."
+    assert {int(k) for k in record["validation_scores"]} == {2, 4}
+    selection = select_checkpoint(out, task.validation[:4], max_tokens=8, backend_options=HF)
+    assert selection.scores == again.validation_scores
+    assert json.loads((out / "best" / MODEL_META_FILE).read_text())["prompt_configs"] == record["prompt_configs"]
 
 
 _KILL_SCRIPT = """

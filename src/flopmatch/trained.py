@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flopmatch.store import read_json
+from flopmatch.store import read_json, write_json
 
 TRAIN_RESULT_FILE = "train_result.json"
 SELECTION_FILE = "selection.json"
@@ -16,7 +16,19 @@ MODEL_META_FILE = "flopmatch_model.json"
 
 CHECKPOINT_PREFIX = "checkpoint-"
 HASH_MARKER = ".flopmatch_train_hash"  # identity of the run that owns an output directory
-# Files and directories that only serve to resume training (never needed to load a model).
+RESUME_STATE_PATTERNS = (
+    "optimizer.pt",
+    "optimizer.bin",
+    "optimizer_*",
+    "scheduler.pt",
+    "scaler.pt",
+    "rng_state*.pth",
+    "global_step*",  # DeepSpeed ZeRO partitions
+    "pytorch_model_fsdp*",  # FSDP sharded model state (the full state dict is saved separately)
+    "latest",
+    "zero_to_fp32.py",
+)
+"""Files and directories in a checkpoint that only serve to resume training (never needed to load a model)."""
 
 
 def list_checkpoints(out_dir: str | Path, *, complete_only: bool = True) -> list[tuple[int, Path]]:
@@ -32,6 +44,11 @@ def list_checkpoints(out_dir: str | Path, *, complete_only: bool = True) -> list
             if suffix.isdigit() and (not complete_only or (path / "trainer_state.json").exists()):
                 found.append((int(suffix), path))
     return sorted(found)
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The optimizer step of a ``checkpoint-<step>`` directory."""
+    return int(Path(path).name[len(CHECKPOINT_PREFIX) :])
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -71,3 +88,16 @@ def model_meta(path: str | Path) -> dict[str, Any]:
         record = read_json(result) if result.exists() else {}
         return {"trained": True, "prompt_configs": record.get("prompt_configs")}
     return {}
+
+
+def write_model_meta(
+    best: Path | None, *, base_model: str, lora: bool, data_dir: str | Path | None, prompt_configs: Any
+) -> None:
+    """Leave the record :func:`model_meta` reads in a published ``best/`` (nothing when there is none)."""
+    if best is None:
+        return
+    write_json(
+        {"base_model": base_model, "lora": lora, "data_dir": str(data_dir) if data_dir is not None else None,
+         "prompt_configs": prompt_configs},
+        best / MODEL_META_FILE,
+    )  # fmt: skip

@@ -112,7 +112,9 @@ def train_command(
     epochs: Annotated[float | None, typer.Option("--epochs", help="epochs (ignored with --max-steps)")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="optimizer steps")] = None,
     max_length: Annotated[int | None, typer.Option("--max-length", min=8, help="tokens per example")] = None,
-    warmup_ratio: Annotated[float | None, typer.Option("--warmup-ratio")] = None,
+    warmup_ratio: Annotated[
+        float | None, typer.Option("--warmup-ratio", help="fraction of the optimizer steps with linear warmup (rounded up)")
+    ] = None,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="cosine | linear | constant_with_warmup ...")] = None,
     seed: Annotated[
         list[int] | None,
