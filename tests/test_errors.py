@@ -64,13 +64,14 @@ def test_every_exception_class_in_the_package_is_a_flopmatch_error():
     for module_name, class_name in _exception_classes():
         module = importlib.import_module(module_name)
         cls = getattr(module, class_name, None)
-        if not isinstance(cls, type) or not issubclass(cls, Exception):
-            continue  # not an exception; or a BaseException-only signal (grading's SoftTimeout) that
-            # must get past `except Exception`, which no user ever sees
+        if not isinstance(cls, type) or not issubclass(cls, Exception) or class_name.startswith("_"):
+            continue  # not an exception; a BaseException-only signal that must get past `except
+            # Exception` (grading's SoftTimeout); or a private control-flow signal caught in its own
+            # module (the toy generator's _Retry), which no user ever sees
         checked.append(f"{module_name}.{class_name}")
         if not issubclass(cls, FlopmatchError):
             missing.append(f"{module_name}.{class_name}")
-    assert len(checked) >= 20  # the walk finds them (22 when this test was written)
+    assert len(checked) >= 18  # the walk finds them (20 public ones when this test was written)
     assert not missing, f"subclass flopmatch.errors.FlopmatchError (keeping the builtin base): {missing}"
 
 

@@ -1,7 +1,10 @@
-"""The typer application every command module registers on, and the one place the CLI turns an error
-into a message: a command that raises a :data:`flopmatch.errors.USER_ERRORS` error (a
-:class:`~flopmatch.errors.FlopmatchError` raised anywhere below it, or bad input) prints
-``error: <message>`` on stderr, no traceback, and exits with the error's ``exit_code`` (2)."""
+"""The typer application every command module registers on. Every command runs through
+:func:`cli_command`, the one place where the CLI
+
+- configures logging (:func:`flopmatch.log.configure`: library warnings on stderr), and
+- turns an error into a message: a :data:`flopmatch.errors.USER_ERRORS` error (a
+  :class:`~flopmatch.errors.FlopmatchError` raised anywhere below the command, or bad input) prints
+  ``error: <message>`` on stderr, no traceback, and exits with the error's ``exit_code`` (2)."""
 
 from __future__ import annotations
 
@@ -13,27 +16,29 @@ import typer
 from rich.console import Console
 
 from flopmatch.errors import USER_ERRORS
+from flopmatch.log import configure as configure_logging
 
 
 class FlopmatchTyper(typer.Typer):
-    """A typer app whose commands report :data:`~flopmatch.errors.USER_ERRORS` as messages."""
+    """A typer app whose commands run through :func:`cli_command`."""
 
     def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable], Callable]:
         register = super().command(*args, **kwargs)
 
         def decorator(func: Callable) -> Callable:
-            register(reporting_errors(func))
+            register(cli_command(func))
             return func
 
         return decorator
 
 
-def reporting_errors(func: Callable) -> Callable:
-    """``func`` with a user error turned into ``error: <message>`` and its exit code (typer reads the
-    options from the wrapped signature)."""
+def cli_command(func: Callable) -> Callable:
+    """``func`` with logging configured and a user error turned into ``error: <message>`` and its exit
+    code (typer reads the options from the wrapped signature)."""
 
     @functools.wraps(func)
     def command(*args: Any, **kwargs: Any) -> Any:
+        configure_logging()
         try:
             return func(*args, **kwargs)
         except USER_ERRORS as exc:
