@@ -122,3 +122,20 @@ def test_a_plain_bug_still_shows_its_traceback():
 
     result = CliRunner().invoke(demo, [])
     assert isinstance(result.exception, KeyError)  # not swallowed into a message
+
+
+def test_gold_answers_that_disagree_name_the_file_and_row(tmp_path: Path):
+    from flopmatch.grading.run import GoldError, load_golds
+    from flopmatch.problems import Problem, save_problems
+    from flopmatch.store import RunDir
+
+    def problem(split: str, answer: str) -> Problem:
+        return Problem(problem_id="gsm8k/x/1", dataset="gsm8k", split=split, question="q", answer=answer)
+
+    run = RunDir(tmp_path)
+    save_problems(run, [problem("test", "1"), problem("train", "2")])
+    with pytest.raises(GoldError) as info:
+        load_golds(run)
+    assert info.value.row == 1 and info.value.file.endswith("train.parquet")
+    assert str(info.value).startswith(f"{info.value.file}, row 1: problem 'gsm8k/x/1' also in ")
+    assert isinstance(info.value, ValueError)  # what grade_run's callers caught before

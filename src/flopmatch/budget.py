@@ -411,7 +411,7 @@ def measured_costs_from_ledger(
     for number, row in enumerate(rows, 1):
         for column in LEDGER_COLUMNS:
             if row[column] is None:
-                raise BudgetError(f"ledger {path}, row {number}: field {column!r} is empty")
+                raise BudgetError("is empty", file=f"ledger {path}", row=number, field=column)
 
     def totals(model: str) -> MeasuredCost:
         wanted = {model, model_key(model)}

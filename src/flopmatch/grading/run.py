@@ -25,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from flopmatch.errors import FlopmatchError
 from flopmatch.grading.core import STATUSES, grade_many
 from flopmatch.problems import problems_from_table
 from flopmatch.store import RunDir, config_hash, read_shards, read_table, shard_paths, write_table
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 GRADER_VERSION = "1"
 
 _SAMPLE_COLUMNS = ("problem_id", "sample_idx", "text")
+
+
+class GoldError(FlopmatchError, ValueError):
+    """The run's problems do not give one gold answer per problem (names the file and the row)."""
 
 
 def grader_config(timeout: float) -> dict[str, Any]:
@@ -100,17 +105,15 @@ def load_golds(run: RunDir) -> dict[str, tuple[str, str]]:
         try:
             problems = problems_from_table(read_table(path))
         except (TypeError, KeyError) as exc:
-            raise ValueError(f"{path}: not a problems table ({exc})") from exc
-        for row, problem in enumerate(problems):
+            raise GoldError(f"not a problems table ({exc})", file=path) from exc
+        for row, problem in enumerate(problems, 1):
             if problem.answer is None or problem.dataset is None:
-                raise ValueError(
-                    f"{path}: row {row}: problem {problem.problem_id!r} has no answer or dataset"
-                )
+                raise GoldError(f"problem {problem.problem_id!r} has no answer or dataset", file=path, row=row)
             value = (problem.dataset, problem.answer)
             if problem.problem_id in golds and golds[problem.problem_id] != value:
-                raise ValueError(
-                    f"{path}: row {row}: problem {problem.problem_id!r} also in {origin[problem.problem_id]} "
-                    "with a different gold answer"
+                raise GoldError(
+                    f"problem {problem.problem_id!r} also in {origin[problem.problem_id]} with a different gold "
+                    "answer", file=path, row=row,
                 )
             golds[problem.problem_id] = value
             origin[problem.problem_id] = path
