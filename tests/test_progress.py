@@ -62,3 +62,16 @@ def test_eval_on_a_tiny_model_draws_no_bar_when_quiet(tmp_path: Path):
     assert "%|" in loud.stderr and "evaluate" in loud.stderr  # a bar is drawn ...
     assert "%|" not in quiet.stderr and "it/s" not in quiet.stderr and "\r" not in quiet.stderr  # ... not quiet
     assert json.loads(loud.stdout)["metrics"] == json.loads(quiet.stdout)["metrics"]
+
+
+def test_libraries_imported_before_the_switch_are_told_too():
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
+    set_quiet(True)  # after the imports: the environment variables alone would come too late
+    try:
+        assert not hf_logging.is_progress_bar_enabled() and are_progress_bars_disabled()
+    finally:
+        set_quiet(False)
+    assert hf_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
