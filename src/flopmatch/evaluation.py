@@ -46,7 +46,8 @@ DEFAULT_KS = (1, 4, 8, 16)
 
 
 class EvalConfig(BaseModel):
-    """Evaluation settings (the study config's ``eval:`` section; the keyword arguments of :func:`evaluate`)."""
+    """Evaluation settings: the keyword arguments of :func:`evaluate`. The study's ``evaluation:`` section is
+    this class with the study's defaults (``flopmatch.study.config.EvaluationConfig``)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,23 +1,43 @@
-"""The typed study config: the sections of one study file, loading it (``$VAR`` expansion, ``--set``
-overrides, paths resolved against the file) and error messages that name the file, line and key.
+"""The typed study config: the sections of one study file, and loading it (paths resolved against the file).
+
+The sections are the library's configs where the library has one: ``evaluation`` is
+:class:`flopmatch.evaluation.EvalConfig` with the study's defaults, ``sampling`` takes its defaults from
+:class:`flopmatch.backends.base.SamplingParams`, ``judge.spec`` holds :class:`flopmatch.judge.JudgeSpec`'s
+fields and ``training.options`` :class:`flopmatch.training.TrainConfig`'s. Reading the YAML (``$VAR``
+expansion, ``--set`` overrides) and error messages that name the file, line and key are in
+:mod:`flopmatch.study.config_yaml`.
 """
 
 from __future__ import annotations
 
-import difflib
-import os
 import re
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from flopmatch.allocation import StudyAllocation
+from flopmatch.backends.base import SamplingParams
 from flopmatch.datasets import dataset_names
+from flopmatch.evaluation import EvalConfig
+from flopmatch.study.config_yaml import (  # `X as X`: re-exported, part of this module's API
+    StudyConfigError,
+    describe_validation_error,
+    read_yaml_mapping,
+    resolve_path,
+)
+from flopmatch.study.config_yaml import apply_overrides as apply_overrides
+from flopmatch.study.config_yaml import expand_env as expand_env
 
 # --------------------------------------------------------------------------- config
 
@@ -207,9 +227,14 @@ class BudgetConfig(_Section):
 
 
 class SamplingConfig(_Section):
-    temperature: float = Field(0.7, ge=0, description="a temperature >= 0")
-    top_p: float = Field(0.95, gt=0, le=1, description="top_p in (0, 1]")
-    max_tokens: PositiveInt = Field(512, description="a positive token limit per solution")
+    """How both models sample: the engine's :class:`~flopmatch.backends.base.SamplingParams` (same defaults),
+    the prompt, and how the sampling runs (replicas, time limit, allocation policy)."""
+
+    temperature: float = Field(SamplingParams.temperature, ge=0, description="a temperature >= 0")
+    top_p: float = Field(SamplingParams.top_p, gt=0, le=1, description="top_p in (0, 1]")
+    max_tokens: PositiveInt = Field(
+        SamplingParams.max_tokens, description="a positive token limit per solution"
+    )
     stop: list[str] = Field(default_factory=list)
     prompt: dict[str, Any] = Field(
         default_factory=dict,
@@ -231,7 +256,15 @@ class SamplingConfig(_Section):
 
     def digest_view(self) -> dict[str, Any]:
         """What the sample stage's digest hashes (a uniform study hashes as before allocation existed)."""
-        return self.model_dump(mode="json", exclude={"allocation"} if self.allocation.policy == "uniform" else None)
+        return self.model_dump(
+            mode="json", exclude={"allocation"} if self.allocation.policy == "uniform" else None
+        )
+
+    def params(self) -> SamplingParams:
+        """The engine's sampling parameters of this section."""
+        return SamplingParams(
+            temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, stop=tuple(self.stop)
+        )
 
 
 class GradingConfig(_Section):
@@ -296,7 +329,9 @@ class ParadigmsConfig(_Section):
     @classmethod
     def _distinct_allocations(cls, value: list[str]) -> list[str]:
         if not value or len(set(value)) != len(value):
-            raise ValueError(f"paradigms.allocations must be a non-empty list of distinct policies, got {value}")
+            raise ValueError(
+                f"paradigms.allocations must be a non-empty list of distinct policies, got {value}"
+            )
         return value
 
     def enabled(self) -> list[str]:
@@ -304,7 +339,9 @@ class ParadigmsConfig(_Section):
 
     def digest_view(self) -> dict[str, Any]:
         """What the sft and train digests hash (a uniform-only study hashes as before allocations existed)."""
-        return self.model_dump(mode="json", exclude={"allocations"} if self.allocations == ["uniform"] else None)
+        return self.model_dump(
+            mode="json", exclude={"allocations"} if self.allocations == ["uniform"] else None
+        )
 
 
 class TrainingConfig(_Section):
@@ -366,15 +403,49 @@ class TrainingConfig(_Section):
         return list(self.seeds) if self.seeds is not None else [self.default_seed(study_seed)]
 
 
-class EvaluationConfig(_Section):
+#: EvalConfig fields the study's section gained when it became EvalConfig: dumped (and so hashed into the eval
+#: stage's digest) only when set to something other than their default, so a finished run does not go stale.
+_EVAL_FIELDS_ADDED = ("ks", "top_p", "greedy", "seed")
+
+
+class EvaluationConfig(EvalConfig):
+    """The study's ``evaluation:`` section: :class:`flopmatch.evaluation.EvalConfig` (the settings of
+    :func:`flopmatch.evaluation.evaluate`) with the study's defaults, plus ``baselines``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     backend: Literal["vllm", "hf"] = Field(
         "vllm", description="the engine that evaluates trained models: vllm or hf"
     )
-    backend_options: dict[str, Any] = Field(default_factory=dict)
     n: PositiveInt = Field(4, description="samples per problem at temperature for maj@k and pass@k")
-    temperature: float = Field(0.7, ge=0)
     max_tokens: PositiveInt | None = Field(None, description="defaults to sampling.max_tokens")
+    seed: int | None = Field(
+        None, description="the sampling seed of the evaluations; the study seed when omitted"
+    )
     baselines: bool = Field(True, description="also evaluate each student before fine-tuning")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in _EVAL_FIELDS_ADDED:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                data.pop(name, None)
+        return data
+
+    def evaluate_kwargs(self, *, seed: int, max_tokens: int) -> dict[str, Any]:
+        """The keyword arguments of :func:`flopmatch.evaluation.evaluate` this section sets (all but the model,
+        problems and outputs); ``seed`` and ``max_tokens`` are the study's, used when the section has none."""
+        return {
+            "backend": self.backend,
+            "n": self.n,
+            "ks": self.ks,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens or max_tokens,
+            "greedy": self.greedy,
+            "seed": seed if self.seed is None else self.seed,
+            "backend_options": dict(self.backend_options),
+        }
 
 
 class StudyConfig(_Section):
@@ -442,73 +513,11 @@ class StudyConfig(_Section):
         return self
 
 
-class StudyConfigError(ValueError):
-    """A study file that cannot be used; the message names the file, line, key and what is expected."""
-
-
 # --------------------------------------------------------------------------- loading
-
-
-_ENV_PATTERN = re.compile(
-    r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
-)
-
-
-def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
-    """Expand ``$VAR``, ``${VAR}`` and ``${VAR:-default}``; an unset variable without default is an error
-    (a silently empty path would point a study at the wrong data)."""
-    env = os.environ if environ is None else environ
-
-    def replace(match: re.Match[str]) -> str:
-        name = match.group("braced") or match.group("bare")
-        if name in env and env[name] != "":
-            return env[name]
-        if match.group("default") is not None:
-            return match.group("default")
-        raise StudyConfigError(
-            f"environment variable ${name} is not set (use ${{{name}:-default}} for a default)"
-        )
-
-    return _ENV_PATTERN.sub(replace, text)
-
-
-def _resolve_path(value: str | None, base: Path) -> str | None:
-    if value is None:
-        return None
-    expanded = Path(os.path.expanduser(expand_env(value)))
-    return str(expanded if expanded.is_absolute() else (base / expanded).resolve())
 
 
 def _looks_like_path(ref: str) -> bool:
     return ref.startswith((".", "/", "~", "$"))
-
-
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config mapping, e.g.
-    ``training.enabled=true`` or ``problems.sample.limit=100``."""
-    data = _deep_copy(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise StudyConfigError(f"override {item!r} is not of the form key.path=value")
-        parts = key.strip().split(".")
-        node: Any = data
-        for part in parts[:-1]:
-            if not isinstance(node, dict):
-                raise StudyConfigError(f"override {item!r}: {part!r} is not inside a mapping")
-            node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise StudyConfigError(f"override {item!r}: {parts[-2]!r} is not a mapping")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
-    return data
-
-
-def _deep_copy(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _deep_copy(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_deep_copy(v) for v in obj]
-    return obj
 
 
 def load_study_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
@@ -519,19 +528,7 @@ def load_study_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyC
     directory. Errors raise ``StudyConfigError`` naming the file, line, key and what is expected.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise StudyConfigError(f"{path}: cannot read the study file ({exc.strerror or exc})") from exc
-    try:
-        root_node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise StudyConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
-    if not isinstance(data, dict):
-        raise StudyConfigError(f"{path}: a study file is a mapping of sections (name, problems, models, ...)")
+    data, root_node = read_yaml_mapping(path)
     data = apply_overrides(data, overrides)
     return validate_study_dict(data, base_dir=path.resolve().parent, source=str(path), node=root_node)
 
@@ -547,29 +544,34 @@ def validate_study_dict(
     return resolve_paths(config, base_dir or Path.cwd())
 
 
+def format_validation_error(exc: ValidationError, *, source: str = "<config>", node: Any = None) -> str:
+    """One line per problem of a ``StudyConfig``: ``file:line: dotted.key: what is wrong; expected ...``."""
+    return describe_validation_error(exc, StudyConfig, source=source, node=node)
+
+
 def resolve_paths(config: StudyConfig, base: Path) -> StudyConfig:
     """Make every file reference absolute, so the frozen copy in the run directory is self-sufficient."""
 
     def split(s: SplitConfig | None) -> SplitConfig | None:
-        return None if s is None else s.model_copy(update={"data_file": _resolve_path(s.data_file, base)})
+        return None if s is None else s.model_copy(update={"data_file": resolve_path(s.data_file, base)})
 
     def model(m: ModelSpec | None) -> ModelSpec | None:
         if m is None or not _looks_like_path(m.model):
             return m
-        return m.model_copy(update={"model": _resolve_path(m.model, base)})
+        return m.model_copy(update={"model": resolve_path(m.model, base)})
 
     training = config.training
     if training.accelerate_config:
         training = training.model_copy(
-            update={"accelerate_config": _resolve_path(training.accelerate_config, base)}
+            update={"accelerate_config": resolve_path(training.accelerate_config, base)}
         )
     problems = config.problems
     validation = problems.validation
     if validation is not None and validation.data_file is not None:
-        validation = validation.model_copy(update={"data_file": _resolve_path(validation.data_file, base)})
+        validation = validation.model_copy(update={"data_file": resolve_path(validation.data_file, base)})
     return config.model_copy(
         update={
-            "run_dir": _resolve_path(config.run_dir, base) if config.run_dir else None,
+            "run_dir": resolve_path(config.run_dir, base) if config.run_dir else None,
             "problems": problems.model_copy(
                 update={
                     "sample": split(problems.sample),
@@ -584,96 +586,6 @@ def resolve_paths(config: StudyConfig, base: Path) -> StudyConfig:
             "training": training,
         }
     )
-
-
-# --------------------------------------------------------------------------- error messages
-
-
-def format_validation_error(exc: ValidationError, *, source: str = "<config>", node: Any = None) -> str:
-    """One line per problem: ``file:line: dotted.key: what is wrong; expected ...``."""
-    lines = [f"{source}: invalid study config ({exc.error_count()} problem{'s' * (exc.error_count() != 1)})"]
-    for error in exc.errors():
-        loc = tuple(error["loc"])
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        line = _yaml_line(node, loc)
-        where = f"{source}:{line}" if line else source
-        lines.append(f"  {where}: {key}: {_explain(error, loc)}")
-    return "\n".join(lines)
-
-
-def _explain(error: Mapping[str, Any], loc: tuple) -> str:
-    kind = error["type"]
-    field = _field_info(StudyConfig, loc)
-    expected = field.description if field is not None and field.description else None
-    if kind == "missing":
-        return f"required key is missing; expected {expected}" if expected else "required key is missing"
-    if kind == "extra_forbidden":
-        parent = _section_model(StudyConfig, loc[:-1])
-        if parent is None:
-            return "unknown key"
-        close = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields), n=1)
-        hint = f"did you mean `{close[0]}`? " if close else ""
-        return f"unknown key; {hint}expected one of: {', '.join(parent.model_fields)}"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if kind == "value_error":  # our own validators already say what they got and what they expect
-        return message
-    got = error.get("input")
-    shown = f" (got {got!r})" if not isinstance(got, dict | list) and got is not None else ""
-    return f"{message}{shown}; expected {expected}" if expected else f"{message}{shown}"
-
-
-def _unwrap(annotation: Any) -> list[Any]:
-    """The member types of an annotation (Optional/Union unwrapped, Annotated stripped)."""
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        return _unwrap(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        return [t for a in typing.get_args(annotation) for t in _unwrap(a)]
-    return [annotation]
-
-
-def _section_model(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    current: type[BaseModel] | None = model
-    for part in loc:
-        if current is None or not isinstance(part, str) or part not in current.model_fields:
-            return None if current is None or isinstance(part, str) else current
-        members = [
-            t
-            for t in _unwrap(current.model_fields[part].annotation)
-            if isinstance(t, type) and issubclass(t, BaseModel)
-        ]
-        current = members[0] if members else None
-    return current
-
-
-def _field_info(model: type[BaseModel], loc: tuple) -> Any:
-    parts = [p for p in loc if isinstance(p, str)]
-    if not parts:
-        return None
-    parent = _section_model(model, tuple(parts[:-1]))
-    if parent is None:
-        return None
-    return parent.model_fields.get(parts[-1])
-
-
-def _yaml_line(node: Any, loc: tuple) -> int | None:
-    """The 1-based line of ``loc`` in a composed YAML tree (the deepest existing ancestor's line)."""
-    if node is None:
-        return None
-    line = node.start_mark.line + 1
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if getattr(k, "value", None) == str(part)), None)
-            if match is None:
-                key_node = next((k for k, _ in node.value if getattr(k, "value", None) == str(part)), None)
-                return key_node.start_mark.line + 1 if key_node is not None else line
-            node = match
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-        else:
-            return line
-        line = node.start_mark.line + 1
-    return line
 
 
 def demo_config(overrides: Sequence[str] = ()) -> StudyConfig:

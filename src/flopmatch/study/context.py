@@ -90,18 +90,10 @@ def file_identity(path: Path) -> str:
 
 def sampling_settings(config: StudyConfig, problems: list[Any]) -> tuple[Any, Any]:
     """The study's SamplingParams and prompt (None: each dataset's default); the pilot stage uses the same."""
-    from flopmatch.backends.base import SamplingParams
-
     prompt = (
         _prompt_config(config, problems[0].dataset) if config.sampling.prompt else None
     )  # None: per dataset
-    params = SamplingParams(
-        temperature=config.sampling.temperature,
-        top_p=config.sampling.top_p,
-        max_tokens=config.sampling.max_tokens,
-        stop=tuple(config.sampling.stop),
-    )
-    return params, prompt
+    return config.sampling.params(), prompt
 
 
 def _prompt_config(config: StudyConfig, dataset: str) -> Any:
