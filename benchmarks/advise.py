@@ -18,10 +18,15 @@ per model, or one run with both). For each compute-matched budget "SE s vs WC w"
   decided (paired interval excluding 0) and the agreement among them, the regret, and the pilot's
   cost as a fraction of the budget B and of the full two-model measurement (2·B).
 
+Pilot size: ``--pilot-problems auto`` (the default) sizes each pilot as `flopmatch advise` does without
+``--pilot-problems``: MIN_PILOT_PROBLEMS problems, grown (nested, seeded) to the most that keep the pilot
+within a tenth of the budget, so it differs per (n, budget); pilots of the same size share one fit.
+
 Toy world (the forecast backtest's runs; see benchmarks/forecast.py for how they were sampled):
 
-    nice -n 10 python benchmarks/advise.py --run runs/forecast-toy --run runs/forecast-toy-se \\
-        --wc toyworld-wc --se toyworld-se --out advise_toy.json
+    nice -n 15 python benchmarks/advise.py --run runs/forecast-toy --run runs/forecast-toy-se \\
+        --wc-samples-on-disk 100 --se-samples-on-disk 100 --se-samples 1,3,10,30 --pilot-samples 4,8,16 \\
+        --replicates 20 --n-boot 100 --out docs/results/advise-backtest-toy.json
 """
 
 from __future__ import annotations
@@ -174,28 +179,54 @@ def truth_table(models: list[Graded], se_samples: list[int], n_boot: int, seed: 
     return out
 
 
-def backtest(models: list[Graded], truths: list[dict], args) -> list[dict]:
-    """Every (n, replicate) pilot through advise_from_pilot at every budget; one row per (n, rep, budget)."""
-    from flopmatch.advise import advise_from_pilot
-    from flopmatch.mixture import Forecaster
-    from flopmatch.pilot import Budget, pilot_problems
+def pilot_size(models: list[Graded], ids: list[str], n: int, se_samples: int, args, rep: int) -> int:
+    """--pilot-problems, or advise's default: start on MIN_PILOT_PROBLEMS, price a sample from that pilot,
+    grow (nested) to the most problems that keep the pilot within TARGET_PILOT_FRACTION of the budget."""
+    from flopmatch.advise import MIN_PILOT_PROBLEMS, TARGET_PILOT_FRACTION
+
+    if args.pilot_problems != "auto":
+        return int(args.pilot_problems)
+    size = min(len(ids), MIN_PILOT_PROBLEMS)
+    pilots = pilot_models(models, subset_rows(ids, size, args.seed + rep), n)
+    per_sample = [p.cost.per_sample("flops") for p in pilots]
+    budget = se_samples * len(ids) * per_sample[1]
+    return min(len(ids), max(size, int(TARGET_PILOT_FRACTION * budget / (n * sum(per_sample)))))
+
+
+def subset_rows(ids: list[str], size: int, seed: int) -> np.ndarray:
+    """Row indices of the seeded pilot subset (nested across sizes), as `flopmatch advise` draws it."""
+    from flopmatch.pilot import pilot_problems
     from flopmatch.problems import Problem
 
-    ids = models[0].ids
     problems = [
         Problem(problem_id=pid, question="", answer="", dataset="toyworld", split="test") for pid in ids
     ]
+    subset = {p.problem_id for p in pilot_problems(problems, size, seed=seed)}
+    return np.array([i for i, pid in enumerate(ids) if pid in subset])
+
+
+def backtest(models: list[Graded], truths: list[dict], args, on_replicate=None) -> list[dict]:
+    """Every (n, replicate) pilot through advise_from_pilot at every budget; one row per (n, rep, budget).
+    The pilot is sized per budget (:func:`pilot_size`); pilots of the same size share one forecaster."""
+    from flopmatch.advise import advise_from_pilot
+    from flopmatch.mixture import Forecaster
+    from flopmatch.pilot import Budget
+
+    ids = models[0].ids
     rows = []
     for n in args.pilot_samples:
         for rep in range(args.replicates):
-            subset = {
-                p.problem_id for p in pilot_problems(problems, args.pilot_problems, seed=args.seed + rep)
-            }
-            index = np.array([i for i, pid in enumerate(ids) if pid in subset])
-            pilots = pilot_models(models, index, n)
-            forecaster = Forecaster(pilots, n_problems=len(ids), n_boot=args.n_boot, seed=args.seed + rep)
-            se_cost = pilots[1].cost.per_sample("flops")
+            forecasters: dict[int, tuple[list, Forecaster]] = {}
             for truth in truths:
+                size = pilot_size(models, ids, n, truth["se_samples"], args, rep)
+                if size not in forecasters:
+                    pilots = pilot_models(models, subset_rows(ids, size, args.seed + rep), n)
+                    forecasters[size] = (
+                        pilots,
+                        Forecaster(pilots, n_problems=len(ids), n_boot=args.n_boot, seed=args.seed + rep),
+                    )
+                pilots, forecaster = forecasters[size]
+                se_cost = pilots[1].cost.per_sample("flops")
                 budget = Budget(
                     truth["se_samples"] * len(ids) * se_cost, "flops", f"SE {truth['se_samples']}"
                 )
@@ -205,7 +236,7 @@ def backtest(models: list[Graded], truths: list[dict], args) -> list[dict]:
                 rec_true, _ = true_coverage(models, advice.best.samples)
                 best_single_true = max(truth["coverage_wc"], truth["coverage_se"])
                 rows.append({
-                    "n": n, "replicate": rep, "se_samples": truth["se_samples"], "pick": pick,
+                    "n": n, "replicate": rep, "se_samples": truth["se_samples"], "pilot_problems": size, "pick": pick,
                     "true_pick": truth["pick"], "agree": pick == truth["pick"], "decided": advice.decision.decided,
                     "recommendation": advice.best.label, "mixture": not advice.best.is_single,
                     "regret": best_single_true - rec_true, "pilot_fraction_of_budget": advice.pilot["fraction_of_budget"],
@@ -214,6 +245,8 @@ def backtest(models: list[Graded], truths: list[dict], args) -> list[dict]:
                     "forecast_se": next(c.forecast for c in singles if c.models == [models[1].model]),
                 })  # fmt: skip
             print(f"n={n} replicate {rep + 1}/{args.replicates} done", flush=True)
+            if on_replicate is not None:
+                on_replicate(rows)
     return rows
 
 
@@ -224,6 +257,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         decided = group[group["decided"]]
         out.append({
             "n": int(n), "se_samples": int(s), "pilots": len(group), "agree": float(group["agree"].mean()),
+            "pilot_problems_mean": float(group["pilot_problems"].mean()),
             "decided": float(group["decided"].mean()),
             "agree_when_decided": float(decided["agree"].mean()) if len(decided) else None,
             "mixture_recommended": float(group["mixture"].mean()),
@@ -250,7 +284,11 @@ def main() -> None:
         "--se-samples-on-disk", dest="se_samples_disk", type=int, help="use problems with this many"
     )
     parser.add_argument("--pilot-samples", type=parse_ints, default=parse_ints("4,8"))
-    parser.add_argument("--pilot-problems", type=int, default=50)
+    parser.add_argument(
+        "--pilot-problems",
+        default="auto",
+        help="problems per pilot, or auto: advise's default (a tenth of the budget)",
+    )
     parser.add_argument("--replicates", type=int, default=20)
     parser.add_argument("--n-boot", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
@@ -266,19 +304,26 @@ def main() -> None:
         raise SystemExit("the two models' runs share no problem with enough graded samples")
     models = [m.restrict(common) for m in models]
     truths = truth_table(models, args.se_samples, n_boot=1000, seed=args.seed)
-    rows = backtest(models, truths, args)
-    result = {
-        "problems": len(common), "samples_per_problem": {m.model: m.samples for m in models},
-        "runs": {m.model: str(m.run) for m in models},
-        "cost_per_sample_flops": {m.model: m.cost_per_sample() for m in models}, "truth": truths,
-        "summary": summarize(rows), "rows": rows, "seconds": time.perf_counter() - started,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "run"},
-    }  # fmt: skip
+
+    def result(rows: list[dict]) -> dict:
+        return {
+            "problems": len(common), "samples_per_problem": {m.model: m.samples for m in models},
+            "runs": {m.model: str(m.run) for m in models},
+            "cost_per_sample_flops": {m.model: m.cost_per_sample() for m in models}, "truth": truths,
+            "summary": summarize(rows) if rows else [], "rows": rows, "seconds": time.perf_counter() - started,
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "run"},
+        }  # fmt: skip
+
+    def save(rows: list[dict]) -> None:  # after every replicate, so an interrupted backtest keeps its rows
+        if args.out:
+            args.out.write_text(json.dumps(result(rows), indent=1, default=str))
+
+    rows = backtest(models, truths, args, on_replicate=save)
+    save(rows)
+    final = result(rows)
     print(
-        json.dumps({k: result[k] for k in ("problems", "samples_per_problem", "truth", "summary")}, indent=1)
+        json.dumps({k: final[k] for k in ("problems", "samples_per_problem", "truth", "summary")}, indent=1)
     )
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1, default=str))
 
 
 if __name__ == "__main__":
