@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 from scipy import special
 
+from flopmatch.errors import FlopmatchError
 from flopmatch.pilot import PilotModel
 
 OBJECTIVES = ("coverage", "unique", "valid-unique")
 DEFAULT_STEP = 0.1
 
 
-class AllocationError(ValueError):
+class AllocationError(FlopmatchError, ValueError):
     """An allocation cannot be evaluated (bad step, pilots on different problems, a missing FPR)."""
 
 

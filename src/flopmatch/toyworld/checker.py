@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+from flopmatch.errors import FlopmatchError
 from flopmatch.record import Problem
 
 MAX_TEXT_CHARS = 4_000
@@ -61,7 +62,7 @@ class StepCheck:
         return self.answer_correct and not self.steps_valid
 
 
-class StepSyntaxError(ValueError):
+class StepSyntaxError(FlopmatchError, ValueError):
     """A line that is not a step of the step language."""
 
 
