@@ -96,6 +96,43 @@ def test_verdict_reports_the_number_matched_control_and_dataset_changes():
     assert table.loc[0, "nm"] == pytest.approx(0.38) and table.loc[0, "gain"] == pytest.approx(25.0)
 
 
+def test_the_report_reads_the_cost_table_not_the_sample_shards(tmp_path):
+    """The cost per budget comes from metrics/cost.parquet (the analysis writes it): a sample shard the
+    report tried to read would fail here, and the plan is read through the typed reader."""
+    from flopmatch.budget import plan_budgets
+    from flopmatch.store import write_json, write_table
+
+    run = RunDir(tmp_path / "run").ensure()
+    plan_budgets(mode="flops", se_samples=[1, 2], wc_params=1e9, se_params=3e9, wc_name="wc", se_name="se").save(run)
+    write_json({"wc": {"key": "wc", "params": 1e9}, "se": {"key": "se", "params": 3e9}}, run.roles_path)
+    run.samples_dir("wc").mkdir(parents=True)
+    (run.samples_dir("wc") / "part-0.parquet").write_bytes(b"not a parquet file")
+    cost = pd.DataFrame([{"budget_se_samples": 1, "role": "wc", "samples_per_problem": 3, "samples": 6,
+                          "completion_tokens": 60.0, "mean_tokens": 10.0, "nominal_flops": 1.2e11,
+                          "planned_flops": float("nan"), "seconds": 0.5}])  # fmt: skip
+    write_table(cost, run.cost_path)
+    data = load_run(run.root)
+    pd.testing.assert_frame_equal(data.cost, cost)
+    assert [b["wc_samples"] for b in data.plan["budgets"]] == [3, 6]
+    assert "| 1 vs 3 (low) | WC | 3 | 10 | 120.00 GFLOP | 0.5 s |" in build_report(run.root).markdown.read_text()
+    (run.cost_path).unlink()
+    assert load_run(run.root).cost is None  # before the analysis ran: no cost table, and no shard read
+
+
+def test_a_run_sampled_before_the_cost_table_says_how_to_get_it():
+    from flopmatch.report.blocks import Text
+    from flopmatch.report.sections_data import cost_section
+
+    data = _data()
+    data.ledger = pd.DataFrame([{"model": "m", "samples": 3}])
+    notes = [b.text for b in cost_section(data).blocks if isinstance(b, Text)]
+    assert any("flopmatch analyze" in text for text in notes)
+    data.cost = pd.DataFrame([{"budget_se_samples": 1, "role": "wc", "samples_per_problem": 3, "samples": 6,
+                               "completion_tokens": 60.0, "mean_tokens": 10.0, "nominal_flops": 1.2e11,
+                               "planned_flops": float("nan"), "seconds": 0.5}])  # fmt: skip
+    assert not any(isinstance(b, Text) for b in cost_section(data).blocks)
+
+
 def test_nothing_to_conclude_from_an_empty_run(tmp_path):
     (tmp_path / "run").mkdir()
     paths = build_report(tmp_path / "run")

@@ -9,7 +9,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from flopmatch.store import RunDir, read_json, read_shards
+from flopmatch.analysis_cost import cost_by_budget  # noqa: F401 - part of flopmatch.report's API
+from flopmatch.store import RunDir
+from flopmatch.store.queries import read_cost, read_plan, read_roles
 
 # --------------------------------------------------------------------------- reading the run
 
@@ -55,12 +57,12 @@ def load_run(run_dir: str | Path) -> RunData:
     if not run.root.is_dir():
         raise FileNotFoundError(f"{run.root}: no such run directory")
     config = yaml.safe_load(run.study_path.read_text()) if run.study_path.exists() else None
-    roles_path = run.root / "roles.json"
-    roles = read_json(roles_path) if roles_path.exists() else {}
-    plan = read_json(run.plan_path) if run.plan_path.exists() else None
+    roles = read_roles(run)
+    typed_plan = read_plan(run, required=False)
+    plan = typed_plan.model_dump(mode="json") if typed_plan is not None else None
     problems = {}
     order = {"sample": 0, "validation": 1, "test": 2}
-    files = sorted((run.root / "problems").glob("*.parquet"), key=lambda p: (order.get(p.stem, 3), p.stem))
+    files = sorted(run.problems_dir.glob("*.parquet"), key=lambda p: (order.get(p.stem, 3), p.stem))
     for split_file in files:
         problems[split_file.stem] = int(pd.read_parquet(split_file, columns=["problem_id"]).shape[0])
     metrics = run.metrics_dir
@@ -71,7 +73,7 @@ def load_run(run_dir: str | Path) -> RunData:
         roles=roles,
         plan=plan,
         ledger=_load_ledger(run),
-        cost=cost_by_budget(run, roles, plan),
+        cost=_load_cost(run),
         summary=read_parquet_or_none(metrics / "summary.parquet"),
         coverage=read_parquet_or_none(metrics / "coverage_curve.parquet"),
         matched=read_parquet_or_none(metrics / "compute_matched.parquet"),
@@ -101,51 +103,8 @@ def budgets_of(plan: dict[str, Any] | None) -> list[dict[str, Any]]:
     return sorted(plan.get("budgets", []), key=lambda b: b["se_samples"])
 
 
-def cost_by_budget(run: RunDir, roles: dict[str, Any], plan: dict[str, Any] | None) -> pd.DataFrame | None:
-    """What each budget actually cost, from the sample tables: for WC the first ``wc_samples`` samples of
-    each problem, for SE the first ``se_samples``. Nominal FLOPs are 2·P·(generated tokens); seconds are
-    the measured wall time attributed to those samples."""
-    rows = []
-    tables: dict[str, pd.DataFrame] = {}
-    for role in ("wc", "se"):
-        info = roles.get(role) or {}
-        key = info.get("key")
-        if not key:
-            continue
-        directory = run.root / "samples" / key
-        table = read_shards(directory, columns=None)
-        if table.num_rows == 0:
-            continue
-        frame = table.to_pandas()
-        keep = [
-            c
-            for c in ("problem_id", "sample_idx", "completion_tokens", "prompt_tokens", "seconds")
-            if c in frame
-        ]
-        tables[role] = frame[keep]
-    if not tables:
-        return None
-    for budget in budgets_of(plan):
-        for role, count_key in (("wc", "wc_samples"), ("se", "se_samples")):
-            frame = tables.get(role)
-            if frame is None:
-                continue
-            used = frame[frame["sample_idx"] < int(budget[count_key])]
-            params = float((roles.get(role) or {}).get("params") or float("nan"))
-            tokens = float(used["completion_tokens"].sum()) if "completion_tokens" in used else float("nan")
-            rows.append(
-                {
-                    "budget_se_samples": int(budget["se_samples"]),
-                    "role": role,
-                    "samples_per_problem": int(budget[count_key]),
-                    "samples": len(used),
-                    "completion_tokens": tokens,
-                    "mean_tokens": tokens / len(used) if len(used) else float("nan"),
-                    "nominal_flops": 2.0 * params * tokens,
-                    "planned_flops": float(budget.get(f"{role}_flops") or float("nan")),
-                    "seconds": float(used["seconds"].sum()) if "seconds" in used else float("nan"),
-                }
-            )
-    return pd.DataFrame(rows) if rows else None
-
-
+def _load_cost(run: RunDir) -> pd.DataFrame | None:
+    """What each budget cost (``metrics/cost.parquet``, written by the analysis; see
+    :mod:`flopmatch.analysis_cost`); None before the analysis ran, or when sampling has not."""
+    table = read_cost(run)
+    return table.to_pandas() if table is not None and table.num_rows else None

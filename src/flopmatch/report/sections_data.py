@@ -141,6 +141,9 @@ def cost_section(data: RunData) -> Section:
         blocks.append(_ledger_table(data))
     if data.cost is not None:
         blocks.append(_cost_by_budget_table(data))
+    elif data.ledger is not None and data.plan:
+        blocks.append(Text("The cost per budget is the analysis's table (metrics/cost.parquet), which this run "
+                           "does not have yet: run `flopmatch analyze` on it, or the study again.", "note"))
     if not blocks:
         blocks.append(Text("Sampling has not run.", "note"))
     return Section("Cost: nominal FLOPs vs measured seconds", blocks)
