@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from flopmatch import store
 from flopmatch.backends.base import Completion, Request, SamplingParams
+from flopmatch.errors import FlopmatchError
 from flopmatch.ledger import LedgerSession
 from flopmatch.problems import Problem
 from flopmatch.store import model_key
@@ -31,7 +32,7 @@ log = logging.getLogger("flopmatch.sampling")
 CONFIG_FILE = "config.json"
 
 
-class SamplingConfigMismatch(ValueError):
+class SamplingConfigMismatch(FlopmatchError, ValueError):
     """The samples on disk were drawn with other settings than this call asks for."""
 
 
