@@ -299,6 +299,7 @@ def test_full_study_runs_every_stage_and_all_paradigms(trained_study):
     # without a single correct solution cannot train anything, and is skipped rather than failing the study
     state = RunDir(run_dir).stage_state()
     sets = state["sft"]["sets"]
+    trained = RunDir(run_dir).job_state()  # each training run is a job of the train stage
     plan = json.loads((run_dir / "plan.json").read_text())
     budgets = [(b["se_samples"], b["wc_samples"]) for b in plan["budgets"]]
     jobs = train_jobs(config, budgets)
@@ -311,7 +312,7 @@ def test_full_study_runs_every_stage_and_all_paradigms(trained_study):
     assert {j.data.kind for j in jobs if j.paradigm != "knowledge_distillation"} == {"se", "wc"}
     for job in jobs:
         has_data = sets[job.data.name]["examples"] > 0
-        assert (state.get(f"train:{job.name}", {}).get("status") == "done") == has_data, job
+        assert (trained.get(f"train:{job.name}", {}).get("status") == "done") == has_data, job
         rows = paradigms[
             (paradigms["paradigm"] == job.paradigm) & (paradigms["budget_se_samples"] == job.data.budget)
         ]
@@ -389,7 +390,7 @@ def test_force_reruns_a_stage_and_unchanged_outputs_stop_the_cascade(trained_stu
 @pytest.mark.train
 def test_a_model_retrained_in_place_is_evaluated_again(trained_study):
     config, run_dir, _ = trained_study
-    state = RunDir(run_dir).stage_state()
+    state = RunDir(run_dir).job_state()
     job = next(
         k.removeprefix("train:") for k, v in state.items() if k.startswith("train:") and v["status"] == "done"
     )
@@ -400,7 +401,7 @@ def test_a_model_retrained_in_place_is_evaluated_again(trained_study):
     record.write_text(json.dumps({**data, "seconds": data["seconds"] + 1.0}))  # as a retraining would
     rerun = run_study(config, run_dir, log=lambda _: None, progress=False)
     assert rerun.ran[:2] == ["train", "eval"]  # the report follows only if the scores changed
-    assert RunDir(run_dir).stage_state()[f"eval:{job}"]["finished_at"] > state[f"eval:{job}"]["finished_at"]
+    assert RunDir(run_dir).job_state()[f"eval:{job}"]["finished_at"] > state[f"eval:{job}"]["finished_at"]
     assert {p: p.stat().st_mtime_ns for p in others} == before  # the other evaluations were reused
 
 

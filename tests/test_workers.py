@@ -73,7 +73,7 @@ def test_a_study_on_two_workers_trains_and_evaluates_each_job_once_with_the_sequ
         config = validate_study_dict(study(workers))
         run_dir = tmp_path / f"run{workers}"
         run_study(config, run_dir, log=lambda _: None, progress=False)
-        state = json.loads((run_dir / "state.json").read_text())
+        state = json.loads((run_dir / "state.json").read_text())["jobs"]  # each run and evaluation is a job
         jobs = json.loads((run_dir / "models" / "trained.json").read_text())["jobs"]
         assert len(jobs) == 8 and all(jobs.values())
         assert all(state[f"train:{name}"]["status"] == "done" for name in jobs)

@@ -26,6 +26,7 @@ from flopmatch.report.verdict import (
     headline_metric,
     paradigm_comparisons,
 )
+from flopmatch.stage_names import STAGE_NAMES
 
 
 def _paradigm_section(data: RunData, figures_dir: Path | None) -> Section:
@@ -185,7 +186,7 @@ def _paradigm_figure(
 
 def _stages_section(data: RunData) -> Section:
     rows = []
-    order = ("problems", "plan", "pilot", "sample", "grade", "judge", "analyze", "sft", "train", "eval", "report")
+    order = STAGE_NAMES  # the study's stages in pipeline order (flopmatch.study.registry checks it)
     for name in sorted(data.stages, key=lambda n: order.index(n) if n in order else len(order)):
         entry = data.stages[name]  # stages only: per-job entries (one per training run) are RunDir.job_state()
         seconds = entry.get("seconds")

@@ -16,8 +16,11 @@ This package is the library; ``flopmatch study`` / ``status`` / ``demo`` only wr
 - ``config``: the typed study config (``StudyConfig``), loading a study file and its error messages;
 - ``jobs``: the SFT sets and fine-tuning runs the paradigms need;
 - ``context``: what every stage gets (``StudyContext``), ``StudyError`` and output fingerprints;
+- ``registry``: one record per stage (``Stage``: config view, inputs, outputs, version, when it is on,
+  its run function), read by the orchestrator, the dry run and ``flopmatch status``;
 - ``orchestrator``: stage bookkeeping (digests, status), the run lock and ``run_study``;
-- ``stages``: the stage functions;
+- ``stages``: the data stages' functions (problems to analyze, and the report); ``stages_training``: the
+  training stages' (sft, train, eval);
 - ``dryrun``: ``--dry-run``, the plan and cost of a study without running it.
 """
 
@@ -62,7 +65,6 @@ from flopmatch.study.context import (
 from flopmatch.study.dryrun import KNOWN_SIZES, DryRun, dry_run
 from flopmatch.study.jobs import PARADIGM_SHORT, PARADIGM_STUDENT, SFTSet, TrainJob, sft_sets, train_jobs
 from flopmatch.study.orchestrator import (
-    STAGE_VERSIONS,
     STAGES,
     StageFailed,
     StageStatus,
@@ -75,7 +77,8 @@ from flopmatch.study.orchestrator import (
     stage_digest,
     study_status,
 )
-from flopmatch.study.stages import STAGE_RUNNERS, split_problems
+from flopmatch.study.registry import REGISTRY, STAGE_RUNNERS, STAGE_VERSIONS, Stage, get_stage
+from flopmatch.study.stages import split_problems
 
 __all__ = [
     "BACKENDS",
@@ -86,6 +89,7 @@ __all__ = [
     "PARADIGM_SHORT",
     "PARADIGM_STUDENT",
     "PROBLEM_ROLES",
+    "REGISTRY",
     "ROLES_FILE",
     "STAGES",
     "STAGE_RUNNERS",
@@ -104,6 +108,7 @@ __all__ = [
     "SFTSet",
     "SamplingConfig",
     "SplitConfig",
+    "Stage",
     "StageFailed",
     "StageStatus",
     "StudyConfig",
@@ -122,6 +127,7 @@ __all__ = [
     "fingerprint",
     "format_validation_error",
     "freeze_config",
+    "get_stage",
     "load_run_config",
     "load_study_config",
     "resolve_paths",

@@ -13,6 +13,7 @@ from flopmatch.study.config import ModelSpec, SplitConfig, StudyConfig
 from flopmatch.study.context import StudyContext
 from flopmatch.study.jobs import TrainJob, train_jobs
 from flopmatch.study.orchestrator import StageStatus, check_components, run_dir_for, study_status
+from flopmatch.study.registry import get_stage
 from flopmatch.study.stages import load_split, params_offline
 
 # --------------------------------------------------------------------------- dry run
@@ -120,7 +121,7 @@ def dry_run(config: StudyConfig, run_dir: str | Path | None = None) -> DryRun:
     allocation, allocated_costs = dry_run_lines(config.sampling.allocation, config.paradigms.allocations, plan, costs)
     costs += allocated_costs
     jobs = train_jobs(config, [(b.se_samples, b.wc_samples) for b in plan.budgets]) if plan else []
-    jobs = jobs if config.training.enabled else []
+    jobs = jobs if get_stage("train").enabled(config)[0] else []
     students = {j.student_role for j in jobs}
     evals = len(jobs) + (len(students) if config.evaluation.baselines else 0)
     stages = None

@@ -19,30 +19,15 @@ from typing import Any
 import yaml
 
 from flopmatch.formatting import fmt_seconds
-from flopmatch.store import RunDir, config_hash, read_json, write_json, write_text
+from flopmatch.stage_names import STAGE_NAMES
+from flopmatch.store import RunDir, config_hash, write_text
 from flopmatch.study.config import StudyConfig, StudyConfigError, load_study_config
-from flopmatch.study.context import (
-    PROBLEM_ROLES,
-    ROLES_FILE,
-    StudyContext,
-    StudyError,
-    fingerprint,
-)
-from flopmatch.study.stages import STAGE_RUNNERS, study_train_config
+from flopmatch.study.context import StudyContext, StudyError, fingerprint
+from flopmatch.study.registry import REGISTRY, Stage, get_stage
+from flopmatch.study.stages_training import study_train_config
 
-STAGES: tuple[str, ...] = (
-    "problems",
-    "plan",
-    "pilot",
-    "sample",
-    "grade",
-    "judge",
-    "analyze",
-    "sft",
-    "train",
-    "eval",
-    "report",
-)
+#: The stages' names in the order they run (each one's record: ``flopmatch.study.registry``).
+STAGES: tuple[str, ...] = STAGE_NAMES
 
 
 class StageFailed(StudyError):
@@ -54,12 +39,6 @@ class StageFailed(StudyError):
         )
         self.stage = stage
         self.error = error
-
-
-def _mark_failed(run: RunDir, stage: str, digest: str, error: str) -> None:
-    state = run.stage_state()
-    state[stage] = {"hash": digest, "status": "failed", "error": error[:2000], "failed_at": time.time()}
-    write_json(state, run.state_path)
 
 
 # --------------------------------------------------------------------------- stage bookkeeping
@@ -74,147 +53,18 @@ class StageStatus:
     reason: str = ""
 
 
-def _enabled(config: StudyConfig, stage: str) -> tuple[bool, str]:
-    if stage == "pilot" and config.budget.mode != "advised":
-        return False, "budget.mode is not advised"
-    if stage == "judge" and not config.judge.enabled:
-        return False, "judge.enabled is false"
-    if stage in ("sft", "train", "eval") and not config.training.enabled:
-        return False, "training.enabled is false"
-    if stage in ("sft", "train", "eval") and not config.paradigms.enabled():
-        return False, "no paradigm is enabled"
-    return True, ""
-
-
-def _needs(config: StudyConfig, stage: str) -> tuple[str, ...]:
-    judge = ("judge",) if config.judge.enabled else ()
-    return {
-        "problems": (),
-        "plan": ("problems",),
-        "pilot": ("problems", "plan"),
-        "sample": ("problems", "plan") + (("pilot",) if config.budget.mode == "advised" else ()),
-        "grade": ("sample",),
-        "judge": ("grade",),
-        "analyze": ("plan", "grade", *judge),
-        "sft": ("plan", "grade", *judge),
-        "train": ("problems", "sft"),
-        "eval": ("problems", "train"),
-        "report": ("plan", "sample", "analyze") + (("eval",) if _enabled(config, "eval")[0] else ()),
-    }[stage]
-
-
-def _stage_config(config: StudyConfig, stage: str) -> Any:
-    """The config a stage reads: what goes into its digest besides its upstream outputs."""
-    models = config.models
-    model_refs = {"wc": models.wc.model, "se": models.se.model}
-    match stage:
-        case "problems":
-            return {"problems": config.problems, "seed": config.seed}
-        case "plan":
-            return {
-                "budget": config.budget.model_dump(mode="json", exclude={"pilot"}),  # the pilot: its own stage
-                "models": {
-                    r: {"model": m.model, "params": m.params, "price": m.price_per_token, "label": m.label}
-                    for r, m in (("wc", models.wc), ("se", models.se))
-                },
-                "student": config.paradigms.student.model if config.paradigms.student else None,
-            }
-        case "pilot":
-            return {"budget": config.budget, "models": models, "sampling": config.sampling.digest_view(), "seed": config.seed}
-        case "sample":
-            return {"models": models, "sampling": config.sampling.digest_view(), "seed": config.seed}
-        case "grade":
-            return {"grading": config.grading}
-        case "judge":
-            return {"judge": config.judge, "seed": config.seed}
-        case "analyze":
-            return {"analysis": config.analysis, "seed": config.seed}
-        case "sft":
-            return {"paradigms": config.paradigms.digest_view(), "models": model_refs, "seed": config.seed}
-        case "train":
-            return {
-                "training": config.training,
-                "paradigms": config.paradigms.digest_view(),
-                "models": model_refs,
-                "evaluation": {
-                    "backend": config.evaluation.backend,
-                    "max_tokens": config.evaluation.max_tokens or config.sampling.max_tokens,
-                },
-                "seed": config.seed,
-            }
-        case "eval":
-            return {
-                "evaluation": config.evaluation,
-                "max_tokens": config.sampling.max_tokens,
-                "seed": config.seed,
-            }
-        case "report":
-            return {"report": 1}
-    raise KeyError(stage)
-
-
-def _outputs(ctx: StudyContext, stage: str) -> list[Path]:
-    run = ctx.run
-    roles = {}
-    if (run.root / ROLES_FILE).exists():
-        roles = read_json(run.root / ROLES_FILE)
-    keys = [roles[r]["key"] for r in ("wc", "se") if r in roles]
-    match stage:
-        case "problems":
-            return [run.problems_path(r) for r in PROBLEM_ROLES]
-        case "plan":
-            return [run.plan_path, run.root / ROLES_FILE]
-        case "pilot":
-            return [run.root / "pilot" / "advice.json"]
-        case "sample":  # and the allocated sets (flopmatch.allocation_study), graded as they are drawn
-            return [run.root / "samples" / k for k in keys] + [run.root / "allocated"]
-        case "grade":
-            return [run.root / "grades" / f"{k}.parquet" for k in keys]
-        case "judge":
-            return [run.root / "judgments" / f"{k}.parquet" for k in keys]
-        case "analyze":
-            return [
-                run.metrics_dir / "summary.parquet",
-                run.metrics_dir / "compute_matched.parquet",
-                run.metrics_dir / "coverage_curve.parquet",
-            ]
-        case "sft":
-            return [run.root / "sft"]
-        case "train":
-            # each run's result record changes whenever it is retrained (even into the same directory)
-            return [
-                run.root / "models" / "trained.json",
-                *sorted((run.root / "models").glob("*/train_result.json")),
-            ]
-        case "eval":
-            return [run.metrics_dir / "paradigms.parquet"]
-        case "report":
-            return [run.report_dir / "index.html"]
-    raise KeyError(stage)
-
-
-def stage_digest(ctx: StudyContext, stage: str, state: Mapping[str, Any] | None = None) -> str | None:
-    """The hash a finished ``stage`` must carry to be skipped: its config and its upstream outputs.
+def stage_digest(ctx: StudyContext, name: str, state: Mapping[str, Any] | None = None) -> str | None:
+    """The hash a finished stage ``name`` must carry to be skipped: its config and its upstream outputs.
     ``None`` while an upstream stage has not finished (the stage cannot be judged yet)."""
     state = ctx.run.stage_state() if state is None else state
+    record = get_stage(name)
     upstream = {}
-    for need in _needs(ctx.config, stage):
+    for need in record.needs(ctx.config):
         entry = state.get(need)
         if not entry or entry.get("status") != "done" or "outputs" not in entry:
             return None
         upstream[need] = entry["outputs"]
-    return config_hash(
-        {
-            "stage": stage,
-            "version": STAGE_VERSIONS.get(stage, 1),
-            "config": _stage_config(ctx.config, stage),
-            "upstream": upstream,
-        }
-    )
-
-
-#: Bump a stage's number when its behaviour changes, so finished runs redo it (and what depends on it).
-STAGE_VERSIONS: dict[str, int] = {"plan": 2}
+    return config_hash(record.digest_input(ctx.config, upstream))
 
 
 def study_status(ctx: StudyContext) -> list[StageStatus]:
@@ -223,31 +73,32 @@ def study_status(ctx: StudyContext) -> list[StageStatus]:
     state = ctx.run.stage_state()
     running = _lock_held(ctx.run)
     out: list[StageStatus] = []
-    for stage in STAGES:
-        enabled, why = _enabled(ctx.config, stage)
-        entry = state.get(stage) or {}
+    for record in REGISTRY:
+        name = record.name
+        enabled, why = record.enabled(ctx.config)
+        entry = state.get(name) or {}
         if not enabled:
-            out.append(StageStatus(stage, "off", None, entry, why))
+            out.append(StageStatus(name, "off", None, entry, why))
             continue
-        digest = stage_digest(ctx, stage, state)
+        digest = stage_digest(ctx, name, state)
         status = entry.get("status")
         info = {k: v for k, v in entry.items() if k not in ("hash", "status")}
         if status == "done":
-            if digest is not None and entry.get("hash") == digest and _outputs_intact(ctx, stage, entry):
-                out.append(StageStatus(stage, "done", digest, info))
+            if digest is not None and entry.get("hash") == digest and _outputs_intact(ctx, record, entry):
+                out.append(StageStatus(name, "done", digest, info))
             else:
                 reason = (
                     "outputs changed on disk"
                     if digest is not None and entry.get("hash") == digest
                     else ("config or inputs changed")
                 )
-                out.append(StageStatus(stage, "stale", digest, info, reason))
+                out.append(StageStatus(name, "stale", digest, info, reason))
         elif status == "failed":
-            out.append(StageStatus(stage, "failed", digest, info, str(entry.get("error", ""))[:300]))
+            out.append(StageStatus(name, "failed", digest, info, str(entry.get("error", ""))[:300]))
         elif status == "running":
             out.append(
                 StageStatus(
-                    stage,
+                    name,
                     "running" if running else "interrupted",
                     digest,
                     info,
@@ -255,12 +106,16 @@ def study_status(ctx: StudyContext) -> list[StageStatus]:
                 )
             )
         else:
-            out.append(StageStatus(stage, "pending", digest, info))
+            out.append(StageStatus(name, "pending", digest, info))
     return out
 
 
-def _outputs_intact(ctx: StudyContext, stage: str, entry: Mapping[str, Any]) -> bool:
-    return entry.get("outputs") == fingerprint(_outputs(ctx, stage), ctx.run.root)
+def _outputs_fingerprint(ctx: StudyContext, record: Stage) -> str:
+    return fingerprint(record.outputs(ctx), ctx.run.root)
+
+
+def _outputs_intact(ctx: StudyContext, record: Stage, entry: Mapping[str, Any]) -> bool:
+    return entry.get("outputs") == _outputs_fingerprint(ctx, record)
 
 
 # --------------------------------------------------------------------------- the run lock
@@ -391,51 +246,50 @@ def run_study(
     skipped: list[str] = []
     with _run_lock(run):
         freeze_config(config, run)
-        for number, stage in enumerate(STAGES, 1):
-            head = f"[{number}/{len(STAGES)}] {stage}"
-            enabled, why = _enabled(config, stage)
+        for number, record in enumerate(REGISTRY, 1):
+            name = record.name
+            head = f"[{number}/{len(REGISTRY)}] {name}"
+            enabled, why = record.enabled(config)
             if not enabled:
                 log(f"{head}: off ({why})")
-                skipped.append(stage)
+                skipped.append(name)
                 continue
-            if only and stage not in only:
-                skipped.append(stage)
+            if only and name not in only:
+                skipped.append(name)
                 continue
             state = run.stage_state()
-            digest = stage_digest(ctx, stage, state)
+            digest = stage_digest(ctx, name, state)
             if digest is None:
-                missing = [n for n in _needs(config, stage) if (state.get(n) or {}).get("status") != "done"]
+                missing = [n for n in record.needs(config) if (state.get(n) or {}).get("status") != "done"]
                 raise StudyError(
-                    f"stage {stage} needs {', '.join(missing)} to be done first; run the study without --only"
+                    f"stage {name} needs {', '.join(missing)} to be done first; run the study without --only"
                 )
-            entry = state.get(stage) or {}
+            entry = state.get(name) or {}
             if (
-                stage not in force
+                name not in force
                 and entry.get("status") == "done"
                 and entry.get("hash") == digest
-                and _outputs_intact(ctx, stage, entry)
+                and _outputs_intact(ctx, record, entry)
             ):
                 log(f"{head}: done earlier, inputs unchanged — skipped")
-                skipped.append(stage)
+                skipped.append(name)
                 continue
             log(f"{head}: running")
-            run.mark_started(stage, digest)
+            run.mark_started(name, digest)
             t0 = time.perf_counter()
             try:
-                info = STAGE_RUNNERS[stage](ctx) or {}
+                info = record.run(ctx) or {}
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, StudyError) else str(exc)
-                _mark_failed(run, stage, digest, error)
-                raise StageFailed(stage, error) from exc
+                run.mark_failed(name, digest, error)
+                raise StageFailed(name, error) from exc
             seconds = time.perf_counter() - t0
-            run.mark_done(
-                stage, digest, outputs=fingerprint(_outputs(ctx, stage), run.root), seconds=seconds, **info
-            )
+            run.mark_done(name, digest, outputs=_outputs_fingerprint(ctx, record), seconds=seconds, **info)
             log(
                 f"{head}: done in {fmt_seconds(seconds)}"
                 + (f" — {info['summary']}" if info.get("summary") else "")
             )
-            ran.append(stage)
+            ran.append(name)
     report = run.report_dir / "index.html"
     return StudyResult(
         run.root, ran, skipped, report if report.exists() else None, time.perf_counter() - started

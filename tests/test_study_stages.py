@@ -1,0 +1,39 @@
+"""flopmatch.study.stages_training pieces that the full-study tests (test_study.py) do not reach on CPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+from flopmatch.study import demo_config
+from flopmatch.study.stages_training import _accelerate_train, study_train_config
+
+
+def test_accelerate_launch_runs_the_cli_train_command(tmp_path, monkeypatch):
+    """training.launcher accelerate: the launched module is the `flopmatch train` command (what
+    `accelerate launch ... -m flopmatch train` in the README runs), with the run's exact TrainConfig in a file."""
+    config = demo_config(["training.launcher=accelerate", "training.accelerate_args=[--num_processes, '2']"])
+    calls = []
+    monkeypatch.setattr(
+        subprocess, "run", lambda command, check: calls.append(command) or SimpleNamespace(returncode=0)
+    )
+    ctx = SimpleNamespace(config=config, log=lambda _: None)
+    out_dir = tmp_path / "models" / "kd-wc-b1"
+    train_cfg = study_train_config(config)
+    _accelerate_train(ctx, tmp_path / "sft" / "wc-b1", "base-model", out_dir, train_cfg)
+    [command] = calls
+    assert command[1:4] == ["launch", "--num_processes", "2"]
+    module_args = command[command.index("-m") + 1 :]
+    assert module_args[:2] == ["flopmatch", "train"]
+    config_file = module_args[module_args.index("--config") + 1]
+    assert module_args[module_args.index("--out") + 1] == str(out_dir)
+    assert type(train_cfg).model_validate_json(open(config_file).read()) == train_cfg
+    monkeypatch.undo()
+    # the module and command exist and take these options (python -m of a module without a main prints nothing)
+    shown = subprocess.run(
+        [sys.executable, "-m", *module_args, "--help"], capture_output=True, text=True, check=False
+    )
+    assert shown.returncode == 0 and "Usage" in shown.stdout, shown.stderr
+    for option in ("--data", "--model", "--out", "--config"):
+        assert option in shown.stdout
