@@ -211,6 +211,7 @@ def _analyze_outputs(ctx: StudyContext) -> list[Path]:
         metrics / "summary.parquet",
         metrics / "compute_matched.parquet",
         metrics / "coverage_curve.parquet",
+        ctx.run.cost_path,
     ]
 
 
@@ -248,7 +249,8 @@ REGISTRY: tuple[Stage, ...] = (
     Stage("sample", stage_sample, _sample_view, _sample_outputs, needs=_sample_needs),
     Stage("grade", stage_grade, _grade_view, _grade_outputs, needs=lambda c: ("sample",)),
     Stage("judge", stage_judge, _judge_view, _judge_outputs, needs=lambda c: ("grade",), enabled=_judge_on),
-    Stage("analyze", stage_analyze, _analyze_view, _analyze_outputs, needs=_graded_needs),
+    # version 2: analyze writes metrics/cost.parquet, which the report reads (runs analysed before redo it)
+    Stage("analyze", stage_analyze, _analyze_view, _analyze_outputs, needs=_graded_needs, version=2),
     Stage("sft", stage_sft, _sft_view, _sft_outputs, needs=_graded_needs, enabled=_training_on),
     Stage(
         "train",
