@@ -1,7 +1,8 @@
 """The study report: one self-contained HTML page and a markdown twin, built from a run directory alone.
 
 ``build_report(run_dir)`` reads only what the stages wrote (``study.yaml``, ``plan.json``, ``roles.json``,
-``samples/``, ``ledger.parquet``, ``metrics/*.parquet``, ``metrics/figures/*.png``), so a report can be
+``ledger.parquet``, ``metrics/*.parquet`` (the cost per budget from ``metrics/cost.parquet``: never the
+sample shards), ``metrics/figures/*.png``), so a report can be
 rebuilt at any time (``flopmatch report RUN``), and a section whose stage has not run says so instead of
 disappearing. The page is made of a few block types (text, table, figure) rendered twice: to HTML with
 figures embedded as base64 PNG (one file to mail or attach), and to markdown with figures copied next
