@@ -164,28 +164,41 @@ def test_a_default_section_evaluates_as_the_study_always_did():
     assert kwargs["seed"] == 7 and kwargs["max_tokens"] == 128
     assert kwargs["backend"] == "vllm" and kwargs["n"] == 4 and kwargs["temperature"] == 0.7
     assert set(kwargs) <= set(inspect.signature(evaluate).parameters)
-    given = EvaluationConfig(seed=3, max_tokens=64, ks=[4, 1], greedy=False).evaluate_kwargs(
-        seed=7, max_tokens=128
-    )
+    # (built without validation: the study refuses these four until its eval stage passes them on)
+    given = EvaluationConfig.model_construct(seed=3, max_tokens=64, ks=(1, 4), greedy=False)
+    given = given.evaluate_kwargs(seed=7, max_tokens=128)
     assert (given["seed"], given["max_tokens"], given["ks"], given["greedy"]) == (3, 64, (1, 4), False)
 
 
 def test_fields_the_section_gained_count_when_set():
     """ks, top_p, greedy and seed are dumped (so hashed into the eval digest) only when not the default."""
     base = config_hash(EvaluationConfig())
-    for update in ({"ks": [1, 4]}, {"top_p": 0.9}, {"greedy": False}, {"seed": 1}):
-        section = EvaluationConfig(**update)
+    for update in ({"ks": (1, 4)}, {"top_p": 0.9}, {"greedy": False}, {"seed": 1}):
+        section = EvaluationConfig.model_construct(**update)
         assert set(update) <= set(section.model_dump())
         assert config_hash(section) != base
     assert config_hash(EvaluationConfig(ks=[16, 8, 4, 1])) == base  # the default, however written
 
 
-def test_a_frozen_config_reloads_to_the_same_config(tmp_path):
-    """What the orchestrator freezes in study.yaml (model_dump) loads back unchanged, new fields included."""
-    config = demo_config(["evaluation.ks=[1,4]", "evaluation.seed=5"])
+def test_fields_the_eval_stage_does_not_pass_on_are_refused():
+    """The eval stage still calls evaluate() with backend, n, temperature, max_tokens, the study seed and
+    backend_options only: a study that sets ks, top_p, greedy or seed is told, not silently ignored."""
+    for key, value in (("ks", "[1,4]"), ("top_p", "0.9"), ("greedy", "false"), ("seed", "5")):
+        with pytest.raises(
+            StudyConfigError, match=f"evaluation.{key} is not used by the study's eval stage yet"
+        ):
+            demo_config([f"evaluation.{key}={value}"])
+    assert (
+        demo_config(["evaluation.seed=null", "evaluation.top_p=1.0"]).evaluation == demo_config().evaluation
+    )
+
+
+def test_a_frozen_config_reloads_to_the_same_config():
+    """What the orchestrator freezes in study.yaml (model_dump) loads back unchanged."""
+    config = demo_config(["evaluation.max_tokens=64", "evaluation.baselines=false"])
     again = validate_study_dict(yaml.safe_load(yaml.safe_dump(config.model_dump(mode="json"))))
     assert again == config
-    assert again.evaluation.ks == (1, 4) and again.evaluation.seed == 5
+    assert again.evaluation.max_tokens == 64 and not again.evaluation.baselines
 
 
 def test_the_study_keeps_its_stricter_evaluation_settings():

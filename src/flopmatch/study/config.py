@@ -33,6 +33,7 @@ from flopmatch.evaluation import EvalConfig
 from flopmatch.study.config_yaml import (  # `X as X`: re-exported, part of this module's API
     StudyConfigError,
     describe_validation_error,
+    looks_like_path,
     read_yaml_mapping,
     resolve_path,
 )
@@ -404,8 +405,8 @@ class TrainingConfig(_Section):
 
 
 #: EvalConfig fields the study's section gained when it became EvalConfig: dumped (and so hashed into the eval
-#: stage's digest) only when set to something other than their default, so a finished run does not go stale.
-_EVAL_FIELDS_ADDED = ("ks", "top_p", "greedy", "seed")
+#: stage's digest) only when not their default, so a finished run does not go stale.
+_EVAL_FIELDS_ADDED = {"ks": EvalConfig.model_fields["ks"].default, "top_p": 1.0, "greedy": True, "seed": None}
 
 
 class EvaluationConfig(EvalConfig):
@@ -414,23 +415,25 @@ class EvaluationConfig(EvalConfig):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["vllm", "hf"] = Field(
-        "vllm", description="the engine that evaluates trained models: vllm or hf"
-    )
+    backend: Literal["vllm", "hf"] = Field("vllm", description="the engine that evaluates trained models")
     n: PositiveInt = Field(4, description="samples per problem at temperature for maj@k and pass@k")
     max_tokens: PositiveInt | None = Field(None, description="defaults to sampling.max_tokens")
-    seed: int | None = Field(
-        None, description="the sampling seed of the evaluations; the study seed when omitted"
-    )
+    seed: int | None = Field(None, description="the evaluations' sampling seed; the study seed when omitted")
     baselines: bool = Field(True, description="also evaluate each student before fine-tuning")
+
+    @model_validator(mode="after")
+    def _forwarded_by_the_eval_stage(self) -> EvaluationConfig:
+        # Until the eval stage (study/stages_training.py) passes evaluate() all of evaluate_kwargs(), it would
+        # ignore these; refuse them (as before they were in the section) rather than drop them silently.
+        ignored = [name for name, default in _EVAL_FIELDS_ADDED.items() if getattr(self, name) != default]
+        if ignored:
+            raise ValueError(f"evaluation.{ignored[0]} is not used by the study's eval stage yet; drop it")
+        return self
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        for name in _EVAL_FIELDS_ADDED:
-            if getattr(self, name) == type(self).model_fields[name].default:
-                data.pop(name, None)
-        return data
+        added = {k for k, default in _EVAL_FIELDS_ADDED.items() if getattr(self, k) == default}
+        return {k: v for k, v in handler(self).items() if k not in added}
 
     def evaluate_kwargs(self, *, seed: int, max_tokens: int) -> dict[str, Any]:
         """The keyword arguments of :func:`flopmatch.evaluation.evaluate` this section sets (all but the model,
@@ -516,10 +519,6 @@ class StudyConfig(_Section):
 # --------------------------------------------------------------------------- loading
 
 
-def _looks_like_path(ref: str) -> bool:
-    return ref.startswith((".", "/", "~", "$"))
-
-
 def load_study_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
     """Read, validate and resolve a study file.
 
@@ -556,7 +555,7 @@ def resolve_paths(config: StudyConfig, base: Path) -> StudyConfig:
         return None if s is None else s.model_copy(update={"data_file": resolve_path(s.data_file, base)})
 
     def model(m: ModelSpec | None) -> ModelSpec | None:
-        if m is None or not _looks_like_path(m.model):
+        if m is None or not looks_like_path(m.model):
             return m
         return m.model_copy(update={"model": resolve_path(m.model, base)})
 

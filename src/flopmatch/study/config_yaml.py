@@ -58,6 +58,11 @@ def resolve_path(value: str | None, base: Path) -> str | None:
     return str(expanded if expanded.is_absolute() else (base / expanded).resolve())
 
 
+def looks_like_path(ref: str) -> bool:
+    """Whether a model reference names a local path (``./``, ``../``, ``/``, ``~``, ``$VAR``), not a hub id."""
+    return ref.startswith((".", "/", "~", "$"))
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config mapping, e.g.
     ``training.enabled=true`` or ``problems.sample.limit=100``."""
