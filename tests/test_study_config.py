@@ -180,14 +180,12 @@ def test_fields_the_section_gained_count_when_set():
     assert config_hash(EvaluationConfig(ks=[16, 8, 4, 1])) == base  # the default, however written
 
 
-def test_fields_the_eval_stage_does_not_pass_on_are_refused():
-    """The eval stage still calls evaluate() with backend, n, temperature, max_tokens, the study seed and
-    backend_options only: a study that sets ks, top_p, greedy or seed is told, not silently ignored."""
-    for key, value in (("ks", "[1,4]"), ("top_p", "0.9"), ("greedy", "false"), ("seed", "5")):
-        with pytest.raises(
-            StudyConfigError, match=f"evaluation.{key} is not used by the study's eval stage yet"
-        ):
-            demo_config([f"evaluation.{key}={value}"])
+def test_evaluation_settings_beyond_the_old_section_are_kept_and_default_to_nothing():
+    """ks, top_p, greedy and seed load, reach evaluate_kwargs, and are dumped (so hashed) only when set."""
+    config = demo_config(["evaluation.ks=[1,4]", "evaluation.top_p=0.9", "evaluation.greedy=false", "evaluation.seed=5"])
+    assert {"ks", "top_p", "greedy", "seed"} <= set(config.evaluation.model_dump())
+    assert config.evaluation.evaluate_kwargs(seed=0, max_tokens=64)["seed"] == 5
+    assert not {"ks", "top_p", "greedy", "seed"} & set(demo_config().evaluation.model_dump())
     assert (
         demo_config(["evaluation.seed=null", "evaluation.top_p=1.0"]).evaluation == demo_config().evaluation
     )

@@ -37,3 +37,30 @@ def test_accelerate_launch_runs_the_cli_train_command(tmp_path, monkeypatch):
     assert shown.returncode == 0 and "Usage" in shown.stdout, shown.stderr
     for option in ("--data", "--model", "--out", "--config"):
         assert option in shown.stdout
+
+
+def test_the_eval_stage_passes_every_evaluation_setting_to_evaluate(tmp_path):
+    """ks, top_p, greedy and seed set in the study's evaluation section reach evaluate(); unset, the
+    stage calls it exactly as before (the library's defaults and the study seed)."""
+    import inspect
+
+    from flopmatch.evaluation import evaluate
+    from flopmatch.store import RunDir
+    from flopmatch.study import StudyContext, demo_config
+    from flopmatch.study.stages_training import _eval_job
+
+    def job_kwargs(*overrides):
+        ctx = StudyContext(config=demo_config(list(overrides)), run=RunDir(tmp_path), log=lambda _: None)
+        return _eval_job(ctx, "student", str(tmp_path / "model"), [])[2]
+
+    kwargs = job_kwargs(
+        "evaluation.ks=[1,4]", "evaluation.top_p=0.9", "evaluation.greedy=false", "evaluation.seed=5"
+    )
+    assert (kwargs["ks"], kwargs["top_p"], kwargs["greedy"], kwargs["seed"]) == ((1, 4), 0.9, False, 5)
+    assert set(kwargs) <= set(inspect.signature(evaluate).parameters)
+    defaults = job_kwargs()
+    signature = inspect.signature(evaluate).parameters
+    assert [defaults[k] for k in ("ks", "top_p", "greedy")] == [
+        signature[k].default for k in ("ks", "top_p", "greedy")
+    ]
+    assert defaults["seed"] == demo_config().seed

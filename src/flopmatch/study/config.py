@@ -421,15 +421,6 @@ class EvaluationConfig(EvalConfig):
     seed: int | None = Field(None, description="the evaluations' sampling seed; the study seed when omitted")
     baselines: bool = Field(True, description="also evaluate each student before fine-tuning")
 
-    @model_validator(mode="after")
-    def _forwarded_by_the_eval_stage(self) -> EvaluationConfig:
-        # Until the eval stage (study/stages_training.py) passes evaluate() all of evaluate_kwargs(), it would
-        # ignore these; refuse them (as before they were in the section) rather than drop them silently.
-        ignored = [name for name, default in _EVAL_FIELDS_ADDED.items() if getattr(self, name) != default]
-        if ignored:
-            raise ValueError(f"evaluation.{ignored[0]} is not used by the study's eval stage yet; drop it")
-        return self
-
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         added = {k for k, default in _EVAL_FIELDS_ADDED.items() if getattr(self, k) == default}

@@ -177,9 +177,8 @@ def _eval_job(ctx: StudyContext, name: str, model: str, test: list[Any]) -> tupl
          "trained": file_identity(record) if record else None}
     )  # fmt: skip
     kwargs = dict(
-        model=model, problems=test, backend=ev.backend, n=ev.n, temperature=ev.temperature,
-        max_tokens=max_tokens, seed=config.seed, out_path=ctx.run.eval_path(name),
-        backend_options=dict(ev.backend_options), progress_desc=f"eval {name}",
+        model=model, problems=test, out_path=ctx.run.eval_path(name), progress_desc=f"eval {name}",
+        **ev.evaluate_kwargs(seed=config.seed, max_tokens=max_tokens),
     )  # fmt: skip
     return f"eval:{name}", digest, kwargs
 
