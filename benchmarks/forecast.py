@@ -23,6 +23,10 @@ Toy world (the README's numbers; the sampling is cached in the run directories a
     python benchmarks/forecast.py --run runs/forecast-toy --out runs/forecast_backtest_wc.json \
         --families beta-binomial,zero-inflated-beta,logit-normal,beta-mixture     # and runs/forecast-toy-se
 
+Intervals: ``--intervals families`` (the library's default) is the union over the families the pilot cannot
+rule out; each row also keeps the chosen family's own refit interval (``refit_low/high``), and the summary
+counts how often each covers the truth. ``--no-pilot-target`` skips the --target pilot forecasts (faster).
+
 Pilots are 3 disjoint blocks of 100 problems plus 5 random subsets that overlap them, so the 8 pilots of a
 cell are not independent: the paired intervals and p-values are optimistic about that.
 
@@ -39,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORCED = ("beta-binomial", "zero-inflated-beta", "logit-normal", "beta-mixture")
+FORCED = ("beta-binomial", "zero-inflated-beta", "logit-normal", "skew-logit-normal", "beta-mixture")
 
 
 def parse_ints(text: str) -> list[int]:
@@ -68,10 +72,12 @@ def backtest_model(name, data, args) -> list[dict]:
         for n in args.pilots:
             started = time.perf_counter()
             counts = problem_counts(data, n, pids)
-            fc = forecast_counts(counts, args.ks, model=name, n_boot=args.n_boot, seed=args.seed)
+            fc = forecast_counts(counts, args.ks, model=name, n_boot=args.n_boot, seed=args.seed,
+                                 intervals=args.intervals)
             forced = {f: fit_success(counts["n"], counts["c"], family=f) for f in args.families}
-            own = {q.k: q for q in forecast_pilot(counts, [k for k in args.ks if k >= n], n_boot=args.n_boot,
-                                                  seed=args.seed).points}
+            own = {} if args.no_pilot_target else {
+                q.k: q for q in forecast_pilot(counts, [k for k in args.ks if k >= n], n_boot=args.n_boot,
+                                               seed=args.seed).points}
             subset_truth = {k: measured_at(data, full, pids, k) for k in truth}
             for p in fc.points:
                 if p.k not in truth:
@@ -81,6 +87,9 @@ def backtest_model(name, data, args) -> list[dict]:
                     "model": name, "subset": label, "n": n, "k": p.k, "problems": len(pids), "S": full,
                     "family": fc.fit.family, "coverage_true": cov_true, "coverage": p.coverage,
                     "coverage_low": p.coverage_low, "coverage_high": p.coverage_high,
+                    "refit_low": p.refit_coverage_low if p.refit_coverage_low is not None else p.coverage_low,
+                    "refit_high": p.refit_coverage_high if p.refit_coverage_high is not None else p.coverage_high,
+                    "interval_families": fc.interval_families,
                     "coverage_true_subset": subset_truth[p.k][0],
                     "power_law": p.power_law_coverage,
                     **{f"coverage_{f}": float(fit.coverage(p.k)) for f, fit in forced.items()},
@@ -129,13 +138,15 @@ def summarise(rows: list[dict]) -> list[dict]:
             "coverage_first_err_pts": [round(100 * (r["coverage"] - r["coverage_true"]), 2) for r in first],
             "coverage_interval_hit": float(np.mean([_covered(r["coverage_low"], r["coverage_true"], r["coverage_high"])
                                                    for r in rs])),
+            "coverage_interval_width_pts": 100 * float(np.mean([r["coverage_high"] - r["coverage_low"] for r in rs])),
+            **_refit_summary(rs),
             "power_law_mae_pts": 100 * float(np.mean(np.abs(pl[ok]))) if ok.any() else None,
             "forecast_minus_power_law_abs_err_pts": (
                 [100 * interval.diff, 100 * interval.low, 100 * interval.high] if interval else None),
             "sign_flip_p": sign_flip_test(diff, seed=0) if diff.size else None,
             **{f"mae_pts_{f}": 100 * float(np.mean([abs(r[f"coverage_{f}"] - r["coverage_true"]) for r in rs]))
                for f in FORCED if f"coverage_{f}" in rs[0]},
-            "families": {f: sum(r["family"] == f for r in rs) for f in FORCED[:3]},
+            "families": {f: sum(r["family"] == f for r in rs) for f in FORCED[:4]},
             "unique_mae": float(np.mean(np.abs(uerr))) if uerr.size else None,
             "unique_bias": float(np.mean(uerr)) if uerr.size else None,
             "unique_interval_hit": float(np.mean([_covered(r["unique_low"], r["unique_true"], r["unique_high"])
@@ -143,6 +154,16 @@ def summarise(rows: list[dict]) -> list[dict]:
             **_pilot_summary(rs),
         })
     return out
+
+
+def _refit_summary(rs: list[dict]) -> dict:
+    """With --intervals families: the chosen family's own (refit) interval, for comparison."""
+    if "refit_low" not in rs[0]:
+        return {}
+    return {"refit_interval_hit": float(np.mean([_covered(r["refit_low"], r["coverage_true"], r["refit_high"])
+                                                 for r in rs])),
+            "refit_interval_width_pts": 100 * float(np.mean([r["refit_high"] - r["refit_low"] for r in rs])),
+            "interval_families": {f: sum(f in r["interval_families"] for r in rs) for f in FORCED}}
 
 
 def _pilot_summary(rs: list[dict]) -> dict:
@@ -204,6 +225,8 @@ def main() -> None:
     parser.add_argument("--families", type=lambda t: t.split(","),
                         default=["beta-binomial", "zero-inflated-beta", "logit-normal"],
                         help="families also fitted on their own (point forecasts), e.g. add beta-mixture")
+    parser.add_argument("--intervals", default="families", help="families | refit (flopmatch.forecast.INTERVALS)")
+    parser.add_argument("--no-pilot-target", action="store_true", help="skip the --target pilot forecasts")
     parser.add_argument("--out", type=Path, default=Path("forecast_backtest.json"))
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()

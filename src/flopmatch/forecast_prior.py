@@ -4,7 +4,7 @@ Every success family of :mod:`flopmatch.forecast` is one of these:
 
 * Beta parts ``Beta(a_j, b_j)`` with weights (beta-binomial: one part; beta-mixture: two);
 * atoms: point masses at ``p_g`` with weights (the zero-inflated family's mass at p = 0; the
-  logit-normal family, discretised on a fine grid in logit space).
+  logit-normal and skew-logit-normal families, discretised on a fine grid in logit space).
 
 Everything a forecast needs is an expectation under the posterior of one problem that had c correct of
 n samples, and the prior itself is that posterior with n = c = 0. So each quantity is written once, per
@@ -14,6 +14,7 @@ its weight changes (by the binomial likelihood p^c (1 - p)^(n - c)).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,10 @@ LOGIT_GRID = np.linspace(-18.0, 14.0, 641)
 GRID_P = special.expit(LOGIT_GRID)
 MU_BOUND = 10.0
 LOG_SIGMA_BOUNDS = (np.log(0.1), np.log(8.0))
+ALPHA_BOUND = 10.0  # the skew-normal's shape; at |alpha| = 10 it is all but a half-normal
+LOG_BOUND = 9.2  # a, b in [1e-4, 1e4]: wide enough for any pilot, finite so degenerate data stays finite
+LOGIT_BOUND = 12.0
+LOGIT_FAMILIES = ("logit-normal", "skew-logit-normal")
 
 
 def as_counts(n: Any, c: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -49,10 +54,22 @@ def log_binom(n, c):
     return special.gammaln(n + 1) - special.gammaln(c + 1) - special.gammaln(n - c + 1)
 
 
-def logit_normal_log_weights(mu: float, sigma: float) -> np.ndarray:
-    """Log weights of the grid atoms for logit(p) ~ Normal(mu, sigma^2), normalised over the grid."""
-    z = -0.5 * ((LOGIT_GRID - mu) / sigma) ** 2
-    return z - special.logsumexp(z)
+def logit_normal_log_weights(mu: float, sigma: float, alpha: float = 0.0) -> np.ndarray:
+    """Log weights of the grid atoms for logit(p) ~ SkewNormal(mu, sigma, alpha) (alpha = 0: the normal),
+    normalised over the grid. Density ∝ phi(z) Phi(alpha z), z = (logit p - mu) / sigma."""
+    z = (LOGIT_GRID - mu) / sigma
+    log_w = -0.5 * z**2 + (special.log_ndtr(alpha * z) if alpha else 0.0)
+    return log_w - special.logsumexp(log_w)
+
+
+def logit_normal_scores(mu: float, sigma: float, alpha: float | None = None) -> list[np.ndarray]:
+    """d log w_g / d (mu, log sigma[, alpha]) of the unnormalised grid weights, at every atom g.
+    With h = phi(alpha z) / Phi(alpha z): (z - alpha h) / sigma, z^2 - alpha z h and z h."""
+    z = (LOGIT_GRID - mu) / sigma
+    if alpha is None:
+        return [z / sigma, z**2]
+    h = np.exp(-0.5 * (alpha * z) ** 2 - 0.5 * np.log(2 * np.pi) - special.log_ndtr(alpha * z))
+    return [(z - alpha * h) / sigma, z**2 - alpha * z * h, z * h]
 
 
 def atom_log_likelihood(p: np.ndarray, n, c) -> np.ndarray:
@@ -80,9 +97,9 @@ class Prior:
         return cls(beta_log_w, np.asarray(a, dtype=float), np.asarray(b, dtype=float), atoms, np.zeros(atoms.size))
 
     @classmethod
-    def logit_normal(cls, mu: float, sigma: float) -> Prior:
+    def logit_normal(cls, mu: float, sigma: float, alpha: float = 0.0) -> Prior:
         empty = np.empty(0)
-        return cls(empty, empty, empty, logit_normal_log_weights(mu, sigma), GRID_P)
+        return cls(empty, empty, empty, logit_normal_log_weights(mu, sigma, alpha), GRID_P)
 
     def log_joint(self, n: np.ndarray, c: np.ndarray) -> np.ndarray:
         """log(weight_j * P(c | n, part j)) for every part (rows: Beta parts, then atoms) and problem."""
@@ -140,3 +157,78 @@ class Prior:
         beta = np.exp(lb + special.betaln(a_post + j, b_post + m - j) - special.betaln(a_post, b_post))
         atom = np.exp(lb + atom_log_likelihood(self.atom_p, float(m), j))
         return post @ np.vstack([beta, atom])
+
+
+# --------------------------------------------------------------------------- the families' parameters
+
+
+def success_prior(family: str, params: dict[str, float]) -> Prior:
+    """Every family as a :class:`flopmatch.forecast_prior.Prior`: Beta parts and/or atoms."""
+    if family in LOGIT_FAMILIES:
+        return Prior.logit_normal(params["mu"], params["sigma"], params.get("alpha", 0.0))
+    if family == "beta-mixture":
+        w = params["w"]
+        return Prior.betas([w, 1 - w], [params["a1"], params["a2"]], [params["b1"], params["b2"]])
+    return Prior.betas([1.0], [params["a"]], [params["b"]], params.get("pi", 0.0))
+
+
+N_PARAMS = {"beta-binomial": 2, "zero-inflated-beta": 3, "beta-mixture": 5, "logit-normal": 2, "skew-logit-normal": 3}
+
+
+def family_bounds(family: str) -> tuple[np.ndarray, np.ndarray]:
+    """Box bounds of the unconstrained parameters (log a/b, logit weights; mu, log sigma and alpha)."""
+    if family in LOGIT_FAMILIES:
+        low, high = [-MU_BOUND, LOG_SIGMA_BOUNDS[0], -ALPHA_BOUND], [MU_BOUND, LOG_SIGMA_BOUNDS[1], ALPHA_BOUND]
+        size = N_PARAMS[family]
+        return np.array(low[:size]), np.array(high[:size])
+    high = np.full(N_PARAMS[family], LOG_BOUND)
+    if family != "beta-binomial":
+        high[0 if family == "beta-mixture" else 2] = LOGIT_BOUND
+    return -high, high
+
+
+def unpack_params(family: str, theta: np.ndarray) -> dict[str, float]:
+    """A family's parameters from the unconstrained vector the optimiser works in (inverse: pack_params)."""
+    if family in LOGIT_FAMILIES:
+        skew = {"alpha": float(theta[2])} if len(theta) > 2 else {}
+        return {"mu": float(theta[0]), "sigma": math.exp(theta[1]), **skew}
+    if family == "beta-mixture":
+        return {"w": float(special.expit(theta[0])), "a1": math.exp(theta[1]), "b1": math.exp(theta[2]),
+                "a2": math.exp(theta[3]), "b2": math.exp(theta[4])}
+    params = {"a": math.exp(theta[0]), "b": math.exp(theta[1])}
+    if family == "zero-inflated-beta":
+        params["pi"] = float(special.expit(theta[2]))
+    return params
+
+
+def logit(x: float) -> float:
+    x = min(max(x, 1e-12), 1 - 1e-12)
+    return math.log(x / (1 - x))
+
+
+def pack_params(family: str, params: dict[str, float]) -> np.ndarray:
+    if family in LOGIT_FAMILIES:
+        return np.array([params["mu"], math.log(params["sigma"]), *([params["alpha"]] if "alpha" in params else [])])
+    if family == "beta-mixture":
+        return np.array([logit(params["w"]), *(math.log(params[k]) for k in ("a1", "b1", "a2", "b2"))])
+    base = [math.log(params["a"]), math.log(params["b"])]
+    if family == "zero-inflated-beta":
+        base.append(logit(params["pi"]))
+    return np.array(base)
+
+
+def start_points(family: str, mean: float) -> list[np.ndarray]:
+    """The optimiser's starting points for a family, given the pilot's mean success rate."""
+    if family in LOGIT_FAMILIES:  # the skew family also from a left- and a right-skewed start
+        skews = [()] if family == "logit-normal" else [(2.0,), (-2.0,)]
+        return [np.array([logit(mean) + shift, math.log(sigma), *skew])
+                for shift, sigma in ((0.0, 1.0), (-1.0, 2.5)) for skew in skews]
+    if family == "beta-mixture":  # a low and a high component, diffuse and concentrated
+        return [np.array([0.0, *np.log([lo * conc, (1 - lo) * conc, hi * conc, (1 - hi) * conc])])
+                for lo, hi in ((0.1, 0.7), (0.03, 0.5), (0.2, 0.9)) for conc in (2.0, 10.0)]
+    starts = []
+    for conc in (0.5, 2.0, 10.0):
+        base = [math.log(mean * conc), math.log((1 - mean) * conc)]
+        starts += [np.array([*base, share]) for share in (-3.0, 0.0)] if family == "zero-inflated-beta" else [
+            np.array(base)]
+    return starts
