@@ -22,6 +22,7 @@ from flopmatch.budget import (
     plan_for_models,
 )
 from flopmatch.store import RunDir
+from flopmatch.store.queries import read_plan
 from offline_models import SKIP_REASON, offline_pair_installed
 
 
@@ -138,7 +139,7 @@ def test_totals_and_round_trip(tmp_path):
     assert BudgetPlan.from_json(plan.to_json()) == plan
     path = plan.save(tmp_path)
     assert path == RunDir(tmp_path).plan_path
-    assert BudgetPlan.load(tmp_path) == plan
+    assert read_plan(RunDir(tmp_path)) == plan  # the one reader of plan.json (flopmatch.store.queries)
     assert plan.wc.name == "g9"
     with pytest.raises(KeyError, match="planned: \\[1, 10\\]"):
         plan.wc_samples_for(3)

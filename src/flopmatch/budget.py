@@ -120,13 +120,6 @@ class BudgetPlan(BaseModel):
         run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         return write_text(self.to_json(), run.plan_path)
 
-    @classmethod
-    def load(cls, run_dir: Any) -> BudgetPlan:
-        from flopmatch.store import RunDir
-
-        run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-        return cls.from_json(run.plan_path.read_text(encoding="utf-8"))
-
 
 # --------------------------------------------------------------------------- arithmetic
 

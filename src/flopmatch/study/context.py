@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flopmatch.store import RunDir, config_hash, read_json, read_table
+from flopmatch.store import RunDir, config_hash, queries
 from flopmatch.study.config import StudyConfig
 
 ROLES_FILE = "roles.json"
@@ -32,25 +32,19 @@ class StudyContext:
     progress: bool = True
 
     def problems(self, role: str) -> list[Any]:
-        from flopmatch.problems import problems_from_table
-
-        path = self.run.problems_path(role)
-        if not path.exists():
-            return []
-        return problems_from_table(read_table(path))
+        return queries.problems_by_role(self.run, role)
 
     def roles(self) -> dict[str, Any]:
-        path = self.run.root / ROLES_FILE
-        if not path.exists():
-            raise StudyError(f"{path}: missing; the plan stage writes it (run the study without --only)")
-        return read_json(path)
+        roles = queries.read_roles(self.run)
+        if not roles:
+            raise StudyError(f"{self.run.roles_path}: missing; the plan stage writes it (run the study without --only)")
+        return roles
 
     def plan(self) -> Any:
-        from flopmatch.budget import BudgetPlan
-
-        if not self.run.plan_path.exists():
+        plan = queries.read_plan(self.run, required=False)
+        if plan is None:
             raise StudyError(f"{self.run.plan_path}: no plan; run the plan stage first")
-        return BudgetPlan.load(self.run)
+        return plan
 
     def budgets(self) -> list[tuple[int, int]]:
         return [(int(b.se_samples), int(b.wc_samples)) for b in self.plan().budgets]
