@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flopmatch.datasets import get_dataset
 from flopmatch.store import RunDir, model_key
 from flopmatch.study.config import ModelSpec, SplitConfig, StudyConfig
 from flopmatch.study.context import StudyContext
@@ -50,9 +51,10 @@ class DryRun:
 
 
 def _count_split(spec: SplitConfig, seed: int) -> tuple[int | None, str]:
-    """Problems in a split: loaded when that is cheap and offline (local files, the toy world), else
-    the source's known size, capped by ``limit``."""
-    if spec.data_file is not None or spec.source == "toyworld":
+    """Problems in a split: loaded when that is cheap and offline (local files, a dataset that declares a
+    generator, such as the toy world), else the source's known size, capped by ``limit``."""
+    declared = get_dataset(spec.source)
+    if spec.data_file is not None or (declared is not None and declared.loader is not None):  # generated
         try:
             return len(load_split(spec, seed)), "counted"
         except Exception as exc:  # noqa: BLE001 - a dry run reports, the real run fails loudly
