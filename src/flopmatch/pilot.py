@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flopmatch.errors import FlopmatchError
 from flopmatch.problems import Problem, select_subset
 from flopmatch.store import RunDir, model_key, read_shards, read_table
 
 UNITS = ("flops", "dollars", "seconds")
 
 
-class PilotError(ValueError):
+class PilotError(FlopmatchError, ValueError):
     """The pilot's samples or grades are missing or inconsistent (the message names the file)."""
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from flopmatch.backends.base import Backend, Message, Request, SamplingParams
 from flopmatch.datasets import get_dataset
+from flopmatch.errors import FlopmatchError
 from flopmatch.metrics import wilson_interval
 from flopmatch.problems import Problem
 from flopmatch.progress import progress_bar
@@ -85,7 +86,7 @@ def split_steps(text: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- strict verdict parsing
 
 
-class VerdictError(ValueError):
+class VerdictError(FlopmatchError, ValueError):
     """A judge reply that is not exactly one valid verdict object (the message is fed back on retry)."""
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from flopmatch.errors import FlopmatchError
 from flopmatch.judge.core import FprEstimate, Judge, JudgeItem, fpr_estimate
 from flopmatch.progress import progress_bar
 from flopmatch.store import RunDir, read_table, write_table
@@ -136,7 +137,7 @@ _TRUE = {"true", "1", "yes", "y", "valid", "t"}
 _FALSE = {"false", "0", "no", "n", "invalid", "f"}
 
 
-class LabelError(ValueError):
+class LabelError(FlopmatchError, ValueError):
     """A bad row in a human-label file (the message names file, line and field)."""
 
 

@@ -19,8 +19,10 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from flopmatch.errors import FlopmatchError
 
-class StudyConfigError(ValueError):
+
+class StudyConfigError(FlopmatchError, ValueError):
     """A study file that cannot be used; the message names the file, line, key and what is expected."""
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flopmatch.errors import FlopmatchError
 from flopmatch.store import RunDir, config_hash, queries
 from flopmatch.study.config import StudyConfig
 
@@ -18,7 +19,7 @@ ROLES_FILE = "roles.json"
 PROBLEM_ROLES: tuple[str, ...] = ("sample", "validation", "test")
 
 
-class StudyError(RuntimeError):
+class StudyError(FlopmatchError, RuntimeError):
     """A study cannot go on (a stage's inputs are missing, a stage failed); the message says what to do."""
 
 
