@@ -433,10 +433,3 @@ def _per_problem(rows: list[dict[str, Any]], problems: Sequence[Any], config: Ev
         ordered = [(s, e) for _, s, e in sorted(samples.get(problem.problem_id, []))]
         out.append(problem_metrics(greedy.get(problem.problem_id), ordered, config.ks))
     return out
-
-
-def load_eval_rows(path: str | Path) -> pa.Table:
-    """The per-sample rows of a saved evaluation."""
-    from flopmatch.store import read_table
-
-    return read_table(path)
