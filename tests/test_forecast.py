@@ -69,7 +69,7 @@ def test_zero_inflated_fit_recovers_pi_and_is_chosen_by_heldout_likelihood():
     n, c = simulate(rng, 3000, 16, a=2.0, b=3.0, pi=0.4)
     fit = fit_success(n, c)  # auto
     assert fit.family == "zero-inflated-beta"
-    assert set(fit.candidates) == {"beta-binomial", "zero-inflated-beta", "logit-normal"}
+    assert set(fit.candidates) == {"beta-binomial", "zero-inflated-beta", "logit-normal", "skew-logit-normal"}
     assert fit.candidates["zero-inflated-beta"] > max(fit.candidates["beta-binomial"], fit.candidates["logit-normal"])
     assert fit.pi == pytest.approx(0.4, abs=0.04)
     assert fit.a / (fit.a + fit.b) == pytest.approx(0.4, abs=0.04)
@@ -115,6 +115,7 @@ def test_skew_logit_normal_recovers_a_one_sided_left_tail():
         assert symmetric.coverage(k) < skew.coverage(k) < truth.coverage(k) + 0.01
         assert abs(skew.coverage(k) - truth.coverage(k)) < abs(symmetric.coverage(k) - truth.coverage(k)) - 0.02
     assert heldout_log_likelihood("skew-logit-normal", n, c) > heldout_log_likelihood("logit-normal", n, c) + 1
+    assert fit_success(n, c).family == "skew-logit-normal"  # one of auto's candidates, and its pick here
     # the optimiser lands on the maximum of the module's own likelihood: every small step lowers it
     best = float(np.sum(skew.prior.log_marginal(n.astype(float), c.astype(float))))
     assert skew.log_likelihood == pytest.approx(best, abs=1e-6)
