@@ -39,6 +39,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from flopmatch.progress import progress_bar
 from flopmatch.store import config_hash, read_json, write_json, write_table
 from flopmatch.store.schemas import EVAL_SCHEMA
 
@@ -341,8 +342,6 @@ def _generate(
     desc: str | None,
 ) -> tuple[list[dict[str, Any]], str]:
     """Greedy and sampled generations as eval rows (ungraded)."""
-    from tqdm.auto import tqdm
-
     from flopmatch.backends import create_backend
     from flopmatch.backends.base import Request, SamplingParams
 
@@ -354,7 +353,7 @@ def _generate(
     rows: list[dict[str, Any]] = []
     total = len(problems) * ((1 if config.greedy else 0) + config.n)
     try:
-        with tqdm(total=total, desc=desc or f"evaluate {Path(base).name}", unit="sample") as bar:
+        with progress_bar(total, desc or f"evaluate {Path(base).name}", unit="sample") as bar:
             passes: list[tuple[str, SamplingParams, tuple[int, ...]]] = []
             if config.greedy:
                 greedy = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=config.max_tokens, stop=stops)

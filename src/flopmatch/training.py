@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import logging
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,6 +75,8 @@ from flopmatch.training_trainer import (
     tokens_seen,
     world_size,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [  # the training API, wherever each part lives
     "CHECKPOINT_PREFIX",
@@ -284,10 +286,10 @@ def _publish(
         selection = select_checkpoint(out_dir, validation, prompt=prompt_configs, **select)
         return selection.best, selection.scores
     if validation is not None:
-        print(
-            f"[flopmatch] multi-process launch: checkpoint selection skipped; run "
-            f"`flopmatch train --out {out_dir} --select-only --val-problems ...` on one process",
-            file=sys.stderr,
+        log.warning(
+            "multi-process launch: checkpoint selection skipped; run "
+            "`flopmatch train --out %s --select-only --val-problems ...` on one process",
+            out_dir,
         )
     step, last = list_checkpoints(out_dir)[-1]
     return publish_best(out_dir, last, step, metric="last", scores={}), {}
