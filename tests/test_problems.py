@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from flopmatch import problems as P
 from flopmatch.problems import Problem, ProblemFileError, ProblemSourceError, last_boxed, load
+from flopmatch.store import RunDir, queries
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "INDEX.md").is_file(), reason=f"shared data not found at {DATA}")
@@ -293,10 +294,10 @@ def test_save_and_load_run_problems_merge_by_id(tmp_path):
     new = Problem("gsm8k/test/9", "gsm8k", "test", "q9", "9")
     written = P.save_problems(tmp_path, [changed, new])
     assert written == {"test": tmp_path / "problems" / "test.parquet"}
-    saved = P.load_run_problems(tmp_path)
+    saved = queries.load_problems(RunDir(tmp_path))  # the run data layer reads what save_problems wrote
     assert list(saved) == ["gsm8k/test/0", "gsm8k/test/1", "gsm8k/test/2", "gsm8k/test/9", "gsm8k/train/0"]
     assert saved["gsm8k/test/1"].question == "q1 (fixed)"
-    assert list(P.load_run_problems(tmp_path, "train")) == ["gsm8k/train/0"]
+    assert [p.problem_id for p in queries.problems_by_role(RunDir(tmp_path), "train")] == ["gsm8k/train/0"]
     assert sorted(p.name for p in (tmp_path / "problems").iterdir()) == ["test.parquet", "train.parquet"]
 
 
@@ -316,7 +317,7 @@ def test_cli_problems_counts_levels_and_saves(tmp_path):
     assert "4,500 problems" in result.output
     assert "Level 5" in result.output and "1,190" in result.output  # Level 5 problems in the 4,500
     assert "Counting & Probability" in result.output
-    assert len(P.load_run_problems(tmp_path, "train")) == 4500
+    assert len(queries.problems_by_role(RunDir(tmp_path), "train")) == 4500
 
 
 def test_cli_problems_bad_row_is_a_clear_error(tmp_path):

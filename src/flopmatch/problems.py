@@ -502,16 +502,3 @@ def save_problems(run_dir: Any, problems: Iterable[Problem]) -> dict[str, Path]:
         merged.update(fresh)
         written[split] = write_table(problems_to_table(list(merged.values())), path)
     return written
-
-
-def load_run_problems(run_dir: Any, split: str | None = None) -> dict[str, Problem]:
-    """The problems saved in a run directory (one split, or all), keyed by problem_id."""
-    from flopmatch.store import RunDir, read_table
-
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    paths = [run.problems_path(split)] if split else sorted((run.root / "problems").glob("*.parquet"))
-    out: dict[str, Problem] = {}
-    for path in paths:
-        if path.exists():
-            out.update((p.problem_id, p) for p in problems_from_table(read_table(path)))
-    return out

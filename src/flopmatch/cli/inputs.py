@@ -61,13 +61,15 @@ def load_problems(run: Path, source: str | None, split: str | None, data_file: P
                   limit: int | None, seed: int | None) -> list[Any]:
     """``--problems SOURCE`` (with split, data file, limit and seed), or the problems saved in ``run``."""
     from flopmatch import problems as problems_mod
+    from flopmatch.store import RunDir, queries
 
     if source is None:
-        saved = problems_mod.load_run_problems(run, split)
+        run_dir = RunDir(run)
+        saved = queries.problems_by_role(run_dir, split) if split else list(queries.load_problems(run_dir).values())
         if not saved:
             where = f"{run}/problems/{split}.parquet" if split else f"{run}/problems/"
             raise fail(f"no --problems given and no problems saved in {where}")
-        return problems_mod.select_subset(list(saved.values()), limit=limit, seed=seed)
+        return problems_mod.select_subset(saved, limit=limit, seed=seed)
     try:  # a ProblemFileError / ProblemSourceError is reported by the app (flopmatch.cli._app)
         return problems_mod.load(source, split=split, data_file=data_file, limit=limit, seed=seed)
     except (OSError, RuntimeError) as exc:  # an unreadable path (a directory, no permission), a generator
