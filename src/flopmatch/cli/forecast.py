@@ -71,7 +71,7 @@ def forecast_command(
     pilot_problems: Annotated[int | None, typer.Option("--pilot-problems", min=2,
                                                        help="RUN: a seeded subset of this many problems")] = None,
     k: Annotated[str, typer.Option("--k", help="comma-separated k to forecast")] = DEFAULT_K,
-    family: Annotated[str, typer.Option(help="auto | beta-binomial | zero-inflated-beta | logit-normal | beta-mixture")] = "auto",
+    family: Annotated[str, typer.Option(help="auto | beta-binomial | zero-inflated-beta | logit-normal | skew-logit-normal | beta-mixture")] = "auto",
     n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="bootstrap resamples of problems")] = 200,
     target: Annotated[str, typer.Option(help="population: problems like the pilot's (default); pilot: the pilot "
                                         "problems themselves, each given k samples in total")] = "population",
@@ -83,8 +83,10 @@ def forecast_command(
     bootstrap intervals.
 
     It fits the distribution of per-problem success probability (beta-binomial, a zero-inflated Beta
-    when many problems are never solved, or a logit-normal when hard-but-solvable problems are many; the
-    family with the best held-out likelihood is used and shown) and a Pitman-Yor (two-parameter Chinese
+    when many problems are never solved, a logit-normal when hard-but-solvable problems are many, or a
+    skew-logit-normal when their left tail is thinner still; the family with the best held-out
+    likelihood is used and shown; the 95% interval also spans the families the pilot cannot rule out)
+    and a Pitman-Yor (two-parameter Chinese
     restaurant) model of how distinct correct solutions accumulate. Power law: Brown
     et al.'s curve fitted to the same pilot, for comparison. When RUN holds more samples than the pilot,
     the measured unbiased values at k <= S are shown beside the forecast.
