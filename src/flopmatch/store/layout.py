@@ -27,6 +27,8 @@ from pathlib import Path
 from flopmatch.store.io import model_key, shard_paths
 from flopmatch.store.state import RunState
 
+ROLES_FILE = "roles.json"  # which model plays WC and SE (written by the plan stage)
+
 
 @dataclass(frozen=True)
 class RunDir(RunState):
@@ -56,7 +58,7 @@ class RunDir(RunState):
 
     @property
     def roles_path(self) -> Path:
-        return self.root / "roles.json"
+        return self.root / ROLES_FILE
 
     @property
     def state_path(self) -> Path:

@@ -26,6 +26,7 @@ This package is the library; ``flopmatch study`` / ``status`` / ``demo`` only wr
 
 from __future__ import annotations
 
+from flopmatch.store.layout import ROLES_FILE
 from flopmatch.study.config import (
     BACKENDS,
     KNOWN_SOURCES,
@@ -57,7 +58,6 @@ from flopmatch.study.config import (
 from flopmatch.study.context import (
     CONTENT_HASH_LIMIT,
     PROBLEM_ROLES,
-    ROLES_FILE,
     StudyContext,
     StudyError,
     fingerprint,

@@ -15,7 +15,6 @@ from flopmatch.errors import FlopmatchError
 from flopmatch.store import RunDir, config_hash, queries
 from flopmatch.study.config import StudyConfig
 
-ROLES_FILE = "roles.json"
 PROBLEM_ROLES: tuple[str, ...] = ("sample", "validation", "test")
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from flopmatch.stage_names import STAGE_NAMES
-from flopmatch.store import read_json
+from flopmatch.store import queries
 from flopmatch.study.config import StudyConfig
-from flopmatch.study.context import PROBLEM_ROLES, ROLES_FILE, StudyContext
+from flopmatch.study.context import PROBLEM_ROLES, StudyContext
 from flopmatch.study.pilot import stage_pilot
 from flopmatch.study.stages import (
     stage_analyze,
@@ -175,8 +175,7 @@ def _report_needs(config: StudyConfig) -> tuple[str, ...]:
 
 def _model_keys(ctx: StudyContext) -> list[str]:
     """The run-directory keys of WC and SE (none before the plan stage wrote the roles)."""
-    path = ctx.run.root / ROLES_FILE
-    roles = read_json(path) if path.exists() else {}
+    roles = queries.read_roles(ctx.run)
     return [roles[r]["key"] for r in ("wc", "se") if r in roles]
 
 
@@ -185,7 +184,7 @@ def _problems_outputs(ctx: StudyContext) -> list[Path]:
 
 
 def _plan_outputs(ctx: StudyContext) -> list[Path]:
-    return [ctx.run.plan_path, ctx.run.root / ROLES_FILE]
+    return [ctx.run.plan_path, ctx.run.roles_path]
 
 
 def _pilot_outputs(ctx: StudyContext) -> list[Path]:

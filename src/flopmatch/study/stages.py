@@ -12,11 +12,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from flopmatch.store import model_key, read_json, read_table, write_json, write_table
+from flopmatch.store import model_key, queries, read_table, write_json, write_table
 from flopmatch.study.config import ModelSpec, SplitConfig, StudyConfig
 from flopmatch.study.context import (
     PROBLEM_ROLES,
-    ROLES_FILE,
     StudyContext,
     StudyError,
     sampling_settings,
@@ -204,7 +203,7 @@ def stage_plan(ctx: StudyContext) -> dict[str, Any]:
             **common, **options,
         )  # fmt: skip
     plan.save(ctx.run)
-    write_json(roles, ctx.run.root / ROLES_FILE)
+    write_json(roles, ctx.run.roles_path)
     pairs = ", ".join(f"SE {b.se_samples} vs WC {b.wc_samples}" for b in plan.budgets)
     return {"summary": f"ratio {plan.ratio:.2f}: {pairs} per problem"}
 
@@ -286,7 +285,7 @@ def stage_grade(ctx: StudyContext) -> dict[str, Any]:
 
 def _role_label(ctx: StudyContext, model: str) -> str:
     """ "WC"/"SE" for a model name or key of this run (the name itself for anything else)."""
-    roles = read_json(ctx.run.root / ROLES_FILE) if (ctx.run.root / ROLES_FILE).exists() else {}
+    roles = queries.read_roles(ctx.run)
     for role in ("wc", "se"):
         info = roles.get(role) or {}
         if model in (info.get("model"), info.get("key")) or model_key(model) == info.get("key"):
