@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flopmatch.store import RunDir, model_key, read_json, read_shards, write_table, write_text
+from flopmatch.store import RunDir, as_run, model_key, read_json, read_shards, write_table, write_text
 
 ALLOCATION_COLUMNS = [
     "model", "allocation", "objective", "rounds", "problems", "samples", "samples_min", "samples_q25",
@@ -54,7 +54,7 @@ def allocation_tables(run_dir: str | Path | RunDir, data: dict[str, Any], *, n_b
     """Per-model summary and coverage-vs-FLOPs curve; ``data``: ``analysis.ModelSamples`` by model."""
     from flopmatch.metrics import bootstrap_mean_cis
 
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run = as_run(run_dir)
     rows, curve = [], []
     for model, samples in data.items():
         journal = journal_of(run, model)

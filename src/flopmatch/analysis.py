@@ -47,7 +47,7 @@ from flopmatch.metrics import (
     relative_change,
     wilson_interval,
 )
-from flopmatch.store import RunDir, model_key, read_table, write_table, write_text
+from flopmatch.store import RunDir, as_run, model_key, read_table, write_table, write_text
 from flopmatch.store.queries import (
     graded_models,
     load_problems,
@@ -251,7 +251,7 @@ def analyze(
     ``ks`` limits the k values of the summary (each budget also gets k = S); ``judge`` picks the judge
     whose verdicts give the FPR when several judged the run.
     """
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run = as_run(run_dir)
     warnings: list[str] = []
     graded = graded_models(run)
     if not graded:

@@ -115,9 +115,9 @@ class BudgetPlan(BaseModel):
 
     def save(self, run_dir: Any) -> Path:
         """Write the plan to ``<run>/plan.json`` atomically."""
-        from flopmatch.store import RunDir, write_text
+        from flopmatch.store import as_run, write_text
 
-        run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        run = as_run(run_dir)
         return write_text(self.to_json(), run.plan_path)
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 from flopmatch.analysis import ModelSamples, load_model_samples
 from flopmatch.forecast import DEFAULT_KS, ModelForecast, forecast_counts, forecast_pilot
 from flopmatch.metrics import expected_unique_at_k, multiplicities, pass_at_k
-from flopmatch.store import RunDir, model_key
+from flopmatch.store import RunDir, as_run, model_key
 
 COUNT_FIELDS = ("problem_id", "n", "c")
 OPTIONAL_FIELDS = ("model", "unique_correct", "tokens")
@@ -90,7 +90,7 @@ def forecast_run(run_dir: str | Path | RunDir, model: str | None = None, pilot_s
 
     if pilot_samples < 1:
         raise ValueError(f"pilot_samples must be >= 1, got {pilot_samples}")
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run = as_run(run_dir)
     graded = graded_models(run)
     if not graded:
         raise FileNotFoundError(f"{run.root / 'grades'}: no grades (run `flopmatch grade` first)")

@@ -487,9 +487,9 @@ def save_problems(run_dir: Any, problems: Iterable[Problem]) -> dict[str, Path]:
     A problem already on disk is replaced in place by the new record with its id; new ids are appended.
     Each split's file is written atomically. Returns the path written per split.
     """
-    from flopmatch.store import RunDir, read_table, write_table
+    from flopmatch.store import as_run, read_table, write_table
 
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run = as_run(run_dir)
     by_split: dict[str, dict[str, Problem]] = {}
     for problem in problems:
         by_split.setdefault(problem.split, {})[problem.problem_id] = problem

@@ -44,7 +44,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from flopmatch.store import RunDir, model_key, read_json, read_table, write_json
+from flopmatch.store import RunDir, as_run, model_key, read_json, read_table, write_json
 from flopmatch.store.queries import load_problems, read_judgments, read_samples, samples_at_budget
 
 SFT_META_FILE = "flopmatch_sft.json"
@@ -306,7 +306,7 @@ def build_sft(
     evaluation prompt, zero-shot). ``out_dir``: where to write it (default ``RunDir.sft_dir(name)``; a
     study writes the sets of its allocated runs into its own ``sft/``).
     """
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run = as_run(run_dir)
     from flopmatch.allocation_metrics import journal_of
 
     journal = journal_of(run, source_model)

@@ -16,7 +16,7 @@ import pyarrow as pa
 from flopmatch.errors import FlopmatchError
 from flopmatch.judge.core import FprEstimate, Judge, JudgeItem, fpr_estimate
 from flopmatch.progress import progress_bar
-from flopmatch.store import RunDir, read_table, write_table
+from flopmatch.store import RunDir, as_run, read_table, write_table
 from flopmatch.store.queries import (  # noqa: F401 - the run queries were defined here; flopmatch.judge exports them
     budget_samples,
     graded_models,
@@ -72,7 +72,7 @@ def judge_run(
     ``judgments/<model>.parquet`` after every ``chunk`` solutions, keyed by (problem_id, sample_idx,
     judge): a rerun, or a run killed half-way, only judges what is missing.
     """
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run = as_run(run_dir)
     if per_model < 1:
         raise ValueError(f"per_model must be >= 1, got {per_model}")
     available = graded_models(run)
@@ -188,7 +188,7 @@ def import_human_labels(run_dir: str | Path | RunDir, path: str | Path, model: s
     model; a bad row raises :class:`LabelError` with file, line and field. Labels merge with earlier
     imports; the same sample labelled differently is an error, never a silent overwrite.
     """
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run = as_run(run_dir)
     path = Path(path)
     if not path.is_file():
         raise LabelError(f"{path}: no such file")

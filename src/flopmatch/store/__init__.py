@@ -31,12 +31,13 @@ from flopmatch.store.io import (
     write_table,
     write_text,
 )
-from flopmatch.store.layout import RunDir
+from flopmatch.store.layout import RunDir, as_run
 from flopmatch.store.state import RunState
 
 __all__ = [
     "SHARD_GLOB",
     "RunDir",
+    "as_run",
     "RunState",
     "append_shard",
     "as_table",

@@ -120,3 +120,9 @@ class RunDir(RunState):
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir() if p.is_dir() and shard_paths(p))
+
+
+def as_run(run_dir: str | os.PathLike | RunDir) -> RunDir:
+    """``run_dir`` as a :class:`RunDir` (a path, or a RunDir passed through): what every reader and writer
+    of a run accepts."""
+    return run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)

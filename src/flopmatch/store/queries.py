@@ -27,15 +27,11 @@ import pyarrow.parquet as pq
 from flopmatch.budget import BudgetPlan
 from flopmatch.record import Problem, problems_from_table
 from flopmatch.store.io import cast_to_schema, model_key, read_json, read_shards, read_table, shard_paths
-from flopmatch.store.layout import RunDir
+from flopmatch.store.layout import RunDir, as_run
 from flopmatch.store.schemas import COST_SCHEMA, HUMAN_SCHEMA, JUDGMENT_SCHEMA, SAMPLE_SCHEMA
 
 #: The columns of a sample table that say what it cost (no text).
 COST_COLUMNS = ("problem_id", "sample_idx", "completion_tokens", "prompt_tokens", "seconds")
-
-
-def as_run(run_dir: str | Path | RunDir) -> RunDir:
-    return run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
 
 
 # --------------------------------------------------------------------------- problems
