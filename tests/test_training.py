@@ -180,6 +180,43 @@ def test_the_training_api_keeps_its_names_wherever_the_parts_live():
 # --------------------------------------------------------------------------- completion-only loss
 
 
+def test_bad_training_input_is_a_flopmatch_error_with_its_place(tmp_path):
+    """What a user gets wrong raises a FlopmatchError naming the file and row; the builtin bases that API
+    callers caught before (ValueError, FileNotFoundError, FileExistsError) are kept."""
+    import pickle
+
+    from datasets import Dataset
+
+    from flopmatch.errors import FlopmatchError
+    from flopmatch.training import OutDirInUse, TrainingError, TrainingInputMissing, load_training_data
+
+    with pytest.raises(TrainingInputMissing) as missing:
+        load_training_data(tmp_path / "nope")
+    assert isinstance(missing.value, FileNotFoundError) and isinstance(missing.value, FlopmatchError)
+    assert str(missing.value) == f"{tmp_path / 'nope'}: no SFT dataset directory (build one with `flopmatch build-sft`)"
+    back = pickle.loads(pickle.dumps(missing.value))  # how a training worker process sends it back
+    assert type(back) is TrainingInputMissing and back.file == str(tmp_path / "nope")
+    chat = tmp_path / "chat"
+    user, assistant = {"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}
+    Dataset.from_dict({"messages": [[user, assistant], [assistant, user]]}).save_to_disk(str(chat))
+    with pytest.raises(TrainingError) as wrong:
+        load_training_data(chat)
+    assert isinstance(wrong.value, ValueError) and (wrong.value.row, wrong.value.field) == (2, "messages")
+    assert str(wrong.value) == f"{chat}, row 2: field 'messages': the last message must be the assistant's solution"
+    assert issubclass(OutDirInUse, FileExistsError) and issubclass(OutDirInUse, FlopmatchError)
+
+
+def test_cli_train_reports_missing_data_as_one_message(tmp_path):
+    from typer.testing import CliRunner
+
+    from flopmatch.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "nope"), "--model", "base",
+                                      "--out", str(tmp_path / "out"), "--preset", "tiny-cpu"], terminal_width=300)  # fmt: skip
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert f"error: {tmp_path / 'nope'}: no SFT dataset directory" in result.output
+
+
 @pytest.mark.train
 def test_loss_is_on_the_completion_only_for_text_and_chat_prompts(tmp_path):
     from datasets import Dataset

@@ -41,7 +41,6 @@ This module is the training API and runs a training; the parts live by what they
 from __future__ import annotations
 
 import gc
-import hashlib
 import logging
 import shutil
 import time
@@ -49,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flopmatch.fingerprints import dataset_fingerprint
 from flopmatch.store import config_hash, read_json, write_json
 from flopmatch.trained import (
     CHECKPOINT_PREFIX,
@@ -64,7 +64,16 @@ from flopmatch.trained import (
     resolve_trained_model,
     write_model_meta,
 )
-from flopmatch.training_config import LoraSettings, TrainConfig, checkpoint_steps, total_steps, warmup_steps
+from flopmatch.training_config import (
+    LoraSettings,
+    OutDirInUse,
+    TrainConfig,
+    TrainingError,
+    TrainingInputMissing,
+    checkpoint_steps,
+    total_steps,
+    warmup_steps,
+)
 from flopmatch.training_selection import CheckpointSelection, best_checkpoint, publish_best, select_checkpoint
 from flopmatch.training_trainer import (
     drop_incomplete_checkpoints,
@@ -82,6 +91,7 @@ __all__ = [  # the training API, wherever each part lives
     "CHECKPOINT_PREFIX",
     "HASH_MARKER",
     "MODEL_META_FILE",
+    "OutDirInUse",
     "RESUME_STATE_PATTERNS",
     "SELECTION_FILE",
     "TRAIN_RESULT_FILE",
@@ -89,6 +99,8 @@ __all__ = [  # the training API, wherever each part lives
     "LoraSettings",
     "TrainConfig",
     "TrainResult",
+    "TrainingError",
+    "TrainingInputMissing",
     "best_checkpoint",
     "checkpoint_steps",
     "is_adapter_dir",
@@ -98,6 +110,7 @@ __all__ = [  # the training API, wherever each part lives
     "merge_lora",
     "model_meta",
     "resolve_trained_model",
+    "run_digest",
     "select_checkpoint",
     "total_steps",
     "train",
@@ -171,8 +184,8 @@ def load_training_data(data_dir: str | Path):
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise FileNotFoundError(
-            f"{data_dir}: no SFT dataset directory (build one with `flopmatch build-sft`)"
+        raise TrainingInputMissing(
+            "no SFT dataset directory (build one with `flopmatch build-sft`)", file=data_dir
         )
     # In memory: SFT sets are small, and TRL's `map` calls would otherwise write cache files into the
     # dataset directory (changing it, and leaving debris next to the data).
@@ -185,36 +198,30 @@ def load_training_data(data_dir: str | Path):
         def split(example: dict[str, Any], idx: int) -> dict[str, Any]:
             messages = example["messages"]
             if not messages or messages[-1]["role"] != "assistant":
-                raise ValueError(f"{data_dir}: row {idx}: the last message must be the assistant's solution")
+                raise TrainingError(
+                    "the last message must be the assistant's solution",
+                    file=data_dir,
+                    row=idx + 1,
+                    field="messages",
+                )
             return {"prompt": messages[:-1], "completion": messages[-1:]}
 
         dataset = dataset.map(split, with_indices=True, remove_columns=columns)
     else:
-        raise ValueError(f"{data_dir}: needs prompt/completion or messages columns (has {columns})")
+        raise TrainingError(f"needs prompt/completion or messages columns (has {columns})", file=data_dir)
     if len(dataset) == 0:
-        raise ValueError(f"{data_dir}: the SFT dataset is empty (no correct solutions at this budget?)")
+        raise TrainingError("the SFT dataset is empty (no correct solutions at this budget?)", file=data_dir)
     return dataset
 
 
-def _data_fingerprint(data_dir: Path) -> str:
-    """Identity of the training data for resume decisions: a hash of the dataset's Arrow files.
-
-    Content, not the ``datasets`` fingerprint or file times: rebuilding identical SFT data (a rerun
-    of ``build-sft``) must not look like new data to a finished or half-finished training run.
-    """
-    digest = hashlib.sha256()
-    files = sorted(data_dir.glob("data-*.arrow"))  # not cache-*.arrow that `datasets` may add beside them
-    if not files:
-        return str(data_dir.resolve())
-    for path in files:
-        digest.update(path.name.encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------- training
+
+
+def run_digest(config: TrainConfig, base_model: str, data_dir: Path) -> str:
+    """The identity of a training run (``config_hash`` in ``train_result.json``, the output directory's
+    hash marker): its settings, base model and data. A finished run with the same digest is not redone."""
+    data = dataset_fingerprint(data_dir) if data_dir.is_dir() else ""
+    return config_hash({"config": config, "base_model": base_model, "data": data})
 
 
 def train(
@@ -239,13 +246,7 @@ def train(
     config = config or TrainConfig()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     base_model = _absolute_if_local(base_model)
-    digest = config_hash(
-        {
-            "config": config,
-            "base_model": base_model,
-            "data": _data_fingerprint(data_dir) if data_dir.is_dir() else "",
-        }
-    )
+    digest = run_digest(config, base_model, data_dir)
     select = dict(backend=select_backend, max_tokens=select_max_tokens, backend_options=select_options)
     done = _finished_run(out_dir, digest, overwrite=overwrite, validation=validation, select=select)
     if done is not None:
@@ -318,9 +319,10 @@ def _claim_out_dir(out_dir: Path, digest: str, *, overwrite: bool) -> None:
         marker = out_dir / HASH_MARKER
         same = marker.exists() and marker.read_text().strip() == digest
         if not same and not overwrite:
-            raise FileExistsError(
-                f"{out_dir}: holds checkpoints of a different training run (other config, model or data); "
-                "choose another output directory or pass overwrite=True (--overwrite)"
+            raise OutDirInUse(
+                "holds checkpoints of a different training run (other config, model or data); "
+                "choose another output directory or pass overwrite=True (--overwrite)",
+                file=out_dir,
             )
         if not same:
             shutil.rmtree(out_dir)
@@ -368,7 +370,7 @@ def _check_held_out(data_dir: Path, validation: list[Any]) -> None:
         return
     overlap = {p.problem_id for p in validation} & set(dataset["problem_id"])
     if overlap:
-        raise ValueError(
+        raise TrainingError(
             f"{len(overlap)} validation problem(s) are in the training data {data_dir} "
             f"(e.g. {sorted(overlap)[0]!r}); checkpoint selection needs held-out problems"
         )

@@ -1,6 +1,6 @@
-"""What one fine-tuning run is configured with (:class:`TrainConfig`, :class:`LoraSettings`) and the
-schedule those settings imply: its optimizer steps, its checkpoint steps and its warmup steps.
-Pure: imports no other flopmatch module."""
+"""What one fine-tuning run is configured with (:class:`TrainConfig`, :class:`LoraSettings`), the
+schedule those settings imply (its optimizer steps, its checkpoint steps and its warmup steps) and the
+errors a run raises for bad input. Pure: imports no flopmatch module but :mod:`flopmatch.errors`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,21 @@ import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from flopmatch.errors import FlopmatchError
+
+
+class TrainingError(FlopmatchError, ValueError):
+    """Input a training run cannot use: SFT data of the wrong shape or empty, validation problems that
+    are also training problems, chat data for a model without a chat template, no validation problems."""
+
+
+class TrainingInputMissing(FlopmatchError, FileNotFoundError):
+    """A directory a run needs is not there: the SFT dataset, or checkpoints to select from."""
+
+
+class OutDirInUse(FlopmatchError, FileExistsError):
+    """The output directory holds checkpoints of another training run."""
 
 
 class LoraSettings(BaseModel):

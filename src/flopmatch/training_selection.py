@@ -20,6 +20,7 @@ from flopmatch.trained import (
     list_checkpoints,
     write_model_meta,
 )
+from flopmatch.training_config import TrainingError, TrainingInputMissing
 
 
 @dataclass
@@ -58,9 +59,9 @@ def select_checkpoint(
     out_dir = Path(out_dir)
     checkpoints = list_checkpoints(out_dir)
     if not checkpoints:
-        raise FileNotFoundError(f"{out_dir}: no complete checkpoints to select from")
+        raise TrainingInputMissing("no complete checkpoints to select from", file=out_dir)
     if not validation:
-        raise ValueError("the validation set is empty")
+        raise TrainingError("the validation set is empty")
     if prompt is None:
         prompt = _prompt_configs_of_run(out_dir)
     val_ids = sorted(p.problem_id for p in validation)

@@ -11,7 +11,7 @@ from typing import Any
 
 from flopmatch.store import read_json
 from flopmatch.trained import RESUME_STATE_PATTERNS, list_checkpoints
-from flopmatch.training_config import TrainConfig, checkpoint_steps, total_steps, warmup_steps
+from flopmatch.training_config import TrainConfig, TrainingError, checkpoint_steps, total_steps, warmup_steps
 
 
 def world_size() -> int:
@@ -33,7 +33,7 @@ def make_trainer(dataset: Any, *, base_model: str, out_dir: Path, config: TrainC
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if len(dataset) and isinstance(dataset[0]["prompt"], list) and not tokenizer.chat_template:
-        raise ValueError(
+        raise TrainingError(
             f"the SFT data is in chat format but {base_model} has no chat template; build the data with a "
             "plain-text prompt (build_sft(..., prompt=PromptConfig(style='plain')))"
         )

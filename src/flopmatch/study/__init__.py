@@ -15,7 +15,8 @@ This package is the library; ``flopmatch study`` / ``status`` / ``demo`` only wr
 
 - ``config``: the typed study config (``StudyConfig``), loading a study file and its error messages;
 - ``jobs``: the SFT sets and fine-tuning runs the paradigms need;
-- ``context``: what every stage gets (``StudyContext``), ``StudyError`` and output fingerprints;
+- ``context``: what every stage gets (``StudyContext``) and ``StudyError`` (output fingerprints:
+  ``flopmatch.fingerprints``);
 - ``registry``: one record per stage (``Stage``: config view, inputs, outputs, version, when it is on,
   its run function), read by the orchestrator, the dry run and ``flopmatch status``;
 - ``orchestrator``: stage bookkeeping (digests, status), the run lock and ``run_study``;
@@ -26,6 +27,7 @@ This package is the library; ``flopmatch study`` / ``status`` / ``demo`` only wr
 
 from __future__ import annotations
 
+from flopmatch.fingerprints import CONTENT_HASH_LIMIT, fingerprint
 from flopmatch.store.layout import ROLES_FILE
 from flopmatch.study.config import (
     BACKENDS,
@@ -55,13 +57,7 @@ from flopmatch.study.config import (
     resolve_paths,
     validate_study_dict,
 )
-from flopmatch.study.context import (
-    CONTENT_HASH_LIMIT,
-    PROBLEM_ROLES,
-    StudyContext,
-    StudyError,
-    fingerprint,
-)
+from flopmatch.study.context import PROBLEM_ROLES, StudyContext, StudyError
 from flopmatch.study.dryrun import KNOWN_SIZES, DryRun, dry_run
 from flopmatch.study.jobs import PARADIGM_SHORT, PARADIGM_STUDENT, SFTSet, TrainJob, sft_sets, train_jobs
 from flopmatch.study.orchestrator import (

@@ -1,25 +1,25 @@
-"""What every stage gets: the ``StudyContext`` (config, run directory, logger), the error a stage
-raises when the study cannot go on, and the fingerprints that identify a stage's outputs.
+"""What every stage gets: the ``StudyContext`` (config, run directory, logger) and the error a stage
+raises when the study cannot go on. The fingerprints that identify a stage's outputs are in
+:mod:`flopmatch.fingerprints`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from flopmatch.errors import FlopmatchError
-from flopmatch.store import RunDir, config_hash, queries
+from flopmatch.store import RunDir, queries
 from flopmatch.study.config import StudyConfig
 
 PROBLEM_ROLES: tuple[str, ...] = ("sample", "validation", "test")
 
 
 class StudyError(FlopmatchError, RuntimeError):
-    """A study cannot go on (a stage's inputs are missing, a stage failed); the message says what to do."""
+    """A study cannot go on (a stage's inputs are missing, a stage failed); the message says what to do.
+    The CLI exits with 1 for it (2 is bad input, such as a config error)."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -48,38 +48,6 @@ class StudyContext:
 
     def budgets(self) -> list[tuple[int, int]]:
         return [(int(b.se_samples), int(b.wc_samples)) for b in self.plan().budgets]
-
-
-#: Files up to this size are fingerprinted by content, bigger ones (model weights) by size and mtime.
-CONTENT_HASH_LIMIT = 16 << 20
-
-
-def fingerprint(paths: Sequence[Path], root: Path) -> str:
-    """Identity of a stage's outputs: every file under ``paths`` by its name relative to ``root`` (so a
-    run directory can be moved) and its content (size and modification time when large). Rewriting
-    identical tables does not make later stages rerun; any real change does."""
-    entries: list[tuple[str, str]] = []
-    for path in paths:
-        if path.is_file():
-            files = [path]
-        elif path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        else:
-            continue
-        for file in files:
-            entries.append((os.path.relpath(file, root), file_identity(file)))
-    return config_hash(entries)
-
-
-def file_identity(path: Path) -> str:
-    stat = path.stat()
-    if stat.st_size > CONTENT_HASH_LIMIT:
-        return f"{stat.st_size}:{stat.st_mtime_ns}"
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sampling_settings(config: StudyConfig, problems: list[Any]) -> tuple[Any, Any]:

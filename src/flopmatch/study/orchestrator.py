@@ -18,11 +18,12 @@ from typing import Any
 
 import yaml
 
+from flopmatch.fingerprints import fingerprint
 from flopmatch.formatting import fmt_seconds
 from flopmatch.stage_names import STAGE_NAMES
 from flopmatch.store import RunDir, config_hash, write_text
 from flopmatch.study.config import StudyConfig, StudyConfigError, load_study_config
-from flopmatch.study.context import StudyContext, StudyError, fingerprint
+from flopmatch.study.context import StudyContext, StudyError
 from flopmatch.study.registry import REGISTRY, Stage, get_stage
 from flopmatch.study.stages_training import study_train_config
 

@@ -9,9 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from flopmatch.fingerprints import file_identity, fingerprint
 from flopmatch.store import config_hash, read_json, write_json, write_table
 from flopmatch.study.config import StudyConfig
-from flopmatch.study.context import StudyContext, StudyError, file_identity, fingerprint
+from flopmatch.study.context import StudyContext, StudyError
 from flopmatch.study.jobs import sft_sets, train_jobs
 
 
