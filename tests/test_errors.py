@@ -111,6 +111,41 @@ def test_an_error_raised_deep_inside_a_command_is_one_message(tmp_path: Path, mo
     assert f"error: {bad}, line 2: field 'answer': missing" in run.stderr.replace("\n", "")
 
 
+def test_a_failed_study_exits_1_and_its_traceback_is_one_flag_away(monkeypatch: pytest.MonkeyPatch):
+    """`flopmatch study`: a config error exits 2, a failed stage 1, both as one message from the app's
+    handler; the hint a command adds to the message (a PEP 678 note) follows it on the same line."""
+    import flopmatch.study as study_mod
+    from flopmatch.cli import app
+    from flopmatch.study import StageFailed
+
+    def failing(*_args, **_kwargs):
+        try:
+            raise ZeroDivisionError("in the stage")
+        except ZeroDivisionError as exc:
+            raise StageFailed("grade", "ZeroDivisionError: in the stage") from exc
+
+    monkeypatch.setattr(study_mod, "run_study", failing)
+    config = str(PACKAGE.parents[1] / "examples" / "toyworld.yaml")
+    result = CliRunner().invoke(app, ["study", config], terminal_width=300)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "error: stage grade failed: ZeroDivisionError: in the stage" in result.output
+    assert "rerun the study) (--verbose shows the traceback)" in result.output
+    verbose = CliRunner().invoke(app, ["study", config, "--verbose"], terminal_width=300)
+    assert verbose.exit_code == 1 and "ZeroDivisionError" in verbose.output
+    assert "--verbose shows" not in verbose.output and "Traceback" in verbose.output
+    bad = CliRunner().invoke(app, ["study", config, "--set", "budget.mode=flopz"], terminal_width=300)
+    assert bad.exit_code == 2 and "budget.mode" in bad.output
+
+
+def test_a_missing_run_is_one_message_from_every_study_command(tmp_path: Path):
+    from flopmatch.cli import app
+
+    for command in ("status", "report"):
+        result = CliRunner().invoke(app, [command, str(tmp_path / "nope")], terminal_width=300)
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (command, result.output)
+        assert "error: " in result.output and "nope" in result.output
+
+
 def test_a_plain_bug_still_shows_its_traceback():
     from flopmatch.cli._app import FlopmatchTyper
 

@@ -4,7 +4,9 @@
 - configures logging (:func:`flopmatch.log.configure`: library warnings on stderr), and
 - turns an error into a message: a :data:`flopmatch.errors.USER_ERRORS` error (a
   :class:`~flopmatch.errors.FlopmatchError` raised anywhere below the command, or bad input) prints
-  ``error: <message>`` on stderr, no traceback, and exits with the error's ``exit_code`` (2)."""
+  ``error: <message>`` on stderr, no traceback, and exits with the error's ``exit_code`` (2; 1 for a
+  study whose stage failed). A command adds to the message with ``exc.add_note(...)`` (PEP 678) and
+  re-raises; the notes follow the message on the same line. No command catches these errors itself."""
 
 from __future__ import annotations
 
@@ -42,9 +44,14 @@ def cli_command(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except USER_ERRORS as exc:
-            raise fail(str(exc), getattr(exc, "exit_code", 2)) from exc
+            raise fail(error_message(exc), getattr(exc, "exit_code", 2)) from exc
 
     return command
+
+
+def error_message(exc: BaseException) -> str:
+    """What the CLI prints for a user error: its message, then any notes a command added to it."""
+    return " ".join([str(exc), *getattr(exc, "__notes__", ())])
 
 
 app = FlopmatchTyper(

@@ -70,28 +70,23 @@ def study_command(
     Each stage is skipped when its config and inputs are unchanged since it last finished, so running
     the same command again resumes a killed study and redoes only what changed.
     """
-    from flopmatch.study import StudyConfigError, StudyError, load_study_config, run_study
+    from flopmatch.study import StudyError, load_study_config, run_study
 
     if as_json and not dry_run:
         raise fail("--json goes with --dry-run (a study's results are in its run directory and report)")
-    try:
-        cfg = load_study_config(config, overrides or ())
-    except StudyConfigError as exc:
-        raise fail(str(exc)) from None
+    cfg = load_study_config(config, overrides or ())  # a StudyConfigError is reported by the app (exit 2)
     try:
         if dry_run:
             _print_dry_run(cfg, run, as_json)
             return
         result = run_study(cfg, run, only=only or (), force=force or (), log=_log, progress=not quiet)
-    except StudyConfigError as exc:
-        raise fail(str(exc)) from None
-    except StudyError as exc:
-        if verbose and exc.__cause__ is not None:
-            console.print_exception(show_locals=False)
-        raise fail(
-            str(exc) + ("" if verbose else " (--verbose shows the traceback)") * (exc.__cause__ is not None),
-            code=1,
-        ) from None
+    except StudyError as exc:  # the app prints the message (exit 1); a failed stage's traceback on request
+        if exc.__cause__ is not None:
+            if verbose:
+                console.print_exception(show_locals=False)
+            else:
+                exc.add_note("(--verbose shows the traceback)")
+        raise
     _print_finish(result)
 
 
@@ -102,12 +97,9 @@ def status_command(
 ) -> None:
     """Show each stage of a study run: done, stale (will rerun), pending, running, interrupted or off."""
     from flopmatch.store import RunDir
-    from flopmatch.study import StudyConfigError, StudyContext, load_run_config, study_status
+    from flopmatch.study import StudyContext, load_run_config, study_status
 
-    try:
-        cfg = load_run_config(run)
-    except StudyConfigError as exc:
-        raise fail(str(exc)) from None
+    cfg = load_run_config(run)
     statuses = study_status(StudyContext(config=cfg, run=RunDir(run), log=lambda _: None))
     jobs = RunDir(run).job_state()
     records = []
@@ -144,10 +136,7 @@ def report_command(run: Annotated[Path, typer.Argument(help="A run directory.")]
     """(Re)build a run's report: report/index.html (self-contained) and report/report.md."""
     from flopmatch.report import build_report
 
-    try:
-        paths = build_report(run)
-    except FileNotFoundError as exc:
-        raise fail(str(exc)) from None
+    paths = build_report(run)
     for line in paths.verdict:
         console.print(f"• {line}", highlight=False)
     console.print(f"report: [bold]{paths.html}[/]\nmarkdown: {paths.markdown}")
@@ -170,19 +159,13 @@ def demo_command(
     grading, exact FPR, all three fine-tuning paradigms and the report. Minutes on 2 cores."""
     import shutil
 
-    from flopmatch.study import StudyConfigError, StudyError, demo_config, run_study
+    from flopmatch.study import demo_config, run_study
 
-    try:
-        cfg = demo_config(overrides or ())
-    except StudyConfigError as exc:
-        raise fail(str(exc)) from None
+    cfg = demo_config(overrides or ())
     if fresh and run.exists():
         shutil.rmtree(run)
     console.print(f"[bold]flopmatch demo[/]: {cfg.description}\nrun directory: {run}")
-    try:
-        result = run_study(cfg, run, log=_log, progress=not quiet)
-    except StudyError as exc:
-        raise fail(str(exc), code=1) from None
+    result = run_study(cfg, run, log=_log, progress=not quiet)
     _print_finish(result)
 
 

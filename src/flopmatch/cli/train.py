@@ -9,29 +9,15 @@ from typing import Annotated, Any
 import typer
 
 from flopmatch.cli._app import app, console, fail
-from flopmatch.cli.inputs import QuietOption, parse_options
+from flopmatch.cli.inputs import QuietOption, load_problems, parse_ks, parse_options
 from flopmatch.cli.tables import JsonOption, print_json, print_table, stdout_to_stderr
 
 
 def _load_problems(source: str, split: str | None, data_file: Path | None, limit: int | None, seed: int | None):
-    from flopmatch import problems as problems_mod
-
-    try:
-        found = problems_mod.load(source, split=split, data_file=data_file, limit=limit, seed=seed)
-    except (ValueError, OSError, RuntimeError) as exc:
-        raise fail(str(exc)) from exc
+    found = load_problems(Path(), source, split, data_file, limit, seed)  # a source given: no run is read
     if not found:
         raise fail(f"no problems from {source!r} (split {split!r}, limit {limit})")
     return found
-
-
-def _resolve(model: str) -> str:
-    from flopmatch.models import resolve_model
-
-    try:
-        return resolve_model(model)
-    except Exception as exc:  # registry errors (missing parts, checksum) are user-facing
-        raise fail(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------- build-sft
@@ -160,12 +146,9 @@ def train_command(
     if select_only:
         if validation is None:
             raise fail("--select-only needs --val-problems")
-        try:
-            with stdout_to_stderr(as_json):
-                selection = select_checkpoint(out, validation, backend=select_backend, max_tokens=select_max_tokens,
-                                              backend_options=parse_options(option))  # fmt: skip
-        except (ValueError, FileNotFoundError) as exc:
-            raise fail(str(exc)) from exc
+        with stdout_to_stderr(as_json):
+            selection = select_checkpoint(out, validation, backend=select_backend, max_tokens=select_max_tokens,
+                                          backend_options=parse_options(option))  # fmt: skip
         if as_json:
             print_json({"best": str(selection.best), "best_step": selection.best_step, "metric": selection.metric,
                         "validation_scores": selection.scores})  # fmt: skip
@@ -217,16 +200,14 @@ def train_command(
 def _train_and_report(data: Path, model: str, out: Path, config: Any, validation: Any, select_backend: str,
                       select_max_tokens: int, option: list[str] | None, overwrite: bool, *, report: bool) -> Any:  # fmt: skip
     """One training run and (``report``) its console summary; the TrainResult, None off rank 0."""
+    from flopmatch.models import resolve_model
     from flopmatch.training import best_checkpoint, is_main_process, train
 
-    try:
-        result = train(
-            data, base_model=_resolve(model), out_dir=out, config=config, validation=validation,
-            select_backend=select_backend, select_max_tokens=select_max_tokens,
-            select_options=parse_options(option), overwrite=overwrite,
-        )
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        raise fail(str(exc)) from exc
+    result = train(
+        data, base_model=resolve_model(model), out_dir=out, config=config, validation=validation,
+        select_backend=select_backend, select_max_tokens=select_max_tokens,
+        select_options=parse_options(option), overwrite=overwrite,
+    )
     if not is_main_process():
         return None  # in a multi-process launch, rank 0 reports
     if not report:
@@ -295,25 +276,20 @@ def eval_command(
 ) -> None:
     """pass@1 (greedy) and maj@k / pass@k at temperature, graded by flopmatch's grader."""
     from flopmatch.evaluation import evaluate
+    from flopmatch.models import resolve_model
     from flopmatch.store import RunDir, model_key
 
-    try:
-        k_values = tuple(int(k) for k in ks.split(",") if k.strip())
-    except ValueError as exc:
-        raise fail(f"--k expects comma-separated integers, got {ks!r}") from exc
+    k_values = tuple(parse_ks(ks))
     found = _load_problems(problems, split, data_file, limit, problem_seed)
     if out is None and run is not None:
         out = RunDir(run).eval_path(name or f"{model_key(model)}-{problems.replace('/', '_')}")
-    model_ref = model if Path(model).expanduser().exists() else _resolve(model)
-    try:
-        with stdout_to_stderr(as_json):
-            result = evaluate(
-                model_ref, found, backend=backend, n=n, ks=k_values, temperature=temperature, top_p=top_p,
-                max_tokens=max_tokens, greedy=greedy, lora_path=lora, seed=seed, out_path=out,
-                backend_options=parse_options(option),
-            )
-    except (ValueError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from exc
+    model_ref = model if Path(model).expanduser().exists() else resolve_model(model)
+    with stdout_to_stderr(as_json):
+        result = evaluate(
+            model_ref, found, backend=backend, n=n, ks=k_values, temperature=temperature, top_p=top_p,
+            max_tokens=max_tokens, greedy=greedy, lora_path=lora, seed=seed, out_path=out,
+            backend_options=parse_options(option),
+        )
     if as_json:
         print_json(result.to_dict())
         return
