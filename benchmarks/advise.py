@@ -15,8 +15,9 @@ per model, or one run with both). For each compute-matched budget "SE s vs WC w"
   mixture) is scored on the full data too (regret: true coverage of the best single allocation minus
   that of the recommendation, both measured from all S samples);
 * reported per (n, budget): agreement of the advised and true picks, the share of pilots that were
-  decided (paired interval excluding 0) and the agreement among them, the regret, and the pilot's
-  cost as a fraction of the budget B and of the full two-model measurement (2·B).
+  decided (paired interval excluding 0 in every family scenario, advise's default) and the agreement
+  among them, the same for the chosen family's intervals alone (``decided_refit``), the regret, and the
+  pilot's cost as a fraction of the budget B and of the full two-model measurement (2·B).
 
 Pilot size: ``--pilot-problems auto`` (the default) sizes each pilot as `flopmatch advise` does without
 ``--pilot-problems``: MIN_PILOT_PROBLEMS problems, grown (nested, seeded) to the most that keep the pilot
@@ -221,16 +222,21 @@ def backtest(models: list[Graded], truths: list[dict], args, on_replicate=None) 
                 size = pilot_size(models, ids, n, truth["se_samples"], args, rep)
                 if size not in forecasters:
                     pilots = pilot_models(models, subset_rows(ids, size, args.seed + rep), n)
-                    forecasters[size] = (
-                        pilots,
-                        Forecaster(pilots, n_problems=len(ids), n_boot=args.n_boot, seed=args.seed + rep),
-                    )
-                pilots, forecaster = forecasters[size]
+                    forecasters[size] = (pilots, *(
+                        Forecaster(pilots, n_problems=len(ids), n_boot=args.n_boot, seed=args.seed + rep,
+                                   intervals=intervals)
+                        for intervals in ("families", "refit")
+                    ))  # fmt: skip
+                pilots, forecaster, refit_forecaster = forecasters[size]
                 se_cost = pilots[1].cost.per_sample("flops")
                 budget = Budget(
                     truth["se_samples"] * len(ids) * se_cost, "flops", f"SE {truth['se_samples']}"
                 )
-                advice = advise_from_pilot(pilots, budget, n_problems=len(ids), forecaster=forecaster)
+                advice = advise_from_pilot(pilots, budget, n_problems=len(ids), forecaster=forecaster,
+                                           frontier=False)  # fmt: skip
+                # the same pilot with the chosen family's intervals only: is the "decided" flag calibrated?
+                refit = advise_from_pilot(pilots, budget, n_problems=len(ids), forecaster=refit_forecaster,
+                                          frontier=False)  # fmt: skip
                 singles = [c for c in advice.candidates if c.is_single]
                 pick = singles[0].models[0]
                 rec_true, _ = true_coverage(models, advice.best.samples)
@@ -238,6 +244,7 @@ def backtest(models: list[Graded], truths: list[dict], args, on_replicate=None) 
                 rows.append({
                     "n": n, "replicate": rep, "se_samples": truth["se_samples"], "pilot_problems": size, "pick": pick,
                     "true_pick": truth["pick"], "agree": pick == truth["pick"], "decided": advice.decision.decided,
+                    "decided_refit": refit.decision.decided, "scenarios": len(forecaster.scenarios),
                     "recommendation": advice.best.label, "mixture": not advice.best.is_single,
                     "regret": best_single_true - rec_true, "pilot_fraction_of_budget": advice.pilot["fraction_of_budget"],
                     "pilot_fraction_of_full": advice.pilot["flops"] / (2 * truth["budget_flops"]),
@@ -254,12 +261,15 @@ def summarize(rows: list[dict]) -> list[dict]:
     frame = pd.DataFrame(rows)
     out = []
     for (n, s), group in frame.groupby(["n", "se_samples"]):
-        decided = group[group["decided"]]
+        decided, decided_refit = group[group["decided"]], group[group["decided_refit"]]
         out.append({
             "n": int(n), "se_samples": int(s), "pilots": len(group), "agree": float(group["agree"].mean()),
             "pilot_problems_mean": float(group["pilot_problems"].mean()),
             "decided": float(group["decided"].mean()),
             "agree_when_decided": float(decided["agree"].mean()) if len(decided) else None,
+            "wrong_when_decided": int((~decided["agree"]).sum()),
+            "decided_refit": float(group["decided_refit"].mean()),
+            "wrong_when_decided_refit": int((~decided_refit["agree"]).sum()),
             "mixture_recommended": float(group["mixture"].mean()),
             "regret_mean_points": 100 * float(group["regret"].mean()),
             "regret_max_points": 100 * float(group["regret"].max()),

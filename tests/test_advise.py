@@ -132,15 +132,15 @@ def test_single_model_coverage_is_the_exact_expectation_under_the_fit():
     fit = forecaster.models[0].fit
     n, c = forecaster.models[0].n, forecaster.models[0].c
     for k in (3, 6, 40):
-        point, boot = forecaster.evaluate([(k,)])
+        result = forecaster.evaluate([(k,)])
         prefix = prefix_miss(n, c, k, fit).sum()
         fresh = fit.posterior_miss(n, c, k).mean()
-        assert np.isclose(point[0], 1 - (prefix + 140 * fresh) / 200)
-        assert boot.shape == (20, 1)
+        assert np.isclose(result.point[0], 1 - (prefix + 140 * fresh) / 200)
+        assert result.boot.shape == (len(forecaster.scenarios), 20, 1)
     # all problems in the pilot and k <= n: exactly the unbiased estimate of coverage@k
     whole = Forecaster([pilot], n_problems=60, n_boot=5)
     expected = np.mean([pass_at_k(6, int(ci), 4) for ci in pilot.counts["c"]])
-    assert np.isclose(whole.evaluate([(4,)])[0][0], expected)
+    assert np.isclose(whole.evaluate([(4,)]).point[0], expected)
 
 
 def test_mixture_keeps_the_correlation_between_models():
@@ -151,7 +151,7 @@ def test_mixture_keeps_the_correlation_between_models():
     )  # half the problems unsolvable by either model
     a, b = _pilot("a", _simulated(p, 8, 4), 8), _pilot("b", _simulated(p, 8, 5), 8)
     forecaster = Forecaster([a, b], n_problems=80, n_boot=10)
-    (alone_a, mixed), _ = forecaster.evaluate([(16, 0), (8, 8)])
+    alone_a, mixed = forecaster.evaluate([(16, 0), (8, 8)]).point
     assert mixed <= alone_a + 0.03  # an independence assumption would forecast about +25 points here
 
 
@@ -231,7 +231,7 @@ def test_valid_unique_discounts_each_model_by_its_fpr():
     b = PilotModel("b", a.counts.copy(), ModelCost("b", 24, 240, 1.0, 1000), fpr=0.5)
     a = PilotModel("a", a.counts, a.cost, fpr=0.0)
     forecaster = Forecaster([a, b], n_problems=6, objective="valid-unique", n_boot=5)
-    (only_a, only_b), _ = forecaster.evaluate([(8, 0), (0, 8)])
+    only_a, only_b = forecaster.evaluate([(8, 0), (0, 8)]).point
     assert np.isclose(only_b, 0.5 * only_a)
 
 

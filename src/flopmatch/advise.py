@@ -27,10 +27,13 @@ to the fitted prior) with their cross-model correlation intact. Unique correct s
 models (distinct models rarely write the same text), so a mixture's yield is the sum of each model's
 forecast (``UniqueFit.unique_at_k``).
 
-Intervals are a paired percentile bootstrap over pilot problems (each resample refits every model's
-prior with the family chosen on the full pilot). The recommendation is the allocation with the best
-forecast; it is *decided* when the bootstrap interval of its paired difference to the runner-up (the
-best other single model, or for a mixture the best single model) excludes 0. Otherwise the advice
+Intervals are a paired percentile bootstrap over pilot problems: each resample refits every model's
+prior, in the family chosen on the full pilot and (``intervals="families"``, the default) in every other
+family the pilot cannot rule out (held-out log-likelihood within 2 nats, as ``flopmatch forecast``
+does); the interval is the union over every combination of those families across the models. The
+recommendation is the allocation with the best forecast; it is *decided* when the interval of its paired
+difference to the runner-up (the best other single model, or for a mixture the best single model)
+excludes 0 in every family combination. Otherwise the advice
 says so and how many more pilot problems would separate a difference of the size seen: interval
 widths shrink like 1/sqrt(pilot problems).
 """
@@ -50,6 +53,7 @@ from flopmatch.mixture import (
     DEFAULT_STEP,
     OBJECTIVES,
     AllocationError,
+    AllocationForecast,
     Forecaster,
     frontier_curves,
     samples_for,
@@ -235,8 +239,7 @@ def advice_sentence(advice: Advice) -> str:
 
 def _decide(
     candidates: list[Candidate],
-    point: np.ndarray,
-    boot: np.ndarray,
+    result: AllocationForecast,
     order: np.ndarray,
     *,
     n_pilot: int,
@@ -251,9 +254,8 @@ def _decide(
     if not singles:
         return Decision(True, None)
     runner = singles[0]
-    diffs = boot[:, best] - boot[:, runner]
-    lo, hi = (float(x) for x in np.percentile(diffs, [2.5, 97.5]))
-    diff = float(point[best] - point[runner])
+    lo, hi = result.difference(best, runner)
+    diff = float(result.point[best] - result.point[runner])
     decided = lo > 0
     more = more_samples = None
     if not decided and diff > 0:
@@ -275,18 +277,24 @@ def advise_from_pilot(
     n_boot: int = 200,
     seed: int = 0,
     forecaster: Forecaster | None = None,
+    intervals: str = "families",
+    frontier: bool = True,
 ) -> Advice:
-    """Rank every allocation of ``budget`` over the pilots' models and decide (pure: no I/O)."""
+    """Rank every allocation of ``budget`` over the pilots' models and decide (pure: no I/O).
+
+    ``intervals``: see :class:`~flopmatch.mixture.Forecaster` (ignored when ``forecaster`` is given).
+    ``frontier``: also forecast each model alone up to twice the budget (the frontier plot's curves; a
+    backtest that only scores the pick skips them)."""
     names = [p.name for p in pilots]
     if len(set(names)) != len(names):
         raise AdviseError(f"two models share a name: {names}")
     costs = [p.cost.per_sample(budget.unit) for p in pilots]
     forecaster = forecaster or Forecaster(
-        pilots, n_problems=n_problems, objective=objective, n_boot=n_boot, seed=seed
+        pilots, n_problems=n_problems, objective=objective, n_boot=n_boot, seed=seed, intervals=intervals
     )
     shares, allocs = _allocations(names, costs, budget, n_problems, step)
-    point, boot = forecaster.evaluate(allocs)
-    lo, hi = np.percentile(boot, 2.5, axis=0), np.percentile(boot, 97.5, axis=0)
+    result = forecaster.evaluate(allocs)
+    point, (lo, hi) = result.point, result.interval()
     candidates = [
         Candidate(
             dict(zip(names, s, strict=True)),
@@ -309,8 +317,7 @@ def advise_from_pilot(
     pilot_samples = int(round(float(np.mean(pilots[0].counts["n"]))))
     decision = _decide(
         candidates,
-        point,
-        boot,
+        result,
         order,
         n_pilot=n_pilot,
         n_problems=n_problems,
@@ -332,7 +339,8 @@ def advise_from_pilot(
             f"the pilot cost {pilot['fraction_of_budget']:.0%} of the budget (target: "
             f"{TARGET_PILOT_FRACTION:.0%}); its samples are reused by the full run"
         )
-    advice.frontier = frontier_curves(pilots, forecaster, costs, budget.amount, n_problems)
+    if frontier:
+        advice.frontier = frontier_curves(pilots, forecaster, costs, budget.amount, n_problems)
     return advice
 
 
@@ -380,6 +388,7 @@ def _model_table(
             "model": p.model,
             "cost_per_sample": cost,
             "fit": {"family": m.fit.family, "params": m.fit.params},
+            "interval_families": list(m.fits),
             "pilot_correct": float(np.mean(m.c / np.maximum(m.n, 1))),
             "pilot_coverage": float(np.mean(m.c > 0)),
             "fpr": p.fpr,
@@ -441,6 +450,7 @@ def advise(
     step: float = DEFAULT_STEP,
     n_boot: int = 200,
     seed: int = 0,
+    intervals: str = "families",
     **pilot_options: Any,
 ) -> Advice:
     """Run (or resume) the pilot in ``run_dir``, forecast, recommend; writes advice.json and the frontier plot.
@@ -455,7 +465,8 @@ def advise(
         pilot_problems=pilot_problems, seed=seed, **pilot_options,
     )  # fmt: skip
     advice = advise_from_pilot(
-        pilots, budget, n_problems=len(problems), objective=objective, step=step, n_boot=n_boot, seed=seed
+        pilots, budget, n_problems=len(problems), objective=objective, step=step, n_boot=n_boot, seed=seed,
+        intervals=intervals,
     )
     write_advice(advice, run_dir)
     return advice

@@ -105,11 +105,39 @@ class _ModelData:
     u: np.ndarray
     fit: Any
     fpr: float
+    fits: dict[str, Any]  # the families the intervals span, the chosen one (``fit``) first
+
+
+@dataclass(frozen=True)
+class AllocationForecast:
+    """The objective of C allocations: the point forecast (C,) and the paired bootstrap (S, B, C) of each of
+    S family scenarios (one family per model; scenario 0 is every model's chosen family)."""
+
+    point: np.ndarray
+    boot: np.ndarray
+    scenarios: list[tuple[str, ...]]
+
+    def interval(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per allocation: the union over scenarios of the 95% percentile intervals."""
+        lo = np.percentile(self.boot, 2.5, axis=1).min(axis=0)
+        hi = np.percentile(self.boot, 97.5, axis=1).max(axis=0)
+        return lo, hi
+
+    def difference(self, a: int, b: int) -> tuple[float, float]:
+        """The union over scenarios of the 95% interval of allocation a's objective minus b's (paired)."""
+        diffs = self.boot[:, :, a] - self.boot[:, :, b]
+        return float(np.percentile(diffs, 2.5, axis=1).min()), float(np.percentile(diffs, 97.5, axis=1).max())
 
 
 class Forecaster:
     """Forecasts the objective of allocations (samples per problem per model) from the pilots, with a
-    paired bootstrap over pilot problems (see the module docstring)."""
+    paired bootstrap over pilot problems (see the module docstring).
+
+    ``intervals`` (as in :func:`flopmatch.forecast.forecast_counts`): "refit" bootstraps each model's chosen
+    family; "families" (the default) also every family its pilot cannot rule out
+    (:func:`flopmatch.forecast.plausible_fits`), in every combination over the models, and the intervals
+    are the union over those scenarios, so a pick that hinges on a family's tail is not called decided.
+    """
 
     def __init__(
         self,
@@ -119,11 +147,14 @@ class Forecaster:
         objective: str = "coverage",
         n_boot: int = 200,
         seed: int = 0,
+        intervals: str = "families",
     ):
-        from flopmatch.forecast import fit_success
+        from flopmatch.forecast import INTERVALS, fit_success, plausible_fits
 
         if objective not in OBJECTIVES:
             raise AllocationError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
+        if intervals not in INTERVALS:
+            raise AllocationError(f"unknown intervals {intervals!r}; expected one of {', '.join(INTERVALS)}")
         ids = list(pilots[0].counts["problem_id"])
         self.models: list[_ModelData] = []
         for p in pilots:
@@ -139,80 +170,84 @@ class Forecaster:
                     f"objective valid-unique needs an FPR for {p.name}: --fpr {p.name}=x or judge the pilot"
                 )
             n, c = counts["n"].to_numpy(np.int64), counts["c"].to_numpy(np.int64)
-            self.models.append(
-                _ModelData(
-                    n,
-                    c,
-                    counts["unique_correct"].to_numpy(np.int64),
-                    fit_success(n, c, seed=seed),
-                    float(p.fpr or 0.0),
-                )
-            )
+            fit = fit_success(n, c, seed=seed)
+            fits = plausible_fits(fit, n, c, seed) if intervals == "families" else {fit.family: fit}
+            u = counts["unique_correct"].to_numpy(np.int64)
+            self.models.append(_ModelData(n, c, u, fit, float(p.fpr or 0.0), fits))
         if n_problems < len(ids):
             raise AllocationError(
                 f"the problem set ({n_problems}) is smaller than the pilot ({len(ids)} problems)"
             )
         self.n_problems, self.n_pilot, self.objective = n_problems, len(ids), objective
-        self.n_boot, self.seed = n_boot, seed
+        self.n_boot, self.seed, self.intervals = n_boot, seed, intervals
+        self.scenarios = list(itertools.product(*(list(m.fits) for m in self.models)))
         rng = np.random.default_rng(seed)
         self._resamples = [rng.integers(0, len(ids), len(ids)) for _ in range(n_boot)]
-        self._boot_fits: list[list[Any]] | None = None
+        self._boot_fits: list[list[dict[str, Any]]] | None = None
 
-    def evaluate(self, allocations: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """The objective of each allocation: the point forecast (C,) and its bootstrap replicates (B, C)."""
+    def evaluate(self, allocations: Sequence[Sequence[int]]) -> AllocationForecast:
+        """The objective of each allocation: the point forecast and its bootstrap in every family scenario."""
         from flopmatch.forecast import refit
 
         alloc = np.asarray(allocations, dtype=np.int64).reshape(len(allocations), len(self.models))
-        if self._boot_fits is None:  # refitted once per resample, shared by every later evaluation
+        if self._boot_fits is None:  # refitted once per resample and family, shared by every later evaluation
             self._boot_fits = [
-                [refit(m.fit, m.n[idx], m.c[idx]) for m in self.models] for idx in self._resamples
+                [{family: refit(fit, m.n[idx], m.c[idx]) for family, fit in m.fits.items()} for m in self.models]
+                for idx in self._resamples
             ]
         full = np.arange(self.n_pilot)
-        point = self._value(alloc, full, [m.fit for m in self.models])
-        boot = np.empty((self.n_boot, len(alloc)))
+        chosen = [{m.fit.family: m.fit} for m in self.models]
+        point = self._values(alloc, full, chosen, [tuple(m.fit.family for m in self.models)])[0]
+        boot = np.empty((len(self.scenarios), self.n_boot, len(alloc)))
         for b, (idx, fits) in enumerate(zip(self._resamples, self._boot_fits, strict=True)):
-            boot[b] = self._value(alloc, idx, fits)
-        return point, boot
+            boot[:, b] = self._values(alloc, idx, fits, self.scenarios)
+        return AllocationForecast(point, boot, self.scenarios)
 
-    def _value(self, alloc: np.ndarray, idx: np.ndarray, fits: Sequence[Any]) -> np.ndarray:
-        if self.objective == "coverage":
-            return self._coverage(alloc, idx, fits)
-        return self._unique(alloc, idx, fits)
-
-    def _coverage(self, alloc: np.ndarray, idx: np.ndarray, fits: Sequence[Any]) -> np.ndarray:
-        prod_prefix = np.ones((len(idx), len(alloc)))
-        prod_fresh = np.ones((len(idx), len(alloc)))
-        for j, (m, fit) in enumerate(zip(self.models, fits, strict=True)):
-            n, c = m.n[idx], m.c[idx]
-            ks, where = np.unique(alloc[:, j], return_inverse=True)
-            prefix, fresh = miss_tables(n, c, ks, fit)
-            prod_prefix *= prefix[:, where]
-            prod_fresh *= fresh[:, where]
-        missed = prod_prefix.sum(axis=0) + (self.n_problems - self.n_pilot) * prod_fresh.mean(axis=0)
-        return 1.0 - missed / self.n_problems
-
-    def _unique(self, alloc: np.ndarray, idx: np.ndarray, fits: Sequence[Any]) -> np.ndarray:
+    def _values(
+        self,
+        alloc: np.ndarray,
+        idx: np.ndarray,
+        fits: Sequence[dict[str, Any]],
+        scenarios: Sequence[tuple[str, ...]],
+    ) -> np.ndarray:
+        """The objective (S, C) of each scenario, from each model's part under each of its families."""
         from flopmatch.forecast import fit_unique
 
-        total = np.zeros(len(alloc))
-        for j, (m, fit) in enumerate(zip(self.models, fits, strict=True)):
+        parts = []
+        for j, m in enumerate(self.models):
             c, u = m.c[idx], m.u[idx]
-            ufit = fit_unique(c, u) if (c > 0).any() else None
-            ks, where = np.unique(alloc[:, j], return_inverse=True)
-            # with no correct pilot sample there is no pool to fit: each correct sample counts as new
-            yields = np.array(
-                [
-                    0.0
-                    if k == 0
-                    else ufit.unique_at_k(fit, int(k))
-                    if ufit
-                    else float(fit.expected_correct(int(k)))
-                    for k in ks
-                ]
-            )
-            weight = 1.0 - m.fpr if self.objective == "valid-unique" else 1.0
-            total += weight * yields[where]
-        return total
+            # the saturation of unique solutions does not depend on the family: fitted once per model
+            ufit = fit_unique(c, u) if self.objective != "coverage" and (c > 0).any() else None
+            parts.append({family: self._part(alloc[:, j], idx, m, fit, ufit) for family, fit in fits[j].items()})
+        return np.stack([self._combine([parts[j][f] for j, f in enumerate(sc)]) for sc in scenarios])
+
+    def _part(self, ks_of: np.ndarray, idx: np.ndarray, m: _ModelData, fit: Any, ufit: Any) -> Any:
+        """One model's part of the objective: its miss tables (coverage) or its yield (unique)."""
+        ks, where = np.unique(ks_of, return_inverse=True)
+        if self.objective == "coverage":
+            prefix, fresh = miss_tables(m.n[idx], m.c[idx], ks, fit)
+            return prefix[:, where], fresh[:, where]
+        # with no correct pilot sample there is no pool to fit: each correct sample counts as new
+        yields = np.array(
+            [
+                0.0
+                if k == 0
+                else ufit.unique_at_k(fit, int(k))
+                if ufit
+                else float(fit.expected_correct(int(k)))
+                for k in ks
+            ]
+        )
+        weight = 1.0 - m.fpr if self.objective == "valid-unique" else 1.0
+        return weight * yields[where]
+
+    def _combine(self, parts: Sequence[Any]) -> np.ndarray:
+        if self.objective != "coverage":  # unique correct solutions add up over models
+            return np.sum(parts, axis=0)
+        prod_prefix = np.prod([prefix for prefix, _ in parts], axis=0)
+        prod_fresh = np.prod([fresh for _, fresh in parts], axis=0)
+        missed = prod_prefix.sum(axis=0) + (self.n_problems - self.n_pilot) * prod_fresh.mean(axis=0)
+        return 1.0 - missed / self.n_problems
 
 
 def frontier_curves(
@@ -233,8 +268,8 @@ def frontier_curves(
     allocs = [
         tuple(k if i == j else 0 for i in range(len(pilots))) for j, ks in enumerate(curves) for k in ks
     ]
-    point, boot = forecaster.evaluate(allocs)
-    lo, hi = np.percentile(boot, 2.5, axis=0), np.percentile(boot, 97.5, axis=0)
+    result = forecaster.evaluate(allocs)
+    point, (lo, hi) = result.point, result.interval()
     out: dict[str, list[dict[str, float]]] = {}
     start = 0
     for j, (p, ks) in enumerate(zip(pilots, curves, strict=True)):

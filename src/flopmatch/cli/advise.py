@@ -74,6 +74,14 @@ def advise_command(
         int, typer.Option("--n-boot", min=20, help="bootstrap resamples of the pilot problems")
     ] = 200,
     seed: Annotated[int, typer.Option(help="seed of the pilot subset and of the bootstrap")] = 0,
+    intervals: Annotated[
+        str,
+        typer.Option(
+            help="families: the intervals span every prior family the pilot cannot rule out (held-out "
+            "log-likelihood within 2 nats), and a pick is decided only if it wins under all of them; "
+            "refit: the chosen family only (narrower, over-confident in the backtest)"
+        ),
+    ] = "families",
     backend: Annotated[str, typer.Option(help="vllm | hf | openai")] = "vllm",
     option: Annotated[
         list[str] | None, typer.Option("--option", "-o", help="backend option KEY=VALUE (repeatable)")
@@ -110,6 +118,7 @@ def advise_command(
             run, specs, problem_list, pilot_samples=pilot_samples, pilot_problems=pilot_problems,
             budget_flops=budget_flops, budget_dollars=budget_dollars, budget_seconds=budget_seconds, match=match,
             prices=prices, fprs=fprs, objective=objective, step=step, n_boot=n_boot, seed=seed,
+            intervals=intervals,
             sampling_params=params, progress=not quiet and not as_json,
             log=(lambda _m: None) if quiet or as_json else (lambda m: err_console.print(m, markup=False)),
         )  # fmt: skip
@@ -134,6 +143,8 @@ def _print_advice(advice: Any, run: Path) -> None:
                 title=f"advice — {advice.objective} for {advice.budget.amount:.4g} {advice.budget.unit}")
     for message in advice.warnings:
         warn(message)
+    spans = "; ".join(f"{name}: {', '.join(m['interval_families'])}" for name, m in advice.models.items())
+    console.print(f"intervals span the prior families: {spans}", markup=False, highlight=False, soft_wrap=True)
     console.print(advice.sentence, markup=False, highlight=False, soft_wrap=True)
     console.print(
         f"advice: {run / 'advice.json'}  frontier plot: {run / 'advice_frontier.png'}", markup=False
