@@ -481,3 +481,86 @@ def test_pilot_target_extends_the_pilot_problems_themselves():
     truth = np.mean(np.where(c > 0, 1.0, 1 - (1 - p) ** 92))
     assert at100.coverage_low <= truth <= at100.coverage_high
     assert at100.coverage == pytest.approx(pilot_coverage(n, c, 100, fit=fc.fit))
+
+
+def pilot_counts() -> pd.DataFrame:
+    """80 problems x 6 samples from Beta(0.5, 1.5): every family of ENVELOPE_FAMILIES stays plausible."""
+    rng = np.random.default_rng(21)
+    p = rng.beta(0.5, 1.5, 80)
+    n = np.full(80, 6)
+    c = rng.binomial(n, p)
+    return pd.DataFrame({"problem_id": range(80), "n": n, "c": c, "unique_correct": np.minimum(c, 1 + c // 2)})
+
+
+# forecast_pilot(pilot_counts(), [6, 20, 200], n_boot=25, seed=3) computed before forecast_pilot took
+# ``intervals`` (it then used the chosen family only): k, coverage [low, high], unique [low, high], correct.
+PILOT_TARGET_BEFORE = [
+    (6, 0.6124999999999996, 0.6125, 0.6125, 1.3125, 1.3125, 1.3125, 1.725),
+    (20, 0.7963605639244685, 0.72, 0.875, 2.9087009984047767, 2.7214957356381686, 3.0956350024332484,
+     5.75000000028839),
+    (200, 0.9677507687470073, 0.895, 1.0, 8.142782999108453, 7.369834249931191, 8.9578543094651,
+     57.500000003996256),
+]
+
+
+def test_pilot_target_refit_intervals_are_the_ones_before_family_unions():
+    from flopmatch.forecast import forecast_pilot
+
+    fc = forecast_pilot(pilot_counts(), [6, 20, 200], n_boot=25, seed=3, intervals="refit")
+    assert fc.interval_families == [fc.fit.family] == ["logit-normal"]
+    for q, before in zip(fc.points, PILOT_TARGET_BEFORE, strict=True):
+        got = (q.k, q.coverage, q.coverage_low, q.coverage_high, q.unique_correct, q.unique_correct_low,
+               q.unique_correct_high, q.correct)
+        assert got == pytest.approx(before, rel=1e-9, abs=1e-12)  # a changed random stream moves them by ~1e-2
+        assert q.refit_coverage_low is None and q.refit_coverage_high is None
+
+
+def test_pilot_target_family_intervals_span_every_plausible_family():
+    """intervals="families" (the default), as forecast_counts: the union of every plausible family's interval
+    (bootstrap refit + posterior draws); the point forecast and refit_* are the chosen family's own."""
+    from flopmatch.forecast import forecast_pilot
+
+    counts = pilot_counts()
+    plain = forecast_pilot(counts, [20, 200], n_boot=25, seed=3, intervals="refit")
+    wide = forecast_pilot(counts, [20, 200], n_boot=25, seed=3)
+    fits = plausible_fits(wide.fit, counts["n"].to_numpy(), counts["c"].to_numpy(), seed=3)
+    assert wide.interval_families == list(fits) and len(fits) > 1 and wide.fit.family == plain.fit.family
+    assert wide.to_dict()["interval_families"] == wide.interval_families
+    for a, b in zip(plain.points, wide.points, strict=True):
+        assert (a.coverage, a.unique_correct, a.correct) == (b.coverage, b.unique_correct, b.correct)
+        assert (b.refit_coverage_low, b.refit_coverage_high) == (a.coverage_low, a.coverage_high)
+        assert b.coverage_low <= a.coverage_low <= a.coverage_high <= b.coverage_high
+        assert b.unique_correct_low <= a.unique_correct_low <= a.unique_correct_high <= b.unique_correct_high
+    widths = [(b.coverage_high - b.coverage_low) - (a.coverage_high - a.coverage_low)
+              for a, b in zip(plain.points, wide.points, strict=True)]
+    assert max(widths) > 0.05  # the families disagree about the left tail: k = 200 gets much wider
+    with pytest.raises(ValueError, match="intervals"):
+        forecast_pilot(counts, [20], intervals="bayes")
+
+
+def test_cli_table_says_which_families_the_intervals_span_whole_in_a_pipe(tmp_path, monkeypatch):
+    """Piped (not a terminal) with COLUMNS unset: 80 columns. Every family name of the span line prints whole."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    path = tmp_path / "pilot.csv"
+    pilot_counts().to_csv(path, index=False)
+    args = ["forecast", "--counts", str(path), "--k", "20,200", "--n-boot", "5", "--seed", "3"]
+    for target in ("population", "pilot"):
+        result = runner.invoke(app, [*args, "--target", target])
+        assert result.exit_code == 0, result.output
+        assert "…" not in result.output and max(map(len, result.output.splitlines())) <= 80
+        text = " ".join(result.output.split())
+        assert "intervals span: logit-normal, beta-binomial, zero-inflated-beta, skew-logit-normal (held-out " \
+               f"log-likelihood within {ENVELOPE_NATS:g} nats of the best; --intervals refit: logit-normal alone)" in text
+        lines = result.output.splitlines()
+        for family in ENVELOPE_FAMILIES:
+            assert any(family in line for line in lines), (family, result.output)
+    refit = runner.invoke(app, [*args, "--intervals", "refit"])
+    assert refit.exit_code == 0, refit.output
+    assert "intervals: logit-normal alone (--intervals refit)" in " ".join(refit.output.split())
+    as_json = json.loads(runner.invoke(app, [*args, "--intervals", "refit", "--target", "pilot", "--json"]).output)
+    assert as_json["models"][0]["interval_families"] == ["logit-normal"]
+    bad = runner.invoke(app, [*args, "--intervals", "bayes"])
+    assert bad.exit_code == 2 and "--intervals must be families or refit" in bad.output
+    helptext = " ".join(runner.invoke(app, ["forecast", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert "--intervals" in helptext and "families (default): the 95% interval is the union" in helptext
+    assert "refit: the chosen family's bootstrap alone" in helptext

@@ -55,7 +55,10 @@ and the unique-solution model on every resample. They describe a forecast for th
 problems were drawn from. ``intervals="refit"`` stops there: problem-sampling noise only. The default,
 ``"families"``, is the union of the refit intervals of every family of ENVELOPE_FAMILIES whose held-out
 likelihood is within ENVELOPE_NATS of the best (:func:`plausible_fits`): the families the pilot cannot tell
-apart but whose left tails, and so their large-k forecasts, differ.
+apart but whose left tails, and so their large-k forecasts, differ. :func:`forecast_pilot` (THESE pilot
+problems at k samples each) takes the same ``intervals``, with the same union over the same families of
+its own interval (each resample refits the family, then draws every problem's p and its extra samples
+from the posterior).
 
 Baselines beside it (:mod:`flopmatch.forecast_baselines`, re-exported here): :func:`unbiased_coverage`
 (Chen et al. 2021, k <= n) and :func:`fit_power_law` (Brown et al. 2024: -log coverage@k = a * k^(-b),
@@ -407,15 +410,11 @@ def _count_arrays(counts: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndar
     return n, c, u
 
 
-def _percentiles(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return np.percentile(values, 2.5, axis=0), np.percentile(values, 97.5, axis=0)
-
-
-# The interval modes of forecast_counts. "refit" resamples problems and refits the chosen family: it
-# carries problem-sampling noise only. "families" (the default) spans every family of ENVELOPE_FAMILIES
-# the pilot cannot rule out (held-out log-likelihood within ENVELOPE_NATS of the best): the union of their
-# refit intervals, so a forecast that hinges on the family's left tail says so. Toy-world backtest
-# (README): the truth inside the interval in 144 of 144 pilot cells (refit: 128), ~40% wider.
+# The interval modes of forecast_counts and forecast_pilot. "refit" resamples problems and refits the
+# chosen family: it carries problem-sampling noise only. "families" (the default) spans every family of
+# ENVELOPE_FAMILIES the pilot cannot rule out (held-out log-likelihood within ENVELOPE_NATS of the best):
+# the union of their refit intervals, so a forecast that hinges on the family's left tail says so.
+# Toy-world backtest (README): the truth inside the interval in 144 of 144 pilot cells (refit: 128), ~40% wider.
 INTERVALS = ("refit", "families")
 ENVELOPE_FAMILIES = ("beta-binomial", "zero-inflated-beta", "logit-normal", "skew-logit-normal")
 ENVELOPE_NATS = 2.0
@@ -462,6 +461,37 @@ def _interval(boots: list[np.ndarray], j: int) -> tuple[float | None, float | No
     return min(float(np.percentile(col, 2.5)) for col in cols), max(float(np.percentile(col, 97.5)) for col in cols)
 
 
+def _check(ks: Sequence[int], n_boot: int, intervals: str) -> list[int]:
+    ks = [int(k) for k in ks]
+    if not ks or min(ks) < 1:
+        raise ValueError(f"k values must be >= 1, got {ks}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if intervals not in INTERVALS:
+        raise ValueError(f"unknown intervals {intervals!r}; expected one of {INTERVALS}")
+    return ks
+
+
+def _fits(n, c, u, family: str, intervals: str, seed: int) -> tuple[SuccessFit, UniqueFit | None, dict[str, SuccessFit]]:
+    """The chosen fit, the unique-solution fit, and the families the intervals span (chosen first)."""
+    fit = fit_success(n, c, family=family, seed=seed)
+    ufit = fit_unique(c, u) if u is not None and (c > 0).any() else None
+    return fit, ufit, plausible_fits(fit, n, c, seed) if intervals == "families" else {fit.family: fit}
+
+
+def _interval_fields(boot: dict[str, tuple[np.ndarray, np.ndarray]], chosen: str, j: int,
+                     unique: bool) -> dict[str, float | None]:
+    """A ForecastPoint's intervals at column j: coverage and unique@k as the union over the families of
+    ``boot``; with more than one, also the chosen family's own coverage interval (``refit_*``)."""
+    low, high = _interval([b[0] for b in boot.values()], j)
+    out = {"coverage_low": low, "coverage_high": high, "unique_correct_low": None, "unique_correct_high": None}
+    if unique:
+        out["unique_correct_low"], out["unique_correct_high"] = _interval([b[1] for b in boot.values()], j)
+    if len(boot) > 1:
+        out["refit_coverage_low"], out["refit_coverage_high"] = _interval([boot[chosen][0]], j)
+    return out
+
+
 def forecast_counts(counts: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS, *, model: str = "", n_boot: int = 200,
                     seed: int = 0, family: str = "auto", intervals: str = "families") -> ModelForecast:
     """Forecast coverage, correct and unique-correct per problem at each k, with bootstrap intervals.
@@ -470,33 +500,16 @@ def forecast_counts(counts: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS, *, mod
     correct solutions among the c; without it the diversity forecast is None). ``intervals``: see
     INTERVALS; with "families" each point also keeps the chosen family's own interval (``refit_*``).
     """
-    ks = [int(k) for k in ks]
-    if not ks or min(ks) < 1:
-        raise ValueError(f"k values must be >= 1, got {ks}")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    if intervals not in INTERVALS:
-        raise ValueError(f"unknown intervals {intervals!r}; expected one of {INTERVALS}")
+    ks = _check(ks, n_boot, intervals)
     n, c, u = _count_arrays(counts)
-    fit = fit_success(n, c, family=family, seed=seed)
-    ufit = fit_unique(c, u) if u is not None and (c > 0).any() else None
-    fits = plausible_fits(fit, n, c, seed) if intervals == "families" else {fit.family: fit}
+    fit, ufit, fits = _fits(n, c, u, family, intervals, seed)
     boot = _bootstrap(fits, ufit, n, c, u, ks, n_boot, seed)
     power = power_law_from_counts(n, c)
-    points = []
-    for j, k in enumerate(ks):
-        cov_lo, cov_hi = _interval([b[0] for b in boot.values()], j)
-        own_lo, own_hi = _interval([boot[fit.family][0]], j)
-        uniq, (ulo, uhi) = None, (None, None)
-        if ufit is not None:
-            uniq, (ulo, uhi) = ufit.unique_at_k(fit, k), _interval([b[1] for b in boot.values()], j)
-        points.append(ForecastPoint(
-            k=k, coverage=float(fit.coverage(k)), coverage_low=cov_lo, coverage_high=cov_hi,
-            unique_correct=uniq, unique_correct_low=ulo, unique_correct_high=uhi,
-            correct=float(fit.expected_correct(k)),
-            power_law_coverage=float(power.coverage(k)) if power else None,
-            **({"refit_coverage_low": own_lo, "refit_coverage_high": own_hi} if len(fits) > 1 else {}),
-        ))
+    points = [ForecastPoint(
+        k=k, coverage=float(fit.coverage(k)), unique_correct=ufit.unique_at_k(fit, k) if ufit is not None else None,
+        correct=float(fit.expected_correct(k)), power_law_coverage=float(power.coverage(k)) if power else None,
+        **_interval_fields(boot, fit.family, j, ufit is not None),
+    ) for j, k in enumerate(ks)]
     return ModelForecast(model=model, problems=len(n), pilot_samples=float(np.mean(n)), fit=fit, points=points,
                          unique_fit=ufit, power_law=power, n_boot=n_boot, interval_families=list(fits))
 
@@ -511,22 +524,12 @@ def _pilot_point(fit: SuccessFit, ufit: UniqueFit | None, n, c, u, k: int) -> tu
     return cov, float(np.mean(values))
 
 
-def forecast_pilot(counts: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS, *, model: str = "", n_boot: int = 200,
-                   seed: int = 0, family: str = "auto") -> ModelForecast:
-    """Forecast for THESE pilot problems if each got k samples in total (its pilot included).
-
-    Solved problems stay solved; unsolved ones are solved with their posterior probability, and unique
-    solutions grow from each problem's observed u_i by the Pitman-Yor model given its posterior number of extra
-    correct samples (:func:`pilot_coverage`). Intervals: a bootstrap over problems refits the prior, then
-    each problem's p and extra correct samples are drawn from its posterior, so they include the
-    randomness of the samples still to be drawn. Needs k >= every n_i (smaller k are dropped).
-    """
-    n, c, u = _count_arrays(counts)
-    ks = [int(k) for k in ks if int(k) >= int(n.max())]
-    if not ks:
-        raise ValueError(f"the pilot target needs k >= the pilot's samples per problem ({int(n.max())})")
-    fit = fit_success(n, c, family=family, seed=seed)
-    ufit = fit_unique(c, u) if u is not None and (c > 0).any() else None
+def _pilot_bootstrap(fit: SuccessFit, ufit: UniqueFit | None, n, c, u, ks: list[int], n_boot: int,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One family: coverage and unique@k of the pilot problems per resample (rows) at every k (columns).
+    Each resample of problems refits the prior, then draws every pilot problem's p and extra correct samples
+    from its posterior. Every family draws from its own generator seeded with ``seed``, so the chosen
+    family's interval is the same whichever other families are plausible."""
     rng = np.random.default_rng(seed)
     cov_boot, uniq_boot = np.empty((n_boot, len(ks))), np.empty((n_boot, len(ks)))
     for i in range(n_boot):
@@ -538,15 +541,35 @@ def forecast_pilot(counts: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS, *, mode
             extra = rng.binomial(k - n, p)
             cov_boot[i, j] = np.mean((c > 0) | (extra > 0))
             uniq_boot[i, j] = np.mean(u + uf.growth(c, extra, u)) if uf is not None else np.nan
-    (cov_lo, cov_hi), (u_lo, u_hi) = _percentiles(cov_boot), _percentiles(uniq_boot)
+    return cov_boot, uniq_boot
+
+
+def forecast_pilot(counts: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS, *, model: str = "", n_boot: int = 200,
+                   seed: int = 0, family: str = "auto", intervals: str = "families") -> ModelForecast:
+    """Forecast for THESE pilot problems if each got k samples in total (its pilot included).
+
+    Solved problems stay solved; unsolved ones are solved with their posterior probability, and unique
+    solutions grow from each problem's observed u_i by the Pitman-Yor model given its posterior number of extra
+    correct samples (:func:`pilot_coverage`). Intervals: a bootstrap over problems refits the prior, then
+    each problem's p and extra correct samples are drawn from its posterior, so they include the
+    randomness of the samples still to be drawn (:func:`_pilot_bootstrap`). ``intervals`` as in
+    :func:`forecast_counts`: "families" (the default) is the union of that interval over the families of
+    :func:`plausible_fits`, each point keeping the chosen family's own (``refit_*``); "refit" the chosen
+    family's only. The point forecast is the chosen family's. Needs k >= every n_i (smaller k are dropped).
+    """
+    n, c, u = _count_arrays(counts)
+    ks = [k for k in _check(ks, n_boot, intervals) if k >= int(n.max())]
+    if not ks:
+        raise ValueError(f"the pilot target needs k >= the pilot's samples per problem ({int(n.max())})")
+    fit, ufit, fits = _fits(n, c, u, family, intervals, seed)
+    boot = {f: _pilot_bootstrap(one, ufit, n, c, u, ks, n_boot, seed) for f, one in fits.items()}
     points = []
     for j, k in enumerate(ks):
         cov, uniq = _pilot_point(fit, ufit, n, c, u, k)
         points.append(ForecastPoint(
-            k=k, coverage=cov, coverage_low=float(cov_lo[j]), coverage_high=float(cov_hi[j]), unique_correct=uniq,
-            unique_correct_low=float(u_lo[j]) if uniq is not None else None,
-            unique_correct_high=float(u_hi[j]) if uniq is not None else None,
+            k=k, coverage=cov, unique_correct=uniq,
             correct=float(np.sum(c) / len(n) + np.mean((k - n) * fit.posterior_mean(n, c))),
+            **_interval_fields(boot, fit.family, j, uniq is not None),
         ))
     return ModelForecast(model=model, problems=len(n), pilot_samples=float(np.mean(n)), fit=fit, points=points,
-                         unique_fit=ufit, n_boot=n_boot, target="pilot")
+                         unique_fit=ufit, n_boot=n_boot, target="pilot", interval_families=list(fits))

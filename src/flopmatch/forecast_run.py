@@ -75,14 +75,16 @@ def select_models(graded: dict[str, Path], model: str | None) -> dict[str, Path]
 
 def forecast_run(run_dir: str | Path | RunDir, model: str | None = None, pilot_samples: int = 8,
                  ks: Sequence[int] = DEFAULT_KS, *, pilot_problems: int | None = None, n_boot: int = 200,
-                 seed: int = 0, family: str = "auto", target: str = "population") -> list[ModelForecast]:
+                 seed: int = 0, family: str = "auto", target: str = "population",
+                 intervals: str = "families") -> list[ModelForecast]:
     """Forecast each graded model (or ``model``) from a pilot of its first ``pilot_samples`` samples.
 
     The pilot is every problem with samples 0..n-1 graded, or a seeded subset of ``pilot_problems`` of
     them. When the model has S > n samples per problem, each k <= S also gets the measured unbiased
     coverage@k and diversity@k over all problems with S samples (``measured_coverage`` /
     ``measured_unique_correct``): the truth the forecast is for. ``target="pilot"`` forecasts the pilot
-    problems themselves (:func:`flopmatch.forecast.forecast_pilot`) and measures on them.
+    problems themselves (:func:`flopmatch.forecast.forecast_pilot`) and measures on them. ``intervals``:
+    "families" (the default) or "refit" (:data:`flopmatch.forecast.INTERVALS`).
     """
     if target not in ("population", "pilot"):
         raise ValueError(f"target must be 'population' or 'pilot', got {target!r}")
@@ -104,7 +106,7 @@ def forecast_run(run_dir: str | Path | RunDir, model: str | None = None, pilot_s
         pids = pick_problems(complete, pilot_problems, seed)
         forecast = forecast_pilot if target == "pilot" else forecast_counts
         fc = forecast(problem_counts(data, pilot_samples, pids), ks, model=name, n_boot=n_boot, seed=seed,
-                      family=family)
+                      family=family, intervals=intervals)
         out.append(with_measured(fc, data, pilot_samples, pids if target == "pilot" else None))
     return out
 
@@ -207,7 +209,7 @@ def read_counts(path: str | Path) -> dict[str, pd.DataFrame]:
 
 def forecast_counts_file(path: str | Path, ks: Sequence[int] = DEFAULT_KS, *, model: str | None = None,
                          n_boot: int = 200, seed: int = 0, family: str = "auto",
-                         target: str = "population") -> list[ModelForecast]:
+                         target: str = "population", intervals: str = "families") -> list[ModelForecast]:
     """:func:`forecast_counts` (or :func:`forecast_pilot` for ``target="pilot"``) for every model of a counts file."""
     groups = read_counts(path)
     if model is not None:
@@ -215,4 +217,5 @@ def forecast_counts_file(path: str | Path, ks: Sequence[int] = DEFAULT_KS, *, mo
             raise ValueError(f"{path}: no rows for model {model!r}; models: {sorted(groups)}")
         groups = {model: groups[model]}
     forecast = forecast_pilot if target == "pilot" else forecast_counts
-    return [forecast(g, ks, model=m, n_boot=n_boot, seed=seed, family=family) for m, g in groups.items()]
+    return [forecast(g, ks, model=m, n_boot=n_boot, seed=seed, family=family, intervals=intervals)
+            for m, g in groups.items()]

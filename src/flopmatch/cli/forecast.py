@@ -29,7 +29,22 @@ def _plain(value: float | None, digits: int, pct: bool) -> str:
     return "—" if value is None else f"{value * (100 if pct else 1):.{digits}f}"
 
 
-def _print_table(forecasts) -> None:
+def _span_line(fc, intervals: str, nats: float) -> str | None:
+    """Which families the 95% intervals span (None when the forecast does not say)."""
+    families = list(fc.interval_families)
+    if not families:
+        return None
+    if intervals == "refit":
+        return f"intervals: {families[0]} alone (--intervals refit)"
+    if len(families) == 1:
+        return f"intervals: {families[0]} alone (no other family within {nats:g} nats of held-out log-likelihood)"
+    return (f"intervals span: {', '.join(families)} (held-out log-likelihood within {nats:g} nats of the "
+            f"best; --intervals refit: {families[0]} alone)")
+
+
+def _print_table(forecasts, intervals: str = "families") -> None:
+    from flopmatch.forecast import ENVELOPE_NATS
+
     for fc in forecasts:
         fit = fc.fit
         params = ", ".join(f"{k}={v:.3g}" for k, v in fit.params.items())
@@ -54,6 +69,9 @@ def _print_table(forecasts) -> None:
                 row.append(_plain(p.measured_unique_correct, 2, False))
             rows.append(row)
         print_table(columns, rows, keys={"k"}, right=set(columns) - {"k"}, title=title)
+        span = _span_line(fc, intervals, ENVELOPE_NATS)
+        if span:
+            console.print(span)
         if fit.candidates:
             scores = ", ".join(f"{k} {v:.1f}" for k, v in fit.candidates.items())
             console.print(f"held-out log-likelihood ({min(5, fc.problems)}-fold over problems): {scores}")
@@ -75,6 +93,11 @@ def forecast_command(
     n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="bootstrap resamples of problems")] = 200,
     target: Annotated[str, typer.Option(help="population: problems like the pilot's (default); pilot: the pilot "
                                         "problems themselves, each given k samples in total")] = "population",
+    intervals: Annotated[str, typer.Option(help="families (default): the 95% interval is the union of the "
+                                           "bootstrap intervals of every family the pilot cannot rule out "
+                                           "(held-out log-likelihood within 2 nats of the best); refit: the "
+                                           "chosen family's bootstrap alone (problem-sampling noise only, "
+                                           "narrower)")] = "families",
     seed: Annotated[int, typer.Option(help="seed of the bootstrap, the folds and --pilot-problems")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print {\"models\": [...]} as JSON")] = False,
 ) -> None:
@@ -103,17 +126,19 @@ def forecast_command(
         raise fail(f"--family must be auto or one of {', '.join(FAMILIES)}, got {family!r}")
     if target not in ("population", "pilot"):
         raise fail(f"--target must be population or pilot, got {target!r}")
+    if intervals not in ("families", "refit"):
+        raise fail(f"--intervals must be families or refit, got {intervals!r}")
     ks = parse_ks(k)
     if counts is not None:
         forecasts = forecast_counts_file(counts, ks, model=model, n_boot=n_boot, seed=seed, family=family,
-                                         target=target)
+                                         target=target, intervals=intervals)
     else:
         if not run.is_dir():
             raise fail(f"{run}: not a directory")
         forecasts = forecast_run(run, model=model, pilot_samples=pilot_samples, ks=ks,
                                  pilot_problems=pilot_problems, n_boot=n_boot, seed=seed, family=family,
-                                 target=target)
+                                 target=target, intervals=intervals)
     if as_json:
         typer.echo(json.dumps({"models": [fc.to_dict() for fc in forecasts]}, indent=2))
         return
-    _print_table(forecasts)
+    _print_table(forecasts, intervals)
