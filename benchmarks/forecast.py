@@ -25,7 +25,13 @@ Toy world (the README's numbers; the sampling is cached in the run directories a
 
 Intervals: ``--intervals families`` (the library's default) is the union over the families the pilot cannot
 rule out; each row also keeps the chosen family's own refit interval (``refit_low/high``), and the summary
-counts how often each covers the truth. ``--no-pilot-target`` skips the --target pilot forecasts (faster).
+counts how often each covers the truth. ``--no-pilot-target`` skips the --target pilot forecasts (faster);
+``--pilot-only`` does only them. The --target pilot forecast takes the same ``--intervals``; with families
+its rows keep the chosen family's own interval too (``pilot_refit_low/high``, exactly what ``--intervals
+refit`` gives: every family bootstraps from its own seeded generator), so one run compares both:
+
+    nice -n 19 python benchmarks/forecast.py --run runs/forecast-toy --pilot-only \
+        --out docs/results/forecast-backtest-toy/pilot_target_wc.json        # and runs/forecast-toy-se
 
 Pilots are 3 disjoint blocks of 100 problems plus 5 random subsets that overlap them, so the 8 pilots of a
 cell are not independent: the paired intervals and p-values are optimistic about that.
@@ -72,44 +78,56 @@ def backtest_model(name, data, args) -> list[dict]:
         for n in args.pilots:
             started = time.perf_counter()
             counts = problem_counts(data, n, pids)
-            fc = forecast_counts(counts, args.ks, model=name, n_boot=args.n_boot, seed=args.seed,
-                                 intervals=args.intervals)
-            forced = {f: fit_success(counts["n"], counts["c"], family=f) for f in args.families}
-            own = {} if args.no_pilot_target else {
-                q.k: q for q in forecast_pilot(counts, [k for k in args.ks if k >= n], n_boot=args.n_boot,
-                                               seed=args.seed).points}
+            fc = None if args.pilot_only else forecast_counts(counts, args.ks, model=name, n_boot=args.n_boot,
+                                                              seed=args.seed, intervals=args.intervals)
+            forced = {} if fc is None else {f: fit_success(counts["n"], counts["c"], family=f) for f in args.families}
+            own = None if args.no_pilot_target else forecast_pilot(
+                counts, [k for k in args.ks if k >= n], n_boot=args.n_boot, seed=args.seed, intervals=args.intervals)
             subset_truth = {k: measured_at(data, full, pids, k) for k in truth}
-            for p in fc.points:
-                if p.k not in truth:
-                    continue
-                cov_true, uniq_true = truth[p.k]
+            prefix = {} if own is None else {k: measured_at(data, k, pids, k) for k in truth if k >= n}
+            for k in (k for k in args.ks if k in truth):
                 rows.append({
-                    "model": name, "subset": label, "n": n, "k": p.k, "problems": len(pids), "S": full,
-                    "family": fc.fit.family, "coverage_true": cov_true, "coverage": p.coverage,
-                    "coverage_low": p.coverage_low, "coverage_high": p.coverage_high,
-                    "refit_low": p.refit_coverage_low if p.refit_coverage_low is not None else p.coverage_low,
-                    "refit_high": p.refit_coverage_high if p.refit_coverage_high is not None else p.coverage_high,
-                    "interval_families": fc.interval_families,
-                    "coverage_true_subset": subset_truth[p.k][0],
-                    "power_law": p.power_law_coverage,
-                    **{f"coverage_{f}": float(fit.coverage(p.k)) for f, fit in forced.items()},
-                    "unique_true": uniq_true, "unique": p.unique_correct, "unique_low": p.unique_correct_low,
-                    "unique_high": p.unique_correct_high, "unique_true_subset": subset_truth[p.k][1],
-                    **_pilot_fields(own.get(p.k)),
+                    "model": name, "subset": label, "n": n, "k": k, "problems": len(pids), "S": full,
+                    "coverage_true": truth[k][0], "unique_true": truth[k][1],
+                    "coverage_true_subset": subset_truth[k][0], "unique_true_subset": subset_truth[k][1],
+                    **({"coverage_true_prefix": prefix[k][0], "unique_true_prefix": prefix[k][1]} if k in prefix else {}),
+                    **(_population_fields(fc, k, forced) if fc is not None else {}),
+                    **_pilot_fields(own, k),
                     "seconds": time.perf_counter() - started,
                 })
             if not args.quiet:
-                print(f"  {name} {label} n={n}: {fc.fit.family}, {time.perf_counter() - started:.1f} s", flush=True)
+                chosen = (fc if fc is not None else own).fit.family
+                print(f"  {name} {label} n={n}: {chosen}, {time.perf_counter() - started:.1f} s", flush=True)
     return rows
 
 
-def _pilot_fields(q) -> dict:
-    """The empirical-Bayes forecast for the pilot problems themselves (truth: *_true_subset)."""
+def _population_fields(fc, k: int, forced: dict) -> dict:
+    """The forecast for the population (truth: coverage_true), and each family of ``forced`` on its own."""
+    p = next(q for q in fc.points if q.k == k)
+    return {
+        "family": fc.fit.family, "coverage": p.coverage, "coverage_low": p.coverage_low,
+        "coverage_high": p.coverage_high,
+        "refit_low": p.refit_coverage_low if p.refit_coverage_low is not None else p.coverage_low,
+        "refit_high": p.refit_coverage_high if p.refit_coverage_high is not None else p.coverage_high,
+        "interval_families": fc.interval_families, "power_law": p.power_law_coverage,
+        **{f"coverage_{f}": float(fit.coverage(k)) for f, fit in forced.items()},
+        "unique": p.unique_correct, "unique_low": p.unique_correct_low, "unique_high": p.unique_correct_high,
+    }
+
+
+def _pilot_fields(own, k: int) -> dict:
+    """The empirical-Bayes forecast for the pilot problems themselves (truth: *_true_subset); with
+    --intervals families also the chosen family's own interval (pilot_refit_*, = --intervals refit)."""
+    q = next((q for q in own.points if q.k == k), None) if own is not None else None
     if q is None:
         return {}
-    return {"pilot_coverage": q.coverage, "pilot_coverage_low": q.coverage_low,
-            "pilot_coverage_high": q.coverage_high, "pilot_unique": q.unique_correct,
-            "pilot_unique_low": q.unique_correct_low, "pilot_unique_high": q.unique_correct_high}
+    return {"pilot_family": own.fit.family, "pilot_interval_families": own.interval_families,
+            "pilot_coverage": q.coverage, "pilot_coverage_low": q.coverage_low,
+            "pilot_coverage_high": q.coverage_high,
+            "pilot_refit_low": q.refit_coverage_low if q.refit_coverage_low is not None else q.coverage_low,
+            "pilot_refit_high": q.refit_coverage_high if q.refit_coverage_high is not None else q.coverage_high,
+            "pilot_unique": q.unique_correct, "pilot_unique_low": q.unique_correct_low,
+            "pilot_unique_high": q.unique_correct_high}
 
 
 def _covered(low, value, high) -> bool:
@@ -117,43 +135,46 @@ def _covered(low, value, high) -> bool:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    from flopmatch.paired import paired_bootstrap, sign_flip_test
-
     groups = defaultdict(list)
     for r in rows:
         groups[(r["n"], r["k"])].append(r)
-    out = []
-    for (n, k), rs in sorted(groups.items()):
-        err = np.array([r["coverage"] - r["coverage_true"] for r in rs])
-        first = [r for r in rs if r["subset"] == "first"]
-        pl = np.array([np.nan if r["power_law"] is None else r["power_law"] - r["coverage_true"] for r in rs])
-        ok = ~np.isnan(pl)
-        diff = np.abs(err[ok]) - np.abs(pl[ok])
-        interval = paired_bootstrap(np.abs(err[ok]), np.abs(pl[ok]), n_boot=2000, seed=0) if ok.sum() > 1 else None
-        uerr = np.array([r["unique"] - r["unique_true"] for r in rs if r["unique"] is not None])
-        out.append({
-            "n": n, "k": k, "pilots": len(rs),
-            "coverage_mae_pts": 100 * float(np.mean(np.abs(err))),
-            "coverage_bias_pts": 100 * float(np.mean(err)),
-            "coverage_first_err_pts": [round(100 * (r["coverage"] - r["coverage_true"]), 2) for r in first],
-            "coverage_interval_hit": float(np.mean([_covered(r["coverage_low"], r["coverage_true"], r["coverage_high"])
-                                                   for r in rs])),
-            "coverage_interval_width_pts": 100 * float(np.mean([r["coverage_high"] - r["coverage_low"] for r in rs])),
-            **_refit_summary(rs),
-            "power_law_mae_pts": 100 * float(np.mean(np.abs(pl[ok]))) if ok.any() else None,
-            "forecast_minus_power_law_abs_err_pts": (
-                [100 * interval.diff, 100 * interval.low, 100 * interval.high] if interval else None),
-            "sign_flip_p": sign_flip_test(diff, seed=0) if diff.size else None,
-            **{f"mae_pts_{f}": 100 * float(np.mean([abs(r[f"coverage_{f}"] - r["coverage_true"]) for r in rs]))
-               for f in FORCED if f"coverage_{f}" in rs[0]},
-            "families": {f: sum(r["family"] == f for r in rs) for f in FORCED[:4]},
-            "unique_mae": float(np.mean(np.abs(uerr))) if uerr.size else None,
-            "unique_bias": float(np.mean(uerr)) if uerr.size else None,
-            "unique_interval_hit": float(np.mean([_covered(r["unique_low"], r["unique_true"], r["unique_high"])
-                                                 for r in rs if r["unique"] is not None])) if uerr.size else None,
-            **_pilot_summary(rs),
-        })
-    return out
+    return [{"n": n, "k": k, "pilots": len(rs), **_population_summary(rs), **_pilot_summary(rs)}
+            for (n, k), rs in sorted(groups.items())]
+
+
+def _population_summary(rs: list[dict]) -> dict:
+    """Errors and interval hits of the population forecast (none with --pilot-only)."""
+    from flopmatch.paired import paired_bootstrap, sign_flip_test
+
+    if "coverage" not in rs[0]:
+        return {}
+    err = np.array([r["coverage"] - r["coverage_true"] for r in rs])
+    first = [r for r in rs if r["subset"] == "first"]
+    pl = np.array([np.nan if r["power_law"] is None else r["power_law"] - r["coverage_true"] for r in rs])
+    ok = ~np.isnan(pl)
+    diff = np.abs(err[ok]) - np.abs(pl[ok])
+    interval = paired_bootstrap(np.abs(err[ok]), np.abs(pl[ok]), n_boot=2000, seed=0) if ok.sum() > 1 else None
+    uerr = np.array([r["unique"] - r["unique_true"] for r in rs if r["unique"] is not None])
+    return {
+        "coverage_mae_pts": 100 * float(np.mean(np.abs(err))),
+        "coverage_bias_pts": 100 * float(np.mean(err)),
+        "coverage_first_err_pts": [round(100 * (r["coverage"] - r["coverage_true"]), 2) for r in first],
+        "coverage_interval_hit": float(np.mean([_covered(r["coverage_low"], r["coverage_true"], r["coverage_high"])
+                                               for r in rs])),
+        "coverage_interval_width_pts": 100 * float(np.mean([r["coverage_high"] - r["coverage_low"] for r in rs])),
+        **_refit_summary(rs),
+        "power_law_mae_pts": 100 * float(np.mean(np.abs(pl[ok]))) if ok.any() else None,
+        "forecast_minus_power_law_abs_err_pts": (
+            [100 * interval.diff, 100 * interval.low, 100 * interval.high] if interval else None),
+        "sign_flip_p": sign_flip_test(diff, seed=0) if diff.size else None,
+        **{f"mae_pts_{f}": 100 * float(np.mean([abs(r[f"coverage_{f}"] - r["coverage_true"]) for r in rs]))
+           for f in FORCED if f"coverage_{f}" in rs[0]},
+        "families": {f: sum(r["family"] == f for r in rs) for f in FORCED[:4]},
+        "unique_mae": float(np.mean(np.abs(uerr))) if uerr.size else None,
+        "unique_bias": float(np.mean(uerr)) if uerr.size else None,
+        "unique_interval_hit": float(np.mean([_covered(r["unique_low"], r["unique_true"], r["unique_high"])
+                                             for r in rs if r["unique"] is not None])) if uerr.size else None,
+    }
 
 
 def _refit_summary(rs: list[dict]) -> dict:
@@ -167,31 +188,54 @@ def _refit_summary(rs: list[dict]) -> dict:
 
 
 def _pilot_summary(rs: list[dict]) -> dict:
+    """The --target pilot forecast's errors, interval hits and widths, and the chosen family's own (refit)
+    interval beside the --intervals one (the same with --intervals refit). Two truths: the unbiased
+    coverage@k of the pilot problems from all S samples (``*_subset``: an average over which k samples)
+    and what their first k samples, pilot included, did solve (``*_prefix``: the realisation the
+    forecast's interval, which includes the randomness of the samples still to draw, is for)."""
     rs = [r for r in rs if "pilot_coverage" in r]
     if not rs:
         return {}
-    err = np.array([r["pilot_coverage"] - r["coverage_true_subset"] for r in rs])
-    out = {"pilot_coverage_mae_pts": 100 * float(np.mean(np.abs(err))), "pilot_coverage_bias_pts": 100 * float(err.mean()),
-           "pilot_coverage_interval_hit": float(np.mean([_covered(r["pilot_coverage_low"], r["coverage_true_subset"],
-                                                                  r["pilot_coverage_high"]) for r in rs]))}
+    out = {}
+    for truth in ("subset", "prefix"):
+        true = f"coverage_true_{truth}"
+        err = np.array([r["pilot_coverage"] - r[true] for r in rs])
+        tag = "" if truth == "subset" else "_prefix"
+        out |= {f"pilot_coverage{tag}_mae_pts": 100 * float(np.mean(np.abs(err))),
+                f"pilot_coverage{tag}_bias_pts": 100 * float(err.mean())}
+        for kind, (low, high) in {"coverage": ("pilot_coverage_low", "pilot_coverage_high"),
+                                  "refit": ("pilot_refit_low", "pilot_refit_high")}.items():
+            out[f"pilot_{kind}{tag}_interval_hit"] = float(np.mean([_covered(r[low], r[true], r[high]) for r in rs]))
+    for kind, (low, high) in {"coverage": ("pilot_coverage_low", "pilot_coverage_high"),
+                              "refit": ("pilot_refit_low", "pilot_refit_high")}.items():
+        out[f"pilot_{kind}_interval_width_pts"] = 100 * float(np.mean([r[high] - r[low] for r in rs]))
+    out["pilot_interval_families"] = {f: sum(f in r["pilot_interval_families"] for r in rs) for f in FORCED}
+    out["pilot_families"] = {f: sum(r["pilot_family"] == f for r in rs) for f in FORCED[:4]}
     if rs[0]["pilot_unique"] is not None:
         uerr = np.array([r["pilot_unique"] - r["unique_true_subset"] for r in rs])
         out |= {"pilot_unique_mae": float(np.mean(np.abs(uerr))), "pilot_unique_bias": float(uerr.mean()),
                 "pilot_unique_interval_hit": float(np.mean([_covered(r["pilot_unique_low"], r["unique_true_subset"],
-                                                                     r["pilot_unique_high"]) for r in rs]))}
+                                                                     r["pilot_unique_high"]) for r in rs])),
+                "pilot_unique_prefix_interval_hit": float(np.mean([_covered(
+                    r["pilot_unique_low"], r["unique_true_prefix"], r["pilot_unique_high"]) for r in rs]))}
     return out
 
 
 def pilot_markdown(summary: list[dict]) -> str:
-    lines = ["| n | k | pilots | coverage |err| (pts) | bias | interval covers | unique |err| | unique bias | "
-             "unique interval covers |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """Coverage: error and interval hits against both truths (_pilot_summary), families vs refit widths."""
+    lines = ["| n | k | pilots | error vs first k (pts), bias | families covers first k | refit covers first k | "
+             "families covers unbiased | refit covers unbiased | families width (pts) | refit width (pts) | "
+             "unique covers first k |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
         if "pilot_coverage_mae_pts" not in s:
             continue
-        u = (f"{s['pilot_unique_mae']:.2f} | {s['pilot_unique_bias']:+.2f} | {100 * s['pilot_unique_interval_hit']:.0f}%"
-             if "pilot_unique_mae" in s else "— | — | —")
-        lines.append(f"| {s['n']} | {s['k']} | {s['pilots']} | {s['pilot_coverage_mae_pts']:.1f} | "
-                     f"{s['pilot_coverage_bias_pts']:+.1f} | {100 * s['pilot_coverage_interval_hit']:.0f}% | {u} |")
+        u = f"{100 * s['pilot_unique_prefix_interval_hit']:.0f}%" if "pilot_unique_mae" in s else "—"
+        lines.append(
+            f"| {s['n']} | {s['k']} | {s['pilots']} | {s['pilot_coverage_prefix_mae_pts']:.1f}, "
+            f"{s['pilot_coverage_prefix_bias_pts']:+.1f} | {100 * s['pilot_coverage_prefix_interval_hit']:.0f}% | "
+            f"{100 * s['pilot_refit_prefix_interval_hit']:.0f}% | {100 * s['pilot_coverage_interval_hit']:.0f}% | "
+            f"{100 * s['pilot_refit_interval_hit']:.0f}% | {s['pilot_coverage_interval_width_pts']:.1f} | "
+            f"{s['pilot_refit_interval_width_pts']:.1f} | {u} |")
     return "\n".join(lines)
 
 
@@ -200,6 +244,8 @@ def markdown(summary: list[dict]) -> str:
              "forecast − power law |err| [95% CI], p | unique |err| | unique bias | unique interval covers |",
              "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     for s in summary:
+        if "coverage_mae_pts" not in s:
+            continue
         d = s["forecast_minus_power_law_abs_err_pts"]
         cmp = f"{d[0]:+.1f} [{d[1]:+.1f}, {d[2]:+.1f}], p={s['sign_flip_p']:.3g}" if d else "—"
         pl = f"{s['power_law_mae_pts']:.1f}" if s["power_law_mae_pts"] is not None else "—"
@@ -227,9 +273,13 @@ def main() -> None:
                         help="families also fitted on their own (point forecasts), e.g. add beta-mixture")
     parser.add_argument("--intervals", default="families", help="families | refit (flopmatch.forecast.INTERVALS)")
     parser.add_argument("--no-pilot-target", action="store_true", help="skip the --target pilot forecasts")
+    parser.add_argument("--pilot-only", action="store_true",
+                        help="only the --target pilot forecasts (skip the population forecasts and forced families)")
     parser.add_argument("--out", type=Path, default=Path("forecast_backtest.json"))
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
+    if args.pilot_only and args.no_pilot_target:
+        parser.error("--pilot-only and --no-pilot-target leave nothing to forecast")
 
     from flopmatch.analysis import load_model_samples
     from flopmatch.judge import graded_models
@@ -249,13 +299,16 @@ def main() -> None:
     result = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "summary": summarise(rows), "per_model": per_model, "rows": rows}
     args.out.write_text(json.dumps(result, indent=1, default=str))
-    print("\nall models, forecast for the population (truth: all problems, S samples):\n" + markdown(result["summary"]))
-    for m, s in per_model.items():
-        print(f"\n{m}:\n" + markdown(s))
-    print("\nall models, forecast for the pilot problems themselves (--target pilot; truth: the same problems, "
-          "S samples):\n" + pilot_markdown(result["summary"]))
-    for m, s in per_model.items():
-        print(f"\n{m} (pilot problems):\n" + pilot_markdown(s))
+    if not args.pilot_only:
+        print("\nall models, forecast for the population (truth: all problems, S samples):\n"
+              + markdown(result["summary"]))
+        for m, s in per_model.items():
+            print(f"\n{m}:\n" + markdown(s))
+    if not args.no_pilot_target:
+        print("\nall models, forecast for the pilot problems themselves (--target pilot; truth: the same problems, "
+              "S samples):\n" + pilot_markdown(result["summary"]))
+        for m, s in per_model.items():
+            print(f"\n{m} (pilot problems):\n" + pilot_markdown(s))
     print(f"\nrows and settings: {args.out}")
 
 
