@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from flopmatch.analysis import analyze, curve_ks, default_ks
+from flopmatch.analysis import GradesError, NothingToAnalyze, analyze, curve_ks, default_ks
 from flopmatch.judge import ToyworldCheckerJudge, import_human_labels, judge_run
 from flopmatch.problems import problems_to_table
 from flopmatch.store import RunDir, append_shard, write_table
@@ -200,8 +200,19 @@ def test_bad_grades_name_the_file(tmp_path):
     table = pq.read_table(run.grades_path(WC)).to_pylist()
     table[3]["status"] = "maybe"
     write_table(table, run.grades_path(WC))
-    with pytest.raises(ValueError, match=r"grades/toy--wc.parquet: row 3: field 'status'"):
+    with pytest.raises(GradesError, match=r"grades/toy--wc.parquet, row 4: field 'status': is 'maybe'") as info:
+        analyze(run, plots=False)  # the 4th row (rows count from 1, as in every flopmatch message)
+    assert isinstance(info.value, ValueError) and (info.value.row, info.value.field) == (4, "status")
+    table[3]["status"], table[5]["sample_idx"] = "correct", -1
+    write_table(table, run.grades_path(WC))
+    with pytest.raises(GradesError, match=r"row 6: field 'sample_idx': expected an index >= 0, got -1"):
         analyze(run, plots=False)
+
+
+def test_a_run_without_grades_says_to_grade_first(tmp_path):
+    with pytest.raises(NothingToAnalyze, match=r"grades: no grades to analyze \(run `flopmatch grade` first\)") as info:
+        analyze(RunDir(tmp_path / "empty"), plots=False)
+    assert isinstance(info.value, FileNotFoundError)
 
 
 def test_cli_analyze(tmp_path):

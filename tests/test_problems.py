@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -194,10 +195,41 @@ def test_malformed_parquet_row_names_the_row(tmp_path):
 
 
 def test_unknown_source_and_split():
-    with pytest.raises(ValueError, match="unknown problem source"):
+    with pytest.raises(P.ProblemRequestError, match="unknown problem source"):
         load("gsm9k")
-    with pytest.raises(ValueError, match="math500 has splits test"):
+    with pytest.raises(P.ProblemRequestError, match="math500 has splits test"):
         load("math500", split="train")
+    with pytest.raises(P.ProblemRequestError, match="limit must be >= 0"):
+        load("gsm8k", limit=-1)
+    assert issubclass(P.ProblemRequestError, ValueError)  # what Python callers caught before
+
+
+def test_an_unreadable_file_is_a_flopmatch_error(tmp_path, monkeypatch):
+    """Not UTF-8, or the OS refuses the read: one message naming the file, keeping the builtin base."""
+    latin = tmp_path / "test.jsonl"
+    latin.write_bytes(b'{"question": "caf\xe9", "answer": "#### 1"}\n')
+    with pytest.raises(ProblemFileError, match=r"test.jsonl: not UTF-8 text"):
+        load(str(latin))
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(P, "_read_rows", refuse)
+    with pytest.raises(P.ProblemFileUnreadable, match=r"Permission denied: '.*test.jsonl'") as info:
+        load(str(latin))
+    assert isinstance(info.value, OSError) and isinstance(info.value, P.FlopmatchError)
+
+
+def test_a_generator_that_gives_up_is_a_source_error(monkeypatch):
+    """A generated source's RuntimeError reaches the CLI as a message (a ProblemSourceError), not a traceback."""
+
+    def give_up(**_kwargs):
+        raise RuntimeError("could not generate toyworld problem seed=0 index=3")
+
+    generated = SimpleNamespace(loader="a generator", load_function=lambda _attribute: give_up)
+    monkeypatch.setattr(P, "get_dataset", lambda _name: generated)
+    with pytest.raises(ProblemSourceError, match="could not generate toyworld problem"):
+        load("toyworld", limit=2)
 
 
 def test_hub_failure_offline_says_to_pass_data_file(tmp_path):

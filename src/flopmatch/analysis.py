@@ -35,6 +35,7 @@ import pandas as pd
 
 from flopmatch.analysis_cost import write_cost
 from flopmatch.analysis_render import compute_matched_markdown, make_figures, summary_markdown
+from flopmatch.errors import FlopmatchError
 from flopmatch.grading.core import STATUSES
 from flopmatch.metrics import (
     bootstrap_mean_cis,
@@ -58,6 +59,14 @@ from flopmatch.store.queries import (
     sample_texts,
 )
 from flopmatch.store.schemas import CURVE_COLUMNS, MATCHED_COLUMNS, SUMMARY_COLUMNS
+
+
+class GradesError(FlopmatchError, ValueError):
+    """A row of a model's grades table the analysis cannot use; names the file, the row and the field."""
+
+
+class NothingToAnalyze(FlopmatchError, FileNotFoundError):
+    """The run has no grades yet."""
 
 SAMPLE_METRICS = ("coverage", "diversity", "diversity_near_dup")
 MAX_CURVE_POINTS = 48
@@ -96,14 +105,18 @@ def load_model_samples(run: RunDir, model: str, grades_path: Path) -> ModelSampl
     table = read_table(grades_path, columns=["problem_id", "sample_idx", "status"]).to_pylist()
     rows: dict[str, list[tuple[int, bool]]] = {}
     seen: set[tuple[str, int]] = set()
-    for i, r in enumerate(table):
+    for i, r in enumerate(table, 1):
         if r["status"] not in STATUSES:
-            raise ValueError(f"{grades_path}: row {i}: field 'status' is {r['status']!r}, not one of {sorted(STATUSES)}")
-        if r["problem_id"] is None or r["sample_idx"] is None or int(r["sample_idx"]) < 0:
-            raise ValueError(f"{grades_path}: row {i}: missing problem_id or bad sample_idx {r['sample_idx']!r}")
+            raise GradesError(f"is {r['status']!r}, not one of {sorted(STATUSES)}", file=grades_path, row=i,
+                              field="status")  # fmt: skip
+        if r["problem_id"] is None:
+            raise GradesError("missing", file=grades_path, row=i, field="problem_id")
+        if r["sample_idx"] is None or int(r["sample_idx"]) < 0:
+            raise GradesError(f"expected an index >= 0, got {r['sample_idx']!r}", file=grades_path, row=i,
+                              field="sample_idx")  # fmt: skip
         key = (str(r["problem_id"]), int(r["sample_idx"]))
         if key in seen:
-            raise ValueError(f"{grades_path}: row {i}: sample {key} is graded twice")
+            raise GradesError(f"sample {key} is graded twice", file=grades_path, row=i)
         seen.add(key)
         rows.setdefault(key[0], []).append((key[1], r["status"] == "correct"))
     wanted = {(pid, idx) for pid, lst in rows.items() for idx, ok in lst if ok}
@@ -255,7 +268,7 @@ def analyze(
     warnings: list[str] = []
     graded = graded_models(run)
     if not graded:
-        raise FileNotFoundError(f"{run.root / 'grades'}: no grades to analyze (run `flopmatch grade` first)")
+        raise NothingToAnalyze("no grades to analyze (run `flopmatch grade` first)", file=run.root / "grades")
     data = {model: load_model_samples(run, model, path) for model, path in graded.items()}
     problems = load_problems(run)
     verdicts = {model: load_verdicts(run, model, judge, warnings) for model in data}

@@ -69,7 +69,17 @@ class ProblemFileError(FlopmatchError, ValueError):
 
 
 class ProblemSourceError(FlopmatchError, RuntimeError):
-    """A problem source cannot be reached or found (hub offline, no data directory, no toy world)."""
+    """A problem source cannot be reached or found (hub offline, no data directory, no toy world), or a
+    generated source failed to make its problems."""
+
+
+class ProblemRequestError(FlopmatchError, ValueError):
+    """:func:`load` was asked for something no source gives: an unknown source, a split the source does
+    not have, a negative limit, a data file for a generated source."""
+
+
+class ProblemFileUnreadable(FlopmatchError, OSError):
+    """A problem file exists but cannot be read (no permission, an I/O error)."""
 
 
 class _RowError(FlopmatchError):
@@ -268,6 +278,15 @@ def load_file(path: str | Path, *, split: str | None = None, expect: str | None 
     split = split or _split_from_name(path)
     if split is None:
         raise ProblemSourceError(f"cannot tell the split of {path} from its name: pass split= (CLI: --split)")
+    try:
+        return _unique_ids(_parse_rows(path, split, expect))
+    except OSError as exc:  # no permission, an I/O error: the OS's own message names the file
+        raise ProblemFileUnreadable(str(exc)) from exc
+    except UnicodeDecodeError as exc:
+        raise ProblemFileError(path, None, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
+def _parse_rows(path: Path, split: str, expect: str | None) -> list[Problem]:
     unit, rows = _read_rows(path)
     problems: list[Problem] = []
     parser: RowParser | None = None
@@ -300,7 +319,7 @@ def load_file(path: str | Path, *, split: str | None = None, expect: str | None 
             problems.append(parser(row, index, split))
         except _RowError as err:
             raise ProblemFileError(path, number, err.field, err.message, unit=unit) from None
-    return _unique_ids(problems)
+    return problems
 
 
 def _unique_ids(problems: list[Problem]) -> list[Problem]:
@@ -446,20 +465,25 @@ def load(
     the same subset on any machine, and a larger limit is a superset of a smaller one.
     """
     if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
+        raise ProblemRequestError(f"limit must be >= 0, got {limit}")
     declared = get_dataset(source)
     if declared is not None and declared.loader is not None:
         if data_file is not None:
-            raise ValueError(f"{source} is generated; it takes no data_file")
+            raise ProblemRequestError(f"{source} is generated; it takes no data_file")
         try:
             loader = declared.load_function("loader")
         except ImportError as exc:
             raise ProblemSourceError(str(exc)) from exc
-        return loader(split=split, limit=limit, seed=seed)
+        try:
+            return loader(split=split, limit=limit, seed=seed)
+        except RuntimeError as exc:  # the generator gave up (toyworld: no problem fits the knobs)
+            if isinstance(exc, FlopmatchError):
+                raise
+            raise ProblemSourceError(str(exc)) from exc
     if source in SPLITS:
         split = split or DEFAULT_SPLIT
         if split not in SPLITS[source]:
-            raise ValueError(f"{source} has splits {', '.join(SPLITS[source])}; got {split!r}")
+            raise ProblemRequestError(f"{source} has splits {', '.join(SPLITS[source])}; got {split!r}")
         if source == "math-offline":
             problems = _math_offline(split, data_file)
         elif data_file is not None:
@@ -469,10 +493,10 @@ def load(
     elif source == "file" or Path(source).expanduser().is_file():
         path = data_file if source == "file" else source
         if path is None:
-            raise ValueError("source 'file' needs data_file=")
+            raise ProblemRequestError("source 'file' needs data_file=")
         problems = load_file(Path(path).expanduser(), split=split)
     else:
-        raise ValueError(
+        raise ProblemRequestError(
             f"unknown problem source {source!r}: expected one of {', '.join(SOURCES)}, 'file' or a path"
         )
     return select_subset(problems, limit=limit, seed=seed)

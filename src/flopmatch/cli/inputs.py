@@ -70,7 +70,6 @@ def load_problems(run: Path, source: str | None, split: str | None, data_file: P
             where = f"{run}/problems/{split}.parquet" if split else f"{run}/problems/"
             raise fail(f"no --problems given and no problems saved in {where}")
         return problems_mod.select_subset(saved, limit=limit, seed=seed)
-    try:  # a ProblemFileError / ProblemSourceError is reported by the app (flopmatch.cli._app)
-        return problems_mod.load(source, split=split, data_file=data_file, limit=limit, seed=seed)
-    except (OSError, RuntimeError) as exc:  # an unreadable path (a directory, no permission), a generator
-        raise fail(str(exc)) from exc
+    # A bad source, file or row (a ProblemFileError, ProblemSourceError, ProblemFileUnreadable...) is a
+    # FlopmatchError, reported by the app (flopmatch.cli._app).
+    return problems_mod.load(source, split=split, data_file=data_file, limit=limit, seed=seed)
