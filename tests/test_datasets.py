@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from flopmatch import datasets, problems, prompts
+from flopmatch import datasets, models, problems, prompts
 from flopmatch.grading import answer_mode, extract_answer
 from flopmatch.judge import JudgeItem, ToyworldCheckerJudge
 from flopmatch.record import Problem
@@ -66,6 +66,49 @@ def test_the_toy_world_is_declared_like_any_other_dataset():
     assert toy.loader and toy.prompt_format and toy.checker and toy.answers == "first-answer-line"
     assert problems.load("toyworld", limit=2)[0].problem_id == "toyworld/test/0"
     assert set(datasets.dataset_names()) >= {"gsm8k", "math", "math500", "math-offline", "toyworld"}
+    # its registry models come from its declaration, as any dataset's do
+    assert [m.name for m in toy.models] == ["toyworld-wc", "toyworld-se"]
+    assert [m.name for m in datasets.declared_models()] == ["toyworld-wc", "toyworld-se"]
+    for declared in toy.models:
+        entry = models.get_entry(declared.name)
+        assert (entry.builder, entry.upstream, entry.gguf) == (declared.builder, "flopmatch.toyworld", None)
+
+
+def test_a_dataset_declared_later_brings_its_models_to_the_registry(monkeypatch, tmp_path):
+    built = tmp_path / "tiny"
+
+    class Tiny:
+        parameters = 42
+        parameters_source = "plugin spec"
+
+        def path(self):
+            return built
+
+        def is_prepared(self):
+            return (built / "done").is_file()
+
+        def prepare(self, *, progress=True):
+            built.mkdir(exist_ok=True)
+            (built / "done").write_text("")
+            return built
+
+    module = types.ModuleType("tiny_plugin")
+    module.TINY = Tiny()
+    monkeypatch.setitem(sys.modules, "tiny_plugin", module)
+    monkeypatch.setattr(models, "REGISTRY", dict(models.REGISTRY))
+    model = datasets.DatasetModel("plugin-tiny", "a plugin's model", "tiny_plugin", builder="tiny_plugin:TINY")
+    monkeypatch.setitem(datasets._REGISTRY, "plugin", datasets.Dataset("plugin", ("test",), "numeric", models=(model,)))
+    info = models.model_info("plugin-tiny")
+    assert (info.parameters, info.installed, info.prepared, info.path) == (42, True, False, None)
+    assert models.resolve_model("plugin-tiny", progress=False) == str(built)
+    assert models.model_info("plugin-tiny").path == built
+    assert [m.name for m in models.list_models()][-1] == "plugin-tiny"
+    with pytest.raises(models.ModelError, match="not a GGUF model .it is built by tiny_plugin"):
+        models.gguf_path("plugin-tiny")
+    broken = datasets.DatasetModel("plugin-broken", "no builder", "tiny_plugin", builder="tiny_plugin:NOPE")
+    monkeypatch.setitem(datasets._REGISTRY, "plugin", datasets.Dataset("plugin", ("test",), "numeric", models=(broken,)))
+    with pytest.raises(models.ModelError, match="model 'plugin-broken': its builder tiny_plugin:NOPE cannot be"):
+        models.prepare("plugin-broken")
 
 
 def test_undeclared_datasets_and_missing_parts_fail_clearly(countdown, monkeypatch):

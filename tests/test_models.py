@@ -130,8 +130,11 @@ def test_unknown_names_and_toyworld_entries(cache):
     from flopmatch import toyworld
 
     infos = {i.name: i for i in models.list_models()}
-    assert set(infos) == {QWEN_05, QWEN_15, "toyworld-wc", "toyworld-se"}
+    assert list(infos) == [QWEN_05, QWEN_15, "toyworld-wc", "toyworld-se"]  # the toy world declares its pair
     assert infos["toyworld-se"].parameters == toyworld.PARAMS["se"]
+    assert infos["toyworld-wc"].upstream == "flopmatch.toyworld"
+    with pytest.raises(ModelError, match="not built by a dataset"):
+        models.get_entry(QWEN_05).built_model()
     assert infos[QWEN_05].parameters * 3 == pytest.approx(infos[QWEN_15].parameters, rel=0.05)
 
 

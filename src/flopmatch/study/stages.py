@@ -159,10 +159,9 @@ def params_offline(spec: ModelSpec) -> tuple[float | None, str]:
         entry = None
     if entry is not None and entry.parameters:
         return float(entry.parameters), f"registry ({entry.upstream})"
-    if entry is not None and entry.toyworld_kind is not None:
-        from flopmatch.toyworld import PARAMS
-
-        return float(PARAMS[entry.toyworld_kind]), "toy model spec"
+    if entry is not None and entry.builder is not None:  # a model a dataset brings (the toy world's pair)
+        built = entry.built_model()
+        return float(built.parameters), built.parameters_source
     if entry is not None:
         return None, "read from the model after it is prepared (not known before)"
     if Path(spec.model).expanduser().exists():
