@@ -52,7 +52,7 @@ def test_a_registered_dataset_is_loaded_prompted_graded_and_judged_through_its_d
     loaded = problems.load("countdown", limit=3)
     assert [p.problem_id for p in loaded] == ["countdown/test/0", "countdown/test/1", "countdown/test/2"]
     assert prompts.build_prompt(loaded[1]) == "Q: 1 + 1?\n"
-    assert prompts.default_prompt_config("countdown").style == "toyworld"  # the dataset's own format
+    assert prompts.default_prompt_config("countdown").style == "dataset"  # the dataset's own format
     assert answer_mode("countdown") == "numeric"
     # The first "Answer:" line counts, nothing after it (the rule the toy world declares too).
     assert extract_answer("2 + 2 = 4\nAnswer: 4\nAnswer: 5", "countdown") == "4"

@@ -36,7 +36,7 @@ def _normalise(text: str) -> str:
 def test_paper_shot_counts_per_dataset():
     assert default_prompt_config("gsm8k").shots == 8
     assert default_prompt_config("math").shots == 4 and default_prompt_config("MATH500").shots == 4
-    assert default_prompt_config("toyworld").style == "toyworld"
+    assert default_prompt_config("toyworld").style == "dataset"  # the toy world writes its own prompts
     other = default_prompt_config("my-local-set")
     assert (other.style, other.shots, other.exemplars) == ("chat", 0, ())
     for dataset, family in (("gsm8k", "gsm8k"), ("math500", "math")):
@@ -75,6 +75,26 @@ def test_toyworld_style_uses_the_toy_worlds_format():
 
     problem = Problem("toy-1", "toyworld", "test", "Mia has 3 boxes of 4 pens. How many pens?", "12")
     assert build_prompt(problem) == format_prompt(problem.question)
+    assert build_prompt(problem, PromptConfig(style="dataset")) == format_prompt(problem.question)
+    with pytest.raises(ValueError, match="style 'dataset' needs a dataset with its own prompt format; 'gsm8k'"):
+        build_prompt(GSM, PromptConfig(style="dataset"))
+
+
+def test_the_deprecated_style_name_toyworld_still_reads_and_is_what_runs_record():
+    """``toyworld`` was the own-format style's name: configs that say it load as ``dataset``, and a dump
+    still writes it, so a sample set's recorded config (compared on resume) and every digest and
+    fingerprint over SFT or trained-model metadata stay byte-identical to those of earlier runs."""
+    from flopmatch import store
+
+    old = PromptConfig.model_validate({"style": "toyworld", "shots": 0})
+    assert old.style == "dataset" and old == PromptConfig(style="dataset", shots=0)
+    recorded = default_prompt_config("toyworld").model_dump(mode="json")
+    assert recorded == {"style": "toyworld", "shots": 0, "system": None, "instruction": DEFAULT_INSTRUCTION,
+                        "exemplars": []}  # fmt: skip
+    assert PromptConfig.model_validate(recorded) == default_prompt_config("toyworld")
+    # the record a toy-world sample set holds in samples/<model>/config.json, as written before the rename
+    assert store.config_hash(default_prompt_config("toyworld")) == "a22fa0b402c4222b"
+    assert PromptConfig(style="chat").model_dump()["style"] == "chat"
 
 
 def test_config_overrides_and_validation():

@@ -8,7 +8,9 @@ prompt. Three renderings:
   the model's own chat template to render (backends apply it).
 * ``plain``: one text block of ``Problem:``/``Solution:`` pairs for base models without a chat
   template; generation should stop at the next ``Problem:`` (see :func:`stop_sequences`).
-* ``toyworld``: the toy world's own prompt format (``flopmatch.toyworld.format_prompt``).
+* ``dataset``: the dataset's own prompt format, as it declares it in :mod:`flopmatch.datasets`
+  (the toy world: ``flopmatch.toyworld.format_prompt``). ``toyworld`` is its deprecated name: configs
+  that say it still load, and run records keep writing it (see :class:`PromptConfig`).
 
 Every prompt asks for the final answer in ``\\boxed{}`` so one grader covers every dataset.
 Training data built with :func:`build_prompt` and evaluation prompts agree by construction.
@@ -21,13 +23,18 @@ from functools import lru_cache
 from importlib import resources
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
 from flopmatch.datasets import get_dataset
 from flopmatch.problems import Problem
 
 Message = dict[str, str]
-PromptStyle = Literal["chat", "plain", "toyworld"]
+PromptStyle = Literal["chat", "plain", "dataset"]
+OWN_FORMAT: PromptStyle = "dataset"  # the dataset writes its own prompt (Dataset.prompt_format)
+# The own-format style's first name. Accepted wherever a style is read, and still what a run records
+# (samples/<model>/config.json, SFT and trained-model metadata), so every recorded config, digest and
+# fingerprint stays byte-identical and sample sets drawn before the rename resume.
+LEGACY_OWN_FORMAT = "toyworld"
 
 DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 _EXEMPLAR_FILE = "data/exemplars.json"
@@ -47,7 +54,10 @@ class Exemplar(BaseModel):
 class PromptConfig(BaseModel):
     """How to turn a problem into a prompt. ``shots=None`` / ``exemplars=None`` mean "the dataset's
     default" (GSM8K: the 8 packaged GSM8K exemplars; MATH/MATH500: the 4 MATH ones; other datasets:
-    zero-shot). :func:`default_prompt_config` returns the resolved config to store with a run."""
+    zero-shot). :func:`default_prompt_config` returns the resolved config to store with a run.
+
+    ``style``: ``chat``, ``plain`` or ``dataset`` (the dataset's own format; ``toyworld``, its
+    deprecated name, is read as ``dataset`` and is what a dump writes for it)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -56,6 +66,15 @@ class PromptConfig(BaseModel):
     system: str | None = None
     instruction: str = DEFAULT_INSTRUCTION
     exemplars: tuple[Exemplar, ...] | None = None
+
+    @field_validator("style", mode="before")
+    @classmethod
+    def _deprecated_style_name(cls, value: object) -> object:
+        return OWN_FORMAT if value == LEGACY_OWN_FORMAT else value
+
+    @field_serializer("style")
+    def _recorded_style_name(self, style: str) -> str:
+        return LEGACY_OWN_FORMAT if style == OWN_FORMAT else style
 
     @field_validator("instruction")
     @classmethod
@@ -91,12 +110,12 @@ def default_prompt_config(dataset: str) -> PromptConfig:
     """The paper's prompt for ``dataset``, fully resolved (exemplars included, so a run can store it).
 
     As the dataset declares it (:mod:`flopmatch.datasets`): GSM8K → 8-shot, MATH/MATH500 → 4-shot
-    chat prompts; the toy world → its own format; an undeclared dataset → a zero-shot chat prompt
-    with the ``\\boxed{}`` instruction.
+    chat prompts; a dataset with its own prompt format (the toy world) → that format (style
+    ``dataset``); an undeclared dataset → a zero-shot chat prompt with the ``\\boxed{}`` instruction.
     """
     declared = get_dataset(dataset)
     if declared is not None and declared.prompt_format is not None:
-        return PromptConfig(style="toyworld", shots=0, exemplars=())
+        return PromptConfig(style=OWN_FORMAT, shots=0, exemplars=())
     family = dataset_family(dataset)
     if family is None:
         return PromptConfig(style="chat", shots=0, exemplars=())
@@ -123,10 +142,12 @@ def resolve(config: PromptConfig | None, dataset: str) -> PromptConfig:
 
 
 def _own_format(dataset: str):
-    """The prompt function of a dataset that writes its own prompts (the ``toyworld`` style)."""
+    """The prompt function of a dataset that writes its own prompts (the ``dataset`` style)."""
     declared = get_dataset(dataset)
     if declared is None or declared.prompt_format is None:
-        raise ValueError(f"prompt style 'toyworld' needs a dataset with its own prompt format; {dataset!r} has none")
+        raise ValueError(
+            f"prompt style {OWN_FORMAT!r} needs a dataset with its own prompt format; {dataset!r} has none"
+        )
     return declared.load_function("prompt_format")
 
 
@@ -135,13 +156,13 @@ def _user_turn(question: str, instruction: str) -> str:
 
 
 def build_prompt(problem: Problem, config: PromptConfig | None = None) -> str | list[Message]:
-    """The prompt for ``problem``: chat messages (``style="chat"``) or text (``plain``, ``toyworld``).
+    """The prompt for ``problem``: chat messages (``style="chat"``) or text (``plain``, ``dataset``).
 
     Chat prompts are multi-turn few-shot conversations: an optional system turn, then per exemplar a
     user turn (question + instruction) and an assistant turn (its solution), then the problem.
     """
     cfg = resolve(config, problem.dataset)
-    if cfg.style == "toyworld":
+    if cfg.style == OWN_FORMAT:
         return _own_format(problem.dataset)(problem.question)
     shots = cfg.exemplars or ()
     if cfg.style == "plain":
@@ -170,6 +191,8 @@ def stop_sequences(config: PromptConfig | None = None) -> tuple[str, ...]:
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
+    "LEGACY_OWN_FORMAT",
+    "OWN_FORMAT",
     "Exemplar",
     "PromptConfig",
     "build_prompt",
