@@ -133,6 +133,24 @@ def test_a_run_sampled_before_the_cost_table_says_how_to_get_it():
     assert not any(isinstance(b, Text) for b in cost_section(data).blocks)
 
 
+def test_the_judge_is_labelled_from_its_declaration_not_its_name():
+    """The FPR section names the judge from the spec as the judge module declares it: the exact checker's
+    own label (the toy world's checker, or any dataset's), an LLM judge by its model."""
+    from flopmatch.judge import ExactCheckerJudge, JudgeSpec, judge_label
+    from flopmatch.report.sections_data import fpr_section
+
+    assert judge_label("toyworld-checker") == judge_label({"backend": "toyworld-checker"}) == "exact step checker"
+    assert ExactCheckerJudge.label == "exact step checker"
+    assert judge_label({"backend": "vllm", "model": "qwen"}) == "LLM judge (qwen)"
+    assert judge_label(JudgeSpec(backend="hf", model="m")) == "LLM judge (m)"
+    assert judge_label(None) == judge_label({"backend": "vllm"}) == judge_label("vllm:qwen") == "judge"
+    data = _data()
+    data.config = {"judge": {"spec": "toyworld-checker"}}
+    data.summary = pd.DataFrame([{"metric": "fpr_judge", "role": "wc", "model": "m", "budget_se_samples": 1,
+                                  "value": 0.25, "ci_low": 0.1, "ci_high": 0.4, "n": 8}])  # fmt: skip
+    assert "exact step checker" in str(fpr_section(data).blocks)
+
+
 def test_nothing_to_conclude_from_an_empty_run(tmp_path):
     (tmp_path / "run").mkdir()
     paths = build_report(tmp_path / "run")

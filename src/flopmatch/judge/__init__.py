@@ -12,7 +12,8 @@ the paper's argument rests on. It comes from one of:
   ``max_retries`` retries. The candidate is untrusted data: it sits between markers carrying a nonce
   derived from its own content (so it cannot forge the closing marker) and the instructions before and
   after it say that nothing inside is an instruction.
-* :class:`ToyworldCheckerJudge` — the toy world's exact step checker: ground truth, no model.
+* :class:`ExactCheckerJudge` (its first name: ``ToyworldCheckerJudge``) — the exact step checker a
+  dataset declares (the toy world's): ground truth, no model. Spec backend ``toyworld-checker``.
 * people — :func:`import_human_labels` reads a CSV/JSONL of verdicts; where present they are the FPR
   (as in the paper, 50 per model), the judge's number sits beside them.
 
@@ -41,6 +42,7 @@ from flopmatch.judge.core import (
     MAX_STEPS,
     SYSTEM_PROMPT,
     TOYWORLD_JUDGE,
+    ExactCheckerJudge,
     FprEstimate,
     Judge,
     JudgeItem,
@@ -52,6 +54,7 @@ from flopmatch.judge.core import (
     VerdictError,
     build_messages,
     fpr_estimate,
+    judge_label,
     make_judge,
     parse_verdict,
     split_steps,
@@ -90,6 +93,7 @@ __all__ = [
     "MAX_STEPS",
     "SYSTEM_PROMPT",
     "TOYWORLD_JUDGE",
+    "ExactCheckerJudge",
     "FprEstimate",
     "Judge",
     "JudgeEvalResult",
@@ -110,6 +114,7 @@ __all__ = [
     "graded_models",
     "human_labels_path",
     "import_human_labels",
+    "judge_label",
     "judge_run",
     "judgments_table",
     "load_problems",

@@ -24,6 +24,8 @@ MAX_RAW_CHARS = 16_000  # a judge reply longer than this is rejected unread (bou
 MAX_EXPLANATION_CHARS = 2_000
 MAX_CANDIDATE_CHARS = 12_000  # longer candidates are cut (and the cut is said in the prompt)
 MAX_STEPS = 64
+# The exact-checker judge's backend name in specs and the judge name its verdicts are filed under (it
+# judges any dataset that declares a checker; the name is kept so old configs and judgments still match).
 TOYWORLD_JUDGE = "toyworld-checker"
 
 
@@ -297,13 +299,16 @@ class LLMJudge:
         self.backend.close()
 
 
-# --------------------------------------------------------------------------- the exact toy-world judge
+# --------------------------------------------------------------------------- the exact-checker judge
 
 
-class ToyworldCheckerJudge:
-    """The toy world's exact step checker as a judge: ground-truth verdicts, no model."""
+class ExactCheckerJudge:
+    """A dataset's exact step checker as a judge (the toy world's): ground-truth verdicts, no model.
+
+    ``label``: what a report calls its verdicts."""
 
     name = TOYWORLD_JUDGE
+    label = "exact step checker"
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgment]:
         out = []
@@ -317,6 +322,9 @@ class ToyworldCheckerJudge:
 
     def close(self) -> None:
         return None
+
+
+ToyworldCheckerJudge = ExactCheckerJudge  # its first name, kept for importers
 
 
 def _exact_checker(dataset: str):
@@ -358,8 +366,8 @@ def make_judge(spec: JudgeSpec | Mapping[str, Any] | str) -> Judge:
         if unknown:
             raise ValueError(f"unknown judge settings {sorted(unknown)}")
         spec = JudgeSpec(**spec)
-    if spec.backend == TOYWORLD_JUDGE:
-        return ToyworldCheckerJudge()
+    if spec.backend == ExactCheckerJudge.name:
+        return ExactCheckerJudge()
     if not spec.model:
         raise ValueError(f"judge backend {spec.backend!r} needs a model (--judge-model)")
     from flopmatch.backends import create_backend
@@ -373,6 +381,21 @@ def make_judge(spec: JudgeSpec | Mapping[str, Any] | str) -> Judge:
         backend, include_reference=spec.include_reference, max_retries=spec.max_retries, params=params,
         seed=spec.seed, name=f"llm:{spec.backend}:{spec.model}",
     )
+
+
+def judge_label(spec: JudgeSpec | Mapping[str, Any] | str | None) -> str:
+    """What a report calls the verdicts of the judge ``spec`` describes, read from the spec (nothing is
+    built): the exact checker's :attr:`ExactCheckerJudge.label`, ``LLM judge (<model>)`` for a spec
+    (mapping or :class:`JudgeSpec`) that names a model, else ``judge``."""
+    if isinstance(spec, JudgeSpec):
+        backend, model = spec.backend, spec.model
+    elif isinstance(spec, Mapping):
+        backend, model = spec.get("backend"), spec.get("model")
+    else:
+        backend, model = spec, None
+    if backend == ExactCheckerJudge.name:
+        return ExactCheckerJudge.label
+    return f"LLM judge ({model})" if model else "judge"
 
 
 # --------------------------------------------------------------------------- FPR

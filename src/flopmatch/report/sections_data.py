@@ -19,6 +19,7 @@ from flopmatch.formatting import (
 )
 
 # --------------------------------------------------------------------------- sections
+from flopmatch.judge.core import judge_label
 from flopmatch.metrics import relative_gain
 from flopmatch.report.blocks import Figure, Section, Table, Text
 from flopmatch.report.data import RunData, budgets_of, read_parquet_or_none
@@ -349,12 +350,7 @@ def _figure_caption(path: Path) -> str:
 
 
 def _judge_label(data: RunData) -> str:
-    spec = ((data.config or {}).get("judge") or {}).get("spec")
-    if spec == "toyworld-checker" or (isinstance(spec, dict) and spec.get("backend") == "toyworld-checker"):
-        return "exact step checker"
-    if isinstance(spec, dict) and spec.get("model"):
-        return f"LLM judge ({spec['model']})"
-    return "judge"
+    return judge_label(((data.config or {}).get("judge") or {}).get("spec"))
 
 
 def fpr_section(data: RunData) -> Section:
