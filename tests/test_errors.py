@@ -174,3 +174,27 @@ def test_gold_answers_that_disagree_name_the_file_and_row(tmp_path: Path):
     assert info.value.row == 1 and info.value.file.endswith("train.parquet")
     assert str(info.value).startswith(f"{info.value.file}, row 1: problem 'gsm8k/x/1' also in ")
     assert isinstance(info.value, ValueError)  # what grade_run's callers caught before
+
+
+def test_sample_reports_a_bad_plan_and_a_bad_allocation_through_the_app(tmp_path: Path):
+    """`flopmatch sample`: a plan that does not parse and options no allocation policy takes are library
+    errors (BudgetError, AllocationConfigError) with the messages the command printed itself before."""
+    from flopmatch.allocation import AllocationConfigError
+    from flopmatch.budget import BudgetError
+    from flopmatch.cli import app
+
+    plan = tmp_path / "plan.json"
+    plan.write_text("{not json")
+    common = ["sample", "--run", str(tmp_path / "run"), "--problems", "toyworld", "--limit", "2"]
+    result = CliRunner().invoke(app, [*common, "--plan", str(plan)], terminal_width=300)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert isinstance(result.exception.__context__.__cause__, BudgetError)  # reported by the app's handler
+    assert f"error: cannot read the budget plan {plan}: " in result.output
+    result = CliRunner().invoke(app, [*common, "--plan", str(tmp_path / "none.json")], terminal_width=300)
+    assert result.exit_code == 2 and f"error: no budget plan at {tmp_path / 'none.json'}: run `flopmatch plan`" in result.output
+
+    bad = [*common, "--model", "toy", "--allocation", "adaptive", "--target-correct", "2", "--budget-flops", "1e9"]
+    result = CliRunner().invoke(app, bad, terminal_width=300)
+    assert result.exit_code == 2 and isinstance(result.exception.__context__.__cause__, AllocationConfigError)
+    assert "error: --allocation: 1 validation error for AllocationConfig" in result.output
+    assert "target_correct applies to until-correct only" in result.output

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flopmatch.metrics import (
+    MetricsError,
     bootstrap_ci,
     coverage_at_k,
     diversity_at_k,
@@ -77,9 +78,10 @@ def test_coverage_is_mean_of_pass_at_k():
     for k in range(1, 5):
         expected = sum(float(brute_pass_at_k(n, c, k)) for n, c in counts) / len(counts)
         assert coverage_at_k(counts, k) == pytest.approx(expected)
-    with pytest.raises(ValueError, match="fewer than k"):
+    with pytest.raises(MetricsError, match="fewer than k") as info:  # a FlopmatchError the CLI reports
         coverage_at_k([(3, 1)], 4)
-    with pytest.raises(ValueError):
+    assert isinstance(info.value, ValueError)  # what Python callers caught before
+    with pytest.raises(MetricsError, match="at least one problem"):
         coverage_at_k([], 1)
 
 

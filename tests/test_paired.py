@@ -32,8 +32,9 @@ def test_mcnemar_from_outcomes_counts_only_discordant_problems():
     se = [1, 0, 0, 0, 1, 0, 0, 1]
     assert paired.discordant_counts(wc, se) == (4, 1)
     assert paired.mcnemar_exact(4, 1) == pytest.approx(_mcnemar_by_enumeration(4, 1))
-    with pytest.raises(ValueError, match="0/1"):
+    with pytest.raises(paired.PairedError, match="0/1") as info:
         paired.discordant_counts([0.5, 1], [0, 1])
+    assert isinstance(info.value, ValueError)  # what Python callers caught before
     with pytest.raises(ValueError, match="same length"):
         paired.discordant_counts([1, 0], [1])
 
@@ -296,11 +297,11 @@ def test_comparison_table_with_one_seed_is_never_a_verdict():
 
 
 def test_comparison_table_refuses_models_evaluated_on_other_problems():
-    from flopmatch.comparisons import CompareSettings, comparison_table
+    from flopmatch.comparisons import CompareSettings, ComparisonError, comparison_table
 
     paradigms, values = _synthetic_run(seeds=(0,))
     values["kd-wc-b1"] = values["kd-wc-b1"].iloc[:-3]
-    with pytest.raises(ValueError, match="different test problems"):
+    with pytest.raises(ComparisonError, match="different test problems"):
         comparison_table(paradigms, values.__getitem__, CompareSettings(n_boot=50, n_perm=50))
 
 
@@ -352,7 +353,7 @@ def test_compare_run_reads_evaluation_files(tmp_path):
     maj@k from the sampled rows), written to comparisons.parquet and .md."""
     import pandas as pd
 
-    from flopmatch.comparisons import compare_run, per_problem_values
+    from flopmatch.comparisons import ComparisonError, EvaluationMissing, compare_run, per_problem_values
     from flopmatch.store import RunDir, write_json, write_table
 
     run = RunDir(tmp_path / "run")
@@ -387,8 +388,11 @@ def test_compare_run_reads_evaluation_files(tmp_path):
     (run.metrics_dir / "comparisons.parquet").unlink()
     assert compare_run(run.root, training_seeds=[0])["diff"].tolist() == table["diff"].tolist()
     assert not (run.metrics_dir / "comparisons.parquet").exists()
-    with pytest.raises(ValueError, match=r"no training seed \[5\]; the run has \[0\]"):
+    with pytest.raises(ComparisonError, match=r"paradigms.parquet: no training seed \[5\]; the run has \[0\]"):
         compare_run(run.root, training_seeds=[5])
+    with pytest.raises(EvaluationMissing, match=r"paradigms.parquet: no paradigm results yet") as info:
+        compare_run(tmp_path / "no-run")
+    assert isinstance(info.value, FileNotFoundError)
 
 
 @pytest.mark.parametrize("seeds,tau", [(2, 0.0), (3, 0.0), (3, 0.02), (2, 0.03)])

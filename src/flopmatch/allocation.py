@@ -42,10 +42,18 @@ from typing import Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flopmatch.errors import FlopmatchError
+
 ALLOCATIONS = ("uniform", "until-correct", "adaptive")
 OBJECTIVES = ("coverage", "unique")
 Allocation = Literal["uniform", "until-correct", "adaptive"]
 Objective = Literal["coverage", "unique"]
+
+
+class AllocationConfigError(FlopmatchError, ValueError):
+    """Allocation options that do not fit together, or problem states no policy can rank (more correct
+    samples than samples). The configs' own validators raise plain ValueError: pydantic turns those
+    into its ValidationError (a ValueError), which the study reports as a StudyConfigError."""
 
 
 class AllocationConfig(BaseModel):
@@ -120,7 +128,7 @@ class ProblemState:
 
     def __post_init__(self) -> None:
         if not 0 <= self.unique_correct <= self.correct <= self.n:
-            raise ValueError(
+            raise AllocationConfigError(
                 f"problem {self.problem_id!r}: need 0 <= unique_correct <= correct <= n, got "
                 f"n={self.n} correct={self.correct} unique_correct={self.unique_correct}"
             )
@@ -325,7 +333,7 @@ def guarded_calls(items: Sequence, chunk_samples: int) -> list[Sequence]:
     """A round's items (priority order) cut into backend calls at fixed positions (so a rerun cuts
     the same calls and the budget guard decides the same)."""
     if chunk_samples < 1:
-        raise ValueError(f"chunk_samples must be >= 1, got {chunk_samples}")
+        raise AllocationConfigError(f"chunk_samples must be >= 1, got {chunk_samples}")
     return [items[i : i + chunk_samples] for i in range(0, len(items), chunk_samples)]
 
 

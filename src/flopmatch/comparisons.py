@@ -29,7 +29,17 @@ import numpy as np
 import pandas as pd
 
 from flopmatch import paired
+from flopmatch.errors import FlopmatchError
 from flopmatch.store import RunDir, read_json, write_text
+
+
+class ComparisonError(FlopmatchError, ValueError):
+    """The eval stage's results cannot be compared: a missing column, models evaluated on different
+    problems, a training seed the run does not have."""
+
+
+class EvaluationMissing(FlopmatchError, FileNotFoundError):
+    """An evaluation file (or the paradigm table) the comparison reads is not there yet."""
 
 #: comparison -> (treatment data kind, baseline data kind, words when treatment wins, when it loses)
 COMPARISONS: dict[str, tuple[str, str, str, str]] = {
@@ -85,7 +95,7 @@ def per_problem_values(eval_path: str | Path) -> pd.DataFrame:
 
     path = Path(eval_path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such evaluation file (the eval stage writes it)")
+        raise EvaluationMissing("no such evaluation file (the eval stage writes it)", file=path)
     columns = ["problem_id", "mode", "sample_idx", "status", "extracted"]
     frame = pd.read_parquet(path, columns=columns)
     summary = path.with_suffix(".json")
@@ -173,7 +183,8 @@ def seed_noise(*sides: np.ndarray) -> dict[str, float]:
 def _check_columns(paradigms: pd.DataFrame) -> None:
     missing = {"paradigm", "budget_se_samples", "data", "model_name", "metric"} - set(paradigms.columns)
     if missing:
-        raise ValueError(f"paradigms.parquet: missing column(s) {sorted(missing)} (rebuild it with the eval stage)")
+        raise ComparisonError(f"missing column(s) {sorted(missing)} (rebuild it with the eval stage)",
+                              file="paradigms.parquet")  # fmt: skip
 
 
 def _models_by_kind(group: pd.DataFrame) -> dict[str, list[str]]:
@@ -192,7 +203,7 @@ def _common_problems(sides: dict[str, list[pd.DataFrame]], paradigm: str, budget
     sets = [set(v.index) for side in sides.values() for v in side]
     common = set.intersection(*sets)
     if any(s != common for s in sets):
-        raise ValueError(
+        raise ComparisonError(
             f"{paradigm} at budget {budget}: the models were evaluated on different test problems "
             f"({sorted(len(s) for s in sets)} problems); a paired comparison needs the same ones (rerun the eval stage)"
         )
@@ -251,14 +262,15 @@ def compare_run(run_dir: str | Path, settings: CompareSettings | None = None, *,
     run = RunDir(run_dir)
     path = run.metrics_dir / "paradigms.parquet"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no paradigm results yet (run the study's eval stage)")
+        raise EvaluationMissing("no paradigm results yet (run the study's eval stage)", file=path)
     paradigms = pd.read_parquet(path)
     if training_seeds is not None:
         if "seed" not in paradigms.columns:
-            raise ValueError(f"{path}: no seed column (a run from before training seeds: one seed only)")
+            raise ComparisonError("no seed column (a run from before training seeds: one seed only)", file=path)
         known = set(paradigms["seed"].dropna().astype(int))
         if set(training_seeds) - known:
-            raise ValueError(f"{path}: no training seed {sorted(set(training_seeds) - known)}; the run has {sorted(known)}")
+            raise ComparisonError(f"no training seed {sorted(set(training_seeds) - known)}; the run has {sorted(known)}",
+                                  file=path)  # fmt: skip
         paradigms = paradigms[paradigms["seed"].isna() | paradigms["seed"].isin(list(training_seeds))]
         write = False
     table = comparison_table(paradigms, lambda name: per_problem_values(run.eval_path(name)), settings)

@@ -35,6 +35,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from flopmatch.errors import FlopmatchError
+
+
+class MetricsError(FlopmatchError, ValueError):
+    """Counts or settings a metric cannot be computed from: k above the samples, c above n, no problems,
+    a threshold, alpha or bootstrap size out of range (``--k`` and a study's metric settings reach these)."""
+
 # --------------------------------------------------------------------------- coverage
 
 
@@ -43,11 +50,11 @@ def _check_counts(n: int, c: int, k: int) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise TypeError(f"{name} must be an integer, got {value!r}")
     if n < 1:
-        raise ValueError(f"n (samples) must be >= 1, got {n}")
+        raise MetricsError(f"n (samples) must be >= 1, got {n}")
     if not 0 <= c <= n:
-        raise ValueError(f"c (correct samples) must be in [0, n={n}], got {c}")
+        raise MetricsError(f"c (correct samples) must be in [0, n={n}], got {c}")
     if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, n={n}], got {k} (cannot estimate pass@k from fewer than k samples)")
+        raise MetricsError(f"k must be in [1, n={n}], got {k} (cannot estimate pass@k from fewer than k samples)")
 
 
 def _log_miss_ratio(n: int, c: int, k: int) -> float:
@@ -82,7 +89,7 @@ def coverage_at_k(counts: Iterable[tuple[int, int]], k: int) -> float:
     """
     values = [pass_at_k(int(n), int(c), k) for n, c in counts]
     if not values:
-        raise ValueError("coverage_at_k needs at least one problem")
+        raise MetricsError("coverage_at_k needs at least one problem")
     return math.fsum(values) / len(values)
 
 
@@ -103,12 +110,12 @@ def expected_unique_at_k(n: int, multiplicities: Sequence[int], k: int) -> float
     total = 0
     for m in multiplicities:
         if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
-            raise ValueError(f"multiplicities must be positive integers, got {m!r}")
+            raise MetricsError(f"multiplicities must be positive integers, got {m!r}")
         total += int(m)
     if total > n:
-        raise ValueError(f"multiplicities sum to {total} > n={n}")
+        raise MetricsError(f"multiplicities sum to {total} > n={n}")
     if k < 1 or k > n:
-        raise ValueError(f"k must be in [1, n={n}], got {k}")
+        raise MetricsError(f"k must be in [1, n={n}], got {k}")
     return math.fsum(pass_at_k(n, int(m), k) for m in multiplicities)
 
 
@@ -116,7 +123,7 @@ def diversity_at_k(problems: Iterable[tuple[int, Sequence[int]]], k: int) -> flo
     """diversity@k: the mean over problems of :func:`expected_unique_at_k` given ``(n, multiplicities)``."""
     values = [expected_unique_at_k(int(n), mults, k) for n, mults in problems]
     if not values:
-        raise ValueError("diversity_at_k needs at least one problem")
+        raise MetricsError("diversity_at_k needs at least one problem")
     return math.fsum(values) / len(values)
 
 
@@ -270,7 +277,7 @@ def near_duplicate_groups(
     seeds. Exact duplicates after normalisation always share a group.
     """
     if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        raise MetricsError(f"threshold must be in (0, 1], got {threshold}")
     rows = lsh_rows(threshold, num_perm)
     bands = num_perm // rows
     n = len(texts)
@@ -323,11 +330,11 @@ def near_duplicate_groups(
 def wilson_interval(x: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion x/n (good at small n and at 0 or n successes)."""
     if n < 1:
-        raise ValueError(f"n must be >= 1 for a Wilson interval, got {n}")
+        raise MetricsError(f"n must be >= 1 for a Wilson interval, got {n}")
     if not 0 <= x <= n:
-        raise ValueError(f"x must be in [0, n={n}], got {x}")
+        raise MetricsError(f"x must be in [0, n={n}], got {x}")
     if z <= 0:
-        raise ValueError(f"z must be > 0, got {z}")
+        raise MetricsError(f"z must be > 0, got {z}")
     p = x / n
     z2 = z * z
     denom = 1 + z2 / n
@@ -343,11 +350,11 @@ _BOOT_CHUNK_CELLS = 4_000_000  # resample weights are built this many cells at a
 
 def _check_boot(n_values: int, n_boot: int, alpha: float) -> None:
     if n_values == 0:
-        raise ValueError("a bootstrap needs at least one problem")
+        raise MetricsError("a bootstrap needs at least one problem")
     if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+        raise MetricsError(f"n_boot must be >= 1, got {n_boot}")
     if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        raise MetricsError(f"alpha must be in (0, 1), got {alpha}")
 
 
 def bootstrap_mean_cis(
@@ -361,7 +368,7 @@ def bootstrap_mean_cis(
     """
     values = np.asarray(per_problem_values, dtype=float)
     if values.ndim != 2:
-        raise ValueError(f"expected a (problems x metrics) matrix, got shape {values.shape}")
+        raise MetricsError(f"expected a (problems x metrics) matrix, got shape {values.shape}")
     n = values.shape[0]
     _check_boot(n, n_boot, alpha)
     rng = np.random.default_rng(seed)
@@ -395,11 +402,11 @@ def bootstrap_ci(
     """
     values = np.asarray(per_problem_values, dtype=float)
     if values.ndim not in (1, 2):
-        raise ValueError(f"per_problem_values must be 1-D or 2-D, got shape {values.shape}")
+        raise MetricsError(f"per_problem_values must be 1-D or 2-D, got shape {values.shape}")
     _check_boot(len(values), n_boot, alpha)
     if stat == "mean":
         if values.ndim != 1:
-            raise ValueError("stat='mean' needs 1-D values; pass a function for 2-D rows")
+            raise MetricsError("stat='mean' needs 1-D values; pass a function for 2-D rows")
         lo, hi = bootstrap_mean_cis(values[:, None], n_boot=n_boot, seed=seed, alpha=alpha)
         return float(lo[0]), float(hi[0])
     rng = np.random.default_rng(seed)

@@ -54,6 +54,13 @@ from typing import Any
 
 import numpy as np
 
+from flopmatch.errors import FlopmatchError
+
+
+class PairedError(FlopmatchError, ValueError):
+    """Inputs a paired test or power calculation cannot use: vectors of different lengths, NaN, a level,
+    alpha, power or bootstrap size out of range (a study's ``compare`` settings reach these checks)."""
+
 ALPHA = 0.05
 POWER = 0.80
 
@@ -70,7 +77,7 @@ def discordant_counts(treatment: Sequence[float] | np.ndarray, baseline: Sequenc
     """(problems only ``treatment`` solved, problems only ``baseline`` solved) of two 0/1 vectors."""
     a, b = _pair(treatment, baseline)
     if not (np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all()):
-        raise ValueError("McNemar's test needs 0/1 outcomes per problem (greedy pass@1)")
+        raise PairedError("McNemar's test needs 0/1 outcomes per problem (greedy pass@1)")
     return int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
 
 
@@ -80,7 +87,7 @@ def mcnemar_exact(treatment_only: int, baseline_only: int) -> float:
 
     Computed with exact integers (``math.comb``), so it is exact for any n."""
     if treatment_only < 0 or baseline_only < 0:
-        raise ValueError(f"discordant counts must be >= 0, got {treatment_only}, {baseline_only}")
+        raise PairedError(f"discordant counts must be >= 0, got {treatment_only}, {baseline_only}")
     n = treatment_only + baseline_only
     if n == 0:
         return 1.0
@@ -112,9 +119,9 @@ def as_seed_matrix(values: Sequence[float] | Sequence[Sequence[float]] | np.ndar
     if matrix.ndim == 1:
         matrix = matrix[None, :]
     if matrix.ndim != 2 or matrix.shape[0] < 1 or matrix.shape[1] < 1:
-        raise ValueError(f"{name}: expected a problems vector or a seeds × problems matrix, got shape {matrix.shape}")
+        raise PairedError(f"{name}: expected a problems vector or a seeds × problems matrix, got shape {matrix.shape}")
     if np.isnan(matrix).any():
-        raise ValueError(f"{name}: contains NaN (a seed or problem without a value)")
+        raise PairedError(f"{name}: contains NaN (a seed or problem without a value)")
     return matrix
 
 
@@ -131,9 +138,9 @@ def bootstrap_differences(
     """
     wc, se = as_seed_matrix(treatment, "treatment"), as_seed_matrix(baseline, "baseline")
     if wc.shape[1] != se.shape[1]:
-        raise ValueError(f"treatment has {wc.shape[1]} problems but baseline has {se.shape[1]}; a paired test needs the same")
+        raise PairedError(f"treatment has {wc.shape[1]} problems but baseline has {se.shape[1]}; a paired test needs the same")
     if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+        raise PairedError(f"n_boot must be >= 1, got {n_boot}")
     rng = np.random.default_rng(seed)
     n = wc.shape[1]
     per_problem = wc.mean(axis=0) - se.mean(axis=0)
@@ -165,7 +172,7 @@ def paired_bootstrap(
     """The mean difference (treatment − baseline, averaged over seeds) with a percentile interval and
     standard error from :func:`bootstrap_differences` (two-level when either side has ≥ 2 seeds)."""
     if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+        raise PairedError(f"level must be in (0, 1), got {level}")
     wc, se = as_seed_matrix(treatment, "treatment"), as_seed_matrix(baseline, "baseline")
     reps = bootstrap_differences(wc, se, n_boot=n_boot, seed=seed)
     low, high = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
@@ -184,7 +191,7 @@ def sign_flip_test(differences: Sequence[float] | np.ndarray, *, n_perm: int = 1
     never 0. Problems with difference 0 cannot move the mean and are dropped first (exact same p)."""
     d = np.asarray(differences, dtype=float)
     if d.ndim != 1 or np.isnan(d).any():
-        raise ValueError("differences must be a 1-D vector without NaN")
+        raise PairedError("differences must be a 1-D vector without NaN")
     d = d[d != 0]
     if d.size == 0:
         return 1.0
@@ -230,14 +237,14 @@ def paired_se(n_problems: int, discordance: float, *, seeds: int = 1, seed_disco
     """Standard error of a seed-averaged paired difference (see the module docstring for the model):
     sqrt((d − d_s·(1 − 1/S)) / N + 2·τ²/S)."""
     if n_problems < 1 or seeds < 1:
-        raise ValueError(f"need n_problems >= 1 and seeds >= 1, got {n_problems}, {seeds}")
+        raise PairedError(f"need n_problems >= 1 and seeds >= 1, got {n_problems}, {seeds}")
     if not 0 <= discordance <= 1 or not 0 <= seed_discordance <= discordance:
-        raise ValueError(
+        raise PairedError(
             f"need 0 <= seed_discordance ({seed_discordance}) <= discordance ({discordance}) <= 1: two seeds of one "
             "recipe cannot disagree more than the two recipes do in this model"
         )
     if seed_sd < 0:
-        raise ValueError(f"seed_sd must be >= 0, got {seed_sd}")
+        raise PairedError(f"seed_sd must be >= 0, got {seed_sd}")
     problem_var = (discordance - seed_discordance * (1 - 1 / seeds)) / n_problems
     return math.sqrt(problem_var + 2 * seed_sd**2 / seeds)
 
@@ -256,7 +263,7 @@ def problems_for_mde(mde: float, discordance: float, *, seeds: int = 1, seed_dis
     """Test problems a paired comparison needs to detect ``mde`` (the inverse of :func:`mde_paired` in N).
     ``math.inf`` when the seed-level term 2τ²/S alone exceeds the target: then only more seeds help."""
     if mde <= 0:
-        raise ValueError(f"mde must be > 0, got {mde}")
+        raise PairedError(f"mde must be > 0, got {mde}")
     z = z_value(1 - alpha / 2) + z_value(power)
     room = (mde / z) ** 2 - 2 * seed_sd**2 / seeds
     if room <= 0:
@@ -332,5 +339,5 @@ def verdict(diff: float, ci_low: float, ci_high: float, p_adjusted: float, seeds
 def _pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"expected two problem vectors of the same length, got shapes {x.shape} and {y.shape}")
+        raise PairedError(f"expected two problem vectors of the same length, got shapes {x.shape} and {y.shape}")
     return x, y

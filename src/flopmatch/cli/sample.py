@@ -125,7 +125,7 @@ def sample_command(
 def _allocation(allocation, target_correct, objective, max_per_problem, samples_per_problem, budget_flops,
                 budget_seconds):  # fmt: skip
     """The allocation policy, or None for today's S-per-problem sampling (uniform with -S)."""
-    from flopmatch.allocation import AllocationConfig
+    from flopmatch.allocation import AllocationConfig, AllocationConfigError
 
     if allocation == "uniform" and (samples_per_problem is not None or (budget_flops is None and budget_seconds is None)):
         if target_correct != 1 or objective != "coverage" or max_per_problem is not None:
@@ -138,8 +138,8 @@ def _allocation(allocation, target_correct, objective, max_per_problem, samples_
     try:
         return AllocationConfig(allocation=allocation, target_correct=target_correct, objective=objective,
                                 max_per_problem=max_per_problem)  # fmt: skip
-    except ValueError as exc:
-        raise fail(f"--allocation: {exc}") from exc
+    except ValueError as exc:  # pydantic's ValidationError: reported by the app, named by the option
+        raise AllocationConfigError(f"--allocation: {exc}") from exc
 
 
 def _run(run, model, samples_per_problem, plan, wc, se, problem_list, common, params, allocation=None) -> dict:
@@ -177,19 +177,11 @@ def _run(run, model, samples_per_problem, plan, wc, se, problem_list, common, pa
 
 def _sample_with_plan(run, plan_path, wc, se, problem_list, common, params_override):
     """Both models of a plan, each for its largest budget; --wc/--se default to the plan's models."""
-    from flopmatch.budget import BudgetPlan
     from flopmatch.sampling import sample_plan
-    from flopmatch.store import RunDir
 
     if params_override:
         raise fail("--params applies to one --model; with a plan, parameter counts come from the plan")
-    path = Path(plan_path or RunDir(run).plan_path)
-    if not path.exists():
-        raise fail(f"no budget plan at {path}: run `flopmatch plan` first or pass --plan")
-    try:
-        budget_plan = BudgetPlan.from_json(path.read_text(encoding="utf-8"))
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise fail(f"cannot read the budget plan {path}: {exc}") from exc
+    _path, budget_plan = _read_plan(run, plan_path)
     backend = common.pop("backend")
     options = common.pop("backend_options")
     specs = {
@@ -206,16 +198,8 @@ def _allocate_with_plan(run, plan_path, wc, se, problem_list, common, allocation
     """Both models of a plan under an allocation policy, each spending the plan's largest budget
     (its FLOPs per problem × the problems) unless --budget-flops/--budget-seconds say otherwise."""
     from flopmatch.allocation_run import sample_allocated
-    from flopmatch.budget import BudgetPlan
-    from flopmatch.store import RunDir
 
-    path = Path(plan_path or RunDir(run).plan_path)
-    if not path.exists():
-        raise fail(f"no budget plan at {path}: run `flopmatch plan` first or pass --plan")
-    try:
-        budget_plan = BudgetPlan.from_json(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise fail(f"cannot read the budget plan {path}: {exc}") from exc
+    path, budget_plan = _read_plan(run, plan_path)
     out = {}
     for role, name in (("wc", wc), ("se", se)):
         side = getattr(budget_plan, role)
@@ -226,6 +210,21 @@ def _allocate_with_plan(run, plan_path, wc, se, problem_list, common, allocation
                                      params_count=int(side.params) if side.params else None,
                                      chunk_samples=common.get("chunk_samples") or 64, **options)  # fmt: skip
     return {s.model: s for s in out.values()}
+
+
+def _read_plan(run: Path, plan_path: Path | None):
+    """(path, BudgetPlan) of --plan, or of RUN/plan.json; a missing or invalid plan is a BudgetError,
+    which the app reports."""
+    from flopmatch.budget import BudgetError, BudgetPlan
+    from flopmatch.store import RunDir
+
+    path = Path(plan_path or RunDir(run).plan_path)
+    if not path.exists():
+        raise BudgetError(f"no budget plan at {path}: run `flopmatch plan` first or pass --plan")
+    try:
+        return path, BudgetPlan.from_json(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise BudgetError(f"cannot read the budget plan {path}: {exc}") from exc
 
 
 def plan_budget_flops(budget_plan, role: str, n_problems: int, path) -> float:
