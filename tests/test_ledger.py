@@ -53,7 +53,7 @@ def test_ledger_directory_reads_as_one_parquet_table(tmp_path):
 def test_unknown_status_and_params_are_explicit(tmp_path):
     s = _session(tmp_path, params=None)
     s.add(prompt_tokens=1, completion_tokens=2, truncated=False)
-    with pytest.raises(ValueError, match="unknown ledger status"):
+    with pytest.raises(ledger.LedgerError, match="unknown ledger status"):
         s.flush("finished")
     s.flush("done")
     assert read_ledger(tmp_path).to_pylist()[0]["nominal_flops"] is None
@@ -136,8 +136,9 @@ def test_a_ledger_file_in_the_way_is_reported(tmp_path):
     path = RunDir(tmp_path).ledger_path
     pa.parquet.write_table(pa.Table.from_pylist([{"model": "m", "samples": 1}]), path)
     assert read_ledger(tmp_path).to_pylist()[0]["samples"] == 1  # read, missing columns as nulls
-    with pytest.raises(FileExistsError, match="directory of per-session"):
+    with pytest.raises(ledger.LedgerInTheWay, match="directory of per-session") as info:
         _session(tmp_path).flush()
+    assert isinstance(info.value, FileExistsError)  # what Python callers caught before
 
 
 def test_ledger_command_prints_table_and_json(tmp_path):

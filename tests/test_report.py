@@ -25,6 +25,7 @@ from flopmatch.report import (
     relative_gain,
 )
 from flopmatch.store import RunDir
+from flopmatch.store.layout import RunNotFound
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,6 +118,9 @@ def test_the_report_reads_the_cost_table_not_the_sample_shards(tmp_path):
     assert "| 1 vs 3 (low) | WC | 3 | 10 | 120.00 GFLOP | 0.5 s |" in build_report(run.root).markdown.read_text()
     (run.cost_path).unlink()
     assert load_run(run.root).cost is None  # before the analysis ran: no cost table, and no shard read
+    with pytest.raises(RunNotFound, match=r"nope: no such run directory") as info:
+        load_run(tmp_path / "nope")
+    assert isinstance(info.value, FileNotFoundError)  # what Python callers caught before
 
 
 def test_a_run_sampled_before_the_cost_table_says_how_to_get_it():

@@ -15,6 +15,7 @@ import pytest
 
 from flopmatch import store
 from flopmatch.store import RunDir
+from flopmatch.store.io import ModelNameError
 
 
 def test_write_table_is_atomic_and_roundtrips(tmp_path):
@@ -60,8 +61,9 @@ def test_config_hash_is_stable_and_order_independent():
 def test_model_key():
     assert store.model_key("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen--Qwen2.5-0.5B-Instruct"
     assert store.model_key("toyworld-se") == "toyworld-se"
-    with pytest.raises(ValueError):
+    with pytest.raises(ModelNameError, match="cannot make a directory name from model '///'") as info:
         store.model_key("///")
+    assert isinstance(info.value, ValueError)
 
 
 def test_stage_state(tmp_path):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from flopmatch.trained import (
     HASH_MARKER,
+    AdapterConfigError,
     checkpoint_step,
     list_checkpoints,
     model_meta,
@@ -47,3 +50,7 @@ def test_a_training_output_resolves_to_its_best_and_an_adapter_to_its_base(tmp_p
     (tmp_path / "best" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "base/m"}))
     assert resolve_trained_model(tmp_path) == ("base/m", str(tmp_path / "best"))
     assert resolve_trained_model("org/model") == ("org/model", None)
+    (tmp_path / "best" / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    with pytest.raises(AdapterConfigError, match=r"best/adapter_config.json: no base_model_name_or_path") as info:
+        resolve_trained_model(tmp_path)
+    assert isinstance(info.value, ValueError)  # what Python callers caught before

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from flopmatch.errors import FlopmatchError
 from flopmatch.store import RunDir, model_key, shard_paths, write_table
 from flopmatch.store.schemas import LEDGER_SCHEMA
 
@@ -52,6 +53,14 @@ def nominal_flops(params: int | None, tokens: int) -> float | None:
     if params is None:
         return None
     return 2.0 * float(params) * float(tokens)
+
+
+class LedgerError(FlopmatchError, ValueError):
+    """A ledger row with a status the ledger does not know."""
+
+
+class LedgerInTheWay(FlopmatchError, FileExistsError):
+    """A file sits where the run keeps its ledger directory."""
 
 
 @dataclass
@@ -110,11 +119,11 @@ class LedgerSession:
         """Write this session's shard (atomically replacing its previous version)."""
         if status is not None:
             if status not in STATUSES:
-                raise ValueError(f"unknown ledger status {status!r}; expected one of {STATUSES}")
+                raise LedgerError(f"unknown ledger status {status!r}; expected one of {STATUSES}")
             self.status = status
         ledger_dir = RunDir(self.run_dir).ledger_path
         if ledger_dir.exists() and not ledger_dir.is_dir():
-            raise FileExistsError(
+            raise LedgerInTheWay(
                 f"{ledger_dir} is a file; flopmatch keeps the ledger as a directory of per-session "
                 "shards. Move that file away and rerun."
             )

@@ -7,7 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from flopmatch.errors import FlopmatchError
 from flopmatch.store import read_json, write_json
+
+
+class AdapterConfigError(FlopmatchError, ValueError):
+    """A LoRA adapter directory whose ``adapter_config.json`` does not name its base model."""
 
 TRAIN_RESULT_FILE = "train_result.json"
 SELECTION_FILE = "selection.json"
@@ -67,7 +72,7 @@ def resolve_trained_model(path: str | Path) -> tuple[str, str | None]:
     if path.is_dir() and is_adapter_dir(path):
         base = read_json(path / "adapter_config.json").get("base_model_name_or_path")
         if not base:
-            raise ValueError(f"{path / 'adapter_config.json'}: no base_model_name_or_path")
+            raise AdapterConfigError("no base_model_name_or_path", file=path / "adapter_config.json")
         return str(base), str(path)
     return str(path), None
 

@@ -11,6 +11,7 @@ import yaml
 
 from flopmatch.analysis_cost import cost_by_budget  # noqa: F401 - part of flopmatch.report's API
 from flopmatch.store import RunDir
+from flopmatch.store.layout import RunNotFound
 from flopmatch.store.queries import read_cost, read_plan, read_roles
 
 # --------------------------------------------------------------------------- reading the run
@@ -55,7 +56,7 @@ def read_parquet_or_none(path: Path) -> pd.DataFrame | None:
 def load_run(run_dir: str | Path) -> RunData:
     run = RunDir(run_dir)
     if not run.root.is_dir():
-        raise FileNotFoundError(f"{run.root}: no such run directory")
+        raise RunNotFound("no such run directory", file=run.root)
     config = yaml.safe_load(run.study_path.read_text()) if run.study_path.exists() else None
     roles = read_roles(run)
     typed_plan = read_plan(run, required=False)

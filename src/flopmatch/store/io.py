@@ -24,6 +24,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flopmatch.errors import FlopmatchError
+
 SHARD_GLOB = "part-*.parquet"
 
 
@@ -208,6 +210,10 @@ def _jsonable(obj: Any) -> Any:
 # --------------------------------------------------------------------------- names
 
 
+class ModelNameError(FlopmatchError, ValueError):
+    """A model name with no character a directory name can keep (``model_key("///")``)."""
+
+
 def model_key(model: str) -> str:
     """A filesystem-safe directory name for a model id or path ("Qwen/Qwen2.5-0.5B" -> "Qwen--Qwen2.5-0.5B")."""
     name = str(model).rstrip("/")
@@ -215,5 +221,5 @@ def model_key(model: str) -> str:
         name = Path(name).name
     key = re.sub(r"[^A-Za-z0-9._-]+", "--", name).strip("-.")
     if not key:
-        raise ValueError(f"cannot make a directory name from model {model!r}")
+        raise ModelNameError(f"cannot make a directory name from model {model!r}")
     return key

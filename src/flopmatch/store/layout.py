@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from flopmatch.errors import FlopmatchError
 from flopmatch.store.io import model_key, shard_paths
 from flopmatch.store.state import RunState
 
@@ -120,6 +121,10 @@ class RunDir(RunState):
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir() if p.is_dir() and shard_paths(p))
+
+
+class RunNotFound(FlopmatchError, FileNotFoundError):
+    """A command or reader was pointed at a run directory that does not exist."""
 
 
 def as_run(run_dir: str | os.PathLike | RunDir) -> RunDir:
