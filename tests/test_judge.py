@@ -591,21 +591,85 @@ def test_real_judge_eval_cli_on_processbench(qwen_judge, tmp_path, monkeypatch):
     assert all(r["raw"] for r in items)
 
 
-def test_judge_run_within_a_plan_budget(tmp_path):
+def _planned_toy_run(tmp_path: Path) -> RunDir:
     from flopmatch.budget import plan_budgets
 
-    run, kinds = _toy_run(tmp_path)
+    run, _ = _toy_run(tmp_path)
     plan_budgets(
-        mode="flops", se_samples=[1], wc_params=1e9, se_params=3e9, wc_name="toy/wc", se_name="toy/se"
+        mode="flops", se_samples=[1, 2], wc_params=1e9, se_params=1.5e9, wc_name="toy/wc", se_name="toy/se"
     ).save(run)
-    stats = judge_run(run, ToyworldCheckerJudge(), per_model=500, budget=0)
+    return run
+
+
+def test_judge_run_within_a_plan_budget(tmp_path):
+    """``budget`` names the plan's budget by its SE samples per problem, as build-sft and plan do."""
+    run = _planned_toy_run(tmp_path)
+    stats = judge_run(run, ToyworldCheckerJudge(), per_model=500, budget=2)
     # WC: 3 samples per problem at this budget (valid, fp, wrong) -> 2 answer-correct, half false positives.
-    assert stats["toy/wc"].candidates == 24 and stats["toy/wc"].fpr.fpr == pytest.approx(1 / 2)
-    # SE: 1 sample per problem (fp) -> all false positives.
-    assert stats["toy/se"].candidates == 12 and stats["toy/se"].fpr.fpr == 1.0
-    assert max(r["sample_idx"] for r in read_judgments(run, "toy/wc").to_pylist()) == 1
-    with pytest.raises(ValueError, match="out of range"):
+    wc, se = stats["toy/wc"], stats["toy/se"]
+    assert (wc.samples_per_problem, wc.candidates, wc.fpr.fpr) == (3, 24, pytest.approx(1 / 2))
+    # SE: 2 samples per problem (fp, valid) -> half false positives.
+    assert (se.samples_per_problem, se.candidates, se.fpr.fpr) == (2, 24, pytest.approx(1 / 2))
+    assert max(r["sample_idx"] for r in read_judgments(run, "toy/wc").to_pylist()) == 1  # 2 is wrong
+    low = judge_run(run, ToyworldCheckerJudge(), per_model=500, budget=1)["toy/se"]  # 1 sample (fp), reused
+    assert (low.samples_per_problem, low.candidates, low.reused, low.fpr.fpr) == (1, 12, 12, 1.0)
+    assert judge_run(run, ToyworldCheckerJudge(), per_model=500)["toy/wc"].samples_per_problem is None
+
+
+def test_judge_run_refuses_a_budget_the_plan_lacks_and_translates_the_old_index(tmp_path, caplog):
+    """An old budget index never silently picks other samples: a count the plan lacks fails, listing the
+    plan's budgets and what that index is called now; ``budget_index=`` still works, with a warning."""
+    import logging
+
+    run = _planned_toy_run(tmp_path)
+    with pytest.raises(ValueError, match=r"no budget with se_samples=0 \(the plan has: 1, 2\).*index 0 is budget 1"):
+        judge_run(run, ToyworldCheckerJudge(), budget=0)
+    with pytest.raises(ValueError, match=r"no budget with se_samples=5 \(the plan has: 1, 2\)$"):
         judge_run(run, ToyworldCheckerJudge(), budget=5)
+    with caplog.at_level(logging.WARNING, logger="flopmatch"):
+        old = judge_run(run, ToyworldCheckerJudge(), per_model=500, budget_index=1)
+    assert "budget_index=1) is deprecated" in caplog.text and "judge_run(budget=2)" in caplog.text
+    assert old["toy/wc"].samples_per_problem == 3 and old["toy/wc"].candidates == 24
+    with pytest.raises(ValueError, match="out of range"):
+        judge_run(run, ToyworldCheckerJudge(), budget_index=2)
+    with pytest.raises(ValueError, match="not both"):
+        judge_run(run, ToyworldCheckerJudge(), budget=1, budget_index=0)
+    unplanned, _ = _toy_run(tmp_path / "unplanned")
+    with pytest.raises(FileNotFoundError, match="no plan"):
+        judge_run(unplanned, ToyworldCheckerJudge(), budget=1)
+
+
+def test_cli_judge_budget_is_se_samples_per_problem(tmp_path):
+    from typer.testing import CliRunner
+
+    from flopmatch.cli import app
+
+    run = _planned_toy_run(tmp_path)
+    base = ["judge", str(run.root), "--judge-backend", "toyworld-checker"]
+    out = CliRunner().invoke(app, [*base, "--budget", "2", "--json"])
+    assert out.exit_code == 0, out.output
+    rows = {r["model"]: r for r in json.loads(out.stdout)}
+    assert (rows["toy/wc"]["budget"], rows["toy/wc"]["samples_per_problem"], rows["toy/wc"]["answer_correct"]) == (2, 3, 24)
+    out = CliRunner().invoke(app, [*base, "--budget", "1"])
+    assert out.exit_code == 0, out.output
+    assert "within budget 1 (SE samples per problem)" in " ".join(out.output.split())
+    out = CliRunner().invoke(app, [*base, "--budget", "0"])
+    assert out.exit_code == 2 and "(the plan has: 1, 2)" in " ".join(out.output.split())
+    assert "SE samples per problem" in " ".join(CliRunner().invoke(app, ["judge", "--help"]).output.split())
+
+
+def test_judge_reads_sample_text_at_most_once(tmp_path, monkeypatch):
+    """Judging reads the text of the samples it judges, each shard once, and only for new verdicts."""
+    from sample_reads import AllValidJudge, planned_run, spy_sample_reads
+
+    run = planned_run(tmp_path / "run")
+    reads = spy_sample_reads(monkeypatch, run)
+    stats = judge_run(run, AllValidJudge(), per_model=100, chunk=2)
+    assert sum(s.judged_now for s in stats.values()) == 4 * 2 + 4  # WC: samples 0 and 2 correct; SE: 1
+    assert len(reads.text) == 4 and reads.most_text_reads_of_a_shard == 1  # two shards a model, each once
+    reads.clear()
+    judge_run(run, AllValidJudge(), per_model=100)  # everything judged already: no text needed
+    assert not reads.text
 
 
 # --------------------------------------------------------------------------- a real (tiny) model through the hf backend

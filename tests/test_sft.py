@@ -213,6 +213,24 @@ def test_cli_build_sft_prints_counts(run):
     assert bad.exit_code != 0 and "--budget" in bad.output
 
 
+def test_build_sft_reads_sample_text_at_most_once(tmp_path, monkeypatch):
+    """Every option that looks at the text (dedupe) or at other tables (judge filter, number matching)
+    works from the one read of the source model's shards; the other model's samples are not read."""
+    from flopmatch.judge import judge_run
+    from sample_reads import SE as PLAN_SE
+    from sample_reads import WC as PLAN_WC
+    from sample_reads import AllValidJudge, planned_run, spy_sample_reads
+
+    planned = planned_run(tmp_path / "run")
+    judge_run(planned, AllValidJudge(), per_model=100)
+    reads = spy_sample_reads(monkeypatch, planned)
+    result = build_sft(planned, source_model=PLAN_WC, budget=1, dedupe=True, judge_filter=True,
+                       number_matched_to=PLAN_SE)  # fmt: skip
+    assert (result.samples_per_problem, result.examples) == (1, 4)  # SE's 1 sample per problem, all correct
+    assert len(reads.text) == 2 and reads.most_text_reads_of_a_shard == 1  # WC's two shards, once each
+    assert all(PLAN_WC.replace("/", "--") in str(path) for path in [*reads.text, *reads.other])
+
+
 # --------------------------------------------------------------------------- the pure policy
 
 _rows = st.lists(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pyarrow as pa
 import pytest
 
@@ -10,10 +12,13 @@ from flopmatch.analysis_cost import cost_by_budget, write_cost
 from flopmatch.budget import BudgetPlan, plan_budgets
 from flopmatch.store import RunDir
 from flopmatch.store.queries import (
+    budget_at_index,
     budget_samples,
     graded_models,
+    grades_file,
     load_problems,
     plan_models,
+    problem_splits,
     problems_by_role,
     read_cost,
     read_grades,
@@ -22,9 +27,11 @@ from flopmatch.store.queries import (
     read_samples,
     sample_costs,
     sample_texts,
+    sample_tokens,
     samples_at_budget,
 )
 from graded_runs import graded_run
+from sample_reads import AllValidJudge, planned_run, spy_sample_reads
 
 WC, SE = "org/weak-1b", "org/strong-3b"
 
@@ -39,6 +46,7 @@ def test_problems_by_role_and_all_problems(tmp_path):
     run, problems = graded_run(tmp_path / "run", [[True], [False]])
     assert [p.problem_id for p in problems_by_role(run, "test")] == [p.problem_id for p in problems]
     assert problems_by_role(run, "sample") == []
+    assert problem_splits(run) == ["test"]
     assert set(load_problems(run)) == {p.problem_id for p in problems}
 
 
@@ -50,13 +58,11 @@ def test_the_plan_is_read_once_typed(tmp_path):
     _planned(run)
     plan = read_plan(run)
     assert isinstance(plan, BudgetPlan) and plan_models(plan) == (WC, SE)
-    # WC gets three times SE's samples (P_SE / P_WC = 3), by budget index or by SE count
-    assert [budget_samples(run, WC, i) for i in (0, 1)] == [3, 6]
-    assert budget_samples(run, SE, 1) == 2
-    assert samples_at_budget(run, WC, 2) == 6 and samples_at_budget(run, "org--strong-3b", 1) == 1
-    with pytest.raises(ValueError, match="out of range"):
-        budget_samples(run, WC, 2)
-    with pytest.raises(ValueError, match="no budget with se_samples=5"):
+    # WC gets three times SE's samples (P_SE / P_WC = 3) at the budget named by SE's samples per problem
+    assert samples_at_budget(run, WC, 1) == 3 and samples_at_budget(run, WC, 2) == 6
+    assert samples_at_budget(run, "org--strong-3b", 1) == 1
+    assert plan.se_budgets == [1, 2] and budget_at_index(run, 1) == 2
+    with pytest.raises(ValueError, match=r"no budget with se_samples=5 \(the plan has: 1, 2\)"):
         samples_at_budget(run, WC, 5)
     with pytest.raises(ValueError, match="neither the plan's WC"):
         samples_at_budget(run, "other", 1)
@@ -108,3 +114,52 @@ def test_the_cost_table_is_written_by_the_analysis_side_and_read_back(tmp_path):
     assert cost_by_budget(run, read_roles(run), store.read_json(run.plan_path)).equals(cost)
     store.write_json({}, run.roles_path)
     assert write_cost(run, plan) == {} and not run.cost_path.exists()  # a stale table goes
+
+
+def test_budget_samples_by_index_is_deprecated_and_says_what_the_budget_is_called(tmp_path, caplog):
+    """The old reader took an index into plan.json's budgets; it still answers, with a warning naming the
+    budget (SE samples per problem) that index is."""
+    run = RunDir(tmp_path / "run").ensure()
+    _planned(run)
+    with caplog.at_level(logging.WARNING, logger="flopmatch"):
+        assert [budget_samples(run, WC, i) for i in (0, 1)] == [3, 6] and budget_samples(run, SE, 1) == 2
+    assert "deprecated" in caplog.text and "samples_at_budget(run, model, 2)" in caplog.text
+    with pytest.raises(ValueError, match=r"budget index 2 out of range.*se_samples 1, 2"):
+        budget_samples(run, WC, 2)
+
+
+def test_sample_tokens_and_the_grades_of_a_model_named_otherwise(tmp_path):
+    run, problems = graded_run(tmp_path / "run", [[True, False], [True]])
+    first, second = problems[0].problem_id, problems[1].problem_id
+    assert sample_tokens(run, "m") == {(first, 0): 10, (first, 1): 10, (second, 0): 10}
+    assert sample_tokens(run, "nobody") == {}
+    no_tokens, _ = graded_run(tmp_path / "plain", [[True]])
+    table = read_samples(no_tokens, "m", ("model", "problem_id", "sample_idx", "text"))
+    for path in store.shard_paths(no_tokens.samples_dir("m")):
+        path.unlink()
+    store.append_shard(no_tokens.samples_dir("m"), table)
+    assert sample_tokens(no_tokens, "m") == {}  # no completion_tokens recorded: FLOPs unknown
+    # a grades file is found by the model its rows name when the name keys to another file
+    run.grades_path("m").rename(run.grades_dir / "elsewhere.parquet")
+    assert grades_file(run, "m") == run.grades_dir / "elsewhere.parquet"
+    assert read_grades(run, "m").num_rows == 3 and grades_file(run, "other") is None
+
+
+# --------------------------------------------------------------------------- who reads sample text
+
+
+def test_analysis_reads_sample_text_at_most_once_and_the_report_reads_no_sample_shard(tmp_path, monkeypatch):
+    from flopmatch.analysis import analyze
+    from flopmatch.judge import judge_run
+    from flopmatch.report import build_report
+
+    run = planned_run(tmp_path / "run")
+    judge_run(run, AllValidJudge(), per_model=100)
+    reads = spy_sample_reads(monkeypatch, run)
+    result = analyze(run, n_boot=20, plots=False)
+    assert {"summary", "cost"} <= set(result.files)
+    assert len(reads.text) == 4 and reads.most_text_reads_of_a_shard == 1  # every shard of both models, once
+    reads.clear()
+    build_report(run)
+    assert (run.report_dir / "report.md").exists()
+    assert not reads.text and not reads.other  # the report reads metrics/cost.parquet, no sample shard

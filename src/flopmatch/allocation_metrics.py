@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flopmatch.store import RunDir, as_run, model_key, read_json, read_shards, write_table, write_text
+from flopmatch.store import RunDir, as_run, model_key, read_json, write_table, write_text
+from flopmatch.store.queries import sample_tokens
 
 ALLOCATION_COLUMNS = [
     "model", "allocation", "objective", "rounds", "problems", "samples", "samples_min", "samples_q25",
@@ -64,7 +65,7 @@ def allocation_tables(run_dir: str | Path | RunDir, data: dict[str, Any], *, n_b
         covered = np.array([samples.problems[p].correct.any() for p in pids], float)
         unique = np.array([len({x for x in samples.problems[p].norms if x is not None}) for p in pids], float)
         lo, hi = bootstrap_mean_cis(np.column_stack([covered, unique]), n_boot=n_boot, seed=seed)
-        tokens = _tokens(run, model)
+        tokens = sample_tokens(run, model)
         p_total = _params(run, model)
         flops = 2.0 * p_total * sum(tokens.values()) if p_total and tokens else None
         q = np.percentile(counts, [0, 25, 50, 75, 100]) if len(counts) else [0] * 5
@@ -89,20 +90,6 @@ def per_problem_counts(model: str, allocation: str, samples: Any) -> pd.DataFram
              "correct": int(p.correct.sum()), "unique_correct": len({x for x in p.norms if x is not None})}
             for pid, p in sorted(samples.problems.items())]  # fmt: skip
     return pd.DataFrame(rows, columns=COUNT_COLUMNS)
-
-
-def _tokens(run: RunDir, model: str) -> dict[tuple[str, int], int]:
-    """Completion tokens per sample; empty when the samples do not record them (FLOPs then unknown)."""
-    import pyarrow.parquet as pq
-
-    from flopmatch.store import shard_paths
-
-    paths = shard_paths(run.samples_dir(model))
-    if not paths or "completion_tokens" not in pq.read_schema(paths[0]).names:
-        return {}
-    table = read_shards(run.samples_dir(model), columns=["problem_id", "sample_idx", "completion_tokens"])
-    cols = [table.column(c).to_pylist() for c in ("problem_id", "sample_idx", "completion_tokens")]
-    return {(p, int(i)): int(t or 0) for p, i, t in zip(*cols, strict=True)}
 
 
 def _curve(model, samples, journal, tokens, p_total) -> list[dict[str, Any]]:

@@ -13,6 +13,10 @@ Modes, each a cost per sample; the *ratio* is cost(SE) / cost(WC):
 - ``measured``: measured seconds (or dollars) per sample, from a calibration run or the sampling
   ledger (``measured_costs_from_ledger``), or W / (measured tokens per second).
 
+A *budget* is always one point of a plan, named by SE's samples per problem (``plan --se-samples``,
+``build-sft --budget``, ``judge --budget``, :meth:`BudgetPlan.point`); a cap on what sampling may
+spend is named for its unit (``budget_flops``, ``budget_seconds``), never plain ``budget``.
+
 Non-integer products are rounded by a stated rule (``floor`` by default: WC never spends more than
 SE; ``ceil``; ``round``, half up), and every budget point reports both sides' cost and FLOPs and the
 mismatch in percent. Inputs are read as the decimals they print as (``0.3`` is 3/10, not the nearest
@@ -103,6 +107,20 @@ class BudgetPlan(BaseModel):
     @classmethod
     def from_json(cls, text: str) -> BudgetPlan:
         return cls.model_validate_json(text)
+
+    @property
+    def se_budgets(self) -> list[int]:
+        """The plan's budgets by name: SE's samples per problem at each point, in plan order."""
+        return [int(p.se_samples) for p in self.budgets]
+
+    def point(self, se_samples: int) -> BudgetPoint:
+        """The budget named by ``se_samples`` (SE's samples per problem: what ``budget`` means everywhere);
+        a count the plan does not hold raises :class:`BudgetError` listing the ones it does."""
+        for point in self.budgets:
+            if int(point.se_samples) == int(se_samples):
+                return point
+        known = ", ".join(str(s) for s in self.se_budgets)
+        raise BudgetError(f"no budget with se_samples={se_samples} (the plan has: {known})")
 
     def wc_samples_for(self, se_samples: int) -> int:
         """WC's matched sample count for one of the planned SE budgets."""

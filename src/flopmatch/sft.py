@@ -44,8 +44,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from flopmatch.store import RunDir, as_run, model_key, read_json, read_table, write_json
-from flopmatch.store.queries import load_problems, read_judgments, read_samples, samples_at_budget
+from flopmatch.store import RunDir, as_run, model_key, read_json, write_json
+from flopmatch.store.queries import (
+    grades_file,
+    load_problems,
+    read_grades,
+    read_judgments,
+    read_samples,
+    samples_at_budget,
+)
 
 SFT_META_FILE = "flopmatch_sft.json"
 """Build record written inside every SFT dataset directory (config, counts, prompt config)."""
@@ -178,10 +185,8 @@ def _read_graded_samples(run: RunDir, source_model: str) -> list[dict[str, Any]]
     if samples.num_rows == 0:
         raise FileNotFoundError(f"{samples_dir}: no sample shards for model {source_model!r}")
     _require_columns(samples, ("problem_id", "sample_idx", "seed", "text"), samples_dir)
-    grades_path = run.grades_path(source_model)
-    if not grades_path.exists():
-        raise FileNotFoundError(f"{grades_path}: no grades for model {source_model!r}; run `flopmatch grade` first")
-    grades = read_table(grades_path)
+    grades = read_grades(run, source_model, columns=None)
+    grades_path = grades_file(run, source_model)
     _require_columns(grades, ("problem_id", "sample_idx", "status"), grades_path)
 
     status = {

@@ -49,7 +49,9 @@ def judge_command(
     per_model: Annotated[int, typer.Option("--per-model", min=1, help="answer-correct solutions judged per model")] = 500,
     seed: Annotated[int, typer.Option(help="seed of the random sample of solutions")] = 0,
     budget: Annotated[
-        int | None, typer.Option(help="only solutions within this plan budget (index into plan.json budgets)")
+        int | None,
+        typer.Option(help="only solutions within the plan's budget of this many SE samples per problem (one of "
+                          "`flopmatch plan --se-samples`; each model's samples per problem there come from plan.json)"),
     ] = None,
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="only these models (repeatable)")] = None,
     max_tokens: Annotated[int, typer.Option(help="judge reply length limit in tokens")] = 384,
@@ -61,7 +63,9 @@ def judge_command(
 ) -> None:
     """Judge a seeded random sample of answer-correct solutions per model → judgments/MODEL.parquet.
 
-    Resumable: verdicts already written (same judge) are kept and not asked again.
+    Resumable: verdicts already written (same judge) are kept and not asked again. --budget S names the
+    plan's budget by its SE samples per problem (as build-sft --budget does); it was an index into
+    plan.json's budgets before, and an S the plan does not hold fails listing the budgets it does.
     """
     from flopmatch.judge import judge_run
 
@@ -73,13 +77,18 @@ def judge_command(
     finally:
         judge.close()
     if as_json:
-        print_json([{"model": s.model, "judge": judge.name, "answer_correct": s.candidates, "judged": s.selected,
-                     "new": s.judged_now, "fpr": s.fpr._asdict()} for s in stats.values()])  # fmt: skip
+        print_json([{"model": s.model, "judge": judge.name, "budget": budget, "samples_per_problem": s.samples_per_problem,
+                     "answer_correct": s.candidates, "judged": s.selected, "new": s.judged_now, "fpr": s.fpr._asdict()}
+                    for s in stats.values()])  # fmt: skip
         return
     columns = ("model", "answer-correct", "judged", "new", "FPR", "95% Wilson CI", "n")
     rows = [(s.model, str(s.candidates), str(s.selected), str(s.judged_now), _pct(s.fpr.fpr),
              f"\\[{_pct(s.fpr.lo)}, {_pct(s.fpr.hi)}]", str(s.fpr.n)) for s in stats.values()]  # fmt: skip
-    print_table(columns, rows, keys={"model"}, right=set(columns[1:]), title=f"FPR by {judge.name}")
+    caption = None
+    if budget is not None:
+        counts = ", ".join(f"{s.model} {s.samples_per_problem}" for s in stats.values())
+        caption = f"within budget {budget} (SE samples per problem); samples per problem: {counts}"
+    print_table(columns, rows, keys={"model"}, right=set(columns[1:]), title=f"FPR by {judge.name}", caption=caption)
 
 
 @app.command("judge-labels")

@@ -28,8 +28,9 @@ def build_sft_command(
     run: Annotated[Path, typer.Argument(help="the run directory")],
     source: Annotated[str, typer.Option("--source", "-m", help="the model whose correct solutions to use")],
     budget: Annotated[
-        int | None, typer.Option("--budget", "-b", min=1, help="SE samples per problem (the plan gives this model's S); a model sampled by "
-                         "--allocation takes every correct solution without it")
+        int | None, typer.Option("--budget", "-b", min=1, help="the plan's budget, named by its SE samples per problem (one of "
+                         "`plan --se-samples`; the plan gives this model's S); a model sampled by --allocation takes every "
+                         "correct solution without it")
     ] = None,
     samples_per_problem: Annotated[
         int | None, typer.Option("--samples-per-problem", "-S", min=1, help="use this S directly (no plan needed)")

@@ -27,8 +27,8 @@ import pyarrow as pa
 
 from flopmatch.errors import FlopmatchError
 from flopmatch.grading.core import STATUSES, grade_many
-from flopmatch.problems import problems_from_table
-from flopmatch.store import RunDir, config_hash, read_shards, read_table, shard_paths, write_table
+from flopmatch.store import RunDir, config_hash, read_table, shard_paths, write_table
+from flopmatch.store.queries import problem_splits, problems_by_role, read_samples
 from flopmatch.store.schemas import GRADE_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def grade_run(
     golds_hash = config_hash(sorted((pid, list(v)) for pid, v in golds.items()))
     written: dict[str, Path] = {}
     for key in models:
-        sample_dir = run.root / "samples" / key
+        sample_dir = run.samples_dir(key)
         shards = [p.name for p in shard_paths(sample_dir)]
         digest = config_hash({"grader": config, "shards": shards, "golds": golds_hash})
         job = f"grade:{key}"
@@ -96,14 +96,15 @@ def grade_run(
 
 def load_golds(run: RunDir) -> dict[str, tuple[str, str]]:
     """``{problem_id: (dataset, gold answer)}`` over every split of the run."""
-    files = sorted((run.root / "problems").glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{run.root / 'problems'}: no problem tables to take gold answers from")
+    splits = problem_splits(run)
+    if not splits:
+        raise FileNotFoundError(f"{run.problems_dir}: no problem tables to take gold answers from")
     golds: dict[str, tuple[str, str]] = {}
     origin: dict[str, Path] = {}
-    for path in files:
+    for split in splits:
+        path = run.problems_path(split)
         try:
-            problems = problems_from_table(read_table(path))
+            problems = problems_by_role(run, split)
         except (TypeError, KeyError) as exc:
             raise GoldError(f"not a problems table ({exc})", file=path) from exc
         for row, problem in enumerate(problems, 1):
@@ -131,7 +132,7 @@ def _grade_model(
     timeout: float,
     progress: bool,
 ) -> tuple[pa.Table, dict[str, int]]:
-    samples = read_shards(sample_dir)
+    samples = read_samples(run, key, None)  # the one read of sample text in grading
     missing = [c for c in _SAMPLE_COLUMNS if c not in samples.column_names]
     if missing:
         raise ValueError(f"{sample_dir}: samples lack column(s) {', '.join(missing)}")

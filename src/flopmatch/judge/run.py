@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,17 +17,24 @@ import pyarrow as pa
 from flopmatch.errors import FlopmatchError
 from flopmatch.judge.core import FprEstimate, Judge, JudgeItem, fpr_estimate
 from flopmatch.progress import progress_bar
-from flopmatch.store import RunDir, as_run, read_table, write_table
+from flopmatch.store import RunDir, as_run, write_table
 from flopmatch.store.queries import (  # noqa: F401 - the run queries were defined here; flopmatch.judge exports them
+    budget_at_index,
     budget_samples,
     graded_models,
+    grades_file,
     load_problems,
     plan_models,
+    read_grades,
     read_human_labels,
     read_judgments,
+    read_plan,
     sample_texts,
+    samples_at_budget,
 )
 from flopmatch.store.schemas import HUMAN_SCHEMA, JUDGMENT_SCHEMA
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- judging a run
 
@@ -53,6 +61,7 @@ class JudgeRunStats:
     judged_now: int
     reused: int
     fpr: FprEstimate
+    samples_per_problem: int | None = None  # the model's samples per problem at ``budget`` (None: all)
 
 
 def judge_run(
@@ -64,17 +73,21 @@ def judge_run(
     budget: int | None = None,
     models: Sequence[str] | None = None,
     chunk: int = 32,
+    budget_index: int | None = None,
 ) -> dict[str, JudgeRunStats]:
     """Judge a seeded random sample of ``per_model`` answer-correct solutions of every graded model.
 
-    Candidates are the samples graded ``correct`` (restricted to the plan's budget ``budget`` —
-    sample_idx below that budget's samples per problem — when given). Judgments are written to
-    ``judgments/<model>.parquet`` after every ``chunk`` solutions, keyed by (problem_id, sample_idx,
-    judge): a rerun, or a run killed half-way, only judges what is missing.
+    Candidates are the samples graded ``correct``; with ``budget`` (the plan's budget named by its SE
+    samples per problem, as in ``flopmatch plan --se-samples`` and ``build-sft --budget``) only each
+    model's samples at that budget (sample_idx below its samples per problem there). ``budget_index``
+    (an index into plan.json's budgets, what ``budget`` meant before) is deprecated. Judgments are
+    written to ``judgments/<model>.parquet`` after every ``chunk`` solutions, keyed by (problem_id,
+    sample_idx, judge): a rerun, or a run killed half-way, only judges what is missing.
     """
     run = as_run(run_dir)
     if per_model < 1:
         raise ValueError(f"per_model must be >= 1, got {per_model}")
+    budget = _budget_of(run, budget, budget_index)
     available = graded_models(run)
     if not available:
         raise FileNotFoundError(f"{run.root / 'grades'}: no grades to judge (run `flopmatch grade` first)")
@@ -84,17 +97,13 @@ def judge_run(
     for model in wanted:
         if model not in available:
             raise ValueError(f"model {model!r} has no grades in {run.root / 'grades'} (have {sorted(available)})")
-        grades = read_table(available[model], columns=["problem_id", "sample_idx", "status"]).to_pylist()
-        limit = budget_samples(run, model, budget) if budget is not None else None
-        candidates = [
-            (str(g["problem_id"]), int(g["sample_idx"]))
-            for g in grades
-            if g["status"] == "correct" and (limit is None or g["sample_idx"] < limit)
-        ]
+        limit = samples_at_budget(run, model, budget) if budget is not None else None
+        grades = read_grades(run, model, samples=limit).to_pylist()
+        candidates = [(str(g["problem_id"]), int(g["sample_idx"])) for g in grades if g["status"] == "correct"]
         candidates.sort(key=lambda key: selection_key(seed, model, *key))
         selected = candidates[:per_model]
         path = run.judgments_path(model)
-        existing = read_table(path).to_pylist() if path.exists() else []
+        existing = read_judgments(run, model).to_pylist()
         done = {(r["problem_id"], r["sample_idx"]) for r in existing if r["judge"] == judge.name}
         todo = [key for key in selected if key not in done]
         texts = sample_texts(run, model, set(todo))
@@ -127,8 +136,34 @@ def judge_run(
         chosen = set(selected)
         mine = [r["status"] for r in existing if r["judge"] == judge.name and (r["problem_id"], r["sample_idx"]) in chosen]
         stats[model] = JudgeRunStats(model, len(candidates), len(selected), len(todo), len(selected) - len(todo),
-                                     fpr_estimate(mine))
+                                     fpr_estimate(mine), limit)
     return stats
+
+
+def _budget_of(run: RunDir, budget: int | None, budget_index: int | None) -> int | None:
+    """The budget (SE samples per problem) to judge within, checked against the plan. An old budget
+    index is translated, with a deprecation warning; a count the plan lacks fails listing its budgets
+    (and, when it is a valid old-style index, what that index is called now)."""
+    if budget_index is not None:
+        if budget is not None:
+            raise ValueError("give budget= (SE samples per problem) or the deprecated budget_index=, not both")
+        budget = budget_at_index(run, budget_index)
+        log.warning("judge_run(budget_index=%d) is deprecated: the plan's budget %d is judge_run(budget=%d) "
+                    "(a budget is named by its SE samples per problem)", budget_index, budget, budget)
+        return budget
+    if budget is None:
+        return None
+    plan = read_plan(run) if run.plan_path.exists() else None
+    if plan is None:
+        raise FileNotFoundError(f"{run.plan_path}: no plan, so budget {budget} (SE samples per problem) means nothing")
+    if budget not in plan.se_budgets:
+        hint = ""
+        if 0 <= budget < len(plan.budgets):
+            hint = (f"; a budget is named by its SE samples per problem, no longer by its index into plan.json's "
+                    f"budgets: index {budget} is budget {plan.se_budgets[budget]}")
+        raise ValueError(f"{run.plan_path}: no budget with se_samples={budget} (the plan has: "
+                         f"{', '.join(str(s) for s in plan.se_budgets)}){hint}")
+    return budget
 
 
 # --------------------------------------------------------------------------- human labels
@@ -192,18 +227,14 @@ def import_human_labels(run_dir: str | Path | RunDir, path: str | Path, model: s
     path = Path(path)
     if not path.is_file():
         raise LabelError(f"{path}: no such file")
-    grades_file = run.grades_path(model)
-    if not grades_file.exists():
-        raise LabelError(f"{grades_file}: model {model!r} has no grades; labels must refer to graded samples")
-    status = {
-        (str(r["problem_id"]), int(r["sample_idx"])): r["status"]
-        for r in read_table(grades_file, columns=["problem_id", "sample_idx", "status"]).to_pylist()
-    }
+    if grades_file(run, model) is None:
+        raise LabelError(f"{run.grades_path(model)}: model {model!r} has no grades; labels must refer to graded "
+                         "samples")
+    status = {(str(r["problem_id"]), int(r["sample_idx"])): r["status"] for r in read_grades(run, model).to_pylist()}
     out_path = human_labels_path(run, model)
     labels: dict[tuple[str, int], dict[str, Any]] = {}
-    if out_path.exists():
-        for r in read_table(out_path).to_pylist():
-            labels[(r["problem_id"], r["sample_idx"])] = r
+    for r in read_human_labels(run, model).to_pylist():
+        labels[(r["problem_id"], r["sample_idx"])] = r
     seen: set[tuple[str, int]] = set()
     for line_no, row in _parse_label_rows(path):
         where = f"{path}:{line_no}"

@@ -1,13 +1,16 @@
 """Typed readers of a run directory: what the stages after sampling ask of a run, answered one way.
 
-* problems: :func:`load_problems` (every split), :func:`problems_by_role` (one split);
+* problems: :func:`problem_splits` (which splits the run has), :func:`load_problems` (every split),
+  :func:`problems_by_role` (one split);
 * the plan: :func:`read_plan` (the typed :class:`~flopmatch.budget.BudgetPlan`), :func:`plan_models`,
-  and a model's samples per problem at a budget — :func:`budget_samples` by the plan's budget index,
-  :func:`samples_at_budget` by the budget's SE sample count;
+  and a model's samples per problem at a budget — :func:`samples_at_budget`, the budget named by its SE
+  samples per problem (what ``budget`` means everywhere; :func:`budget_samples`, by the plan's budget
+  *index*, is deprecated);
 * roles: :func:`read_roles` (``roles.json``: which model is WC and SE, its key, label and size);
 * grades and samples: :func:`graded_models`, :func:`read_grades` (optionally below a budget's sample
-  count), :func:`sample_texts` (the texts of given samples, the only reader of sample text here) and
-  :func:`sample_costs` (token counts and seconds, no text);
+  count), :func:`sample_texts` (the texts of given samples), :func:`read_samples` (the sample table, text only
+  when asked), :func:`sample_costs` (token counts and seconds, no text) and :func:`sample_tokens`
+  (completion tokens per sample);
 * verdicts: :func:`read_judgments`, :func:`read_human_labels`;
 * the analysis's cost table: :func:`read_cost`.
 
@@ -17,6 +20,7 @@ makes the low budget a prefix of the high one).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +28,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flopmatch.budget import BudgetPlan
+from flopmatch.budget import BudgetError, BudgetPlan
 from flopmatch.record import Problem, problems_from_table
 from flopmatch.store.io import cast_to_schema, model_key, read_json, read_shards, read_table, shard_paths
 from flopmatch.store.layout import RunDir, as_run
 from flopmatch.store.schemas import COST_SCHEMA, HUMAN_SCHEMA, JUDGMENT_SCHEMA, SAMPLE_SCHEMA
+
+log = logging.getLogger(__name__)
 
 #: The columns of a sample table that say what it cost (no text).
 COST_COLUMNS = ("problem_id", "sample_idx", "completion_tokens", "prompt_tokens", "seconds")
@@ -37,11 +43,16 @@ COST_COLUMNS = ("problem_id", "sample_idx", "completion_tokens", "prompt_tokens"
 # --------------------------------------------------------------------------- problems
 
 
+def problem_splits(run: RunDir) -> list[str]:
+    """The splits (roles) the run has problems for: the ``problems/<split>.parquet`` files, by name."""
+    return sorted(path.stem for path in run.problems_dir.glob("*.parquet"))
+
+
 def load_problems(run: RunDir) -> dict[str, Problem]:
     """Every problem of the run, from all ``problems/<split>.parquet`` files."""
     out: dict[str, Problem] = {}
-    for path in sorted(run.problems_dir.glob("*.parquet")):
-        for problem in problems_from_table(read_table(path)):
+    for split in problem_splits(run):
+        for problem in problems_by_role(run, split):
             out[problem.problem_id] = problem
     return out
 
@@ -101,27 +112,38 @@ def side_samples(plan: BudgetPlan, model: str, point: Any) -> int:
     raise ValueError(f"model {model!r} is neither the plan's WC ({wc!r}) nor its SE ({se!r})")
 
 
-def budget_samples(run: RunDir, model: str, budget: int) -> int:
-    """Samples per problem of ``model`` at plan budget index ``budget`` (WC or SE side of the plan)."""
+def budget_at_index(run: RunDir, index: int) -> int:
+    """The SE samples per problem (the budget's name) of the plan's ``index``-th budget: what an old
+    budget *index* becomes (only for deprecated callers that still pass one)."""
     if not run.plan_path.exists():
-        raise FileNotFoundError(f"{run.plan_path}: no plan, so budget {budget} means nothing")
+        raise FileNotFoundError(f"{run.plan_path}: no plan, so budget index {index} means nothing")
     plan = read_plan(run)
-    if not 0 <= budget < len(plan.budgets):
-        raise ValueError(f"budget index {budget} out of range: the plan has {len(plan.budgets)} budgets")
-    return side_samples(plan, model, plan.budgets[budget])
+    if not 0 <= index < len(plan.budgets):
+        raise ValueError(
+            f"budget index {index} out of range: the plan has {len(plan.budgets)} budgets "
+            f"(se_samples {', '.join(str(s) for s in plan.se_budgets)})"
+        )
+    return int(plan.budgets[index].se_samples)
+
+
+def budget_samples(run: RunDir, model: str, budget: int) -> int:
+    """Deprecated: samples per problem of ``model`` at the plan's budget *index* ``budget``. A budget is
+    named by its SE samples per problem everywhere else; use :func:`samples_at_budget`."""
+    se_samples = budget_at_index(run, budget)
+    log.warning(
+        "budget_samples(run, model, %d) takes a plan budget index and is deprecated: use "
+        "samples_at_budget(run, model, %d) (the budget named by its SE samples per problem)", budget, se_samples
+    )
+    return samples_at_budget(run, model, se_samples)
 
 
 def samples_at_budget(run: RunDir, model: str, se_samples: int) -> int:
     """Samples per problem of ``model`` at the plan's budget of ``se_samples`` SE samples per problem."""
     plan = read_plan(run)
-    point = next((b for b in plan.budgets if int(b.se_samples) == int(se_samples)), None)
-    if point is None:
-        known = ", ".join(str(b.se_samples) for b in plan.budgets)
-        raise ValueError(f"{run.plan_path}: no budget with se_samples={se_samples} (the plan has: {known})")
     try:
-        return side_samples(plan, model, point)
+        return side_samples(plan, model, plan.point(se_samples))
     except ValueError as exc:
-        raise ValueError(f"{run.plan_path}: {exc}") from None
+        raise BudgetError(f"{run.plan_path}: {exc}") from None
 
 
 def read_roles(run: RunDir) -> dict[str, Any]:
@@ -143,18 +165,30 @@ def graded_models(run: RunDir) -> dict[str, Path]:
     return out
 
 
+def grades_file(run: RunDir, model: str) -> Path | None:
+    """The grades file of ``model``: ``grades/<model_key>.parquet``, else the file whose ``model`` column
+    names it (a model given by a path that has since moved keys differently); None when it has none."""
+    path = run.grades_path(model)
+    if path.exists():
+        return path
+    return graded_models(run).get(model) if run.grades_dir.is_dir() else None
+
+
 def read_grades(
     run: RunDir,
     model: str,
     *,
     samples: int | None = None,
-    columns: tuple[str, ...] = ("problem_id", "sample_idx", "status"),
+    columns: tuple[str, ...] | None = ("problem_id", "sample_idx", "status"),
 ) -> pa.Table:
-    """A model's grades (``columns``), only samples ``sample_idx < samples`` when given."""
-    path = run.grades_path(model)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no grades for model {model!r}; run `flopmatch grade` first")
-    table = read_table(path, columns=list(columns))
+    """A model's grades (``columns``; every column when None), only samples ``sample_idx < samples``
+    (the budget's prefix, see the module docstring) when given."""
+    path = grades_file(run, model)
+    if path is None:
+        raise FileNotFoundError(
+            f"{run.grades_path(model)}: no grades for model {model!r}; run `flopmatch grade` first"
+        )
+    table = read_table(path, columns=None if columns is None else list(columns))
     if samples is not None:
         table = table.filter(pc.less(table.column("sample_idx"), samples))
     return table
@@ -201,6 +235,16 @@ def sample_costs(run: RunDir, model: str) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
 
 
+def sample_tokens(run: RunDir, model: str) -> dict[tuple[str, int], int]:
+    """Completion tokens of each sample ((problem_id, sample_idx) → tokens; a null count is 0); empty
+    when the samples do not record them (their FLOPs are then unknown). Reads no text."""
+    costs = sample_costs(run, model)
+    if "completion_tokens" not in costs.column_names:
+        return {}
+    cols = [costs.column(c).to_pylist() for c in ("problem_id", "sample_idx", "completion_tokens")]
+    return {(str(p), int(i)): int(t or 0) for p, i, t in zip(*cols, strict=True)}
+
+
 # --------------------------------------------------------------------------- verdicts
 
 
@@ -234,11 +278,14 @@ __all__ = [
     "COST_COLUMNS",
     "COST_SCHEMA",
     "as_run",
+    "budget_at_index",
     "budget_samples",
     "graded_models",
+    "grades_file",
     "load_problems",
     "model_name",
     "plan_models",
+    "problem_splits",
     "problems_by_role",
     "read_cost",
     "read_grades",
@@ -249,6 +296,7 @@ __all__ = [
     "read_samples",
     "sample_costs",
     "sample_texts",
+    "sample_tokens",
     "samples_at_budget",
     "side_samples",
 ]

@@ -1,0 +1,117 @@
+"""Who reads the sample shards: a spy on pyarrow's Parquet readers, and a small planned, graded run of two
+models on which every stage after grading can run (judge, analysis, SFT, report).
+
+Issue 11's rule for the run data layer: each stage reads sample text at most once (each shard of a
+model read with its ``text`` column at most once per stage), and the report reads no sample shard at
+all. Every table read in flopmatch ends in ``pyarrow.parquet.read_table`` (the store's readers, and
+pandas' ``read_parquet``) or ``read_schema``, so counting their calls on ``samples/**/*.parquet`` counts
+the stage's reads, whichever module makes them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flopmatch import store
+from flopmatch.budget import plan_budgets
+from flopmatch.judge.core import JudgeItem, Judgment
+from flopmatch.problems import save_problems
+from flopmatch.store import RunDir, write_json, write_table
+from flopmatch.store.schemas import SAMPLE_SCHEMA
+from flopmatch.toyworld import load_problems
+
+WC, SE = "org/weak-1b", "org/strong-3b"
+
+
+@dataclass
+class SampleReads:
+    """Reads of the run's sample shards since :func:`spy_sample_reads` (by shard path)."""
+
+    root: Path
+    text: Counter = field(default_factory=Counter)  # reads that included the text column
+    other: Counter = field(default_factory=Counter)  # reads of other columns, or of the schema only
+
+    def shard(self, source) -> Path | None:
+        try:
+            path = Path(source).resolve()
+        except TypeError:  # a file object or a buffer: not a path of this run
+            return None
+        return path if path.suffix == ".parquet" and self.root in path.parents else None
+
+    def clear(self) -> None:
+        self.text.clear()
+        self.other.clear()
+
+    @property
+    def most_text_reads_of_a_shard(self) -> int:
+        return max(self.text.values(), default=0)
+
+
+def spy_sample_reads(monkeypatch, run: RunDir) -> SampleReads:
+    """Count every ``pq.read_table`` / ``pq.read_schema`` of a shard under ``run``'s ``samples/``."""
+    reads = SampleReads((run.root / "samples").resolve())
+    real_read_table, real_read_schema = pq.read_table, pq.read_schema
+
+    def read_table(source, *args, **kwargs):
+        path = reads.shard(source)
+        if path is not None:
+            columns = kwargs.get("columns", args[0] if args else None)
+            (reads.text if columns is None or "text" in columns else reads.other)[path] += 1
+        return real_read_table(source, *args, **kwargs)
+
+    def read_schema(where, *args, **kwargs):
+        path = reads.shard(where)
+        if path is not None:
+            reads.other[path] += 1
+        return real_read_schema(where, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", read_table)
+    monkeypatch.setattr(pq, "read_schema", read_schema)
+    return reads
+
+
+def planned_run(root: Path, n_problems: int = 4) -> RunDir:
+    """Toy problems; WC with 3 samples per problem and SE with 1 (each in two shards, as a resumed
+    sampler leaves them), graded (sample 1 of WC wrong, the rest correct), a plan with one budget
+    (se_samples=1: WC 3) and roles.json — what judge, analyze, build-sft and report read."""
+    run = RunDir(root).ensure()
+    problems = load_problems("test", limit=n_problems)
+    save_problems(run, problems)
+    for model, count in ((WC, 3), (SE, 1)):
+        rows, grades = [], []
+        for problem in problems:
+            for idx in range(count):
+                ok = not (model == WC and idx == 1)
+                rows.append({"model": model, "problem_id": problem.problem_id, "sample_idx": idx, "seed": idx,
+                             "text": f"solution {idx} of {problem.problem_id}", "prompt_tokens": 1,
+                             "completion_tokens": 10 + idx, "finish_reason": "stop", "backend": "hf",
+                             "seeding": "per-request", "seconds": 0.1, "session_id": "s"})  # fmt: skip
+                grades.append({"model": model, "problem_id": problem.problem_id, "sample_idx": idx,
+                               "status": "correct" if ok else "wrong", "extracted": None, "gold": problem.answer,
+                               "detail": ""})  # fmt: skip
+        half = len(rows) // 2
+        for part in (rows[:half], rows[half:]):
+            store.append_shard(run.samples_dir(model), pa.Table.from_pylist(part, schema=SAMPLE_SCHEMA))
+        write_table(pa.Table.from_pylist(grades), run.grades_path(model))
+    plan_budgets(mode="flops", se_samples=[1], wc_params=1e9, se_params=3e9, wc_name=WC, se_name=SE).save(run)
+    write_json({"wc": {"model": WC, "key": store.model_key(WC), "params": 1e9},
+                "se": {"model": SE, "key": store.model_key(SE), "params": 3e9}}, run.roles_path)  # fmt: skip
+    return run
+
+
+class AllValidJudge:
+    """A judge that calls every solution valid (what it reads, not what it says, is under test)."""
+
+    name = "all-valid"
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[Judgment]:
+        return [Judgment("valid", None, "ok") for _ in items]
+
+    def close(self) -> None:
+        pass
