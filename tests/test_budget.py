@@ -145,6 +145,15 @@ def test_totals_and_round_trip(tmp_path):
         plan.wc_samples_for(3)
 
 
+def test_a_budget_is_named_by_its_se_samples_per_problem():
+    """``budget`` means one meaning everywhere: the plan's point named by SE's samples per problem."""
+    plan = plan_budgets(se_samples=[10, 1], wc_params=9e9, se_params=27e9)
+    assert plan.se_budgets == [10, 1]  # plan order
+    assert plan.point(1).wc_samples == 3 and plan.point(10) is plan.budgets[0]
+    with pytest.raises(BudgetError, match=r"no budget with se_samples=0 \(the plan has: 10, 1\)"):
+        plan.point(0)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
