@@ -163,3 +163,17 @@ def test_analysis_reads_sample_text_at_most_once_and_the_report_reads_no_sample_
     build_report(run)
     assert (run.report_dir / "report.md").exists()
     assert not reads.text and not reads.other  # the report reads metrics/cost.parquet, no sample shard
+
+
+def test_grading_reads_sample_text_once(tmp_path, monkeypatch):
+    from flopmatch.grading.run import grade_run
+
+    run = planned_run(tmp_path / "run")
+    for path in run.grades_dir.glob("*.parquet"):
+        path.unlink()
+    reads = spy_sample_reads(monkeypatch, run)
+    assert set(grade_run(run, workers=1, progress=False)) == {"org--weak-1b", "org--strong-3b"}
+    assert len(reads.text) == 4 and reads.most_text_reads_of_a_shard == 1
+    reads.clear()
+    grade_run(run, workers=1, progress=False)  # up to date: no sample is read again
+    assert not reads.text
