@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from flopmatch.evaluation import (
     EVAL_SCHEMA,
     EvalConfig,
+    EvaluationError,
     evaluate,
     maj_at_k,
     majority_correct,
@@ -22,6 +23,7 @@ from flopmatch.evaluation import (
     summarize,
     vote_key,
 )
+from flopmatch.problems import Problem
 
 GOLD = "\x00gold"
 
@@ -51,7 +53,7 @@ def test_maj_at_k_averages_disjoint_groups():
     assert maj_at_k(votes, 4) == pytest.approx((0.0 + 1.0) / 2)
     assert maj_at_k(votes, 8) == 1.0  # 4 gold vs 3 "3" vs 1 "4"
     assert maj_at_k(votes[:7], 4) == 0.0  # one group of 4 (the 7th sample is left out)
-    with pytest.raises(ValueError):
+    with pytest.raises(EvaluationError, match=r"maj@9 needs 1 <= k <= n = 8"):
         maj_at_k(votes, 9)
 
 
@@ -81,6 +83,17 @@ def test_maj_at_k_is_a_probability_and_extremes_are_exact(votes, k):
     assert 0.0 <= value <= 1.0
     assert maj_at_k([GOLD] * len(votes), k) == 1.0
     assert maj_at_k([v if v != GOLD else "1" for v in votes], k) == 0.0
+
+
+def test_an_evaluation_that_cannot_run_is_an_evaluation_error_before_any_model_loads():
+    problem = Problem(problem_id="p", dataset="gsm8k", split="test", question="q", answer="1")
+    with pytest.raises(EvaluationError, match="no problems to evaluate") as info:
+        evaluate("no/such-model", [], backend="hf")
+    assert isinstance(info.value, ValueError)  # what Python callers caught before
+    with pytest.raises(EvaluationError, match=r"validation error for EvalConfig\ntemperature"):
+        evaluate("no/such-model", [problem], backend="hf", temperature=0)  # `flopmatch eval --temperature 0`
+    with pytest.raises(EvaluationError, match="problem_id 'p' appears more than once"):
+        evaluate("no/such-model", [problem, problem], backend="hf")
 
 
 def test_eval_config_validates():

@@ -26,6 +26,7 @@ from flopmatch.grading import (
     normalize_answer,
 )
 from flopmatch.grading.equivalence import fast_verdict
+from flopmatch.grading.extract import GradingInputError
 from flopmatch.problems import Problem, problems_to_table
 from flopmatch.store import RunDir, append_shard, write_table
 
@@ -96,8 +97,9 @@ def test_extract_answer(text: str, dataset: str, expected: str | None) -> None:
 
 
 def test_extract_answer_rejects_unknown_dataset() -> None:
-    with pytest.raises(ValueError, match="unknown dataset 'aime'"):
+    with pytest.raises(GradingInputError, match="unknown dataset 'aime'") as info:
         extract_answer("\\boxed{1}", "aime")
+    assert isinstance(info.value, ValueError)  # what Python callers caught before
 
 
 @pytest.mark.parametrize(
@@ -233,7 +235,9 @@ def test_grade_single_and_dataset_validation() -> None:
     assert grade("The answer is 7.", 7, dataset="gsm8k").status == "correct"  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown dataset"):
         grade_many([("1", "1")], dataset="nope")
-    with pytest.raises(ValueError, match="2 dataset names for 1 pairs"):
+    with pytest.raises(GradingInputError, match="timeout must be positive, got 0.0"):
+        WatchdogPool(workers=1, timeout=0)  # a grading.timeout of 0 in a study config
+    with pytest.raises(GradingInputError, match="2 dataset names for 1 pairs"):
         grade_many([("1", "1")], dataset=["gsm8k", "math"])
     with pytest.raises(TypeError, match="pair 0: gold answer must be a string"):
         grade_many([("1", None)], dataset="gsm8k")  # type: ignore[list-item]

@@ -152,6 +152,8 @@ def test_not_a_gguf(tmp_path):
     path.write_bytes(b"not a gguf at all")
     with pytest.raises(ModelInfoError, match="not a readable GGUF"):
         count_parameters(path)
+    with pytest.raises(ModelInfoError, match="no GGUF magic number"):  # the public header reader too
+        read_gguf_header(path)
 
 
 def test_hub_id_offline_fails_with_advice(tmp_path):

@@ -37,13 +37,19 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from flopmatch.errors import FlopmatchError
 from flopmatch.progress import progress_bar
 from flopmatch.store import config_hash, read_json, write_json, write_table
 from flopmatch.store.schemas import EVAL_SCHEMA
 
 DEFAULT_KS = (1, 4, 8, 16)
+
+
+class EvaluationError(FlopmatchError, ValueError):
+    """An evaluation that cannot run as asked: settings out of range (EvalConfig's own validation), no
+    problems, a problem id twice, nothing to generate, maj@k above the samples."""
 
 
 class EvalConfig(BaseModel):
@@ -139,7 +145,7 @@ def maj_at_k(votes: Sequence[str | None], k: int) -> float:
     disjoint groups of k consecutive samples (samples are exchangeable, so each group is a fair draw)."""
     n = len(votes)
     if k < 1 or k > n:
-        raise ValueError(f"maj@{k} needs 1 <= k <= n = {n}")
+        raise EvaluationError(f"maj@{k} needs 1 <= k <= n = {n}")
     groups = n // k
     return math.fsum(majority_correct(votes[g * k : (g + 1) * k]) for g in range(groups)) / groups
 
@@ -192,6 +198,23 @@ def eval_seed(seed: int, problem_id: str, sample_idx: int) -> int:
 # --------------------------------------------------------------------------- evaluate
 
 
+def _checked_config(problems: Sequence[Any], **settings: Any) -> EvalConfig:
+    """The evaluation's settings, and the problems checked: an :class:`EvaluationError` names what cannot run."""
+    try:
+        config = EvalConfig(**settings)
+    except ValidationError as exc:  # pydantic's message, as the CLI printed it before
+        raise EvaluationError(str(exc)) from exc
+    if not problems:
+        raise EvaluationError("no problems to evaluate")
+    if not config.greedy and config.n == 0:
+        raise EvaluationError("nothing to generate: greedy=False and n=0")
+    ids = [p.problem_id for p in problems]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i, c in Counter(ids).items() if c > 1)
+        raise EvaluationError(f"problem_id {dup!r} appears more than once")
+    return config
+
+
 def evaluate(
     model: str | Path,
     problems: Sequence[Any],
@@ -221,19 +244,10 @@ def evaluate(
     """
     from flopmatch.trained import model_meta, resolve_trained_model
 
-    config = EvalConfig(
-        backend=backend, n=n, ks=tuple(ks), temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-        greedy=greedy, seed=seed, backend_options=dict(backend_options or {}),
-    )
-    if not problems:
-        raise ValueError("no problems to evaluate")
-    if not config.greedy and config.n == 0:
-        raise ValueError("nothing to generate: greedy=False and n=0")
+    config = _checked_config(problems, backend=backend, n=n, ks=tuple(ks), temperature=temperature, top_p=top_p,
+                             max_tokens=max_tokens, greedy=greedy, seed=seed,
+                             backend_options=dict(backend_options or {}))  # fmt: skip
     ids = [p.problem_id for p in problems]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i, c in Counter(ids).items() if c > 1)
-        raise ValueError(f"problem_id {dup!r} appears more than once")
-
     base, adapter = resolve_trained_model(model)
     if lora_path is not None:
         adapter = str(lora_path)

@@ -222,14 +222,14 @@ def read_gguf_header(path: str | Path) -> tuple[dict[str, Any], dict[str, GGUFTe
                     for _ in range(count):
                         skip_value(item_type)
                 return None
-            raise ValueError(f"unknown metadata value type {vtype}")
+            raise ModelInfoError(f"unknown metadata value type {vtype}")
 
         if bytes(buf[:4]) != _GGUF_MAGIC:
-            raise ValueError("no GGUF magic number")
+            raise ModelInfoError("no GGUF magic number")
         pos = 4
         version = take("<I")
         if version not in (2, 3):
-            raise ValueError(f"unsupported GGUF version {version} (big-endian or v1 file?)")
+            raise ModelInfoError(f"unsupported GGUF version {version} (big-endian or v1 file?)")
         n_tensors, n_kv = take("<Q"), take("<Q")
         metadata: dict[str, Any] = {}
         for _ in range(n_kv):

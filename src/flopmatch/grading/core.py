@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from flopmatch.grading.equivalence import fast_verdict
-from flopmatch.grading.extract import answer_mode, extract_answer, normalize_answer
+from flopmatch.grading.extract import GradingInputError, answer_mode, extract_answer, normalize_answer
 from flopmatch.grading.pool import Task, WatchdogPool, default_workers
 
 Status = Literal["correct", "wrong", "no_answer", "timeout", "error"]
@@ -157,7 +157,7 @@ def _datasets_per_pair(dataset: str | Sequence[str], n: int) -> list[str]:
         return [dataset] * n
     names = list(dataset)
     if len(names) != n:
-        raise ValueError(f"got {len(names)} dataset names for {n} pairs")
+        raise GradingInputError(f"got {len(names)} dataset names for {n} pairs")
     return names
 
 

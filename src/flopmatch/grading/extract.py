@@ -23,6 +23,12 @@ from fractions import Fraction
 
 from flopmatch.boxed import BOX_RE, box_span, last_boxed
 from flopmatch.datasets import dataset_names, get_dataset
+from flopmatch.errors import FlopmatchError
+
+
+class GradingInputError(FlopmatchError, ValueError):
+    """Grading was asked for something it cannot do: a dataset it has no answer rules for, dataset names
+    that do not match the pairs, a non-positive timeout."""
 
 
 def answer_mode(dataset: str) -> str:
@@ -30,7 +36,7 @@ def answer_mode(dataset: str) -> str:
     declares them in :mod:`flopmatch.datasets`; the toy world's first-answer-line rule is numeric)."""
     declared = get_dataset(dataset)
     if declared is None:
-        raise ValueError(f"unknown dataset {dataset!r}; grading supports {', '.join(dataset_names())}")
+        raise GradingInputError(f"unknown dataset {dataset!r}; grading supports {', '.join(dataset_names())}")
     return "latex" if declared.answers == "latex" else "numeric"
 
 

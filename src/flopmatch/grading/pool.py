@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
+from flopmatch.grading.extract import GradingInputError
 from flopmatch.grading.server import STARTUP_LIMIT, ForkServer, WorkerProcess, WorkerStartError, shared_server
 
 DEFAULT_MEMORY_LIMIT = 4 * 1024**3  # bytes of address space per worker
@@ -90,7 +91,7 @@ class WatchdogPool:
     @timeout.setter
     def timeout(self, value: float) -> None:
         if value <= 0:
-            raise ValueError(f"timeout must be positive, got {value}")
+            raise GradingInputError(f"timeout must be positive, got {value}")
         self._timeout = float(value)
 
     @property
