@@ -556,6 +556,8 @@ def forecast_pilot(counts: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS, *, mode
     :func:`forecast_counts`: "families" (the default) is the union of that interval over the families of
     :func:`plausible_fits`, each point keeping the chosen family's own (``refit_*``); "refit" the chosen
     family's only. The point forecast is the chosen family's. Needs k >= every n_i (smaller k are dropped).
+    Toy backtest (docs/results/forecast-backtest-toy/pilot_target_*.json): "families" holds what the first
+    k samples solved in 80 of 80 cells ("refit": 76), 15.7 points wide on average ("refit": 12.1).
     """
     n, c, u = _count_arrays(counts)
     ks = [k for k in _check(ks, n_boot, intervals) if k >= int(n.max())]

@@ -96,8 +96,8 @@ def forecast_command(
     intervals: Annotated[str, typer.Option(help="families (default): the 95% interval is the union of the "
                                            "bootstrap intervals of every family the pilot cannot rule out "
                                            "(held-out log-likelihood within 2 nats of the best); refit: the "
-                                           "chosen family's bootstrap alone (problem-sampling noise only, "
-                                           "narrower)")] = "families",
+                                           "chosen family's bootstrap alone (narrower: which family is right "
+                                           "is taken as known)")] = "families",
     seed: Annotated[int, typer.Option(help="seed of the bootstrap, the folds and --pilot-problems")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print {\"models\": [...]} as JSON")] = False,
 ) -> None:
