@@ -6,11 +6,33 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from flopmatch.progress import QUIET_ENV, is_quiet, progress_bar, set_quiet
 
 FLOPMATCH = Path(sys.executable).with_name("flopmatch")
+
+
+def _side_by_side(commands: list[list[str]], env: dict[str, str]) -> list[subprocess.CompletedProcess]:
+    """Run the commands at the same time, one torch thread each (most of their time is start-up), and return
+    them completed, in order. Output goes to files: a full pipe would stall a child."""
+    env = {**env, "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory() as folder:
+        logs = [(Path(folder) / f"{i}.out", Path(folder) / f"{i}.err") for i in range(len(commands))]
+        running: list[subprocess.Popen] = []
+        try:
+            for command, (out, err) in zip(commands, logs, strict=True):
+                with open(out, "wb") as stdout, open(err, "wb") as stderr:
+                    running.append(subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env))
+            codes = [process.wait(timeout=900) for process in running]
+        finally:
+            for process in running:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        return [subprocess.CompletedProcess(command, code, out.read_text(), err.read_text())
+                for command, code, (out, err) in zip(commands, codes, logs, strict=True)]  # fmt: skip
 
 
 def test_the_switch_turns_every_bar_off_and_reaches_child_processes():
@@ -32,11 +54,8 @@ def test_grade_draws_its_bar_unless_quiet(tmp_path: Path):
     source.write_text("".join(json.dumps({"response": f"#### {i}", "gold": str(i)}) + "\n" for i in range(20)))
     env = {k: v for k, v in os.environ.items() if k not in (QUIET_ENV, "TQDM_DISABLE")}
 
-    def grade(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(FLOPMATCH), "grade", "--input", str(source), "--dataset", "gsm8k",
-                               "--workers", "1", "--json", *extra], capture_output=True, text=True, env=env)
-
-    loud, quiet = grade(), grade("--quiet")
+    grade = [str(FLOPMATCH), "grade", "--input", str(source), "--dataset", "gsm8k", "--workers", "1", "--json"]  # fmt: skip
+    loud, quiet = _side_by_side([grade, [*grade, "--quiet"]], env)
     assert loud.returncode == quiet.returncode == 0, loud.stderr + quiet.stderr
     assert "grading" in loud.stderr  # the bar is drawn on stderr ...
     assert "grading" not in quiet.stderr and "%|" not in quiet.stderr  # ... and not with --quiet
@@ -51,13 +70,10 @@ def test_eval_on_a_tiny_model_draws_no_bar_when_quiet(tmp_path: Path):
     data = write_gsm8k_file(tmp_path / "test.jsonl", 3)
     env = {k: v for k, v in os.environ.items() if k not in (QUIET_ENV, "TQDM_DISABLE")}
 
-    def evaluate(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(FLOPMATCH), "eval", "--model", str(model), "--problems", "gsm8k", "--data-file",
-                               str(data), "--backend", "hf", "--n", "1", "--k", "1", "--max-tokens", "4",
-                               "--option", "dtype=float32", "--json", *extra],
-                              capture_output=True, text=True, env=env)  # fmt: skip
-
-    loud, quiet = evaluate(), evaluate("--quiet")
+    evaluate = [str(FLOPMATCH), "eval", "--model", str(model), "--problems", "gsm8k", "--data-file", str(data),
+                "--backend", "hf", "--n", "1", "--k", "1", "--max-tokens", "4", "--option", "dtype=float32",
+                "--json"]  # fmt: skip
+    loud, quiet = _side_by_side([evaluate, [*evaluate, "--quiet"]], env)
     assert loud.returncode == quiet.returncode == 0, loud.stderr + quiet.stderr
     assert "%|" in loud.stderr and "evaluate" in loud.stderr  # a bar is drawn ...
     assert "%|" not in quiet.stderr and "it/s" not in quiet.stderr and "\r" not in quiet.stderr  # ... not quiet
