@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flopmatch.allocation_study import data_kind, measured_flops, plan_flops_per_problem
+from flopmatch.allocation_study import AllocatedSetError, data_kind, measured_flops, plan_flops_per_problem
 from flopmatch.store import RunDir, config_hash
 from flopmatch.study import StudyConfigError, load_study_config, sft_sets, train_jobs, validate_study_dict
 
@@ -105,8 +105,9 @@ def test_budget_of_a_set_from_the_plan_or_from_the_uniform_spend():
     assert plan_flops_per_problem(ratio_only, "wc", 1) is None
     tokens = {("a", 0): 10, ("a", 1): 20, ("a", 2): 99, ("b", 0): 5, ("b", 1): 7}
     assert measured_flops(tokens, ["a", "b"], 2, 100.0, where="x") == 2 * 100.0 * (10 + 20 + 5 + 7)
-    with pytest.raises(ValueError, match=r"x: 1 uniform sample\(s\).*\('b', 2\)"):
+    with pytest.raises(AllocatedSetError, match=r"x: 1 uniform sample\(s\).*\('b', 2\)") as info:
         measured_flops(tokens, ["a", "b"], 3, 100.0, where="x")
+    assert isinstance(info.value, ValueError)  # what Python callers caught before
 
 
 # --------------------------------------------------------------------------- comparisons

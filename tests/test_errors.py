@@ -198,3 +198,31 @@ def test_sample_reports_a_bad_plan_and_a_bad_allocation_through_the_app(tmp_path
     assert result.exit_code == 2 and isinstance(result.exception.__context__.__cause__, AllocationConfigError)
     assert "error: --allocation: 1 validation error for AllocationConfig" in result.output
     assert "target_correct applies to until-correct only" in result.output
+
+
+def test_backend_settings_are_flopmatch_errors_before_any_engine_starts(tmp_path: Path):
+    """An unknown backend, an option the backend has no keyword for and sampling parameters out of range
+    are reported by the app as one message; Python callers keep catching ValueError / TypeError."""
+    from flopmatch.backends import BackendConfigError, BackendOptionError, SamplingParams, create_backend
+    from flopmatch.cli import app
+
+    with pytest.raises(BackendConfigError, match="unknown backend 'tgi'; choose one of vllm, hf, openai"):
+        create_backend("tgi", "m")
+    with pytest.raises(BackendOptionError, match="backend 'openai': got an unexpected keyword argument 'max_concurency'") as info:
+        create_backend("openai", "m", base_url="http://127.0.0.1:9/v1", max_concurency=4)
+    assert isinstance(info.value, TypeError)
+    with pytest.raises(BackendConfigError, match=r"top_p must be in \(0, 1\], got 0") as info:
+        SamplingParams(top_p=0)
+    assert isinstance(info.value, ValueError)
+
+    result = CliRunner().invoke(app, ["sample", "--run", str(tmp_path), "--model", "m", "-S", "1", "--top-p", "0"],
+                                terminal_width=300)  # fmt: skip
+    assert result.exit_code == 2 and "error: top_p must be in (0, 1], got 0.0" in result.output
+
+
+def test_a_worker_count_below_one_is_a_flopmatch_error():
+    from flopmatch.workers import WorkerCountError, run_parallel
+
+    with pytest.raises(WorkerCountError, match="workers must be >= 1, got 0") as info:
+        run_parallel(print, [{}], workers=0)
+    assert isinstance(info.value, ValueError)  # tests/test_workers.py checks the ValueError callers catch

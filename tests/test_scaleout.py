@@ -12,7 +12,7 @@ import time
 import pytest
 
 from flopmatch import store
-from flopmatch.backends.base import SamplingParams
+from flopmatch.backends.base import BackendConfigError, SamplingParams
 from flopmatch.problems import Problem
 from flopmatch.sampling import SAMPLE_SCHEMA, build_chunks, missing_samples, sample
 from flopmatch.scaleout import ReplicaPool, replica_resources
@@ -30,6 +30,14 @@ def test_replica_resources():
     assert replica_resources("hf", {"device": "cpu"}, 2, cluster_cpus=8, cluster_gpus=8) == {"num_cpus": 4.0}
     assert replica_resources("openai", {}, 2, cluster_cpus=4, cluster_gpus=8) == {"num_cpus": 2.0}
     assert replica_resources("hf", {}, 2, cluster_cpus=8, cluster_gpus=0, num_cpus=0.5) == {"num_cpus": 0.5}
+
+
+
+def test_no_replicas_is_a_backend_config_error_before_ray_starts():
+    pytest.importorskip("ray")
+    with pytest.raises(BackendConfigError, match="replicas must be >= 1, got 0") as info:
+        ReplicaPool("hf", "m", replicas=0)
+    assert isinstance(info.value, ValueError)  # what Python callers caught before
 
 
 # --------------------------------------------------------------------------- a real local Ray

@@ -47,6 +47,7 @@ from flopmatch.sampling import BOOKKEEPING_COLUMNS, SampleSummary, build_chunks
 from flopmatch.sampling_engine import (
     SAMPLE_SCHEMA,
     SampleWriter,
+    SamplingInputError,
     SpendBudget,
     check_config,
     check_unique_ids,
@@ -221,18 +222,18 @@ def _check_args(config, budget_flops, budget_seconds, problems, ignored) -> None
     if unknown:
         raise TypeError(f"sample_allocated got unexpected arguments: {', '.join(sorted(unknown))}")
     if ignored.get("replicas", 1) != 1 or ignored.get("ray_address"):
-        raise ValueError("allocation policies run one local engine (replicas=1, no Ray) for now")
+        raise SamplingInputError("allocation policies run one local engine (replicas=1, no Ray) for now")
     for name, value in (("budget_flops", budget_flops), ("budget_seconds", budget_seconds)):
         if value is not None and value <= 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
+            raise SamplingInputError(f"{name} must be > 0, got {value}")
     ends_itself = config.allocation == "until-correct" or config.max_per_problem is not None
     if budget_flops is None and budget_seconds is None and not ends_itself:
-        raise ValueError(
+        raise SamplingInputError(
             f"--allocation {config.allocation} needs a budget (--budget-flops or --budget-seconds) or "
             "--max-per-problem: without one it would sample forever"
         )
     if not problems:
-        raise ValueError("no problems to sample")
+        raise SamplingInputError("no problems to sample")
     check_unique_ids(problems)
 
 

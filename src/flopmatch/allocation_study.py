@@ -28,7 +28,16 @@ from typing import Any
 import pandas as pd
 
 from flopmatch.allocation import StudyAllocation
+from flopmatch.errors import FlopmatchError
 from flopmatch.store import RunDir, read_json, read_shards, write_json
+
+
+class AllocatedSetError(FlopmatchError, ValueError):
+    """An allocated set cannot be budgeted: the uniform samples its FLOPs are measured on are missing."""
+
+
+class AllocatedSamplesMissing(FlopmatchError, FileNotFoundError):
+    """The allocated samples an SFT set is built from are not there (the sample stage draws them)."""
 
 ALLOCATED_DIR = "allocated"
 SUMMARY_FILE = "summary.json"
@@ -65,7 +74,7 @@ def measured_flops(tokens: Mapping[tuple[str, int], int], problem_ids: Sequence[
                 continue
             total += tokens[(pid, idx)]
     if missing:
-        raise ValueError(
+        raise AllocatedSetError(
             f"{where}: {len(missing)} uniform sample(s) the budget is measured on are missing, e.g. {missing[:3]}; "
             "finish the uniform sampling first"
         )
@@ -232,7 +241,7 @@ def build_allocated_sft(run: RunDir, *, policy: str, se_samples: int, model: str
 
     sub = allocated_run(run, policy, se_samples)
     if not sub.samples_dir(model).exists():
-        raise FileNotFoundError(f"{sub.samples_dir(model)}: no allocated samples (the sample stage draws them)")
+        raise AllocatedSamplesMissing("no allocated samples (the sample stage draws them)", file=sub.samples_dir(model))
     return build_sft(sub, source_model=model, max_per_problem=max_per_problem, name=name, seed=seed,
                      out_dir=run.sft_dir(name))  # fmt: skip
 

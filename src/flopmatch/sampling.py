@@ -47,8 +47,10 @@ if TYPE_CHECKING:
 from flopmatch.sampling_engine import (
     CONFIG_FILE,
     SAMPLE_SCHEMA,
+    SamplerBusy,
     SampleWriter,
     SamplingConfigMismatch,
+    SamplingInputError,
     SpendBudget,
     check_config,
     check_unique_ids,
@@ -90,7 +92,7 @@ def sample_seed(model: str, problem_id: str, sample_idx: int) -> int:
     is hashed exactly as given (``sample`` passes the caller's model reference).
     """
     if sample_idx < 0:
-        raise ValueError(f"sample_idx must be >= 0, got {sample_idx}")
+        raise SamplingInputError(f"sample_idx must be >= 0, got {sample_idx}")
     digest = hashlib.sha256(f"{model}\x00{problem_id}\x00{int(sample_idx)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
 
@@ -121,7 +123,7 @@ def build_chunks(
     gives the same chunks, so replicas see the same batches as a single engine would.
     """
     if chunk_samples < 1:
-        raise ValueError(f"chunk_samples must be >= 1, got {chunk_samples}")
+        raise SamplingInputError(f"chunk_samples must be >= 1, got {chunk_samples}")
     chunks: list[list[Request]] = []
     owner: dict[str, str] = {}
     current: list[Request] = []
@@ -305,14 +307,14 @@ def sample(
 def _check_sample_args(problems: list[Problem], samples_per_problem: int, replicas: int,
                        budget_flops: float | None, budget_seconds: float | None) -> None:
     if samples_per_problem < 1:
-        raise ValueError(f"samples_per_problem must be >= 1, got {samples_per_problem}")
+        raise SamplingInputError(f"samples_per_problem must be >= 1, got {samples_per_problem}")
     if replicas < 1:
-        raise ValueError(f"replicas must be >= 1, got {replicas}")
+        raise SamplingInputError(f"replicas must be >= 1, got {replicas}")
     for name, value in (("budget_flops", budget_flops), ("budget_seconds", budget_seconds)):
         if value is not None and value <= 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
+            raise SamplingInputError(f"{name} must be > 0, got {value}")
     if not problems:
-        raise ValueError("no problems to sample")
+        raise SamplingInputError("no problems to sample")
     check_unique_ids(problems)
 
 
@@ -358,7 +360,7 @@ def sample_plan(
     if "params_count" in options:
         raise TypeError("sample_plan takes parameter counts from the specs or the plan, not params_count")
     if not plan.budgets:
-        raise ValueError("the plan has no budgets")
+        raise SamplingInputError("the plan has no budgets")
     counts = {
         "wc": max(int(b.wc_samples) for b in plan.budgets),
         "se": max(int(b.se_samples) for b in plan.budgets),
@@ -367,7 +369,7 @@ def sample_plan(
     for role, spec in (("wc", wc), ("se", se)):
         side = getattr(plan, role)
         if counts[role] < 1:
-            raise ValueError(f"the plan asks for no {role.upper()} samples")
+            raise SamplingInputError(f"the plan asks for no {role.upper()} samples")
         if model_key(side.name) != model_key(spec.model):
             log.warning(
                 "the plan's %s model is %r but %r is being sampled: the budgets were matched for the former",
@@ -386,6 +388,6 @@ def sample_plan(
         )
     return out
 
-# Re-exported: the sample table's schema, the settings file and its mismatch error are this module's API.
-__all__ = ["CONFIG_FILE", "SAMPLE_SCHEMA", "SampleSummary", "SamplingConfigMismatch", "build_chunks", "default_chunk_samples",
-           "missing_samples", "sample", "sample_plan", "sample_seed"]
+# Re-exported: the sample table's schema, the settings file and the sampling errors are this module's API.
+__all__ = ["CONFIG_FILE", "SAMPLE_SCHEMA", "SampleSummary", "SamplerBusy", "SamplingConfigMismatch", "SamplingInputError",
+           "build_chunks", "default_chunk_samples", "missing_samples", "sample", "sample_plan", "sample_seed"]

@@ -36,6 +36,16 @@ class SamplingConfigMismatch(FlopmatchError, ValueError):
     """The samples on disk were drawn with other settings than this call asks for."""
 
 
+class SamplingInputError(FlopmatchError, ValueError):
+    """Arguments or inputs sampling cannot use: a count or budget out of range, no problems, a problem id
+    given twice, a plan that asks for no samples, a model whose parameters cannot be counted when a FLOP
+    budget needs them."""
+
+
+class SamplerBusy(FlopmatchError, RuntimeError):
+    """Another flopmatch process holds the model's sampling lock in this run."""
+
+
 # --------------------------------------------------------------------------- the generation loop
 
 
@@ -127,7 +137,7 @@ def check_unique_ids(problems: Sequence[Problem]) -> None:
     seen: dict[str, int] = {}
     for position, problem in enumerate(problems):
         if problem.problem_id in seen:
-            raise ValueError(
+            raise SamplingInputError(
                 f"problem_id {problem.problem_id!r} appears twice (positions {seen[problem.problem_id]} and "
                 f"{position}); samples are keyed by problem_id, so ids must be unique"
             )
@@ -220,7 +230,7 @@ def sampling_lock(samples_dir: Path):
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
-            raise RuntimeError(
+            raise SamplerBusy(
                 f"another flopmatch process (pid {holder}) is sampling into {samples_dir}; "
                 "wait for it or stop it — two samplers would duplicate work"
             ) from None
@@ -237,7 +247,7 @@ def sampling_lock(samples_dir: Path):
 def parameter_count(model: str, override: int | None, *, required: bool) -> int | None:
     if override is not None:
         if override <= 0:
-            raise ValueError(f"params_count must be > 0, got {override}")
+            raise SamplingInputError(f"params_count must be > 0, got {override}")
         return int(override)
     try:
         from flopmatch.modelinfo import count_parameters
@@ -245,7 +255,7 @@ def parameter_count(model: str, override: int | None, *, required: bool) -> int 
         return int(count_parameters(model).total)
     except Exception as exc:  # noqa: BLE001 - any failure means "unknown", reported below
         if required:
-            raise ValueError(
+            raise SamplingInputError(
                 f"cannot count the parameters of {model!r} ({exc}); --budget-flops needs them: pass params_count"
             ) from exc
         log.warning("parameter count of %r unknown (%s): the ledger will have no nominal FLOPs", model, exc)

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from flopmatch.backends.base import Completion, Request, SamplingParams
+from flopmatch.backends.base import BackendConfigError, Completion, Request, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class ReplicaPool:
         import ray
 
         if replicas < 1:
-            raise ValueError(f"replicas must be >= 1, got {replicas}")
+            raise BackendConfigError(f"replicas must be >= 1, got {replicas}")
         self.kind, self.model, self.options = kind, model, dict(options or {})
         self.replicas = replicas
         self._started_ray = False

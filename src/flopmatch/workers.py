@@ -17,6 +17,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
+from flopmatch.errors import FlopmatchError
+
+
+class WorkerCountError(FlopmatchError, ValueError):
+    """A worker count below 1 (a study's or command's ``workers`` setting)."""
+
 
 def _single_thread_worker() -> None:
     """Worker initialiser: one torch (and BLAS/OpenMP) thread, so N workers use N cores and no more."""
@@ -42,7 +48,7 @@ def run_parallel(
     bookkeeping). The first exception raised by a call is re-raised here once the running calls stop.
     """
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise WorkerCountError(f"workers must be >= 1, got {workers}")
     results: list[Any] = [None] * len(calls)
     if not calls:
         return results

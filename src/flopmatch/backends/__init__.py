@@ -14,9 +14,19 @@ importing this package stays cheap.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any, Literal
 
-from flopmatch.backends.base import Backend, Completion, Message, Request, SamplingParams, Seeding
+from flopmatch.backends.base import (
+    Backend,
+    BackendConfigError,
+    BackendOptionError,
+    Completion,
+    Message,
+    Request,
+    SamplingParams,
+    Seeding,
+)
 
 BackendKind = Literal["vllm", "hf", "openai"]
 _CLASSES: dict[str, tuple[str, str]] = {
@@ -29,19 +39,27 @@ _CLASSES: dict[str, tuple[str, str]] = {
 def create_backend(kind: BackendKind | str, model: str, **options: Any) -> Backend:
     """A ready backend of ``kind`` for ``model``; ``options`` are that backend's keyword arguments.
 
-    Unknown options raise ``TypeError`` naming the option, so a typo in a study config fails early.
+    An unknown backend is a :class:`BackendConfigError` (a ValueError); unknown options raise
+    :class:`BackendOptionError` (a ``TypeError``) naming the option, before any engine starts, so a typo in
+    a study config fails early.
     """
     try:
         module_name, class_name = _CLASSES[kind]
     except KeyError:
-        raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(_CLASSES)}") from None
+        raise BackendConfigError(f"unknown backend {kind!r}; choose one of {', '.join(_CLASSES)}") from None
     cls = getattr(importlib.import_module(module_name), class_name)
+    try:
+        inspect.signature(cls).bind(model, **options)
+    except TypeError as exc:  # "got an unexpected keyword argument 'dtpye'"
+        raise BackendOptionError(f"backend {kind!r}: {exc}") from None
     return cls(model, **options)
 
 
 __all__ = [
     "Backend",
+    "BackendConfigError",
     "BackendKind",
+    "BackendOptionError",
     "Completion",
     "Message",
     "Request",

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from flopmatch.backends.base import Completion
+from flopmatch.backends.base import BackendConfigError, Completion
 
 
 @contextmanager
@@ -50,7 +50,7 @@ class Flusher:
 
     def __init__(self, every: int, seconds: float):
         if every < 1:
-            raise ValueError(f"flush_every must be >= 1, got {every}")
+            raise BackendConfigError(f"flush_every must be >= 1, got {every}")
         self.every, self.seconds = every, seconds
         self._pending: list[Completion] = []
         self._since = time.perf_counter()
@@ -86,8 +86,8 @@ def normalise_finish(reason: str | None) -> str:
     return "stop"  # "stop", "eos", "stop_sequence", "content_filter", ...
 
 
-def no_chat_template(model: str) -> ValueError:
-    return ValueError(
+def no_chat_template(model: str) -> BackendConfigError:
+    return BackendConfigError(
         f"{model}: the tokenizer has no chat template, so chat-message prompts cannot be rendered; "
         "use PromptConfig(style='plain') for base models"
     )

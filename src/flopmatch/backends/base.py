@@ -11,7 +11,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from flopmatch.errors import FlopmatchError
+
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+class BackendConfigError(FlopmatchError, ValueError):
+    """Settings a backend cannot run with: an unknown backend, sampling parameters out of range, an
+    option value the backend does not take (``--option``, a study's ``backend_options``), a request it
+    cannot serve."""
+
+
+class BackendOptionError(FlopmatchError, TypeError):
+    """An option the backend has no such keyword for (a typo in ``--option`` or ``backend_options``)."""
 
 
 @dataclass(frozen=True)
@@ -23,11 +35,11 @@ class SamplingParams:
 
     def __post_init__(self):
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise BackendConfigError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise BackendConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+            raise BackendConfigError(f"max_tokens must be >= 1, got {self.max_tokens}")
 
 
 @dataclass(frozen=True)
@@ -46,9 +58,9 @@ class Request:
 
     def __post_init__(self):
         if len(self.sample_indices) != len(self.seeds):
-            raise ValueError("sample_indices and seeds must have the same length")
+            raise BackendConfigError("sample_indices and seeds must have the same length")
         if not self.sample_indices:
-            raise ValueError(f"request {self.request_id!r} asks for no samples")
+            raise BackendConfigError(f"request {self.request_id!r} asks for no samples")
 
 
 @dataclass

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from flopmatch.backends._common import no_chat_template
-from flopmatch.backends.base import Completion, Message, Request, SamplingParams, Seeding
+from flopmatch.backends.base import BackendConfigError, Completion, Message, Request, SamplingParams, Seeding
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class SeededSampler:
 
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, prompt_len: int):
         if temperature <= 0:
-            raise ValueError("SeededSampler needs temperature > 0 (temperature 0 is greedy decoding)")
+            raise BackendConfigError("SeededSampler needs temperature > 0 (temperature 0 is greedy decoding)")
         self.seeds, self.temperature, self.top_p, self.prompt_len = (
             list(seeds),
             temperature,
@@ -137,7 +137,7 @@ class HFBackend:
         from flopmatch.models import resolve_model
 
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise BackendConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.path = resolve_model(model)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")

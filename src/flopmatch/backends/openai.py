@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from flopmatch.backends._common import Flusher, normalise_finish
-from flopmatch.backends.base import Completion, Request, SamplingParams, Seeding
+from flopmatch.backends.base import BackendConfigError, Completion, Request, SamplingParams, Seeding
 from flopmatch.errors import FlopmatchError
 
 log = logging.getLogger(__name__)
@@ -119,9 +119,9 @@ class OpenAIBackend:
         flush_seconds: float = 30.0,
     ):
         if api not in ("chat", "completions"):
-            raise ValueError(f"api must be 'chat' or 'completions', got {api!r}")
+            raise BackendConfigError(f"api must be 'chat' or 'completions', got {api!r}")
         if max_concurrency < 1 or max_retries < 0:
-            raise ValueError("max_concurrency must be >= 1 and max_retries >= 0")
+            raise BackendConfigError("max_concurrency must be >= 1 and max_retries >= 0")
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.api = api
@@ -168,7 +168,7 @@ class OpenAIBackend:
         if self.api == "completions":
             for r in requests:
                 if not isinstance(r.prompt, str):
-                    raise ValueError(
+                    raise BackendConfigError(
                         f"request {r.request_id!r}: the completions API takes text prompts, got chat "
                         "messages; use api='chat' or PromptConfig(style='plain')"
                     )

