@@ -33,6 +33,13 @@ refit`` gives: every family bootstraps from its own seeded generator), so one ru
     nice -n 19 python benchmarks/forecast.py --run runs/forecast-toy --pilot-only \
         --out docs/results/forecast-backtest-toy/pilot_target_wc.json        # and runs/forecast-toy-se
 
+Unique-correct intervals: ``--unique-intervals profile`` spans the Pitman-Yor discounts the pilot cannot rule
+out (and, for --target pilot, draws the distinct solutions still to come); the rows keep the MLE's own interval
+beside it (``unique_mle_low/high``, ``pilot_unique_mle_low/high``), the summary both hit rates and widths:
+
+    nice -n 19 python benchmarks/forecast.py --run runs/forecast-toy --no-pilot-target --unique-intervals profile \
+        --families logit-normal,skew-logit-normal --out docs/results/forecast-backtest-toy/unique_profile_wc.json
+
 Pilots are 3 disjoint blocks of 100 problems plus 5 random subsets that overlap them, so the 8 pilots of a
 cell are not independent: the paired intervals and p-values are optimistic about that.
 
@@ -79,10 +86,12 @@ def backtest_model(name, data, args) -> list[dict]:
             started = time.perf_counter()
             counts = problem_counts(data, n, pids)
             fc = None if args.pilot_only else forecast_counts(counts, args.ks, model=name, n_boot=args.n_boot,
-                                                              seed=args.seed, intervals=args.intervals)
+                                                              seed=args.seed, intervals=args.intervals,
+                                                              unique_intervals=args.unique_intervals)
             forced = {} if fc is None else {f: fit_success(counts["n"], counts["c"], family=f) for f in args.families}
             own = None if args.no_pilot_target else forecast_pilot(
-                counts, [k for k in args.ks if k >= n], n_boot=args.n_boot, seed=args.seed, intervals=args.intervals)
+                counts, [k for k in args.ks if k >= n], n_boot=args.n_boot, seed=args.seed, intervals=args.intervals,
+                unique_intervals=args.unique_intervals)
             subset_truth = {k: measured_at(data, full, pids, k) for k in truth}
             prefix = {} if own is None else {k: measured_at(data, k, pids, k) for k in truth if k >= n}
             for k in (k for k in args.ks if k in truth):
@@ -112,7 +121,16 @@ def _population_fields(fc, k: int, forced: dict) -> dict:
         "interval_families": fc.interval_families, "power_law": p.power_law_coverage,
         **{f"coverage_{f}": float(fit.coverage(k)) for f, fit in forced.items()},
         "unique": p.unique_correct, "unique_low": p.unique_correct_low, "unique_high": p.unique_correct_high,
+        **_mle_unique(p, "unique"), "unique_discounts": fc.unique_discounts,
     }
+
+
+def _mle_unique(p, prefix: str) -> dict:
+    """With --unique-intervals profile: the MLE (theta, d)'s own unique@k interval (= --unique-intervals
+    bootstrap for the population target); otherwise the interval itself."""
+    own = p.mle_unique_correct_low is not None
+    return {f"{prefix}_mle_low": p.mle_unique_correct_low if own else p.unique_correct_low,
+            f"{prefix}_mle_high": p.mle_unique_correct_high if own else p.unique_correct_high}
 
 
 def _pilot_fields(own, k: int) -> dict:
@@ -127,7 +145,8 @@ def _pilot_fields(own, k: int) -> dict:
             "pilot_refit_low": q.refit_coverage_low if q.refit_coverage_low is not None else q.coverage_low,
             "pilot_refit_high": q.refit_coverage_high if q.refit_coverage_high is not None else q.coverage_high,
             "pilot_unique": q.unique_correct, "pilot_unique_low": q.unique_correct_low,
-            "pilot_unique_high": q.unique_correct_high}
+            "pilot_unique_high": q.unique_correct_high, **_mle_unique(q, "pilot_unique"),
+            "pilot_unique_discounts": own.unique_discounts}
 
 
 def _covered(low, value, high) -> bool:
@@ -174,7 +193,19 @@ def _population_summary(rs: list[dict]) -> dict:
         "unique_bias": float(np.mean(uerr)) if uerr.size else None,
         "unique_interval_hit": float(np.mean([_covered(r["unique_low"], r["unique_true"], r["unique_high"])
                                              for r in rs if r["unique"] is not None])) if uerr.size else None,
+        **(_unique_widths(rs, "unique", "unique_true") if uerr.size else {}),
     }
+
+
+def _unique_widths(rs: list[dict], prefix: str, true: str) -> dict:
+    """unique@k interval hits and mean widths, the chosen --unique-intervals and the MLE's own (_mle_)."""
+    rs = [r for r in rs if r[prefix] is not None]
+    return {f"{prefix}_interval_width": float(np.mean([r[f"{prefix}_high"] - r[f"{prefix}_low"] for r in rs])),
+            f"{prefix}_mle_interval_width": float(np.mean([r[f"{prefix}_mle_high"] - r[f"{prefix}_mle_low"]
+                                                           for r in rs])),
+            f"{prefix}_mle_interval_hit": float(np.mean([_covered(r[f"{prefix}_mle_low"], r[true],
+                                                                  r[f"{prefix}_mle_high"]) for r in rs])),
+            f"{prefix}_true_mean": float(np.mean([r[true] for r in rs]))}
 
 
 def _refit_summary(rs: list[dict]) -> dict:
@@ -217,7 +248,8 @@ def _pilot_summary(rs: list[dict]) -> dict:
                 "pilot_unique_interval_hit": float(np.mean([_covered(r["pilot_unique_low"], r["unique_true_subset"],
                                                                      r["pilot_unique_high"]) for r in rs])),
                 "pilot_unique_prefix_interval_hit": float(np.mean([_covered(
-                    r["pilot_unique_low"], r["unique_true_prefix"], r["pilot_unique_high"]) for r in rs]))}
+                    r["pilot_unique_low"], r["unique_true_prefix"], r["pilot_unique_high"]) for r in rs])),
+                **_unique_widths(rs, "pilot_unique", "unique_true_prefix")}
     return out
 
 
@@ -236,6 +268,20 @@ def pilot_markdown(summary: list[dict]) -> str:
             f"{100 * s['pilot_refit_prefix_interval_hit']:.0f}% | {100 * s['pilot_coverage_interval_hit']:.0f}% | "
             f"{100 * s['pilot_refit_interval_hit']:.0f}% | {s['pilot_coverage_interval_width_pts']:.1f} | "
             f"{s['pilot_refit_interval_width_pts']:.1f} | {u} |")
+    return "\n".join(lines)
+
+
+def unique_markdown(summary: list[dict], prefix: str = "unique") -> str:
+    """unique@k: truth, error, and interval hits and widths, --unique-intervals vs the MLE's own interval."""
+    lines = ["| n | k | pilots | unique truth | interval covers | width | MLE's own interval covers | width |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    hit = "unique_interval_hit" if prefix == "unique" else "pilot_unique_prefix_interval_hit"
+    for s in summary:
+        if f"{prefix}_interval_width" not in s:
+            continue
+        lines.append(f"| {s['n']} | {s['k']} | {s['pilots']} | {s[prefix + '_true_mean']:.2f} | "
+                     f"{100 * s[hit]:.0f}% | {s[prefix + '_interval_width']:.2f} | "
+                     f"{100 * s[prefix + '_mle_interval_hit']:.0f}% | {s[prefix + '_mle_interval_width']:.2f} |")
     return "\n".join(lines)
 
 
@@ -272,6 +318,9 @@ def main() -> None:
                         default=["beta-binomial", "zero-inflated-beta", "logit-normal"],
                         help="families also fitted on their own (point forecasts), e.g. add beta-mixture")
     parser.add_argument("--intervals", default="families", help="families | refit (flopmatch.forecast.INTERVALS)")
+    parser.add_argument("--unique-intervals", default="bootstrap",
+                        help="bootstrap | profile (flopmatch.forecast.UNIQUE_INTERVALS); rows keep the MLE's own "
+                             "unique interval too (*_mle_low/high)")
     parser.add_argument("--no-pilot-target", action="store_true", help="skip the --target pilot forecasts")
     parser.add_argument("--pilot-only", action="store_true",
                         help="only the --target pilot forecasts (skip the population forecasts and forced families)")
@@ -303,12 +352,13 @@ def main() -> None:
         print("\nall models, forecast for the population (truth: all problems, S samples):\n"
               + markdown(result["summary"]))
         for m, s in per_model.items():
-            print(f"\n{m}:\n" + markdown(s))
+            print(f"\n{m}:\n" + markdown(s) + "\n\nunique@k intervals:\n" + unique_markdown(s))
     if not args.no_pilot_target:
         print("\nall models, forecast for the pilot problems themselves (--target pilot; truth: the same problems, "
               "S samples):\n" + pilot_markdown(result["summary"]))
         for m, s in per_model.items():
-            print(f"\n{m} (pilot problems):\n" + pilot_markdown(s))
+            print(f"\n{m} (pilot problems):\n" + pilot_markdown(s)
+                  + "\n\nunique@k intervals (truth: the first k samples):\n" + unique_markdown(s, "pilot_unique"))
     print(f"\nrows and settings: {args.out}")
 
 

@@ -58,7 +58,10 @@ likelihood is within ENVELOPE_NATS of the best (:func:`plausible_fits`): the fam
 apart but whose left tails, and so their large-k forecasts, differ. :func:`forecast_pilot` (THESE pilot
 problems at k samples each) takes the same ``intervals``, with the same union over the same families of
 its own interval (each resample refits the family, then draws every problem's p and its extra samples
-from the posterior).
+from the posterior). unique@k intervals (``unique_intervals``): "bootstrap" refits the MLE Pitman-Yor
+(theta, d) on every resample (problem sampling only); "profile" also spans the d the pilot cannot rule
+out (profile likelihood within ENVELOPE_NATS: :func:`flopmatch.forecast_unique.plausible_unique_fits`) and,
+for :func:`forecast_pilot`, draws the distinct solutions still to come by sequential seating.
 
 Baselines beside it (:mod:`flopmatch.forecast_baselines`, re-exported here): :func:`unbiased_coverage`
 (Chen et al. 2021, k <= n) and :func:`fit_power_law` (Brown et al. 2024: -log coverage@k = a * k^(-b),
@@ -77,6 +80,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special
 
+from flopmatch import forecast_unique
 from flopmatch.forecast_baselines import (
     PowerLawFit,
     fit_power_law,
@@ -365,6 +369,8 @@ class ForecastPoint:
     measured_unique_correct: float | None = None
     refit_coverage_low: float | None = None  # intervals="families": the chosen family's own interval
     refit_coverage_high: float | None = None
+    mle_unique_correct_low: float | None = None  # unique_intervals="profile": the MLE (theta, d)'s own interval
+    mle_unique_correct_high: float | None = None
 
 
 @dataclass(frozen=True)
@@ -381,6 +387,7 @@ class ModelForecast:
     measured_problems: int | None = None
     target: str = "population"  # or "pilot": the pilot problems themselves (forecast_pilot)
     interval_families: list[str] = field(default_factory=list)  # the families the intervals span
+    unique_discounts: list[float] = field(default_factory=list)  # unique_intervals="profile": the d range spanned
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` shape of issue 13 (extra keys: unique_fit, power_law, per-point baselines)."""
@@ -392,6 +399,7 @@ class ModelForecast:
             "power_law": asdict(self.power_law) if self.power_law else None, "n_boot": self.n_boot,
             "measured_samples": self.measured_samples, "measured_problems": self.measured_problems,
             "target": self.target, "interval_families": self.interval_families,
+            "unique_discounts": self.unique_discounts,
             "forecast": [asdict(p) for p in self.points],
         }
 
@@ -416,6 +424,7 @@ def _count_arrays(counts: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndar
 # the union of their refit intervals, so a forecast that hinges on the family's left tail says so.
 # Toy-world backtest (README): the truth inside the interval in 144 of 144 pilot cells (refit: 128), ~40% wider.
 INTERVALS = ("refit", "families")
+UNIQUE_INTERVALS = ("bootstrap", "profile")  # unique@k intervals: module docstring
 ENVELOPE_FAMILIES = ("beta-binomial", "zero-inflated-beta", "logit-normal", "skew-logit-normal")
 ENVELOPE_NATS = 2.0
 
@@ -435,20 +444,21 @@ def plausible_fits(fit: SuccessFit, n: np.ndarray, c: np.ndarray, seed: int = 0)
     return out
 
 
-def _bootstrap(fits: dict[str, SuccessFit], ufit: UniqueFit | None, n, c, u, ks: list[int], n_boot: int,
+def _bootstrap(fits: dict[str, SuccessFit], ufits: dict[str, UniqueFit], n, c, u, ks: list[int], n_boot: int,
                seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per family: coverage and unique@k of every resample of problems (rows) at every k (columns)."""
+    """Per family: coverage of every resample of problems (rows) at every k (columns), and unique@k per
+    uniqueness model of ``ufits`` (models x resamples x k; nan where a resample has no correct sample)."""
     k_arr = np.array(ks, dtype=float)
     rng = np.random.default_rng(seed)
-    out = {f: (np.empty((n_boot, len(ks))), np.full((n_boot, len(ks)), np.nan)) for f in fits}
+    out = {f: (np.empty((n_boot, len(ks))), np.full((len(ufits), n_boot, len(ks)), np.nan)) for f in fits}
     for i in range(n_boot):
         idx = rng.integers(0, len(n), len(n))
-        uf = fit_unique(c[idx], u[idx], start=ufit) if ufit is not None and (c[idx] > 0).any() else None
+        ufs = forecast_unique.refit_unique(ufits, c[idx], u[idx]) if ufits else []  # [] without a correct sample
         for family, fit in fits.items():
             f = refit(fit, n[idx], c[idx])
             out[family][0][i] = f.coverage(k_arr)
-            if uf is not None:
-                out[family][1][i] = [uf.unique_at_k(f, k) for k in ks]
+            for m, uf in enumerate(ufs):
+                out[family][1][m, i] = [uf.unique_at_k(f, k) for k in ks]
     return out
 
 
@@ -461,7 +471,7 @@ def _interval(boots: list[np.ndarray], j: int) -> tuple[float | None, float | No
     return min(float(np.percentile(col, 2.5)) for col in cols), max(float(np.percentile(col, 97.5)) for col in cols)
 
 
-def _check(ks: Sequence[int], n_boot: int, intervals: str) -> list[int]:
+def _check(ks: Sequence[int], n_boot: int, intervals: str, unique_intervals: str = "bootstrap") -> list[int]:
     ks = [int(k) for k in ks]
     if not ks or min(ks) < 1:
         raise ValueError(f"k values must be >= 1, got {ks}")
@@ -469,41 +479,49 @@ def _check(ks: Sequence[int], n_boot: int, intervals: str) -> list[int]:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     if intervals not in INTERVALS:
         raise ValueError(f"unknown intervals {intervals!r}; expected one of {INTERVALS}")
+    if unique_intervals not in UNIQUE_INTERVALS:
+        raise ValueError(f"unknown unique_intervals {unique_intervals!r}; expected one of {UNIQUE_INTERVALS}")
     return ks
 
 
-def _fits(n, c, u, family: str, intervals: str, seed: int) -> tuple[SuccessFit, UniqueFit | None, dict[str, SuccessFit]]:
-    """The chosen fit, the unique-solution fit, and the families the intervals span (chosen first)."""
+def _fits(n, c, u, family: str, intervals: str, seed: int,
+          unique_intervals: str) -> tuple[SuccessFit, dict[str, UniqueFit], dict[str, SuccessFit]]:
+    """The chosen fit, the uniqueness models the intervals span ("mle" first) and the families (chosen first)."""
     fit = fit_success(n, c, family=family, seed=seed)
-    ufit = fit_unique(c, u) if u is not None and (c > 0).any() else None
-    return fit, ufit, plausible_fits(fit, n, c, seed) if intervals == "families" else {fit.family: fit}
+    ufits = forecast_unique.unique_models(c, u, unique_intervals == "profile", ENVELOPE_NATS) if u is not None else {}
+    return fit, ufits, plausible_fits(fit, n, c, seed) if intervals == "families" else {fit.family: fit}
 
 
 def _interval_fields(boot: dict[str, tuple[np.ndarray, np.ndarray]], chosen: str, j: int,
                      unique: bool) -> dict[str, float | None]:
-    """A ForecastPoint's intervals at column j: coverage and unique@k as the union over the families of
-    ``boot``; with more than one, also the chosen family's own coverage interval (``refit_*``)."""
+    """A ForecastPoint's intervals at column j: the union over the families of ``boot`` (unique@k: and its
+    uniqueness models); with more than one, the chosen family's (``refit_*``) and the MLE's (``mle_unique_*``)."""
     low, high = _interval([b[0] for b in boot.values()], j)
     out = {"coverage_low": low, "coverage_high": high, "unique_correct_low": None, "unique_correct_high": None}
     if unique:
-        out["unique_correct_low"], out["unique_correct_high"] = _interval([b[1] for b in boot.values()], j)
+        out["unique_correct_low"], out["unique_correct_high"] = _interval([m for b in boot.values() for m in b[1]], j)
+        if len(next(iter(boot.values()))[1]) > 1:
+            out["mle_unique_correct_low"], out["mle_unique_correct_high"] = _interval([b[1][0] for b in boot.values()], j)
     if len(boot) > 1:
         out["refit_coverage_low"], out["refit_coverage_high"] = _interval([boot[chosen][0]], j)
     return out
 
 
 def forecast_counts(counts: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS, *, model: str = "", n_boot: int = 200,
-                    seed: int = 0, family: str = "auto", intervals: str = "families") -> ModelForecast:
+                    seed: int = 0, family: str = "auto", intervals: str = "families",
+                    unique_intervals: str = "bootstrap") -> ModelForecast:
     """Forecast coverage, correct and unique-correct per problem at each k, with bootstrap intervals.
 
     ``counts`` has one row per problem: ``problem_id, n, c`` and optionally ``unique_correct`` (distinct
     correct solutions among the c; without it the diversity forecast is None). ``intervals``: see
     INTERVALS; with "families" each point also keeps the chosen family's own interval (``refit_*``).
+    ``unique_intervals``: see UNIQUE_INTERVALS (the coverage forecasts and intervals do not depend on it).
     """
-    ks = _check(ks, n_boot, intervals)
+    ks = _check(ks, n_boot, intervals, unique_intervals)
     n, c, u = _count_arrays(counts)
-    fit, ufit, fits = _fits(n, c, u, family, intervals, seed)
-    boot = _bootstrap(fits, ufit, n, c, u, ks, n_boot, seed)
+    fit, ufits, fits = _fits(n, c, u, family, intervals, seed, unique_intervals)
+    ufit = ufits.get("mle")
+    boot = _bootstrap(fits, ufits, n, c, u, ks, n_boot, seed)
     power = power_law_from_counts(n, c)
     points = [ForecastPoint(
         k=k, coverage=float(fit.coverage(k)), unique_correct=ufit.unique_at_k(fit, k) if ufit is not None else None,
@@ -511,7 +529,8 @@ def forecast_counts(counts: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS, *, mod
         **_interval_fields(boot, fit.family, j, ufit is not None),
     ) for j, k in enumerate(ks)]
     return ModelForecast(model=model, problems=len(n), pilot_samples=float(np.mean(n)), fit=fit, points=points,
-                         unique_fit=ufit, power_law=power, n_boot=n_boot, interval_families=list(fits))
+                         unique_fit=ufit, power_law=power, n_boot=n_boot, interval_families=list(fits),
+                         unique_discounts=forecast_unique.discounts(ufits))
 
 
 def _pilot_point(fit: SuccessFit, ufit: UniqueFit | None, n, c, u, k: int) -> tuple[float, float | None]:
@@ -524,47 +543,50 @@ def _pilot_point(fit: SuccessFit, ufit: UniqueFit | None, n, c, u, k: int) -> tu
     return cov, float(np.mean(values))
 
 
-def _pilot_bootstrap(fit: SuccessFit, ufit: UniqueFit | None, n, c, u, ks: list[int], n_boot: int,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """One family: coverage and unique@k of the pilot problems per resample (rows) at every k (columns).
-    Each resample of problems refits the prior, then draws every pilot problem's p and extra correct samples
-    from its posterior. Every family draws from its own generator seeded with ``seed``, so the chosen
-    family's interval is the same whichever other families are plausible."""
-    rng = np.random.default_rng(seed)
-    cov_boot, uniq_boot = np.empty((n_boot, len(ks))), np.empty((n_boot, len(ks)))
+def _pilot_bootstrap(fit: SuccessFit, ufits: dict[str, UniqueFit], n, c, u, ks: list[int], n_boot: int,
+                     seed: int, seating: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One family: the pilot problems' coverage (resamples x k) and unique@k (models x resamples x k). Each
+    resample of problems refits the prior, draws every pilot problem's p and extra correct samples from its
+    posterior, and their new distinct solutions (expected; with ``seating`` drawn, from a second generator).
+    Every family draws from generators seeded with ``seed``: the chosen family's interval is its own."""
+    rng, seats = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    cov_boot, uniq_boot = np.empty((n_boot, len(ks))), np.empty((len(ufits), n_boot, len(ks)))
     for i in range(n_boot):
         idx = rng.integers(0, len(n), len(n))
         f = refit(fit, n[idx], c[idx])
-        uf = fit_unique(c[idx], u[idx], start=ufit) if ufit is not None and (c[idx] > 0).any() else ufit
+        ufs = forecast_unique.refit_unique(ufits, c[idx], u[idx]) or list(ufits.values())
         p = f.posterior_sample(n, c, rng)
         for j, k in enumerate(ks):
             extra = rng.binomial(k - n, p)
             cov_boot[i, j] = np.mean((c > 0) | (extra > 0))
-            uniq_boot[i, j] = np.mean(u + uf.growth(c, extra, u)) if uf is not None else np.nan
+            for m, uf in enumerate(ufs):
+                grow = forecast_unique.sample_growth(uf, c, extra, u, seats) if seating else uf.growth(c, extra, u)
+                uniq_boot[m, i, j] = np.mean(u + grow)
     return cov_boot, uniq_boot
 
 
 def forecast_pilot(counts: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS, *, model: str = "", n_boot: int = 200,
-                   seed: int = 0, family: str = "auto", intervals: str = "families") -> ModelForecast:
+                   seed: int = 0, family: str = "auto", intervals: str = "families",
+                   unique_intervals: str = "bootstrap") -> ModelForecast:
     """Forecast for THESE pilot problems if each got k samples in total (its pilot included).
 
     Solved problems stay solved; unsolved ones are solved with their posterior probability, and unique
-    solutions grow from each problem's observed u_i by the Pitman-Yor model given its posterior number of extra
-    correct samples (:func:`pilot_coverage`). Intervals: a bootstrap over problems refits the prior, then
-    each problem's p and extra correct samples are drawn from its posterior, so they include the
-    randomness of the samples still to be drawn (:func:`_pilot_bootstrap`). ``intervals`` as in
-    :func:`forecast_counts`: "families" (the default) is the union of that interval over the families of
-    :func:`plausible_fits`, each point keeping the chosen family's own (``refit_*``); "refit" the chosen
-    family's only. The point forecast is the chosen family's. Needs k >= every n_i (smaller k are dropped).
+    solutions grow from each problem's u_i by the Pitman-Yor model given its posterior extra correct samples
+    (:func:`pilot_coverage`). Intervals: a bootstrap over problems refits the prior, then draws each
+    problem's p and extra correct samples from its posterior (:func:`_pilot_bootstrap`). ``intervals``
+    and ``unique_intervals`` as in :func:`forecast_counts` ("families": the union over :func:`plausible_fits`,
+    each point keeping the chosen family's own, ``refit_*``). The point forecast is the chosen family's.
+    Needs k >= every n_i (smaller k are dropped).
     Toy backtest (docs/results/forecast-backtest-toy/pilot_target_*.json): "families" holds what the first
     k samples solved in 80 of 80 cells ("refit": 76), 15.7 points wide on average ("refit": 12.1).
     """
     n, c, u = _count_arrays(counts)
-    ks = [k for k in _check(ks, n_boot, intervals) if k >= int(n.max())]
+    ks = [k for k in _check(ks, n_boot, intervals, unique_intervals) if k >= int(n.max())]
     if not ks:
         raise ValueError(f"the pilot target needs k >= the pilot's samples per problem ({int(n.max())})")
-    fit, ufit, fits = _fits(n, c, u, family, intervals, seed)
-    boot = {f: _pilot_bootstrap(one, ufit, n, c, u, ks, n_boot, seed) for f, one in fits.items()}
+    fit, ufits, fits = _fits(n, c, u, family, intervals, seed, unique_intervals)
+    ufit, seating = ufits.get("mle"), unique_intervals == "profile"
+    boot = {f: _pilot_bootstrap(one, ufits, n, c, u, ks, n_boot, seed, seating) for f, one in fits.items()}
     points = []
     for j, k in enumerate(ks):
         cov, uniq = _pilot_point(fit, ufit, n, c, u, k)
@@ -574,4 +596,5 @@ def forecast_pilot(counts: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS, *, mode
             **_interval_fields(boot, fit.family, j, uniq is not None),
         ))
     return ModelForecast(model=model, problems=len(n), pilot_samples=float(np.mean(n)), fit=fit, points=points,
-                         unique_fit=ufit, n_boot=n_boot, target="pilot", interval_families=list(fits))
+                         unique_fit=ufit, n_boot=n_boot, target="pilot", interval_families=list(fits),
+                         unique_discounts=forecast_unique.discounts(ufits))

@@ -15,10 +15,18 @@ d = 0). Forecasts: E[K_m] = (theta / d) ((theta + d)_m / (theta)_m - 1), and fro
 K_j + theta / d grows by the factor (theta + j + d) / (theta + j) in expectation at every step (the
 CRP's digamma forms at d = 0). Pure maths; :mod:`flopmatch.forecast` re-exports :class:`UniqueFit` and
 :func:`fit_unique`.
+
+How weakly a pilot pins d down (:func:`plausible_unique_fits`): with few correct samples per problem the
+likelihood is flat in d, and the MLE is often low (toy world, c <= 8 correct per problem: unique@100
+under-forecast by ~2 of ~5). The profile log-likelihood of d (theta re-optimised at each d,
+:func:`fit_unique_at`) gives the set {d: profile >= max - nats}, the same rule as the success families'
+ENVELOPE_NATS; its two ends, each with its own re-optimised theta, are the uniqueness models the pilot
+cannot rule out. :func:`flopmatch.forecast.forecast_counts` spans them in its unique@k intervals.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -125,3 +133,95 @@ def fit_unique(c: Any, u: Any, start: UniqueFit | None = None) -> UniqueFit:
     log_theta = float(np.clip(best.x[0], -_THETA_LOG_BOUND, _THETA_LOG_BOUND))
     return UniqueFit(theta=math.exp(log_theta), log_likelihood=-float(best.fun), problems=int(cs.size),
                      discount=float(MAX_DISCOUNT * special.expit(best.x[1])))
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_table(c_max: int, d: float) -> np.ndarray:
+    """log_generalised_factorial for a fixed d (profile fits evaluate one d at many theta)."""
+    return log_generalised_factorial(c_max, d)
+
+
+def _fixed_d_nll(log_theta: float, d: float, c: np.ndarray, u: np.ndarray, terms: float) -> float:
+    theta = math.exp(log_theta)
+    steps = np.log(theta + d * np.arange(1, int(u.max()), dtype=float)) if u.max() > 1 else np.empty(0)
+    new_tables = np.concatenate([[0.0], np.cumsum(steps)])[u - 1]
+    return -float(np.sum(new_tables - _log_rising(theta + 1, c - 1)) + terms)
+
+
+def fit_unique_at(c: Any, u: Any, discount: float) -> UniqueFit:
+    """Maximum-likelihood theta with the discount held at ``discount`` (the profile likelihood of d)."""
+    c_arr, u_arr = np.asarray(c, dtype=np.int64), np.asarray(u, dtype=np.int64)
+    keep = c_arr > 0
+    cs, us = c_arr[keep], u_arr[keep]
+    if cs.size == 0:
+        raise ValueError("fit_unique_at needs at least one problem with a correct sample")
+    d = float(min(max(discount, 0.0), MAX_DISCOUNT))
+    terms = float(np.sum(_cached_table(int(cs.max()), d)[cs, us]))
+    res = optimize.minimize_scalar(_fixed_d_nll, bounds=(-_THETA_LOG_BOUND, _THETA_LOG_BOUND), method="bounded",
+                                   args=(d, cs, us, terms), options={"xatol": 1e-5})
+    return UniqueFit(theta=math.exp(float(res.x)), log_likelihood=-float(res.fun), problems=int(cs.size), discount=d)
+
+
+PROFILE_GRID = np.linspace(0.0, MAX_DISCOUNT, 39)
+
+
+def discount_range(c: Any, u: Any, fit: UniqueFit, nats: float = 2.0) -> tuple[float, float]:
+    """The ends of {d: profile log-likelihood >= fit's - nats} (theta re-optimised at every d), each end
+    found by bisection between grid points of PROFILE_GRID; the set contains fit.discount."""
+    c_arr, u_arr = np.asarray(c, dtype=np.int64), np.asarray(u, dtype=np.int64)
+    floor = fit.log_likelihood - nats
+
+    def gap(d: float) -> float:
+        return fit_unique_at(c_arr, u_arr, d).log_likelihood - floor
+
+    below = [d for d in PROFILE_GRID if d < fit.discount]
+    above = [d for d in PROFILE_GRID if d > fit.discount]
+    ends = []
+    for side, inner in ((below[::-1], fit.discount), (above, fit.discount)):
+        end = side[-1] if side else fit.discount  # the boundary when the whole side is plausible
+        for d in side:
+            if gap(d) < 0:
+                end = optimize.brentq(gap, min(d, inner), max(d, inner), xtol=1e-4)
+                break
+            inner = d
+        ends.append(float(end))
+    return ends[0], ends[1]
+
+
+def plausible_unique_fits(c: Any, u: Any, fit: UniqueFit, nats: float = 2.0) -> dict[str, UniqueFit]:
+    """``fit`` ("mle") and the profile fits at both ends of :func:`discount_range` ("low", "high")."""
+    low, high = discount_range(c, u, fit, nats)
+    return {"mle": fit, "low": fit_unique_at(c, u, low), "high": fit_unique_at(c, u, high)}
+
+
+def sample_growth(fit: UniqueFit, c: np.ndarray, extra: np.ndarray, u: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One draw of the new distinct solutions per problem when a problem with c correct (u distinct) gets
+    ``extra`` more correct ones: sequential Pitman-Yor seating, new with probability (theta + K d) / (theta + j)."""
+    c, extra = np.asarray(c, dtype=float), np.asarray(extra, dtype=np.int64)
+    k = np.asarray(u, dtype=float).copy()
+    start = k.copy()
+    for step in range(int(extra.max(initial=0))):
+        new = (rng.random(k.shape) * (fit.theta + c + step) < fit.theta + k * fit.discount) & (step < extra)
+        k += new
+    return k - start
+
+
+def refit_unique(models: dict[str, UniqueFit], c: np.ndarray, u: np.ndarray) -> list[UniqueFit]:
+    """The models of :func:`plausible_unique_fits` refitted on a resample: the MLE as :func:`fit_unique` from
+    itself, the others' theta at their own d ([] when no problem of the resample has a correct sample)."""
+    if not (np.asarray(c) > 0).any():
+        return []
+    return [fit_unique(c, u, start=m) if name == "mle" else fit_unique_at(c, u, m.discount) for name, m in models.items()]
+
+
+def unique_models(c: np.ndarray, u: np.ndarray, profile: bool, nats: float = 2.0) -> dict[str, UniqueFit]:
+    """{"mle": fit_unique(c, u)}, with ``profile`` :func:`plausible_unique_fits`; {} without a correct sample."""
+    if not (np.asarray(c) > 0).any():
+        return {}
+    fit = fit_unique(c, u)
+    return plausible_unique_fits(c, u, fit, nats) if profile else {"mle": fit}
+
+
+def discounts(models: dict[str, UniqueFit]) -> list[float]:
+    """The d range the models span ([] for the MLE alone)."""
+    return [models["low"].discount, models["high"].discount] if "low" in models else []
