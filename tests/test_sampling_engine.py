@@ -44,5 +44,6 @@ def test_a_second_sampler_of_the_same_model_is_refused(tmp_path):
             with sampling_lock(tmp_path):
                 pass  # flock is per open file: the same process is refused as another would be
     assert isinstance(info.value, RuntimeError)  # what Python callers caught before
+    assert info.value.exit_code == 1  # the CLI's exit code, as when this was a RuntimeError's traceback
     with sampling_lock(tmp_path):  # released
         pass

@@ -45,6 +45,8 @@ class SamplingInputError(FlopmatchError, ValueError):
 class SamplerBusy(FlopmatchError, RuntimeError):
     """Another flopmatch process holds the model's sampling lock in this run."""
 
+    exit_code = 1  # not bad input: the same command works once the other sampler is done
+
 
 # --------------------------------------------------------------------------- the generation loop
 
