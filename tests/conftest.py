@@ -7,7 +7,8 @@ directories removes what a killed session left. ``FLOPMATCH_TEST_CACHE=/some/dir
 between sessions instead (it is never the default cache unless you name it).
 
 The gate: see ``skip_gate.py``. The default toy models pretrain in the background while other tests
-run: see ``toy_prefetch.py``.
+run: see ``toy_prefetch.py``. Tests marked ``extended`` are left out unless ``--extended`` is given: see
+``extended_tests.py``. Studies several modules check run once per session: ``shared_studies.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from extended_tests import add_option, deselect_extended, register_marker
+from shared_studies import seeds_study  # noqa: F401 - a session fixture for every module
 from skip_gate import SkipGate
 from toy_prefetch import ToyPrefetch
 
@@ -28,8 +31,17 @@ _SAVED = pytest.StashKey[tuple[Path, bool, "str | None"]]()
 _PREFETCH = "flopmatch-toy-prefetch"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_option(parser)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    deselect_extended(config, items)  # before the prefetch plugin (trylast) looks at what will run
+
+
 @pytest.hookimpl(trylast=True)  # after pytest's tmp_path plugin has set up the session's directory
 def pytest_configure(config: pytest.Config) -> None:
+    register_marker(config)
     config.pluginmanager.register(SkipGate(), "flopmatch-skip-gate")
     kept = os.environ.get(KEEP_ENV)
     if kept:

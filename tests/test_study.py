@@ -275,23 +275,49 @@ def _toy_study(name: str, **overrides) -> dict:
     return data
 
 
+#: `flopmatch demo` shrunk with --set so it takes seconds (the full-size demo is timed in the closing notes,
+#: not here). The student is the few-step toy model (the packaged student's spec is checked in
+#: test_examples_validate): its own pretraining would be the only use of the default student in the suite.
+DEMO_SHRINK = [
+    "problems.sample.limit=16", "problems.validation.holdout=4", "problems.test.limit=8",
+    "budget.se_samples=[1,2]", "judge.per_model=50", "analysis.n_boot=50", "evaluation.n=2",
+    "training.steps_per_budget={1: 2, 2: 2}", "training.options.n_checkpoints=1",
+    "paradigms.student.toyworld_spec={" + ", ".join(f"{key}: {value}" for key, value in TINY_TOY.items()) + "}",
+]  # fmt: skip
+FLOPMATCH_SCRIPT = Path(sys.executable).with_name("flopmatch")
+
+
+def _demo_args(run: Path) -> list[str]:
+    return [str(FLOPMATCH_SCRIPT), "demo", "--run", str(run), "--quiet"] + [f"--set={o}" for o in DEMO_SHRINK]
+
+
+def _demo_env() -> dict[str, str]:
+    return os.environ | {"OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+
+
 @pytest.fixture(scope="module")
 def trained_study(tmp_path_factory):
-    """One full study (every stage, all three paradigms at two budgets) shared by the tests below."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    root = tmp_path_factory.mktemp("study")
-    config = validate_study_dict(_toy_study("full"))
-    result = run_study(config, root / "run", log=lambda _: None, progress=False)
-    return config, root / "run", result
+    """One full study shared by the tests below: `flopmatch demo` as a user runs it (the installed console
+    script, in its own process), shrunk by DEMO_SHRINK: every stage, all three paradigms at two budgets, two
+    training seeds, the runs and evaluations on two worker processes. Each test leaves it finished.
+    Returns (the demo's config, as the tests' in-process reruns use it; the run directory; the command's
+    completed process)."""
+    from flopmatch.study import demo_config
+
+    run = tmp_path_factory.mktemp("demo") / "demo"
+    done = subprocess.run(_demo_args(run), capture_output=True, text=True, env=_demo_env(), timeout=1800)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return demo_config(DEMO_SHRINK), run, done
 
 
 @pytest.mark.train
 def test_full_study_runs_every_stage_and_all_paradigms(trained_study):
     import pandas as pd
 
-    config, run_dir, result = trained_study
-    assert result.ran == [s for s in STAGES if s != "pilot"]  # the pilot runs in budget.mode advised only
-    assert result.report is not None and result.report.exists()
+    config, run_dir, done = trained_study
+    ran = re.findall(r"\[\d+/\d+\] (\S+): running", done.stdout)
+    assert ran == [s for s in STAGES if s != "pilot"]  # the pilot runs in budget.mode advised only
+    assert (run_dir / "report" / "index.html").exists()
     paradigms = pd.read_parquet(run_dir / "metrics" / "paradigms.parquet")
     assert set(paradigms["paradigm"]) == {"knowledge_distillation", "self_improvement", "weak_to_strong"}
     assert set(paradigms["budget_se_samples"]) == {1, 2}
@@ -303,7 +329,8 @@ def test_full_study_runs_every_stage_and_all_paradigms(trained_study):
     plan = json.loads((run_dir / "plan.json").read_text())
     budgets = [(b["se_samples"], b["wc_samples"]) for b in plan["budgets"]]
     jobs = train_jobs(config, budgets)
-    assert len(jobs) == 14  # 3 paradigms x 2 budgets x (SE data, WC data) + 2 number-matched
+    assert len(jobs) == 28  # (3 paradigms x 2 budgets x (SE data, WC data) + 2 number-matched) x 2 seeds
+    assert {j.seed for j in jobs} == {0, 1}
     assert {j.data.kind for j in jobs if j.paradigm == "knowledge_distillation"} == {
         "se",
         "wc",
@@ -323,30 +350,16 @@ def test_full_study_runs_every_stage_and_all_paradigms(trained_study):
     ctx = StudyContext(config=config, run=RunDir(run_dir), log=lambda _: None)
     sample_ids = {p.problem_id for p in ctx.problems("sample")}
     validation_ids = {p.problem_id for p in ctx.problems("validation")}
-    assert len(sample_ids) == 12 and len(validation_ids) == 4 and not sample_ids & validation_ids
+    assert len(sample_ids) == 16 and len(validation_ids) == 4 and not sample_ids & validation_ids
     sampled = set(read_shards(RunDir(run_dir).samples_dir("toyworld-wc")).column("problem_id").to_pylist())
     assert sampled == sample_ids
 
 
 @pytest.mark.train
-def test_demo_command_runs_the_packaged_study_end_to_end(tmp_path):
-    """`flopmatch demo` as a user runs it (the installed console script, in its own process), shrunk with
-    --set so it takes seconds; the full-size demo is timed in the closing notes, not here. The student is
-    the few-step toy model (the packaged student's spec is checked in test_examples_validate): its own
-    pretraining would be the only use of the default student in the test suite."""
-    script = Path(sys.executable).with_name("flopmatch")
-    run = tmp_path / "demo"
-    tiny_student = "{" + ", ".join(f"{key}: {value}" for key, value in TINY_TOY.items()) + "}"
-    shrink = [
-        "problems.sample.limit=16", "problems.validation.holdout=4", "problems.test.limit=8",
-        "budget.se_samples=[1,2]", "judge.per_model=50", "analysis.n_boot=50", "evaluation.n=2",
-        "training.steps_per_budget={1: 2, 2: 2}", "training.options.n_checkpoints=1",
-        f"paradigms.student.toyworld_spec={tiny_student}",
-    ]  # fmt: skip
-    args = [str(script), "demo", "--run", str(run), "--quiet"] + [f"--set={o}" for o in shrink]
-    env = os.environ | {"OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=1800)
-    assert done.returncode == 0, done.stdout + done.stderr
+def test_demo_command_runs_the_packaged_study_end_to_end(trained_study):
+    """`flopmatch demo` (the fixture's run): it says what it did, writes the report, and the same command
+    again resumes, every stage skipped; a bad --set is refused."""
+    _, run, done = trained_study
     assert f"[{len(STAGES)}/{len(STAGES)}] report: done" in done.stdout and "study finished" in done.stdout
     report = run / "report" / "index.html"
     assert f"report: {report}" in done.stdout.replace("\n", "")
@@ -354,10 +367,10 @@ def test_demo_command_runs_the_packaged_study_end_to_end(tmp_path):
     state = RunDir(run).stage_state()
     assert all(state[stage]["status"] == "done" for stage in STAGES if stage != "pilot"), state
     # the same command again resumes: every stage is skipped
-    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    again = subprocess.run(_demo_args(run), capture_output=True, text=True, env=_demo_env(), timeout=600)
     assert again.returncode == 0 and "0 stages ran" in again.stdout, again.stdout + again.stderr
-    bad = subprocess.run([str(script), "demo", "--run", str(run), "--set", "budget.se_samples=[0]"],
-                         capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    bad = subprocess.run([str(FLOPMATCH_SCRIPT), "demo", "--run", str(run), "--set", "budget.se_samples=[0]"],
+                         capture_output=True, text=True, env=_demo_env(), timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "budget.se_samples" in bad.stdout + bad.stderr
 
 
@@ -433,22 +446,16 @@ def test_overlapping_splits_are_refused(tmp_path):
 
 
 @pytest.mark.train
-def test_training_seeds_train_each_job_per_seed_and_comparisons_resample_them(tmp_path):
+def test_training_seeds_train_each_job_per_seed_and_comparisons_resample_them(seeds_study):
     """training.seeds: [0, 1]: every job runs twice (the default seed under its one-seed name, seed 1 as
-    -s1), per-seed rows are kept, and metrics/comparisons.parquet averages the seeds; a rerun skips all."""
+    -s1), per-seed rows are kept, and metrics/comparisons.parquet averages the seeds; a rerun skips all.
+    (The study, self-improvement at SE 1 on 12 problems, is shared with test_workers: shared_studies.py.)"""
     import pandas as pd
     from typer.testing import CliRunner
 
     from flopmatch.cli import app
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    data = _toy_study("seeds", budget={"se_samples": [1]},
-                      paradigms={"knowledge_distillation": False, "weak_to_strong": False, "number_matched": []},
-                      training={"preset": "tiny-cpu", "seeds": [0, 1],
-                                "options": {"max_steps": 2, "n_checkpoints": 1}})  # fmt: skip
-    config = validate_study_dict(data)
-    run_dir = tmp_path / "run"
-    run_study(config, run_dir, log=lambda _: None, progress=False)
+    config, run_dir = seeds_study
     trained = json.loads((run_dir / "models" / "trained.json").read_text())["jobs"]
     assert set(trained) == {"si-se-b1", "si-se-b1-s1", "si-wc-b1", "si-wc-b1-s1"}
     assert all(best is not None for best in trained.values()), trained  # 12 problems: every set has data

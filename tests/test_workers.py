@@ -37,49 +37,37 @@ def _torch_threads() -> int:
 
 
 @pytest.mark.train
-def test_a_study_on_two_workers_trains_and_evaluates_each_job_once_with_the_sequential_results(tmp_path):
+def test_a_study_on_two_workers_trains_and_evaluates_each_job_once_with_the_sequential_results(
+    tmp_path, seeds_study
+):
     """training.workers: 2 runs the fine-tuning runs and evaluations on worker processes: same metrics as one
-    after another (one torch thread either way), every job marked done, and a rerun redoes nothing."""
+    after another (one torch thread either way), every job marked done, and a rerun redoes nothing. The study
+    one after another is shared_studies.py's (four runs: two seeds of SE and WC data), checked in test_study."""
     import json
     import os
 
     import pandas as pd
 
     from flopmatch.study import run_study, validate_study_dict
+    from shared_studies import seeds_study_dict
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    tiny_student = {"hidden_size": 32, "num_layers": 1, "num_heads": 1, "intermediate_size": 32,
-                    "train_steps": 20, "tokenizer_corpus": 300}  # fmt: skip
-
-    def study(workers: int) -> dict:
-        return {
-            "name": f"workers{workers}",
-            "problems": {"sample": {"source": "toyworld", "split": "train", "limit": 8}, "validation": {"holdout": 4},
-                         "test": {"source": "toyworld", "split": "test", "limit": 6}},
-            "models": {"wc": {"model": "toyworld-wc", "backend": "hf"}, "se": {"model": "toyworld-se", "backend": "hf"}},
-            "budget": {"se_samples": [1]},
-            "sampling": {"max_tokens": 96},
-            "judge": {"spec": "toyworld-checker", "per_model": 100},
-            "analysis": {"n_boot": 50},
-            "paradigms": {"student": {"model": "tiny-student", "backend": "hf", "toyworld_spec": tiny_student},
-                          "weak_to_strong": False, "number_matched": []},
-            "training": {"preset": "tiny-cpu", "seeds": [0, 1], "options": {"max_steps": 2, "n_checkpoints": 1},
-                         "workers": workers},
-            "evaluation": {"backend": "hf", "n": 1},
-        }  # fmt: skip
-
+    sequential, sequential_dir = seeds_study
+    assert sequential.training.workers == 1
+    config = validate_study_dict(seeds_study_dict("workers2", workers=2))
+    assert config.model_copy(update={"name": sequential.name, "training": sequential.training}) == sequential
     tables = {}
-    for workers in (1, 2):
-        config = validate_study_dict(study(workers))
-        run_dir = tmp_path / f"run{workers}"
-        run_study(config, run_dir, log=lambda _: None, progress=False)
+    for workers, run_dir in ((1, sequential_dir), (2, tmp_path / "run2")):
+        if workers == 2:
+            run_study(config, run_dir, log=lambda _: None, progress=False)
         state = json.loads((run_dir / "state.json").read_text())["jobs"]  # each run and evaluation is a job
         jobs = json.loads((run_dir / "models" / "trained.json").read_text())["jobs"]
-        assert len(jobs) == 8 and all(jobs.values())
+        assert len(jobs) == 4 and all(jobs.values())
         assert all(state[f"train:{name}"]["status"] == "done" for name in jobs)
         assert all(state[f"eval:{name}"]["status"] == "done" for name in jobs)
         stamps = {name: (run_dir / "models" / name / "train_result.json").stat().st_mtime_ns for name in jobs}
-        assert run_study(config, run_dir, log=lambda _: None, progress=False).ran == []
+        again = config if workers == 2 else sequential
+        assert run_study(again, run_dir, log=lambda _: None, progress=False).ran == []
         assert stamps == {n: (run_dir / "models" / n / "train_result.json").stat().st_mtime_ns for n in jobs}
         tables[workers] = pd.read_parquet(run_dir / "metrics" / "paradigms.parquet").sort_values(
             ["model_name", "metric"], ignore_index=True
