@@ -110,6 +110,24 @@ def test_budget_of_a_set_from_the_plan_or_from_the_uniform_spend():
     assert isinstance(info.value, ValueError)  # what Python callers caught before
 
 
+def test_a_measured_budget_reads_the_uniform_tokens_without_their_text(tmp_path, monkeypatch):
+    from flopmatch.allocation_study import AllocatedModel, set_budget
+    from flopmatch.budget import plan_budgets
+    from flopmatch.store.queries import load_problems
+    from sample_reads import WC, planned_run, spy_sample_reads
+
+    run = planned_run(tmp_path / "run")  # WC: 4 problems x samples 0..2 of 10, 11, 12 tokens, in two shards
+    ids = sorted(load_problems(run))
+    reads = spy_sample_reads(monkeypatch, run)
+    plan = plan_budgets(mode="flops", se_samples=[1], wc_params=1e9, se_params=3e9, n_problems=4)
+    spec = AllocatedModel(role="wc", model=WC, backend="hf", backend_options={}, params=100.0)
+    flops, where = set_budget(run, plan, spec, 1, 2, ids)
+    assert flops == 2 * 100.0 * (10 + 11) * 4 and where.startswith("measured")
+    assert not reads.text and sum(reads.other.values()) >= 2  # both shards, never their text
+    with pytest.raises(AllocatedSetError, match="uniform sample"):
+        set_budget(run, plan, spec, 1, 4, ids)
+
+
 # --------------------------------------------------------------------------- comparisons
 
 

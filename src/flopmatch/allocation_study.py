@@ -29,7 +29,8 @@ import pandas as pd
 
 from flopmatch.allocation import StudyAllocation
 from flopmatch.errors import FlopmatchError
-from flopmatch.store import RunDir, read_json, read_shards, write_json
+from flopmatch.store import RunDir, read_json, write_json
+from flopmatch.store.queries import sample_tokens
 
 
 class AllocatedSetError(FlopmatchError, ValueError):
@@ -116,20 +117,13 @@ class AllocatedSet:
     per_problem: dict[str, float]
 
 
-def uniform_tokens(run: RunDir, model: str) -> dict[tuple[str, int], int]:
-    """Completion tokens per uniform sample of ``model`` in ``run`` (samples/<model>/)."""
-    table = read_shards(run.samples_dir(model), columns=["problem_id", "sample_idx", "completion_tokens"])
-    cols = [table.column(c).to_pylist() for c in ("problem_id", "sample_idx", "completion_tokens")]
-    return {(p, int(i)): int(t or 0) for p, i, t in zip(*cols, strict=True)}
-
-
 def set_budget(run: RunDir, plan: Any, spec: AllocatedModel, se_samples: int, samples_per_problem: int,
                problem_ids: Sequence[str]) -> tuple[float, str]:  # fmt: skip
     """The FLOPs one allocated set may spend, and where the number comes from."""
     per_problem = plan_flops_per_problem(plan, spec.role, se_samples)
     if per_problem is not None:
         return per_problem * len(problem_ids), "the plan's FLOPs per problem × problems"
-    flops = measured_flops(uniform_tokens(run, spec.model), problem_ids, samples_per_problem, spec.params,
+    flops = measured_flops(sample_tokens(run, spec.model), problem_ids, samples_per_problem, spec.params,
                            where=str(run.samples_dir(spec.model)))  # fmt: skip
     return flops, f"measured: the uniform set's {samples_per_problem} samples per problem (2·P·tokens)"
 
