@@ -278,6 +278,22 @@ def test_pilot_counts_and_cost_come_from_the_prefix_of_the_graded_samples(tmp_pa
         pilot_counts(root, "m", ["a", "zz"], 4)
 
 
+def test_the_pilot_reads_sample_text_once_for_its_counts_and_not_for_its_cost(tmp_path, monkeypatch):
+    from flopmatch.pilot import graded_solutions, pilot_cost
+    from flopmatch.store.queries import load_problems
+    from sample_reads import WC, planned_run, spy_sample_reads
+
+    run = planned_run(tmp_path / "run")  # WC: samples 0..2 of 10, 11, 12 tokens, sample 1 wrong, two shards
+    ids = sorted(load_problems(run))
+    reads = spy_sample_reads(monkeypatch, run)
+    table = graded_solutions(run.root, WC, ids, 2)
+    assert table["n"].tolist() == [2] * 4 and table["c"].tolist() == [1] * 4
+    assert reads.most_text_reads_of_a_shard == 1 and len(reads.text) == 2
+    reads.clear()
+    cost = pilot_cost(run.root, WC, ids, 3, params=1000)
+    assert (cost.samples, cost.completion_tokens) == (12, 4 * (10 + 11 + 12)) and not reads.text
+
+
 # --------------------------------------------------------------------------- end to end on small toy models
 
 REPO = Path(__file__).resolve().parents[1]

@@ -28,7 +28,8 @@ import pandas as pd
 
 from flopmatch.errors import FlopmatchError
 from flopmatch.problems import Problem, select_subset
-from flopmatch.store import RunDir, model_key, read_shards, read_table
+from flopmatch.store import RunDir, model_key
+from flopmatch.store.queries import grades_file, read_grades, read_samples
 
 UNITS = ("flops", "dollars", "seconds")
 
@@ -182,14 +183,12 @@ def graded_solutions(
     from flopmatch.metrics import multiplicities, normalize_solution
 
     run = RunDir(run_dir)
-    grades_path = run.grades_path(model)
-    if not grades_path.exists():
-        raise PilotError(f"{grades_path}: no grades for {model}; grade the samples first")
+    if grades_file(run, model) is None:
+        raise PilotError(f"{run.grades_path(model)}: no grades for {model}; grade the samples first")
     wanted = set(problem_ids)
-    limit = samples if samples is not None else np.iinfo(np.int64).max
-    grades = read_table(grades_path, columns=["problem_id", "sample_idx", "status"]).to_pandas()
-    grades = grades[grades["problem_id"].isin(wanted) & (grades["sample_idx"] < limit)]
-    texts = _sample_rows(run, model, wanted, limit)
+    grades = read_grades(run, model, samples=samples).to_pandas()
+    grades = grades[grades["problem_id"].isin(wanted)]
+    texts = _sample_rows(run, model, wanted, samples, text=True)
     merged = grades.merge(texts, on=["problem_id", "sample_idx"], how="left", validate="one_to_one")
     correct = merged["status"] == "correct"
     merged["norm"] = [
@@ -204,13 +203,14 @@ def graded_solutions(
     return table.reset_index().astype({"n": int, "c": int, "tokens": "int64"})
 
 
-def _sample_rows(run: RunDir, model: str, wanted: set[str], samples: int) -> pd.DataFrame:
-    directory = run.samples_dir(model)
-    columns = ["problem_id", "sample_idx", "text", "completion_tokens", "seconds"]
-    frame = read_shards(directory, columns=columns).to_pandas()
+def _sample_rows(run: RunDir, model: str, wanted: set[str], samples: int | None, *, text: bool) -> pd.DataFrame:
+    """The samples of ``wanted`` problems below ``samples`` (all when None): their tokens and seconds, and
+    their text only when asked (the cost needs none)."""
+    columns = ("problem_id", "sample_idx", *(("text",) if text else ()), "completion_tokens", "seconds")
+    frame = read_samples(run, model, columns).to_pandas()
     if frame.empty:
-        raise PilotError(f"{directory}: no samples of {model}")
-    frame = frame[frame["problem_id"].isin(wanted) & (frame["sample_idx"] < samples)]
+        raise PilotError(f"{run.samples_dir(model)}: no samples of {model}")
+    frame = frame[frame["problem_id"].isin(wanted) & (frame["sample_idx"] < (np.inf if samples is None else samples))]
     return frame.drop_duplicates(["problem_id", "sample_idx"])
 
 
@@ -229,7 +229,7 @@ def pilot_cost(
     model, else :func:`flopmatch.modelinfo.count_parameters`.
     """
     run = RunDir(run_dir)
-    rows = _sample_rows(run, model, set(problem_ids), samples)
+    rows = _sample_rows(run, model, set(problem_ids), samples, text=False)
     count = params or _ledger_params(run, model)
     if count is None:
         try:
