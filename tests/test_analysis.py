@@ -209,6 +209,25 @@ def test_bad_grades_name_the_file(tmp_path):
         analyze(run, plots=False)
 
 
+def test_model_samples_come_from_the_run_s_grades_file_of_the_model(tmp_path):
+    from flopmatch.analysis import load_model_samples
+
+    run = make_run(tmp_path / "run")
+    def rows(data):
+        return {pid: (p.idx.tolist(), p.correct.tolist(), p.texts) for pid, p in data.problems.items()}
+
+    samples = rows(load_model_samples(run, WC))
+    assert samples == rows(load_model_samples(run, WC, run.grades_path(WC)))  # the old call, same answer
+    assert len(samples) == len(PATTERNS[WC]) and all(len(idx) == 6 for idx, _, _ in samples.values())
+    with pytest.raises(ValueError, match=r"toy--se.parquet: not the grades file of 'toy/wc'"):
+        load_model_samples(run, WC, run.grades_path(SE))  # never another model's grades, silently
+    moved = run.grades_path(WC).rename(run.grades_dir / "renamed.parquet")  # keyed differently: found by name
+    assert rows(load_model_samples(run, WC)) == samples
+    with pytest.raises(FileNotFoundError, match="no grades for model 'toy/none'"):
+        load_model_samples(run, "toy/none")
+    assert moved.exists()
+
+
 def test_a_run_without_grades_says_to_grade_first(tmp_path):
     with pytest.raises(NothingToAnalyze, match=r"grades: no grades to analyze \(run `flopmatch grade` first\)") as info:
         analyze(RunDir(tmp_path / "empty"), plots=False)

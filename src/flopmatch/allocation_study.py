@@ -199,7 +199,7 @@ def allocated_tables(run: RunDir, *, n_boot: int = 1000, seed: int = 0) -> list[
     parts: list[list[pd.DataFrame]] = [[], [], []]
     for item in read_allocated_sets(run):
         sub = RunDir(run.root / item["run_dir"])
-        samples = load_model_samples(sub, item["model"], sub.grades_path(item["model"]))
+        samples = load_model_samples(sub, item["model"])
         table, curve = allocation_tables(sub, {item["model"]: samples}, n_boot=n_boot, seed=seed)
         label = f"{item['policy']} @ SE {item['se_samples']}"
         for part, frame in zip(parts, (table, curve, per_problem_counts(item["model"], label, samples)), strict=True):

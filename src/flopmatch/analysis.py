@@ -48,11 +48,13 @@ from flopmatch.metrics import (
     relative_change,
     wilson_interval,
 )
-from flopmatch.store import RunDir, as_run, model_key, read_table, write_table, write_text
+from flopmatch.store import RunDir, as_run, model_key, write_table, write_text
 from flopmatch.store.queries import (
     graded_models,
+    grades_file,
     load_problems,
     plan_models,
+    read_grades,
     read_human_labels,
     read_judgments,
     read_plan,
@@ -100,9 +102,15 @@ class ModelSamples:
         return max((len(p.idx) for p in self.problems.values()), default=0)
 
 
-def load_model_samples(run: RunDir, model: str, grades_path: Path) -> ModelSamples:
-    """A model's grades joined with the texts of its correct samples; bad rows raise naming the file."""
-    table = read_table(grades_path, columns=["problem_id", "sample_idx", "status"]).to_pylist()
+def load_model_samples(run: RunDir, model: str, grades_path: Path | None = None) -> ModelSamples:
+    """A model's grades (:func:`~flopmatch.store.queries.read_grades`) joined with the texts of its correct
+    samples; bad rows raise naming the grades file. ``grades_path``, when given, must be the file the run
+    keeps the model's grades in (what :func:`~flopmatch.store.queries.graded_models` lists)."""
+    found = grades_file(run, model)
+    if grades_path is not None and found is not None and Path(grades_path).resolve() != found.resolve():
+        raise ValueError(f"{grades_path}: not the grades file of {model!r} in {run.root} ({found})")
+    table = read_grades(run, model).to_pylist()  # no grades file (found is None) raises here
+    grades_path = found or run.grades_path(model)
     rows: dict[str, list[tuple[int, bool]]] = {}
     seen: set[tuple[str, int]] = set()
     for i, r in enumerate(table, 1):
