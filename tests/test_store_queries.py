@@ -18,6 +18,7 @@ from flopmatch.store.queries import (
     grades_file,
     load_problems,
     plan_models,
+    problem_counts,
     problem_splits,
     problems_by_role,
     read_cost,
@@ -48,6 +49,19 @@ def test_problems_by_role_and_all_problems(tmp_path):
     assert problems_by_role(run, "sample") == []
     assert problem_splits(run) == ["test"]
     assert set(load_problems(run)) == {p.problem_id for p in problems}
+
+
+def test_problem_counts_read_no_problem(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from flopmatch.problems import save_problems
+    from flopmatch.toyworld import load_problems as toy_problems
+
+    run, problems = graded_run(tmp_path / "run", [[True], [False], [True]])
+    save_problems(run, toy_problems("train", limit=5))
+    monkeypatch.setattr(pq, "read_table", lambda *a, **k: pytest.fail("problem_counts read a table"))
+    assert problem_counts(run) == {"test": 3, "train": 5}
+    assert problem_counts(RunDir(tmp_path / "empty")) == {}
 
 
 def test_the_plan_is_read_once_typed(tmp_path):

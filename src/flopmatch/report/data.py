@@ -12,7 +12,7 @@ import yaml
 from flopmatch.analysis_cost import cost_by_budget  # noqa: F401 - part of flopmatch.report's API
 from flopmatch.store import RunDir
 from flopmatch.store.layout import RunNotFound
-from flopmatch.store.queries import read_cost, read_plan, read_roles
+from flopmatch.store.queries import problem_counts, read_cost, read_plan, read_roles
 
 # --------------------------------------------------------------------------- reading the run
 
@@ -61,11 +61,9 @@ def load_run(run_dir: str | Path) -> RunData:
     roles = read_roles(run)
     typed_plan = read_plan(run, required=False)
     plan = typed_plan.model_dump(mode="json") if typed_plan is not None else None
-    problems = {}
     order = {"sample": 0, "validation": 1, "test": 2}
-    files = sorted(run.problems_dir.glob("*.parquet"), key=lambda p: (order.get(p.stem, 3), p.stem))
-    for split_file in files:
-        problems[split_file.stem] = int(pd.read_parquet(split_file, columns=["problem_id"]).shape[0])
+    counts = problem_counts(run)
+    problems = {split: counts[split] for split in sorted(counts, key=lambda s: (order.get(s, 3), s))}
     metrics = run.metrics_dir
     figures = sorted((metrics / "figures").glob("*.png")) if (metrics / "figures").is_dir() else []
     return RunData(

@@ -1,7 +1,7 @@
 """Typed readers of a run directory: what the stages after sampling ask of a run, answered one way.
 
-* problems: :func:`problem_splits` (which splits the run has), :func:`load_problems` (every split),
-  :func:`problems_by_role` (one split);
+* problems: :func:`problem_splits` (which splits the run has), :func:`problem_counts` (how many problems
+  each has, reading none), :func:`load_problems` (every split), :func:`problems_by_role` (one split);
 * the plan: :func:`read_plan` (the typed :class:`~flopmatch.budget.BudgetPlan`), :func:`plan_models`,
   and a model's samples per problem at a budget — :func:`samples_at_budget`, the budget named by its SE
   samples per problem (what ``budget`` means everywhere; :func:`budget_samples`, by the plan's budget
@@ -46,6 +46,12 @@ COST_COLUMNS = ("problem_id", "sample_idx", "completion_tokens", "prompt_tokens"
 def problem_splits(run: RunDir) -> list[str]:
     """The splits (roles) the run has problems for: the ``problems/<split>.parquet`` files, by name."""
     return sorted(path.stem for path in run.problems_dir.glob("*.parquet"))
+
+
+def problem_counts(run: RunDir) -> dict[str, int]:
+    """Split → number of problems, for every split of :func:`problem_splits` (from the files' Parquet
+    metadata: no problem is read)."""
+    return {split: pq.read_metadata(run.problems_path(split)).num_rows for split in problem_splits(run)}
 
 
 def load_problems(run: RunDir) -> dict[str, Problem]:
@@ -285,6 +291,7 @@ __all__ = [
     "load_problems",
     "model_name",
     "plan_models",
+    "problem_counts",
     "problem_splits",
     "problems_by_role",
     "read_cost",
