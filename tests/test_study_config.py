@@ -254,3 +254,27 @@ def test_read_yaml_mapping_refuses_what_is_not_a_mapping(tmp_path):
 def test_overrides_and_env_stay_importable_from_study_config():
     assert apply_overrides({"a": {"b": 1}}, ["a.c=[1, 2]"]) == {"a": {"b": 1, "c": [1, 2]}}
     assert expand_env("${X:-d}/$Y", {"Y": "y"}) == "d/y"
+
+
+def test_a_toyworld_spec_is_the_toy_worlds_declared_variant_with_the_same_checks(tmp_path, monkeypatch):
+    """The study builds `toyworld_spec` models through the toy world's declared builder: same size, same
+    cache folder as ToyModelSpec gives directly, and the same messages for a spec that cannot be built."""
+    from pydantic import ValidationError
+
+    from flopmatch.store import model_key
+    from flopmatch.study.config import ModelSpec
+    from flopmatch.study.spec_models import spec_model
+    from flopmatch.toyworld.models import model_path, toy_model_spec
+
+    monkeypatch.setenv("FLOPMATCH_CACHE", str(tmp_path))
+    values = {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 256, "noise": {"false_positive_scale": 2}}
+    built = spec_model("toyworld", model_key("tiny student"), values)
+    assert built.parameters == toy_model_spec(values).n_params and built.parameters_source == "toy model spec"
+    assert built.path() == model_path(model_key("tiny student"), spec=toy_model_spec(values))
+    assert not built.is_prepared()  # nothing is trained by describing it
+    with pytest.raises(ValidationError, match=r"unknown ToyModelSpec field\(s\) \['width'\]; expected some of"):
+        ModelSpec(model="s", toyworld_spec={"width": 3})
+    with pytest.raises(ValidationError, match="not a valid toy model: hidden_size 65 is not a multiple of num_heads 2"):
+        ModelSpec(model="s", toyworld_spec={**values, "hidden_size": 65})
+    assert ModelSpec(model="s", toyworld_spec=values).toyworld_spec == values  # kept as written (digests)
+

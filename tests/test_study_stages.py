@@ -64,3 +64,54 @@ def test_the_eval_stage_passes_every_evaluation_setting_to_evaluate(tmp_path):
         signature[k].default for k in ("ks", "top_p", "greedy")
     ]
     assert defaults["seed"] == demo_config().seed
+
+
+def test_a_model_from_a_spec_is_built_by_its_datasets_declared_builder(monkeypatch, tmp_path):
+    """`toyworld_spec` goes to the `variant` of a builder the toy world declares (flopmatch.datasets), not
+    to toy-world code named in the study: swap the declaration and the study builds through the new one."""
+    import types
+    from dataclasses import replace
+
+    import pytest
+    from pydantic import ValidationError
+
+    from flopmatch import datasets
+    from flopmatch.store import model_key
+    from flopmatch.study.config import ModelSpec
+    from flopmatch.study.stages import _model_entry, params_offline
+
+    class Variant:
+        parameters_source = "plugin spec"
+
+        def __init__(self, name, values):
+            self.name, self.parameters = name, 10 * values["width"]
+
+        def prepare(self, *, progress=True):
+            return tmp_path / self.name
+
+    class Builder:
+        def variant(self, name, values):
+            if values["width"] > 5:
+                raise ValueError("too wide for this plugin")
+            return Variant(name, values)
+
+    module = types.ModuleType("spec_plugin")
+    module.BUILDER = Builder()
+    monkeypatch.setitem(sys.modules, "spec_plugin", module)
+    declared = datasets.DatasetModel("plugin-m", "a plugin's model", "spec_plugin", builder="spec_plugin:BUILDER")
+    toy = datasets.get_dataset("toyworld")
+    monkeypatch.setitem(datasets._REGISTRY, "toyworld", replace(toy, models=(declared,)))
+
+    spec = ModelSpec(model="my student", backend="hf", toyworld_spec={"width": 3})
+    assert spec.dataset_spec() == ("toyworld", {"width": 3})
+    assert params_offline(spec) == (30.0, "plugin spec")
+    entry = _model_entry(spec, resolve=True, log=lambda line: None, progress=False)
+    # filed under its built directory, as a toy model from a spec always was
+    assert entry["path"] == entry["model"] == str(tmp_path / model_key("my student"))
+    assert (entry["ref"], entry["params"], entry["params_source"]) == ("my student", 30.0, "plugin spec")
+    with pytest.raises(ValidationError, match="too wide for this plugin"):
+        ModelSpec(model="m", toyworld_spec={"width": 9})
+    assert ModelSpec(model="toyworld-wc").dataset_spec() is None
+    monkeypatch.setitem(datasets._REGISTRY, "toyworld", replace(toy, models=()))
+    with pytest.raises(ValidationError, match="dataset 'toyworld' declares no model that can be built from a spec"):
+        ModelSpec(model="m", toyworld_spec={"width": 3})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -39,6 +40,7 @@ from flopmatch.study.config_yaml import (  # `X as X`: re-exported, part of this
 )
 from flopmatch.study.config_yaml import apply_overrides as apply_overrides
 from flopmatch.study.config_yaml import expand_env as expand_env
+from flopmatch.study.spec_models import spec_model as spec_model
 
 # --------------------------------------------------------------------------- config
 
@@ -156,24 +158,30 @@ class ModelSpec(_Section):
     def display(self) -> str:
         return self.label or self.model
 
-    @field_validator("toyworld_spec")
+    #: Keys naming a model that a dataset's own code builds from a spec, each ``<dataset>_spec`` (the mapping
+    #: goes to :func:`spec_model`); the toy world's is the one there is.
+    dataset_spec_keys: ClassVar[tuple[str, ...]] = ("toyworld_spec",)
+
+    @field_validator(*dataset_spec_keys)
     @classmethod
-    def _toy_spec(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _buildable_spec(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
         if value is None:
             return value
-        from dataclasses import fields
-
-        from flopmatch.toyworld.models import ToyModelSpec, toy_model_spec
-
-        known = {f.name for f in fields(ToyModelSpec)} - {"knobs"}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"unknown ToyModelSpec field(s) {unknown}; expected some of {sorted(known)}")
+        assert info.field_name is not None
         try:
-            toy_model_spec(value)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"not a valid toy model: {exc}") from None
+            spec_model(info.field_name.removesuffix("_spec"), "check", value)  # builds nothing
+        except (ImportError, ValueError) as exc:
+            raise ValueError(str(exc)) from None
         return value
+
+    def dataset_spec(self) -> tuple[str, dict[str, Any]] | None:
+        """``(dataset, mapping)`` when a dataset's own code builds this model from a spec (a
+        ``<dataset>_spec`` key, e.g. ``toyworld_spec``); None for a model loaded by reference."""
+        for key in self.dataset_spec_keys:
+            value = getattr(self, key)
+            if value is not None:
+                return key.removesuffix("_spec"), value
+        return None
 
 
 class ModelsConfig(_Section):
@@ -276,8 +284,9 @@ class GradingConfig(_Section):
 class JudgeConfig(_Section):
     enabled: bool = True
     spec: str | dict[str, Any] = Field(
-        "toyworld-checker",
-        description="a judge spec for flopmatch.judge.make_judge: `toyworld-checker` or a backend/model mapping",
+        "toyworld-checker",  # the exact checker's recorded name (judgments are filed under it), not a dataset test
+        description="a judge spec for flopmatch.judge.make_judge: `toyworld-checker` (the exact step checker "
+        "of a dataset that declares one, e.g. the toy world) or a backend/model mapping",
     )
     per_model: PositiveInt = Field(500, description="answer-correct solutions judged per model (paper: 500)")
 

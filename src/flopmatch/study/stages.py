@@ -20,6 +20,7 @@ from flopmatch.study.context import (
     StudyError,
     sampling_settings,
 )
+from flopmatch.study.spec_models import spec_model
 
 
 def load_split(spec: SplitConfig, seed: int) -> list[Any]:
@@ -106,15 +107,16 @@ def _model_entry(spec: ModelSpec, *, resolve: bool, log: Any, progress: bool = T
     from flopmatch.models import resolve_model
 
     path = spec.model
+    built = _spec_model(spec)
     if resolve:
         log(f"    preparing {spec.model} …")
-        if spec.toyworld_spec is not None:
-            path = str(_toy_model(spec, progress=progress))
+        if built is not None:
+            path = str(built.prepare(progress=progress))
         else:
             path = resolve_model(spec.model, progress=progress)
-    # The name samples are filed under: the reference itself, except for a toy model built from a spec,
-    # which nothing else could resolve, so its (cached) directory stands in.
-    name = path if spec.toyworld_spec is not None else spec.model
+    # The name samples are filed under: the reference itself, except for a model built from a spec (the toy
+    # world's `toyworld_spec`), which nothing else could resolve, so its (cached) directory stands in.
+    name = path if built is not None else spec.model
     params, source = params_offline(spec)
     if params is None:
         count = count_parameters(path)
@@ -131,13 +133,11 @@ def _model_entry(spec: ModelSpec, *, resolve: bool, log: Any, progress: bool = T
     }
 
 
-def _toy_model(spec: ModelSpec, *, progress: bool = True) -> Path:
-    """A toy-world model built from ``spec.toyworld_spec``: pretrained on first use, then cached."""
-    from flopmatch.toyworld import ensure_model
-    from flopmatch.toyworld.models import toy_model_spec
-
-    toy_spec = toy_model_spec(spec.toyworld_spec or {})
-    return ensure_model(model_key(spec.model), spec=toy_spec, progress=progress)  # type: ignore[arg-type]
+def _spec_model(spec: ModelSpec):
+    """The model a dataset's own code builds from ``spec``'s ``<dataset>_spec`` (cached under the model's
+    key; nothing built yet), or None for a model loaded by reference."""
+    found = spec.dataset_spec()
+    return None if found is None else spec_model(found[0], model_key(spec.model), found[1])
 
 
 def params_offline(spec: ModelSpec) -> tuple[float | None, str]:
@@ -147,10 +147,9 @@ def params_offline(spec: ModelSpec) -> tuple[float | None, str]:
     The plan stage uses the same rule, so ``--dry-run`` shows the plan the study will run."""
     if spec.params:
         return spec.params, "given in the study config"
-    if spec.toyworld_spec is not None:
-        from flopmatch.toyworld.models import toy_model_spec
-
-        return float(toy_model_spec(spec.toyworld_spec).n_params), "toy model spec"
+    built = _spec_model(spec)
+    if built is not None:  # a model a dataset builds from the study's spec (the toy world's own shapes)
+        return float(built.parameters), built.parameters_source
     try:
         from flopmatch.models import REGISTRY
 

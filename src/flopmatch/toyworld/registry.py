@@ -2,7 +2,8 @@
 
 :mod:`flopmatch.datasets` declares them with the toy world (``builder="flopmatch.toyworld.registry:WC"``)
 and :mod:`flopmatch.models` builds them through these objects, like any model a dataset brings: a
-nominal parameter count, where the model is cached, and ``prepare`` (pretrained on first use).
+nominal parameter count, where the model is cached, and ``prepare`` (pretrained on first use). Their
+``variant`` builds a toy model of another shape (a study's ``toyworld_spec``, e.g. a smaller student).
 
 This module is not one of the toy models' :data:`~flopmatch.toyworld.models.TRAINING_MODULES`, so
 editing it never invalidates a cached model.
@@ -10,10 +11,12 @@ editing it never invalidates a cached model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
-from flopmatch.toyworld.models import PARAMS, Size, ensure_model, model_path
+from flopmatch.toyworld.models import PARAMS, Size, ToyModelSpec, ensure_model, model_path, toy_model_spec
 
 MARKER = "toyworld.json"  # written last by ensure_model: a folder with it holds a finished model
 
@@ -38,8 +41,47 @@ class ToyRegistryModel:
     def prepare(self, *, progress: bool = True) -> Path:
         return Path(ensure_model(self.size, progress=progress))
 
+    def variant(self, name: str, values: Mapping[str, Any]) -> ToySpecModel:
+        """A toy model of the shape ``values`` gives (:class:`ToyModelSpec` fields, ``noise`` a mapping),
+        cached as ``name``; a ValueError names an unknown field or a shape that cannot be built."""
+        return ToySpecModel(name, checked_spec(values))
+
+
+def checked_spec(values: Mapping[str, Any]) -> ToyModelSpec:
+    """The :class:`ToyModelSpec` a study's ``toyworld_spec`` mapping describes (ValueError when it cannot)."""
+    known = {f.name for f in fields(ToyModelSpec)} - {"knobs"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown ToyModelSpec field(s) {unknown}; expected some of {sorted(known)}")
+    try:
+        return toy_model_spec(dict(values))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not a valid toy model: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ToySpecModel:
+    """A toy model of a study's own shape (``spec``), cached under ``name`` and the spec's key."""
+
+    name: str
+    spec: ToyModelSpec
+    parameters_source: str = "toy model spec"
+
+    @property
+    def parameters(self) -> int:
+        return self.spec.n_params
+
+    def path(self) -> Path:
+        return model_path(self.name, spec=self.spec)
+
+    def is_prepared(self) -> bool:
+        return (self.path() / MARKER).is_file()
+
+    def prepare(self, *, progress: bool = True) -> Path:
+        return Path(ensure_model(self.name, spec=self.spec, progress=progress))  # type: ignore[arg-type]
+
 
 WC = ToyRegistryModel("wc")
 SE = ToyRegistryModel("se")
 
-__all__ = ["MARKER", "SE", "WC", "ToyRegistryModel"]
+__all__ = ["MARKER", "SE", "WC", "ToyRegistryModel", "ToySpecModel", "checked_spec"]
