@@ -3,6 +3,7 @@ through its declaration, exactly as the toy world is, with no name checks anywhe
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 from dataclasses import dataclass
@@ -122,3 +123,26 @@ def test_undeclared_datasets_and_missing_parts_fail_clearly(countdown, monkeypat
     gsm = Problem("gsm8k/test/0", "gsm8k", "test", "1+1?", "2")
     with pytest.raises(ValueError, match="'gsm8k' has none"):
         ToyworldCheckerJudge().judge([JudgeItem(gsm, "2")])
+
+
+def test_the_cli_help_lists_the_declared_datasets_a_registered_one_included():
+    """`problems`, `grade --dataset` and `eval --problems` name the sources from the declarations, so a
+    dataset registered before the CLI is built shows up with its description."""
+    import subprocess
+
+    script = (
+        "from flopmatch.datasets import Dataset, register_dataset\n"
+        "register_dataset(Dataset('countdown', ('test',), 'numeric', description='countdown puzzles, made up'))\n"
+        "from typer.testing import CliRunner\n"
+        "from flopmatch.cli import app\n"
+        "for command in ('problems', 'grade', 'eval'):\n"
+        "    print(CliRunner().invoke(app, [command, '--help'], terminal_width=400).output)\n"
+    )
+    env = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True).stdout
+    out = " ".join(out.split())  # help paragraphs wrap
+    names = " | ".join(datasets.dataset_names()) + " | countdown"
+    assert out.count(names) == 3, out  # problems' source, grade --dataset, eval --problems
+    assert "countdown: countdown puzzles, made up" in out
+    for name in datasets.dataset_names():
+        assert f"{name}: {datasets.get_dataset(name).description}" in out

@@ -12,6 +12,7 @@ import typer
 from flopmatch.cli._app import app, fail
 from flopmatch.cli.inputs import QuietOption
 from flopmatch.cli.tables import JsonOption, print_json, print_table
+from flopmatch.datasets import dataset_names
 from flopmatch.grading.core import STATUSES
 
 
@@ -32,7 +33,7 @@ def grade_command(
         typer.Option(
             "--dataset",
             "-d",
-            help="gsm8k | math | math500 | toyworld, for --input (a row's `dataset` field wins)",
+            help=f"{' | '.join(dataset_names())}, for --input (a row's `dataset` field wins)",
         ),
     ] = None,
     output: Annotated[

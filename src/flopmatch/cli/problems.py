@@ -13,14 +13,37 @@ from rich.text import Text
 from flopmatch.cli._app import app, console, fail
 from flopmatch.cli.inputs import QuietOption
 from flopmatch.cli.tables import JsonOption, print_json, print_table
+from flopmatch.datasets import dataset_names, get_dataset
+
+# The declared datasets (flopmatch.datasets), so one registered before the CLI is built shows up here too.
+_SOURCES = " | ".join(dataset_names())
+_SOURCE_LINES = "; ".join(f"`{name}`: {get_dataset(name).description}" for name in dataset_names())
+
+_HELP = f"""Load a problem set and print its size, counts by level and subject, and example problems.
+
+Every source gives the same record (`problem_id, dataset, split, question, answer, solution, level,
+subject`) with stable ids: `gsm8k/test/12` (row index), `math500/test/precalculus/807` (MATH500's
+unique_id), `math/test/<hash of the problem text>` (MATH has no ids of its own).
+
+**Sources.** {_SOURCE_LINES}; or a file path.
+
+**Offline** (no hub): pass `--data-file` with the file or the data directory. A malformed row fails
+with the file, line number and field.
+
+Examples:
+
+    flopmatch problems gsm8k --split train --data-file ../shared/data
+    flopmatch problems math-offline --split train --data-file ../shared/data --limit 500 --seed 0
+    flopmatch problems ../shared/data/math/math500_test.jsonl
+"""
 
 
-@app.command("problems")
+@app.command("problems", help=_HELP)
 def problems_command(
     source: Annotated[
         str,
         typer.Argument(
-            help="gsm8k | math | math500 | math-offline | toyworld, or a local .jsonl/.json/.parquet file.",
+            help=f"{_SOURCES}, or a local .jsonl/.json/.parquet file.",
             show_default=False,
         ),
     ],
@@ -35,7 +58,7 @@ def problems_command(
         typer.Option(
             "--data-file",
             help="Read a local JSONL/Parquet file, or a data directory laid out like the shared data "
-            "(gsm8k/<split>.jsonl, math/math_test_5000.jsonl, math/math500_test.jsonl), instead of the hub. "
+            "(`gsm8k/<split>.jsonl`, `math/math_test_5000.jsonl`, `math/math500_test.jsonl`), instead of the hub. "
             "math-offline needs one (or $FLOPMATCH_DATA_DIR).",
         ),
     ] = None,
@@ -53,31 +76,14 @@ def problems_command(
         Path | None,
         typer.Option(
             "--run",
-            help="Also save the problems into this run directory (problems/<split>.parquet, merged by id).",
+            help="Also save the problems into this run directory (`problems/<split>.parquet`, merged by id).",
         ),
     ] = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Load a problem set and print its size, counts by level and subject, and example problems.
-
-    Every source gives the same record (`problem_id, dataset, split, question, answer, solution, level,
-    subject`) with stable ids: `gsm8k/test/12` (row index), `math500/test/precalculus/807` (MATH500's
-    unique_id), `math/test/<hash of the problem text>` (MATH has no ids of its own).
-
-    **Sources.** `gsm8k` (hub openai/gsm8k), `math` (hub EleutherAI/hendrycks_math, all subjects),
-    `math500` (hub HuggingFaceH4/MATH-500), `math-offline` (local: train = MATH test 5000 minus
-    MATH500 → 4,500 problems to sample on; test = MATH500), `toyworld` (generated), or a file path.
-
-    **Offline** (no hub): pass `--data-file` with the file or the data directory. A malformed row fails
-    with the file, line number and field.
-
-    Examples:
-
-        flopmatch problems gsm8k --split train --data-file ../shared/data
-        flopmatch problems math-offline --split train --data-file ../shared/data --limit 500 --seed 0
-        flopmatch problems ../shared/data/math/math500_test.jsonl
-    """
+    """Load a problem set and print what is in it (the command's help is ``_HELP``: it lists the declared
+    datasets)."""
     from flopmatch.problems import load, save_problems
 
     problems = load(source, split=split, data_file=data_file, limit=limit, seed=seed)

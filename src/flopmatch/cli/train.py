@@ -11,6 +11,9 @@ import typer
 from flopmatch.cli._app import app, console, fail
 from flopmatch.cli.inputs import QuietOption, load_problems, parse_ks, parse_options
 from flopmatch.cli.tables import JsonOption, print_json, print_table, stdout_to_stderr
+from flopmatch.datasets import dataset_names
+
+_SOURCES = " | ".join(dataset_names())  # the declared datasets, for --problems' help
 
 
 def _load_problems(source: str, split: str | None, data_file: Path | None, limit: int | None, seed: int | None):
@@ -254,7 +257,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 @app.command("eval")
 def eval_command(
     model: Annotated[str, typer.Option("--model", "-m", help="a train output dir, a model dir, HF id or registry name")],
-    problems: Annotated[str, typer.Option("--problems", help="gsm8k | math | math500 | math-offline | toyworld | a file")],
+    problems: Annotated[str, typer.Option("--problems", help=f"{_SOURCES} | a file")],
     split: Annotated[str | None, typer.Option(help="problem split (default: test)")] = None,
     data_file: Annotated[Path | None, typer.Option("--data-file", help="a local JSONL/Parquet file or data dir")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="at most this many problems")] = None,
