@@ -10,11 +10,12 @@ from typing import Annotated, Any
 import typer
 
 from flopmatch.cli._app import fail
+from flopmatch.datasets import dataset_names
 from flopmatch.progress import set_quiet
 
 ProblemsOpt = Annotated[
     str | None,
-    typer.Option("--problems", help="gsm8k | math | math500 | math-offline | toyworld | a file; default: the run's"),
+    typer.Option("--problems", help=f"{' | '.join(dataset_names())} | a file; default: the run's"),
 ]
 SplitOpt = Annotated[str | None, typer.Option(help="the problem split (default: test)")]
 DataFileOpt = Annotated[Path | None, typer.Option("--data-file", help="a local JSONL/Parquet file or data dir")]

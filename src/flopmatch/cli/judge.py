@@ -15,7 +15,7 @@ from flopmatch.cli.inputs import QuietOption, parse_options
 from flopmatch.cli.tables import JsonOption, print_json, print_table, stdout_to_stderr
 
 BackendOpt = Annotated[
-    str, typer.Option("--judge-backend", help="vllm | hf | openai | toyworld-checker (exact, toy world only)")
+    str, typer.Option("--judge-backend", help="vllm | hf | openai | toyworld-checker (exact: datasets that declare a step checker)")
 ]
 ModelOpt = Annotated[
     str | None, typer.Option("--judge-model", help="HF id, local directory or registry name of the judge model")
