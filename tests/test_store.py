@@ -130,6 +130,11 @@ def test_run_dir_is_path_like(tmp_path):
     assert Path(run) == tmp_path / "run"
 
 
+def test_the_allocation_journal_lives_beside_the_models_samples(tmp_path):
+    run = RunDir(tmp_path / "run")  # where allocation_run has always written it, so old runs read back
+    assert run.allocation_journal_path("org/m-1b") == tmp_path / "run" / "samples" / "org--m-1b" / "allocation.json"
+
+
 @pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])
 def test_written_files_follow_the_umask_not_the_private_temp_file(tmp_path, mask):
     """Files are written through a private temporary file; the result gets the mode any file created

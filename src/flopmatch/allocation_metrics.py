@@ -35,7 +35,7 @@ COUNT_COLUMNS = ["model", "allocation", "problem_id", "samples", "correct", "uni
 
 def journal_of(run: RunDir, model: str) -> dict[str, Any] | None:
     """The allocation journal of a model sampled by a policy, or None (plain S-per-problem sampling)."""
-    path = run.samples_dir(model) / "allocation.json"
+    path = run.allocation_journal_path(model)
     return read_json(path) if path.exists() else None
 
 

@@ -3,11 +3,11 @@
 Reuses ``flopmatch.sampling``'s engine, shard writer, config check, lock and ledger unchanged, so the
 samples are the same rows, seeded the same way, as ``flopmatch sample -S``'s. What it adds:
 
-* **A round journal** (``samples/<model_key>/allocation.json``): the policy's settings, and the round in
-  flight as an ordered list of ``(problem_id, sample_idx)``, written atomically *before* the round is
-  sampled. A rerun first finishes that round, then plans the next one from the graded data on disk,
-  so a SIGKILL loses at most the backend batch in flight and the rerun ends with the same sample set as
-  an uninterrupted run. Asking for another policy in the same directory is refused.
+* **A round journal** (``samples/<model_key>/allocation.json``, ``RunDir.allocation_journal_path``): the
+  policy's settings, and the round in flight as an ordered list of ``(problem_id, sample_idx)``, written
+  atomically *before* the round is sampled. A rerun first finishes that round, then plans the next one
+  from the graded data on disk, so a SIGKILL loses at most the backend batch in flight and the rerun
+  ends with the same sample set as an uninterrupted run. Asking for another policy in the same directory is refused.
 * **Grading as rounds finish** (``flopmatch.grading.grade_many``; the toy world's and GSM8K's answers
   are settled without sympy) and "distinct" by ``flopmatch.metrics.normalize_solution``.
 * **A budget that is never exceeded**: rounds are sized from the mean tokens per sample so far, and each
@@ -63,9 +63,6 @@ if TYPE_CHECKING:
     from flopmatch.prompts import PromptConfig
 
 log = logging.getLogger(__name__)
-
-JOURNAL_FILE = "allocation.json"
-
 
 @dataclass
 class AllocationSummary(SampleSummary):
@@ -132,9 +129,8 @@ class _Book:
                 for pid in self.problems]  # fmt: skip
 
 
-def _journal(samples_dir: Path, config: AllocationConfig) -> dict[str, Any]:
-    """The round journal, created for ``config``, or refused when it records another policy."""
-    path = samples_dir / JOURNAL_FILE
+def _journal(path: Path, config: AllocationConfig) -> dict[str, Any]:
+    """The round journal at ``path``, created for ``config``, or refused when it records another policy."""
     wanted = config.model_dump(mode="json")
     if path.exists():
         journal = store.read_json(path)
@@ -142,7 +138,7 @@ def _journal(samples_dir: Path, config: AllocationConfig) -> dict[str, Any]:
             raise AllocationMismatch(
                 f"{path}: the samples here were allocated with {journal.get('config')}, not {wanted}; "
                 "a policy's sample set is only reproducible under its own settings: sample into another "
-                f"run directory, or delete {samples_dir} to start this model over"
+                f"run directory, or delete {path.parent} to start this model over"
             )
         return journal
     return {"config": wanted, "rounds": 0, "pending": None, "history": []}
@@ -189,7 +185,7 @@ def sample_allocated(
         if stops and not params.stop:
             params = dataclasses.replace(params, stop=stops)
         check_config(samples_dir, params=params, prompt=prompt_record)
-        journal = _journal(samples_dir, config)
+        journal = _journal(run.allocation_journal_path(model), config)
         existing = store.read_shards(samples_dir, columns=[*BOOKKEEPING_COLUMNS, "text"], schema=SAMPLE_SCHEMA)
         reconcile(run.root, model, existing)
         book = _Book.empty(problems)
@@ -370,7 +366,7 @@ class _Loop:
         self.ledger.flush()
 
     def _save_journal(self) -> None:
-        store.write_json(self.journal, self.samples_dir / JOURNAL_FILE)
+        store.write_json(self.journal, self.rundir.allocation_journal_path(self.model))
 
     def close(self, status: str) -> None:
         self.bar.close()

@@ -79,6 +79,11 @@ class RunDir(RunState):
     def samples_dir(self, model: str) -> Path:
         return self.root / "samples" / model_key(model)
 
+    def allocation_journal_path(self, model: str) -> Path:
+        """The round journal of a model sampled by an allocation policy (``flopmatch.allocation_run``),
+        beside its samples; absent for plain S-per-problem sampling."""
+        return self.samples_dir(model) / "allocation.json"
+
     @property
     def grades_dir(self) -> Path:
         return self.root / "grades"
