@@ -564,3 +564,108 @@ def test_cli_table_says_which_families_the_intervals_span_whole_in_a_pipe(tmp_pa
     helptext = " ".join(runner.invoke(app, ["forecast", "--help"], env={"COLUMNS": "200"}).output.split())
     assert "--intervals" in helptext and "families (default): the 95% interval is the union" in helptext
     assert "refit: the chosen family's bootstrap alone" in helptext
+
+
+# --------------------------------------------------------------------------- unique@k intervals: profile of d
+
+
+def py_counts(rng, c: np.ndarray, theta: float = 0.5, discount: float = 0.5) -> np.ndarray:
+    return np.array([crp_unique(rng, int(ci), theta, discount) for ci in c])
+
+
+def test_discount_profile_set_contains_the_mle_and_narrows_as_correct_samples_grow():
+    """{d: profile log-likelihood >= max - 2 nats}: its ends are 2 nats down (or the boundary), the MLE
+    inside; 3 correct per problem pin d down far less than 48."""
+    from flopmatch.forecast_unique import discount_range, fit_unique_at
+
+    widths = []
+    for c_each in (3, 12, 48):
+        c = np.full(100, c_each)
+        u = py_counts(np.random.default_rng(5), c)
+        fit = fit_unique(c, u)
+        low, high = discount_range(c, u, fit, nats=ENVELOPE_NATS)
+        assert low <= fit.discount <= high
+        assert fit_unique_at(c, u, fit.discount).log_likelihood == pytest.approx(fit.log_likelihood, abs=1e-4)
+        for end in (low, high):
+            gap = fit.log_likelihood - fit_unique_at(c, u, end).log_likelihood
+            assert gap == pytest.approx(ENVELOPE_NATS, abs=1e-2) or (end == 0.0 and gap < ENVELOPE_NATS)
+        widths.append(high - low)
+    assert widths[0] > widths[1] > widths[2] and widths[0] > 0.4 and widths[2] < 0.15
+
+
+def unique_pilot(n_each: int) -> pd.DataFrame:
+    rng = np.random.default_rng(6)
+    n = np.full(120, n_each)
+    c = rng.binomial(n, rng.beta(2, 2, 120))
+    return pd.DataFrame({"problem_id": range(120), "n": n, "c": c, "unique_correct": py_counts(rng, c)})
+
+
+def test_profile_unique_intervals_widen_where_d_is_weakly_identified_and_keep_the_point():
+    """unique_intervals="profile": the union of the MLE's and both profile ends' bootstrap intervals. Much wider
+    than the MLE's own from 4 samples per problem, hardly from 32; every point forecast and coverage interval,
+    and the MLE's own unique interval, are the bootstrap mode's."""
+    ratios = []
+    for n_each in (4, 32):
+        counts = unique_pilot(n_each)
+        old = forecast_counts(counts, [10, 100], n_boot=20, seed=1, intervals="refit")
+        new = forecast_counts(counts, [10, 100], n_boot=20, seed=1, intervals="refit", unique_intervals="profile")
+        assert old.unique_discounts == [] and new.unique_discounts[0] <= new.unique_fit.discount <= new.unique_discounts[1]
+        assert new.to_dict()["unique_discounts"] == new.unique_discounts
+        for a, b in zip(old.points, new.points, strict=True):
+            assert (a.coverage, a.coverage_low, a.coverage_high, a.unique_correct, a.correct) == (
+                b.coverage, b.coverage_low, b.coverage_high, b.unique_correct, b.correct)
+            assert (b.mle_unique_correct_low, b.mle_unique_correct_high) == (a.unique_correct_low, a.unique_correct_high)
+            assert a.mle_unique_correct_low is None
+            assert b.unique_correct_low <= a.unique_correct_low <= b.unique_correct <= a.unique_correct_high <= b.unique_correct_high
+        a, b = old.points[-1], new.points[-1]
+        ratios.append((b.unique_correct_high - b.unique_correct_low) / (a.unique_correct_high - a.unique_correct_low))
+    assert ratios[0] > 1.4 and ratios[1] < 1.3 and ratios[0] > ratios[1]
+    with pytest.raises(ValueError, match="unique_intervals"):
+        forecast_counts(unique_pilot(4), [10], n_boot=2, unique_intervals="bayes")
+
+
+# forecast_counts(pilot_counts(), [6, 20, 200], n_boot=25, seed=3) computed before unique_intervals existed:
+# k, coverage [low, high], unique [low, high]. unique_intervals="bootstrap" (the default) gives them still.
+POPULATION_BEFORE = [
+    (6, 0.6163357878949935, 0.4875352894351651, 0.684884130432171, 1.3095318658762474, 1.0109813774040621,
+     1.5336892687601482),
+    (20, 0.7983763514956737, 0.595591575338187, 0.8722849970721166, 2.90339072327647, 2.267766691464962,
+     3.3045413046914005),
+    (200, 0.9680699976782668, 0.6637193457839736, 0.992500670403675, 8.136772471436469, 6.3654421547295765,
+     9.575199195161673),
+]
+
+
+def test_bootstrap_unique_intervals_are_the_ones_before_the_profile_option():
+    fc = forecast_counts(pilot_counts(), [6, 20, 200], n_boot=25, seed=3)
+    for q, before in zip(fc.points, POPULATION_BEFORE, strict=True):
+        got = (q.k, q.coverage, q.coverage_low, q.coverage_high, q.unique_correct, q.unique_correct_low,
+               q.unique_correct_high)
+        assert got == pytest.approx(before, rel=1e-9, abs=1e-12)
+
+
+def test_seating_draws_average_to_the_expected_growth():
+    from flopmatch.forecast_unique import sample_growth
+
+    model = UniqueFit(theta=0.7, log_likelihood=0.0, problems=1, discount=0.45)
+    c, u, extra = np.array([1, 5, 20, 3]), np.array([1, 2, 9, 3]), np.array([60, 0, 40, 7])
+    draws = np.array([sample_growth(model, c, extra, u, np.random.default_rng(i)) for i in range(3000)])
+    assert (draws[:, 1] == 0).all() and (draws >= 0).all() and (draws <= extra).all()
+    se = draws.std(axis=0) / math.sqrt(len(draws))
+    assert np.all(np.abs(draws.mean(axis=0) - model.growth(c, extra, u)) <= 4 * se + 1e-12)
+
+
+def test_pilot_target_profile_draws_unique_solutions_and_keeps_coverage():
+    """--target pilot with unique_intervals="profile": coverage (points and intervals) and the unique point
+    are the bootstrap mode's; the unique interval spans the MLE's own (drawn by seating) and is wider."""
+    from flopmatch.forecast import forecast_pilot
+
+    counts = unique_pilot(4)
+    old = forecast_pilot(counts, [10, 100], n_boot=20, seed=2, intervals="refit")
+    new = forecast_pilot(counts, [10, 100], n_boot=20, seed=2, intervals="refit", unique_intervals="profile")
+    for a, b in zip(old.points, new.points, strict=True):
+        assert (a.coverage, a.coverage_low, a.coverage_high, a.unique_correct) == (
+            b.coverage, b.coverage_low, b.coverage_high, b.unique_correct)
+        assert b.unique_correct_low <= b.mle_unique_correct_low <= b.mle_unique_correct_high <= b.unique_correct_high
+    a, b = old.points[-1], new.points[-1]
+    assert b.unique_correct_high - b.unique_correct_low > 1.4 * (a.unique_correct_high - a.unique_correct_low)

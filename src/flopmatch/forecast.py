@@ -424,7 +424,7 @@ def _count_arrays(counts: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndar
 # the union of their refit intervals, so a forecast that hinges on the family's left tail says so.
 # Toy-world backtest (README): the truth inside the interval in 144 of 144 pilot cells (refit: 128), ~40% wider.
 INTERVALS = ("refit", "families")
-UNIQUE_INTERVALS = ("bootstrap", "profile")  # unique@k intervals: module docstring
+UNIQUE_INTERVALS = ("bootstrap", "profile")  # module docstring; "profile": forecast_unique's docstring
 ENVELOPE_FAMILIES = ("beta-binomial", "zero-inflated-beta", "logit-normal", "skew-logit-normal")
 ENVELOPE_NATS = 2.0
 
