@@ -79,7 +79,7 @@ def advise_command(
         typer.Option(
             help="families: the intervals span every prior family the pilot cannot rule out (held-out "
             "log-likelihood within 2 nats), and a pick is decided only if it wins under all of them; "
-            "refit: the chosen family only (narrower, over-confident in the backtest)"
+            "refit: the chosen families only (narrower; in the toy backtest 2 of its 52 decided calls were wrong, families: 1 of 40)"
         ),
     ] = "families",
     backend: Annotated[str, typer.Option(help="vllm | hf | openai")] = "vllm",
