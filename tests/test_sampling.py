@@ -369,10 +369,10 @@ def test_cli_errors_are_messages(tmp_path, tiny_model, gsm8k_file):
 # --------------------------------------------------------------------------- SIGKILL through the CLI
 
 
-def _cli(run: Path, model: Path, problem_file: Path, *extra: str, limit: int = 10) -> list[str]:
+def _cli(run: Path, model: Path, problem_file: Path, *extra: str) -> list[str]:
     return [
         str(FLOPMATCH), "sample", "--run", str(run), "--model", str(model), "--samples-per-problem", "4",
-        "--problems", "gsm8k", "--data-file", str(problem_file), "--limit", str(limit),
+        "--problems", "gsm8k", "--data-file", str(problem_file), "--limit", "10",
         "--temperature", "1.0", "--top-p", "1.0", "--chunk-samples", "4", "--no-progress", "--json", *extra,
     ]  # fmt: skip
 
@@ -407,15 +407,13 @@ def _kill_mid_run(command: list[str], samples_dir: Path, work: Path, *, total: i
 def _check_resumed(
     run: Path, model: Path, problem_file: Path, result: subprocess.CompletedProcess, before: int, total: int
 ):
-    """The rerun finished the killed run: ``total`` samples (4 for each of the first ``total // 4`` problems)."""
     assert result.returncode == 0, result.stdout + result.stderr
     [summary] = json.loads(result.stdout)
     assert summary["status"] == "done"
     assert (summary["already_done"], summary["generated"]) == (before, total - before)
     from flopmatch.problems import load
 
-    problems = load("gsm8k", split="test", data_file=problem_file, limit=total // 4)
-    _assert_exactly(_table(run, model), problems, 4)
+    _assert_exactly(_table(run, model), load("gsm8k", split="test", data_file=problem_file, limit=10), 4)
     ledger = {r["status"]: r for r in read_ledger(run).to_pylist()}
     assert set(ledger) == {"killed", "done"}  # the killed session's row was repaired from its samples
     assert ledger["killed"]["samples"] == before and ledger["done"]["samples"] == total - before
@@ -447,11 +445,9 @@ def test_sigkill_vllm_console_script_then_rerun(tmp_path, tiny_model, gsm8k_file
     # -O0, no torch.compile: this test is about kill and resume, and each of its two engine starts would
     # compile the model again (test_backends' engine runs the default, compiled configuration)
     options += ["-o", "optimization_level=0"]
-    # 5 problems x 4 samples of 32 tokens: the kill lands after the first shard of 4 either way, and the two
-    # engine starts are most of the time, so more or longer samples would only add decoding
-    command = _cli(run, tiny_model, gsm8k_file, "--backend", "vllm", "--max-tokens", "32", *options, limit=5)
-    before = _kill_mid_run(command, RunDir(run).samples_dir(str(tiny_model)), tmp_path, total=20, timeout=900)
+    command = _cli(run, tiny_model, gsm8k_file, "--backend", "vllm", "--max-tokens", "64", *options)
+    before = _kill_mid_run(command, RunDir(run).samples_dir(str(tiny_model)), tmp_path, total=40, timeout=900)
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
-    summary = _check_resumed(run, tiny_model, gsm8k_file, result, before, 20)
+    summary = _check_resumed(run, tiny_model, gsm8k_file, result, before, 40)
     assert summary["seeding"] in ("engine", "per-request")
     assert Counter(_table(run, tiny_model).column("seeding").to_pylist()).keys() == {summary["seeding"]}
