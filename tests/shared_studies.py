@@ -13,11 +13,15 @@ from typing import Any
 
 import pytest
 
+#: A few-step toy model: pretrains in seconds, enough to exercise every stage (it solves nothing).
+TINY_TOY = {"hidden_size": 32, "num_layers": 1, "num_heads": 1, "intermediate_size": 32, "train_steps": 20,
+            "tokenizer_corpus": 300}  # fmt: skip
 
-def seeds_study_dict(name: str = "seeds", workers: int = 1) -> dict[str, Any]:
-    """Self-improvement only, SE 1 against its compute-matched WC count, two training seeds: four fine-tuning
-    runs (SE and WC data, seeds 0 and 1), each trained and evaluated on the real toy-world models."""
-    return {
+
+def toy_study_dict(name: str, **overrides: Any) -> dict[str, Any]:
+    """A small study on the real toy-world models (trained on first use and cached, as in the demo); each
+    override replaces a whole top-level section."""
+    data = {
         "name": name,
         "problems": {
             "sample": {"source": "toyworld", "split": "train", "limit": 12},
@@ -28,19 +32,34 @@ def seeds_study_dict(name: str = "seeds", workers: int = 1) -> dict[str, Any]:
             "wc": {"model": "toyworld-wc", "backend": "hf"},
             "se": {"model": "toyworld-se", "backend": "hf"},
         },
-        "budget": {"se_samples": [1]},
+        "budget": {"se_samples": [1, 2]},
         "sampling": {"max_tokens": 96},
         "judge": {"spec": "toyworld-checker", "per_model": 100},
         "analysis": {"n_boot": 50},
-        "paradigms": {"knowledge_distillation": False, "weak_to_strong": False, "number_matched": []},
-        "training": {
+        "paradigms": {
+            "student": {"model": "tiny-student", "backend": "hf", "toyworld_spec": TINY_TOY},
+            "number_matched": ["knowledge_distillation"],
+        },
+        "training": {"preset": "tiny-cpu", "options": {"max_steps": 2, "n_checkpoints": 1}},
+        "evaluation": {"backend": "hf", "n": 2},
+    }
+    return data | overrides
+
+
+def seeds_study_dict(name: str = "seeds", workers: int = 1) -> dict[str, Any]:
+    """Self-improvement only, SE 1 against its compute-matched WC count, two training seeds: four fine-tuning
+    runs (SE and WC data, seeds 0 and 1), each trained and evaluated on the real toy-world models."""
+    return toy_study_dict(
+        name,
+        budget={"se_samples": [1]},
+        paradigms={"knowledge_distillation": False, "weak_to_strong": False, "number_matched": []},
+        training={
             "preset": "tiny-cpu",
             "seeds": [0, 1],
             "options": {"max_steps": 2, "n_checkpoints": 1},
             "workers": workers,
         },
-        "evaluation": {"backend": "hf", "n": 2},
-    }
+    )
 
 
 @pytest.fixture(scope="session")

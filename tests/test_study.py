@@ -29,6 +29,7 @@ from flopmatch.study import (
     validate_study_dict,
 )
 from hold_points import hold_env, wait_for_hold
+from shared_studies import TINY_TOY, toy_study_dict
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -241,40 +242,6 @@ def test_packaged_demo_config_is_the_example():
 
 # --------------------------------------------------------------------------- the orchestrator, on real parts
 
-#: A few-step toy model: pretrains in seconds, enough to exercise every stage (it solves nothing).
-TINY_TOY = {"hidden_size": 32, "num_layers": 1, "num_heads": 1, "intermediate_size": 32, "train_steps": 20,
-            "tokenizer_corpus": 300}  # fmt: skip
-
-
-def _toy_study(name: str, **overrides) -> dict:
-    """A small study on the real toy-world models (trained on first use and cached, as in the demo)."""
-    data = {
-        "name": name,
-        "problems": {
-            "sample": {"source": "toyworld", "split": "train", "limit": 12},
-            "validation": {"holdout": 4},
-            "test": {"source": "toyworld", "split": "test", "limit": 6},
-        },
-        "models": {
-            "wc": {"model": "toyworld-wc", "backend": "hf"},
-            "se": {"model": "toyworld-se", "backend": "hf"},
-        },
-        "budget": {"se_samples": [1, 2]},
-        "sampling": {"max_tokens": 96},
-        "judge": {"spec": "toyworld-checker", "per_model": 100},
-        "analysis": {"n_boot": 50},
-        "paradigms": {
-            "student": {"model": "tiny-student", "backend": "hf", "toyworld_spec": TINY_TOY},
-            "number_matched": ["knowledge_distillation"],
-        },
-        "training": {"preset": "tiny-cpu", "options": {"max_steps": 2, "n_checkpoints": 1}},
-        "evaluation": {"backend": "hf", "n": 2},
-    }
-    for key, value in overrides.items():
-        data[key] = value
-    return data
-
-
 #: `flopmatch demo` shrunk with --set so it takes seconds (the full-size demo is timed in the closing notes,
 #: not here). The student is the few-step toy model (the packaged student's spec is checked in
 #: test_examples_validate): its own pretraining would be the only use of the default student in the suite.
@@ -430,7 +397,7 @@ def test_deleted_outputs_are_noticed_and_rebuilt(trained_study):
 
 
 def test_only_needs_upstream_stages_done(tmp_path):
-    config = validate_study_dict(_toy_study("lonely", training={"enabled": False}))
+    config = validate_study_dict(toy_study_dict("lonely", training={"enabled": False}))
     with pytest.raises(StudyError, match="needs .* to be done first"):
         run_study(config, tmp_path / "run", only=["grade"], log=lambda _: None, progress=False)
     with pytest.raises(StudyError, match="unknown stage 'sampel'"):
@@ -438,7 +405,7 @@ def test_only_needs_upstream_stages_done(tmp_path):
 
 
 def test_overlapping_splits_are_refused(tmp_path):
-    data = _toy_study("overlap", training={"enabled": False})
+    data = toy_study_dict("overlap", training={"enabled": False})
     data["problems"]["test"] = {"source": "toyworld", "split": "train", "limit": 6}
     config = validate_study_dict(data)
     with pytest.raises(StudyError, match=r"problems\.\w+ and problems\.test share \d+ problem"):
@@ -494,7 +461,7 @@ def test_killed_study_resumes_where_it_stopped(tmp_path, monkeypatch):
     """SIGKILL the study while it samples; the rerun skips finished stages, completes sampling with
     exactly S samples per problem and none twice, and finishes the study."""
     tiny = {**TINY_TOY, "train_steps": 10}
-    data = _toy_study(
+    data = toy_study_dict(
         "killed",
         models={"wc": {"model": "tiny-wc", "backend": "hf", "toyworld_spec": tiny},
                 "se": {"model": "tiny-se", "backend": "hf", "toyworld_spec": {**tiny, "num_layers": 2}}},
@@ -564,18 +531,18 @@ def test_dry_run_estimates_power_and_warns_when_5_percent_is_out_of_reach(tmp_pa
     from flopmatch.paired import mde_paired
     from flopmatch.study import dry_run
 
-    small = validate_study_dict(_toy_study("power"))  # 6 test problems, one seed
+    small = validate_study_dict(toy_study_dict("power"))  # 6 test problems, one seed
     plan = dry_run(small, tmp_path / "run")
     assert plan.power["test_problems"] == 6 and plan.power["seeds"] == 1
     assert plan.power["mde"] == pytest.approx(mde_paired(6, 0.15))
     assert any("5% relative gain" in w for w in plan.warnings)
     assert any("one training seed" in w for w in plan.warnings)
-    big = _toy_study("power", training={"preset": "tiny-cpu", "seeds": [0, 1, 2]})
+    big = toy_study_dict("power", training={"preset": "tiny-cpu", "seeds": [0, 1, 2]})
     big["problems"]["test"]["limit"] = 2000
     plan = dry_run(validate_study_dict(big), tmp_path / "run2")
     assert plan.power["seeds"] == 3 and plan.power["mde"] < 0.025
     assert not any(w.startswith("power:") for w in plan.warnings)
-    off = dry_run(validate_study_dict(_toy_study("power", training={"enabled": False})), tmp_path / "run3")
+    off = dry_run(validate_study_dict(toy_study_dict("power", training={"enabled": False})), tmp_path / "run3")
     assert off.power is None
     # an earlier run's comparisons: its discordance and seed noise plan the next study (seed-aware MDE)
     import pandas as pd
@@ -606,7 +573,7 @@ def test_a_failing_stage_is_recorded_and_reported(tmp_path):
 
     from flopmatch.cli import app
 
-    data = _toy_study("broken", training={"enabled": False})
+    data = toy_study_dict("broken", training={"enabled": False})
     data["problems"]["sample"] = {
         "source": "gsm8k",
         "split": "train",
@@ -637,13 +604,13 @@ def test_judge_spec_fields_are_checked(tmp_path):
 
 
 def test_component_settings_fail_before_any_stage(tmp_path):
-    data = _toy_study("typo")
+    data = toy_study_dict("typo")
     data["training"]["options"]["learnin_rate"] = 0.1
     config = validate_study_dict(data)
     with pytest.raises(StudyConfigError, match="training.options.learnin_rate: unknown TrainConfig field"):
         run_study(config, tmp_path / "run", log=lambda _: None, progress=False)
     assert not (tmp_path / "run" / "state.json").exists()
-    data = _toy_study("typo2", training={"enabled": False}, sampling={"prompt": {"shotz": 2}})
+    data = toy_study_dict("typo2", training={"enabled": False}, sampling={"prompt": {"shotz": 2}})
     with pytest.raises(
         StudyConfigError, match=r"sampling.prompt: unknown PromptConfig field\(s\) \['shotz'\]"
     ):
