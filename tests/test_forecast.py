@@ -515,6 +515,20 @@ def test_pilot_target_refit_intervals_are_the_ones_before_family_unions():
         assert q.refit_coverage_low is None and q.refit_coverage_high is None
 
 
+def test_counts_without_unique_correct_forecast_coverage_alone_for_both_targets():
+    """unique_correct is optional: without it both targets forecast coverage (the same as with it) and no
+    diversity."""
+    from flopmatch.forecast import forecast_counts, forecast_pilot
+
+    full = pilot_counts()
+    bare = full.drop(columns=["unique_correct"])
+    for forecast in (forecast_counts, forecast_pilot):
+        with_u, without = (forecast(frame, [6, 20], n_boot=10, seed=3) for frame in (full, bare))
+        for a, b in zip(with_u.points, without.points, strict=True):
+            assert b.unique_correct is None and b.unique_correct_low is None
+            assert (b.coverage, b.coverage_low, b.coverage_high) == (a.coverage, a.coverage_low, a.coverage_high)
+
+
 def test_pilot_target_family_intervals_span_every_plausible_family():
     """intervals="families" (the default), as forecast_counts: the union of every plausible family's interval
     (bootstrap refit + posterior draws); the point forecast and refit_* are the chosen family's own."""

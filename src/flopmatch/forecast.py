@@ -444,6 +444,13 @@ def plausible_fits(fit: SuccessFit, n: np.ndarray, c: np.ndarray, seed: int = 0)
     return out
 
 
+def _refit_unique(ufits: dict[str, UniqueFit], c: np.ndarray, u: np.ndarray | None,
+                  idx: np.ndarray) -> list[UniqueFit]:
+    """The uniqueness models refitted on the resample ``idx``: [] without any (the counts carry no
+    ``unique_correct``) or when no problem of the resample has a correct sample."""
+    return forecast_unique.refit_unique(ufits, c[idx], u[idx]) if ufits else []
+
+
 def _bootstrap(fits: dict[str, SuccessFit], ufits: dict[str, UniqueFit], n, c, u, ks: list[int], n_boot: int,
                seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per family: coverage of every resample of problems (rows) at every k (columns), and unique@k per
@@ -453,7 +460,7 @@ def _bootstrap(fits: dict[str, SuccessFit], ufits: dict[str, UniqueFit], n, c, u
     out = {f: (np.empty((n_boot, len(ks))), np.full((len(ufits), n_boot, len(ks)), np.nan)) for f in fits}
     for i in range(n_boot):
         idx = rng.integers(0, len(n), len(n))
-        ufs = forecast_unique.refit_unique(ufits, c[idx], u[idx]) if ufits else []  # [] without a correct sample
+        ufs = _refit_unique(ufits, c, u, idx)
         for family, fit in fits.items():
             f = refit(fit, n[idx], c[idx])
             out[family][0][i] = f.coverage(k_arr)
@@ -554,7 +561,7 @@ def _pilot_bootstrap(fit: SuccessFit, ufits: dict[str, UniqueFit], n, c, u, ks: 
     for i in range(n_boot):
         idx = rng.integers(0, len(n), len(n))
         f = refit(fit, n[idx], c[idx])
-        ufs = forecast_unique.refit_unique(ufits, c[idx], u[idx]) or list(ufits.values())
+        ufs = _refit_unique(ufits, c, u, idx) or list(ufits.values())
         p = f.posterior_sample(n, c, rng)
         for j, k in enumerate(ks):
             extra = rng.binomial(k - n, p)
