@@ -418,20 +418,20 @@ def _count_arrays(counts: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndar
     return n, c, u
 
 
-# The interval modes of forecast_counts and forecast_pilot. "refit" resamples problems and refits the
-# chosen family: it carries problem-sampling noise only. "families" (the default) spans every family of
-# ENVELOPE_FAMILIES the pilot cannot rule out (held-out log-likelihood within ENVELOPE_NATS of the best):
-# the union of their refit intervals, so a forecast that hinges on the family's left tail says so.
-# Toy-world backtest (README): the truth inside the interval in 144 of 144 pilot cells (refit: 128), ~40% wider.
+# Interval modes of forecast_counts, forecast_pilot and mixture.Forecaster: "refit" resamples problems and
+# refits the chosen family (problem-sampling noise only); "families" (the default) is the union of the refit
+# intervals of every family plausible_fits keeps, so a forecast that hinges on a family's tail says so.
 INTERVALS = ("refit", "families")
 UNIQUE_INTERVALS = ("bootstrap", "profile")  # module docstring; "profile": forecast_unique's docstring
 ENVELOPE_FAMILIES = ("beta-binomial", "zero-inflated-beta", "logit-normal", "skew-logit-normal")
 ENVELOPE_NATS = 2.0
 
 
-def plausible_fits(fit: SuccessFit, n: np.ndarray, c: np.ndarray, seed: int = 0) -> dict[str, SuccessFit]:
-    """``fit`` and every other family of ENVELOPE_FAMILIES whose held-out log-likelihood (the same folds)
-    is within ENVELOPE_NATS of the best of them, each fitted to all of (n, c)."""
+def plausible_fits(fit: SuccessFit, n: np.ndarray, c: np.ndarray, seed: int = 0, intervals: str = "families") -> dict[str, SuccessFit]:
+    """The families an interval spans (INTERVALS), ``fit`` first: "refit" ``fit`` alone; "families" also every
+    family of ENVELOPE_FAMILIES within ENVELOPE_NATS of the best held-out log-likelihood, fitted to all (n, c)."""
+    if intervals != "families":
+        return {fit.family: fit}
     scores = dict(fit.candidates)
     for family in ENVELOPE_FAMILIES:
         if family not in scores and len(n) >= 2:
@@ -444,13 +444,6 @@ def plausible_fits(fit: SuccessFit, n: np.ndarray, c: np.ndarray, seed: int = 0)
     return out
 
 
-def _refit_unique(ufits: dict[str, UniqueFit], c: np.ndarray, u: np.ndarray | None,
-                  idx: np.ndarray) -> list[UniqueFit]:
-    """The uniqueness models refitted on the resample ``idx``: [] without any (the counts carry no
-    ``unique_correct``) or when no problem of the resample has a correct sample."""
-    return forecast_unique.refit_unique(ufits, c[idx], u[idx]) if ufits else []
-
-
 def _bootstrap(fits: dict[str, SuccessFit], ufits: dict[str, UniqueFit], n, c, u, ks: list[int], n_boot: int,
                seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per family: coverage of every resample of problems (rows) at every k (columns), and unique@k per
@@ -460,7 +453,7 @@ def _bootstrap(fits: dict[str, SuccessFit], ufits: dict[str, UniqueFit], n, c, u
     out = {f: (np.empty((n_boot, len(ks))), np.full((len(ufits), n_boot, len(ks)), np.nan)) for f in fits}
     for i in range(n_boot):
         idx = rng.integers(0, len(n), len(n))
-        ufs = _refit_unique(ufits, c, u, idx)
+        ufs = forecast_unique.refit_unique(ufits, c[idx], u[idx]) if ufits else []  # ufits: u is not None
         for family, fit in fits.items():
             f = refit(fit, n[idx], c[idx])
             out[family][0][i] = f.coverage(k_arr)
@@ -496,7 +489,7 @@ def _fits(n, c, u, family: str, intervals: str, seed: int,
     """The chosen fit, the uniqueness models the intervals span ("mle" first) and the families (chosen first)."""
     fit = fit_success(n, c, family=family, seed=seed)
     ufits = forecast_unique.unique_models(c, u, unique_intervals == "profile", ENVELOPE_NATS) if u is not None else {}
-    return fit, ufits, plausible_fits(fit, n, c, seed) if intervals == "families" else {fit.family: fit}
+    return fit, ufits, plausible_fits(fit, n, c, seed, intervals)
 
 
 def _interval_fields(boot: dict[str, tuple[np.ndarray, np.ndarray]], chosen: str, j: int,
@@ -561,7 +554,7 @@ def _pilot_bootstrap(fit: SuccessFit, ufits: dict[str, UniqueFit], n, c, u, ks: 
     for i in range(n_boot):
         idx = rng.integers(0, len(n), len(n))
         f = refit(fit, n[idx], c[idx])
-        ufs = _refit_unique(ufits, c, u, idx) or list(ufits.values())
+        ufs = (forecast_unique.refit_unique(ufits, c[idx], u[idx]) if ufits else []) or list(ufits.values())
         p = f.posterior_sample(n, c, rng)
         for j, k in enumerate(ks):
             extra = rng.binomial(k - n, p)

@@ -171,7 +171,7 @@ class Forecaster:
                 )
             n, c = counts["n"].to_numpy(np.int64), counts["c"].to_numpy(np.int64)
             fit = fit_success(n, c, seed=seed)
-            fits = plausible_fits(fit, n, c, seed) if intervals == "families" else {fit.family: fit}
+            fits = plausible_fits(fit, n, c, seed, intervals)
             u = counts["unique_correct"].to_numpy(np.int64)
             self.models.append(_ModelData(n, c, u, fit, float(p.fpr or 0.0), fits))
         if n_problems < len(ids):
@@ -179,7 +179,7 @@ class Forecaster:
                 f"the problem set ({n_problems}) is smaller than the pilot ({len(ids)} problems)"
             )
         self.n_problems, self.n_pilot, self.objective = n_problems, len(ids), objective
-        self.n_boot, self.seed, self.intervals = n_boot, seed, intervals
+        self.n_boot, self.seed = n_boot, seed
         self.scenarios = list(itertools.product(*(list(m.fits) for m in self.models)))
         rng = np.random.default_rng(seed)
         self._resamples = [rng.integers(0, len(ids), len(ids)) for _ in range(n_boot)]
