@@ -117,7 +117,7 @@ def forecast_command(
     Examples: `flopmatch forecast runs/toy --pilot-samples 4 --k 10,100,1000`;
     `flopmatch forecast --counts pilot.csv --json` (a row per problem: `problem_id,n,c`).
     """
-    from flopmatch.forecast import FAMILIES
+    from flopmatch.forecast import FAMILIES, INTERVALS
     from flopmatch.forecast_run import forecast_counts_file, forecast_run
 
     if (run is None) == (counts is None):
@@ -126,7 +126,7 @@ def forecast_command(
         raise fail(f"--family must be auto or one of {', '.join(FAMILIES)}, got {family!r}")
     if target not in ("population", "pilot"):
         raise fail(f"--target must be population or pilot, got {target!r}")
-    if intervals not in ("families", "refit"):
+    if intervals not in INTERVALS:
         raise fail(f"--intervals must be families or refit, got {intervals!r}")
     ks = parse_ks(k)
     if counts is not None:

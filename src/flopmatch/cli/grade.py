@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from flopmatch.cli._app import app, fail
-from flopmatch.cli.inputs import QuietOption
+from flopmatch.cli.inputs import SOURCES_HELP, QuietOption
 from flopmatch.cli.tables import JsonOption, print_json, print_table
 from flopmatch.datasets import dataset_names
 from flopmatch.grading.core import STATUSES
@@ -33,7 +33,7 @@ def grade_command(
         typer.Option(
             "--dataset",
             "-d",
-            help=f"{' | '.join(dataset_names())}, for --input (a row's `dataset` field wins)",
+            help=f"{SOURCES_HELP}, for --input (a row's `dataset` field wins)",
         ),
     ] = None,
     output: Annotated[
@@ -89,7 +89,6 @@ def _grade_run_dir(run_dir: Path, workers: int | None, timeout: float, as_json: 
 def _grade_file(
     path: Path, dataset: str | None, output: Path | None, workers: int | None, timeout: float, as_json: bool
 ) -> None:
-    from flopmatch.datasets import dataset_names
     from flopmatch.grading import grade_many
 
     known = set(dataset_names())

@@ -13,9 +13,12 @@ from flopmatch.cli._app import fail
 from flopmatch.datasets import dataset_names
 from flopmatch.progress import set_quiet
 
+#: the declared datasets, for the help of every option that takes a problem source
+SOURCES_HELP = " | ".join(dataset_names())
+
 ProblemsOpt = Annotated[
     str | None,
-    typer.Option("--problems", help=f"{' | '.join(dataset_names())} | a file; default: the run's"),
+    typer.Option("--problems", help=f"{SOURCES_HELP} | a file; default: the run's"),
 ]
 SplitOpt = Annotated[str | None, typer.Option(help="the problem split (default: test)")]
 DataFileOpt = Annotated[Path | None, typer.Option("--data-file", help="a local JSONL/Parquet file or data dir")]

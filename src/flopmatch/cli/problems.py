@@ -11,12 +11,11 @@ from rich.panel import Panel
 from rich.text import Text
 
 from flopmatch.cli._app import app, console, fail
-from flopmatch.cli.inputs import QuietOption
+from flopmatch.cli.inputs import SOURCES_HELP, QuietOption
 from flopmatch.cli.tables import JsonOption, print_json, print_table
 from flopmatch.datasets import dataset_names, get_dataset
 
 # The declared datasets (flopmatch.datasets), so one registered before the CLI is built shows up here too.
-_SOURCES = " | ".join(dataset_names())
 _SOURCE_LINES = "; ".join(f"`{name}`: {get_dataset(name).description}" for name in dataset_names())
 
 _HELP = f"""Load a problem set and print its size, counts by level and subject, and example problems.
@@ -43,7 +42,7 @@ def problems_command(
     source: Annotated[
         str,
         typer.Argument(
-            help=f"{_SOURCES}, or a local .jsonl/.json/.parquet file.",
+            help=f"{SOURCES_HELP}, or a local .jsonl/.json/.parquet file.",
             show_default=False,
         ),
     ],

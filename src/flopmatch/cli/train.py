@@ -9,11 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from flopmatch.cli._app import app, console, fail
-from flopmatch.cli.inputs import QuietOption, load_problems, parse_ks, parse_options
+from flopmatch.cli.inputs import SOURCES_HELP, QuietOption, load_problems, parse_ks, parse_options
 from flopmatch.cli.tables import JsonOption, print_json, print_table, stdout_to_stderr
-from flopmatch.datasets import dataset_names
-
-_SOURCES = " | ".join(dataset_names())  # the declared datasets, for --problems' help
 
 
 def _load_problems(source: str, split: str | None, data_file: Path | None, limit: int | None, seed: int | None):
@@ -58,14 +55,11 @@ def build_sft_command(
     if budget is None and samples_per_problem is None and not _allocated(run, source):
         raise fail("give --budget B (SE samples per problem, via plan.json) or --samples-per-problem S (a model "
                    "sampled by an allocation policy needs neither: its set is every correct solution it found)")
-    try:
-        result = build_sft(
-            run, source_model=source, budget=budget, samples_per_problem=samples_per_problem,
-            max_per_problem=max_per_problem, dedupe=dedupe, judge_filter=(judge or True) if judge_filter else False,
-            number_matched_to=number_matched_to, name=name,
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from exc
+    result = build_sft(
+        run, source_model=source, budget=budget, samples_per_problem=samples_per_problem,
+        max_per_problem=max_per_problem, dedupe=dedupe, judge_filter=(judge or True) if judge_filter else False,
+        number_matched_to=number_matched_to, name=name,
+    )
     if as_json:
         console.print_json(json.dumps(result.to_dict()))
         return
@@ -257,7 +251,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 @app.command("eval")
 def eval_command(
     model: Annotated[str, typer.Option("--model", "-m", help="a train output dir, a model dir, HF id or registry name")],
-    problems: Annotated[str, typer.Option("--problems", help=f"{_SOURCES} | a file")],
+    problems: Annotated[str, typer.Option("--problems", help=f"{SOURCES_HELP} | a file")],
     split: Annotated[str | None, typer.Option(help="problem split (default: test)")] = None,
     data_file: Annotated[Path | None, typer.Option("--data-file", help="a local JSONL/Parquet file or data dir")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="at most this many problems")] = None,
