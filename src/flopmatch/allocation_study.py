@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from flopmatch.allocation import StudyAllocation
+from flopmatch.budget import BudgetError
 from flopmatch.errors import FlopmatchError
 from flopmatch.store import RunDir, read_json, write_json
 from flopmatch.store.queries import sample_tokens
@@ -59,8 +60,11 @@ def plan_flops_per_problem(plan: Any, role: str, se_samples: int) -> float | Non
     solution lengths: the plan then only knows the ratio)."""
     if not (plan.flops_unit or "").startswith("FLOPs per problem ("):
         return None
-    point = next((b for b in plan.budgets if int(b.se_samples) == int(se_samples)), None)
-    value = getattr(point, f"{role}_flops", None) if point is not None else None
+    try:
+        point = plan.point(se_samples)
+    except BudgetError:  # not one of the plan's budgets
+        return None
+    value = getattr(point, f"{role}_flops", None)
     return float(value) if value is not None else None
 
 

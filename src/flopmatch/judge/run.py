@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from flopmatch.budget import BudgetError
 from flopmatch.errors import FlopmatchError
 from flopmatch.judge.core import FprEstimate, Judge, JudgeItem, fpr_estimate
 from flopmatch.progress import progress_bar
@@ -153,16 +154,15 @@ def _budget_of(run: RunDir, budget: int | None, budget_index: int | None) -> int
         return budget
     if budget is None:
         return None
-    plan = read_plan(run) if run.plan_path.exists() else None
-    if plan is None:
-        raise FileNotFoundError(f"{run.plan_path}: no plan, so budget {budget} (SE samples per problem) means nothing")
-    if budget not in plan.se_budgets:
+    plan = read_plan(run)
+    try:
+        plan.point(budget)
+    except BudgetError as exc:
         hint = ""
         if 0 <= budget < len(plan.budgets):
             hint = (f"; a budget is named by its SE samples per problem, no longer by its index into plan.json's "
                     f"budgets: index {budget} is budget {plan.se_budgets[budget]}")
-        raise ValueError(f"{run.plan_path}: no budget with se_samples={budget} (the plan has: "
-                         f"{', '.join(str(s) for s in plan.se_budgets)}){hint}")
+        raise BudgetError(f"{run.plan_path}: {exc}{hint}") from None
     return budget
 
 

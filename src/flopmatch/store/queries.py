@@ -121,8 +121,6 @@ def side_samples(plan: BudgetPlan, model: str, point: Any) -> int:
 def budget_at_index(run: RunDir, index: int) -> int:
     """The SE samples per problem (the budget's name) of the plan's ``index``-th budget: what an old
     budget *index* becomes (only for deprecated callers that still pass one)."""
-    if not run.plan_path.exists():
-        raise FileNotFoundError(f"{run.plan_path}: no plan, so budget index {index} means nothing")
     plan = read_plan(run)
     if not 0 <= index < len(plan.budgets):
         raise ValueError(
