@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from flopmatch.errors import FlopmatchError
@@ -210,7 +209,9 @@ def _sample_rows(run: RunDir, model: str, wanted: set[str], samples: int | None,
     frame = read_samples(run, model, columns).to_pandas()
     if frame.empty:
         raise PilotError(f"{run.samples_dir(model)}: no samples of {model}")
-    frame = frame[frame["problem_id"].isin(wanted) & (frame["sample_idx"] < (np.inf if samples is None else samples))]
+    frame = frame[frame["problem_id"].isin(wanted)]
+    if samples is not None:
+        frame = frame[frame["sample_idx"] < samples]
     return frame.drop_duplicates(["problem_id", "sample_idx"])
 
 
