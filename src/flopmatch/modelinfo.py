@@ -359,7 +359,7 @@ def _from_converted_gguf(path: Path) -> ParamCount | None:
         from flopmatch import models
     except (ValueError, OSError, ImportError):
         return None
-    for name, entry in getattr(models, "REGISTRY", {}).items():
+    for name, entry in models.registry().items():
         gguf = getattr(entry, "gguf", None)
         if sha and gguf is not None and gguf.sha256 == sha:
             return _from_registry(name)
@@ -373,7 +373,7 @@ def _from_registry(ref: str) -> ParamCount | None:
         from flopmatch import models
     except ImportError:
         return None
-    entry = getattr(models, "REGISTRY", {}).get(ref)
+    entry = models.registry().get(ref)
     if entry is None:
         return None
     try:
@@ -414,7 +414,7 @@ def is_local_reference(ref: str | Path) -> bool:
         from flopmatch import models
     except ImportError:
         return False
-    return str(ref) in getattr(models, "REGISTRY", {})
+    return str(ref) in models.registry()
 
 
 def count_parameters(ref: str | Path) -> ParamCount:

@@ -38,6 +38,7 @@ from typing import Protocol
 from flopmatch import store
 from flopmatch.datasets import DatasetModel, declared_models, load_reference
 from flopmatch.errors import FlopmatchError
+from flopmatch.fingerprints import content_digest
 from flopmatch.progress import is_quiet
 
 log = logging.getLogger(__name__)
@@ -249,11 +250,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return content_digest([path])
 
 
 def assemble_gguf(parts: Sequence[Path], dest: Path, *, size: int, sha256: str, label: str = "") -> Path:

@@ -151,9 +151,9 @@ def params_offline(spec: ModelSpec) -> tuple[float | None, str]:
     if built is not None:  # a model a dataset builds from the study's spec (the toy world's own shapes)
         return float(built.parameters), built.parameters_source
     try:
-        from flopmatch.models import REGISTRY
+        from flopmatch.models import registry
 
-        entry = REGISTRY.get(spec.model)
+        entry = registry().get(spec.model)  # with the models of datasets registered since import
     except ImportError:
         entry = None
     if entry is not None and entry.parameters:
