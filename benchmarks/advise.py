@@ -222,12 +222,9 @@ def backtest(models: list[Graded], truths: list[dict], args, on_replicate=None) 
                 size = pilot_size(models, ids, n, truth["se_samples"], args, rep)
                 if size not in forecasters:
                     pilots = pilot_models(models, subset_rows(ids, size, args.seed + rep), n)
-                    forecasters[size] = (pilots, *(
-                        Forecaster(pilots, n_problems=len(ids), n_boot=args.n_boot, seed=args.seed + rep,
-                                   intervals=intervals)
-                        for intervals in ("families", "refit")
-                    ))  # fmt: skip
-                pilots, forecaster, refit_forecaster = forecasters[size]
+                    forecasters[size] = (pilots, Forecaster(pilots, n_problems=len(ids), n_boot=args.n_boot,
+                                                            seed=args.seed + rep))  # fmt: skip
+                pilots, forecaster = forecasters[size]
                 se_cost = pilots[1].cost.per_sample("flops")
                 budget = Budget(
                     truth["se_samples"] * len(ids) * se_cost, "flops", f"SE {truth['se_samples']}"
@@ -235,8 +232,9 @@ def backtest(models: list[Graded], truths: list[dict], args, on_replicate=None) 
                 advice = advise_from_pilot(pilots, budget, n_problems=len(ids), forecaster=forecaster,
                                            frontier=False)  # fmt: skip
                 # the same pilot with the chosen family's intervals only: is the "decided" flag calibrated?
-                refit = advise_from_pilot(pilots, budget, n_problems=len(ids), forecaster=refit_forecaster,
-                                          frontier=False)  # fmt: skip
+                # (intervals="refit": scenario 0 of the evaluation just made, not a second bootstrap)
+                refit = advise_from_pilot(pilots, budget, n_problems=len(ids),
+                                          forecaster=forecaster.chosen_families(), frontier=False)  # fmt: skip
                 singles = [c for c in advice.candidates if c.is_single]
                 pick = singles[0].models[0]
                 rec_true, _ = true_coverage(models, advice.best.samples)

@@ -60,7 +60,7 @@ def test_the_union_holds_the_chosen_familys_interval_and_the_point_does_not_move
     refit = Forecaster(pilots, n_problems=100, n_boot=30, seed=3, intervals="refit").evaluate(ALLOCATIONS)
     union = Forecaster(pilots, n_problems=100, n_boot=30, seed=3).evaluate(ALLOCATIONS)
     assert np.array_equal(union.point, refit.point)
-    assert np.allclose(union.boot[0], refit.boot[0])  # scenario 0: every model's chosen family
+    assert np.array_equal(union.boot[0], refit.boot[0])  # scenario 0: every model's chosen family, exactly
     (lo, hi), (rlo, rhi) = union.interval(), refit.interval()
     assert np.all(lo <= rlo) and np.all(hi >= rhi)
     assert np.any(lo < rlo) or np.any(hi > rhi)
@@ -70,6 +70,26 @@ def test_the_union_holds_the_chosen_familys_interval_and_the_point_does_not_move
     for s in range(len(union.scenarios)):  # the union is over every scenario's paired difference
         diffs = union.boot[s, :, 1] - union.boot[s, :, 0]
         assert dlo <= np.percentile(diffs, 2.5) and dhi >= np.percentile(diffs, 97.5)
+
+
+@pytest.mark.parametrize("objective", ["coverage", "unique"])
+def test_chosen_families_is_the_refit_forecaster_from_the_same_bootstrap(objective, monkeypatch):
+    """The "refit" numbers are scenario 0 of the families bootstrap: chosen_families takes them from the
+    families forecaster's evaluation (no second bootstrap) and they equal a refit Forecaster's exactly."""
+    pilots = _pilots()
+    refit = Forecaster(pilots, n_problems=100, n_boot=30, seed=3, objective=objective, intervals="refit")
+    expected = refit.evaluate(ALLOCATIONS)
+    union = Forecaster(pilots, n_problems=100, n_boot=30, seed=3, objective=objective)
+    whole = union.evaluate(ALLOCATIONS)
+    chosen = union.chosen_families()
+    assert [list(m.fits) for m in chosen.models] == [list(m.fits) for m in refit.models]
+    assert [list(m.fits) for m in union.models] != [list(m.fits) for m in refit.models]  # the union untouched
+    monkeypatch.setattr(Forecaster, "_values", lambda *a: pytest.fail("evaluated a second time"))
+    assert union.evaluate(ALLOCATIONS) is whole  # the same allocations again: the evaluation made
+    result = chosen.evaluate(ALLOCATIONS)
+    assert result.scenarios == expected.scenarios == [whole.scenarios[0]]
+    assert np.array_equal(result.point, expected.point) and np.array_equal(result.boot, expected.boot)
+    assert np.array_equal(result.difference(1, 0), expected.difference(1, 0))
 
 
 def test_an_unknown_interval_mode_is_refused():

@@ -7,6 +7,8 @@ their reasons are in the docstring of :mod:`flopmatch.advise`, which ranks the a
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -137,6 +139,7 @@ class Forecaster:
     family; "families" (the default) also every family its pilot cannot rule out
     (:func:`flopmatch.forecast.plausible_fits`), in every combination over the models, and the intervals
     are the union over those scenarios, so a pick that hinges on a family's tail is not called decided.
+    :meth:`chosen_families` gives the "refit" forecaster of the same pilots from this one's bootstrap.
     """
 
     def __init__(
@@ -184,12 +187,30 @@ class Forecaster:
         rng = np.random.default_rng(seed)
         self._resamples = [rng.integers(0, len(ids), len(ids)) for _ in range(n_boot)]
         self._boot_fits: list[list[dict[str, Any]]] | None = None
+        self._last: tuple[bytes, AllocationForecast] | None = None  # the latest evaluation, by allocations
+        self._source: Forecaster | None = None  # chosen_families: the forecaster whose scenario 0 this is
+
+    def chosen_families(self) -> Forecaster:
+        """This forecaster with intervals="refit": each model's chosen family alone. Scenario 0 of this one's
+        bootstrap is every model's chosen family on the same resamples, so the "refit" forecaster's numbers
+        are that scenario's; its :meth:`evaluate` takes them from this one's evaluation of the same
+        allocations (one bootstrap for both; equal to a ``Forecaster(..., intervals="refit")``)."""
+        view = copy.copy(self)
+        view.models = [dataclasses.replace(m, fits={m.fit.family: m.fit}) for m in self.models]
+        view.scenarios, view._source = self.scenarios[:1], self
+        return view
 
     def evaluate(self, allocations: Sequence[Sequence[int]]) -> AllocationForecast:
-        """The objective of each allocation: the point forecast and its bootstrap in every family scenario."""
+        """The objective of each allocation: the point forecast and its bootstrap in every family scenario
+        (the same allocations evaluated again in a row: the same result, not recomputed)."""
         from flopmatch.forecast import refit
 
+        if self._source is not None:
+            whole = self._source.evaluate(allocations)
+            return AllocationForecast(whole.point, whole.boot[:1], self.scenarios)
         alloc = np.asarray(allocations, dtype=np.int64).reshape(len(allocations), len(self.models))
+        if self._last is not None and self._last[0] == alloc.tobytes():
+            return self._last[1]
         if self._boot_fits is None:  # refitted once per resample and family, shared by every later evaluation
             self._boot_fits = [
                 [{family: refit(fit, m.n[idx], m.c[idx]) for family, fit in m.fits.items()} for m in self.models]
@@ -201,7 +222,9 @@ class Forecaster:
         boot = np.empty((len(self.scenarios), self.n_boot, len(alloc)))
         for b, (idx, fits) in enumerate(zip(self._resamples, self._boot_fits, strict=True)):
             boot[:, b] = self._values(alloc, idx, fits, self.scenarios)
-        return AllocationForecast(point, boot, self.scenarios)
+        result = AllocationForecast(point, boot, self.scenarios)
+        self._last = (alloc.tobytes(), result)
+        return result
 
     def _values(
         self,
