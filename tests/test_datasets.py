@@ -3,6 +3,7 @@ through its declaration, exactly as the toy world is, with no name checks anywhe
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import types
@@ -146,3 +147,133 @@ def test_the_cli_help_lists_the_declared_datasets_a_registered_one_included():
     assert "countdown: countdown puzzles, made up" in out
     for name in datasets.dataset_names():
         assert f"{name}: {datasets.get_dataset(name).description}" in out
+
+
+# --------------------------------------------------------------------------- where the problems come from
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The dataset registry, restored after the test: register_dataset writes into a copy."""
+    monkeypatch.setattr(datasets, "_REGISTRY", dict(datasets._REGISTRY))
+    return datasets
+
+
+def _rows(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+WORD = [{"question": f"Ann has {i} pens and buys 2. How many now?", "answer": f"{i}+2={i + 2}\n#### {i + 2}"}
+        for i in range(4)]  # fmt: skip
+
+
+def test_a_registered_dataset_declaring_its_files_loads_from_a_data_directory(registry, tmp_path):
+    """A new dataset says where its files are and how its rows parse; problems.load needs nothing else."""
+    registry.register_dataset(datasets.Dataset(
+        "wordy", ("train", "test"), "numeric", shots=0,
+        data=datasets.DataFiles("gsm8k", {"train": "wordy/train.jsonl", "test": "wordy/held_out.jsonl"}),
+    ))  # fmt: skip
+    _rows(tmp_path / "wordy" / "train.jsonl", WORD[:3])
+    _rows(tmp_path / "wordy" / "held_out.jsonl", WORD[3:])
+    train = problems.load("wordy", split="train", data_file=tmp_path)
+    assert [p.problem_id for p in train] == ["wordy/train/0", "wordy/train/1", "wordy/train/2"]
+    assert {p.dataset for p in train} == {"wordy"}  # its own name, so its own declaration grades it
+    assert [p.answer for p in train] == ["2", "3", "4"] and train[1].question == WORD[1]["question"]
+    test = problems.load("wordy", data_file=tmp_path / "wordy")  # the dataset's own folder works too
+    assert [(p.problem_id, p.split, p.answer) for p in test] == [("wordy/test/0", "test", "5")]
+    assert problems.load("wordy", split="train", data_file=tmp_path, limit=2, seed=1) == problems.select_subset(
+        train, limit=2, seed=1
+    )
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(problems.ProblemSourceError, match=r"elsewhere has no wordy/train.jsonl \(is it"):
+        problems.load("wordy", split="train", data_file=tmp_path / "elsewhere")
+    with pytest.raises(problems.ProblemRequestError, match=r"wordy has splits train, test; got 'dev'"):
+        problems.load("wordy", split="dev", data_file=tmp_path)
+    _rows(tmp_path / "math_test.jsonl", [{"problem": "1+1?", "solution": "$\\boxed{2}$"}])
+    with pytest.raises(problems.ProblemFileError, match="this file is in math format .* not gsm8k"):
+        problems.load("wordy", data_file=tmp_path / "math_test.jsonl")
+    with pytest.raises(problems.ProblemSourceError, match="wordy is not on the hub: pass data_file="):
+        problems.load("wordy")
+
+
+def test_a_registered_dataset_declaring_a_hub_repo_reads_its_configs_in_order(registry, monkeypatch):
+    import datasets as hf_datasets
+
+    registry.register_dataset(datasets.Dataset(
+        "wordy", ("test",), "numeric",
+        data=datasets.DataFiles("gsm8k", hub="someone/wordy", hub_configs=("a", "b")),
+    ))  # fmt: skip
+    calls = []
+
+    def hub(repo, config=None, split=None, **kwargs):
+        calls.append((repo, config, split))
+        return WORD[:2] if config == "a" else WORD[2:] + [{"question": "q"}]
+
+    monkeypatch.setattr(hf_datasets, "load_dataset", hub)
+    with pytest.raises(problems.ProblemFileError, match=r"hub:someone/wordy \(b\)/test, row 3: field 'answer'"):
+        problems.load("wordy")
+    assert calls == [("someone/wordy", "a", "test"), ("someone/wordy", "b", "test")]
+    calls.clear()
+    monkeypatch.setattr(hf_datasets, "load_dataset", lambda repo, config, split: hub(repo, config, split)[:2])
+    loaded = problems.load("wordy")
+    assert [p.problem_id for p in loaded] == [f"wordy/test/{i}" for i in range(4)]  # indices run across configs
+    assert [p.answer for p in loaded] == ["2", "3", "4", "5"]
+
+
+def test_a_dataset_derived_from_other_datasets_files_holds_one_split_out(registry, tmp_path, monkeypatch):
+    """DerivedSplits (as math-offline): each split reads another declaration's file, minus the held-out one."""
+    registry.register_dataset(datasets.Dataset(
+        "wordy", ("train", "test"), "numeric",
+        data=datasets.DataFiles("gsm8k", {"train": "wordy/train.jsonl", "test": "wordy/test.jsonl"}),
+    ))  # fmt: skip
+    registry.register_dataset(datasets.Dataset(
+        "wordy-clean", ("train", "test"), "numeric",
+        data=datasets.DerivedSplits({"train": ("wordy", "train"), "test": ("wordy", "test")},
+                                    held_out=("wordy", "test")),
+    ))  # fmt: skip
+    _rows(tmp_path / "wordy" / "train.jsonl", WORD)
+    _rows(tmp_path / "wordy" / "test.jsonl", [{**WORD[1], "question": "  " + WORD[1]["question"]}, WORD[3]])
+    train = problems.load("wordy-clean", split="train", data_file=tmp_path)
+    assert [p.problem_id for p in train] == ["wordy/train/0", "wordy/train/2"]  # text matched whitespace-blind
+    test = problems.load("wordy-clean", data_file=tmp_path)
+    assert [p.problem_id for p in test] == ["wordy/test/0", "wordy/test/1"]
+    monkeypatch.delenv(problems.DATA_DIR_ENV, raising=False)
+    with pytest.raises(problems.ProblemSourceError) as info:
+        problems.load("wordy-clean")
+    assert str(info.value) == (
+        "wordy-clean reads local files: pass data_file=<data dir> (CLI: --data-file) or set "
+        "$FLOPMATCH_DATA_DIR to a directory holding wordy/train.jsonl and wordy/test.jsonl"
+    )
+    monkeypatch.setenv(problems.DATA_DIR_ENV, str(tmp_path))
+    assert problems.load("wordy-clean", split="train") == train
+
+
+def test_a_declaration_that_cannot_be_read_says_why(registry, tmp_path):
+    registry.register_dataset(datasets.Dataset("bare", ("test",), "numeric"))
+    with pytest.raises(problems.ProblemRequestError, match="'bare' declares no data files"):
+        problems.load("bare", data_file=tmp_path)
+    registry.register_dataset(datasets.Dataset("odd", ("test",), "numeric", data=datasets.DataFiles("csv-ish")))
+    with pytest.raises(problems.ProblemRequestError, match="row format 'csv-ish': expected one of gsm8k, math"):
+        problems.load("odd")
+    registry.register_dataset(datasets.Dataset(
+        "orphan", ("test",), "numeric", data=datasets.DerivedSplits({"test": ("nowhere", "test")}),
+    ))  # fmt: skip
+    with pytest.raises(problems.ProblemRequestError, match="'orphan' reads 'nowhere', which is not declared"):
+        problems.load("orphan", data_file=tmp_path)
+
+
+def test_the_shared_data_sources_declare_where_their_files_are():
+    gsm8k, math, math500 = (datasets.get_dataset(n).data for n in ("gsm8k", "math", "math500"))
+    assert (gsm8k.row_format, gsm8k.hub, gsm8k.hub_configs) == ("gsm8k", "openai/gsm8k", ("main",))
+    assert dict(gsm8k.files) == {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"}
+    assert (math.hub, math.hub_configs, dict(math.files)) == (
+        problems.MATH_HUB_REPO, problems.MATH_HUB_CONFIGS, {"test": "math/math_test_5000.jsonl"})  # fmt: skip
+    assert (math500.hub, math500.hub_configs) == ("HuggingFaceH4/MATH-500", (None,))
+    offline = datasets.get_dataset("math-offline").data
+    assert dict(offline.splits) == {"train": ("math", "test"), "test": ("math500", "test")}
+    assert offline.held_out == ("math500", "test")
+    with pytest.raises(TypeError):
+        gsm8k.files["dev"] = "x"  # a declaration is frozen, its files too
+    assert hash(datasets.get_dataset("gsm8k")) == hash(datasets.get_dataset("gsm8k"))

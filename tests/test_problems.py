@@ -115,6 +115,19 @@ def test_math_offline_reads_the_data_dir_from_the_environment(monkeypatch):
     assert len(load("math-offline", split="train", data_file=DATA / "math")) == 4500
 
 
+def test_math_offline_names_the_files_it_needs(monkeypatch, tmp_path):
+    """The message comes from the declarations (math-offline reads math's and math500's files)."""
+    monkeypatch.delenv(P.DATA_DIR_ENV, raising=False)
+    with pytest.raises(ProblemSourceError) as info:
+        load("math-offline", split="train")
+    assert str(info.value) == (
+        "math-offline reads local files: pass data_file=<data dir> (CLI: --data-file) or set $FLOPMATCH_DATA_DIR "
+        "to a directory holding math/math_test_5000.jsonl and math/math500_test.jsonl"
+    )
+    with pytest.raises(ProblemSourceError, match=r"has no math/math500_test.jsonl \(is it the data directory"):
+        load("math-offline", split="train", data_file=tmp_path)
+
+
 @needs_data
 def test_file_path_sources_and_parquet_agree(tmp_path):
     by_dir = load("math500", data_file=DATA)

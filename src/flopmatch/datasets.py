@@ -6,6 +6,12 @@ which exact checker (if any) can judge a solution's steps, and which models it b
 registry (:class:`DatasetModel`). Prompts, grading, problem loading, the judge and
 :mod:`flopmatch.models` look these up by name instead of testing names themselves.
 
+Where a dataset's problems come from is declared too: a generated dataset names its ``loader``; a
+dataset read from files declares :class:`DataFiles` (the row format its rows parse with, the file of
+each split in a data directory laid out like the shared data, its hub repo and configs); a dataset cut
+from other datasets' files declares :class:`DerivedSplits` (``math-offline``).
+:func:`flopmatch.problems.load` reads only these declarations.
+
 Code that lives in a dataset's own package (the toy world's generator, prompt format, step checker
 and model builders) is named by an import path, ``"module:attribute"``, and imported on first use,
 like a plugin entry point: this module imports no other flopmatch module, and a dataset package never
@@ -15,8 +21,9 @@ has to be imported to read its declaration. Add your own with :func:`register_da
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 AnswerRules = Literal["numeric", "latex", "first-answer-line"]
@@ -49,6 +56,50 @@ class DatasetModel:
 
 
 @dataclass(frozen=True)
+class DataFiles:
+    """Where a dataset read from files finds its problems.
+
+    ``row_format``: the row parser its rows go through, one of :data:`flopmatch.problems.ROW_FORMATS`
+    (``gsm8k``: ``question`` + ``answer`` with the gold after ``####``; ``math``: ``problem`` +
+    ``solution``, gold in the last ``\\boxed{}``; ``math500``: ``problem`` + ``answer``, id from
+    ``unique_id``); a local file in another format is refused. ``files``: split -> the file's path
+    inside a data directory laid out like the shared data (``gsm8k/test.jsonl``); the file is also
+    found by its bare name in the folder given (the dataset's own folder). A split without a file is
+    hub-only. ``hub``: the Hugging Face hub repo read when no ``data_file`` is given (None: local files
+    only); ``hub_configs``: its configs, read in this order and concatenated (``(None,)``: the repo's
+    default config).
+    """
+
+    row_format: str
+    files: Mapping[str, str] = field(default_factory=dict, hash=False)
+    hub: str | None = None
+    hub_configs: tuple[str | None, ...] = (None,)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "files", MappingProxyType(dict(self.files)))
+
+
+@dataclass(frozen=True)
+class DerivedSplits:
+    """A dataset whose splits are cut from other declared datasets' local files (no hub, no files of its
+    own): ``splits`` maps each of its splits to the ``(dataset, split)`` whose data-directory file it
+    reads (both declared with :class:`DataFiles`); the problems of ``held_out`` (a ``(dataset, split)``)
+    are removed from every split that is not ``held_out`` itself, matched on whitespace-normalised text.
+
+    The problems keep the ids and dataset of the file they come from, labelled with the derived split
+    (``math-offline`` train = ``math/train/<hash>``, test = ``math500/test/...``): the split is the
+    problem's role in the study (sample on train, evaluate on test), as the run directory uses it.
+    Loading one needs a data directory (``data_file=`` or ``$FLOPMATCH_DATA_DIR``).
+    """
+
+    splits: Mapping[str, tuple[str, str]] = field(hash=False)
+    held_out: tuple[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "splits", MappingProxyType(dict(self.splits)))
+
+
+@dataclass(frozen=True)
 class Dataset:
     """One dataset's declaration.
 
@@ -56,11 +107,12 @@ class Dataset:
     ``latex`` (MATH: boxed LaTeX, math-verify equivalence) or ``first-answer-line`` (the toy world:
     the first ``Answer:`` line, numeric). ``exemplars``/``shots``: the packaged exemplar set and the
     paper's number of shots (``None``: zero-shot). ``prompt_format``: a ``question -> text`` function
-    that replaces the chat prompt altogether. ``loader``: a function ``(split, limit, seed) ->
-    problems`` for generated datasets (the shared-data sources are read by :mod:`flopmatch.problems`).
-    ``checker``: ``(problem, solution) -> check`` with ``steps_valid``, ``first_wrong_step`` and
-    ``reason``, the exact judge of the dataset's solutions. ``models``: the registry models the
-    dataset brings (:class:`DatasetModel`).
+    that replaces the chat prompt altogether. Where the problems come from, one of two: ``loader``, a
+    function ``(split, limit, seed) -> problems`` for generated datasets (it takes no data file), or
+    ``data``, for datasets read from files: :class:`DataFiles` (row format, data-directory files, hub
+    repo) or :class:`DerivedSplits` (splits cut from other datasets' files). ``checker``: ``(problem,
+    solution) -> check`` with ``steps_valid``, ``first_wrong_step`` and ``reason``, the exact judge of
+    the dataset's solutions. ``models``: the registry models the dataset brings (:class:`DatasetModel`).
     """
 
     name: str
@@ -73,6 +125,7 @@ class Dataset:
     checker: str | None = None
     description: str = ""
     models: tuple[DatasetModel, ...] = ()
+    data: DataFiles | DerivedSplits | None = None
 
     def load_function(self, attribute: str) -> Callable[..., Any]:
         """The function named by ``attribute`` (``"prompt_format"``, ``"loader"``, ``"checker"``)."""
@@ -105,15 +158,34 @@ def declared_models() -> tuple[DatasetModel, ...]:
     return tuple(model for dataset in _REGISTRY.values() for model in dataset.models)
 
 
+MATH_HUB_REPO = "EleutherAI/hendrycks_math"
+"""The hub mirror of Hendrycks MATH: one config per subject (:data:`MATH_HUB_CONFIGS`)."""
+MATH_HUB_CONFIGS = (
+    "algebra",
+    "counting_and_probability",
+    "geometry",
+    "intermediate_algebra",
+    "number_theory",
+    "prealgebra",
+    "precalculus",
+)
+
 for _dataset in (
     Dataset("gsm8k", ("train", "test"), "numeric", exemplars="gsm8k", shots=8,
-            description="GSM8K grade-school word problems (hub openai/gsm8k, or local files)"),
+            description="GSM8K grade-school word problems (hub openai/gsm8k, or local files)",
+            data=DataFiles("gsm8k", {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
+                           hub="openai/gsm8k", hub_configs=("main",))),
     Dataset("math", ("train", "test"), "latex", exemplars="math", shots=4,
-            description="Hendrycks MATH (hub EleutherAI/hendrycks_math, or local files)"),
+            description="Hendrycks MATH (hub EleutherAI/hendrycks_math, or local files)",
+            data=DataFiles("math", {"test": "math/math_test_5000.jsonl"}, hub=MATH_HUB_REPO,
+                           hub_configs=MATH_HUB_CONFIGS)),
     Dataset("math500", ("test",), "latex", exemplars="math", shots=4,
-            description="MATH500, the 500-problem MATH test subset (hub HuggingFaceH4/MATH-500, or local files)"),
+            description="MATH500, the 500-problem MATH test subset (hub HuggingFaceH4/MATH-500, or local files)",
+            data=DataFiles("math500", {"test": "math/math500_test.jsonl"}, hub="HuggingFaceH4/MATH-500")),
     Dataset("math-offline", ("train", "test"), "latex", exemplars="math", shots=4,
-            description="MATH from the shared data: train = MATH test minus MATH500, test = MATH500"),
+            description="MATH from the shared data: train = MATH test minus MATH500, test = MATH500",
+            data=DerivedSplits({"train": ("math", "test"), "test": ("math500", "test")},
+                               held_out=("math500", "test"))),
     Dataset("toyworld", ("train", "test"), "first-answer-line",
             prompt_format="flopmatch.toyworld:format_prompt", loader="flopmatch.toyworld:load_problems",
             checker="flopmatch.toyworld:check_solution",

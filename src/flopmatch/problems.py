@@ -1,6 +1,9 @@
 """Problem sets: one record for every source (GSM8K, MATH, MATH500, the toy world, local files).
 
-``load(source, split=..., data_file=..., limit=..., seed=...)`` is the one entry point:
+``load(source, split=..., data_file=..., limit=..., seed=...)`` is the one entry point. A named source
+is a dataset declared in :mod:`flopmatch.datasets`, and its declaration alone says where its problems
+come from (a generator, or :class:`~flopmatch.datasets.DataFiles`: row format, data-directory files, hub
+repo and configs; or :class:`~flopmatch.datasets.DerivedSplits`); the built-in ones:
 
 ========================  =====================================================================
 source                    where the problems come from
@@ -13,16 +16,17 @@ source                    where the problems come from
                           (``train`` = MATH test 5000 minus the MATH500 problems, matched on
                           problem text -> 4,500; ``test`` = MATH500)
 ``toyworld``              ``flopmatch.toyworld.load_problems`` (generated, CPU-sized; any dataset
-                          declared with a ``loader`` in :mod:`flopmatch.datasets` loads the same way)
+                          declared with a ``loader`` loads the same way)
 a path / ``file``         a local JSONL/Parquet file; its format is detected from its fields
 ========================  =====================================================================
 
 Local files (``data_file=``) come in the formats of the shared data folder, detected from the
 fields of the first row: GSM8K (``question``, ``answer`` with the gold after ``####``), MATH
 (``problem``, ``solution``: gold = content of the last ``\\boxed{}``/``\\fbox{}``, braces nest) and
-MATH500 (``problem``, ``answer``, ``unique_id``...). ``data_file`` may also be a *data directory* laid
-out like the shared data (``gsm8k/<split>.jsonl``, ``math/math_test_5000.jsonl``,
-``math/math500_test.jsonl``); ``math-offline`` needs one (``data_file`` or ``$FLOPMATCH_DATA_DIR``).
+MATH500 (``problem``, ``answer``, ``unique_id``...): the row formats of :data:`ROW_FORMATS`. ``data_file``
+may also be a *data directory* laid out like the shared data, where each dataset's declared files are
+found (``gsm8k/<split>.jsonl``, ``math/math_test_5000.jsonl``, ``math/math500_test.jsonl``);
+``math-offline`` needs one (``data_file`` or ``$FLOPMATCH_DATA_DIR``).
 
 Problem ids are stable across runs and machines: ``<dataset>/<split>/<source id>`` where the source
 id is the row index for GSM8K (hub order = file order), the MATH500 ``unique_id``
@@ -41,7 +45,15 @@ from pathlib import Path
 from typing import Any
 
 from flopmatch.boxed import last_boxed  # noqa: F401 - part of this module's API (the MATH gold rule)
-from flopmatch.datasets import dataset_names, get_dataset
+from flopmatch.datasets import (  # noqa: F401 - MATH_HUB_*: the MATH declaration, re-exported as before
+    MATH_HUB_CONFIGS,
+    MATH_HUB_REPO,
+    DataFiles,
+    Dataset,
+    DerivedSplits,
+    dataset_names,
+    get_dataset,
+)
 from flopmatch.errors import FlopmatchError
 from flopmatch.record import (  # noqa: F401 - the record is part of this module's API
     PROBLEM_SCHEMA,
@@ -143,7 +155,7 @@ def _normalize_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def _parse_gsm8k(row: dict[str, Any], index: int, split: str) -> Problem:
+def _parse_gsm8k(row: dict[str, Any], index: int, split: str, dataset: str) -> Problem:
     question = _text(row, "question")
     solution = _text(row, "answer")
     if "####" not in solution:
@@ -151,10 +163,10 @@ def _parse_gsm8k(row: dict[str, Any], index: int, split: str) -> Problem:
     gold = gsm8k_gold(solution)
     if not gold:
         raise _RowError("answer", "empty answer after '####'")
-    return Problem(f"gsm8k/{split}/{index}", "gsm8k", split, question, gold, solution)
+    return Problem(f"{dataset}/{split}/{index}", dataset, split, question, gold, solution)
 
 
-def _parse_math(row: dict[str, Any], index: int, split: str) -> Problem:
+def _parse_math(row: dict[str, Any], index: int, split: str, dataset: str) -> Problem:
     question = _text(row, "problem")
     solution = _text(row, "solution")
     gold = last_boxed(solution)
@@ -164,8 +176,8 @@ def _parse_math(row: dict[str, Any], index: int, split: str) -> Problem:
         )
     subject = _text(row, "type", required=False) or _text(row, "subject", required=False) or None
     return Problem(
-        f"math/{split}/{content_hash(question)}",
-        "math",
+        f"{dataset}/{split}/{content_hash(question)}",
+        dataset,
         split,
         question,
         gold.strip(),
@@ -175,7 +187,7 @@ def _parse_math(row: dict[str, Any], index: int, split: str) -> Problem:
     )
 
 
-def _parse_math500(row: dict[str, Any], index: int, split: str) -> Problem:
+def _parse_math500(row: dict[str, Any], index: int, split: str, dataset: str) -> Problem:
     question = _text(row, "problem")
     answer = _text(row, "answer")
     solution = _text(row, "solution", required=False)
@@ -189,8 +201,8 @@ def _parse_math500(row: dict[str, Any], index: int, split: str) -> Problem:
         source_id = content_hash(question)
     subject = _text(row, "subject", required=False) or None
     return Problem(
-        f"math500/{split}/{source_id}",
-        "math500",
+        f"{dataset}/{split}/{source_id}",
+        dataset,
         split,
         question,
         answer.strip(),
@@ -200,8 +212,12 @@ def _parse_math500(row: dict[str, Any], index: int, split: str) -> Problem:
     )
 
 
-RowParser = Callable[[dict[str, Any], int, str], Problem]
-_PARSERS: dict[str, RowParser] = {"gsm8k": _parse_gsm8k, "math": _parse_math, "math500": _parse_math500}
+RowParser = Callable[[dict[str, Any], int, str, str], Problem]
+"""``(row, index, split, dataset) -> Problem``: one row of a source, its 0-based index in the source,
+the split and dataset it is labelled with; raises a row error naming the bad field."""
+
+ROW_FORMATS: dict[str, RowParser] = {"gsm8k": _parse_gsm8k, "math": _parse_math, "math500": _parse_math500}
+"""The row formats a declared dataset's rows parse with (:class:`flopmatch.datasets.DataFiles`)."""
 
 
 def detect_format(row: dict[str, Any]) -> str | None:
@@ -264,12 +280,15 @@ def _split_from_name(path: Path) -> str | None:
     return tokens.pop() if len(tokens) == 1 else None
 
 
-def load_file(path: str | Path, *, split: str | None = None, expect: str | None = None) -> list[Problem]:
+def load_file(
+    path: str | Path, *, split: str | None = None, expect: str | None = None, dataset: str | None = None
+) -> list[Problem]:
     """Problems from one local JSONL/JSON/Parquet file, format detected from the first row's fields.
 
     ``split`` defaults to the split named in the file name (``test.jsonl``, ``math500_test.jsonl``).
-    ``expect`` (gsm8k, math, math500) refuses a file in another format, so ``load("gsm8k",
-    data_file=<a MATH file>)`` fails loudly instead of mislabelling problems. Any malformed row raises
+    ``expect`` (a row format: gsm8k, math, math500) refuses a file in another format, so ``load("gsm8k",
+    data_file=<a MATH file>)`` fails loudly instead of mislabelling problems. ``dataset`` labels the
+    problems (ids ``<dataset>/<split>/...``; default: the row format). Any malformed row raises
     :class:`ProblemFileError` naming the file, the line and the field.
     """
     path = Path(path)
@@ -279,17 +298,18 @@ def load_file(path: str | Path, *, split: str | None = None, expect: str | None 
     if split is None:
         raise ProblemSourceError(f"cannot tell the split of {path} from its name: pass split= (CLI: --split)")
     try:
-        return _unique_ids(_parse_rows(path, split, expect))
+        return _unique_ids(_parse_rows(path, split, expect, dataset))
     except OSError as exc:  # no permission, an I/O error: the OS's own message names the file
         raise ProblemFileUnreadable(str(exc)) from exc
     except UnicodeDecodeError as exc:
         raise ProblemFileError(path, None, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
-def _parse_rows(path: Path, split: str, expect: str | None) -> list[Problem]:
+def _parse_rows(path: Path, split: str, expect: str | None, dataset: str | None) -> list[Problem]:
     unit, rows = _read_rows(path)
     problems: list[Problem] = []
     parser: RowParser | None = None
+    label = dataset or ""
     for index, (number, row) in enumerate(rows):
         if not isinstance(row, dict):
             raise ProblemFileError(
@@ -314,9 +334,9 @@ def _parse_rows(path: Path, split: str, expect: str | None) -> list[Problem]:
                     f"this file is in {fmt} format (fields {sorted(row)}), not {expect}",
                     unit=unit,
                 )
-            parser = _PARSERS[fmt]
+            parser, label = ROW_FORMATS[fmt], dataset or fmt
         try:
-            problems.append(parser(row, index, split))
+            problems.append(parser(row, index, split, label))
         except _RowError as err:
             raise ProblemFileError(path, number, err.field, err.message, unit=unit) from None
     return problems
@@ -335,92 +355,99 @@ def _unique_ids(problems: list[Problem]) -> list[Problem]:
     return out
 
 
-# --------------------------------------------------------------------------- data directory
-
-# Where each (source, split) lives in a data directory laid out like the shared data.
-_DATA_DIR_FILES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("gsm8k", "train"): ("gsm8k/train.jsonl",),
-    ("gsm8k", "test"): ("gsm8k/test.jsonl",),
-    ("math", "test"): ("math/math_test_5000.jsonl",),
-    ("math500", "test"): ("math/math500_test.jsonl",),
-}
+# --------------------------------------------------------------------------- declared sources
 
 
-def _in_data_dir(directory: Path, source: str, split: str) -> Path:
-    """The file of (source, split) in ``directory`` (the data root or the dataset's own folder)."""
-    candidates = _DATA_DIR_FILES.get((source, split))
-    if candidates is None:
-        raise ProblemSourceError(
-            f"the offline data has no {source} {split!r} split (see INDEX.md of the data directory)"
+def _files_of(declared: Dataset) -> DataFiles:
+    """The :class:`DataFiles` a dataset declares, its row format checked."""
+    data = declared.data
+    if not isinstance(data, DataFiles):
+        raise ProblemRequestError(
+            f"dataset {declared.name!r} declares no data files (flopmatch.datasets.DataFiles); "
+            f"it cannot be read from a data directory or the hub"
         )
-    for relative in candidates:
-        for path in (directory / relative, directory / Path(relative).name):
-            if path.is_file():
-                return path
-    raise ProblemSourceError(f"{directory} has no {candidates[0]} (is it the data directory?)")
+    if data.row_format not in ROW_FORMATS:
+        raise ProblemRequestError(
+            f"dataset {declared.name!r} declares row format {data.row_format!r}: "
+            f"expected one of {', '.join(ROW_FORMATS)}"
+        )
+    return data
 
 
-def _local(source: str, split: str, data_file: str | Path) -> list[Problem]:
+def _in_data_dir(directory: Path, declared: Dataset, split: str) -> Path:
+    """The file of (dataset, split) in ``directory`` (the data root or the dataset's own folder)."""
+    relative = _files_of(declared).files.get(split)
+    if relative is None:
+        raise ProblemSourceError(
+            f"the offline data has no {declared.name} {split!r} split (see INDEX.md of the data directory)"
+        )
+    for path in (directory / relative, directory / Path(relative).name):
+        if path.is_file():
+            return path
+    raise ProblemSourceError(f"{directory} has no {relative} (is it the data directory?)")
+
+
+def _local(
+    declared: Dataset, split: str, data_file: str | Path, *, label: str | None = None
+) -> list[Problem]:
+    """(dataset, split) from a local file or data directory, labelled ``label`` (default: ``split``)."""
     path = Path(data_file).expanduser()
     if path.is_dir():
-        path = _in_data_dir(path, source, split)
-    return load_file(path, split=split, expect=source)
+        path = _in_data_dir(path, declared, split)
+    fmt = _files_of(declared).row_format
+    return load_file(path, split=label or split, expect=fmt, dataset=declared.name)
 
 
-def _math_offline(split: str, data_file: str | Path | None) -> list[Problem]:
-    """The offline MATH split: test = MATH500; train = MATH test 5000 minus MATH500 (matched on text).
-
-    Problems keep their own ids (``math500/test/...`` and ``math/train/<hash>``): ``split`` here is
-    the problem's role in the study (sample on train, evaluate on test), as the run directory uses it.
-    """
+def _derived(
+    declared: Dataset, derived: DerivedSplits, split: str, data_file: str | Path | None
+) -> list[Problem]:
+    """A split cut from other datasets' local files, as ``derived`` (``declared.data``) says."""
     directory = data_file or os.environ.get(DATA_DIR_ENV)
     if not directory:
+        needs = dict.fromkeys(
+            _files_of(_part(declared, p)).files.get(p[1], "?") for p in derived.splits.values()
+        )
         raise ProblemSourceError(
-            f"math-offline reads local files: pass data_file=<data dir> (CLI: --data-file) or set ${DATA_DIR_ENV} "
-            "to a directory holding math/math_test_5000.jsonl and math/math500_test.jsonl"
+            f"{declared.name} reads local files: pass data_file=<data dir> (CLI: --data-file) or set "
+            f"${DATA_DIR_ENV} to a directory holding {' and '.join(needs)}"
         )
     directory = Path(directory).expanduser()
     if not directory.is_dir():
-        raise ProblemSourceError(f"math-offline needs a data directory, and {directory} is not one")
-    held_out = load_file(_in_data_dir(directory, "math500", "test"), split="test", expect="math500")
-    if split == "test":
-        return held_out
-    pool = load_file(_in_data_dir(directory, "math", "test"), split="train", expect="math")
-    held_texts = {_normalize_text(p.question) for p in held_out}
+        raise ProblemSourceError(f"{declared.name} needs a data directory, and {directory} is not one")
+    part = derived.splits[split]
+    held_texts: set[str] = set()
+    if derived.held_out is not None:
+        held_out = _local(_part(declared, derived.held_out), derived.held_out[1], directory, label=split)
+        if part == derived.held_out:
+            return held_out
+        held_texts = {_normalize_text(p.question) for p in held_out}
+    pool = _local(_part(declared, part), part[1], directory, label=split)
     return [p for p in pool if _normalize_text(p.question) not in held_texts]
 
 
-# --------------------------------------------------------------------------- the hub
+def _part(declared: Dataset, part: tuple[str, str]) -> Dataset:
+    """The declaration of the (dataset, split) a derived dataset reads."""
+    found = get_dataset(part[0])
+    if found is None:
+        raise ProblemRequestError(f"dataset {declared.name!r} reads {part[0]!r}, which is not declared")
+    return found
 
 
-MATH_HUB_REPO = "EleutherAI/hendrycks_math"
-MATH_HUB_CONFIGS = (
-    "algebra",
-    "counting_and_probability",
-    "geometry",
-    "intermediate_algebra",
-    "number_theory",
-    "prealgebra",
-    "precalculus",
-)
-_HUB: dict[str, tuple[str, tuple[str | None, ...], str]] = {
-    # source: (repo, configs, row format)
-    "gsm8k": ("openai/gsm8k", ("main",), "gsm8k"),
-    "math": (MATH_HUB_REPO, MATH_HUB_CONFIGS, "math"),
-    "math500": ("HuggingFaceH4/MATH-500", (None,), "math500"),
-}
-
-
-def _hub(source: str, split: str) -> list[Problem]:
-    repo, configs, fmt = _HUB[source]
-    parser = _PARSERS[fmt]
+def _hub(declared: Dataset, split: str) -> list[Problem]:
+    data = _files_of(declared)
+    if data.hub is None:
+        raise ProblemSourceError(
+            f"{declared.name} is not on the hub: pass data_file= (CLI: --data-file) with a local "
+            f"JSONL/Parquet copy or a data directory laid out like the shared data"
+        )
+    parser = ROW_FORMATS[data.row_format]
     problems: list[Problem] = []
-    for config in configs:
-        name = repo if config is None else f"{repo} ({config})"
+    for config in data.hub_configs:
+        name = data.hub if config is None else f"{data.hub} ({config})"
         try:
             import datasets
 
-            table = datasets.load_dataset(repo, config, split=split)
+            table = datasets.load_dataset(data.hub, config, split=split)
         except Exception as exc:  # noqa: BLE001 - offline, gated, renamed: all end in the same advice
             raise ProblemSourceError(
                 f"could not load {name} split {split!r} from the Hugging Face hub "
@@ -430,7 +457,7 @@ def _hub(source: str, split: str) -> list[Problem]:
             ) from exc
         for number, row in enumerate(table, 1):
             try:
-                problems.append(parser(row, len(problems), split))
+                problems.append(parser(row, len(problems), split, declared.name))
             except _RowError as err:
                 raise ProblemFileError(
                     f"hub:{name}/{split}", number, err.field, err.message, unit="row"
@@ -438,9 +465,33 @@ def _hub(source: str, split: str) -> list[Problem]:
     return _unique_ids(problems)
 
 
+def _generated(declared: Dataset, split: str | None, limit: int | None, seed: int | None) -> list[Problem]:
+    """The problems of a dataset that declares a generator (``loader``)."""
+    try:
+        loader = declared.load_function("loader")
+    except ImportError as exc:
+        raise ProblemSourceError(str(exc)) from exc
+    try:
+        return loader(split=split, limit=limit, seed=seed)
+    except RuntimeError as exc:  # the generator gave up (toyworld: no problem fits the knobs)
+        if isinstance(exc, FlopmatchError):
+            raise
+        raise ProblemSourceError(str(exc)) from exc
+
+
+def _read_declared(declared: Dataset, split: str, data_file: str | Path | None) -> list[Problem]:
+    """A split of a dataset read from files, as its declaration says: derived, local or hub."""
+    if isinstance(declared.data, DerivedSplits):
+        return _derived(declared, declared.data, split, data_file)
+    if data_file is not None:
+        return _local(declared, split, data_file)
+    return _hub(declared, split)
+
+
 # --------------------------------------------------------------------------- the entry point
 
-# The sources read here (hub or local files); generated datasets declare a loader instead.
+# The sources read here (hub or local files) when this module was imported; generated datasets declare a
+# loader instead. ``load`` reads the declarations themselves, so a dataset registered later loads too.
 SPLITS: dict[str, tuple[str, ...]] = {
     name: get_dataset(name).splits for name in dataset_names() if get_dataset(name).loader is None
 }
@@ -458,11 +509,13 @@ def load(
 ) -> list[Problem]:
     """Load a problem set (see the module docstring for sources, formats and ids).
 
-    ``split`` defaults to ``test`` for the named sources (for a bare file: the split in its name).
-    ``data_file`` reads a local file or data directory instead of the hub. ``limit`` keeps at most that
-    many problems: with ``seed=None`` the first ones in source order, otherwise a seeded choice
-    (problems ranked by a hash of (seed, problem_id)), returned in source order. The same seed gives
-    the same subset on any machine, and a larger limit is a superset of a smaller one.
+    ``source`` is a declared dataset (:mod:`flopmatch.datasets`: generated by its ``loader``, or read as
+    its ``data`` says), ``file`` (with ``data_file``) or a path. ``split`` defaults to ``test`` for the
+    named sources (for a bare file: the split in its name). ``data_file`` reads a local file or data
+    directory instead of the hub. ``limit`` keeps at most that many problems: with ``seed=None`` the
+    first ones in source order, otherwise a seeded choice (problems ranked by a hash of (seed,
+    problem_id)), returned in source order. The same seed gives the same subset on any machine, and a
+    larger limit is a superset of a smaller one.
     """
     if limit is not None and limit < 0:
         raise ProblemRequestError(f"limit must be >= 0, got {limit}")
@@ -470,26 +523,12 @@ def load(
     if declared is not None and declared.loader is not None:
         if data_file is not None:
             raise ProblemRequestError(f"{source} is generated; it takes no data_file")
-        try:
-            loader = declared.load_function("loader")
-        except ImportError as exc:
-            raise ProblemSourceError(str(exc)) from exc
-        try:
-            return loader(split=split, limit=limit, seed=seed)
-        except RuntimeError as exc:  # the generator gave up (toyworld: no problem fits the knobs)
-            if isinstance(exc, FlopmatchError):
-                raise
-            raise ProblemSourceError(str(exc)) from exc
-    if source in SPLITS:
+        return _generated(declared, split, limit, seed)
+    if declared is not None:
         split = split or DEFAULT_SPLIT
-        if split not in SPLITS[source]:
-            raise ProblemRequestError(f"{source} has splits {', '.join(SPLITS[source])}; got {split!r}")
-        if source == "math-offline":
-            problems = _math_offline(split, data_file)
-        elif data_file is not None:
-            problems = _local(source, split, data_file)
-        else:
-            problems = _hub(source, split)
+        if split not in declared.splits:
+            raise ProblemRequestError(f"{source} has splits {', '.join(declared.splits)}; got {split!r}")
+        problems = _read_declared(declared, split, data_file)
     elif source == "file" or Path(source).expanduser().is_file():
         path = data_file if source == "file" else source
         if path is None:
@@ -497,7 +536,7 @@ def load(
         problems = load_file(Path(path).expanduser(), split=split)
     else:
         raise ProblemRequestError(
-            f"unknown problem source {source!r}: expected one of {', '.join(SOURCES)}, 'file' or a path"
+            f"unknown problem source {source!r}: expected one of {', '.join(dataset_names())}, 'file' or a path"
         )
     return select_subset(problems, limit=limit, seed=seed)
 
