@@ -607,6 +607,31 @@ def test_discount_profile_set_contains_the_mle_and_narrows_as_correct_samples_gr
     assert widths[0] > widths[1] > widths[2] and widths[0] > 0.4 and widths[2] < 0.15
 
 
+def test_the_uniqueness_models_share_one_correct_pmf_and_the_likelihood_one_formula():
+    """unique_at_ks is every model's unique_at_k with each k's correct_pmf computed once (profile intervals:
+    three models per success fit); the likelihood with the S_d(c, u) terms given is the one without, up to
+    the order of one sum (what fit_unique_at's profile over theta evaluates)."""
+    from flopmatch.forecast_unique import log_generalised_factorial, unique_at_ks, unique_log_likelihood
+
+    fit, models = FITS[0], [UniqueFit(theta=t, log_likelihood=0.0, problems=0, discount=d)
+                            for t, d in ((1.3, 0.0), (0.7, 0.4), (2.0, 0.8))]  # fmt: skip
+    calls = []
+
+    class Counting:
+        def correct_pmf(self, k):
+            calls.append(k)
+            return fit.correct_pmf(k)
+
+    table = unique_at_ks(models, Counting(), [1, 5, 30])
+    assert calls == [1, 5, 30]
+    assert table.tolist() == [[m.unique_at_k(fit, k) for k in (1, 5, 30)] for m in models]
+    c, u = np.array([1, 3, 5, 8]), np.array([1, 2, 5, 3])
+    for d in (0.0, 0.4):
+        terms = float(np.sum(log_generalised_factorial(8, d)[c, u]))
+        with_terms = unique_log_likelihood(1.3, d, c, u, terms)
+        assert with_terms == pytest.approx(unique_log_likelihood(1.3, d, c, u), rel=1e-12)
+
+
 def unique_pilot(n_each: int) -> pd.DataFrame:
     rng = np.random.default_rng(6)
     n = np.full(120, n_each)

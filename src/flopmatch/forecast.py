@@ -457,8 +457,8 @@ def _bootstrap(fits: dict[str, SuccessFit], ufits: dict[str, UniqueFit], n, c, u
         for family, fit in fits.items():
             f = refit(fit, n[idx], c[idx])
             out[family][0][i] = f.coverage(k_arr)
-            for m, uf in enumerate(ufs):
-                out[family][1][m, i] = [uf.unique_at_k(f, k) for k in ks]
+            if ufs:  # every uniqueness model from one correct_pmf per k
+                out[family][1][:, i] = forecast_unique.unique_at_ks(ufs, f, ks)
     return out
 
 

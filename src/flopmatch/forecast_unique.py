@@ -82,11 +82,24 @@ class UniqueFit:
         """E[unique correct among k samples] for a random problem, summing exactly over C = 0..k.
 
         ``success`` is a :class:`flopmatch.forecast.SuccessFit` (anything with ``correct_pmf(k)``)."""
-        pmf = success.correct_pmf(int(k))
-        return float(np.dot(pmf, self.unique_given_correct(np.arange(int(k) + 1))))
+        return self.unique_given_pmf(success.correct_pmf(int(k)))
+
+    def unique_given_pmf(self, pmf: np.ndarray) -> float:
+        """E[unique correct] when the number of correct samples C has ``pmf`` over 0..len(pmf) - 1."""
+        return float(np.dot(pmf, self.unique_given_correct(np.arange(len(pmf)))))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def unique_at_ks(models: list[UniqueFit], success: Any, ks: list[int]) -> np.ndarray:
+    """:meth:`UniqueFit.unique_at_k` of every model (rows) at every k (columns), each k's ``correct_pmf``
+    computed once for all the models (the uniqueness models of one success fit share it)."""
+    out = np.empty((len(models), len(ks)))
+    for j, k in enumerate(ks):
+        pmf = success.correct_pmf(int(k))
+        out[:, j] = [m.unique_given_pmf(pmf) for m in models]
+    return out
 
 
 def log_generalised_factorial(c_max: int, d: float) -> np.ndarray:
@@ -101,12 +114,19 @@ def log_generalised_factorial(c_max: int, d: float) -> np.ndarray:
     return table
 
 
-def unique_log_likelihood(theta: float, d: float, c: np.ndarray, u: np.ndarray) -> float:
-    """sum over problems of log P(K_c = u) under Pitman-Yor(theta, d); c >= 1, 1 <= u <= c (ints)."""
-    table = log_generalised_factorial(int(c.max()), d)
+def unique_log_likelihood(
+    theta: float, d: float, c: np.ndarray, u: np.ndarray, terms: float | None = None
+) -> float:
+    """sum over problems of log P(K_c = u) under Pitman-Yor(theta, d); c >= 1, 1 <= u <= c (ints).
+
+    ``terms``: the sum over problems of log S_d(c, u), when the caller holds it (a profile fit evaluates
+    one d at many theta); else from :func:`log_generalised_factorial`."""
     steps = np.log(theta + d * np.arange(1, int(u.max()), dtype=float)) if u.max() > 1 else np.empty(0)
     new_tables = np.concatenate([[0.0], np.cumsum(steps)])[u - 1]
-    return float(np.sum(new_tables - _log_rising(theta + 1, c - 1) + table[c, u]))
+    seating = new_tables - _log_rising(theta + 1, c - 1)
+    if terms is not None:
+        return float(np.sum(seating) + terms)
+    return float(np.sum(seating + log_generalised_factorial(int(c.max()), d)[c, u]))
 
 
 def fit_unique(c: Any, u: Any, start: UniqueFit | None = None) -> UniqueFit:
@@ -147,13 +167,6 @@ def _cached_table(c_max: int, d: float) -> np.ndarray:
     return log_generalised_factorial(c_max, d)
 
 
-def _fixed_d_nll(log_theta: float, d: float, c: np.ndarray, u: np.ndarray, terms: float) -> float:
-    theta = math.exp(log_theta)
-    steps = np.log(theta + d * np.arange(1, int(u.max()), dtype=float)) if u.max() > 1 else np.empty(0)
-    new_tables = np.concatenate([[0.0], np.cumsum(steps)])[u - 1]
-    return -float(np.sum(new_tables - _log_rising(theta + 1, c - 1)) + terms)
-
-
 def fit_unique_at(c: Any, u: Any, discount: float) -> UniqueFit:
     """Maximum-likelihood theta with the discount held at ``discount`` (the profile likelihood of d)."""
     c_arr, u_arr = np.asarray(c, dtype=np.int64), np.asarray(u, dtype=np.int64)
@@ -163,8 +176,9 @@ def fit_unique_at(c: Any, u: Any, discount: float) -> UniqueFit:
         raise ValueError("fit_unique_at needs at least one problem with a correct sample")
     d = float(min(max(discount, 0.0), MAX_DISCOUNT))
     terms = float(np.sum(_cached_table(int(cs.max()), d)[cs, us]))
-    res = optimize.minimize_scalar(_fixed_d_nll, bounds=(-_THETA_LOG_BOUND, _THETA_LOG_BOUND), method="bounded",
-                                   args=(d, cs, us, terms), options={"xatol": 1e-5})
+    res = optimize.minimize_scalar(lambda x: -unique_log_likelihood(math.exp(x), d, cs, us, terms),
+                                   bounds=(-_THETA_LOG_BOUND, _THETA_LOG_BOUND), method="bounded",
+                                   options={"xatol": 1e-5})
     return UniqueFit(theta=math.exp(float(res.x)), log_likelihood=-float(res.fun), problems=int(cs.size), discount=d)
 
 
