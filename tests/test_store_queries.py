@@ -159,6 +159,17 @@ def test_sample_tokens_and_the_grades_of_a_model_named_otherwise(tmp_path):
     assert read_grades(run, "m").num_rows == 3 and grades_file(run, "other") is None
 
 
+def test_read_grades_takes_the_grades_file_a_caller_already_found(tmp_path, monkeypatch):
+    from flopmatch.store import queries
+
+    run, _ = graded_run(tmp_path / "run", [[True, False], [True]])
+    found = grades_file(run, "m")
+    moved = run.grades_dir / "elsewhere.parquet"
+    found.rename(moved)
+    monkeypatch.setattr(queries, "grades_file", lambda *a: pytest.fail("looked the grades file up again"))
+    assert read_grades(run, "m", path=moved, samples=1).num_rows == 2
+
+
 # --------------------------------------------------------------------------- who reads sample text
 
 

@@ -109,7 +109,7 @@ def load_model_samples(run: RunDir, model: str, grades_path: Path | None = None)
     found = grades_file(run, model)
     if grades_path is not None and found is not None and Path(grades_path).resolve() != found.resolve():
         raise ValueError(f"{grades_path}: not the grades file of {model!r} in {run.root} ({found})")
-    table = read_grades(run, model).to_pylist()  # no grades file (found is None) raises here
+    table = read_grades(run, model, path=found).to_pylist()  # no grades file (found is None) raises here
     grades_path = found  # not None: read_grades raised above without a grades file
     rows: dict[str, list[tuple[int, bool]]] = {}
     seen: set[tuple[str, int]] = set()

@@ -182,10 +182,11 @@ def graded_solutions(
     from flopmatch.metrics import multiplicities, normalize_solution
 
     run = RunDir(run_dir)
-    if grades_file(run, model) is None:
+    path = grades_file(run, model)
+    if path is None:
         raise PilotError(f"{run.grades_path(model)}: no grades for {model}; grade the samples first")
     wanted = set(problem_ids)
-    grades = read_grades(run, model, samples=samples).to_pandas()
+    grades = read_grades(run, model, samples=samples, path=path).to_pandas()
     grades = grades[grades["problem_id"].isin(wanted)]
     texts = _sample_rows(run, model, wanted, samples, text=True)
     merged = grades.merge(texts, on=["problem_id", "sample_idx"], how="left", validate="one_to_one")

@@ -185,8 +185,8 @@ def _read_graded_samples(run: RunDir, source_model: str) -> list[dict[str, Any]]
     if samples.num_rows == 0:
         raise FileNotFoundError(f"{samples_dir}: no sample shards for model {source_model!r}")
     _require_columns(samples, ("problem_id", "sample_idx", "seed", "text"), samples_dir)
-    grades = read_grades(run, source_model, columns=None)
     grades_path = grades_file(run, source_model)
+    grades = read_grades(run, source_model, columns=None, path=grades_path)  # no grades file: raises
     _require_columns(grades, ("problem_id", "sample_idx", "status"), grades_path)
 
     status = {

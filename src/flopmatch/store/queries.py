@@ -184,10 +184,12 @@ def read_grades(
     *,
     samples: int | None = None,
     columns: tuple[str, ...] | None = ("problem_id", "sample_idx", "status"),
+    path: Path | None = None,
 ) -> pa.Table:
     """A model's grades (``columns``; every column when None), only samples ``sample_idx < samples``
-    (the budget's prefix, see the module docstring) when given."""
-    path = grades_file(run, model)
+    (the budget's prefix, see the module docstring) when given. ``path``: the model's grades file when the
+    caller already looked it up (:func:`grades_file`); else looked up here."""
+    path = path or grades_file(run, model)
     if path is None:
         raise FileNotFoundError(
             f"{run.grades_path(model)}: no grades for model {model!r}; run `flopmatch grade` first"
