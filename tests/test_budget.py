@@ -141,8 +141,10 @@ def test_totals_and_round_trip(tmp_path):
     assert path == RunDir(tmp_path).plan_path
     assert read_plan(RunDir(tmp_path)) == plan  # the one reader of plan.json (flopmatch.store.queries)
     assert plan.wc.name == "g9"
-    with pytest.raises(KeyError, match="planned: \\[1, 10\\]"):
+    # one lookup: wc_samples_for is point's, and its unknown budget is still the KeyError it raised before
+    with pytest.raises(KeyError, match=r"^no budget with se_samples=3 \(the plan has: 1, 10\)$") as missing:
         plan.wc_samples_for(3)
+    assert isinstance(missing.value, BudgetError)
 
 
 def test_a_budget_is_named_by_its_se_samples_per_problem():

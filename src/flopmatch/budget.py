@@ -49,6 +49,13 @@ class BudgetError(FlopmatchError, ValueError):
     """The inputs do not determine a plan (a missing or non-positive number, an unknown mode...)."""
 
 
+class UnknownBudgetError(BudgetError, KeyError):
+    """A budget the plan does not hold (:meth:`BudgetPlan.point`): a BudgetError, so a ValueError, and a
+    KeyError, which :meth:`BudgetPlan.wc_samples_for` raised for it before it became ``point``'s."""
+
+    __str__ = BudgetError.__str__  # the message as written, not KeyError's repr of it
+
+
 # --------------------------------------------------------------------------- the plan
 
 
@@ -115,21 +122,18 @@ class BudgetPlan(BaseModel):
 
     def point(self, se_samples: int) -> BudgetPoint:
         """The budget named by ``se_samples`` (SE's samples per problem: what ``budget`` means everywhere);
-        a count the plan does not hold raises :class:`BudgetError` listing the ones it does."""
+        a count the plan does not hold raises :class:`UnknownBudgetError` (a BudgetError) listing the ones
+        it does."""
         for point in self.budgets:
             if int(point.se_samples) == int(se_samples):
                 return point
         known = ", ".join(str(s) for s in self.se_budgets)
-        raise BudgetError(f"no budget with se_samples={se_samples} (the plan has: {known})")
+        raise UnknownBudgetError(f"no budget with se_samples={se_samples} (the plan has: {known})")
 
     def wc_samples_for(self, se_samples: int) -> int:
-        """WC's matched sample count for one of the planned SE budgets."""
-        for point in self.budgets:
-            if point.se_samples == se_samples:
-                return point.wc_samples
-        raise KeyError(
-            f"no budget with se_samples={se_samples} (planned: {[p.se_samples for p in self.budgets]})"
-        )
+        """WC's matched sample count for one of the planned SE budgets: ``point(se_samples).wc_samples``
+        (an unknown budget raises :class:`UnknownBudgetError`, still a KeyError as before)."""
+        return self.point(se_samples).wc_samples
 
     def save(self, run_dir: Any) -> Path:
         """Write the plan to ``<run>/plan.json`` atomically."""
