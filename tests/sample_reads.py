@@ -15,16 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flopmatch import store
 from flopmatch.budget import plan_budgets
 from flopmatch.judge.core import JudgeItem, Judgment
 from flopmatch.problems import save_problems
-from flopmatch.store import RunDir, write_json, write_table
-from flopmatch.store.schemas import SAMPLE_SCHEMA
+from flopmatch.store import RunDir, write_json
 from flopmatch.toyworld import load_problems
+from graded_runs import add_graded_model
 
 WC, SE = "org/weak-1b", "org/strong-3b"
 
@@ -79,26 +78,14 @@ def spy_sample_reads(monkeypatch, run: RunDir) -> SampleReads:
 def planned_run(root: Path, n_problems: int = 4) -> RunDir:
     """Toy problems; WC with 3 samples per problem and SE with 1 (each in two shards, as a resumed
     sampler leaves them), graded (sample 1 of WC wrong, the rest correct), a plan with one budget
-    (se_samples=1: WC 3) and roles.json — what judge, analyze, build-sft and report read."""
+    (se_samples=1: WC 3) and roles.json — what judge, analyze, build-sft and report read. Sample idx of a
+    problem reads "solution {idx} of {problem_id}" and took 10 + idx tokens; its gold is the answer."""
     run = RunDir(root).ensure()
     problems = load_problems("test", limit=n_problems)
     save_problems(run, problems)
-    for model, count in ((WC, 3), (SE, 1)):
-        rows, grades = [], []
-        for problem in problems:
-            for idx in range(count):
-                ok = not (model == WC and idx == 1)
-                rows.append({"model": model, "problem_id": problem.problem_id, "sample_idx": idx, "seed": idx,
-                             "text": f"solution {idx} of {problem.problem_id}", "prompt_tokens": 1,
-                             "completion_tokens": 10 + idx, "finish_reason": "stop", "backend": "hf",
-                             "seeding": "per-request", "seconds": 0.1, "session_id": "s"})  # fmt: skip
-                grades.append({"model": model, "problem_id": problem.problem_id, "sample_idx": idx,
-                               "status": "correct" if ok else "wrong", "extracted": None, "gold": problem.answer,
-                               "detail": ""})  # fmt: skip
-        half = len(rows) // 2
-        for part in (rows[:half], rows[half:]):
-            store.append_shard(run.samples_dir(model), pa.Table.from_pylist(part, schema=SAMPLE_SCHEMA))
-        write_table(pa.Table.from_pylist(grades), run.grades_path(model))
+    for model, outcomes in ((WC, [True, False, True]), (SE, [True])):
+        add_graded_model(run, problems, model, [outcomes] * len(problems), shards=2, token_step=1,
+                         text="solution {idx} of {problem_id}", gold=None)  # fmt: skip
     plan_budgets(mode="flops", se_samples=[1], wc_params=1e9, se_params=3e9, wc_name=WC, se_name=SE).save(run)
     write_json({"wc": {"model": WC, "key": store.model_key(WC), "params": 1e9},
                 "se": {"model": SE, "key": store.model_key(SE), "params": 3e9}}, run.roles_path)  # fmt: skip
