@@ -450,8 +450,10 @@ def test_make_judge_specs():
     assert make_judge({"backend": "toyworld-checker"}).name == "toyworld-checker"
     with pytest.raises(ValueError, match="needs a model"):
         make_judge("vllm")
-    with pytest.raises(ValueError, match="unknown judge settings"):
+    with pytest.raises(ValueError, match=r"modle\n  Extra inputs are not permitted"):
         make_judge({"backend": "hf", "modle": "x"})
+    with pytest.raises(ValueError, match="max_tokens"):
+        make_judge({"backend": "hf", "model": "x", "max_tokens": 0})
 
 
 def test_cli_judge_and_labels(tmp_path):

@@ -147,7 +147,8 @@ def test_the_judge_is_labelled_from_its_declaration_not_its_name():
     assert ExactCheckerJudge.label == "exact step checker"
     assert judge_label({"backend": "vllm", "model": "qwen"}) == "LLM judge (qwen)"
     assert judge_label(JudgeSpec(backend="hf", model="m")) == "LLM judge (m)"
-    assert judge_label(None) == judge_label({"backend": "vllm"}) == judge_label("vllm:qwen") == "judge"
+    assert judge_label("vllm:qwen") == "LLM judge (qwen)"  # the string form make_judge builds from
+    assert judge_label(None) == judge_label({"backend": "vllm"}) == judge_label({"backend": "x", "y": 1}) == "judge"
     data = _data()
     data.config = {"judge": {"spec": "toyworld-checker"}}
     data.summary = pd.DataFrame([{"metric": "fpr_judge", "role": "wc", "model": "m", "budget_se_samples": 1,

@@ -600,18 +600,21 @@ def test_judge_spec_fields_are_checked(tmp_path):
         **MINIMAL,
         "judge": {"spec": {"backend": "openai", "model": "m", "options": {"base_url": "http://x"}}},
     }
-    assert load_study_config(_write(tmp_path, good)).judge.spec["options"]["base_url"] == "http://x"
+    assert load_study_config(_write(tmp_path, good)).judge.spec.options["base_url"] == "http://x"
 
 
-def test_component_settings_fail_before_any_stage(tmp_path):
+def test_component_settings_fail_when_the_file_is_read(tmp_path):
+    """training.options is a TrainConfig and sampling.prompt a PromptConfig: a typo or a bad value in them
+    fails as the study file is read, named by its dotted key, before any stage (or dry run) starts."""
     data = toy_study_dict("typo")
     data["training"]["options"]["learnin_rate"] = 0.1
-    config = validate_study_dict(data)
-    with pytest.raises(StudyConfigError, match="training.options.learnin_rate: unknown TrainConfig field"):
-        run_study(config, tmp_path / "run", log=lambda _: None, progress=False)
-    assert not (tmp_path / "run" / "state.json").exists()
+    with pytest.raises(StudyConfigError, match="training.options.learnin_rate: unknown key; did you mean `learning_rate`"):
+        validate_study_dict(data)
     data = toy_study_dict("typo2", training={"enabled": False}, sampling={"prompt": {"shotz": 2}})
-    with pytest.raises(
-        StudyConfigError, match=r"sampling.prompt: unknown PromptConfig field\(s\) \['shotz'\]"
-    ):
-        run_study(validate_study_dict(data), tmp_path / "run2", log=lambda _: None, progress=False)
+    with pytest.raises(StudyConfigError, match="sampling.prompt.shotz: unknown key; did you mean `shots`"):
+        validate_study_dict(data)
+    data = toy_study_dict("bad", training={"options": {"warmup_ratio": 2}}, sampling={"prompt": {"shots": -1}})
+    with pytest.raises(StudyConfigError) as caught:
+        validate_study_dict(data)
+    assert "training.options.warmup_ratio: Input should be less than 1" in str(caught.value)
+    assert "sampling.prompt.shots: Input should be greater than or equal to 0" in str(caught.value)

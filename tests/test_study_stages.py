@@ -7,7 +7,7 @@ import sys
 from types import SimpleNamespace
 
 from flopmatch.study import demo_config
-from flopmatch.study.stages_training import _accelerate_train, study_train_config
+from flopmatch.study.stages_training import _accelerate_train
 
 
 def test_accelerate_launch_runs_the_cli_train_command(tmp_path, monkeypatch):
@@ -20,7 +20,7 @@ def test_accelerate_launch_runs_the_cli_train_command(tmp_path, monkeypatch):
     )
     ctx = SimpleNamespace(config=config, log=lambda _: None)
     out_dir = tmp_path / "models" / "kd-wc-b1"
-    train_cfg = study_train_config(config)
+    train_cfg = config.training.train_config(config.seed)
     _accelerate_train(ctx, tmp_path / "sft" / "wc-b1", "base-model", out_dir, train_cfg)
     [command] = calls
     assert command[1:4] == ["launch", "--num_processes", "2"]

@@ -88,22 +88,35 @@ class TrainConfig(BaseModel):
     def tiny_cpu(cls, **overrides: Any) -> TrainConfig:
         """Settings for models of a few million parameters trained on CPU (toy world, tests):
         fp32, no gradient checkpointing, a learning rate fit for small models, 3 checkpoints."""
-        values: dict[str, Any] = dict(
-            learning_rate=1e-3,
-            lr_scheduler_type="linear",
-            warmup_ratio=0.0,
-            per_device_batch_size=16,
-            gradient_accumulation_steps=1,
-            num_train_epochs=3.0,
-            max_length=512,
-            bf16=False,
-            gradient_checkpointing=False,
-            use_cpu=True,
-            n_checkpoints=3,
-            logging_steps=5,
-        )
-        values.update(overrides)
-        return cls(**values)
+        return cls.from_preset("tiny-cpu", **overrides)
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> TrainConfig:
+        """The settings of ``preset`` (a :data:`PRESETS` name) with ``overrides`` on top."""
+        if preset not in PRESETS:
+            raise ValueError(f"unknown training preset {preset!r}; expected one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[preset], **overrides})
+
+
+#: Named starting points for :class:`TrainConfig` (the study's ``training.preset``): ``default`` is the
+#: paper's setup (the field defaults); ``tiny-cpu`` fits models of a few million parameters on CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "tiny-cpu": dict(
+        learning_rate=1e-3,
+        lr_scheduler_type="linear",
+        warmup_ratio=0.0,
+        per_device_batch_size=16,
+        gradient_accumulation_steps=1,
+        num_train_epochs=3.0,
+        max_length=512,
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        n_checkpoints=3,
+        logging_steps=5,
+    ),
+}
 
 
 def total_steps(n_examples: int, config: TrainConfig, world_size: int = 1) -> int:

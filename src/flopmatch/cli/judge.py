@@ -27,10 +27,10 @@ OptionOpt = Annotated[
 
 def _make(backend: str, model: str | None, options: list[str] | None, max_tokens: int, max_retries: int,
           include_reference: bool):
-    from flopmatch.judge import JudgeSpec, make_judge
+    from flopmatch.judge import make_judge
 
-    spec = JudgeSpec(backend=backend, model=model, options=parse_options(options), max_tokens=max_tokens,
-                     max_retries=max_retries, include_reference=include_reference)
+    spec = dict(backend=backend, model=model, options=parse_options(options), max_tokens=max_tokens,
+                max_retries=max_retries, include_reference=include_reference)
     try:
         return make_judge(spec)
     except (ValueError, OSError, RuntimeError, ImportError) as exc:

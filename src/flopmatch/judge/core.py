@@ -8,8 +8,10 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from flopmatch.backends.base import Backend, Message, Request, SamplingParams
 from flopmatch.datasets import get_dataset
@@ -338,18 +340,40 @@ def _exact_checker(dataset: str):
 # --------------------------------------------------------------------------- construction
 
 
-@dataclass(frozen=True)
-class JudgeSpec:
-    """How to build a judge: ``backend`` is a backend kind (vllm, hf, openai) or "toyworld-checker"."""
+class JudgeSpec(BaseModel):
+    """How to build a judge (the study's ``judge.spec``): ``backend`` is a backend kind (vllm, hf, openai)
+    or "toyworld-checker", the exact step checker of a dataset that declares one; an LLM judge names its
+    ``model``. ``options`` are the backend's engine settings (dtype, base_url, ...). A string
+    ``"kind[:model]"`` validates too (``"toyworld-checker"``, ``"vllm:qwen2.5-coder-1.5b-instruct"``)."""
 
-    backend: str
-    model: str | None = None
-    include_reference: bool = True
-    max_retries: int = 2
-    max_tokens: int = 384
-    temperature: float = 0.0
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: Literal["vllm", "hf", "openai", "toyworld-checker"] = Field(
+        description="vllm, hf or openai (an LLM judge), or toyworld-checker (the exact step checker)"
+    )
+    model: str | None = Field(None, description="the judge model: registry name, local directory or hub id")
+    include_reference: bool = Field(True, description="show the judge the reference solution")
+    max_retries: int = Field(2, ge=0, description="retries after a malformed verdict")
+    max_tokens: int = Field(384, ge=1, description="judge reply length limit in tokens")
+    temperature: float = Field(0.0, ge=0, description="the judge's sampling temperature")
     seed: int = 0
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict, description="backend engine settings (dtype, base_url, ...)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            kind, _, model = value.partition(":")
+            return {"backend": kind, "model": model or None}
+        return value
+
+    @model_validator(mode="after")
+    def _llm_judge_has_a_model(self) -> JudgeSpec:
+        if self.backend != TOYWORLD_JUDGE and not self.model:
+            raise ValueError(
+                f"judge backend {self.backend!r} needs a model (judge.spec.model in a study, --judge-model on the CLI)"
+            )
+        return self
 
 
 def make_judge(spec: JudgeSpec | Mapping[str, Any] | str) -> Judge:
@@ -358,22 +382,13 @@ def make_judge(spec: JudgeSpec | Mapping[str, Any] | str) -> Judge:
     The model reference goes through :func:`flopmatch.models.resolve_model`, so offline registry
     names ("qwen2.5-coder-1.5b-instruct") work as well as paths and hub ids.
     """
-    if isinstance(spec, str):
-        kind, _, model = spec.partition(":")
-        spec = JudgeSpec(backend=kind, model=model or None)
-    elif isinstance(spec, Mapping):
-        unknown = set(spec) - set(JudgeSpec.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown judge settings {sorted(unknown)}")
-        spec = JudgeSpec(**spec)
+    spec = JudgeSpec.model_validate(spec)
     if spec.backend == ExactCheckerJudge.name:
         return ExactCheckerJudge()
-    if not spec.model:
-        raise ValueError(f"judge backend {spec.backend!r} needs a model (--judge-model)")
     from flopmatch.backends import create_backend
     from flopmatch.models import resolve_model
 
-    backend = create_backend(spec.backend, resolve_model(spec.model), **dict(spec.options))
+    backend = create_backend(spec.backend, resolve_model(spec.model), **spec.options)
     params = SamplingParams(
         temperature=spec.temperature, top_p=1.0 if spec.temperature == 0 else 0.95, max_tokens=spec.max_tokens
     )
@@ -385,17 +400,13 @@ def make_judge(spec: JudgeSpec | Mapping[str, Any] | str) -> Judge:
 
 def judge_label(spec: JudgeSpec | Mapping[str, Any] | str | None) -> str:
     """What a report calls the verdicts of the judge ``spec`` describes, read from the spec (nothing is
-    built): the exact checker's :attr:`ExactCheckerJudge.label`, ``LLM judge (<model>)`` for a spec
-    (mapping or :class:`JudgeSpec`) that names a model, else ``judge``."""
-    if isinstance(spec, JudgeSpec):
-        backend, model = spec.backend, spec.model
-    elif isinstance(spec, Mapping):
-        backend, model = spec.get("backend"), spec.get("model")
-    else:
-        backend, model = spec, None
-    if backend == ExactCheckerJudge.name:
-        return ExactCheckerJudge.label
-    return f"LLM judge ({model})" if model else "judge"
+    built): the exact checker's :attr:`ExactCheckerJudge.label`, ``LLM judge (<model>)`` for an LLM judge's
+    spec, else ``judge``."""
+    try:
+        spec = JudgeSpec.model_validate(spec)
+    except ValidationError:  # no spec, or not one a judge can be built from (an old run's config)
+        return "judge"
+    return ExactCheckerJudge.label if spec.backend == ExactCheckerJudge.name else f"LLM judge ({spec.model})"
 
 
 # --------------------------------------------------------------------------- FPR

@@ -1,9 +1,7 @@
 """The typed study config: the sections of one study file, and loading it (paths resolved against the file).
 
-The sections are the library's configs where the library has one: ``evaluation`` is
-:class:`flopmatch.evaluation.EvalConfig` with the study's defaults, ``sampling`` takes its defaults from
-:class:`flopmatch.backends.base.SamplingParams`, ``judge.spec`` holds :class:`flopmatch.judge.JudgeSpec`'s
-fields and ``training.options`` :class:`flopmatch.training.TrainConfig`'s. Reading the YAML (``$VAR``
+The sections are the library's configs where the library has one (:mod:`flopmatch.study.config_library`:
+``sampling``, ``judge``, ``training`` and ``evaluation``). Reading the YAML (``$VAR``
 expansion, ``--set`` overrides) and error messages that name the file, line and key are in
 :mod:`flopmatch.study.config_yaml`.
 """
@@ -13,24 +11,19 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SerializerFunctionWrapHandler,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_serializer,
-    model_validator,
-)
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from flopmatch.allocation import StudyAllocation
-from flopmatch.backends.base import SamplingParams
 from flopmatch.datasets import dataset_names
-from flopmatch.evaluation import EvalConfig
+from flopmatch.study.config_library import (
+    EvaluationConfig,
+    JudgeConfig,
+    PositiveInt,
+    SamplingConfig,
+    Section,
+    TrainingConfig,
+)
 from flopmatch.study.config_yaml import (  # `X as X`: re-exported, part of this module's API
     StudyConfigError,
     describe_validation_error,
@@ -50,16 +43,7 @@ KNOWN_SOURCES: tuple[str, ...] = dataset_names()
 BACKENDS: tuple[str, ...] = ("vllm", "hf", "openai")
 PARADIGMS: tuple[str, ...] = ("knowledge_distillation", "self_improvement", "weak_to_strong")
 
-PositiveInt = Annotated[int, Field(ge=1)]
-
-
-class _Section(BaseModel):
-    """Base of every config section: unknown keys are errors (a typo must not be silently ignored)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SplitConfig(_Section):
+class SplitConfig(Section):
     """Where one split's problems come from."""
 
     source: str = Field(description=f"a problem source: one of {', '.join(KNOWN_SOURCES)}")
@@ -82,7 +66,7 @@ class SplitConfig(_Section):
         return value
 
 
-class ValidationSplitConfig(_Section):
+class ValidationSplitConfig(Section):
     """Problems for checkpoint selection: either their own source, or ``holdout: N`` problems carved off
     the sample split (they are then never sampled from, so validation stays held out)."""
 
@@ -116,7 +100,7 @@ class ValidationSplitConfig(_Section):
         )
 
 
-class ProblemsConfig(_Section):
+class ProblemsConfig(Section):
     sample: SplitConfig = Field(description="the split the WC and SE models write solutions for")
     validation: ValidationSplitConfig | None = Field(
         None, description="checkpoint-selection problems: `holdout: N` or a split of their own"
@@ -126,7 +110,7 @@ class ProblemsConfig(_Section):
     )
 
 
-class ModelSpec(_Section):
+class ModelSpec(Section):
     """One model: what to load, how to serve it, and (optionally) facts the planner would otherwise read."""
 
     model: str = Field(
@@ -184,12 +168,12 @@ class ModelSpec(_Section):
         return None
 
 
-class ModelsConfig(_Section):
+class ModelsConfig(Section):
     wc: ModelSpec = Field(description="the weak-cheap model")
     se: ModelSpec = Field(description="the strong-expensive model")
 
 
-class PilotConfig(_Section):
+class PilotConfig(Section):
     """budget.mode `advised`: the pilot `flopmatch advise` decides from (see flopmatch.advise)."""
 
     samples: PositiveInt = Field(4, description="pilot samples per problem from each model")
@@ -202,7 +186,7 @@ class PilotConfig(_Section):
     n_boot: PositiveInt = Field(200, description="bootstrap resamples of the pilot problems")
 
 
-class BudgetConfig(_Section):
+class BudgetConfig(Section):
     mode: Literal["flops", "price", "number", "measured", "advised"] = Field(
         "flops",
         description="how budgets are matched: flops, price, number, measured, or advised (flops-matched, "
@@ -235,90 +219,19 @@ class BudgetConfig(_Section):
         return "flops" if self.mode == "advised" else self.mode
 
 
-class SamplingConfig(_Section):
-    """How both models sample: the engine's :class:`~flopmatch.backends.base.SamplingParams` (same defaults),
-    the prompt, and how the sampling runs (replicas, time limit, allocation policy)."""
-
-    temperature: float = Field(SamplingParams.temperature, ge=0, description="a temperature >= 0")
-    top_p: float = Field(SamplingParams.top_p, gt=0, le=1, description="top_p in (0, 1]")
-    max_tokens: PositiveInt = Field(
-        SamplingParams.max_tokens, description="a positive token limit per solution"
-    )
-    stop: list[str] = Field(default_factory=list)
-    prompt: dict[str, Any] = Field(
-        default_factory=dict,
-        description="overrides of the dataset's default PromptConfig (few-shot count, ...)",
-    )
-    replicas: PositiveInt = Field(1, description="engine replicas (Ray actors) per model")
-    ray_address: str | None = Field(
-        None, description="an existing Ray cluster's address; local Ray when omitted"
-    )
-    budget_seconds: float | None = Field(
-        None, gt=0, description="stop sampling a model cleanly after this many seconds"
-    )
-    allocation: StudyAllocation = Field(
-        default_factory=StudyAllocation,
-        description="a policy name (uniform, until-correct, adaptive) or {policy, objective, target_correct, "
-        "max_per_problem}: a non-uniform policy also samples each model at each budget's FLOPs "
-        "(flopmatch.allocation_study)",
-    )
-
-    def digest_view(self) -> dict[str, Any]:
-        """What the sample stage's digest hashes (a uniform study hashes as before allocation existed)."""
-        return self.model_dump(
-            mode="json", exclude={"allocation"} if self.allocation.policy == "uniform" else None
-        )
-
-    def params(self) -> SamplingParams:
-        """The engine's sampling parameters of this section."""
-        return SamplingParams(
-            temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, stop=tuple(self.stop)
-        )
-
-
-class GradingConfig(_Section):
+class GradingConfig(Section):
     workers: PositiveInt | None = Field(None, description="grading processes; all cores when omitted")
     timeout: float = Field(5.0, gt=0, description="seconds allowed per equivalence check")
 
 
-class JudgeConfig(_Section):
-    enabled: bool = True
-    spec: str | dict[str, Any] = Field(
-        "toyworld-checker",  # the exact checker's recorded name (judgments are filed under it), not a dataset test
-        description="a judge spec for flopmatch.judge.make_judge: `toyworld-checker` (the exact step checker "
-        "of a dataset that declares one, e.g. the toy world) or a backend/model mapping",
-    )
-    per_model: PositiveInt = Field(500, description="answer-correct solutions judged per model (paper: 500)")
-
-    @field_validator("spec")
-    @classmethod
-    def _known_spec(cls, value: str | dict[str, Any]) -> str | dict[str, Any]:
-        """The fields of flopmatch.judge.JudgeSpec; engine settings (base_url, dtype, ...) go in ``options``."""
-        if isinstance(value, dict):
-            from dataclasses import fields
-
-            from flopmatch.judge import JudgeSpec
-
-            known = [f.name for f in fields(JudgeSpec)]
-            unknown = sorted(set(value) - set(known))
-            if unknown:
-                raise ValueError(
-                    f"unknown judge setting(s) {unknown}; expected some of {known} (engine settings such as "
-                    "base_url or dtype go under `options:`)"
-                )
-            if "backend" not in value:
-                raise ValueError("a judge spec needs `backend:` (vllm, hf, openai or toyworld-checker)")
-        return value
-
-
-class AnalysisConfig(_Section):
+class AnalysisConfig(Section):
     ks: list[PositiveInt] | None = Field(
         None, description="k values for coverage@k/diversity@k; all budgets when omitted"
     )
     n_boot: PositiveInt = Field(1000, description="bootstrap resamples for the confidence intervals")
 
 
-class ParadigmsConfig(_Section):
+class ParadigmsConfig(Section):
     knowledge_distillation: bool = Field(True, description="train a separate student on WC data vs SE data")
     self_improvement: bool = Field(True, description="train WC on its own data vs on SE data")
     weak_to_strong: bool = Field(True, description="train SE on WC data vs on its own data")
@@ -354,104 +267,7 @@ class ParadigmsConfig(_Section):
         )
 
 
-class TrainingConfig(_Section):
-    enabled: bool = Field(True, description="run build-sft, train and eval (off: dataset metrics only)")
-    preset: Literal["default", "tiny-cpu"] = Field(
-        "default", description="starting hyperparameters: default (the paper's) or tiny-cpu"
-    )
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="flopmatch.training.TrainConfig fields overriding the preset"
-    )
-    steps_per_budget: dict[int, PositiveInt] | None = Field(
-        None,
-        description="optimizer steps per budget (SE samples per problem -> steps), the paper's protocol, e.g. "
-        "{1: 600, 10: 6000}; overrides options.max_steps",
-    )
-    seeds: list[int] | None = Field(
-        None,
-        description="training seeds: every fine-tuning job runs once per seed (data order, initialisation of new "
-        "parameters) and comparisons resample seeds too, e.g. [0, 1, 2]; one seed (options.seed, else the "
-        "study seed) when omitted",
-    )
-    launcher: Literal["inprocess", "accelerate"] = Field(
-        "inprocess",
-        description="inprocess (one process, CPU or one GPU) or accelerate (`accelerate launch` per run: multi-GPU, "
-        "DeepSpeed/FSDP)",
-    )
-    accelerate_config: str | None = Field(
-        None, description="an accelerate config file (relative to the study file), e.g. DeepSpeed ZeRO-3"
-    )
-    accelerate_args: list[str] = Field(
-        default_factory=list, description="extra `accelerate launch` arguments, e.g. [--num_processes, '8']"
-    )
-    workers: PositiveInt = Field(
-        1,
-        description="processes that run the fine-tuning runs, and then the evaluations, in parallel, each with one "
-        "torch thread (CPU studies: one per core; any number above 1 gives the same results); 1: one after another "
-        "in this process, with torch's default threads",
-    )
-
-    @field_validator("seeds")
-    @classmethod
-    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (not value or len(set(value)) != len(value)):
-            raise ValueError(f"training.seeds must be a non-empty list of distinct integers, got {value}")
-        return value
-
-    @model_validator(mode="after")
-    def _one_way_to_seed(self) -> TrainingConfig:
-        if self.seeds is not None and "seed" in self.options:
-            raise ValueError("set the training seed in training.seeds or in training.options.seed, not both")
-        return self
-
-    def default_seed(self, study_seed: int) -> int:
-        """The seed of a one-seed study (options.seed, else the study seed): its runs keep the plain job names."""
-        return int(self.options.get("seed", study_seed))
-
-    def seed_list(self, study_seed: int) -> list[int]:
-        """The training seeds, in order (one, :meth:`default_seed`, when ``seeds`` is not given)."""
-        return list(self.seeds) if self.seeds is not None else [self.default_seed(study_seed)]
-
-
-#: EvalConfig fields the study's section gained when it became EvalConfig: dumped (and so hashed into the eval
-#: stage's digest) only when not their default, so a finished run does not go stale.
-_EVAL_FIELDS_ADDED = {"ks": EvalConfig.model_fields["ks"].default, "top_p": 1.0, "greedy": True, "seed": None}
-
-
-class EvaluationConfig(EvalConfig):
-    """The study's ``evaluation:`` section: :class:`flopmatch.evaluation.EvalConfig` (the settings of
-    :func:`flopmatch.evaluation.evaluate`) with the study's defaults, plus ``baselines``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    backend: Literal["vllm", "hf"] = Field("vllm", description="the engine that evaluates trained models")
-    n: PositiveInt = Field(4, description="samples per problem at temperature for maj@k and pass@k")
-    max_tokens: PositiveInt | None = Field(None, description="defaults to sampling.max_tokens")
-    seed: int | None = Field(None, description="the evaluations' sampling seed; the study seed when omitted")
-    baselines: bool = Field(True, description="also evaluate each student before fine-tuning")
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        added = {k for k, default in _EVAL_FIELDS_ADDED.items() if getattr(self, k) == default}
-        return {k: v for k, v in handler(self).items() if k not in added}
-
-    def evaluate_kwargs(self, *, seed: int, max_tokens: int) -> dict[str, Any]:
-        """The keyword arguments of :func:`flopmatch.evaluation.evaluate` this section sets (all but the model,
-        problems and outputs); ``seed`` and ``max_tokens`` are the study's, used when the section has none."""
-        return {
-            "backend": self.backend,
-            "n": self.n,
-            "ks": self.ks,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "max_tokens": self.max_tokens or max_tokens,
-            "greedy": self.greedy,
-            "seed": seed if self.seed is None else self.seed,
-            "backend_options": dict(self.backend_options),
-        }
-
-
-class StudyConfig(_Section):
+class StudyConfig(Section):
     """The whole study. ``flopmatch study CONFIG.yaml --dry-run`` validates a file against this."""
 
     name: str = Field(description="a short study name (letters, digits, . _ -); the run goes to runs/<name>")

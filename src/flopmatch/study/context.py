@@ -65,4 +65,4 @@ def _prompt_config(config: StudyConfig, dataset: str) -> Any:
     base = default_prompt_config(dataset)
     if not config.sampling.prompt:
         return base
-    return PromptConfig.model_validate({**base.model_dump(), **config.sampling.prompt})
+    return PromptConfig.model_validate({**base.model_dump(), **config.sampling.prompt.model_dump(exclude_unset=True)})

@@ -13,7 +13,7 @@ from flopmatch.store import RunDir, model_key
 from flopmatch.study.config import ModelSpec, SplitConfig, StudyConfig
 from flopmatch.study.context import StudyContext
 from flopmatch.study.jobs import TrainJob, train_jobs
-from flopmatch.study.orchestrator import StageStatus, check_components, run_dir_for, study_status
+from flopmatch.study.orchestrator import StageStatus, run_dir_for, study_status
 from flopmatch.study.registry import get_stage
 from flopmatch.study.stages import load_split, params_offline
 
@@ -73,7 +73,6 @@ def dry_run(config: StudyConfig, run_dir: str | Path | None = None) -> DryRun:
     """
     from flopmatch.budget import BudgetError, plan_budgets
 
-    check_components(config)
     root = run_dir_for(config, run_dir)
     problems: dict[str, tuple[int | None, str]] = {}
     sample_count = _count_split(config.problems.sample, config.seed)

@@ -25,7 +25,6 @@ from flopmatch.store import RunDir, config_hash, write_text
 from flopmatch.study.config import StudyConfig, StudyConfigError, load_study_config
 from flopmatch.study.context import StudyContext, StudyError
 from flopmatch.study.registry import REGISTRY, Stage, get_stage
-from flopmatch.study.stages_training import study_train_config
 
 #: The stages' names in the order they run (each one's record: ``flopmatch.study.registry``).
 STAGES: tuple[str, ...] = STAGE_NAMES
@@ -195,32 +194,6 @@ def load_run_config(run_dir: str | Path) -> StudyConfig:
     return load_study_config(run.study_path)
 
 
-def check_components(config: StudyConfig) -> None:
-    """Validate the sections other modules interpret (TrainConfig fields, prompt overrides) before any
-    stage runs, so a typo fails in a second rather than after hours of sampling."""
-    from pydantic import ValidationError as PydanticError
-
-    if config.training.enabled:
-        try:
-            study_train_config(config)
-        except PydanticError as exc:
-            problems = "; ".join(
-                f"training.options.{'.'.join(str(p) for p in e['loc'])}: "
-                + ("unknown TrainConfig field" if e["type"] == "extra_forbidden" else e["msg"])
-                for e in exc.errors()
-            )
-            raise StudyConfigError(f"{problems} (see flopmatch.training.TrainConfig)") from None
-    if config.sampling.prompt:
-        from flopmatch.prompts import PromptConfig
-
-        unknown = sorted(set(config.sampling.prompt) - set(PromptConfig.model_fields))
-        if unknown:
-            raise StudyConfigError(
-                f"sampling.prompt: unknown PromptConfig field(s) {unknown}; expected some of "
-                f"{sorted(PromptConfig.model_fields)}"
-            )
-
-
 def run_study(
     config: StudyConfig,
     run_dir: str | Path | None = None,
@@ -239,7 +212,6 @@ def run_study(
     for name in (*only, *force):
         if name not in STAGES:
             raise StudyError(f"unknown stage {name!r}; stages are: {', '.join(STAGES)}")
-    check_components(config)
     run = RunDir(run_dir_for(config, run_dir)).ensure()
     ctx = StudyContext(config=config, run=run, log=log, progress=progress)
     started = time.perf_counter()

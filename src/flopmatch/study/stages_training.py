@@ -11,7 +11,6 @@ from typing import Any
 
 from flopmatch.fingerprints import file_identity, fingerprint
 from flopmatch.store import config_hash, read_json, write_json, write_table
-from flopmatch.study.config import StudyConfig
 from flopmatch.study.context import StudyContext, StudyError
 from flopmatch.study.jobs import sft_sets, train_jobs
 
@@ -53,23 +52,13 @@ def stage_sft(ctx: StudyContext) -> dict[str, Any]:
     return {"sets": built, "summary": f"{len(built)} SFT sets"}
 
 
-def study_train_config(config: StudyConfig) -> Any:
-    from flopmatch.training import TrainConfig
-
-    options = dict(config.training.options)
-    options.setdefault("seed", config.seed)
-    if config.training.preset == "tiny-cpu":
-        return TrainConfig.tiny_cpu(**options)
-    return TrainConfig(**options)
-
-
 def stage_train(ctx: StudyContext) -> dict[str, Any]:
     from flopmatch.training import train
     from flopmatch.workers import run_parallel
 
     config = ctx.config
     roles = ctx.roles()
-    base_cfg = study_train_config(config)
+    base_cfg = config.training.train_config(config.seed)
     validation = ctx.problems("validation") or None
     results: dict[str, Any] = {}
     jobs = train_jobs(config, ctx.budgets())
