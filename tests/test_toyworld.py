@@ -348,15 +348,19 @@ def test_the_registry_pair_builds_through_ensure_model_outside_the_cache_key(tmp
     assert not registry.WC.is_prepared() and registry.WC.parameters_source == "toy model spec"
     calls = []
 
-    def fake_ensure(size, *, progress=True):
-        calls.append((size, progress))
+    def fake_ensure(size, *, progress=True, spec=None):
+        calls.append((size, progress, spec))
         (toy_models.model_path(size) / registry.MARKER).parent.mkdir(parents=True)
         (toy_models.model_path(size) / registry.MARKER).write_text("{}")
         return toy_models.model_path(size)
 
     monkeypatch.setattr(registry, "ensure_model", fake_ensure)
     assert registry.WC.prepare(progress=False) == toy_models.model_path("wc") and registry.WC.is_prepared()
-    assert calls == [("wc", False)]
+    assert calls == [("wc", False, SPECS["wc"])]  # the default model is a spec model of the default spec
+    student = registry.WC.variant("student", {"hidden_size": 32, "num_layers": 1, "num_heads": 1,
+                                              "intermediate_size": 64})  # fmt: skip
+    assert type(student) is type(registry.WC)  # one class for the default pair and a study's own shape
+    assert student.path() == toy_models.model_path("student", spec=student.spec)
 
 
 def test_ensure_model_rejects_unknown_size(tmp_path):

@@ -16,52 +16,16 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from flopmatch.toyworld.models import PARAMS, Size, ToyModelSpec, ensure_model, model_path, toy_model_spec
+from flopmatch.toyworld.models import SPECS, ToyModelSpec, ensure_model, model_path, toy_model_spec
 
 MARKER = "toyworld.json"  # written last by ensure_model: a folder with it holds a finished model
 
 
 @dataclass(frozen=True)
 class ToyRegistryModel:
-    """One of the toy world's two default models (``size`` "wc" or "se"), cached under ``$FLOPMATCH_CACHE``."""
-
-    size: Size
-    parameters_source: str = "toy model spec"
-
-    @property
-    def parameters(self) -> int:
-        return PARAMS[self.size]
-
-    def path(self) -> Path:
-        return model_path(self.size)
-
-    def is_prepared(self) -> bool:
-        return (self.path() / MARKER).is_file()
-
-    def prepare(self, *, progress: bool = True) -> Path:
-        return Path(ensure_model(self.size, progress=progress))
-
-    def variant(self, name: str, values: Mapping[str, Any]) -> ToySpecModel:
-        """A toy model of the shape ``values`` gives (:class:`ToyModelSpec` fields, ``noise`` a mapping),
-        cached as ``name``; a ValueError names an unknown field or a shape that cannot be built."""
-        return ToySpecModel(name, checked_spec(values))
-
-
-def checked_spec(values: Mapping[str, Any]) -> ToyModelSpec:
-    """The :class:`ToyModelSpec` a study's ``toyworld_spec`` mapping describes (ValueError when it cannot)."""
-    known = {f.name for f in fields(ToyModelSpec)} - {"knobs"}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown ToyModelSpec field(s) {unknown}; expected some of {sorted(known)}")
-    try:
-        return toy_model_spec(dict(values))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"not a valid toy model: {exc}") from None
-
-
-@dataclass(frozen=True)
-class ToySpecModel:
-    """A toy model of a study's own shape (``spec``), cached under ``name`` and the spec's key."""
+    """A toy model of the shape ``spec``, cached under ``$FLOPMATCH_CACHE`` by ``name`` and the spec's key: the
+    toy world's two default models (:data:`WC`, :data:`SE`: name "wc" or "se" with its default spec) and a
+    study's own shape (:meth:`variant`)."""
 
     name: str
     spec: ToyModelSpec
@@ -80,8 +44,28 @@ class ToySpecModel:
     def prepare(self, *, progress: bool = True) -> Path:
         return Path(ensure_model(self.name, spec=self.spec, progress=progress))  # type: ignore[arg-type]
 
+    def variant(self, name: str, values: Mapping[str, Any]) -> ToyRegistryModel:
+        """A toy model of the shape ``values`` gives (:class:`ToyModelSpec` fields, ``noise`` a mapping),
+        cached as ``name``; a ValueError names an unknown field or a shape that cannot be built."""
+        return ToyRegistryModel(name, checked_spec(values))
 
-WC = ToyRegistryModel("wc")
-SE = ToyRegistryModel("se")
+
+ToySpecModel = ToyRegistryModel  # the name a study's own shape had before both were one class
+
+
+def checked_spec(values: Mapping[str, Any]) -> ToyModelSpec:
+    """The :class:`ToyModelSpec` a study's ``toyworld_spec`` mapping describes (ValueError when it cannot)."""
+    known = {f.name for f in fields(ToyModelSpec)} - {"knobs"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown ToyModelSpec field(s) {unknown}; expected some of {sorted(known)}")
+    try:
+        return toy_model_spec(dict(values))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not a valid toy model: {exc}") from None
+
+
+WC = ToyRegistryModel("wc", SPECS["wc"])
+SE = ToyRegistryModel("se", SPECS["se"])
 
 __all__ = ["MARKER", "SE", "WC", "ToyRegistryModel", "ToySpecModel", "checked_spec"]
