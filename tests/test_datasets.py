@@ -277,3 +277,26 @@ def test_the_shared_data_sources_declare_where_their_files_are():
     with pytest.raises(TypeError):
         gsm8k.files["dev"] = "x"  # a declaration is frozen, its files too
     assert hash(datasets.get_dataset("gsm8k")) == hash(datasets.get_dataset("gsm8k"))
+
+
+def test_a_study_names_a_dataset_registered_later_and_its_dry_run_counts_the_declared_size(registry, tmp_path):
+    """A study may name a dataset declared after flopmatch.study was imported; a dry run counts its hub
+    splits from the declaration's sizes (it reads nothing), capped by the split's limit."""
+    from flopmatch.study import dry_run
+    from flopmatch.study.config import StudyConfigError, validate_study_dict
+
+    registry.register_dataset(datasets.Dataset(
+        "wordy", ("train", "test"), "numeric", data=datasets.DataFiles("gsm8k", hub="org/wordy"),
+        sizes={"train": 900, "test": 100},
+    ))  # fmt: skip
+    study = {
+        "name": "w",
+        "problems": {"sample": {"source": "wordy", "split": "train"}, "validation": {"source": "wordy", "limit": 40}},
+        "models": {"wc": {"model": "toyworld-wc", "backend": "hf"}, "se": {"model": "toyworld-se", "backend": "hf"}},
+        "training": {"enabled": False},
+    }
+    plan = dry_run(validate_study_dict(study), tmp_path / "run")
+    assert plan.problems == {"sample": (900, "known dataset size"), "validation": (40, "known dataset size")}
+    study["problems"]["sample"]["source"] = "wordie"
+    with pytest.raises(StudyConfigError, match="unknown problem source 'wordie'; expected one of .*wordy"):
+        validate_study_dict(study)

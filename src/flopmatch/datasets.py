@@ -113,6 +113,8 @@ class Dataset:
     repo) or :class:`DerivedSplits` (splits cut from other datasets' files). ``checker``: ``(problem,
     solution) -> check`` with ``steps_valid``, ``first_wrong_step`` and ``reason``, the exact judge of
     the dataset's solutions. ``models``: the registry models the dataset brings (:class:`DatasetModel`).
+    ``sizes``: problems per split, what ``flopmatch study --dry-run`` counts for a split it does not read
+    (hub data).
     """
 
     name: str
@@ -126,6 +128,10 @@ class Dataset:
     description: str = ""
     models: tuple[DatasetModel, ...] = ()
     data: DataFiles | DerivedSplits | None = None
+    sizes: Mapping[str, int] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sizes", MappingProxyType(dict(self.sizes)))
 
     def load_function(self, attribute: str) -> Callable[..., Any]:
         """The function named by ``attribute`` (``"prompt_format"``, ``"loader"``, ``"checker"``)."""
@@ -174,18 +180,22 @@ for _dataset in (
     Dataset("gsm8k", ("train", "test"), "numeric", exemplars="gsm8k", shots=8,
             description="GSM8K grade-school word problems (hub openai/gsm8k, or local files)",
             data=DataFiles("gsm8k", {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
-                           hub="openai/gsm8k", hub_configs=("main",))),
+                           hub="openai/gsm8k", hub_configs=("main",)),
+            sizes={"train": 7473, "test": 1319}),
     Dataset("math", ("train", "test"), "latex", exemplars="math", shots=4,
             description="Hendrycks MATH (hub EleutherAI/hendrycks_math, or local files)",
             data=DataFiles("math", {"test": "math/math_test_5000.jsonl"}, hub=MATH_HUB_REPO,
-                           hub_configs=MATH_HUB_CONFIGS)),
+                           hub_configs=MATH_HUB_CONFIGS),
+            sizes={"train": 7500, "test": 5000}),
     Dataset("math500", ("test",), "latex", exemplars="math", shots=4,
             description="MATH500, the 500-problem MATH test subset (hub HuggingFaceH4/MATH-500, or local files)",
-            data=DataFiles("math500", {"test": "math/math500_test.jsonl"}, hub="HuggingFaceH4/MATH-500")),
+            data=DataFiles("math500", {"test": "math/math500_test.jsonl"}, hub="HuggingFaceH4/MATH-500"),
+            sizes={"test": 500}),
     Dataset("math-offline", ("train", "test"), "latex", exemplars="math", shots=4,
             description="MATH from the shared data: train = MATH test minus MATH500, test = MATH500",
             data=DerivedSplits({"train": ("math", "test"), "test": ("math500", "test")},
-                               held_out=("math500", "test"))),
+                               held_out=("math500", "test")),
+            sizes={"train": 4500, "test": 500}),
     Dataset("toyworld", ("train", "test"), "first-answer-line",
             prompt_format="flopmatch.toyworld:format_prompt", loader="flopmatch.toyworld:load_problems",
             checker="flopmatch.toyworld:check_solution",

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from flopmatch.datasets import dataset_names
+from flopmatch.datasets import dataset_names, get_dataset
 from flopmatch.study.config_library import (
     EvaluationConfig,
     JudgeConfig,
@@ -37,7 +37,8 @@ from flopmatch.study.spec_models import spec_model as spec_model
 
 # --------------------------------------------------------------------------- config
 
-#: Problem sources a split may name: the declared datasets (``flopmatch.datasets``, read by ``flopmatch.problems.load``).
+#: The datasets declared when this module was imported (``flopmatch.datasets``); a split may name any dataset
+#: declared by the time the study is read.
 KNOWN_SOURCES: tuple[str, ...] = dataset_names()
 #: Generation engines (see ``flopmatch.backends.create_backend``).
 BACKENDS: tuple[str, ...] = ("vllm", "hf", "openai")
@@ -61,8 +62,8 @@ class SplitConfig(Section):
     @field_validator("source")
     @classmethod
     def _known_source(cls, value: str) -> str:
-        if value not in KNOWN_SOURCES:
-            raise ValueError(f"unknown problem source {value!r}; expected one of {', '.join(KNOWN_SOURCES)}")
+        if get_dataset(value) is None:  # declared now: a dataset registered after this module was imported too
+            raise ValueError(f"unknown problem source {value!r}; expected one of {', '.join(dataset_names())}")
         return value
 
 
@@ -87,9 +88,9 @@ class ValidationSplitConfig(Section):
             )
         if self.holdout is not None and any(v is not None for v in (self.split, self.data_file, self.limit)):
             raise ValueError("`holdout` takes its problems from the sample split; drop split/data_file/limit")
-        if self.source is not None and self.source not in KNOWN_SOURCES:
+        if self.source is not None and get_dataset(self.source) is None:
             raise ValueError(
-                f"unknown problem source {self.source!r}; expected one of {', '.join(KNOWN_SOURCES)}"
+                f"unknown problem source {self.source!r}; expected one of {', '.join(dataset_names())}"
             )
         return self
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flopmatch.datasets import get_dataset
+from flopmatch.datasets import dataset_names, get_dataset
 from flopmatch.store import RunDir, model_key
 from flopmatch.study.config import ModelSpec, SplitConfig, StudyConfig
 from flopmatch.study.context import StudyContext
@@ -19,15 +19,9 @@ from flopmatch.study.stages import load_split, params_offline
 
 # --------------------------------------------------------------------------- dry run
 
-#: Problems per source split, for cost estimates when a source cannot be read offline.
+#: Problems per (dataset, split) that the datasets registered at import declare (:attr:`Dataset.sizes`).
 KNOWN_SIZES: dict[tuple[str, str], int] = {
-    ("gsm8k", "train"): 7473,
-    ("gsm8k", "test"): 1319,
-    ("math", "train"): 7500,
-    ("math", "test"): 5000,
-    ("math500", "test"): 500,
-    ("math-offline", "train"): 4500,
-    ("math-offline", "test"): 500,
+    (name, split): size for name in dataset_names() for split, size in get_dataset(name).sizes.items()
 }
 
 
@@ -52,14 +46,14 @@ class DryRun:
 
 def _count_split(spec: SplitConfig, seed: int) -> tuple[int | None, str]:
     """Problems in a split: loaded when that is cheap and offline (local files, a dataset that declares a
-    generator, such as the toy world), else the source's known size, capped by ``limit``."""
+    generator, such as the toy world), else the size its declaration gives, capped by ``limit``."""
     declared = get_dataset(spec.source)
     if spec.data_file is not None or (declared is not None and declared.loader is not None):  # generated
         try:
             return len(load_split(spec, seed)), "counted"
         except Exception as exc:  # noqa: BLE001 - a dry run reports, the real run fails loudly
             return None, f"cannot load: {exc}"
-    size = KNOWN_SIZES.get((spec.source, spec.split or "test"))
+    size = declared.sizes.get(spec.split or "test") if declared is not None else None
     if size is None:
         return spec.limit, "limit" if spec.limit else "unknown size"
     return (min(size, spec.limit) if spec.limit else size), "known dataset size"
