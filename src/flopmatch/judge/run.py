@@ -227,10 +227,14 @@ def import_human_labels(run_dir: str | Path | RunDir, path: str | Path, model: s
     path = Path(path)
     if not path.is_file():
         raise LabelError(f"{path}: no such file")
-    if grades_file(run, model) is None:
+    grades = grades_file(run, model)
+    if grades is None:
         raise LabelError(f"{run.grades_path(model)}: model {model!r} has no grades; labels must refer to graded "
                          "samples")
-    status = {(str(r["problem_id"]), int(r["sample_idx"])): r["status"] for r in read_grades(run, model).to_pylist()}
+    status = {
+        (str(r["problem_id"]), int(r["sample_idx"])): r["status"]
+        for r in read_grades(run, model, path=grades).to_pylist()
+    }
     out_path = human_labels_path(run, model)
     labels: dict[tuple[str, int], dict[str, Any]] = {}
     for r in read_human_labels(run, model).to_pylist():
