@@ -67,8 +67,8 @@ def test_the_eval_stage_passes_every_evaluation_setting_to_evaluate(tmp_path):
 
 
 def test_a_model_from_a_spec_is_built_by_its_datasets_declared_builder(monkeypatch, tmp_path):
-    """`toyworld_spec` goes to the `variant` of a builder the toy world declares (flopmatch.datasets), not
-    to toy-world code named in the study: swap the declaration and the study builds through the new one."""
+    """`toyworld_spec` goes to the `spec_model` the toy world declares (flopmatch.datasets), not to toy-world
+    code named in the study: swap the declaration and the study builds through the new one."""
     import types
     from dataclasses import replace
 
@@ -80,7 +80,7 @@ def test_a_model_from_a_spec_is_built_by_its_datasets_declared_builder(monkeypat
     from flopmatch.study.config import ModelSpec
     from flopmatch.study.stages import _model_entry, params_offline
 
-    class Variant:
+    class Built:
         parameters_source = "plugin spec"
 
         def __init__(self, name, values):
@@ -89,18 +89,16 @@ def test_a_model_from_a_spec_is_built_by_its_datasets_declared_builder(monkeypat
         def prepare(self, *, progress=True):
             return tmp_path / self.name
 
-    class Builder:
-        def variant(self, name, values):
-            if values["width"] > 5:
-                raise ValueError("too wide for this plugin")
-            return Variant(name, values)
+    def build(name, values):
+        if values["width"] > 5:
+            raise ValueError("too wide for this plugin")
+        return Built(name, values)
 
     module = types.ModuleType("spec_plugin")
-    module.BUILDER = Builder()
+    module.build = build
     monkeypatch.setitem(sys.modules, "spec_plugin", module)
-    declared = datasets.DatasetModel("plugin-m", "a plugin's model", "spec_plugin", builder="spec_plugin:BUILDER")
     toy = datasets.get_dataset("toyworld")
-    monkeypatch.setitem(datasets._REGISTRY, "toyworld", replace(toy, models=(declared,)))
+    monkeypatch.setitem(datasets._REGISTRY, "toyworld", replace(toy, spec_model="spec_plugin:build"))
 
     spec = ModelSpec(model="my student", backend="hf", toyworld_spec={"width": 3})
     assert spec.dataset_spec() == ("toyworld", {"width": 3})
@@ -112,6 +110,6 @@ def test_a_model_from_a_spec_is_built_by_its_datasets_declared_builder(monkeypat
     with pytest.raises(ValidationError, match="too wide for this plugin"):
         ModelSpec(model="m", toyworld_spec={"width": 9})
     assert ModelSpec(model="toyworld-wc").dataset_spec() is None
-    monkeypatch.setitem(datasets._REGISTRY, "toyworld", replace(toy, models=()))
+    monkeypatch.setitem(datasets._REGISTRY, "toyworld", replace(toy, spec_model=None))
     with pytest.raises(ValidationError, match="dataset 'toyworld' declares no model that can be built from a spec"):
         ModelSpec(model="m", toyworld_spec={"width": 3})

@@ -357,7 +357,7 @@ def test_the_registry_pair_builds_through_ensure_model_outside_the_cache_key(tmp
     monkeypatch.setattr(registry, "ensure_model", fake_ensure)
     assert registry.WC.prepare(progress=False) == toy_models.model_path("wc") and registry.WC.is_prepared()
     assert calls == [("wc", False, SPECS["wc"])]  # the default model is a spec model of the default spec
-    student = registry.WC.variant("student", {"hidden_size": 32, "num_layers": 1, "num_heads": 1,
+    student = registry.spec_model("student", {"hidden_size": 32, "num_layers": 1, "num_heads": 1,
                                               "intermediate_size": 64})  # fmt: skip
     assert type(student) is type(registry.WC)  # one class for the default pair and a study's own shape
     assert student.path() == toy_models.model_path("student", spec=student.spec)

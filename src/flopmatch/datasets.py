@@ -114,7 +114,9 @@ class Dataset:
     solution) -> check`` with ``steps_valid``, ``first_wrong_step`` and ``reason``, the exact judge of
     the dataset's solutions. ``models``: the registry models the dataset brings (:class:`DatasetModel`).
     ``sizes``: problems per split, what ``flopmatch study --dry-run`` counts for a split it does not read
-    (hub data).
+    (hub data). ``spec_model``: a function ``(name, values) -> model`` (a model as a :class:`DatasetModel`'s
+    builder gives) that builds a model of the shape a study describes in ``models.<role>.<dataset>_spec``
+    (the toy world's ``toyworld_spec``); a ValueError when ``values`` describe no model it can build.
     """
 
     name: str
@@ -129,12 +131,14 @@ class Dataset:
     models: tuple[DatasetModel, ...] = ()
     data: DataFiles | DerivedSplits | None = None
     sizes: Mapping[str, int] = field(default_factory=dict, hash=False)
+    spec_model: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sizes", MappingProxyType(dict(self.sizes)))
 
     def load_function(self, attribute: str) -> Callable[..., Any]:
-        """The function named by ``attribute`` (``"prompt_format"``, ``"loader"``, ``"checker"``)."""
+        """The function named by ``attribute`` (``"prompt_format"``, ``"loader"``, ``"checker"``,
+        ``"spec_model"``)."""
         target = getattr(self, attribute)
         if target is None:
             raise ValueError(f"dataset {self.name!r} declares no {attribute}")
@@ -198,7 +202,7 @@ for _dataset in (
             sizes={"train": 4500, "test": 500}),
     Dataset("toyworld", ("train", "test"), "first-answer-line",
             prompt_format="flopmatch.toyworld:format_prompt", loader="flopmatch.toyworld:load_problems",
-            checker="flopmatch.toyworld:check_solution",
+            checker="flopmatch.toyworld:check_solution", spec_model="flopmatch.toyworld.registry:spec_model",
             description="the embedded toy world: generated arithmetic word problems with an exact step checker",
             models=(
                 DatasetModel("toyworld-wc", "Toy-world weak-cheap transformer (trained locally on first use)",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from flopmatch.datasets import get_dataset, load_reference
+from flopmatch.datasets import get_dataset
 
 if TYPE_CHECKING:
     from flopmatch.models import BuiltModel
@@ -14,15 +14,13 @@ if TYPE_CHECKING:
 
 def spec_model(dataset: str, name: str, values: Mapping[str, Any]) -> BuiltModel:
     """The model ``dataset``'s own code builds from ``values`` (a study's ``<dataset>_spec``), cached as
-    ``name``: the ``variant`` of the first of the dataset's declared models (:mod:`flopmatch.datasets`)
-    whose builder has one, e.g. :meth:`flopmatch.toyworld.registry.ToyRegistryModel.variant`. Nothing is
-    built yet (``prepare`` does that); a ValueError when ``values`` describe no model it can build."""
+    ``name``: the dataset's declared ``spec_model`` (:mod:`flopmatch.datasets`), e.g.
+    :func:`flopmatch.toyworld.registry.spec_model`. Nothing is built yet (``prepare`` does that); a ValueError
+    when ``values`` describe no model it can build."""
     declared = get_dataset(dataset)
-    for model in declared.models if declared is not None else ():
-        builder = load_reference(model.builder, f"model {model.name!r}: its builder")
-        if hasattr(builder, "variant"):
-            return builder.variant(name, values)
-    raise ValueError(f"dataset {dataset!r} declares no model that can be built from a spec")
+    if declared is None or declared.spec_model is None:
+        raise ValueError(f"dataset {dataset!r} declares no model that can be built from a spec")
+    return declared.load_function("spec_model")(name, values)
 
 
 __all__ = ["spec_model"]

@@ -2,8 +2,9 @@
 
 :mod:`flopmatch.datasets` declares them with the toy world (``builder="flopmatch.toyworld.registry:WC"``)
 and :mod:`flopmatch.models` builds them through these objects, like any model a dataset brings: a
-nominal parameter count, where the model is cached, and ``prepare`` (pretrained on first use). Their
-``variant`` builds a toy model of another shape (a study's ``toyworld_spec``, e.g. a smaller student).
+nominal parameter count, where the model is cached, and ``prepare`` (pretrained on first use).
+:func:`spec_model`, the toy world's declared ``spec_model``, builds a toy model of another shape (a study's
+``toyworld_spec``, e.g. a smaller student).
 
 This module is not one of the toy models' :data:`~flopmatch.toyworld.models.TRAINING_MODULES`, so
 editing it never invalidates a cached model.
@@ -25,7 +26,7 @@ MARKER = "toyworld.json"  # written last by ensure_model: a folder with it holds
 class ToyRegistryModel:
     """A toy model of the shape ``spec``, cached under ``$FLOPMATCH_CACHE`` by ``name`` and the spec's key: the
     toy world's two default models (:data:`WC`, :data:`SE`: name "wc" or "se" with its default spec) and a
-    study's own shape (:meth:`variant`)."""
+    study's own shape (:func:`spec_model`)."""
 
     name: str
     spec: ToyModelSpec
@@ -44,13 +45,14 @@ class ToyRegistryModel:
     def prepare(self, *, progress: bool = True) -> Path:
         return Path(ensure_model(self.name, spec=self.spec, progress=progress))  # type: ignore[arg-type]
 
-    def variant(self, name: str, values: Mapping[str, Any]) -> ToyRegistryModel:
-        """A toy model of the shape ``values`` gives (:class:`ToyModelSpec` fields, ``noise`` a mapping),
-        cached as ``name``; a ValueError names an unknown field or a shape that cannot be built."""
-        return ToyRegistryModel(name, checked_spec(values))
-
 
 ToySpecModel = ToyRegistryModel  # the name a study's own shape had before both were one class
+
+
+def spec_model(name: str, values: Mapping[str, Any]) -> ToyRegistryModel:
+    """A toy model of the shape ``values`` gives (:class:`ToyModelSpec` fields, ``noise`` a mapping), cached as
+    ``name``; a ValueError names an unknown field or a shape that cannot be built."""
+    return ToyRegistryModel(name, checked_spec(values))
 
 
 def checked_spec(values: Mapping[str, Any]) -> ToyModelSpec:
@@ -68,4 +70,4 @@ def checked_spec(values: Mapping[str, Any]) -> ToyModelSpec:
 WC = ToyRegistryModel("wc", SPECS["wc"])
 SE = ToyRegistryModel("se", SPECS["se"])
 
-__all__ = ["MARKER", "SE", "WC", "ToyRegistryModel", "ToySpecModel", "checked_spec"]
+__all__ = ["MARKER", "SE", "WC", "ToyRegistryModel", "ToySpecModel", "checked_spec", "spec_model"]
