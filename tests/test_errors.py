@@ -226,3 +226,29 @@ def test_a_worker_count_below_one_is_a_flopmatch_error():
     with pytest.raises(WorkerCountError, match="workers must be >= 1, got 0") as info:
         run_parallel(print, [{}], workers=0)
     assert isinstance(info.value, ValueError)  # tests/test_workers.py checks the ValueError callers catch
+
+
+def test_a_library_config_the_command_builds_is_reported_on_one_line(tmp_path: Path):
+    """`flopmatch judge` builds a JudgeSpec and `flopmatch train` a TrainConfig from their options: a value they
+    refuse is one `error:` line naming the field (a pydantic ValidationError, summarised by the app), exit 2."""
+    from pydantic import ValidationError
+
+    from flopmatch.cli import app
+    from flopmatch.cli._app import error_message
+    from flopmatch.judge import JudgeSpec
+
+    (tmp_path / "run").mkdir()
+    result = CliRunner().invoke(app, ["judge", str(tmp_path / "run"), "--judge-backend", "vllm"], terminal_width=300)
+    assert result.exit_code == 2 and isinstance(result.exception.__context__.__cause__, ValidationError)
+    assert "error: invalid JudgeSpec: judge backend 'vllm' needs a model (judge.spec.model in a study, " in result.output
+    with pytest.raises(ValidationError) as caught:
+        JudgeSpec.model_validate({"backend": "hf", "model": "m", "max_tokens": 0, "modle": 1})
+    assert error_message(caught.value) == (
+        "invalid JudgeSpec: max_tokens: Input should be greater than or equal to 1; modle: Extra inputs are not permitted"
+    )
+    (tmp_path / "sft").mkdir()
+    common = ["train", "--data", str(tmp_path / "sft"), "--model", "m", "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*common, "--preset", "huge"], terminal_width=300)
+    assert result.exit_code == 2 and "error: unknown training preset 'huge'; expected one of default, tiny-cpu" in result.output
+    result = CliRunner().invoke(app, [*common, "--lr", "-1"], terminal_width=300)
+    assert result.exit_code == 2 and "error: invalid TrainConfig: learning_rate: Input should be greater than 0" in result.output

@@ -94,7 +94,7 @@ class TrainConfig(BaseModel):
     def from_preset(cls, preset: str, **overrides: Any) -> TrainConfig:
         """The settings of ``preset`` (a :data:`PRESETS` name) with ``overrides`` on top."""
         if preset not in PRESETS:
-            raise ValueError(f"unknown training preset {preset!r}; expected one of {', '.join(PRESETS)}")
+            raise TrainingError(f"unknown training preset {preset!r}; expected one of {', '.join(PRESETS)}")
         return cls(**{**PRESETS[preset], **overrides})
 
 

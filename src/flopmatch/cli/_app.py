@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from flopmatch.errors import USER_ERRORS
@@ -50,8 +51,19 @@ def cli_command(func: Callable) -> Callable:
 
 
 def error_message(exc: BaseException) -> str:
-    """What the CLI prints for a user error: its message, then any notes a command added to it."""
-    return " ".join([str(exc), *getattr(exc, "__notes__", ())])
+    """What the CLI prints for a user error: its message (a pydantic ValidationError's on one line:
+    ``invalid <Model>: <field>: <problem>; ...``), then any notes a command added to it."""
+    text = _validation_summary(exc) if isinstance(exc, ValidationError) else str(exc)
+    return " ".join([text, *getattr(exc, "__notes__", ())])
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    problems = [
+        (f"{'.'.join(str(part) for part in error['loc'])}: " if error["loc"] else "")
+        + str(error["msg"]).removeprefix("Value error, ")
+        for error in exc.errors()
+    ]
+    return f"invalid {exc.title}: " + "; ".join(problems)
 
 
 app = FlopmatchTyper(

@@ -29,12 +29,8 @@ def _make(backend: str, model: str | None, options: list[str] | None, max_tokens
           include_reference: bool):
     from flopmatch.judge import make_judge
 
-    spec = dict(backend=backend, model=model, options=parse_options(options), max_tokens=max_tokens,
-                max_retries=max_retries, include_reference=include_reference)
-    try:
-        return make_judge(spec)
-    except (ValueError, OSError, RuntimeError, ImportError) as exc:
-        raise fail(f"cannot build the judge: {exc}") from exc
+    return make_judge(dict(backend=backend, model=model, options=parse_options(options), max_tokens=max_tokens,
+                           max_retries=max_retries, include_reference=include_reference))
 
 
 def _pct(x: float) -> str:
