@@ -12,9 +12,12 @@
       judgments/<model>.parquet      judgments/human/<model>.parquet: people's labels
       ledger.parquet
       sft/<name>/                    HF dataset on disk
-      models/<name>/                 checkpoints
+      models/<name>/                 checkpoints; models/trained.json: training job -> its model directory
+      pilot/advice.json              the pilot stage's advice (and frontier plots)
+      allocated/<policy>-b<S>/       an allocation policy's sample sets; allocated/summary.json lists them
       evals/<name>.parquet
-      metrics/                       the analysis's tables (summary, curves, cost, ...) and figures
+      metrics/<table>.parquet        METRICS_TABLES: the analysis's (summary, curves, cost, ...), paradigms,
+                                     comparisons; metrics/figures/*.png
       report/index.html, report.md, figures/
 """
 
@@ -29,6 +32,15 @@ from flopmatch.store.io import model_key, shard_paths
 from flopmatch.store.state import RunState
 
 ROLES_FILE = "roles.json"  # which model plays WC and SE (written by the plan stage)
+ADVICE_FILE = "advice.json"  # the pilot stage's advice (flopmatch.advise), in pilot/
+ALLOCATED_DIR = "allocated"  # allocated/<policy>-b<S>/: an allocation policy's sample sets (flopmatch.allocation_study)
+#: The tables in metrics/, by name (``metrics/<name>.parquet``, some with a ``.md`` twin): the analysis's
+#: (summary, curves, compute-matched gains, cost per budget, allocation tables), the eval stage's paradigm
+#: results and the paired comparisons (flopmatch.comparisons).
+METRICS_TABLES = (
+    "summary", "coverage_curve", "diversity_curve", "compute_matched", "cost", "allocation", "allocation_curve",
+    "allocation_counts", "paradigms", "comparisons",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,46 @@ class RunDir(RunState):
     def cost_path(self) -> Path:
         """What each plan budget cost per role (written by the analysis, read by the report)."""
         return self.metrics_dir / "cost.parquet"
+
+    def metrics_path(self, name: str, suffix: str = ".parquet") -> Path:
+        """``metrics/<name>.parquet`` (``name`` one of :data:`METRICS_TABLES`; ``suffix=".md"``: its markdown
+        twin)."""
+        if name not in METRICS_TABLES:
+            raise ValueError(f"no metrics table {name!r} (the run's tables: {', '.join(METRICS_TABLES)})")
+        return self.metrics_dir / f"{name}{suffix}"
+
+    @property
+    def figures_dir(self) -> Path:
+        """The analysis's figures (``metrics/figures/*.png``)."""
+        return self.metrics_dir / "figures"
+
+    @property
+    def samples_root(self) -> Path:
+        """``samples/``: one directory per sampled model (:meth:`samples_dir`)."""
+        return self.root / "samples"
+
+    @property
+    def pilot_dir(self) -> Path:
+        return self.root / "pilot"
+
+    @property
+    def advice_path(self) -> Path:
+        """The pilot stage's advice (``pilot/advice.json``)."""
+        return self.pilot_dir / ADVICE_FILE
+
+    @property
+    def allocated_dir(self) -> Path:
+        return self.root / ALLOCATED_DIR
+
+    @property
+    def allocated_index_path(self) -> Path:
+        """The allocated sets the sample stage drew (``allocated/summary.json``)."""
+        return self.allocated_dir / "summary.json"
+
+    @property
+    def trained_index_path(self) -> Path:
+        """Training job name → its trained model directory (``models/trained.json``, the train stage's)."""
+        return self.root / "models" / "trained.json"
 
     @property
     def report_dir(self) -> Path:

@@ -132,13 +132,36 @@ SUMMARY_COLUMNS = [
     "model", "role", "budget_se_samples", "samples_per_problem", "metric", "k", "value", "ci_low", "ci_high",
     "n_problems", "n", "group",
 ]  # fmt: skip
+#: ``metrics/coverage_curve.parquet``: coverage against k samples per problem.
 CURVE_COLUMNS = ["model", "k", "value", "ci_low", "ci_high", "n_problems"]
 MATCHED_COLUMNS = [
     "budget_se_samples", "wc_samples", "metric", "wc_value", "se_value", "relative", "relative_text",
     "wc_ci_low", "wc_ci_high", "se_ci_low", "se_ci_high", "n_problems",
 ]  # fmt: skip
+#: ``metrics/allocation.parquet`` (flopmatch.allocation_metrics): per model and policy, its samples per problem
+#: and what all of them hold at the FLOPs spent.
+ALLOCATION_COLUMNS = [
+    "model", "allocation", "objective", "rounds", "problems", "samples", "samples_min", "samples_q25",
+    "samples_median", "samples_q75", "samples_max", "coverage", "coverage_low", "coverage_high",
+    "unique_per_problem", "unique_low", "unique_high", "flops", "coverage_per_pflop", "unique_per_pflop",
+]  # fmt: skip
+#: ``metrics/allocation_curve.parquet``: coverage and unique correct against FLOPs spent (not
+#: :data:`CURVE_COLUMNS`, which is coverage against k).
+ALLOCATION_CURVE_COLUMNS = ["model", "allocation", "point", "flops", "samples", "coverage", "unique_per_problem"]
+#: ``metrics/allocation_counts.parquet``: samples and correct samples of each problem.
+ALLOCATION_COUNT_COLUMNS = ["model", "allocation", "problem_id", "samples", "correct", "unique_correct"]
+#: ``metrics/comparisons.parquet`` (flopmatch.comparisons): one row per paradigm × budget × metric × comparison.
+COMPARISON_COLUMNS = [
+    "paradigm", "budget_se_samples", "wc_samples", "student", "metric", "comparison", "treatment", "baseline",
+    "se", "wc", "diff", "ci_low", "ci_high", "test", "p_value", "p_adjusted", "seeds", "test_problems",
+    "discordance", "mde", "mde_relative", "seed_discordance", "seed_sd", "verdict",
+]  # fmt: skip
 
 __all__ = [
+    "ALLOCATION_COLUMNS",
+    "ALLOCATION_COUNT_COLUMNS",
+    "ALLOCATION_CURVE_COLUMNS",
+    "COMPARISON_COLUMNS",
     "COST_SCHEMA",
     "CURVE_COLUMNS",
     "EVAL_SCHEMA",
