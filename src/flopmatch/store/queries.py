@@ -72,11 +72,12 @@ def problems_by_role(run: RunDir, role: str) -> list[Problem]:
 # --------------------------------------------------------------------------- plan and roles
 
 
-def read_plan(run: RunDir, *, required: bool = True) -> BudgetPlan | None:
-    """The run's budget plan (``plan.json``); None when there is none and ``required`` is false."""
+def read_plan(run: RunDir, *, required: bool = True, path: Path | None = None) -> BudgetPlan | None:
+    """The run's budget plan (``plan.json``, or the plan file ``path``); None when there is none and
+    ``required`` is false."""
     from pydantic import ValidationError
 
-    path = run.plan_path
+    path = path or run.plan_path
     if not path.exists():
         if required:
             raise FileNotFoundError(
@@ -307,3 +308,36 @@ __all__ = [
     "samples_at_budget",
     "side_samples",
 ]
+
+
+# ---- metrics tables and indexes (G2)
+
+
+def read_metrics(run: RunDir, name: str) -> pa.Table | None:
+    """``metrics/<name>.parquet`` (``name`` one of :data:`~flopmatch.store.layout.METRICS_TABLES`); None
+    before the stage that writes it ran."""
+    path = run.metrics_path(name)
+    return read_table(path) if path.exists() else None
+
+
+def read_study_text(run: RunDir) -> str | None:
+    """The run's frozen ``study.yaml`` as written; None for a run made without a study."""
+    return run.study_path.read_text() if run.study_path.exists() else None
+
+
+def read_study_mapping(run: RunDir) -> dict[str, Any] | None:
+    """The run's ``study.yaml`` as a plain mapping (what the report shows); None without one."""
+    import yaml
+
+    text = read_study_text(run)
+    return yaml.safe_load(text) if text is not None else None
+
+
+def read_allocated_index(run: RunDir) -> dict[str, Any] | None:
+    """``allocated/summary.json`` (the allocation policy and the sets the sample stage drew); None when the
+    study allocates nothing."""
+    path = run.allocated_index_path
+    return read_json(path) if path.exists() else None
+
+
+__all__ += ["read_allocated_index", "read_metrics", "read_study_mapping", "read_study_text"]
