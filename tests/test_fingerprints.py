@@ -85,3 +85,17 @@ def test_the_content_digest_is_one_sha256_of_the_bytes(tmp_path: Path):
     assert content_digest([a, b]) == hashlib.sha256(a.read_bytes() + b.read_bytes()).hexdigest()
     named = hashlib.sha256(b"a" + a.read_bytes() + b"b" + b"tail").hexdigest()
     assert content_digest([a, b], names=True) == named
+
+
+def test_a_model_directory_is_its_files_names_sizes_and_times(tmp_path: Path):
+    """evaluate()'s cache key: the files directly in the directory (not below it), sorted; None off disk."""
+    from flopmatch.fingerprints import model_files_identity
+
+    (tmp_path / "b.bin").write_bytes(b"12345")
+    (tmp_path / "a.json").write_text("{}")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c").write_text("x")
+    os.utime(tmp_path / "b.bin", ns=(1, 2_000))
+    os.utime(tmp_path / "a.json", ns=(1, 1_000))
+    assert model_files_identity(tmp_path) == [["a.json", 2, 1_000], ["b.bin", 5, 2_000]]
+    assert model_files_identity(str(tmp_path / "missing")) is None and model_files_identity(None) is None

@@ -40,6 +40,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from flopmatch.errors import FlopmatchError
+from flopmatch.fingerprints import model_files_identity
 from flopmatch.progress import progress_bar
 from flopmatch.store import config_hash, read_json, write_json, write_table
 from flopmatch.store.schemas import EVAL_SCHEMA
@@ -262,7 +263,7 @@ def evaluate(
             "model": str(model),
             "base": base,
             "lora": adapter,
-            "weights": [_files_fingerprint(base), _files_fingerprint(adapter)],
+            "weights": [model_files_identity(base), model_files_identity(adapter)],
             "config": config,
             "problems": ids,
             "prompt": _plain(prompt),
@@ -331,13 +332,6 @@ def _prompt_function(problems: Sequence[Any], prompt: Any, *, trained: bool):
                 given.get(problem.dataset) or default(problem.dataset))
     stops = tuple(sorted({s for c in configs.values() for s in stop_sequences(c)}))
     return (lambda problem: build_prompt(problem, configs[problem.dataset])), stops
-
-
-def _files_fingerprint(path: str | None) -> list[list[Any]] | None:
-    """Name, size and mtime of a local model's files: a retrained model in the same directory is a new model."""
-    if path is None or not Path(path).is_dir():
-        return None
-    return sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in Path(path).iterdir() if f.is_file())
 
 
 def _plain(obj: Any) -> Any:

@@ -8,7 +8,10 @@ runs on disk carry:
 - :func:`dataset_fingerprint`: the SFT data of :func:`flopmatch.training.train`, the content of a saved
   dataset's Arrow files (stored in ``train_result.json`` and the output directory's hash marker).
 
-Both are frozen formats: finished runs carry these values, and a different value makes them run again
+- :func:`model_files_identity`: a local model directory in :func:`flopmatch.evaluation.evaluate`'s cache key,
+  its files' names, sizes and modification times (a retrained model in the same directory is a new model).
+
+All are frozen formats: finished runs carry these values, and a different value makes them run again
 (tests/test_fingerprints.py pins them).
 """
 
@@ -74,4 +77,19 @@ def dataset_fingerprint(data_dir: Path) -> str:
     return content_digest(files, names=True) if files else str(data_dir.resolve())
 
 
-__all__ = ["CONTENT_HASH_LIMIT", "content_digest", "dataset_fingerprint", "file_identity", "fingerprint"]
+def model_files_identity(path: str | Path | None) -> list[list[object]] | None:
+    """Name, size and mtime of each file directly in a local model directory, sorted; None for anything that
+    is not a local directory (a hub id, no adapter)."""
+    if path is None or not Path(path).is_dir():
+        return None
+    return sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in Path(path).iterdir() if f.is_file())
+
+
+__all__ = [
+    "CONTENT_HASH_LIMIT",
+    "content_digest",
+    "dataset_fingerprint",
+    "file_identity",
+    "fingerprint",
+    "model_files_identity",
+]

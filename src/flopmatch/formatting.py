@@ -66,11 +66,16 @@ def fmt_params(value: Any) -> str:
     return f"{value:.0f}"
 
 
+def paper_round(value: float) -> float:
+    """A gain rounded as the paper prints it: to an integer from 10 up ("+86%"), one decimal below ("+5.8%")."""
+    return round(value) if abs(value) >= 10 else round(value, 1)
+
+
 def fmt_gain(gain: float) -> str:
     """Signed percent as the paper prints it ("+6%", "+5.8%", "−1.2%")."""
     if is_missing(gain):
         return "n/a"
-    rounded = round(gain) if abs(gain) >= 10 else round(gain, 1)
+    rounded = paper_round(gain)
     text = f"{abs(rounded):g}%"
     return ("+" if rounded >= 0 else "−") + text
 

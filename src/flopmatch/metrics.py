@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from flopmatch.errors import FlopmatchError
+from flopmatch.formatting import paper_round
 
 
 class MetricsError(FlopmatchError, ValueError):
@@ -467,8 +468,8 @@ class RelativeChange:
 
 
 def _fmt_number(value: float) -> str:
-    """Signed, integer from 10 up (as the paper prints "+86%"), one decimal below ("+5.8%")."""
-    rounded = round(value) if abs(value) >= 10 else round(value, 1)
+    """Signed, rounded as the paper prints gains (:func:`flopmatch.formatting.paper_round`), ASCII sign."""
+    rounded = paper_round(value)
     if rounded == int(rounded):
         rounded = int(rounded)
     return f"{rounded:+}" if rounded != 0 else "+0"

@@ -490,12 +490,6 @@ def _read_declared(declared: Dataset, split: str, data_file: str | Path | None) 
 
 # --------------------------------------------------------------------------- the entry point
 
-# The sources read here (hub or local files) when this module was imported; generated datasets declare a
-# loader instead. ``load`` reads the declarations themselves, so a dataset registered later loads too.
-SPLITS: dict[str, tuple[str, ...]] = {
-    name: get_dataset(name).splits for name in dataset_names() if get_dataset(name).loader is None
-}
-SOURCES = dataset_names()
 DEFAULT_SPLIT = "test"
 
 

@@ -280,9 +280,9 @@ def sample(
         from flopmatch.ledger import model_spend
 
         spent_seconds = float(model_spend(run.root, model)["seconds"])
-        budget = SpendBudget(budget_flops, budget_seconds, params_total, spent_tokens, spent_seconds)
-        if budget.spent():
-            summary.status, summary.message = "budget", budget.reason()
+        spend = SpendBudget(budget_flops, budget_seconds, params_total, spent_tokens, spent_seconds)
+        if spend.spent():
+            summary.status, summary.message = "budget", spend.reason()
             return summary
 
         use_ray = replicas > 1 or bool(ray_address)
@@ -297,11 +297,11 @@ def sample(
             run_dir=run.root, model=model, backend=engine.name, seeding=engine.seeding,
             replicas=replicas, params=params_total, startup_seconds=time.perf_counter() - started,
         )  # fmt: skip
-        writer = SampleWriter(samples_dir, model, chunks, owner, ledger, budget)
+        writer = SampleWriter(samples_dir, model, chunks, owner, ledger, spend)
         summary.backend, summary.seeding, summary.session_id = engine.name, engine.seeding, ledger.session_id
         status = drive(engine, chunks, params, writer, progress=progress, spent_seconds=spent_seconds)
 
-    return _finish_summary(summary, status, ledger, budget, writer)
+    return _finish_summary(summary, status, ledger, spend, writer)
 
 
 def _check_sample_args(problems: list[Problem], samples_per_problem: int, replicas: int,
@@ -318,7 +318,7 @@ def _check_sample_args(problems: list[Problem], samples_per_problem: int, replic
     check_unique_ids(problems)
 
 
-def _finish_summary(summary: SampleSummary, status: str, ledger: LedgerSession, budget: SpendBudget,
+def _finish_summary(summary: SampleSummary, status: str, ledger: LedgerSession, spend: SpendBudget,
                     writer: SampleWriter) -> SampleSummary:
     """The session's figures from its ledger, and what to tell the user when it stopped early."""
     summary.startup_seconds = ledger.startup_seconds
@@ -332,7 +332,7 @@ def _finish_summary(summary: SampleSummary, status: str, ledger: LedgerSession, 
     summary.seconds = ledger.seconds
     summary.nominal_flops = ledger.row()["nominal_flops"]
     if status == "budget":
-        summary.message = budget.reason()
+        summary.message = spend.reason()
     elif status == "incomplete":
         summary.message = (
             f"{len(writer.expected)} samples failed in the engine; rerun the same command to retry them"

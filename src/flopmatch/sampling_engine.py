@@ -54,14 +54,9 @@ class SamplerBusy(FlopmatchError, RuntimeError):
 class SampleWriter:
     """Turns backend batches into checked sample rows, one shard per batch, and keeps the ledger."""
 
-    def __init__(self, samples_dir: Path, model: str, chunks, owner, ledger: LedgerSession, budget: SpendBudget):
-        self.samples_dir, self.model, self.owner, self.ledger, self.budget = (
-            samples_dir,
-            model,
-            owner,
-            ledger,
-            budget,
-        )
+    def __init__(self, samples_dir: Path, model: str, chunks, owner, ledger: LedgerSession, spend: SpendBudget):
+        self.samples_dir, self.model, self.owner, self.ledger = samples_dir, model, owner, ledger
+        self.spend = spend  # the FLOP or time cap of this call (--budget-flops / --budget-seconds)
         self.expected: set[tuple[str, int]] = set()  # asked for and not yet stored
         self.seeds: dict[tuple[str, int], int] = {}
         for chunk in chunks:
@@ -85,7 +80,7 @@ class SampleWriter:
                 completion_tokens=row["completion_tokens"],
                 truncated=row["finish_reason"] == "length",
             )
-            self.budget.tokens += row["completion_tokens"]
+            self.spend.tokens += row["completion_tokens"]
         ledger.errors += errors
         return len(rows) + errors
 
@@ -97,7 +92,7 @@ def drive(engine: Engine, chunks, params: SamplingParams, writer: SampleWriter, 
     The ledger shard is rewritten after every batch, and finally with the status; the engine is
     closed whatever happens (its in-flight work was never persisted, so nothing half-written stays).
     """
-    ledger, budget = writer.ledger, writer.budget
+    ledger, spend = writer.ledger, writer.spend
     status = "failed"
     batches = None
     bar = sample_progress_bar(len(writer.expected), desc=model_key(writer.model), enabled=progress)
@@ -110,10 +105,10 @@ def drive(engine: Engine, chunks, params: SamplingParams, writer: SampleWriter, 
             done = writer.write(batch, batch_seconds=now - last)
             last = now
             ledger.seconds = time.perf_counter() - gen_start
-            budget.seconds = spent_seconds + ledger.seconds
+            spend.seconds = spent_seconds + ledger.seconds
             ledger.flush()
             advance_progress(bar, done, ledger)
-            if budget.spent():
+            if spend.spent():
                 status = "budget"
                 break
         else:

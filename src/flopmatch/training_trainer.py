@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from flopmatch.progress import is_quiet
 from flopmatch.store import read_json
 from flopmatch.trained import RESUME_STATE_PATTERNS, list_checkpoints
 from flopmatch.training_config import TrainConfig, TrainingError, checkpoint_steps, total_steps, warmup_steps
@@ -88,7 +89,7 @@ def _sft_config(config: TrainConfig, out_dir: Path, *, n_steps: int):
         ddp_find_unused_parameters=False,  # every trainable parameter is used (full model, or LoRA)
         report_to="none",
         include_num_input_tokens_seen="non_padding",
-        disable_tqdm=False,
+        disable_tqdm=is_quiet(),  # --quiet (TQDM_DISABLE, which set_quiet also sets, covers TRL's other bars)
     )
 
 

@@ -11,6 +11,7 @@ import typer
 from flopmatch.cli._app import app, console, fail, warn
 from flopmatch.cli.inputs import QuietOption
 from flopmatch.cli.tables import JsonOption, print_json, print_table
+from flopmatch.formatting import fmt_seconds
 
 STATE_STYLE = {
     "done": "green",
@@ -105,9 +106,9 @@ def status_command(
     records = []
     for s in statuses:
         note = s.reason or str(s.info.get("summary", ""))
-        if s.name == "train":
-            trained = [k for k, v in jobs.items() if k.startswith("train:") and v.get("status") == "done"]
-            note = note or f"{len(trained)} models trained"
+        done = [k for k, v in jobs.items() if k.split(":", 1)[0] == s.name and v.get("status") == "done"]
+        if done and s.state != "done":  # a stage part way through: its finished jobs (state.json's job section)
+            note = f"{note} ({len(done)} jobs done)" if note else f"{len(done)} jobs done"
         records.append({"stage": s.name, "state": s.state, "seconds": s.info.get("seconds"),
                         "finished_at": s.info.get("finished_at"), "note": note})  # fmt: skip
     report = RunDir(run).report_dir / "index.html"
@@ -121,7 +122,7 @@ def status_command(
         rows.append((
             r["stage"],
             f"[{STATE_STYLE.get(r['state'], '')}]{r['state']}[/]",
-            f"{seconds:.1f} s" if isinstance(seconds, int | float) else "",
+            fmt_seconds(seconds) if isinstance(seconds, int | float) else "",
             time.strftime("%Y-%m-%d %H:%M", time.localtime(finished)) if finished else "",
             r["note"],
         ))  # fmt: skip

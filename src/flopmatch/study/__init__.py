@@ -31,7 +31,6 @@ from flopmatch.fingerprints import CONTENT_HASH_LIMIT, fingerprint
 from flopmatch.store.layout import ROLES_FILE
 from flopmatch.study.config import (
     BACKENDS,
-    KNOWN_SOURCES,
     PARADIGMS,
     AnalysisConfig,
     BudgetConfig,
@@ -79,7 +78,6 @@ __all__ = [
     "BACKENDS",
     "CONTENT_HASH_LIMIT",
     "KNOWN_SIZES",
-    "KNOWN_SOURCES",
     "PARADIGMS",
     "PARADIGM_SHORT",
     "PARADIGM_STUDENT",

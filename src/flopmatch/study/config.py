@@ -37,9 +37,6 @@ from flopmatch.study.spec_models import spec_model as spec_model
 
 # --------------------------------------------------------------------------- config
 
-#: The datasets declared when this module was imported (``flopmatch.datasets``); a split may name any dataset
-#: declared by the time the study is read.
-KNOWN_SOURCES: tuple[str, ...] = dataset_names()
 #: Generation engines (see ``flopmatch.backends.create_backend``).
 BACKENDS: tuple[str, ...] = ("vllm", "hf", "openai")
 PARADIGMS: tuple[str, ...] = ("knowledge_distillation", "self_improvement", "weak_to_strong")
@@ -47,7 +44,7 @@ PARADIGMS: tuple[str, ...] = ("knowledge_distillation", "self_improvement", "wea
 class SplitConfig(Section):
     """Where one split's problems come from."""
 
-    source: str = Field(description=f"a problem source: one of {', '.join(KNOWN_SOURCES)}")
+    source: str = Field(description="a declared dataset (`flopmatch problems --help` lists them)")
     split: str | None = Field(
         None, description="the source's split name (e.g. train, test); the source's default when omitted"
     )
@@ -74,7 +71,7 @@ class ValidationSplitConfig(Section):
     holdout: PositiveInt | None = Field(
         None, description="a positive number of sample-split problems to hold out for validation"
     )
-    source: str | None = Field(None, description=f"a problem source: one of {', '.join(KNOWN_SOURCES)}")
+    source: str | None = Field(None, description="a declared dataset (`flopmatch problems --help` lists them)")
     split: str | None = None
     data_file: str | None = None
     limit: PositiveInt | None = None

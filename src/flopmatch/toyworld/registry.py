@@ -46,9 +46,6 @@ class ToyRegistryModel:
         return Path(ensure_model(self.name, spec=self.spec, progress=progress))  # type: ignore[arg-type]
 
 
-ToySpecModel = ToyRegistryModel  # the name a study's own shape had before both were one class
-
-
 def spec_model(name: str, values: Mapping[str, Any]) -> ToyRegistryModel:
     """A toy model of the shape ``values`` gives (:class:`ToyModelSpec` fields, ``noise`` a mapping), cached as
     ``name``; a ValueError names an unknown field or a shape that cannot be built."""
@@ -70,4 +67,4 @@ def checked_spec(values: Mapping[str, Any]) -> ToyModelSpec:
 WC = ToyRegistryModel("wc", SPECS["wc"])
 SE = ToyRegistryModel("se", SPECS["se"])
 
-__all__ = ["MARKER", "SE", "WC", "ToyRegistryModel", "ToySpecModel", "checked_spec", "spec_model"]
+__all__ = ["MARKER", "SE", "WC", "ToyRegistryModel", "checked_spec", "spec_model"]
