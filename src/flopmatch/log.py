@@ -1,6 +1,9 @@
 """One logging path. Library modules log with ``log = logging.getLogger(__name__)``, so every record is
 under the ``"flopmatch"`` logger; they never ``print``, ``warnings.warn`` or write to a console (the CLI
-and benchmarks do). Bars are not logs: they go through :mod:`flopmatch.progress`.
+and benchmarks do). Bars are not logs: they go through :mod:`flopmatch.progress`. Nor is a study's
+narration (a line per stage and job, what ``flopmatch study`` shows): it is the study's output, a
+``log`` callable that :func:`flopmatch.study.run_study` is given (``print`` unless told otherwise), handed
+down to its stages as ``StudyContext.log``.
 
 The CLI calls :func:`configure` once per command (``flopmatch.cli._app``): records of ``WARNING`` and
 up are written to stderr as their plain message (what Python printed for them before any handler
