@@ -309,13 +309,14 @@ def test_comparison_table_refuses_models_evaluated_on_other_problems():
 
 
 def test_report_verdict_table_and_forest_plot_come_from_the_comparisons(tmp_path):
+    from flopmatch.budget import plan_budgets
     from flopmatch.comparisons import CompareSettings, comparison_table
     from flopmatch.report import RunData, build_document, compute_verdict, iter_blocks
     from flopmatch.store import RunDir
 
     paradigms, values = _synthetic_run()
     table = comparison_table(paradigms, values.__getitem__, CompareSettings(n_boot=300, n_perm=1000))
-    plan = {"budgets": [{"se_samples": 1, "wc_samples": 3}, {"se_samples": 10, "wc_samples": 30}]}
+    plan = plan_budgets(mode="flops", se_samples=[1, 10], wc_params=1e9, se_params=3e9)  # SE 1 vs WC 3, 10 vs 30
     data = RunData(run=RunDir(tmp_path), config=None, roles={}, plan=plan, ledger=None, cost=None, summary=None,
                    coverage=None, matched=None, paradigms=paradigms, problems={}, figures=[], stages={},
                    comparisons=table)  # fmt: skip

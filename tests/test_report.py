@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from flopmatch.budget import BudgetPlan, plan_budgets
 from flopmatch.report import (
     RunData,
     build_report,
@@ -24,6 +25,8 @@ from flopmatch.report import (
     paradigm_comparisons,
     relative_gain,
 )
+from flopmatch.report.data import budgets_of
+from flopmatch.report.verdict import budget_short
 from flopmatch.store import RunDir
 from flopmatch.store.layout import RunNotFound
 
@@ -50,9 +53,14 @@ def _paradigm_rows(values: dict[tuple[str, int], tuple[float, float]], width: fl
     return pd.DataFrame(rows)
 
 
+def _plan(se_samples: tuple[int, ...] = (1, 10)) -> BudgetPlan:
+    """A compute-matched plan with WC 3× SE's samples (SE 1 vs WC 3, SE 10 vs WC 30)."""
+    return plan_budgets(mode="flops", se_samples=list(se_samples), wc_params=1e9, se_params=3e9, wc_name="wc",
+                        se_name="se")  # fmt: skip
+
+
 def _data(paradigms: pd.DataFrame | None = None, matched: pd.DataFrame | None = None) -> RunData:
-    plan = {"budgets": [{"se_samples": 1, "wc_samples": 3}, {"se_samples": 10, "wc_samples": 30}]}
-    return RunData(run=RunDir("/nonexistent"), config=None, roles={}, plan=plan, ledger=None, cost=None,
+    return RunData(run=RunDir("/nonexistent"), config=None, roles={}, plan=_plan(), ledger=None, cost=None,
                    summary=None, coverage=None, matched=matched, paradigms=paradigms, problems={}, figures=[],
                    stages={})  # fmt: skip
 
@@ -97,6 +105,19 @@ def test_verdict_reports_the_number_matched_control_and_dataset_changes():
     assert table.loc[0, "nm"] == pytest.approx(0.38) and table.loc[0, "gain"] == pytest.approx(25.0)
 
 
+def test_budget_labels_come_from_the_typed_plan():
+    """Labels name the plan's budget by its SE samples (BudgetPlan.point): low/high only in a two-budget plan,
+    the same whether given the plan or its budgets lowest first; an unknown budget is named by SE alone."""
+    two, three = _plan((10, 1)), _plan((1, 2, 10))
+    assert [b.se_samples for b in budgets_of(two)] == [1, 10] and budgets_of(None) == []
+    for given in (two, budgets_of(two)):
+        assert [budget_short(given, s) for s in (1, 10, 5)] == ["1 vs 3 (low)", "10 vs 30 (high)", "SE 5 (high)"]
+    assert [budget_short(three, s) for s in (2, 7)] == ["2 vs 6", "SE 7"]
+    assert budget_short(None, 4) == "SE 4"
+    lines = compute_verdict(_data(matched=pd.DataFrame([{"budget_se_samples": 10, "relative_text": "+1% coverage"}])))
+    assert lines == ["Compute-matched at the high budget (SE 10 vs WC 30), WC data vs SE data: +1% coverage."]
+
+
 def test_the_report_reads_the_cost_table_not_the_sample_shards(tmp_path):
     """The cost per budget comes from metrics/cost.parquet (the analysis writes it): a sample shard the
     report tried to read would fail here, and the plan is read through the typed reader."""
@@ -114,7 +135,7 @@ def test_the_report_reads_the_cost_table_not_the_sample_shards(tmp_path):
     write_table(cost, run.cost_path)
     data = load_run(run.root)
     pd.testing.assert_frame_equal(data.cost, cost)
-    assert [b["wc_samples"] for b in data.plan["budgets"]] == [3, 6]
+    assert isinstance(data.plan, BudgetPlan) and [b.wc_samples for b in data.plan.budgets] == [3, 6]
     assert "| 1 vs 3 (low) | WC | 3 | 10 | 120.00 GFLOP | 0.5 s |" in build_report(run.root).markdown.read_text()
     (run.cost_path).unlink()
     assert load_run(run.root).cost is None  # before the analysis ran: no cost table, and no shard read
@@ -227,11 +248,11 @@ def test_report_numbers_come_from_the_run_tables(run_dir):
         assert text in html
         assert any(text in line for line in paths.verdict)
     # planned sample counts, and the cost actually spent per budget from the sample tables
-    for budget in data.plan["budgets"]:
-        assert f"{budget['se_samples']} vs {budget['wc_samples']}" in html
+    for budget in data.plan.budgets:
+        assert f"{budget.se_samples} vs {budget.wc_samples}" in html
     cost = data.cost
     wc = cost[(cost["role"] == "wc") & (cost["budget_se_samples"] == 1)].iloc[0]
-    assert wc["samples"] == 16 * data.plan["budgets"][0]["wc_samples"]
+    assert wc["samples"] == 16 * data.plan.point(1).wc_samples
     assert wc["nominal_flops"] == pytest.approx(2 * data.roles["wc"]["params"] * wc["completion_tokens"])
     assert any(line.startswith("Cost at the low budget") for line in paths.verdict)
 

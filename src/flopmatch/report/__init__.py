@@ -29,6 +29,7 @@ from flopmatch.report.render import render_html, render_markdown
 from flopmatch.report.sections_training import build_document
 from flopmatch.report.verdict import compute_verdict, headline_metric, paradigm_comparisons
 from flopmatch.store import write_text
+from flopmatch.store.queries import read_study_text
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,7 @@ def build_report(run_dir: str | Path) -> ReportPaths:
                 if block.path.resolve() != target.resolve():
                     shutil.copyfile(block.path, target)
                 hrefs[block.path] = f"figures/{block.path.name}"
-    config_text = data.run.study_path.read_text() if data.run.study_path.exists() else None
-    html_path = write_text(render_html(report, config_text), out / "index.html")
+    html_path = write_text(render_html(report, read_study_text(data.run)), out / "index.html")
     md_path = write_text(render_markdown(report, hrefs), out / "report.md")
     return ReportPaths(html=html_path, markdown=md_path, verdict=report.verdict)
 

@@ -7,12 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from flopmatch.analysis_cost import cost_by_budget  # noqa: F401 - part of flopmatch.report's API
+from flopmatch.budget import BudgetPlan, BudgetPoint
 from flopmatch.store import RunDir
 from flopmatch.store.layout import RunNotFound
-from flopmatch.store.queries import problem_counts, read_cost, read_plan, read_roles
+from flopmatch.store.queries import (
+    problem_counts,
+    read_cost,
+    read_metrics,
+    read_plan,
+    read_roles,
+    read_study_mapping,
+)
 
 # --------------------------------------------------------------------------- reading the run
 
@@ -24,7 +31,7 @@ class RunData:
     run: RunDir
     config: dict[str, Any] | None
     roles: dict[str, Any]
-    plan: dict[str, Any] | None
+    plan: BudgetPlan | None
     ledger: pd.DataFrame | None
     cost: pd.DataFrame | None
     summary: pd.DataFrame | None
@@ -35,6 +42,7 @@ class RunData:
     figures: list[Path]
     stages: dict[str, Any]
     comparisons: pd.DataFrame | None = None  # metrics/comparisons.parquet (flopmatch.comparisons)
+    allocation: pd.DataFrame | None = None  # metrics/allocation.parquet (flopmatch.allocation_metrics)
 
     def label(self, role: str) -> str:
         info = self.roles.get(role) or {}
@@ -47,45 +55,42 @@ class RunData:
         return None
 
 
-def read_parquet_or_none(path: Path) -> pd.DataFrame | None:
-    if not path.exists():
-        return None
-    return pd.read_parquet(path)
+def read_metrics_frame(run: RunDir, name: str) -> pd.DataFrame | None:
+    """The metrics table ``name`` (:func:`flopmatch.store.queries.read_metrics`) as a data frame; None
+    before its stage ran."""
+    table = read_metrics(run, name)
+    return table.to_pandas() if table is not None else None
 
 
 def load_run(run_dir: str | Path) -> RunData:
     run = RunDir(run_dir)
     if not run.root.is_dir():
         raise RunNotFound("no such run directory", file=run.root)
-    config = yaml.safe_load(run.study_path.read_text()) if run.study_path.exists() else None
-    roles = read_roles(run)
-    typed_plan = read_plan(run, required=False)
-    plan = typed_plan.model_dump(mode="json") if typed_plan is not None else None
     order = {"sample": 0, "validation": 1, "test": 2}
     counts = problem_counts(run)
     problems = {split: counts[split] for split in sorted(counts, key=lambda s: (order.get(s, 3), s))}
-    metrics = run.metrics_dir
-    figures = sorted((metrics / "figures").glob("*.png")) if (metrics / "figures").is_dir() else []
+    figures = sorted(run.figures_dir.glob("*.png")) if run.figures_dir.is_dir() else []
     return RunData(
         run=run,
-        config=config,
-        roles=roles,
-        plan=plan,
+        config=read_study_mapping(run),
+        roles=read_roles(run),
+        plan=read_plan(run, required=False),
         ledger=_load_ledger(run),
         cost=_load_cost(run),
-        summary=read_parquet_or_none(metrics / "summary.parquet"),
-        coverage=read_parquet_or_none(metrics / "coverage_curve.parquet"),
-        matched=read_parquet_or_none(metrics / "compute_matched.parquet"),
-        paradigms=read_parquet_or_none(metrics / "paradigms.parquet"),
+        summary=read_metrics_frame(run, "summary"),
+        coverage=read_metrics_frame(run, "coverage_curve"),
+        matched=read_metrics_frame(run, "compute_matched"),
+        paradigms=read_metrics_frame(run, "paradigms"),
         problems=problems,
         figures=figures,
         stages=run.stage_state(),
-        comparisons=read_parquet_or_none(metrics / "comparisons.parquet"),
+        comparisons=read_metrics_frame(run, "comparisons"),
+        allocation=read_metrics_frame(run, "allocation"),
     )
 
 
 def _load_ledger(run: RunDir) -> pd.DataFrame | None:
-    if not run.ledger_path.exists() and not (run.root / "samples").is_dir():
+    if not run.ledger_path.exists() and not run.samples_root.is_dir():
         return None
     try:
         from flopmatch.ledger import summarize_ledger
@@ -95,11 +100,9 @@ def _load_ledger(run: RunDir) -> pd.DataFrame | None:
     return frame if frame is not None and len(frame) else None
 
 
-def budgets_of(plan: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The plan's budgets, lowest first (each with at least ``se_samples`` and ``wc_samples``)."""
-    if not plan:
-        return []
-    return sorted(plan.get("budgets", []), key=lambda b: b["se_samples"])
+def budgets_of(plan: BudgetPlan | None) -> list[BudgetPoint]:
+    """The plan's budgets, lowest first; none without a plan."""
+    return sorted(plan.budgets, key=lambda b: b.se_samples) if plan is not None else []
 
 
 def _load_cost(run: RunDir) -> pd.DataFrame | None:

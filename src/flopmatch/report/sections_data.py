@@ -22,7 +22,7 @@ from flopmatch.formatting import (
 from flopmatch.judge.core import judge_label
 from flopmatch.metrics import relative_gain
 from flopmatch.report.blocks import Figure, Section, Table, Text
-from flopmatch.report.data import RunData, budgets_of, read_parquet_or_none
+from flopmatch.report.data import RunData, budgets_of
 from flopmatch.report.verdict import budget_short
 
 
@@ -61,23 +61,21 @@ def study_section(data: RunData) -> Section:
 
 
 def plan_section(data: RunData) -> Section:
-    budgets = budgets_of(data.plan)
-    if not budgets:
+    plan = data.plan
+    budgets = budgets_of(plan)
+    if plan is None or not budgets:
         return Section("Budget plan", [Text("The plan stage has not run.", "note")])
-    plan = data.plan or {}
-    mode = plan.get("mode", "flops")
     rows = []
     for b in budgets:
-        mismatch = b.get("flops_mismatch_pct", b.get("mismatch_pct"))
         rows.append(
             [
-                str(b["se_samples"]),
-                str(b["wc_samples"]),
-                fmt_flops(b.get("se_flops")),
-                fmt_flops(b.get("wc_flops")),
-                fmt_flops(b.get("se_flops_total")),
-                fmt_flops(b.get("wc_flops_total")),
-                "–" if is_missing(mismatch) else f"{float(mismatch):+.1f}%",
+                str(b.se_samples),
+                str(b.wc_samples),
+                fmt_flops(b.se_flops),
+                fmt_flops(b.wc_flops),
+                fmt_flops(b.se_flops_total),
+                fmt_flops(b.wc_flops_total),
+                "–" if is_missing(b.flops_mismatch_pct) else f"{float(b.flops_mismatch_pct):+.1f}%",
             ]
         )
     intro = {
@@ -85,24 +83,15 @@ def plan_section(data: RunData) -> Section:
         "price": "Price-matched: WC gets (SE price / WC price) times SE's samples.",
         "number": "Number-matched (the control): both models get the same number of samples.",
         "measured": "Matched on measured cost (seconds per sample).",
-    }.get(str(mode), f"Mode: {mode}.")
-    ratio = plan.get("ratio")
-    if not is_missing(ratio):
-        intro += f" Cost ratio SE/WC = {float(ratio):.3f}"
-        intro += f", rounded by `{plan['rounding']}`." if plan.get("rounding") else "."
+    }.get(str(plan.mode), f"Mode: {plan.mode}.")
+    if not is_missing(plan.ratio):
+        intro += f" Cost ratio SE/WC = {float(plan.ratio):.3f}"
+        intro += f", rounded by `{plan.rounding}`." if plan.rounding else "."
     blocks: list[Any] = [Text(intro)]
-    sides = [(role, plan.get(role) or {}) for role in ("wc", "se")]
-    if any(side.get("params") for _, side in sides):
-        blocks.append(
-            Text(
-                "; ".join(
-                    f"{data.label(role)}: P = {fmt_params(side.get('params'))} "
-                    f"({_short_source(side.get('param_source'))})"
-                    for role, side in sides
-                )
-                + "."
-            )
-        )
+    sides = [("wc", plan.wc), ("se", plan.se)]
+    if any(side.params for _, side in sides):
+        blocks.append(Text("; ".join(f"{data.label(role)}: P = {fmt_params(side.params)} "
+                                     f"({_short_source(side.param_source)})" for role, side in sides) + "."))  # fmt: skip
     blocks.append(
         Table(
             [
@@ -115,12 +104,12 @@ def plan_section(data: RunData) -> Section:
                 "WC − SE",
             ],
             rows,
-            caption=f"Planned FLOPs in {plan.get('flops_unit') or 'FLOPs per problem'}; totals over "
-            f"{plan.get('n_problems') or '?'} problems. The cost table below has what sampling actually spent.",
+            caption=f"Planned FLOPs in {plan.flops_unit or 'FLOPs per problem'}; totals over "
+            f"{plan.n_problems or '?'} problems. The cost table below has what sampling actually spent.",
             numeric={0, 1, 2, 3, 4, 5, 6},
         )  # fmt: skip
     )
-    for note in plan.get("notes") or []:
+    for note in plan.notes:
         blocks.append(Text(str(note), "note"))
     return Section("Budget plan", blocks)
 
@@ -142,7 +131,7 @@ def cost_section(data: RunData) -> Section:
         blocks.append(_ledger_table(data))
     if data.cost is not None:
         blocks.append(_cost_by_budget_table(data))
-    elif data.ledger is not None and data.plan:
+    elif data.ledger is not None and data.plan is not None:
         blocks.append(Text("The cost per budget is the analysis's table (metrics/cost.parquet), which this run "
                            "does not have yet: run `flopmatch analyze` on it, or the study again.", "note"))
     if not blocks:
@@ -187,7 +176,6 @@ def _ledger_table(data: RunData) -> Table:
 
 
 def _cost_by_budget_table(data: RunData) -> Table:
-    budgets = budgets_of(data.plan)
     rows = []
     for budget_se, group in data.cost.groupby("budget_se_samples", sort=True):
         by_role = {r["role"]: r for _, r in group.iterrows()}
@@ -197,7 +185,7 @@ def _cost_by_budget_table(data: RunData) -> Table:
             r = by_role[role]
             rows.append(
                 [
-                    budget_short(budgets, int(budget_se)),
+                    budget_short(data.plan, int(budget_se)),
                     data.label(role),
                     str(r["samples_per_problem"]),
                     fmt_num(r["mean_tokens"], 1),
@@ -271,7 +259,6 @@ def _metric_label(metric: str, k: Any = None) -> str:
 
 def quality_section(data: RunData) -> Section:
     blocks: list[Any] = []
-    budgets = budgets_of(data.plan)
     if data.matched is not None and not data.matched.empty:
         rows = []
         for _, r in data.matched.sort_values(["budget_se_samples"], kind="stable").iterrows():
@@ -283,7 +270,7 @@ def quality_section(data: RunData) -> Section:
                 label = f"{label}@k (SE k={se_k}, WC k={int(k)})"
             rows.append(
                 [
-                    budget_short(budgets, int(r["budget_se_samples"])),
+                    budget_short(data.plan, int(r["budget_se_samples"])),
                     label,
                     _metric_value(metric, r["se_value"]),
                     _metric_ci(metric, r.get("se_ci_low"), r.get("se_ci_high")),
@@ -313,7 +300,7 @@ def quality_section(data: RunData) -> Section:
 def _allocation_blocks(data: RunData) -> list[Any]:
     """Per model and policy: samples per problem and what all its samples hold (flopmatch.allocation_metrics);
     shown when some model was sampled by a non-uniform allocation policy."""
-    table = read_parquet_or_none(data.run.metrics_dir / "allocation.parquet")
+    table = data.allocation
     if table is None or table.empty or (table["allocation"] == "uniform").all():
         return []
     quantiles = ("samples_min", "samples_q25", "samples_median", "samples_q75", "samples_max")
@@ -364,7 +351,6 @@ def fpr_section(data: RunData) -> Section:
     if fpr.empty:
         return Section(title, [Text("No solutions were judged (the judge stage is off, or no solution had a "
                                     "right answer).", "note")])  # fmt: skip
-    budgets = budgets_of(data.plan)
     judge = _judge_label(data)
     rows = []
     ordered = fpr.assign(_role=fpr["role"].map({"se": 0, "wc": 1}).fillna(2)).sort_values(
@@ -374,7 +360,7 @@ def fpr_section(data: RunData) -> Section:
         budget = r.get("budget_se_samples")
         rows.append(
             [
-                "–" if is_missing(budget) else budget_short(budgets, int(budget)),
+                "–" if is_missing(budget) else budget_short(data.plan, int(budget)),
                 data.label(str(r["role"])) if isinstance(r["role"], str) else str(r["model"]),
                 judge if r["metric"] == "fpr_judge" else "human labels",
                 fmt_pct(r["value"]),
@@ -413,11 +399,10 @@ def levels_section(data: RunData) -> Section | None:
     groups = groups[groups["metric"] == "coverage"]
     if groups.empty:
         return None
-    budgets = budgets_of(data.plan)
     budget_ids = sorted({int(b) for b in groups["budget_se_samples"].dropna()})
     columns = ["group", "problems"]
     for b in budget_ids:
-        short = budget_short(budgets, b)
+        short = budget_short(data.plan, b)
         columns += [f"SE · {short}", f"WC · {short}", "WC vs SE"]
     rows = []
     order = list(dict.fromkeys(groups["group"]))

@@ -8,29 +8,45 @@ from typing import Any
 
 import pandas as pd
 
+from flopmatch.budget import BudgetPlan, BudgetPoint, UnknownBudgetError
 from flopmatch.formatting import fmt_gain, is_missing
+from flopmatch.metrics import relative_gain
+from flopmatch.report.data import RunData
 
 # --------------------------------------------------------------------------- the verdict
-from flopmatch.metrics import relative_gain
-from flopmatch.report.data import RunData, budgets_of
 
 
-def _budget_name(budgets: Sequence[dict[str, Any]], se_samples: int) -> str:
-    budget = next((b for b in budgets if int(b["se_samples"]) == int(se_samples)), None)
-    ratio = f"SE {se_samples} vs WC {budget['wc_samples']}" if budget else f"SE {se_samples}"
-    if len(budgets) == 2:
-        which = "low" if int(se_samples) == int(budgets[0]["se_samples"]) else "high"
-        return f"the {which} budget ({ratio})"
-    return f"budget {ratio}"
+#: What a budget label is read from: the run's plan or, as sections_training still passes, its budgets
+#: (:func:`~flopmatch.report.data.budgets_of`).
+Budgets = BudgetPlan | Sequence[BudgetPoint] | None
 
 
-def budget_short(budgets: Sequence[dict[str, Any]], se_samples: int) -> str:
+def _named_budget(budgets: Budgets, se_samples: int) -> tuple[BudgetPoint | None, str | None]:
+    """The plan's budget named ``se_samples`` (None when it has none) and, in a two-budget plan, "low" or
+    "high" (None otherwise)."""
+    if budgets is None:
+        return None, None
+    plan = budgets if isinstance(budgets, BudgetPlan) else BudgetPlan.model_construct(budgets=list(budgets))
+    try:
+        point = plan.point(se_samples)
+    except UnknownBudgetError:
+        point = None
+    which = ("low" if int(se_samples) == min(plan.se_budgets) else "high") if len(plan.budgets) == 2 else None
+    return point, which
+
+
+def _budget_name(budgets: Budgets, se_samples: int) -> str:
+    """ "the low budget (SE 1 vs WC 3)" in a two-budget plan, else "budget SE 1 vs WC 3"."""
+    point, which = _named_budget(budgets, se_samples)
+    ratio = f"SE {se_samples} vs WC {point.wc_samples}" if point else f"SE {se_samples}"
+    return f"the {which} budget ({ratio})" if which else f"budget {ratio}"
+
+
+def budget_short(budgets: Budgets, se_samples: int) -> str:
     """A compact budget label for table cells: "1 vs 3 (low)"."""
-    budget = next((b for b in budgets if int(b["se_samples"]) == int(se_samples)), None)
-    text = f"{se_samples} vs {budget['wc_samples']}" if budget else f"SE {se_samples}"
-    if len(budgets) == 2:
-        text += " (low)" if int(se_samples) == int(budgets[0]["se_samples"]) else " (high)"
-    return text
+    point, which = _named_budget(budgets, se_samples)
+    text = f"{se_samples} vs {point.wc_samples}" if point else f"SE {se_samples}"
+    return f"{text} ({which})" if which else text
 
 
 PARADIGM_NAMES = {
@@ -90,13 +106,13 @@ def compute_verdict(data: RunData) -> list[str]:
     """Short sentences that follow from the tables: dataset quality per budget, paradigm wins per
     budget, the number-matched control and the cost caveat. Empty when nothing has run."""
     lines: list[str] = []
-    budgets = budgets_of(data.plan)
+    plan = data.plan
     if data.matched is not None and not data.matched.empty:
         for budget_se, group in data.matched.groupby("budget_se_samples", sort=True):
             texts = [str(t) for t in group["relative_text"] if isinstance(t, str) and t]
             if texts:
                 lines.append(
-                    f"Compute-matched at {_budget_name(budgets, int(budget_se))}, WC data vs SE data: "
+                    f"Compute-matched at {_budget_name(plan, int(budget_se))}, WC data vs SE data: "
                     + ", ".join(texts)
                     + "."
                 )
@@ -105,7 +121,7 @@ def compute_verdict(data: RunData) -> list[str]:
         from flopmatch.comparisons import verdict_lines
 
         metric = headline_metric(data.paradigms) if data.paradigms is not None else "pass@1"
-        lines += verdict_lines(data.comparisons, lambda b: _budget_name(budgets, b), metric=metric)
+        lines += verdict_lines(data.comparisons, lambda b: _budget_name(plan, b), metric=metric)
         comparisons = None  # the paired verdict replaces the unpaired win count below
     if comparisons is not None:
         metric = headline_metric(data.paradigms)
@@ -121,7 +137,7 @@ def compute_verdict(data: RunData) -> list[str]:
             )
             sentence = (
                 f"WC data beat SE data in {len(wins)} of {len(group)} paradigm{'s' * (len(group) != 1)} "
-                f"at {_budget_name(budgets, int(budget_se))} ({metric}: {parts})"
+                f"at {_budget_name(plan, int(budget_se))} ({metric}: {parts})"
             )
             if len(wins):
                 sentence += (
@@ -150,7 +166,7 @@ def compute_verdict(data: RunData) -> list[str]:
                 if not (is_missing(flops_ratio) or is_missing(secs_ratio)):
                     agree = abs(math.log(secs_ratio / flops_ratio)) < math.log(1.25)
                     lines.append(
-                        f"Cost at {_budget_name(budgets, int(budget_se))}: WC/SE nominal FLOPs {flops_ratio:.2f}×, "
+                        f"Cost at {_budget_name(plan, int(budget_se))}: WC/SE nominal FLOPs {flops_ratio:.2f}×, "
                         f"measured seconds {secs_ratio:.2f}× — "
                         + (
                             "nominal and measured cost agree within 25%."
