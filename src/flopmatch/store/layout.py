@@ -36,10 +36,11 @@ ADVICE_FILE = "advice.json"  # the pilot stage's advice (flopmatch.advise), in p
 ALLOCATED_DIR = "allocated"  # allocated/<policy>-b<S>/: an allocation policy's sample sets (flopmatch.allocation_study)
 #: The tables in metrics/, by name (``metrics/<name>.parquet``, some with a ``.md`` twin): the analysis's
 #: (summary, curves, compute-matched gains, cost per budget, allocation tables), the eval stage's paradigm
-#: results and the paired comparisons (flopmatch.comparisons).
+#: results and the paired comparisons (flopmatch.comparisons); an advised run's pilot forecasts against what
+#: was measured (pilot_vs_measured, the analysis's).
 METRICS_TABLES = (
     "summary", "coverage_curve", "diversity_curve", "compute_matched", "cost", "allocation", "allocation_curve",
-    "allocation_counts", "paradigms", "comparisons",
+    "allocation_counts", "paradigms", "comparisons", "pilot_vs_measured",
 )  # fmt: skip
 
 

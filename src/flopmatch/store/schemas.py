@@ -127,6 +127,27 @@ COST_SCHEMA = pa.schema(
     ]
 )
 
+#: ``metrics/pilot_vs_measured.parquet`` (a ``budget.mode: advised`` run): each budget's advised and single-model
+#: forecasts of ``pilot/advice.json`` next to what the whole sample split measured (the analysis writes it from
+#: the samples it reads anyway; the report's "Pilot forecast vs measured" reads it, not the samples).
+PILOT_VS_MEASURED_SCHEMA = pa.schema(
+    [
+        ("budget_se_samples", pa.int64()),
+        ("budget_wc_samples", pa.int64()),
+        ("role", pa.string()),  # "advised" or "alone" (a single model's allocation)
+        ("allocation", pa.string()),
+        ("forecast", pa.float64()),
+        ("forecast_low", pa.float64()),
+        ("forecast_high", pa.float64()),
+        ("measured", pa.float64()),
+        ("measured_low", pa.float64()),
+        ("measured_high", pa.float64()),
+        ("problems", pa.int64()),
+        ("objective", pa.string()),
+        ("decided", pa.bool_()),
+    ]
+)
+
 #: Columns of the analysis's tables in ``metrics/`` (written from pandas, so listed as columns).
 SUMMARY_COLUMNS = [
     "model", "role", "budget_se_samples", "samples_per_problem", "metric", "k", "value", "ci_low", "ci_high",
@@ -170,6 +191,7 @@ __all__ = [
     "JUDGMENT_SCHEMA",
     "LEDGER_SCHEMA",
     "MATCHED_COLUMNS",
+    "PILOT_VS_MEASURED_SCHEMA",
     "PROBLEM_SCHEMA",
     "SAMPLE_SCHEMA",
     "SUMMARY_COLUMNS",
