@@ -189,7 +189,7 @@ def test_sample_reports_a_bad_plan_and_a_bad_allocation_through_the_app(tmp_path
     result = CliRunner().invoke(app, [*common, "--plan", str(plan)], terminal_width=300)
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     assert isinstance(result.exception.__context__.__cause__, BudgetError)  # reported by the app's handler
-    assert f"error: cannot read the budget plan {plan}: " in result.output
+    assert f"error: cannot read the budget plan {plan}: 1 validation error for BudgetPlan" in result.output  # read_plan's
     result = CliRunner().invoke(app, [*common, "--plan", str(tmp_path / "none.json")], terminal_width=300)
     assert result.exit_code == 2 and f"error: no budget plan at {tmp_path / 'none.json'}: run `flopmatch plan`" in result.output
 

@@ -257,13 +257,14 @@ def _synthetic_run(seeds=(0, 1), n=120, effect=0.15):
 
 
 def test_comparison_table_averages_seeds_corrects_and_decides():
-    from flopmatch.comparisons import COLUMNS, CompareSettings, comparison_table
+    from flopmatch.comparisons import CompareSettings, comparison_table
+    from flopmatch.store.schemas import COMPARISON_COLUMNS
 
     paradigms, values = _synthetic_run()
     loads = []
     table = comparison_table(paradigms, lambda name: loads.append(name) or values[name],
                              CompareSettings(n_boot=400, n_perm=2000))  # fmt: skip
-    assert list(table.columns) == COLUMNS
+    assert list(table.columns) == COMPARISON_COLUMNS
     assert len(loads) == len(set(loads))  # each evaluation read once
     assert set(table["comparison"]) == {"wc_vs_se", "wc_vs_base", "se_vs_base"}  # no number-matched rows here
     assert "sample_accuracy" not in set(table["metric"])

@@ -76,6 +76,7 @@ from flopmatch.pilot import (
 )
 from flopmatch.pilot import pilot_problems as pilot_subset
 from flopmatch.problems import Problem
+from flopmatch.store.layout import ADVICE_FILE  # the file name a pilot's advice is written under
 
 TARGET_PILOT_FRACTION = 0.1  # the default pilot costs about a tenth of the budget or less
 MIN_PILOT_PROBLEMS = 20  # fewer problems cannot fit a prior worth forecasting from
@@ -422,7 +423,6 @@ __all__ = [
 # --------------------------------------------------------------------------- the side-effecting edge
 
 
-ADVICE_FILE = "advice.json"
 FRONTIER_FILE = "advice_frontier.png"
 
 

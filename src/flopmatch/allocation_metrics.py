@@ -23,14 +23,7 @@ import pandas as pd
 
 from flopmatch.store import RunDir, as_run, model_key, read_json, write_table, write_text
 from flopmatch.store.queries import sample_tokens
-
-ALLOCATION_COLUMNS = [
-    "model", "allocation", "objective", "rounds", "problems", "samples", "samples_min", "samples_q25",
-    "samples_median", "samples_q75", "samples_max", "coverage", "coverage_low", "coverage_high",
-    "unique_per_problem", "unique_low", "unique_high", "flops", "coverage_per_pflop", "unique_per_pflop",
-]  # fmt: skip
-CURVE_COLUMNS = ["model", "allocation", "point", "flops", "samples", "coverage", "unique_per_problem"]
-COUNT_COLUMNS = ["model", "allocation", "problem_id", "samples", "correct", "unique_correct"]
+from flopmatch.store.schemas import ALLOCATION_COLUMNS, ALLOCATION_COUNT_COLUMNS, ALLOCATION_CURVE_COLUMNS
 
 
 def journal_of(run: RunDir, model: str) -> dict[str, Any] | None:
@@ -80,7 +73,7 @@ def allocation_tables(run_dir: str | Path | RunDir, data: dict[str, Any], *, n_b
             "unique_per_pflop": unique.mean() / (flops / 1e15) if flops else None,
         })  # fmt: skip
         curve += _curve(model, samples, journal, tokens, p_total)
-    return pd.DataFrame(rows, columns=ALLOCATION_COLUMNS), pd.DataFrame(curve, columns=CURVE_COLUMNS)
+    return pd.DataFrame(rows, columns=ALLOCATION_COLUMNS), pd.DataFrame(curve, columns=ALLOCATION_CURVE_COLUMNS)
 
 
 def per_problem_counts(model: str, allocation: str, samples: Any) -> pd.DataFrame:
@@ -89,7 +82,7 @@ def per_problem_counts(model: str, allocation: str, samples: Any) -> pd.DataFram
     rows = [{"model": model, "allocation": allocation, "problem_id": pid, "samples": len(p.idx),
              "correct": int(p.correct.sum()), "unique_correct": len({x for x in p.norms if x is not None})}
             for pid, p in sorted(samples.problems.items())]  # fmt: skip
-    return pd.DataFrame(rows, columns=COUNT_COLUMNS)
+    return pd.DataFrame(rows, columns=ALLOCATION_COUNT_COLUMNS)
 
 
 def _curve(model, samples, journal, tokens, p_total) -> list[dict[str, Any]]:
@@ -136,7 +129,7 @@ def write_allocation_metrics(run: RunDir, data: dict[str, Any], *, n_boot: int =
     table, curve = allocation_tables(run, data, n_boot=n_boot, seed=seed)
     counts = [per_problem_counts(m, ((journal_of(run, m) or {}).get("config") or {}).get("allocation", "uniform"), s)
               for m, s in data.items()]  # fmt: skip
-    counts_table = pd.concat(counts, ignore_index=True) if counts else pd.DataFrame(columns=COUNT_COLUMNS)
+    counts_table = pd.concat(counts, ignore_index=True) if counts else pd.DataFrame(columns=ALLOCATION_COUNT_COLUMNS)
     return write_allocation_outputs(run, table, curve, counts_table, plots=plots)
 
 
@@ -145,18 +138,17 @@ def write_allocation_outputs(run: RunDir, table: pd.DataFrame, curve: pd.DataFra
     """``metrics/allocation.parquet|md``, ``allocation_curve.parquet``, ``allocation_counts.parquet`` (samples
     per problem), the coverage- and unique-vs-FLOPs figure and, when some policy is not uniform, the
     distribution of samples per problem."""
-    out = run.metrics_dir
     files = {
-        "allocation": write_table(table, out / "allocation.parquet"),
-        "allocation_curve": write_table(curve, out / "allocation_curve.parquet"),
-        "allocation_md": write_text(allocation_markdown(table), out / "allocation.md"),
+        "allocation": write_table(table, run.metrics_path("allocation")),
+        "allocation_curve": write_table(curve, run.metrics_path("allocation_curve")),
+        "allocation_md": write_text(allocation_markdown(table), run.metrics_path("allocation", ".md")),
     }
     if counts is not None:
-        files["allocation_counts"] = write_table(counts, out / "allocation_counts.parquet")
+        files["allocation_counts"] = write_table(counts, run.metrics_path("allocation_counts"))
     if plots and not curve.empty and curve["flops"].notna().any():
-        files["allocation_figure"] = _figure(curve, out / "figures" / "coverage_vs_flops.png")
+        files["allocation_figure"] = _figure(curve, run.figures_dir / "coverage_vs_flops.png")
     if plots and counts is not None and not counts.empty and (counts["allocation"] != "uniform").any():
-        files["samples_figure"] = _counts_figure(counts, out / "figures" / "samples_per_problem.png")
+        files["samples_figure"] = _counts_figure(counts, run.figures_dir / "samples_per_problem.png")
     return files
 
 

@@ -30,8 +30,8 @@ import pandas as pd
 from flopmatch.allocation import StudyAllocation
 from flopmatch.budget import BudgetError
 from flopmatch.errors import FlopmatchError
-from flopmatch.store import RunDir, read_json, write_json
-from flopmatch.store.queries import sample_tokens
+from flopmatch.store import RunDir, write_json
+from flopmatch.store.queries import read_allocated_index, read_metrics, sample_tokens
 
 
 class AllocatedSetError(FlopmatchError, ValueError):
@@ -41,13 +41,13 @@ class AllocatedSetError(FlopmatchError, ValueError):
 class AllocatedSamplesMissing(FlopmatchError, FileNotFoundError):
     """The allocated samples an SFT set is built from are not there (the sample stage draws them)."""
 
-ALLOCATED_DIR = "allocated"
-SUMMARY_FILE = "summary.json"
+#: The run layout relative to its root, for what the dry run prints (``allocated/summary.json``).
+RELATIVE = RunDir(".")
 
 
 def allocated_run(run: RunDir, policy: str, se_samples: int) -> RunDir:
     """The run directory of one policy's sample sets at one budget (SE samples per problem)."""
-    return RunDir(run.root / ALLOCATED_DIR / f"{policy}-b{int(se_samples)}")
+    return RunDir(run.allocated_dir / f"{policy}-b{int(se_samples)}")
 
 
 def data_kind(role: str, policy: str) -> str:
@@ -181,14 +181,14 @@ def sample_allocated_sets(
         workers, timeout = grading
         grade_run(sub.root, workers=workers, timeout=timeout, progress=progress)
     write_json({"policy": policy.model_dump(mode="json"), "sets": [asdict(s) for s in out]},
-               run.root / ALLOCATED_DIR / SUMMARY_FILE)  # fmt: skip
+               run.allocated_index_path)  # fmt: skip
     return out
 
 
 def read_allocated_sets(run: RunDir) -> list[dict[str, Any]]:
     """The sets ``sample_allocated_sets`` recorded (empty when the study allocates nothing)."""
-    path = run.root / ALLOCATED_DIR / SUMMARY_FILE
-    return list(read_json(path).get("sets", [])) if path.exists() else []
+    index = read_allocated_index(run)
+    return list(index.get("sets", [])) if index is not None else []
 
 
 # --------------------------------------------------------------------------- metrics and SFT (I/O)
@@ -220,11 +220,10 @@ def write_study_allocation_metrics(run: RunDir, *, n_boot: int = 1000, seed: int
     added = allocated_tables(run, n_boot=n_boot, seed=seed)
     if added[0].empty:
         return {}
-    out = run.metrics_dir
     merged = []
-    for name, frame in zip(("allocation.parquet", "allocation_curve.parquet", "allocation_counts.parquet"), added,
-                           strict=True):  # fmt: skip
-        base = pd.read_parquet(out / name) if (out / name).exists() else pd.DataFrame()
+    for name, frame in zip(("allocation", "allocation_curve", "allocation_counts"), added, strict=True):
+        table = read_metrics(run, name)
+        base = table.to_pandas() if table is not None else pd.DataFrame()
         if not base.empty:  # analyze wrote the run's own models; drop what an earlier pass added
             base = base[~base["allocation"].astype(str).str.contains(" @ SE ")]
         merged.append(pd.concat([base, frame], ignore_index=True) if not base.empty else frame)
@@ -286,8 +285,8 @@ def dry_run_lines(policy: StudyAllocation, allocations: Sequence[str], plan: Any
     options = ", ".join(f"{k} {v}" for k, v in policy.model_dump(exclude={"policy"}, exclude_defaults=True).items())
     lines = [
         f"allocation: {policy.policy}{f' ({options})' if options else ''} samples WC and SE again at each budget "
-        f"(SE {', '.join(str(n) for n, _ in budgets)}) into {ALLOCATED_DIR}/{policy.policy}-b<SE>/, each set "
-        f"spending at most {source}; the unspent rest goes to {ALLOCATED_DIR}/{SUMMARY_FILE}",
+        f"(SE {', '.join(str(n) for n, _ in budgets)}) into {RELATIVE.allocated_dir}/{policy.policy}-b<SE>/, each set "
+        f"spending at most {source}; the unspent rest goes to {RELATIVE.allocated_index_path}",
         f"students train on: {', '.join(allocations)} data"
         + ("" if policy.policy in allocations else f" ({policy.policy} data: metrics only, not trained on)"),
     ]

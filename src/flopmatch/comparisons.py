@@ -30,7 +30,9 @@ import pandas as pd
 
 from flopmatch import paired
 from flopmatch.errors import FlopmatchError
-from flopmatch.store import RunDir, read_json, write_text
+from flopmatch.store import RunDir, read_json, read_table, write_table, write_text
+from flopmatch.store.queries import read_metrics
+from flopmatch.store.schemas import COMPARISON_COLUMNS
 
 
 class ComparisonError(FlopmatchError, ValueError):
@@ -67,11 +69,7 @@ COMPARISONS.update(ALLOCATION_COMPARISONS)
 SKIP_METRICS = ("sample_accuracy",)
 CORRECTION = "Holm over paradigms × budgets, per comparison and metric"
 
-COLUMNS = [
-    "paradigm", "budget_se_samples", "wc_samples", "student", "metric", "comparison", "treatment", "baseline",
-    "se", "wc", "diff", "ci_low", "ci_high", "test", "p_value", "p_adjusted", "seeds", "test_problems",
-    "discordance", "mde", "mde_relative", "seed_discordance", "seed_sd", "verdict",
-]  # fmt: skip
+COLUMNS = COMPARISON_COLUMNS  # the table's columns (store.schemas); the old name stays importable
 
 
 @dataclass(frozen=True)
@@ -97,7 +95,7 @@ def per_problem_values(eval_path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise EvaluationMissing("no such evaluation file (the eval stage writes it)", file=path)
     columns = ["problem_id", "mode", "sample_idx", "status", "extracted"]
-    frame = pd.read_parquet(path, columns=columns)
+    frame = read_table(path, columns=columns).to_pandas()
     summary = path.with_suffix(".json")
     ks = DEFAULT_KS
     if summary.exists():
@@ -260,10 +258,11 @@ def compare_run(run_dir: str | Path, settings: CompareSettings | None = None, *,
     to ``metrics/comparisons.parquet`` and ``.md`` unless ``write`` is false. ``training_seeds`` keeps only
     those seeds' students (what fewer seeds would have concluded); such a table is never written."""
     run = RunDir(run_dir)
-    path = run.metrics_dir / "paradigms.parquet"
-    if not path.exists():
+    path = run.metrics_path("paradigms")
+    paradigm_table = read_metrics(run, "paradigms")
+    if paradigm_table is None:
         raise EvaluationMissing("no paradigm results yet (run the study's eval stage)", file=path)
-    paradigms = pd.read_parquet(path)
+    paradigms = paradigm_table.to_pandas()
     if training_seeds is not None:
         if "seed" not in paradigms.columns:
             raise ComparisonError("no seed column (a run from before training seeds: one seed only)", file=path)
@@ -283,10 +282,8 @@ def write_comparisons(run: RunDir, table: pd.DataFrame) -> tuple[Path, Path]:
     """``metrics/comparisons.parquet`` and ``metrics/comparisons.md`` (an empty table keeps its columns)."""
     import pyarrow as pa
 
-    from flopmatch.store import write_table
-
-    parquet = write_table(pa.Table.from_pandas(table, preserve_index=False), run.metrics_dir / "comparisons.parquet")
-    return parquet, write_text(comparisons_markdown(table), run.metrics_dir / "comparisons.md")
+    parquet = write_table(pa.Table.from_pandas(table, preserve_index=False), run.metrics_path("comparisons"))
+    return parquet, write_text(comparisons_markdown(table), run.metrics_path("comparisons", ".md"))
 
 
 # --------------------------------------------------------------------------- words

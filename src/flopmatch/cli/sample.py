@@ -215,16 +215,17 @@ def _allocate_with_plan(run, plan_path, wc, se, problem_list, common, allocation
 def _read_plan(run: Path, plan_path: Path | None):
     """(path, BudgetPlan) of --plan, or of RUN/plan.json; a missing or invalid plan is a BudgetError,
     which the app reports."""
-    from flopmatch.budget import BudgetError, BudgetPlan
+    from flopmatch.budget import BudgetError
     from flopmatch.store import RunDir
+    from flopmatch.store.queries import read_plan
 
     path = Path(plan_path or RunDir(run).plan_path)
     if not path.exists():
         raise BudgetError(f"no budget plan at {path}: run `flopmatch plan` first or pass --plan")
     try:
-        return path, BudgetPlan.from_json(path.read_text(encoding="utf-8"))
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise BudgetError(f"cannot read the budget plan {path}: {exc}") from exc
+        return path, read_plan(RunDir(run), path=path)
+    except ValueError as exc:  # read_plan's ValueError carries pydantic's ValidationError as its cause
+        raise BudgetError(f"cannot read the budget plan {path}: {exc.__cause__ or exc}") from exc
 
 
 def plan_budget_flops(budget_plan, role: str, n_problems: int, path) -> float:

@@ -10,6 +10,7 @@ from typing import Any
 
 from flopmatch.datasets import dataset_names, get_dataset
 from flopmatch.store import RunDir, model_key
+from flopmatch.store.queries import read_metrics
 from flopmatch.study.config import ModelSpec, SplitConfig, StudyConfig
 from flopmatch.study.context import StudyContext
 from flopmatch.study.jobs import TrainJob, train_jobs
@@ -187,13 +188,13 @@ def planned_power(config: StudyConfig, test_problems: int | None, run: RunDir) -
 def _measured_discordance(run: RunDir) -> tuple[float, float, float, float] | None:
     """(mean discordance, mean SE-data pass@1, seed discordance, seed shift sd; 0 for the last two
     without seeds) of the WC-vs-SE pass@1 comparisons of an earlier run."""
-    path = run.metrics_dir / "comparisons.parquet"
-    if not path.exists():
+    comparisons = read_metrics(run, "comparisons")
+    if comparisons is None:
         return None
     import numpy as np
     import pandas as pd
 
-    table = pd.read_parquet(path)
+    table = comparisons.to_pandas()
     rows = table[(table["comparison"] == "wc_vs_se") & (table["metric"] == "pass@1")] if len(table) else table
     if rows.empty or rows["discordance"].isna().all() or not (rows["se"] > 0).any():
         return None
