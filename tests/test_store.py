@@ -205,3 +205,32 @@ def test_old_int32_sample_shards_read_as_int64(tmp_path):
     assert table.column("sample_idx").to_pylist() == [0, 1]
     assert store.read_shards(d).num_rows == 2  # no schema: the integers are widened
     assert store.done_keys(d) == {("p1", 0), ("p1", 1)}
+
+
+def test_metrics_tables_and_indexes_are_named_by_the_layout_and_read_by_the_store(tmp_path):
+    """Every metrics table is a RunDir path (an unknown name is an error, not a new file) and read_metrics
+    returns it, or None before its stage ran; study.yaml and allocated/summary.json likewise."""
+    from flopmatch.store.layout import METRICS_TABLES
+    from flopmatch.store.queries import (
+        read_allocated_index,
+        read_metrics,
+        read_study_mapping,
+        read_study_text,
+    )
+
+    run = RunDir(tmp_path / "run").ensure()
+    assert run.metrics_path("comparisons") == run.root / "metrics" / "comparisons.parquet"
+    assert run.metrics_path("allocation", ".md") == run.root / "metrics" / "allocation.md"
+    assert run.metrics_path("cost") == run.cost_path and "paradigms" in METRICS_TABLES
+    with pytest.raises(ValueError, match="no metrics table 'comparison'"):
+        run.metrics_path("comparison")
+    assert (run.advice_path, run.allocated_index_path, run.trained_index_path) == (
+        run.root / "pilot" / "advice.json", run.root / "allocated" / "summary.json", run.root / "models" / "trained.json")
+    assert read_metrics(run, "summary") is None and read_study_text(run) is None and read_study_mapping(run) is None
+    assert read_allocated_index(run) is None
+    store.write_table(pa.table({"metric": ["pass@1"], "value": [0.5]}), run.metrics_path("summary"))
+    assert read_metrics(run, "summary").to_pylist() == [{"metric": "pass@1", "value": 0.5}]
+    store.write_text("name: demo  # frozen\n", run.study_path)
+    assert read_study_text(run) == "name: demo  # frozen\n" and read_study_mapping(run) == {"name": "demo"}
+    store.write_json({"sets": [{"policy": "adaptive"}]}, run.allocated_index_path)
+    assert read_allocated_index(run) == {"sets": [{"policy": "adaptive"}]}
