@@ -95,7 +95,7 @@ def forecast_run(run_dir: str | Path | RunDir, model: str | None = None, pilot_s
     run = as_run(run_dir)
     graded = graded_models(run)
     if not graded:
-        raise FileNotFoundError(f"{run.root / 'grades'}: no grades (run `flopmatch grade` first)")
+        raise FileNotFoundError(f"{run.grades_dir}: no grades (run `flopmatch grade` first)")
     out = []
     for name, path in select_models(graded, model).items():
         data = load_model_samples(run, name, path)

@@ -152,7 +152,7 @@ def _grade_model(
         )
     if unknown:
         raise ValueError(
-            f"{sample_dir}: {len(unknown)} sample(s) of problems missing from {run.root / 'problems'} "
+            f"{sample_dir}: {len(unknown)} sample(s) of problems missing from {run.problems_dir} "
             f"(first: {unknown[0]!r})"
         )
     kept = _reusable(run.grades_path(key), golds) if reuse else {}

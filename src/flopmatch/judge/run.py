@@ -91,13 +91,13 @@ def judge_run(
     budget = _budget_of(run, budget, budget_index)
     available = graded_models(run)
     if not available:
-        raise FileNotFoundError(f"{run.root / 'grades'}: no grades to judge (run `flopmatch grade` first)")
+        raise FileNotFoundError(f"{run.grades_dir}: no grades to judge (run `flopmatch grade` first)")
     wanted = list(models) if models is not None else list(available)
     problems = load_problems(run)
     stats: dict[str, JudgeRunStats] = {}
     for model in wanted:
         if model not in available:
-            raise ValueError(f"model {model!r} has no grades in {run.root / 'grades'} (have {sorted(available)})")
+            raise ValueError(f"model {model!r} has no grades in {run.grades_dir} (have {sorted(available)})")
         limit = samples_at_budget(run, model, budget) if budget is not None else None
         grades = read_grades(run, model, samples=limit).to_pylist()
         candidates = [(str(g["problem_id"]), int(g["sample_idx"])) for g in grades if g["status"] == "correct"]
@@ -110,7 +110,7 @@ def judge_run(
         texts = sample_texts(run, model, set(todo))
         missing_problems = sorted({pid for pid, _ in todo if pid not in problems})
         if missing_problems:
-            raise ValueError(f"{run.root / 'problems'}: no problem record for {missing_problems[:5]} (model {model})")
+            raise ValueError(f"{run.problems_dir}: no problem record for {missing_problems[:5]} (model {model})")
         bar = progress_bar(len(todo), f"judge {model}", unit="sol")
         for start in range(0, len(todo), chunk):
             keys = todo[start : start + chunk]

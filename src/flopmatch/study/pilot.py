@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from flopmatch.advice_run import PILOT_DIR, advice_path
 from flopmatch.store import write_json
 from flopmatch.study.context import StudyContext, sampling_settings
 
@@ -60,18 +59,18 @@ def stage_pilot(ctx: StudyContext) -> dict[str, Any]:
     )
     per_se_sample = priced.amount / largest  # the FLOPs one SE sample per problem costs over the split
     entries, parts = [], []
-    (run.root / PILOT_DIR).mkdir(parents=True, exist_ok=True)
+    run.pilot_dir.mkdir(parents=True, exist_ok=True)
     for point in plan.budgets:
         se_k, wc_k = int(point.se_samples), int(point.wc_samples)
         budget = Budget(per_se_sample * se_k, "flops", f"SE {se_k} vs WC {wc_k} per problem (nominal FLOPs)")
         advice = advise_from_pilot(
             pilots, budget, n_problems=len(problems), objective=settings.objective, forecaster=forecaster
         )
-        frontier_plot(advice, run.root / PILOT_DIR / f"frontier-se{se_k}.png")
+        frontier_plot(advice, run.pilot_dir / f"frontier-se{se_k}.png")
         entries.append({"se_samples": se_k, "wc_samples": wc_k, "advice": advice.to_dict()})
         parts.append(f"SE {se_k}: {advice.best.label}" + ("" if advice.decision.decided else " (undecided)"))
     roles_out = {"wc": pilots[0].name, "se": pilots[1].name}
-    write_json({"objective": settings.objective, "roles": roles_out, "budgets": entries}, advice_path(run))
+    write_json({"objective": settings.objective, "roles": roles_out, "budgets": entries}, run.advice_path)
     return {"summary": "; ".join(parts), "pilot_problems": forecaster.n_pilot}
 
 
