@@ -126,3 +126,15 @@ def test_a_wrong_library_setting_is_named_with_its_file_line_and_key(tmp_path, s
         _load(tmp_path, section)
     text = str(caught.value)
     assert message in text and "study.yaml:" in text
+
+
+def test_the_sampling_section_is_the_engines_sampling_params(tmp_path):
+    """Same fields, defaults and checks as flopmatch.backends.SamplingParams (the section adds how to run)."""
+    from flopmatch.backends import SamplingParams
+
+    section = SamplingConfig(temperature=1, stop=["\n\n"], replicas=2)
+    assert isinstance(section, SamplingParams)
+    assert section.params() == SamplingParams(temperature=1.0, stop=("\n\n",))
+    assert type(section.params()) is SamplingParams  # what a sample set records: the engine's fields only
+    with pytest.raises(StudyConfigError, match=r"sampling.top_p: top_p must be in \(0, 1\], got 0.0"):
+        _load(tmp_path, "sampling:\n  top_p: 0\n")

@@ -183,7 +183,7 @@ def sample_allocated(
     with sampling_lock(samples_dir):
         prompt_of, prompt_record, stops = prompt_builder(problems, prompt)
         if stops and not params.stop:
-            params = dataclasses.replace(params, stop=stops)
+            params = params.model_copy(update={"stop": stops})
         check_config(samples_dir, params=params, prompt=prompt_record)
         journal = _journal(run.allocation_journal_path(model), config)
         existing = store.read_shards(samples_dir, columns=[*BOOKKEEPING_COLUMNS, "text"], schema=SAMPLE_SCHEMA)

@@ -25,7 +25,6 @@ distributions in one sample set.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import time
@@ -254,7 +253,7 @@ def sample(
     with sampling_lock(samples_dir):
         prompt_of, prompt_record, prompt_stops = prompt_builder(problems, prompt)
         if prompt_stops and not params.stop:
-            params = dataclasses.replace(params, stop=prompt_stops)
+            params = params.model_copy(update={"stop": prompt_stops})
         check_config(samples_dir, params=params, prompt=prompt_record)
 
         existing = store.read_shards(samples_dir, columns=BOOKKEEPING_COLUMNS, schema=SAMPLE_SCHEMA)

@@ -11,6 +11,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from flopmatch.errors import FlopmatchError
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
@@ -26,20 +28,37 @@ class BackendOptionError(FlopmatchError, TypeError):
     """An option the backend has no such keyword for (a typo in ``--option`` or ``backend_options``)."""
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_tokens: int = 512
-    stop: tuple[str, ...] = ()
+class SamplingParams(BaseModel):
+    """How an engine samples: temperature, nucleus top_p, a token limit per completion and stop strings (the
+    study's ``sampling`` section is this, plus how the sampling runs)."""
 
-    def __post_init__(self):
-        if self.temperature < 0:
-            raise BackendConfigError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise BackendConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_tokens < 1:
-            raise BackendConfigError(f"max_tokens must be >= 1, got {self.max_tokens}")
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(0.7, description="a temperature >= 0")
+    top_p: float = Field(0.95, description="top_p in (0, 1]")
+    max_tokens: int = Field(512, description="a positive token limit per solution")
+    stop: tuple[str, ...] = Field((), description="strings that end a completion")
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"temperature must be >= 0, got {value}")
+        return value
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p(cls, value: float) -> float:
+        if not 0 < value <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {value}")
+        return value
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _max_tokens(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {value}")
+        return value
 
 
 @dataclass(frozen=True)

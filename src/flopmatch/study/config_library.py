@@ -89,18 +89,12 @@ def _as_written(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
-class SamplingConfig(WrittenAsGiven):
-    """How both models sample: the engine's :class:`~flopmatch.backends.base.SamplingParams` (same defaults),
-    the prompt, and how the sampling runs (replicas, time limit, allocation policy)."""
+class SamplingConfig(WrittenAsGiven, SamplingParams):
+    """How both models sample: the engine's :class:`~flopmatch.backends.base.SamplingParams` (its fields,
+    defaults and checks), the prompt, and how the sampling runs (replicas, time limit, allocation policy)."""
 
     written_fields: ClassVar[dict[str, Any]] = {"prompt": {}}
 
-    temperature: float = Field(SamplingParams.temperature, ge=0, description="a temperature >= 0")
-    top_p: float = Field(SamplingParams.top_p, gt=0, le=1, description="top_p in (0, 1]")
-    max_tokens: PositiveInt = Field(
-        SamplingParams.max_tokens, description="a positive token limit per solution"
-    )
-    stop: list[str] = Field(default_factory=list)
     prompt: PromptConfig | None = Field(
         None,
         description="flopmatch.prompts.PromptConfig fields overriding the dataset's default prompt (few-shot count, "
@@ -134,9 +128,7 @@ class SamplingConfig(WrittenAsGiven):
 
     def params(self) -> SamplingParams:
         """The engine's sampling parameters of this section."""
-        return SamplingParams(
-            temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, stop=tuple(self.stop)
-        )
+        return SamplingParams(**{name: getattr(self, name) for name in SamplingParams.model_fields})
 
 
 class JudgeConfig(WrittenAsGiven):
