@@ -57,7 +57,7 @@ class EvalConfig(BaseModel):
     """Evaluation settings: the keyword arguments of :func:`evaluate`. The study's ``evaluation:`` section is
     this class with the study's defaults (``flopmatch.study.config.EvaluationConfig``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: str = Field("hf", description="generation engine: vllm | hf")
     n: int = Field(16, ge=0, description="sampled solutions per problem (0: greedy pass@1 only)")

@@ -28,7 +28,7 @@ class OutDirInUse(FlopmatchError, FileExistsError):
 class LoraSettings(BaseModel):
     """LoRA adapter (peft). Defaults are the common choice for instruction tuning of 0.5-30B models."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     r: int = Field(16, ge=1, description="adapter rank")
     alpha: int = Field(32, ge=1, description="scaling numerator (effective scale alpha / r)")
@@ -51,7 +51,7 @@ class TrainConfig(BaseModel):
     steps it stands for (:func:`warmup_steps`).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     learning_rate: float = Field(1e-6, gt=0, description="peak learning rate (paper grid: 1e-7, 5e-7, 1e-6)")
     lr_scheduler_type: str = Field("cosine", description="transformers scheduler name after the warmup")
