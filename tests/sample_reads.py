@@ -21,7 +21,7 @@ from flopmatch import store
 from flopmatch.budget import plan_budgets
 from flopmatch.judge.core import JudgeItem, Judgment
 from flopmatch.problems import save_problems
-from flopmatch.store import RunDir, write_json
+from flopmatch.store import RunDir, read_table, write_json, write_table
 from flopmatch.toyworld import load_problems
 from graded_runs import add_graded_model
 
@@ -89,6 +89,28 @@ def planned_run(root: Path, n_problems: int = 4) -> RunDir:
     plan_budgets(mode="flops", se_samples=[1], wc_params=1e9, se_params=3e9, wc_name=WC, se_name=SE).save(run)
     write_json({"wc": {"model": WC, "key": store.model_key(WC), "params": 1e9},
                 "se": {"model": SE, "key": store.model_key(SE), "params": 3e9}}, run.roles_path)  # fmt: skip
+    return run
+
+
+def advised_run(root: Path, objective: str = "coverage") -> RunDir:
+    """:func:`planned_run` as a ``budget.mode: advised`` study leaves it: its problems are also the sample
+    split, and ``pilot/advice.json`` (as the study's pilot stage writes it, the models named by their pilot
+    labels) advises WC alone at the one budget, ranked before SE alone and a mixture (WC 2 + SE 1)."""
+    run = planned_run(root)
+    write_table(read_table(run.problems_path("test")), run.problems_path("sample"))
+    names = {"wc": "WC pilot", "se": "SE pilot"}
+
+    def candidate(samples: dict[str, int], forecast: float) -> dict:
+        kind = "model" if sum(k > 0 for k in samples.values()) == 1 else "mixture"
+        label = " + ".join(f"{name} x{k}" for name, k in samples.items() if k)
+        return {"label": label, "kind": kind, "samples": samples, "forecast": forecast, "low": forecast - 0.2,
+                "high": forecast + 0.2}  # fmt: skip
+
+    wc, se = names["wc"], names["se"]
+    candidates = [candidate({wc: 3, se: 0}, 0.9), candidate({wc: 0, se: 1}, 0.8), candidate({wc: 2, se: 1}, 1.6)]
+    advice = {"candidates": candidates, "decided": True, "models": {wc: {"fpr": 0.25}, se: {"fpr": None}}}
+    budget = {"se_samples": 1, "wc_samples": 3, "advice": advice}
+    write_json({"objective": objective, "roles": names, "budgets": [budget]}, run.root / "pilot" / "advice.json")
     return run
 
 

@@ -250,3 +250,18 @@ def test_curve_ks():
     big = curve_ks(10_000)
     assert big[0] == 1 and big[-1] == 10_000 and len(big) <= 49 and big == sorted(set(big))
     assert default_ks(6) == [1, 2, 4, 6] and default_ks(1) == [1]
+
+
+def test_solution_counts_of_loaded_samples_are_the_pilots_graded_solutions(tmp_path):
+    """What the analysis measures an advised run's forecasts on is what the pilot reads from the run."""
+    from flopmatch.analysis import load_model_samples, solution_counts
+    from flopmatch.pilot import graded_solutions
+    from flopmatch.store.queries import load_problems
+    from sample_reads import WC as PLAN_WC
+    from sample_reads import planned_run
+
+    run = planned_run(tmp_path / "run")
+    ids = [*sorted(load_problems(run)), "not-sampled"]
+    expected = graded_solutions(run.root, PLAN_WC, ids)[["problem_id", "n", "c", "multiplicities"]]
+    counts = solution_counts(load_model_samples(run, PLAN_WC), ids)
+    assert counts.equals(expected) and list(counts["n"]) == [3, 3, 3, 3, 0]

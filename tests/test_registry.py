@@ -27,7 +27,9 @@ from flopmatch.study import (
 #: tables (``_needs``, ``_stage_config``, ``STAGE_VERSIONS``) before the registry replaced them, on the
 #: upstream state of :func:`_every_stage_done`. A finished run whose stage digests changed would redo
 #: those stages: these values must not change unless a stage's version is bumped on purpose (analyze was,
-#: to version 2, when it began writing metrics/cost.parquet for the report).
+#: to version 2, when it began writing metrics/cost.parquet for the report, and to version 3 when it began
+#: writing an advised run's metrics/pilot_vs_measured.parquet, which the report had computed from the
+#: sample shards; an advised run's analyze also needs the pilot since then, the advice it measures).
 DEMO_DIGESTS = {
     "problems": "f3a11930bd3df3a5",
     "plan": "1fae35737b5f0cfd",
@@ -35,14 +37,14 @@ DEMO_DIGESTS = {
     "sample": "6b6f48ac7a6dcf3c",
     "grade": "79c511c900ace7be",
     "judge": "7bdf0ee7fbf965fb",
-    "analyze": "df196a3a131e73c3",  # version 2 (metrics/cost.parquet); was 124f557c7aadaa02
+    "analyze": "a258b89bc9f435b0",  # version 3 (pilot_vs_measured); 2 (cost.parquet): df196a3a131e73c3
     "sft": "da4459e1660f8f9e",
     "train": "7a92edf26390edba",
     "eval": "314e014b9260f739",
     "report": "9ea521cd59cb9bc6",
 }
 #: The same, computed the same way, for the demo with ``judge.enabled=false`` and ``budget.mode=advised``
-#: (other upstream stages: sample also needs the pilot; analyze and sft not the judge).
+#: (other upstream stages: sample and analyze also need the pilot; analyze and sft not the judge).
 NO_JUDGE_ADVISED_DIGESTS = {
     "problems": "f3a11930bd3df3a5",
     "plan": "f98d2da52d2af189",
@@ -50,7 +52,7 @@ NO_JUDGE_ADVISED_DIGESTS = {
     "sample": "43979bf33eba7bdc",
     "grade": "79c511c900ace7be",
     "judge": "60104e74aab4ace8",
-    "analyze": "c98f2bb69d9b6d37",  # version 2 (metrics/cost.parquet); was 493ae10026dad8f7
+    "analyze": "859ea7f62b963314",  # version 3, needs the pilot; 2 (cost.parquet): c98f2bb69d9b6d37
     "sft": "c46e3f743ed473f0",
     "train": "7a92edf26390edba",
     "eval": "314e014b9260f739",
@@ -95,7 +97,7 @@ def test_one_record_per_stage_in_pipeline_order():
     assert tuple(names) == STAGE_NAMES == STAGES
     assert list(STAGE_RUNNERS) == names and list(STAGE_VERSIONS) == names
     assert all(get_stage(n).run is STAGE_RUNNERS[n] for n in names)
-    bumped = {"plan": 2, "analyze": 2}
+    bumped = {"plan": 2, "analyze": 3}
     assert {n: v for n, v in STAGE_VERSIONS.items() if v != 1} == bumped
     with pytest.raises(KeyError):
         get_stage("nope")

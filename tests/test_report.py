@@ -329,3 +329,26 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
         # (a real report measures about 30 in every band; the empty-run page drops to 0 below 1500 px)
         bands = [gray.crop((0, y, 1280, y + 500)) for y in range(0, 2000, 500)]
         assert all(ImageStat.Stat(band).stddev[0] > 10 for band in bands)
+
+
+def test_an_advised_run_analysed_before_the_pilot_table_says_to_analyse_again(tmp_path, monkeypatch):
+    """The pilot section reads metrics/pilot_vs_measured.parquet only: a run analysed before the analysis
+    wrote it gets a note (and no sample is read to fill the gap); analysed again, it gets the table."""
+    from flopmatch.analysis import analyze
+    from sample_reads import advised_run, spy_sample_reads
+
+    run = advised_run(tmp_path / "run")
+    analyze(run, n_boot=20, plots=False)
+    table = run.metrics_path("pilot_vs_measured")
+    frame = pd.read_parquet(table)
+    assert list(frame["role"]) == ["advised", "alone"] and list(frame["measured"]) == [1.0, 1.0]  # all covered
+    table.unlink()
+    reads = spy_sample_reads(monkeypatch, run)
+    build_report(run)
+    report = (run.report_dir / "report.md").read_text()
+    assert "## Pilot forecast vs measured" in report and "rerun `flopmatch analyze RUN`" in report
+    assert "(advised)" not in report and not reads.text and not reads.other
+    (run.pilot_dir / "advice.json").unlink()  # not an advised run: no section, and the analysis drops its table
+    analyze(run, n_boot=20, plots=False)
+    build_report(run)
+    assert not table.exists() and "Pilot forecast" not in (run.report_dir / "report.md").read_text()

@@ -265,3 +265,23 @@ def test_apply_judge_filter_rejects_unknown_status():
     rows = [{"problem_id": "p", "sample_idx": 0, "status": "correct"}]
     with pytest.raises(ValueError, match="unknown judgment status 'maybe'"):
         apply_judge_filter(rows, {("p", 0): "maybe"})
+
+
+def test_graded_samples_read_once_serve_every_set_of_a_model(tmp_path, monkeypatch):
+    """build_sft(graded=...) (the study's sft stage: one read per model) builds what it builds alone."""
+    from flopmatch.sft import graded_samples, load_sft
+    from sample_reads import SE as PLAN_SE
+    from sample_reads import WC as PLAN_WC
+    from sample_reads import planned_run, spy_sample_reads
+
+    planned = planned_run(tmp_path / "run")
+    graded = graded_samples(planned, PLAN_WC)
+    reads = spy_sample_reads(monkeypatch, planned)
+    for options in ({"budget": 1}, {"budget": 1, "number_matched_to": PLAN_SE}, {"samples_per_problem": 2, "dedupe": True}):
+        given = build_sft(planned, source_model=PLAN_WC, graded=graded, name="given", **options)
+        assert not reads.text
+        alone = build_sft(planned, source_model=PLAN_WC, name="alone", **options)
+        assert (given.examples, given.problems_covered, given.samples_per_problem) == (
+            alone.examples, alone.problems_covered, alone.samples_per_problem)
+        assert load_sft(given.path).to_list() == load_sft(alone.path).to_list()
+        reads.clear()

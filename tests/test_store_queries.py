@@ -32,7 +32,7 @@ from flopmatch.store.queries import (
     samples_at_budget,
 )
 from graded_runs import graded_run
-from sample_reads import AllValidJudge, planned_run, spy_sample_reads
+from sample_reads import AllValidJudge, advised_run, planned_run, spy_sample_reads
 
 WC, SE = "org/weak-1b", "org/strong-3b"
 
@@ -190,6 +190,23 @@ def test_analysis_reads_sample_text_at_most_once_and_the_report_reads_no_sample_
     assert not reads.text and not reads.other  # the report reads metrics/cost.parquet, no sample shard
 
 
+def test_an_advised_runs_analysis_reads_sample_text_once_and_its_report_reads_no_sample_shard(tmp_path, monkeypatch):
+    """budget.mode advised: the pilot's forecasts against what the samples measured are the analysis's
+    (metrics/pilot_vs_measured.parquet, from the texts it reads anyway); the report reads that table."""
+    from flopmatch.analysis import analyze
+    from flopmatch.report import build_report
+
+    run = advised_run(tmp_path / "run")
+    reads = spy_sample_reads(monkeypatch, run)
+    analyze(run, n_boot=20, plots=False)
+    assert len(reads.text) == 4 and reads.most_text_reads_of_a_shard == 1  # every shard of both models, once
+    reads.clear()
+    build_report(run)
+    assert not reads.text and not reads.other
+    report = (run.report_dir / "report.md").read_text()
+    assert "## Pilot forecast vs measured" in report and "(advised)" in report
+
+
 def test_grading_reads_sample_text_once(tmp_path, monkeypatch):
     from flopmatch.grading.run import grade_run
 
@@ -202,3 +219,32 @@ def test_grading_reads_sample_text_once(tmp_path, monkeypatch):
     reads.clear()
     grade_run(run, workers=1, progress=False)  # up to date: no sample is read again
     assert not reads.text
+
+
+def test_graded_samples_are_the_grades_with_the_sample_columns_asked_for(tmp_path, monkeypatch):
+    """read_graded: the grades' rows in their order, joined with the sample columns asked for, within a
+    budget's prefix; no sample shard read unless a sample column is asked for."""
+    from flopmatch.store.queries import below_budget, read_graded
+
+    run, problems = graded_run(tmp_path / "run", [[True, False, True], [False, True]])
+    first, second = problems[0].problem_id, problems[1].problem_id
+    reads = spy_sample_reads(monkeypatch, run)
+    assert read_graded(run, "m").equals(read_grades(run, "m")) and not reads.text and not reads.other
+    table = read_graded(run, "m", samples=2, text=True, columns=("completion_tokens",))
+    assert table.column_names == ["problem_id", "sample_idx", "status", "completion_tokens", "text"]
+    assert table.select(["problem_id", "sample_idx", "status"]).equals(read_grades(run, "m", samples=2))
+    assert table.to_pylist()[-1] == {"problem_id": second, "sample_idx": 1, "status": "correct",
+                                     "completion_tokens": 10, "text": "solution 1"}  # fmt: skip
+    assert len(reads.text) == 1 and reads.most_text_reads_of_a_shard == 1
+    assert below_budget(table, 1).column("sample_idx").to_pylist() == [0, 0]
+    assert below_budget(table, None) is table
+    # a sample without a grade: an error only where every sample must be graded (SFT)
+    store.write_table(read_grades(run, "m", columns=None).slice(1), run.grades_path("m"))
+    assert read_graded(run, "m", text=True).num_rows == 4
+    with pytest.raises(ValueError, match=rf"m\.parquet: no grade for sample problem_id='{first}' sample_idx=0"):
+        read_graded(run, "m", text=True, every_sample_graded=True)
+    # a correct grade without its sample: its text is missing, always an error
+    for path in store.shard_paths(run.samples_dir("m")):
+        path.unlink()
+    with pytest.raises(ValueError, match="2 correct graded samples have no sample row"):
+        read_graded(run, "m", text=True)

@@ -113,3 +113,20 @@ def test_a_model_from_a_spec_is_built_by_its_datasets_declared_builder(monkeypat
     monkeypatch.setitem(datasets._REGISTRY, "toyworld", replace(toy, spec_model=None))
     with pytest.raises(ValidationError, match="dataset 'toyworld' declares no model that can be built from a spec"):
         ModelSpec(model="m", toyworld_spec={"width": 3})
+
+
+def test_the_sft_stage_reads_each_models_sample_text_once_for_all_its_sets(tmp_path, monkeypatch):
+    """The demo's paradigms build WC's data twice per budget (its own set and the number-matched control):
+    both come from one read of WC's shards, SE's from one of SE's."""
+    from flopmatch.store import RunDir
+    from flopmatch.study import StudyContext, demo_config
+    from flopmatch.study.stages_training import stage_sft
+    from sample_reads import planned_run, spy_sample_reads
+
+    run = planned_run(tmp_path / "run")  # one budget: SE 1, WC 3 samples per problem; two shards each
+    ctx = StudyContext(config=demo_config(), run=RunDir(run.root), log=lambda _: None)
+    reads = spy_sample_reads(monkeypatch, run)
+    sets = stage_sft(ctx)["sets"]
+    assert list(sets) == ["wc-b1", "se-b1", "wc-nm-b1"]
+    assert [sets[name]["examples"] for name in sets] == [8, 4, 4]  # WC: samples 0 and 2 correct
+    assert len(reads.text) == 4 and reads.most_text_reads_of_a_shard == 1

@@ -1,6 +1,8 @@
 """A study's advice (``pilot/advice.json``, written by its pilot stage) read back: the sample counts it asks
-for, and each forecast set against what the full sample set then measured (the report's "Pilot forecast
-vs measured" section). Outside the study package so the report can read it without importing the study."""
+for, and each forecast set against what the full sample set then measured
+(``metrics/pilot_vs_measured.parquet``: the analysis computes it from the samples it reads anyway, the
+report's "Pilot forecast vs measured" section reads it). Outside the study package so the analysis can
+use it without importing the study."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flopmatch.store import RunDir, read_json
+from flopmatch.store import RunDir, as_run, read_json
+from flopmatch.store.queries import problems_by_role, read_roles
 
 PILOT_DIR = "pilot"
 ADVICE_FILE = "advice.json"
@@ -45,28 +48,39 @@ def advised_samples(run: RunDir, role: str) -> int:
     )
 
 
-def forecast_vs_measured(run_dir: str | Path, n_boot: int = 200, seed: int = 0) -> pd.DataFrame | None:
+def sample_problem_ids(run: RunDir) -> list[str]:
+    """The problems the measured values are taken on: the sample split's, in its file's order."""
+    return list(dict.fromkeys(p.problem_id for p in problems_by_role(run, "sample")))
+
+
+def forecast_vs_measured(
+    run_dir: str | Path | RunDir,
+    n_boot: int = 200,
+    seed: int = 0,
+    *,
+    solutions: dict[str, pd.DataFrame] | None = None,
+) -> pd.DataFrame | None:
     """Each budget's advised and single-model forecasts next to what the full sample set measured.
 
     Measured values are the unbiased estimates at the allocation's sample counts on every problem of
     the sample split with enough graded samples (coverage: 1 − mean_i Π_m C(n−c, k_m)/C(n, k_m);
     unique: Σ_m expected distinct correct among k_m of n), with a bootstrap interval over problems.
-    ``None`` before the pilot or the grading has run.
+    ``solutions``: role (``wc``, ``se``) → per problem of :func:`sample_problem_ids`, in that order, its
+    ``n`` graded samples, ``c`` correct and the ``multiplicities`` of its distinct correct solutions (what
+    :func:`flopmatch.pilot.graded_solutions` gives; the analysis passes its own so that no sample is read
+    twice); read from the run when None. ``None`` before the pilot or the grading has run. The report
+    reads this table from ``metrics/pilot_vs_measured.parquet`` (the analysis writes it with the
+    defaults).
     """
-    from flopmatch.pilot import PilotError, graded_solutions
-
-    run = RunDir(run_dir)
+    run = as_run(run_dir)
     if not advice_path(run).exists():
         return None
     data = read_json(advice_path(run))
-    roles = read_json(run.root / "roles.json")
-    ids = list(pd.read_parquet(run.problems_path("sample"), columns=["problem_id"])["problem_id"])
-    try:
-        solutions = {
-            data["roles"][r]: graded_solutions(run.root, roles[r]["model"], ids) for r in ("wc", "se")
-        }
-    except PilotError:
-        return None
+    if solutions is None:
+        solutions = _read_solutions(run)
+        if solutions is None:
+            return None
+    solutions = {data["roles"][role]: table for role, table in solutions.items()}
     rows = []
     for entry in data["budgets"]:
         for kind, samples, candidate in advice_allocations(entry):
@@ -81,6 +95,19 @@ def forecast_vs_measured(run_dir: str | Path, n_boot: int = 200, seed: int = 0) 
                 "decided": entry["advice"]["decided"],
             })  # fmt: skip
     return pd.DataFrame(rows).drop_duplicates(["budget_se_samples", "allocation"])
+
+
+def _read_solutions(run: RunDir) -> dict[str, pd.DataFrame] | None:
+    """Role → :func:`flopmatch.pilot.graded_solutions` of the role's model on the sample split (None when a
+    role has no grades or samples)."""
+    from flopmatch.pilot import PilotError, graded_solutions
+
+    roles = read_roles(run)
+    ids = sample_problem_ids(run)
+    try:
+        return {r: graded_solutions(run.root, roles[r]["model"], ids) for r in ("wc", "se")}
+    except PilotError:
+        return None
 
 
 def _measured(

@@ -4,12 +4,13 @@ intervals, breakdowns and the compute-matched WC-vs-SE view; tables (Parquet + m
 Inputs (the run directory contract): ``grades/<model>.parquet`` (status per sample),
 ``samples/<model>/`` (texts, for uniqueness), ``problems/<split>.parquet`` (level / subject),
 ``plan.json`` (budgets; optional), ``judgments/<model>.parquet`` and ``judgments/human/<model>.parquet``
-(FPR; optional). A model's data at a budget of S samples per problem is its samples with
+(FPR; optional), ``pilot/advice.json`` (an advised study's forecasts, measured here; optional). A model's data at a budget of S samples per problem is its samples with
 ``sample_idx < S`` (the sampler makes the low budget a prefix of the high one).
 
 Outputs in ``metrics/``: ``summary.parquet`` / ``summary.md``, ``coverage_curve.parquet``,
-``diversity_curve.parquet``, ``compute_matched.parquet`` / ``compute_matched.md`` and
-``figures/*.png``. The report stage reads these names.
+``diversity_curve.parquet``, ``compute_matched.parquet`` / ``compute_matched.md``, ``cost.parquet``,
+``pilot_vs_measured.parquet`` (an advised run's pilot forecasts against the samples) and ``figures/*.png``.
+The report stage reads these names, and no sample.
 
 Choices, stated once:
 
@@ -32,7 +33,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from flopmatch.advice_run import advice_path, forecast_vs_measured, sample_problem_ids
 from flopmatch.analysis_cost import write_cost
 from flopmatch.analysis_render import compute_matched_markdown, make_figures, summary_markdown
 from flopmatch.errors import FlopmatchError
@@ -52,15 +55,16 @@ from flopmatch.store import RunDir, as_run, model_key, write_table, write_text
 from flopmatch.store.queries import (
     graded_models,
     grades_file,
+    join_samples,
     load_problems,
     plan_models,
     read_grades,
     read_human_labels,
     read_judgments,
     read_plan,
-    sample_texts,
+    read_roles,
 )
-from flopmatch.store.schemas import CURVE_COLUMNS, MATCHED_COLUMNS, SUMMARY_COLUMNS
+from flopmatch.store.schemas import CURVE_COLUMNS, MATCHED_COLUMNS, PILOT_VS_MEASURED_SCHEMA, SUMMARY_COLUMNS
 
 
 class GradesError(FlopmatchError, ValueError):
@@ -103,13 +107,16 @@ class ModelSamples:
 
 
 def load_model_samples(run: RunDir, model: str, grades_path: Path | None = None) -> ModelSamples:
-    """A model's grades (:func:`~flopmatch.store.queries.read_grades`) joined with the texts of its correct
-    samples; bad rows raise naming the grades file. ``grades_path``, when given, must be the file the run
-    keeps the model's grades in (what :func:`~flopmatch.store.queries.graded_models` lists)."""
+    """A model's grades (:func:`~flopmatch.store.queries.read_grades`), checked row by row (bad rows raise
+    naming the grades file), then joined with the texts of its samples
+    (:func:`~flopmatch.store.queries.join_samples`: the one read of its sample text). ``grades_path``, when
+    given, must be the file the run keeps the model's grades in (what
+    :func:`~flopmatch.store.queries.graded_models` lists)."""
     found = grades_file(run, model)
     if grades_path is not None and found is not None and Path(grades_path).resolve() != found.resolve():
         raise ValueError(f"{grades_path}: not the grades file of {model!r} in {run.root} ({found})")
-    table = read_grades(run, model, path=found).to_pylist()  # no grades file (found is None) raises here
+    grades = read_grades(run, model, path=found)  # no grades file (found is None) raises here
+    table = grades.to_pylist()
     grades_path = found  # not None: read_grades raised above without a grades file
     rows: dict[str, list[tuple[int, bool]]] = {}
     seen: set[tuple[str, int]] = set()
@@ -127,8 +134,10 @@ def load_model_samples(run: RunDir, model: str, grades_path: Path | None = None)
             raise GradesError(f"sample {key} is graded twice", file=grades_path, row=i)
         seen.add(key)
         rows.setdefault(key[0], []).append((key[1], r["status"] == "correct"))
-    wanted = {(pid, idx) for pid, lst in rows.items() for idx, ok in lst if ok}
-    texts = {key: text or "" for key, text in sample_texts(run, model, wanted).items()}
+    joined = join_samples(run, model, grades, text=True)  # a correct sample with no sample row raises
+    texts = {(pid, idx): text or "" for pid, idx, text, status in zip(
+        *(joined.column(c).to_pylist() for c in ("problem_id", "sample_idx", "text", "status")), strict=True
+    ) if status == "correct"}  # fmt: skip
     problems: dict[str, _ProblemSamples] = {}
     for pid, lst in rows.items():
         lst.sort()
@@ -301,6 +310,7 @@ def analyze(
     files["compute_matched_md"] = write_text(compute_matched_markdown(compute_matched, headline),
                                              out / "compute_matched.md")
     files.update(write_cost(run, plan))  # what each budget cost, for the report
+    files.update(write_pilot_vs_measured(run, data, graded))  # an advised run's forecasts against the samples
     # Unequal counts (an allocation policy): coverage and unique correct over all samples, per FLOP.
     from flopmatch.allocation_metrics import journal_of, write_allocation_metrics
 
@@ -310,6 +320,43 @@ def analyze(
                  if (j := journal_of(run, m)) and j["config"]["allocation"] != "uniform"]  # fmt: skip
     figures = make_figures(coverage_curve, diversity_curve, summary, out / "figures") if plots else []
     return AnalysisResult(summary, coverage_curve, diversity_curve, compute_matched, files, figures, warnings, headline)
+
+
+def solution_counts(data: ModelSamples, problem_ids: Sequence[str]) -> pd.DataFrame:
+    """Per problem (in the given order): ``n`` graded samples, ``c`` correct and the ``multiplicities`` of
+    its distinct correct solutions (normalised texts); n = 0 for a problem with no graded sample. What
+    :func:`flopmatch.pilot.graded_solutions` reads from the run, from samples already loaded."""
+    rows = []
+    for pid in dict.fromkeys(problem_ids):
+        p = data.problems.get(pid)
+        norms = [] if p is None else [p.norms[i] for i in np.flatnonzero(p.correct)]
+        rows.append({"problem_id": pid, "n": 0 if p is None else len(p.idx), "c": len(norms),
+                     "multiplicities": multiplicities(norms)})  # fmt: skip
+    return pd.DataFrame(rows, columns=["problem_id", "n", "c", "multiplicities"])
+
+
+def write_pilot_vs_measured(
+    run: RunDir, data: dict[str, ModelSamples], graded: dict[str, Path]
+) -> dict[str, Path]:
+    """An advised run (``pilot/advice.json``): each forecast against what WC's and SE's samples measured
+    (:func:`flopmatch.advice_run.forecast_vs_measured`, from ``data``, the samples this analysis loaded), as
+    ``metrics/pilot_vs_measured.parquet``; an empty table when a role has no grades; a stale table goes when
+    the run has no advice. ``graded``: model → grades file, as :func:`graded_models` lists them."""
+    path = run.metrics_path("pilot_vs_measured")
+    if not advice_path(run).exists():
+        path.unlink(missing_ok=True)
+        return {}
+    roles, by_file = read_roles(run), {found.resolve(): model for model, found in graded.items()}
+    ids = sample_problem_ids(run)
+    solutions = {}
+    for role in ("wc", "se"):
+        found = grades_file(run, roles[role]["model"]) if role in roles else None
+        if found is not None and found.resolve() in by_file:
+            solutions[role] = solution_counts(data[by_file[found.resolve()]], ids)
+    frame = forecast_vs_measured(run, solutions=solutions) if len(solutions) == 2 else None
+    table = PILOT_VS_MEASURED_SCHEMA.empty_table() if frame is None or frame.empty else pa.Table.from_pandas(
+        frame, schema=PILOT_VS_MEASURED_SCHEMA, preserve_index=False)  # fmt: skip
+    return {"pilot_vs_measured": write_table(table, path)}
 
 
 Cells = dict[tuple[str, str | None, int | None], dict[str, tuple[float, float, float, int]]]

@@ -27,8 +27,8 @@ import pandas as pd
 
 from flopmatch.errors import FlopmatchError
 from flopmatch.problems import Problem, select_subset
-from flopmatch.store import RunDir, model_key
-from flopmatch.store.queries import grades_file, read_grades, read_samples
+from flopmatch.store import RunDir, model_key, shard_paths
+from flopmatch.store.queries import below_budget, grades_file, read_graded, read_samples
 
 UNITS = ("flops", "dollars", "seconds")
 
@@ -185,11 +185,11 @@ def graded_solutions(
     path = grades_file(run, model)
     if path is None:
         raise PilotError(f"{run.grades_path(model)}: no grades for {model}; grade the samples first")
-    wanted = set(problem_ids)
-    grades = read_grades(run, model, samples=samples, path=path).to_pandas()
-    grades = grades[grades["problem_id"].isin(wanted)]
-    texts = _sample_rows(run, model, wanted, samples, text=True)
-    merged = grades.merge(texts, on=["problem_id", "sample_idx"], how="left", validate="one_to_one")
+    if not shard_paths(run.samples_dir(model)):
+        raise PilotError(f"{run.samples_dir(model)}: no samples of {model}")
+    merged = read_graded(run, model, samples=samples, text=True, columns=("completion_tokens",), path=path)
+    merged = merged.to_pandas()
+    merged = merged[merged["problem_id"].isin(set(problem_ids))].copy()
     correct = merged["status"] == "correct"
     merged["norm"] = [
         normalize_solution(t or "") if ok else None for t, ok in zip(merged["text"], correct, strict=True)
@@ -203,16 +203,14 @@ def graded_solutions(
     return table.reset_index().astype({"n": int, "c": int, "tokens": "int64"})
 
 
-def _sample_rows(run: RunDir, model: str, wanted: set[str], samples: int | None, *, text: bool) -> pd.DataFrame:
-    """The samples of ``wanted`` problems below ``samples`` (all when None): their tokens and seconds, and
-    their text only when asked (the cost needs none)."""
-    columns = ("problem_id", "sample_idx", *(("text",) if text else ()), "completion_tokens", "seconds")
-    frame = read_samples(run, model, columns).to_pandas()
+def _sample_rows(run: RunDir, model: str, wanted: set[str], samples: int | None) -> pd.DataFrame:
+    """The samples of ``wanted`` problems below ``samples`` (all when None): their tokens and seconds (no
+    text: the cost needs none)."""
+    columns = ("problem_id", "sample_idx", "completion_tokens", "seconds")
+    frame = read_samples(run, model, columns, samples=samples).to_pandas()
     if frame.empty:
         raise PilotError(f"{run.samples_dir(model)}: no samples of {model}")
     frame = frame[frame["problem_id"].isin(wanted)]
-    if samples is not None:
-        frame = frame[frame["sample_idx"] < samples]
     return frame.drop_duplicates(["problem_id", "sample_idx"])
 
 
@@ -231,7 +229,7 @@ def pilot_cost(
     model, else :func:`flopmatch.modelinfo.count_parameters`.
     """
     run = RunDir(run_dir)
-    rows = _sample_rows(run, model, set(problem_ids), samples, text=False)
+    rows = _sample_rows(run, model, set(problem_ids), samples)
     count = params or _ledger_params(run, model)
     if count is None:
         try:
@@ -270,8 +268,8 @@ def judged_fpr(
     table = read_judgments(run, model)
     if not table.num_rows:
         return None, ""
-    frame = table.select(["problem_id", "sample_idx", "status", "judge"]).to_pandas()
-    frame = frame[frame["problem_id"].isin(set(problem_ids)) & (frame["sample_idx"] < samples)]
+    frame = below_budget(table.select(["problem_id", "sample_idx", "status", "judge"]), samples).to_pandas()
+    frame = frame[frame["problem_id"].isin(set(problem_ids))]
     frame = frame[frame["status"].isin(["valid", "invalid"])]
     if frame.empty:
         return None, ""

@@ -43,14 +43,15 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from flopmatch.store import RunDir, as_run, model_key, read_json, write_json
+from flopmatch.store import RunDir, as_run, model_key, read_json, shard_paths, write_json
 from flopmatch.store.queries import (
+    below_budget,
     grades_file,
     load_problems,
-    read_grades,
+    read_graded,
     read_judgments,
-    read_samples,
     samples_at_budget,
 )
 
@@ -178,38 +179,22 @@ def resolve_samples_per_problem(run: RunDir, source_model: str, budget: int) -> 
     return samples_at_budget(run, source_model, budget)
 
 
-def _read_graded_samples(run: RunDir, source_model: str) -> list[dict[str, Any]]:
-    """Join the model's sample shards with its grades on (problem_id, sample_idx)."""
+def graded_samples(run: RunDir, source_model: str) -> pa.Table:
+    """The model's graded samples with their seed and text
+    (:func:`~flopmatch.store.queries.read_graded`): what :func:`build_sft` selects from, at any budget.
+    The one read of the model's sample text; a study's sft stage reads it once for all of a model's sets
+    (``build_sft(graded=...)``). Every sample must be graded and have a text."""
     samples_dir = run.samples_dir(source_model)
-    samples = read_samples(run, source_model, None)  # the one read of sample text in SFT
-    if samples.num_rows == 0:
+    if not shard_paths(samples_dir):
         raise FileNotFoundError(f"{samples_dir}: no sample shards for model {source_model!r}")
-    _require_columns(samples, ("problem_id", "sample_idx", "seed", "text"), samples_dir)
-    grades_path = grades_file(run, source_model)
-    grades = read_grades(run, source_model, columns=None, path=grades_path)  # no grades file: raises
-    _require_columns(grades, ("problem_id", "sample_idx", "status"), grades_path)
-
-    status = {
-        (pid, int(idx)): st
-        for pid, idx, st in zip(
-            grades.column("problem_id").to_pylist(),
-            grades.column("sample_idx").to_pylist(),
-            grades.column("status").to_pylist(),
-            strict=True,
-        )
-    }
-    rows = []
-    for i, row in enumerate(samples.select(["problem_id", "sample_idx", "seed", "text"]).to_pylist()):
-        key = (row["problem_id"], int(row["sample_idx"]))
-        if key not in status:
-            raise ValueError(
-                f"{grades_path}: no grade for sample problem_id={key[0]!r} sample_idx={key[1]} "
-                f"(row {i} of {samples_dir}); re-run `flopmatch grade`"
-            )
-        if row["text"] is None:
-            raise ValueError(f"{samples_dir}: row {i} (problem_id={key[0]!r}, sample_idx={key[1]}) has no text")
-        rows.append({**row, "sample_idx": key[1], "status": status[key]})
-    return rows
+    table = read_graded(run, source_model, text=True, columns=("seed",), path=grades_file(run, source_model),
+                        every_sample_graded=True)  # fmt: skip
+    texts = table.column("text")
+    if texts.null_count:
+        i = next(i for i, text in enumerate(texts.to_pylist()) if text is None)
+        pid, idx = table.column("problem_id")[i].as_py(), table.column("sample_idx")[i].as_py()
+        raise ValueError(f"{samples_dir}: sample problem_id={pid!r}, sample_idx={idx} has no text")
+    return table
 
 
 def _judge_verdicts(run: RunDir, source_model: str, judge_name: str | None) -> dict[tuple[str, int], str]:
@@ -298,6 +283,7 @@ def build_sft(
     prompt: Any = None,
     seed: int = 0,
     out_dir: str | Path | None = None,
+    graded: pa.Table | None = None,
 ) -> SFTBuildResult:
     """Build the SFT dataset of ``source_model``'s correct solutions in a run; see the module docstring.
 
@@ -309,16 +295,18 @@ def build_sft(
     the judgments table holds several judges. ``prompt`` is a
     :class:`flopmatch.prompts.PromptConfig` (default: :func:`sft_prompt_config`, the dataset's
     evaluation prompt, zero-shot). ``out_dir``: where to write it (default ``RunDir.sft_dir(name)``; a
-    study writes the sets of its allocated runs into its own ``sft/``).
+    study writes the sets of its allocated runs into its own ``sft/``). ``graded``: the model's
+    :func:`graded_samples` when the caller already read them (several sets of one model, one read); read
+    here when None.
     """
     run = as_run(run_dir)
     from flopmatch.allocation_metrics import journal_of
 
     journal = journal_of(run, source_model)
     allocated = journal is not None and journal["config"]["allocation"] != "uniform"
-    graded = functools.cache(lambda: _read_graded_samples(run, source_model))  # the sample text, read once
+    table = functools.cache(lambda: graded if graded is not None else graded_samples(run, source_model))
     samples_per_problem = _samples_per_problem(run, source_model, samples_per_problem, budget,
-                                               allocated=allocated, graded=graded)
+                                               allocated=allocated, graded=table)
     match = _resolve_number_match(run, number_matched_to, budget, source_model)
     if match.samples_per_problem is not None:
         if match.samples_per_problem > samples_per_problem:
@@ -328,7 +316,7 @@ def build_sft(
             )
         samples_per_problem = match.samples_per_problem
 
-    rows = [r for r in graded() if r["sample_idx"] < samples_per_problem]
+    rows = below_budget(table(), samples_per_problem).to_pylist()
     short = 0 if allocated else _count_short_problems(rows, samples_per_problem)
     if short:
         raise ValueError(
@@ -384,7 +372,7 @@ def _samples_per_problem(run: RunDir, source_model: str, samples_per_problem: in
     """S for the set: given, or resolved from the plan's ``budget`` (both: they must agree); a model
     sampled by an allocation policy defaults to all it has (its counts differ per problem)."""
     if allocated and samples_per_problem is None and budget is None:
-        samples_per_problem = 1 + max((r["sample_idx"] for r in graded()), default=0)
+        samples_per_problem = 1 + (pc.max(graded().column("sample_idx")).as_py() or 0)
     if samples_per_problem is None and budget is None:
         raise ValueError("give budget= (SE samples per problem, resolved via plan.json) or samples_per_problem=")
     if budget is not None:
@@ -400,10 +388,10 @@ def _samples_per_problem(run: RunDir, source_model: str, samples_per_problem: in
 
 
 def _count_short_problems(rows: list[dict[str, Any]], samples_per_problem: int) -> int:
+    """Problems with fewer than ``samples_per_problem`` of ``rows`` (rows within the budget)."""
     counts: dict[str, int] = defaultdict(int)
     for row in rows:
-        if row["sample_idx"] < samples_per_problem:
-            counts[row["problem_id"]] += 1
+        counts[row["problem_id"]] += 1
     return sum(1 for c in counts.values() if c < samples_per_problem)
 
 

@@ -27,6 +27,7 @@ from flopmatch.report.verdict import (
     paradigm_comparisons,
 )
 from flopmatch.stage_names import STAGE_NAMES
+from flopmatch.store.queries import read_metrics
 
 
 def _paradigm_section(data: RunData, figures_dir: Path | None) -> Section:
@@ -205,11 +206,19 @@ def _stages_section(data: RunData) -> Section:
 
 
 def _pilot_section(data: RunData) -> Section | None:
-    """budget.mode advised: each budget's pilot forecasts next to what the full sample set measured."""
-    from flopmatch.advice_run import forecast_vs_measured
-
-    frame = forecast_vs_measured(data.run.root)
-    if frame is None or frame.empty:
+    """budget.mode advised: each budget's pilot forecasts next to what the full sample set measured (the
+    analysis's ``metrics/pilot_vs_measured.parquet``; the report reads no sample). A run analysed before
+    the analysis wrote that table gets a note saying to analyse it again."""
+    if not data.run.advice_path.exists():
+        return None
+    table = read_metrics(data.run, "pilot_vs_measured")
+    if table is None:
+        note = ("This run was analysed before the analysis measured the pilot's forecasts "
+                "(metrics/pilot_vs_measured.parquet): rerun `flopmatch analyze RUN` (a study reruns its analyze "
+                "stage by itself) to see them.")  # fmt: skip
+        return Section("Pilot forecast vs measured", [Text(note, "note")])
+    frame = table.to_pandas()
+    if frame.empty:
         return None
     pct = frame["objective"].iloc[0] == "coverage"
     value = fmt_pct if pct else fmt_num

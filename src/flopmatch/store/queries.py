@@ -8,14 +8,15 @@
   *index*, is deprecated);
 * roles: :func:`read_roles` (``roles.json``: which model is WC and SE, its key, label and size);
 * grades and samples: :func:`graded_models`, :func:`read_grades` (optionally below a budget's sample
-  count), :func:`sample_texts` (the texts of given samples), :func:`read_samples` (the sample table, text only
-  when asked), :func:`sample_costs` (token counts and seconds, no text) and :func:`sample_tokens`
-  (completion tokens per sample);
+  count), :func:`read_graded` (graded samples: the grades joined with the sample columns asked for, text
+  only when asked — what analysis, SFT and the pilot read), :func:`sample_texts` (the texts of given
+  samples), :func:`read_samples` (the sample table, text only when asked), :func:`sample_costs` (token
+  counts and seconds, no text) and :func:`sample_tokens` (completion tokens per sample);
 * verdicts: :func:`read_judgments`, :func:`read_human_labels`;
 * the analysis's cost table: :func:`read_cost`.
 
 A model's data at a budget of S samples per problem is its samples with ``sample_idx < S`` (the sampler
-makes the low budget a prefix of the high one).
+makes the low budget a prefix of the high one): :func:`below_budget`, the one place that rule is coded.
 """
 
 from __future__ import annotations
@@ -195,10 +196,81 @@ def read_grades(
         raise FileNotFoundError(
             f"{run.grades_path(model)}: no grades for model {model!r}; run `flopmatch grade` first"
         )
-    table = read_table(path, columns=None if columns is None else list(columns))
-    if samples is not None:
-        table = table.filter(pc.less(table.column("sample_idx"), samples))
-    return table
+    return below_budget(read_table(path, columns=None if columns is None else list(columns)), samples)
+
+
+def below_budget(table: pa.Table, samples: int | None) -> pa.Table:
+    """The rows of ``table`` (samples, grades or verdicts: it has ``sample_idx``) within a budget of
+    ``samples`` samples per problem, i.e. ``sample_idx < samples`` (see the module docstring); every row
+    when ``samples`` is None."""
+    if samples is None or not table.num_rows:
+        return table
+    return table.filter(pc.less(table.column("sample_idx"), samples))
+
+
+def read_graded(
+    run: RunDir,
+    model: str,
+    *,
+    samples: int | None = None,
+    text: bool = False,
+    columns: tuple[str, ...] = (),
+    path: Path | None = None,
+    every_sample_graded: bool = False,
+) -> pa.Table:
+    """A model's graded samples: its grades (``problem_id``, ``sample_idx``, ``status``, in the grades file's
+    order; :func:`read_grades`) with the sample columns asked for (``columns``, and ``text`` only when
+    ``text``), only those within a budget of ``samples`` per problem when given (:func:`below_budget`).
+    The sample shards are read once (not at all when no sample column is asked for); see
+    :func:`join_samples` for what a missing sample or grade does."""
+    grades = read_grades(run, model, samples=samples, path=path)
+    return join_samples(run, model, grades, samples=samples, text=text, columns=columns,
+                        every_sample_graded=every_sample_graded, grades_path=path)  # fmt: skip
+
+
+def join_samples(
+    run: RunDir,
+    model: str,
+    grades: pa.Table,
+    *,
+    samples: int | None = None,
+    text: bool = False,
+    columns: tuple[str, ...] = (),
+    every_sample_graded: bool = False,
+    grades_path: Path | None = None,
+) -> pa.Table:
+    """``grades`` (a table of :func:`read_grades`, rows and order kept) with the sample columns asked for
+    joined on (problem_id, sample_idx), for a caller that checks the grades before the samples are read.
+
+    A sample stored twice counts once (its first row). A graded sample with no sample row has nulls there,
+    except a ``correct`` one, which raises (its text is what the stages read). ``every_sample_graded``: a
+    sample (within ``samples`` per problem) with no grade raises too, naming ``grades_path``."""
+    wanted = [c for c in (*columns, *(("text",) if text else ())) if c not in ("problem_id", "sample_idx")]
+    if not wanted and not every_sample_graded:
+        return grades
+    directory = run.samples_dir(model)
+    shards = read_samples(run, model, ("problem_id", "sample_idx", *wanted), samples=samples)
+    first: dict[tuple[str, int], int] = {}
+    for i, key in enumerate(_sample_keys(shards)):
+        first.setdefault(key, i)
+    keys = _sample_keys(grades)
+    rows = [first.get(key) for key in keys]
+    statuses = grades.column("status").to_pylist()
+    missing = [k for k, row, st in zip(keys, rows, statuses, strict=True) if row is None and st == "correct"]
+    if missing:
+        raise ValueError(f"{directory}: {len(missing)} correct graded samples have no sample row (no text), "
+                         f"e.g. {missing[:5]}")  # fmt: skip
+    if every_sample_graded:
+        graded = set(keys)
+        ungraded = next((key for key in first if key not in graded), None)
+        if ungraded is not None:
+            where = grades_path or grades_file(run, model)
+            raise ValueError(f"{where}: no grade for sample problem_id={ungraded[0]!r} sample_idx={ungraded[1]} "
+                             f"(in {directory}); re-run `flopmatch grade`")  # fmt: skip
+    taken = shards.select(wanted).take(pa.array(rows, type=pa.int64()))
+    for name in wanted:
+        grades = grades.append_column(taken.schema.field(name), taken.column(name))
+    return grades
 
 
 def sample_texts(run: RunDir, model: str, keys: set[tuple[str, int]]) -> dict[tuple[str, int], str | None]:
@@ -219,16 +291,19 @@ def sample_texts(run: RunDir, model: str, keys: set[tuple[str, int]]) -> dict[tu
     return out
 
 
+def _sample_keys(table: pa.Table) -> list[tuple[str, int]]:
+    """(problem_id, sample_idx) of each row."""
+    pids, idxs = (table.column(c).to_pylist() for c in ("problem_id", "sample_idx"))
+    return list(zip(pids, idxs, strict=True))
+
+
 def read_samples(
     run: RunDir, model: str, columns: tuple[str, ...] | None, *, samples: int | None = None
 ) -> pa.Table:
     """A model's sample table (only ``columns``, all when None; ask for ``text`` only where it is needed),
     only samples ``sample_idx < samples`` when given. ``sample_idx`` is int64 whatever the shards store."""
     wanted = list(columns) if columns is not None else None
-    table = read_shards(run.samples_dir(model), columns=wanted, schema=SAMPLE_SCHEMA)
-    if samples is not None and table.num_rows:
-        table = table.filter(pc.less(table.column("sample_idx"), samples))
-    return table
+    return below_budget(read_shards(run.samples_dir(model), columns=wanted, schema=SAMPLE_SCHEMA), samples)
 
 
 def sample_costs(run: RunDir, model: str) -> pa.Table:
@@ -285,10 +360,12 @@ __all__ = [
     "COST_COLUMNS",
     "COST_SCHEMA",
     "as_run",
+    "below_budget",
     "budget_at_index",
     "budget_samples",
     "graded_models",
     "grades_file",
+    "join_samples",
     "load_problems",
     "model_name",
     "plan_models",
@@ -296,6 +373,7 @@ __all__ = [
     "problem_splits",
     "problems_by_role",
     "read_cost",
+    "read_graded",
     "read_grades",
     "read_human_labels",
     "read_judgments",

@@ -166,6 +166,11 @@ def _graded_needs(config: StudyConfig) -> tuple[str, ...]:
     return ("plan", "grade") + (("judge",) if config.judge.enabled else ())
 
 
+def _analyze_needs(config: StudyConfig) -> tuple[str, ...]:
+    """:func:`_graded_needs` and, in advised mode, the pilot: the analysis measures its advice's forecasts."""
+    return _graded_needs(config) + (("pilot",) if _advised(config) else ())
+
+
 def _report_needs(config: StudyConfig) -> tuple[str, ...]:
     return ("plan", "sample", "analyze") + (("eval",) if _training_on(config)[0] else ())
 
@@ -211,6 +216,7 @@ def _analyze_outputs(ctx: StudyContext) -> list[Path]:
         metrics / "compute_matched.parquet",
         metrics / "coverage_curve.parquet",
         ctx.run.cost_path,
+        ctx.run.metrics_path("pilot_vs_measured"),  # advised runs only
     ]
 
 
@@ -248,8 +254,9 @@ REGISTRY: tuple[Stage, ...] = (
     Stage("sample", stage_sample, _sample_view, _sample_outputs, needs=_sample_needs),
     Stage("grade", stage_grade, _grade_view, _grade_outputs, needs=lambda c: ("sample",)),
     Stage("judge", stage_judge, _judge_view, _judge_outputs, needs=lambda c: ("grade",), enabled=_judge_on),
-    # version 2: analyze writes metrics/cost.parquet, which the report reads (runs analysed before redo it)
-    Stage("analyze", stage_analyze, _analyze_view, _analyze_outputs, needs=_graded_needs, version=2),
+    # version 2: analyze writes metrics/cost.parquet, which the report reads (runs analysed before redo it);
+    # version 3: and, in advised mode, metrics/pilot_vs_measured.parquet (the report read the samples for it)
+    Stage("analyze", stage_analyze, _analyze_view, _analyze_outputs, needs=_analyze_needs, version=3),
     Stage("sft", stage_sft, _sft_view, _sft_outputs, needs=_graded_needs, enabled=_training_on),
     Stage(
         "train",

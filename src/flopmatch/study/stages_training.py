@@ -16,12 +16,17 @@ from flopmatch.study.jobs import sft_sets, train_jobs
 
 
 def stage_sft(ctx: StudyContext) -> dict[str, Any]:
-    from flopmatch.sft import build_sft
+    """Every SFT set of the enabled paradigms. Each model's graded samples (their text) are read once, for
+    all of its sets, and dropped after its last one."""
+    from flopmatch.sft import build_sft, graded_samples
 
     config = ctx.config
     roles = ctx.roles()
     built: dict[str, Any] = {}
-    for item in sft_sets(config, ctx.budgets()):
+    items = sft_sets(config, ctx.budgets())
+    last_set = {item.role: i for i, item in enumerate(items) if item.allocation == "uniform"}
+    graded: dict[str, Any] = {}
+    for i, item in enumerate(items):
         if item.allocation != "uniform":  # every correct solution the policy found within the budget
             from flopmatch.allocation_study import build_allocated_sft
 
@@ -33,14 +38,18 @@ def stage_sft(ctx: StudyContext) -> dict[str, Any]:
             continue
         # Budgets resolve through plan.json; the control takes SE's samples per problem from WC.
         control = roles["se"]["model"] if item.kind == "wc_number_matched" else None
+        source = roles[item.role]["model"]
+        if item.role not in graded:
+            graded[item.role] = graded_samples(ctx.run, source)
         result = build_sft(
             ctx.run,
-            source_model=roles[item.role]["model"],
+            source_model=source,
             budget=item.budget,
             number_matched_to=control,
             max_per_problem=config.paradigms.max_per_problem,
             name=item.name,
             seed=config.seed,
+            graded=graded[item.role] if last_set[item.role] > i else graded.pop(item.role),
         )
         if result.samples_per_problem != item.samples_per_problem:
             raise StudyError(
