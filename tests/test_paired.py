@@ -416,3 +416,14 @@ def test_two_level_bootstrap_standard_error_matches_the_spread_of_the_estimate(s
         ses.append(paired.bootstrap_differences(sides[0], sides[1], n_boot=300, seed=k).std())
     assert np.mean(ses) == pytest.approx(np.std(estimates), rel=0.2)
     assert paired.seed_shift_variance(np.ones((1, 5))) == 0.0
+
+
+def test_compare_settings_are_a_checked_frozen_config():
+    from flopmatch.comparisons import CompareSettings
+
+    with pytest.raises(ValueError, match="n_boot"):
+        CompareSettings(n_boot=0)
+    with pytest.raises(ValueError, match="alpha"):
+        CompareSettings(alpha=1.5)
+    with pytest.raises(ValueError, match="frozen"):
+        CompareSettings().seed = 3  # type: ignore[misc]

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 from flopmatch import paired
 from flopmatch.errors import FlopmatchError
@@ -72,15 +72,16 @@ CORRECTION = "Holm over paradigms × budgets, per comparison and metric"
 COLUMNS = COMPARISON_COLUMNS  # the table's columns (store.schemas); the old name stays importable
 
 
-@dataclass(frozen=True)
-class CompareSettings:
+class CompareSettings(BaseModel):
     """Resampling settings of :func:`comparison_table`."""
 
-    n_boot: int = 2000
-    n_perm: int = 10000
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_boot: int = Field(2000, ge=1, description="bootstrap resamples of the test problems")
+    n_perm: int = Field(10000, ge=1, description="sign-flip permutations of the paired test")
     seed: int = 0
-    alpha: float = paired.ALPHA
-    power: float = paired.POWER
+    alpha: float = Field(paired.ALPHA, gt=0, lt=1, description="the test's level (two-sided)")
+    power: float = Field(paired.POWER, gt=0, lt=1, description="the power the minimum detectable effect is for")
 
 
 # --------------------------------------------------------------------------- per-problem values
