@@ -12,33 +12,34 @@ import os
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from flopmatch.store import RunDir, write_table
-from flopmatch.store.queries import read_roles, sample_costs
+from flopmatch.store.queries import below_budget, read_roles, sample_costs
 from flopmatch.store.schemas import COST_SCHEMA
 
 
 def cost_by_budget(run: RunDir, roles: dict[str, Any], plan: Any) -> pd.DataFrame | None:
     """One row per (plan budget, role) with the samples, tokens, nominal FLOPs and seconds spent; None when
     neither role has samples (or the run has no roles). ``plan`` is a BudgetPlan or its JSON dict."""
-    tables: dict[str, pd.DataFrame] = {}
+    tables: dict[str, pa.Table] = {}
     for role in ("wc", "se"):
         key = (roles.get(role) or {}).get("key")
         if not key:
             continue
         table = sample_costs(run, key)
         if table.num_rows:
-            tables[role] = table.to_pandas()
+            tables[role] = table
     if not tables:
         return None
     rows = []
     for budget in _budgets(plan):
         for role in ("wc", "se"):
-            frame = tables.get(role)
-            if frame is None:
+            table = tables.get(role)
+            if table is None:
                 continue
             per_problem = int(budget[f"{role}_samples"])
-            used = frame[frame["sample_idx"] < per_problem]
+            used = below_budget(table, per_problem).to_pandas()
             params = float((roles.get(role) or {}).get("params") or float("nan"))
             tokens = float(used["completion_tokens"].sum()) if "completion_tokens" in used else float("nan")
             rows.append(
