@@ -360,13 +360,13 @@ runner = CliRunner()
 @pytest.mark.parametrize(
     ("content", "where"),
     [
-        ("problem_id,n,c\na,8,3\nb,8,9\n", "line 3: field 'c' is 9, more than n=8"),
-        ("problem_id,n,c\na,0,0\n", "line 2: field 'n' must be >= 1"),
-        ("problem_id,n,c\na,8,-1\n", "line 2: field 'c' must be >= 0"),
-        ("problem_id,n,c\na,8,3\nb,2.5,1\n", "line 3: field 'n' must be an integer"),
-        ("problem_id,n,c\na,8,\n", "line 2: field 'c' must be an integer"),
-        ("problem_id,n\na,8\n", "line 1 (header): missing column(s) ['c']"),
-        ("problem_id,n,c,unique_correct\na,8,3,4\n", "line 2: field 'unique_correct' is 4"),
+        ("problem_id,n,c\na,8,3\nb,8,9\n", "line 3: field 'c': 9 is more than n=8"),
+        ("problem_id,n,c\na,0,0\n", "line 2: field 'n': must be >= 1"),
+        ("problem_id,n,c\na,8,-1\n", "line 2: field 'c': must be >= 0"),
+        ("problem_id,n,c\na,8,3\nb,2.5,1\n", "line 3: field 'n': must be an integer"),
+        ("problem_id,n,c\na,8,\n", "line 2: field 'c': must be an integer"),
+        ("problem_id,n\na,8\n", "line 1: the header lacks column(s) ['c']"),
+        ("problem_id,n,c,unique_correct\na,8,3,4\n", "line 2: field 'unique_correct': got 4"),
         ("problem_id,n,c\na,8,3\na,8,2\n", "line 3: field 'problem_id': 'a' appears twice"),
     ],
 )
@@ -375,7 +375,7 @@ def test_counts_errors_name_file_line_and_field(tmp_path, content, where):
     path.write_text(content)
     result = runner.invoke(app, ["forecast", "--counts", str(path)])
     assert result.exit_code == 2
-    assert f"{path}: {where}" in " ".join(result.output.split()) or f"{path}: {where}" in result.output
+    assert f"{path}, {where}" in " ".join(result.output.split()) or f"{path}, {where}" in result.output
 
 
 def test_counts_parquet_errors_name_the_row(tmp_path):
@@ -383,7 +383,53 @@ def test_counts_parquet_errors_name_the_row(tmp_path):
     pd.DataFrame({"problem_id": ["a", "b"], "n": [4, 4], "c": [1, 5]}).to_parquet(path)
     result = runner.invoke(app, ["forecast", "--counts", str(path)])
     assert result.exit_code == 2
-    assert f"{path}: row 1: field 'c' is 5, more than n=4" in result.output
+    assert f"{path}, row 2: field 'c': 5 is more than n=4" in result.output  # rows counted from 1
+
+
+def test_a_malformed_counts_file_raises_an_error_that_carries_file_row_and_field(tmp_path):
+    from flopmatch.errors import FlopmatchError
+    from flopmatch.forecast_run import ForecastInputError, ForecastInputMissing, read_counts
+
+    def error_of(path: Path) -> ForecastInputError:
+        with pytest.raises(ForecastInputError) as info:
+            read_counts(path)
+        return info.value
+
+    csv = tmp_path / "pilot.csv"
+    csv.write_text("problem_id,n,c\na,8,3\nb,two,1\n")
+    error = error_of(csv)
+    assert (error.file, error.row, error.unit, error.field) == (str(csv), 3, "line", "n")
+    assert error.message == "must be an integer, got 'two'"
+    assert isinstance(error, FlopmatchError) and isinstance(error, ValueError)  # `except ValueError` still works
+    parquet = tmp_path / "pilot.parquet"
+    pd.DataFrame({"problem_id": ["a", "b", "c"], "n": [4, 4, 4], "c": [1, 2, 1],
+                  "tokens": [10.0, -1.0, 3.0]}).to_parquet(parquet)  # fmt: skip
+    error = error_of(parquet)
+    assert (error.file, error.row, error.unit, error.field) == (str(parquet), 2, "row", "tokens")
+    csv.write_text("problem_id,n\na,8\n")  # the header: line 1, no field (a column is missing, not a value)
+    error = error_of(csv)
+    assert (error.file, error.row, error.field) == (str(csv), 1, None) and "lacks column(s) ['c']" in error.message
+    with pytest.raises(ForecastInputMissing) as missing:
+        read_counts(tmp_path / "none.csv")
+    assert missing.value.file == str(tmp_path / "none.csv") and isinstance(missing.value, FileNotFoundError)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_cli_forecast_reports_a_malformed_counts_file_on_one_error_line_with_exit_2(tmp_path, suffix):
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / f"pilot{suffix}"
+    frame = pd.DataFrame({"problem_id": ["a", "b"], "n": [4, 4], "c": [1, 5]})
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path)
+    flopmatch = Path(sys.executable).with_name("flopmatch")
+    run = subprocess.run([str(flopmatch), "forecast", "--counts", str(path)], capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "300"})  # fmt: skip
+    assert run.returncode == 2 and "Traceback" not in run.stderr + run.stdout
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    where = "line 3" if suffix == ".csv" else "row 2"
+    assert lines == [f"error: {path}, {where}: field 'c': 5 is more than n=4"], run.stderr
 
 
 def test_counts_json_shape_per_model(tmp_path):
@@ -462,6 +508,22 @@ def test_cli_forecast_run_errors(tmp_path):
     assert result.exit_code == 2 and "model 'nope' has no grades" in result.output
     result = runner.invoke(app, ["forecast"])
     assert result.exit_code == 2 and "either a RUN directory or --counts FILE" in result.output
+
+
+def test_forecast_run_errors_carry_the_file(tmp_path):
+    from flopmatch.forecast_run import ForecastInputError, ForecastInputMissing, forecast_run
+
+    run, _ = make_run(tmp_path / "run", problems=5, samples=3)
+    with pytest.raises(ForecastInputError, match="no problem has all of samples 0..4 graded") as info:
+        forecast_run(run, pilot_samples=5)
+    assert info.value.file == str(run.grades_path("toy-wc")) and info.value.row is None
+    with pytest.raises(ForecastInputError, match="pilot_samples must be >= 1"):
+        forecast_run(run, pilot_samples=0)
+    with pytest.raises(ForecastInputMissing, match="no grades") as missing:
+        forecast_run(RunDir(tmp_path / "empty").ensure())
+    assert missing.value.file == str(RunDir(tmp_path / "empty").grades_dir)
+    result = runner.invoke(app, ["forecast", str(tmp_path / "empty")])
+    assert result.exit_code == 2 and "grades: no grades (run `flopmatch grade` first)" in " ".join(result.output.split())
 
 
 def test_pilot_target_extends_the_pilot_problems_themselves():

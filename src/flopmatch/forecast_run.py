@@ -4,8 +4,12 @@
   (``sample_idx < n``; the sampler's seeded prefix property makes that an honest pilot) and, when the
   run holds more samples, puts the measured unbiased coverage@k / diversity@k beside each forecast.
 * :func:`read_counts` reads ``problem_id, n, c`` (+ optional ``model``, ``unique_correct``, ``tokens``)
-  from CSV or Parquet; a bad row fails naming the file, the line (CSV; the header is line 1) or row
-  (Parquet) and the field.
+  from CSV or Parquet; a bad row raises :class:`ForecastInputError` with the file, the line (CSV; the
+  header is line 1) or row (Parquet, counted from 1) and the field as ``file``/``row``/``field``.
+
+Bad input (a malformed counts file, a model without grades, a pilot no problem completes, an argument out
+of range) raises :class:`ForecastInputError` (a ValueError); a counts file or a run's grades that are not
+there, :class:`ForecastInputMissing` (a FileNotFoundError); both are :class:`~flopmatch.errors.FlopmatchError`.
 
 Uniqueness is exact uniqueness after :func:`flopmatch.metrics.normalize_solution`, as in ``analyze``.
 """
@@ -22,12 +26,23 @@ import numpy as np
 import pandas as pd
 
 from flopmatch.analysis import ModelSamples, load_model_samples
+from flopmatch.errors import FlopmatchError
 from flopmatch.forecast import DEFAULT_KS, ModelForecast, forecast_counts, forecast_pilot
 from flopmatch.metrics import expected_unique_at_k, multiplicities, pass_at_k
 from flopmatch.store import RunDir, as_run, model_key
 
 COUNT_FIELDS = ("problem_id", "n", "c")
 OPTIONAL_FIELDS = ("model", "unique_correct", "tokens")
+
+
+class ForecastInputError(FlopmatchError, ValueError):
+    """The forecast's input is malformed: a counts file's row, field or columns (``file``, ``row`` and
+    ``field`` say where; ``unit`` is "line" for CSV, "row" for Parquet), a model with no grades, a pilot
+    that no problem completes, or an argument out of range."""
+
+
+class ForecastInputMissing(FlopmatchError, FileNotFoundError):
+    """The forecast's input is not there: no counts file at the path given, or a run with no grades."""
 
 
 # --------------------------------------------------------------------------- runs
@@ -69,7 +84,7 @@ def select_models(graded: dict[str, Path], model: str | None) -> dict[str, Path]
         return graded
     found = {m: p for m, p in graded.items() if m == model or model_key(m) == model_key(model)}
     if not found:
-        raise ValueError(f"model {model!r} has no grades in this run; graded: {sorted(graded)}")
+        raise ForecastInputError(f"model {model!r} has no grades in this run; graded: {sorted(graded)}")
     return found
 
 
@@ -87,22 +102,22 @@ def forecast_run(run_dir: str | Path | RunDir, model: str | None = None, pilot_s
     "families" (the default) or "refit" (:data:`flopmatch.forecast.INTERVALS`).
     """
     if target not in ("population", "pilot"):
-        raise ValueError(f"target must be 'population' or 'pilot', got {target!r}")
+        raise ForecastInputError(f"target must be 'population' or 'pilot', got {target!r}")
     from flopmatch.store.queries import graded_models
 
     if pilot_samples < 1:
-        raise ValueError(f"pilot_samples must be >= 1, got {pilot_samples}")
+        raise ForecastInputError(f"pilot_samples must be >= 1, got {pilot_samples}")
     run = as_run(run_dir)
     graded = graded_models(run)
     if not graded:
-        raise FileNotFoundError(f"{run.grades_dir}: no grades (run `flopmatch grade` first)")
+        raise ForecastInputMissing("no grades (run `flopmatch grade` first)", file=run.grades_dir)
     out = []
     for name, path in select_models(graded, model).items():
         data = load_model_samples(run, name, path)
         complete = data.complete(pilot_samples)
         if not complete:
-            raise ValueError(f"{path}: no problem has all of samples 0..{pilot_samples - 1} graded "
-                             f"(the most any problem has is {data.max_samples})")
+            raise ForecastInputError(f"no problem has all of samples 0..{pilot_samples - 1} graded (the most any "
+                                     f"problem has is {data.max_samples})", file=path)
         pids = pick_problems(complete, pilot_problems, seed)
         forecast = forecast_pilot if target == "pilot" else forecast_counts
         fc = forecast(problem_counts(data, pilot_samples, pids), ks, model=name, n_boot=n_boot, seed=seed,
@@ -132,37 +147,35 @@ def with_measured(fc: ModelForecast, data: ModelSamples, pilot_samples: int,
 # --------------------------------------------------------------------------- counts files
 
 
-def _where(path: Path, row: int, csv: bool) -> str:
-    return f"{path}: line {row + 2}" if csv else f"{path}: row {row}"
-
-
-def _integer(value: Any, where: str, field: str) -> int:
+def _integer(value: Any, field: str, at: dict[str, Any]) -> int:
     text = str(value).strip() if value is not None else ""
     try:
         number = float(text)
     except ValueError:
         number = math.nan
     if not text or math.isnan(number) or number != math.floor(number) or math.isinf(number):
-        raise ValueError(f"{where}: field '{field}' must be an integer, got {value!r}")
+        raise ForecastInputError(f"must be an integer, got {value!r}", field=field, **at)
     return int(number)
 
 
-def _validate_row(r: dict[str, Any], where: str, has: set[str]) -> dict[str, Any]:
+def _validate_row(r: dict[str, Any], at: dict[str, Any], has: set[str]) -> dict[str, Any]:
+    """One counts row checked; ``at`` is where it is (file, row, unit) for the error."""
     pid = r["problem_id"]
     if pid is None or str(pid).strip() == "" or (isinstance(pid, float) and math.isnan(pid)):
-        raise ValueError(f"{where}: field 'problem_id' is empty")
-    n, c = _integer(r["n"], where, "n"), _integer(r["c"], where, "c")
+        raise ForecastInputError("is empty", field="problem_id", **at)
+    n, c = _integer(r["n"], "n", at), _integer(r["c"], "c", at)
     if n <= 0:
-        raise ValueError(f"{where}: field 'n' must be >= 1, got {n}")
+        raise ForecastInputError(f"must be >= 1, got {n}", field="n", **at)
     if c < 0:
-        raise ValueError(f"{where}: field 'c' must be >= 0, got {c}")
+        raise ForecastInputError(f"must be >= 0, got {c}", field="c", **at)
     if c > n:
-        raise ValueError(f"{where}: field 'c' is {c}, more than n={n}")
+        raise ForecastInputError(f"{c} is more than n={n}", field="c", **at)
     row = {"model": str(r.get("model") or "") if "model" in has else "", "problem_id": str(pid), "n": n, "c": c}
     if "unique_correct" in has:
-        u = _integer(r["unique_correct"], where, "unique_correct")
+        u = _integer(r["unique_correct"], "unique_correct", at)
         if not (0 <= u <= c and (u >= 1 or c == 0)):
-            raise ValueError(f"{where}: field 'unique_correct' is {u}; it must be between 1 and c={c} (0 when c=0)")
+            raise ForecastInputError(f"got {u}; it must be between 1 and c={c} (0 when c=0)", field="unique_correct",
+                                     **at)
         row["unique_correct"] = u
     if "tokens" in has:
         try:
@@ -170,37 +183,45 @@ def _validate_row(r: dict[str, Any], where: str, has: set[str]) -> dict[str, Any
         except (TypeError, ValueError):
             tokens = math.nan
         if math.isnan(tokens) or tokens < 0:
-            raise ValueError(f"{where}: field 'tokens' must be a number >= 0, got {r['tokens']!r}")
+            raise ForecastInputError(f"must be a number >= 0, got {r['tokens']!r}", field="tokens", **at)
         row["tokens"] = tokens
     return row
 
 
 def read_counts(path: str | Path) -> dict[str, pd.DataFrame]:
-    """Model name ('' when the file has no model column) → validated counts, from CSV or Parquet."""
+    """Model name ('' when the file has no model column) → validated counts, from CSV or Parquet.
+
+    A bad file raises :class:`ForecastInputError` whose ``file``, ``row`` (the line of a CSV file, the
+    header being line 1; the row of a Parquet table, counted from 1) and ``field`` say where; no file at
+    ``path`` raises :class:`ForecastInputMissing`.
+    """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise ForecastInputMissing("no such file", file=path)
     csv = path.suffix.lower() != ".parquet"
     try:
         frame = (pd.read_csv(path, dtype=str, keep_default_na=False) if csv else pd.read_parquet(path))
     except Exception as exc:  # a corrupt file: name it
-        raise ValueError(f"{path}: cannot read as {'CSV' if csv else 'Parquet'}: {exc}") from exc
+        raise ForecastInputError(f"cannot read as {'CSV' if csv else 'Parquet'}: {exc}", file=path) from exc
     frame.columns = [str(col).strip() for col in frame.columns]
     missing = [col for col in COUNT_FIELDS if col not in frame.columns]
     if missing:
-        where = f"{path}: line 1 (header)" if csv else f"{path}"
-        raise ValueError(f"{where}: missing column(s) {missing}; need {list(COUNT_FIELDS)}, "
-                         f"optional {list(OPTIONAL_FIELDS)}")
+        need = f"; need {list(COUNT_FIELDS)}, optional {list(OPTIONAL_FIELDS)}"
+        if csv:
+            raise ForecastInputError(f"the header lacks column(s) {missing}{need}", file=path, row=1, unit="line")
+        raise ForecastInputError(f"missing column(s) {missing}{need}", file=path)
     if frame.empty:
-        raise ValueError(f"{path}: no rows")
+        raise ForecastInputError("no rows", file=path)
     has = set(frame.columns)
     rows, seen = [], set()
     for i, r in enumerate(frame.to_dict("records")):
-        row = _validate_row(r, _where(path, i, csv), has)
+        at = {"file": path, "row": i + 2, "unit": "line"} if csv else {"file": path, "row": i + 1}
+        row = _validate_row(r, at, has)
         key = (row["model"], row["problem_id"])
         if key in seen:
-            raise ValueError(f"{_where(path, i, csv)}: field 'problem_id': {row['problem_id']!r} appears twice"
-                             + (f" for model {row['model']!r}" if row["model"] else ""))
+            raise ForecastInputError(f"{row['problem_id']!r} appears twice"
+                                     + (f" for model {row['model']!r}" if row["model"] else ""),
+                                     field="problem_id", **at)
         seen.add(key)
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -214,7 +235,7 @@ def forecast_counts_file(path: str | Path, ks: Sequence[int] = DEFAULT_KS, *, mo
     groups = read_counts(path)
     if model is not None:
         if model not in groups:
-            raise ValueError(f"{path}: no rows for model {model!r}; models: {sorted(groups)}")
+            raise ForecastInputError(f"no rows for model {model!r}; models: {sorted(groups)}", file=path)
         groups = {model: groups[model]}
     forecast = forecast_pilot if target == "pilot" else forecast_counts
     return [forecast(g, ks, model=m, n_boot=n_boot, seed=seed, family=family, intervals=intervals)
