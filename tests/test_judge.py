@@ -311,6 +311,31 @@ def test_judge_run_seeded_sample_and_crash_resume(tmp_path):
         judge_run(run, ToyworldCheckerJudge(), models=["nope"])
 
 
+def test_judge_run_bad_input_is_a_flopmatch_error_naming_the_run_file(tmp_path):
+    """Bad input to judge_run raises its module's FlopmatchErrors (keeping the builtin bases callers caught),
+    with the run's directory as ``file`` rather than written into the text by hand."""
+    import shutil
+
+    from flopmatch.errors import FlopmatchError
+    from flopmatch.judge.run import JudgeInputError, JudgeInputMissing
+
+    run, _ = _toy_run(tmp_path)
+    with pytest.raises(JudgeInputError, match=r"model 'nope' has no grades \(have \['toy/se', 'toy/wc'\]\)") as info:
+        judge_run(run, ToyworldCheckerJudge(), models=["nope"])
+    assert info.value.file == str(run.grades_dir) and isinstance(info.value, ValueError)
+    with pytest.raises(JudgeInputError, match="per_model must be >= 1"):
+        judge_run(run, ToyworldCheckerJudge(), per_model=0)
+    shutil.rmtree(run.problems_dir)
+    with pytest.raises(JudgeInputError, match=r"no problem record for \['toyworld/train/0'") as info:
+        judge_run(run, ToyworldCheckerJudge(), models=["toy/wc"])
+    assert info.value.file == str(run.problems_dir)
+    empty = RunDir(tmp_path / "empty").ensure()
+    with pytest.raises(JudgeInputMissing, match="no grades to judge") as missing:
+        judge_run(empty, ToyworldCheckerJudge())
+    assert missing.value.file == str(empty.grades_dir) and isinstance(missing.value, FileNotFoundError)
+    assert isinstance(missing.value, FlopmatchError)
+
+
 # --------------------------------------------------------------------------- human labels
 
 
@@ -346,20 +371,20 @@ def test_import_human_labels_csv_and_jsonl(tmp_path):
 @pytest.mark.parametrize(
     ("content", "suffix", "message"),
     [
-        ("problem_id,sample_idx\nx,1\n", ".csv", ":1: header lacks column(s) ['valid']"),
-        ("problem_id,sample_idx,valid\n{pid},1,maybe\n", ".csv", ":2: field 'valid'"),
-        ("problem_id,sample_idx,valid\n{pid},0,true\n{pid},-1,true\n", ".csv", ":3: field 'sample_idx'"),
-        ("problem_id,sample_idx,valid\n{pid},1.5,true\n", ".csv", ":2: field 'sample_idx'"),
-        ("problem_id,sample_idx,valid\n,1,true\n", ".csv", ":2: field 'problem_id'"),
+        ("problem_id,sample_idx\nx,1\n", ".csv", ", line 1: header lacks column(s) ['valid']"),
+        ("problem_id,sample_idx,valid\n{pid},1,maybe\n", ".csv", ", line 2: field 'valid': must be true/false"),
+        ("problem_id,sample_idx,valid\n{pid},0,true\n{pid},-1,true\n", ".csv", ", line 3: field 'sample_idx': "),
+        ("problem_id,sample_idx,valid\n{pid},1.5,true\n", ".csv", ", line 2: field 'sample_idx': "),
+        ("problem_id,sample_idx,valid\n,1,true\n", ".csv", ", line 2: field 'problem_id': "),
         ("problem_id,sample_idx,valid\nnope,1,true\n", ".csv", "not a graded sample"),
         ("problem_id,sample_idx,valid\n{pid},2,true\n", ".csv", "graded 'wrong'"),
-        ("problem_id,sample_idx,valid\n{pid},0,true\n{pid},0,true\n", ".csv", ":3: sample"),
+        ("problem_id,sample_idx,valid\n{pid},0,true\n{pid},0,true\n", ".csv", ", line 3: sample"),
         (
             '{{"problem_id": "{pid}", "sample_idx": 0, "valid": true}}\n{{oops\n',
             ".jsonl",
-            ":2: not valid JSON",
+            ", line 2: not valid JSON",
         ),
-        ('{{"problem_id": "{pid}", "sample_idx": 0}}\n', ".jsonl", ":1: field 'valid' is missing"),
+        ('{{"problem_id": "{pid}", "sample_idx": 0}}\n', ".jsonl", ", line 1: field 'valid': is missing"),
         ("", ".txt", "unknown label format"),
     ],
 )
@@ -371,6 +396,19 @@ def test_import_human_labels_bad_rows_name_file_line_field(tmp_path, content, su
     with pytest.raises(LabelError) as info:
         import_human_labels(run, path, "toy/wc")
     assert str(path) in str(info.value) and message in str(info.value)
+    assert info.value.file == str(path)
+
+
+def test_a_bad_label_row_carries_its_file_line_and_field(tmp_path):
+    run, kinds = _toy_run(tmp_path, n_problems=2)
+    pid = next(iter(kinds["toy/wc"]))[0]
+    path = tmp_path / "labels.csv"
+    path.write_text(f"problem_id,sample_idx,valid\n{pid},0,true\n{pid},1,maybe\n")
+    with pytest.raises(LabelError) as info:
+        import_human_labels(run, path, "toy/wc")
+    error = info.value
+    assert (error.file, error.row, error.unit, error.field) == (str(path), 3, "line", "valid")
+    assert error.message == "must be true/false (or 1/0, yes/no), got 'maybe'"
 
 
 def test_import_human_labels_refuses_conflicting_relabel(tmp_path):
@@ -475,7 +513,7 @@ def test_cli_judge_and_labels(tmp_path):
     assert "1 human labels" in out.output and "100.0%" in out.output
     labels.write_text('{"problem_id": "nope", "sample_idx": 0, "valid": true}\n')
     out = CliRunner().invoke(app, ["judge-labels", str(run.root), str(labels), "--model", "toy/se"])
-    assert out.exit_code != 0 and "h.jsonl:1" in out.output.replace("\n", "")
+    assert out.exit_code != 0 and "h.jsonl, line 1" in out.output.replace("\n", "")
     out = CliRunner().invoke(app, ["judge", str(run.root), "--judge-backend", "vllm"])
     assert out.exit_code != 0 and "needs a model" in out.output
 
@@ -626,8 +664,11 @@ def test_judge_run_refuses_a_budget_the_plan_lacks_and_translates_the_old_index(
     run = _planned_toy_run(tmp_path)
     with pytest.raises(ValueError, match=r"no budget with se_samples=0 \(the plan has: 1, 2\).*index 0 is budget 1"):
         judge_run(run, ToyworldCheckerJudge(), budget=0)
-    with pytest.raises(ValueError, match=r"no budget with se_samples=5 \(the plan has: 1, 2\)$"):
+    with pytest.raises(ValueError, match=r"no budget with se_samples=5 \(the plan has: 1, 2\)$") as info:
         judge_run(run, ToyworldCheckerJudge(), budget=5)
+    from flopmatch.budget import UnknownBudgetError
+
+    assert type(info.value) is UnknownBudgetError and info.value.file == str(run.plan_path)  # still a KeyError too
     with caplog.at_level(logging.WARNING, logger="flopmatch"):
         old = judge_run(run, ToyworldCheckerJudge(), per_model=500, budget_index=1)
     assert "budget_index=1) is deprecated" in caplog.text and "judge_run(budget=2)" in caplog.text

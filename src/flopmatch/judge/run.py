@@ -1,5 +1,10 @@
 """Judging a run: a seeded sample of answer-correct solutions per model into ``judgments/<model>.parquet``
-(resumable), and human labels beside them (see :mod:`flopmatch.judge`)."""
+(resumable), and human labels beside them (see :mod:`flopmatch.judge`).
+
+Bad input raises a :class:`~flopmatch.errors.FlopmatchError` carrying where it is as ``file``/``row``/
+``field``: :class:`JudgeInputError` (a ValueError: an argument out of range, a model without grades, a
+sample whose problem has no record), :class:`JudgeInputMissing` (a FileNotFoundError: a run with no
+grades) and :class:`LabelError` (a ValueError: a bad human-label file, with its line and field)."""
 
 from __future__ import annotations
 
@@ -36,6 +41,16 @@ from flopmatch.store.queries import (  # noqa: F401 - the run queries were defin
 from flopmatch.store.schemas import HUMAN_SCHEMA, JUDGMENT_SCHEMA
 
 log = logging.getLogger(__name__)
+
+
+class JudgeInputError(FlopmatchError, ValueError):
+    """:func:`judge_run` was given something it cannot judge: an argument out of range, a model with no
+    grades, or solutions whose problem has no record in the run (``file`` names the run's directory)."""
+
+
+class JudgeInputMissing(FlopmatchError, FileNotFoundError):
+    """The run has no grades to judge (``file`` is its grades directory)."""
+
 
 # --------------------------------------------------------------------------- judging a run
 
@@ -87,17 +102,17 @@ def judge_run(
     """
     run = as_run(run_dir)
     if per_model < 1:
-        raise ValueError(f"per_model must be >= 1, got {per_model}")
+        raise JudgeInputError(f"per_model must be >= 1, got {per_model}")
     budget = _budget_of(run, budget, budget_index)
     available = graded_models(run)
     if not available:
-        raise FileNotFoundError(f"{run.grades_dir}: no grades to judge (run `flopmatch grade` first)")
+        raise JudgeInputMissing("no grades to judge (run `flopmatch grade` first)", file=run.grades_dir)
     wanted = list(models) if models is not None else list(available)
     problems = load_problems(run)
     stats: dict[str, JudgeRunStats] = {}
     for model in wanted:
         if model not in available:
-            raise ValueError(f"model {model!r} has no grades in {run.grades_dir} (have {sorted(available)})")
+            raise JudgeInputError(f"model {model!r} has no grades (have {sorted(available)})", file=run.grades_dir)
         limit = samples_at_budget(run, model, budget) if budget is not None else None
         grades = read_grades(run, model, samples=limit).to_pylist()
         candidates = [(str(g["problem_id"]), int(g["sample_idx"])) for g in grades if g["status"] == "correct"]
@@ -110,7 +125,8 @@ def judge_run(
         texts = sample_texts(run, model, set(todo))
         missing_problems = sorted({pid for pid, _ in todo if pid not in problems})
         if missing_problems:
-            raise ValueError(f"{run.problems_dir}: no problem record for {missing_problems[:5]} (model {model})")
+            raise JudgeInputError(f"no problem record for {missing_problems[:5]} (model {model})",
+                                  file=run.problems_dir)
         bar = progress_bar(len(todo), f"judge {model}", unit="sol")
         for start in range(0, len(todo), chunk):
             keys = todo[start : start + chunk]
@@ -147,7 +163,7 @@ def _budget_of(run: RunDir, budget: int | None, budget_index: int | None) -> int
     (and, when it is a valid old-style index, what that index is called now)."""
     if budget_index is not None:
         if budget is not None:
-            raise ValueError("give budget= (SE samples per problem) or the deprecated budget_index=, not both")
+            raise JudgeInputError("give budget= (SE samples per problem) or the deprecated budget_index=, not both")
         budget = budget_at_index(run, budget_index)
         log.warning("judge_run(budget_index=%d) is deprecated: the plan's budget %d is judge_run(budget=%d) "
                     "(a budget is named by its SE samples per problem)", budget_index, budget, budget)
@@ -162,7 +178,7 @@ def _budget_of(run: RunDir, budget: int | None, budget_index: int | None) -> int
         if 0 <= budget < len(plan.budgets):
             hint = (f"; a budget is named by its SE samples per problem, no longer by its index into plan.json's "
                     f"budgets: index {budget} is budget {plan.se_budgets[budget]}")
-        raise BudgetError(f"{run.plan_path}: {exc}{hint}") from None
+        raise type(exc)(f"{exc.message}{hint}", file=run.plan_path) from None  # UnknownBudgetError stays one
     return budget
 
 
@@ -173,7 +189,7 @@ _FALSE = {"false", "0", "no", "n", "invalid", "f"}
 
 
 class LabelError(FlopmatchError, ValueError):
-    """A bad row in a human-label file (the message names file, line and field)."""
+    """A bad human-label file or row: ``file``, ``row`` (a line of the file) and ``field`` say where."""
 
 
 def _parse_label_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
@@ -183,7 +199,7 @@ def _parse_label_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
             reader = csv.DictReader(handle)
             missing = {"problem_id", "sample_idx", "valid"} - set(reader.fieldnames or [])
             if missing:
-                raise LabelError(f"{path}:1: header lacks column(s) {sorted(missing)}")
+                raise LabelError(f"header lacks column(s) {sorted(missing)}", file=path, row=1, unit="line")
             for row in reader:
                 yield reader.line_num, row
     elif suffix in (".jsonl", ".ndjson"):
@@ -194,15 +210,15 @@ def _parse_label_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
                 try:
                     row = json.loads(line)
                 except ValueError as exc:
-                    raise LabelError(f"{path}:{line_no}: not valid JSON ({exc})") from None
+                    raise LabelError(f"not valid JSON ({exc})", file=path, row=line_no, unit="line") from None
                 if not isinstance(row, dict):
-                    raise LabelError(f"{path}:{line_no}: expected a JSON object")
+                    raise LabelError("expected a JSON object", file=path, row=line_no, unit="line")
                 yield line_no, row
     else:
-        raise LabelError(f"{path}: unknown label format {suffix!r} (use .csv or .jsonl)")
+        raise LabelError(f"unknown label format {suffix!r} (use .csv or .jsonl)", file=path)
 
 
-def _label_value(value: Any, where: str) -> bool:
+def _label_value(value: Any, at: dict[str, Any]) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
@@ -212,7 +228,7 @@ def _label_value(value: Any, where: str) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise LabelError(f"{where}: field 'valid' must be true/false (or 1/0, yes/no), got {value!r}")
+    raise LabelError(f"must be true/false (or 1/0, yes/no), got {value!r}", field="valid", **at)
 
 
 def import_human_labels(run_dir: str | Path | RunDir, path: str | Path, model: str) -> Path:
@@ -226,11 +242,11 @@ def import_human_labels(run_dir: str | Path | RunDir, path: str | Path, model: s
     run = as_run(run_dir)
     path = Path(path)
     if not path.is_file():
-        raise LabelError(f"{path}: no such file")
+        raise LabelError("no such file", file=path)
     grades = grades_file(run, model)
     if grades is None:
-        raise LabelError(f"{run.grades_path(model)}: model {model!r} has no grades; labels must refer to graded "
-                         "samples")
+        raise LabelError(f"model {model!r} has no grades; labels must refer to graded samples",
+                         file=run.grades_path(model))
     status = {
         (str(r["problem_id"]), int(r["sample_idx"])): r["status"]
         for r in read_grades(run, model, path=grades).to_pylist()
@@ -241,10 +257,10 @@ def import_human_labels(run_dir: str | Path | RunDir, path: str | Path, model: s
         labels[(r["problem_id"], r["sample_idx"])] = r
     seen: set[tuple[str, int]] = set()
     for line_no, row in _parse_label_rows(path):
-        where = f"{path}:{line_no}"
+        at = {"file": path, "row": line_no, "unit": "line"}
         pid = row.get("problem_id")
         if pid is None or str(pid).strip() == "":
-            raise LabelError(f"{where}: field 'problem_id' is missing or empty")
+            raise LabelError("is missing or empty", field="problem_id", **at)
         pid = str(pid).strip()
         raw_idx = row.get("sample_idx")
         try:
@@ -252,27 +268,27 @@ def import_human_labels(run_dir: str | Path | RunDir, path: str | Path, model: s
             if str(raw_idx).strip() != str(idx) or idx < 0:
                 raise ValueError
         except (TypeError, ValueError):
-            raise LabelError(f"{where}: field 'sample_idx' must be a non-negative integer, got {raw_idx!r}") from None
+            raise LabelError(f"must be a non-negative integer, got {raw_idx!r}", field="sample_idx", **at) from None
         if "valid" not in row:
-            raise LabelError(f"{where}: field 'valid' is missing")
-        valid = _label_value(row["valid"], where)
+            raise LabelError("is missing", field="valid", **at)
+        valid = _label_value(row["valid"], at)
         key = (pid, idx)
         if key in seen:
-            raise LabelError(f"{where}: sample ({pid!r}, {idx}) is labelled twice in this file")
+            raise LabelError(f"sample ({pid!r}, {idx}) is labelled twice in this file", **at)
         seen.add(key)
         if key not in status:
-            raise LabelError(f"{where}: sample ({pid!r}, {idx}) is not a graded sample of {model!r}")
+            raise LabelError(f"sample ({pid!r}, {idx}) is not a graded sample of {model!r}", **at)
         if status[key] != "correct":
             raise LabelError(
-                f"{where}: sample ({pid!r}, {idx}) was graded {status[key]!r}; FPR labels are for answer-correct samples"
+                f"sample ({pid!r}, {idx}) was graded {status[key]!r}; FPR labels are for answer-correct samples", **at
             )
         if key in labels and labels[key]["valid"] != valid:
             raise LabelError(
-                f"{where}: sample ({pid!r}, {idx}) was labelled valid={labels[key]['valid']} by "
-                f"{labels[key]['source']}; refusing to overwrite"
+                f"sample ({pid!r}, {idx}) was labelled valid={labels[key]['valid']} by {labels[key]['source']}; "
+                "refusing to overwrite", **at
             )
         labels[key] = {"model": model, "problem_id": pid, "sample_idx": idx, "valid": valid, "source": str(path)}
     if not seen:
-        raise LabelError(f"{path}: no labels")
+        raise LabelError("no labels", file=path)
     rows = sorted(labels.values(), key=lambda r: (r["problem_id"], r["sample_idx"]))
     return write_table(pa.Table.from_pylist(rows, schema=HUMAN_SCHEMA), out_path)
