@@ -15,13 +15,6 @@ import pandas as pd
 from flopmatch.store import RunDir, as_run, read_json
 from flopmatch.store.queries import problems_by_role, read_roles
 
-PILOT_DIR = "pilot"
-ADVICE_FILE = "advice.json"
-
-
-def advice_path(run: RunDir) -> Path:
-    return run.root / PILOT_DIR / ADVICE_FILE
-
 
 def advice_allocations(entry: dict[str, Any]) -> list[tuple[str, dict[str, int], dict[str, Any]]]:
     """The advised allocation and each single model's, with their forecasts, for one budget."""
@@ -37,7 +30,7 @@ def advice_allocations(entry: dict[str, Any]) -> list[tuple[str, dict[str, int],
 
 def advised_samples(run: RunDir, role: str) -> int:
     """The most samples per problem any advised or single-model allocation asks of ``role`` (0: none)."""
-    path = advice_path(run)
+    path = run.advice_path
     if not path.exists():
         return 0
     data = read_json(path)
@@ -73,9 +66,9 @@ def forecast_vs_measured(
     defaults).
     """
     run = as_run(run_dir)
-    if not advice_path(run).exists():
+    if not run.advice_path.exists():
         return None
-    data = read_json(advice_path(run))
+    data = read_json(run.advice_path)
     if solutions is None:
         solutions = _read_solutions(run)
         if solutions is None:

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from flopmatch.advice_run import advice_path, forecast_vs_measured, sample_problem_ids
+from flopmatch.advice_run import forecast_vs_measured, sample_problem_ids
 from flopmatch.analysis_cost import write_cost
 from flopmatch.analysis_render import compute_matched_markdown, make_figures, summary_markdown
 from flopmatch.errors import FlopmatchError
@@ -285,7 +285,7 @@ def analyze(
     warnings: list[str] = []
     graded = graded_models(run)
     if not graded:
-        raise NothingToAnalyze("no grades to analyze (run `flopmatch grade` first)", file=run.root / "grades")
+        raise NothingToAnalyze("no grades to analyze (run `flopmatch grade` first)", file=run.grades_dir)
     data = {model: load_model_samples(run, model, path) for model, path in graded.items()}
     problems = load_problems(run)
     verdicts = {model: load_verdicts(run, model, judge, warnings) for model in data}
@@ -299,16 +299,12 @@ def analyze(
     coverage_curve, diversity_curve = _curves(settings, data, n_boot=n_boot, seed=seed)
     compute_matched, headline = _compute_matched(plan, cells)
 
-    out = run.metrics_dir
-    files = {
-        "summary": write_table(summary, out / "summary.parquet"),
-        "coverage_curve": write_table(coverage_curve, out / "coverage_curve.parquet"),
-        "diversity_curve": write_table(diversity_curve, out / "diversity_curve.parquet"),
-        "compute_matched": write_table(compute_matched, out / "compute_matched.parquet"),
-    }
-    files["summary_md"] = write_text(summary_markdown(summary, warnings), out / "summary.md")
+    tables = {"summary": summary, "coverage_curve": coverage_curve, "diversity_curve": diversity_curve,
+              "compute_matched": compute_matched}  # fmt: skip
+    files = {name: write_table(table, run.metrics_path(name)) for name, table in tables.items()}
+    files["summary_md"] = write_text(summary_markdown(summary, warnings), run.metrics_path("summary", ".md"))
     files["compute_matched_md"] = write_text(compute_matched_markdown(compute_matched, headline),
-                                             out / "compute_matched.md")
+                                             run.metrics_path("compute_matched", ".md"))
     files.update(write_cost(run, plan))  # what each budget cost, for the report
     files.update(write_pilot_vs_measured(run, data, graded))  # an advised run's forecasts against the samples
     # Unequal counts (an allocation policy): coverage and unique correct over all samples, per FLOP.
@@ -318,7 +314,7 @@ def analyze(
     warnings += [f"{m} was sampled by the {j['config']['allocation']!r} policy: per-budget k metrics use only its "
                  "problems with at least S samples; see metrics/allocation.md" for m in data
                  if (j := journal_of(run, m)) and j["config"]["allocation"] != "uniform"]  # fmt: skip
-    figures = make_figures(coverage_curve, diversity_curve, summary, out / "figures") if plots else []
+    figures = make_figures(coverage_curve, diversity_curve, summary, run.figures_dir) if plots else []
     return AnalysisResult(summary, coverage_curve, diversity_curve, compute_matched, files, figures, warnings, headline)
 
 
@@ -343,7 +339,7 @@ def write_pilot_vs_measured(
     ``metrics/pilot_vs_measured.parquet``; an empty table when a role has no grades; a stale table goes when
     the run has no advice. ``graded``: model → grades file, as :func:`graded_models` lists them."""
     path = run.metrics_path("pilot_vs_measured")
-    if not advice_path(run).exists():
+    if not run.advice_path.exists():
         path.unlink(missing_ok=True)
         return {}
     roles, by_file = read_roles(run), {found.resolve(): model for model, found in graded.items()}

@@ -77,6 +77,13 @@ def resolve_trained_model(path: str | Path) -> tuple[str, str | None]:
     return str(path), None
 
 
+def train_record(path: str | Path) -> Path | None:
+    """The ``train_result.json`` of a model :func:`train` made: in ``path`` (a training output directory) or
+    beside it (``path`` is its ``best/``); None for a model it did not train."""
+    path = Path(path)
+    return next((r for r in (path / TRAIN_RESULT_FILE, path.parent / TRAIN_RESULT_FILE) if r.exists()), None)
+
+
 def model_meta(path: str | Path) -> dict[str, Any]:
     """The record :func:`train` leaves next to a trained model; empty for models it did not train.
 

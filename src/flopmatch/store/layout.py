@@ -111,11 +111,21 @@ class RunDir(RunState):
         """Where imported human verdicts of a model live (beside, not inside, the judge's table)."""
         return self.root / "judgments" / "human" / f"{model_key(model)}.parquet"
 
+    @property
+    def sft_root(self) -> Path:
+        """``sft/``: one directory per SFT set (:meth:`sft_dir`)."""
+        return self.root / "sft"
+
     def sft_dir(self, name: str) -> Path:
-        return self.root / "sft" / name
+        return self.sft_root / name
+
+    @property
+    def models_root(self) -> Path:
+        """``models/``: one directory per fine-tuning run (:meth:`model_dir`) and the index of them."""
+        return self.root / "models"
 
     def model_dir(self, name: str) -> Path:
-        return self.root / "models" / name
+        return self.models_root / name
 
     def eval_path(self, name: str) -> Path:
         return self.root / "evals" / f"{name}.parquet"
@@ -167,7 +177,7 @@ class RunDir(RunState):
     @property
     def trained_index_path(self) -> Path:
         """Training job name → its trained model directory (``models/trained.json``, the train stage's)."""
-        return self.root / "models" / "trained.json"
+        return self.models_root / "trained.json"
 
     @property
     def report_dir(self) -> Path:

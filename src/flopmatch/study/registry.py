@@ -30,6 +30,7 @@ from flopmatch.study.stages import (
     stage_sample,
 )
 from flopmatch.study.stages_training import stage_eval, stage_sft, stage_train
+from flopmatch.trained import TRAIN_RESULT_FILE
 
 
 def _always(config: StudyConfig) -> tuple[bool, str]:
@@ -193,45 +194,41 @@ def _plan_outputs(ctx: StudyContext) -> list[Path]:
 
 
 def _pilot_outputs(ctx: StudyContext) -> list[Path]:
-    return [ctx.run.root / "pilot" / "advice.json"]
+    return [ctx.run.advice_path]
 
 
 def _sample_outputs(ctx: StudyContext) -> list[Path]:
     # and the allocated sets (flopmatch.allocation_study), graded as they are drawn
-    return [ctx.run.root / "samples" / k for k in _model_keys(ctx)] + [ctx.run.root / "allocated"]
+    return [ctx.run.samples_dir(k) for k in _model_keys(ctx)] + [ctx.run.allocated_dir]
 
 
 def _grade_outputs(ctx: StudyContext) -> list[Path]:
-    return [ctx.run.root / "grades" / f"{k}.parquet" for k in _model_keys(ctx)]
+    return [ctx.run.grades_path(k) for k in _model_keys(ctx)]
 
 
 def _judge_outputs(ctx: StudyContext) -> list[Path]:
-    return [ctx.run.root / "judgments" / f"{k}.parquet" for k in _model_keys(ctx)]
+    return [ctx.run.judgments_path(k) for k in _model_keys(ctx)]
 
 
 def _analyze_outputs(ctx: StudyContext) -> list[Path]:
-    metrics = ctx.run.metrics_dir
     return [
-        metrics / "summary.parquet",
-        metrics / "compute_matched.parquet",
-        metrics / "coverage_curve.parquet",
+        *(ctx.run.metrics_path(name) for name in ("summary", "compute_matched", "coverage_curve")),
         ctx.run.cost_path,
         ctx.run.metrics_path("pilot_vs_measured"),  # advised runs only
     ]
 
 
 def _sft_outputs(ctx: StudyContext) -> list[Path]:
-    return [ctx.run.root / "sft"]
+    return [ctx.run.sft_root]
 
 
 def _train_outputs(ctx: StudyContext) -> list[Path]:
     # each run's result record changes whenever it is retrained (even into the same directory)
-    models = ctx.run.root / "models"
-    return [models / "trained.json", *sorted(models.glob("*/train_result.json"))]
+    return [ctx.run.trained_index_path, *sorted(ctx.run.models_root.glob(f"*/{TRAIN_RESULT_FILE}"))]
 
 
 def _eval_outputs(ctx: StudyContext) -> list[Path]:
-    return [ctx.run.metrics_dir / "paradigms.parquet"]
+    return [ctx.run.metrics_path("paradigms")]
 
 
 def _report_outputs(ctx: StudyContext) -> list[Path]:

@@ -13,6 +13,7 @@ from flopmatch.fingerprints import file_identity, fingerprint
 from flopmatch.store import config_hash, read_json, write_json, write_table
 from flopmatch.study.context import StudyContext, StudyError
 from flopmatch.study.jobs import sft_sets, train_jobs
+from flopmatch.trained import TRAIN_RESULT_FILE, train_record
 
 
 def stage_sft(ctx: StudyContext) -> dict[str, Any]:
@@ -96,7 +97,7 @@ def stage_train(ctx: StudyContext) -> dict[str, Any]:
             }
         )
         out_dir = ctx.run.model_dir(job.name)
-        if ctx.run.is_job_done(sub, digest) and (out_dir / "train_result.json").exists():
+        if ctx.run.is_job_done(sub, digest) and (out_dir / TRAIN_RESULT_FILE).exists():
             results[job.name] = ctx.run.job_state()[sub].get("best")
             continue
         kwargs = dict(
@@ -128,7 +129,7 @@ def stage_train(ctx: StudyContext) -> dict[str, Any]:
         best = os.path.relpath(result.best or out_dir, ctx.run.root)  # relative: the run can move
         ctx.run.mark_job_done(sub, digest, best=best, seconds=result.seconds, loss=result.train_loss)
         results[job.name] = best
-    write_json({"jobs": results}, ctx.run.root / "models" / "trained.json")
+    write_json({"jobs": results}, ctx.run.trained_index_path)
     trained = sum(1 for v in results.values() if v is not None)
     return {
         "summary": f"{trained} of {len(jobs)} models trained"
@@ -167,8 +168,7 @@ def _eval_job(ctx: StudyContext, name: str, model: str, test: list[Any]) -> tupl
     must not reuse it, so each evaluation is keyed here by the model's training record too."""
     config, ev = ctx.config, ctx.config.evaluation
     max_tokens = ev.max_tokens or config.sampling.max_tokens
-    records = [Path(model) / "train_result.json", Path(model).parent / "train_result.json"]
-    record = next((r for r in records if r.exists()), None)
+    record = train_record(model)
     inside = Path(model).is_relative_to(ctx.run.root)
     digest = config_hash(
         {"eval": ev, "max_tokens": max_tokens, "seed": config.seed,
@@ -221,7 +221,7 @@ def stage_eval(ctx: StudyContext) -> dict[str, Any]:
     config = ctx.config
     roles = ctx.roles()
     test = ctx.problems("test")
-    trained = read_json(ctx.run.root / "models" / "trained.json")["jobs"]
+    trained = read_json(ctx.run.trained_index_path)["jobs"]
     budgets = dict(ctx.budgets())
     jobs = train_jobs(config, ctx.budgets())
     students = list(dict.fromkeys(j.student_role for j in jobs)) if config.evaluation.baselines else []
@@ -247,7 +247,7 @@ def stage_eval(ctx: StudyContext) -> dict[str, Any]:
         if student_role in baselines:
             rows += _eval_rows(paradigm, budget, budgets[budget], roles[student_role]["label"], "base",
                                f"base-{student_role}", baselines[student_role])  # fmt: skip
-    write_table(rows, ctx.run.metrics_dir / "paradigms.parquet")
+    write_table(rows, ctx.run.metrics_path("paradigms"))
     evaluated = sum(1 for j in jobs if trained.get(j.name) is not None)
     summary = f"{evaluated} fine-tuned + {len(baselines)} base models on {len(test)} test problems"
     return {"summary": summary + _compare(ctx)}
