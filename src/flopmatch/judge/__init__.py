@@ -71,6 +71,8 @@ from flopmatch.judge.processbench import (
 from flopmatch.judge.run import (
     HUMAN_SCHEMA,
     JUDGMENT_SCHEMA,
+    JudgeInputError,
+    JudgeInputMissing,
     JudgeRunStats,
     LabelError,
     budget_samples,
@@ -103,6 +105,8 @@ __all__ = [
     "Judgment",
     "JudgmentStatus",
     "LLMJudge",
+    "JudgeInputError",
+    "JudgeInputMissing",
     "LabelError",
     "ProcessBenchItem",
     "ToyworldCheckerJudge",
