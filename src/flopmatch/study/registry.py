@@ -251,9 +251,10 @@ REGISTRY: tuple[Stage, ...] = (
     Stage("sample", stage_sample, _sample_view, _sample_outputs, needs=_sample_needs),
     Stage("grade", stage_grade, _grade_view, _grade_outputs, needs=lambda c: ("sample",)),
     Stage("judge", stage_judge, _judge_view, _judge_outputs, needs=lambda c: ("grade",), enabled=_judge_on),
-    # version 2: analyze writes metrics/cost.parquet, which the report reads (runs analysed before redo it);
-    # version 3: and, in advised mode, metrics/pilot_vs_measured.parquet (the report read the samples for it)
-    Stage("analyze", stage_analyze, _analyze_view, _analyze_outputs, needs=_analyze_needs, version=3),
+    # version 2: analyze writes metrics/cost.parquet, which the report reads (runs analysed before redo it).
+    # An advised run's analyze also writes metrics/pilot_vs_measured.parquet; it needs the pilot for that, so
+    # such runs get a new digest and redo it, while the others' analysis, unchanged, stays done.
+    Stage("analyze", stage_analyze, _analyze_view, _analyze_outputs, needs=_analyze_needs, version=2),
     Stage("sft", stage_sft, _sft_view, _sft_outputs, needs=_graded_needs, enabled=_training_on),
     Stage(
         "train",
