@@ -285,3 +285,25 @@ def test_graded_samples_read_once_serve_every_set_of_a_model(tmp_path, monkeypat
             alone.examples, alone.problems_covered, alone.samples_per_problem)
         assert load_sft(given.path).to_list() == load_sft(alone.path).to_list()
         reads.clear()
+
+
+def test_grades_that_disagree_with_the_samples(tmp_path):
+    """A wrong grade whose sample row is gone selects nothing (as SFT always did); a sample graded twice is a
+    RunDataError naming the grades file and row (it would otherwise be a training example twice)."""
+    from flopmatch.store import read_table
+    from flopmatch.store.queries import RunDataError
+    from sample_reads import WC, planned_run
+
+    plain = build_sft(planned_run(tmp_path / "plain"), source_model=WC, samples_per_problem=3)
+    run = planned_run(tmp_path / "lost")
+    grades = read_table(run.grades_path(WC)).to_pylist()
+    write_table(pa.Table.from_pylist([*grades, {**grades[1], "sample_idx": 7, "status": "wrong"}]),
+                run.grades_path(WC))  # fmt: skip
+    lost = build_sft(run, source_model=WC, samples_per_problem=3)
+    assert lost.examples == plain.examples
+    run = planned_run(tmp_path / "twice")
+    grades = read_table(run.grades_path(WC)).to_pylist()
+    write_table(pa.Table.from_pylist([*grades, grades[0]]), run.grades_path(WC))
+    with pytest.raises(RunDataError, match="is graded twice") as caught:
+        build_sft(run, source_model=WC, samples_per_problem=3)
+    assert caught.value.file == str(run.grades_path(WC)) and caught.value.row == len(grades) + 1

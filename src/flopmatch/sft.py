@@ -45,6 +45,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flopmatch.errors import FlopmatchError
 from flopmatch.store import RunDir, as_run, model_key, read_json, shard_paths, write_json
 from flopmatch.store.queries import (
     below_budget,
@@ -58,6 +59,9 @@ from flopmatch.store.queries import (
 SFT_META_FILE = "flopmatch_sft.json"
 """Build record written inside every SFT dataset directory (config, counts, prompt config)."""
 
+
+class SftInputError(FlopmatchError, ValueError):
+    """A run :func:`build_sft` cannot build from: a graded sample without its text."""
 
 
 @dataclass(frozen=True)
@@ -189,11 +193,13 @@ def graded_samples(run: RunDir, source_model: str) -> pa.Table:
         raise FileNotFoundError(f"{samples_dir}: no sample shards for model {source_model!r}")
     table = read_graded(run, source_model, text=True, columns=("seed",), path=grades_file(run, source_model),
                         every_sample_graded=True)  # fmt: skip
+    # a grade whose sample row is gone (never a correct one: read_graded refuses that) selects nothing
+    table = table.filter(pc.is_valid(table.column("seed")))
     texts = table.column("text")
     if texts.null_count:
         i = next(i for i, text in enumerate(texts.to_pylist()) if text is None)
         pid, idx = table.column("problem_id")[i].as_py(), table.column("sample_idx")[i].as_py()
-        raise ValueError(f"{samples_dir}: sample problem_id={pid!r}, sample_idx={idx} has no text")
+        raise SftInputError(f"sample problem_id={pid!r}, sample_idx={idx} has no text", file=samples_dir)
     return table
 
 

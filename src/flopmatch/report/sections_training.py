@@ -10,7 +10,7 @@ import pandas as pd
 
 from flopmatch.formatting import fmt_ci, fmt_gain, fmt_num, fmt_pct, fmt_seconds, is_missing
 from flopmatch.report.blocks import Figure, Report, Section, Table, Text
-from flopmatch.report.data import RunData, budgets_of
+from flopmatch.report.data import RunData
 from flopmatch.report.sections_data import (
     cost_section,
     fpr_section,
@@ -37,7 +37,7 @@ def _paradigm_section(data: RunData, figures_dir: Path | None) -> Section:
             "Fine-tuning paradigms",
             [Text("Training is off for this study, or has not run yet (`training.enabled`).", "note")],
         )
-    budgets = budgets_of(data.plan)
+    budgets = data.plan
     metric = headline_metric(data.paradigms)
     blocks: list[Any] = [
         Text(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -16,17 +15,11 @@ from flopmatch.report.data import RunData
 # --------------------------------------------------------------------------- the verdict
 
 
-#: What a budget label is read from: the run's plan or, as sections_training still passes, its budgets
-#: (:func:`~flopmatch.report.data.budgets_of`).
-Budgets = BudgetPlan | Sequence[BudgetPoint] | None
-
-
-def _named_budget(budgets: Budgets, se_samples: int) -> tuple[BudgetPoint | None, str | None]:
+def _named_budget(plan: BudgetPlan | None, se_samples: int) -> tuple[BudgetPoint | None, str | None]:
     """The plan's budget named ``se_samples`` (None when it has none) and, in a two-budget plan, "low" or
     "high" (None otherwise)."""
-    if budgets is None:
+    if plan is None:
         return None, None
-    plan = budgets if isinstance(budgets, BudgetPlan) else BudgetPlan.model_construct(budgets=list(budgets))
     try:
         point = plan.point(se_samples)
     except UnknownBudgetError:
@@ -35,16 +28,16 @@ def _named_budget(budgets: Budgets, se_samples: int) -> tuple[BudgetPoint | None
     return point, which
 
 
-def _budget_name(budgets: Budgets, se_samples: int) -> str:
+def _budget_name(plan: BudgetPlan | None, se_samples: int) -> str:
     """ "the low budget (SE 1 vs WC 3)" in a two-budget plan, else "budget SE 1 vs WC 3"."""
-    point, which = _named_budget(budgets, se_samples)
+    point, which = _named_budget(plan, se_samples)
     ratio = f"SE {se_samples} vs WC {point.wc_samples}" if point else f"SE {se_samples}"
     return f"the {which} budget ({ratio})" if which else f"budget {ratio}"
 
 
-def budget_short(budgets: Budgets, se_samples: int) -> str:
+def budget_short(plan: BudgetPlan | None, se_samples: int) -> str:
     """A compact budget label for table cells: "1 vs 3 (low)"."""
-    point, which = _named_budget(budgets, se_samples)
+    point, which = _named_budget(plan, se_samples)
     text = f"{se_samples} vs {point.wc_samples}" if point else f"SE {se_samples}"
     return f"{text} ({which})" if which else text
 

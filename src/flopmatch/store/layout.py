@@ -137,7 +137,7 @@ class RunDir(RunState):
     @property
     def cost_path(self) -> Path:
         """What each plan budget cost per role (written by the analysis, read by the report)."""
-        return self.metrics_dir / "cost.parquet"
+        return self.metrics_path("cost")
 
     def metrics_path(self, name: str, suffix: str = ".parquet") -> Path:
         """``metrics/<name>.parquet`` (``name`` one of :data:`METRICS_TABLES`; ``suffix=".md"``: its markdown

@@ -30,12 +30,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flopmatch.budget import BudgetError, BudgetPlan
+from flopmatch.errors import FlopmatchError
 from flopmatch.record import Problem, problems_from_table
 from flopmatch.store.io import cast_to_schema, model_key, read_json, read_shards, read_table, shard_paths
 from flopmatch.store.layout import RunDir, as_run
 from flopmatch.store.schemas import COST_SCHEMA, HUMAN_SCHEMA, JUDGMENT_SCHEMA, SAMPLE_SCHEMA
 
 log = logging.getLogger(__name__)
+
+class RunDataError(FlopmatchError, ValueError):
+    """A run's files disagree with each other: a sample graded twice, a correct grade without its sample,
+    a sample without a grade where every sample must have one."""
+
 
 #: The columns of a sample table that say what it cost (no text).
 COST_COLUMNS = ("problem_id", "sample_idx", "completion_tokens", "prompt_tokens", "seconds")
@@ -254,19 +260,23 @@ def join_samples(
     for i, key in enumerate(_sample_keys(shards)):
         first.setdefault(key, i)
     keys = _sample_keys(grades)
+    where = grades_path or grades_file(run, model)
+    seen: set[tuple[str, int]] = set()
+    for number, key in enumerate(keys, 1):
+        if key in seen:
+            raise RunDataError(f"sample {key} is graded twice", file=where, row=number)
+        seen.add(key)
     rows = [first.get(key) for key in keys]
     statuses = grades.column("status").to_pylist()
     missing = [k for k, row, st in zip(keys, rows, statuses, strict=True) if row is None and st == "correct"]
     if missing:
-        raise ValueError(f"{directory}: {len(missing)} correct graded samples have no sample row (no text), "
-                         f"e.g. {missing[:5]}")  # fmt: skip
+        raise RunDataError(f"{len(missing)} correct graded samples have no sample row (no text), e.g. {missing[:5]}",
+                           file=directory)  # fmt: skip
     if every_sample_graded:
-        graded = set(keys)
-        ungraded = next((key for key in first if key not in graded), None)
+        ungraded = next((key for key in first if key not in seen), None)
         if ungraded is not None:
-            where = grades_path or grades_file(run, model)
-            raise ValueError(f"{where}: no grade for sample problem_id={ungraded[0]!r} sample_idx={ungraded[1]} "
-                             f"(in {directory}); re-run `flopmatch grade`")  # fmt: skip
+            raise RunDataError(f"no grade for sample problem_id={ungraded[0]!r} sample_idx={ungraded[1]} "
+                               f"(in {directory}); re-run `flopmatch grade`", file=where)  # fmt: skip
     taken = shards.select(wanted).take(pa.array(rows, type=pa.int64()))
     for name in wanted:
         grades = grades.append_column(taken.schema.field(name), taken.column(name))
@@ -353,42 +363,10 @@ def read_human_labels(run: RunDir, model: str) -> pa.Table:
 def read_cost(run: RunDir) -> pa.Table | None:
     """``metrics/cost.parquet`` (see :data:`~flopmatch.store.schemas.COST_SCHEMA`); None before the analysis
     wrote it."""
-    return read_table(run.cost_path) if run.cost_path.exists() else None
+    return read_metrics(run, "cost")
 
 
-__all__ = [
-    "COST_COLUMNS",
-    "COST_SCHEMA",
-    "as_run",
-    "below_budget",
-    "budget_at_index",
-    "budget_samples",
-    "graded_models",
-    "grades_file",
-    "join_samples",
-    "load_problems",
-    "model_name",
-    "plan_models",
-    "problem_counts",
-    "problem_splits",
-    "problems_by_role",
-    "read_cost",
-    "read_graded",
-    "read_grades",
-    "read_human_labels",
-    "read_judgments",
-    "read_plan",
-    "read_roles",
-    "read_samples",
-    "sample_costs",
-    "sample_texts",
-    "sample_tokens",
-    "samples_at_budget",
-    "side_samples",
-]
-
-
-# ---- metrics tables and indexes (G2)
+# --------------------------------------------------------------------------- metrics tables and indexes
 
 
 def read_metrics(run: RunDir, name: str) -> pa.Table | None:
@@ -418,4 +396,39 @@ def read_allocated_index(run: RunDir) -> dict[str, Any] | None:
     return read_json(path) if path.exists() else None
 
 
-__all__ += ["read_allocated_index", "read_metrics", "read_study_mapping", "read_study_text"]
+__all__ = [
+    "COST_COLUMNS",
+    "COST_SCHEMA",
+    "as_run",
+    "below_budget",
+    "budget_at_index",
+    "budget_samples",
+    "graded_models",
+    "grades_file",
+    "join_samples",
+    "load_problems",
+    "model_name",
+    "plan_models",
+    "problem_counts",
+    "problem_splits",
+    "problems_by_role",
+    "RunDataError",
+    "read_allocated_index",
+    "read_cost",
+    "read_graded",
+    "read_grades",
+    "read_human_labels",
+    "read_judgments",
+    "read_metrics",
+    "read_plan",
+    "read_roles",
+    "read_samples",
+    "read_study_mapping",
+    "read_study_text",
+    "sample_costs",
+    "sample_texts",
+    "sample_tokens",
+    "samples_at_budget",
+    "side_samples",
+]
+
