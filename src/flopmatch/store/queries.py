@@ -16,7 +16,7 @@
 * the analysis's cost table: :func:`read_cost`.
 
 A model's data at a budget of S samples per problem is its samples with ``sample_idx < S`` (the sampler
-makes the low budget a prefix of the high one): :func:`below_budget`, the one place that rule is coded.
+makes the low budget a prefix of the high one): :func:`below_budget` applies it to any run table.
 """
 
 from __future__ import annotations

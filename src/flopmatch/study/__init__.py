@@ -57,7 +57,7 @@ from flopmatch.study.config import (
     validate_study_dict,
 )
 from flopmatch.study.context import PROBLEM_ROLES, StudyContext, StudyError
-from flopmatch.study.dryrun import KNOWN_SIZES, DryRun, dry_run
+from flopmatch.study.dryrun import DryRun, dry_run
 from flopmatch.study.jobs import PARADIGM_SHORT, PARADIGM_STUDENT, SFTSet, TrainJob, sft_sets, train_jobs
 from flopmatch.study.orchestrator import (
     STAGES,
@@ -77,7 +77,6 @@ from flopmatch.study.stages import split_problems
 __all__ = [
     "BACKENDS",
     "CONTENT_HASH_LIMIT",
-    "KNOWN_SIZES",
     "PARADIGMS",
     "PARADIGM_SHORT",
     "PARADIGM_STUDENT",

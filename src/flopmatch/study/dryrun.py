@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flopmatch.datasets import dataset_names, get_dataset
+from flopmatch.datasets import get_dataset
 from flopmatch.store import RunDir, model_key
 from flopmatch.store.queries import read_metrics
 from flopmatch.study.config import ModelSpec, SplitConfig, StudyConfig
@@ -19,12 +19,6 @@ from flopmatch.study.registry import get_stage
 from flopmatch.study.stages import load_split, params_offline
 
 # --------------------------------------------------------------------------- dry run
-
-#: Problems per (dataset, split) that the datasets registered at import declare (:attr:`Dataset.sizes`).
-KNOWN_SIZES: dict[tuple[str, str], int] = {
-    (name, split): size for name in dataset_names() for split, size in get_dataset(name).sizes.items()
-}
-
 
 @dataclass
 class DryRun:
