@@ -300,3 +300,15 @@ def test_a_study_names_a_dataset_registered_later_and_its_dry_run_counts_the_dec
     study["problems"]["sample"]["source"] = "wordie"
     with pytest.raises(StudyConfigError, match="unknown problem source 'wordie'; expected one of .*wordy"):
         validate_study_dict(study)
+
+
+def test_a_declaration_pickles_and_copies_as_a_whole():
+    """Declarations may travel to worker processes: each built-in one survives pickle, deepcopy and asdict."""
+    import copy
+    import dataclasses
+    import pickle
+
+    for name in datasets.dataset_names():
+        declared = datasets.get_dataset(name)
+        assert pickle.loads(pickle.dumps(declared)) == declared == copy.deepcopy(declared)
+        assert dataclasses.asdict(declared)["name"] == name and hash(declared) == hash(copy.deepcopy(declared))

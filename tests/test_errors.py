@@ -237,6 +237,9 @@ def test_a_library_config_the_command_builds_is_reported_on_one_line(tmp_path: P
     from flopmatch.judge import JudgeSpec
 
     (tmp_path / "run").mkdir()
+    missing = ["judge", str(tmp_path / "run"), "--judge-backend", "hf", "--judge-model", str(tmp_path / "no-model")]
+    result = CliRunner().invoke(app, missing, terminal_width=300)  # the engine's OSError, said as one line
+    assert result.exit_code == 2 and f"error: cannot build the judge (hf, {tmp_path / 'no-model'}): " in result.output
     result = CliRunner().invoke(app, ["judge", str(tmp_path / "run"), "--judge-backend", "vllm"], terminal_width=300)
     assert result.exit_code == 2 and isinstance(result.exception.__context__.__cause__, ValidationError)
     assert "error: invalid JudgeSpec: judge backend 'vllm' needs a model (judge.spec.model in a study, " in result.output

@@ -47,3 +47,22 @@ def test_a_second_sampler_of_the_same_model_is_refused(tmp_path):
     assert info.value.exit_code == 1  # the CLI's exit code, as when this was a RuntimeError's traceback
     with sampling_lock(tmp_path):  # released
         pass
+
+
+def test_recorded_settings_are_compared_by_value(tmp_path):
+    """A sample set recorded before SamplingParams became pydantic may hold temperature 1 (an int, as given);
+    the same settings now read 1.0 and must still resume the set; another value is refused."""
+    import json
+
+    import pyarrow as pa
+
+    from flopmatch.backends import SamplingParams
+    from flopmatch.sampling_engine import SamplingConfigMismatch, check_config
+    from flopmatch.store import append_shard
+
+    append_shard(tmp_path, pa.table({"problem_id": ["q"], "sample_idx": [0]}))
+    recorded = {"params": {"temperature": 1, "top_p": 1, "max_tokens": 64, "stop": []}, "prompt": None, "hash": "x"}
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    check_config(tmp_path, params=SamplingParams(temperature=1, top_p=1, max_tokens=64), prompt=None)
+    with pytest.raises(SamplingConfigMismatch, match="temperature: on disk 1, now 0.5"):
+        check_config(tmp_path, params=SamplingParams(temperature=0.5, top_p=1, max_tokens=64), prompt=None)

@@ -138,3 +138,18 @@ def test_the_sampling_section_is_the_engines_sampling_params(tmp_path):
     assert type(section.params()) is SamplingParams  # what a sample set records: the engine's fields only
     with pytest.raises(StudyConfigError, match=r"sampling.top_p: top_p must be in \(0, 1\], got 0.0"):
         _load(tmp_path, "sampling:\n  top_p: 0\n")
+
+
+def test_a_copy_that_changes_a_typed_field_is_read_again():
+    """model_copy(update=...) of a typed field (or the preset it is resolved against) types, resolves and dumps
+    the new value, so the run trains with what its digest hashes."""
+    training = TrainingConfig(preset="tiny-cpu", options={"learning_rate": 1e-4})
+    faster = training.model_copy(update={"options": {"learning_rate": 0.5}})
+    assert faster.options == TrainConfig.tiny_cpu(learning_rate=0.5)
+    assert faster.model_dump(mode="json")["options"] == {"learning_rate": 0.5}
+    paper = training.model_copy(update={"preset": "default"})
+    assert paper.options == TrainConfig(learning_rate=1e-4) and not paper.options.use_cpu
+    assert training.model_copy(update={"enabled": False}).options == training.options  # untyped field: a copy
+    judge = JudgeConfig().model_copy(update={"spec": "vllm:m"})
+    assert judge.spec == JudgeSpec(backend="vllm", model="m") and judge.model_dump(mode="json")["spec"] == "vllm:m"
+    assert SamplingConfig().model_copy(update={"prompt": {"shots": 2}}).prompt == PromptConfig(shots=2)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Literal
 
 AnswerRules = Literal["numeric", "latex", "first-answer-line"]
@@ -36,6 +35,19 @@ def load_reference(target: str, what: str = "reference") -> Any:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
         raise ImportError(f"{what} {target} cannot be imported: {exc}") from exc
+
+
+class ReadOnlyMap(dict):
+    """A declaration's mapping (a copy of the one given): reads as a dict, refuses changes, and pickles and
+    copies like one, so a declaration can travel to a worker process."""
+
+    def _frozen(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a dataset declaration is frozen; register a new one instead")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _frozen
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ReadOnlyMap, (dict(self),))
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,7 @@ class DataFiles:
     hub_configs: tuple[str | None, ...] = (None,)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "files", MappingProxyType(dict(self.files)))
+        object.__setattr__(self, "files", ReadOnlyMap(self.files))
 
 
 @dataclass(frozen=True)
@@ -96,7 +108,7 @@ class DerivedSplits:
     held_out: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "splits", MappingProxyType(dict(self.splits)))
+        object.__setattr__(self, "splits", ReadOnlyMap(self.splits))
 
 
 @dataclass(frozen=True)
@@ -134,7 +146,7 @@ class Dataset:
     spec_model: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sizes", MappingProxyType(dict(self.sizes)))
+        object.__setattr__(self, "sizes", ReadOnlyMap(self.sizes))
 
     def load_function(self, attribute: str) -> Callable[..., Any]:
         """The function named by ``attribute`` (``"prompt_format"``, ``"loader"``, ``"checker"``,

@@ -19,9 +19,9 @@ Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str
 
 
 class BackendConfigError(FlopmatchError, ValueError):
-    """Settings a backend cannot run with: an unknown backend, sampling parameters out of range, an
-    option value the backend does not take (``--option``, a study's ``backend_options``), a request it
-    cannot serve."""
+    """Settings a backend cannot run with: an unknown backend, an option value the backend does not take
+    (``--option``, a study's ``backend_options``), a request it cannot serve. (Sampling parameters out of
+    range are :class:`SamplingParams`' pydantic ValidationError, a ValueError too.)"""
 
 
 class BackendOptionError(FlopmatchError, TypeError):

@@ -90,6 +90,10 @@ def split_steps(text: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- strict verdict parsing
 
 
+class JudgeBuildError(FlopmatchError, RuntimeError):
+    """The judge's engine cannot start: its model is not there, the engine is not installed, no device."""
+
+
 class VerdictError(FlopmatchError, ValueError):
     """A judge reply that is not exactly one valid verdict object (the message is fed back on retry)."""
 
@@ -388,7 +392,12 @@ def make_judge(spec: JudgeSpec | Mapping[str, Any] | str) -> Judge:
     from flopmatch.backends import create_backend
     from flopmatch.models import resolve_model
 
-    backend = create_backend(spec.backend, resolve_model(spec.model), **spec.options)
+    try:
+        backend = create_backend(spec.backend, resolve_model(spec.model), **spec.options)
+    except (OSError, RuntimeError, ImportError) as exc:  # a model that is not there, no engine, no device
+        if isinstance(exc, FlopmatchError):
+            raise
+        raise JudgeBuildError(f"cannot build the judge ({spec.backend}, {spec.model}): {exc}") from exc
     params = SamplingParams(
         temperature=spec.temperature, top_p=1.0 if spec.temperature == 0 else 0.95, max_tokens=spec.max_tokens
     )

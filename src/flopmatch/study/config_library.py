@@ -52,14 +52,23 @@ class WrittenAsGiven(Section):
 
     #: each typed field, and what its dump shows when the file does not set it
     written_fields: ClassVar[dict[str, Any]] = {}
+    #: other fields the typed ones are resolved against (training's preset)
+    resolved_against: ClassVar[frozenset[str]] = frozenset()
     _written: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Any:
+        """A copy; one that changes a typed field, or what it is resolved against, is read again from the
+        section as written with the update on top, so its value, its dump and its digest follow the update."""
+        if update and set(update) & (set(self.written_fields) | self.resolved_against):
+            return type(self).model_validate({**self.model_dump(), **update})
+        return super().model_copy(update=update, deep=deep)
 
     @model_validator(mode="wrap")
     @classmethod
     def _keep_written(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
         if not isinstance(data, Mapping):
             return handler(data)  # a section object (kept as it is), or input pydantic reports as wrong
-        written = {  # a field written as its unset value is not written (equal configs compare equal)
+        written = {  # a field written as its unset value is not written: it dumps the same either way
             name: _as_written(data[name])
             for name, unset in cls.written_fields.items()
             if name in data and _as_written(data[name]) != unset
@@ -145,9 +154,10 @@ class JudgeConfig(WrittenAsGiven):
 
 class TrainingConfig(WrittenAsGiven):
     written_fields: ClassVar[dict[str, Any]] = {"options": {}}
+    resolved_against: ClassVar[frozenset[str]] = frozenset({"preset"})
 
     enabled: bool = Field(True, description="run build-sft, train and eval (off: dataset metrics only)")
-    preset: Literal["default", "tiny-cpu"] = Field(
+    preset: Literal[tuple(PRESETS)] = Field(  # type: ignore[valid-type]  # the names of TrainConfig's presets
         "default", description="starting hyperparameters: default (the paper's) or tiny-cpu"
     )
     options: TrainConfig = Field(
