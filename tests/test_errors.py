@@ -254,3 +254,15 @@ def test_a_library_config_the_command_builds_is_reported_on_one_line(tmp_path: P
     assert result.exit_code == 2 and "error: unknown training preset 'huge'; expected one of default, tiny-cpu" in result.output
     result = CliRunner().invoke(app, [*common, "--lr", "-1"], terminal_width=300)
     assert result.exit_code == 2 and "error: invalid TrainConfig: learning_rate: Input should be greater than 0" in result.output
+
+
+def test_a_train_config_file_that_does_not_parse_is_one_error(tmp_path: Path):
+    from flopmatch.cli import app
+
+    (tmp_path / "sft").mkdir()
+    for name, text in (("bad.yaml", "lr: [1, 2\n"), ("bad.json", '{"lr": \n')):
+        (tmp_path / name).write_text(text)
+        args = ["train", "--data", str(tmp_path / "sft"), "--model", "m", "--out", str(tmp_path / "out"),
+                "--config", str(tmp_path / name)]  # fmt: skip
+        result = CliRunner().invoke(app, args, terminal_width=300)
+        assert result.exit_code == 2 and f"error: {tmp_path / name}: cannot parse: " in result.output, result.output

@@ -225,15 +225,12 @@ def _print_scores(scores: dict[int, float], best_step: int) -> None:
 def _read_config_file(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise fail(f"{path}: no such config file")
+    import yaml
+
     text = path.read_text()
     try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (ValueError, yaml.YAMLError) as exc:  # a file that does not parse (json's errors are ValueErrors)
         raise fail(f"{path}: cannot parse: {exc}") from exc
     if not isinstance(data, dict):
         raise fail(f"{path}: expected a mapping of TrainConfig fields")
