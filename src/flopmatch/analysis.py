@@ -4,8 +4,9 @@ intervals, breakdowns and the compute-matched WC-vs-SE view; tables (Parquet + m
 Inputs (the run directory contract): ``grades/<model>.parquet`` (status per sample),
 ``samples/<model>/`` (texts, for uniqueness), ``problems/<split>.parquet`` (level / subject),
 ``plan.json`` (budgets; optional), ``judgments/<model>.parquet`` and ``judgments/human/<model>.parquet``
-(FPR; optional), ``pilot/advice.json`` (an advised study's forecasts, measured here; optional). A model's data at a budget of S samples per problem is its samples with
-``sample_idx < S`` (the sampler makes the low budget a prefix of the high one).
+(FPR; optional), ``pilot/advice.json`` (an advised study's forecasts, measured here; optional). A model's
+data at a budget of S samples per problem is its samples with ``sample_idx < S`` (the sampler makes the low
+budget a prefix of the high one).
 
 Outputs in ``metrics/``: ``summary.parquet`` / ``summary.md``, ``coverage_curve.parquet``,
 ``diversity_curve.parquet``, ``compute_matched.parquet`` / ``compute_matched.md``, ``cost.parquet``,

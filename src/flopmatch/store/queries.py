@@ -38,6 +38,7 @@ from flopmatch.store.schemas import COST_SCHEMA, HUMAN_SCHEMA, JUDGMENT_SCHEMA, 
 
 log = logging.getLogger(__name__)
 
+
 class RunDataError(FlopmatchError, ValueError):
     """A run's files disagree with each other: a sample graded twice, a correct grade without its sample,
     a sample without a grade where every sample must have one."""
@@ -288,16 +289,15 @@ def sample_texts(run: RunDir, model: str, keys: set[tuple[str, int]]) -> dict[tu
     key with no sample row raises."""
     if not keys:
         return {}
-    directory = run.samples_dir(model)
-    table = read_shards(directory, columns=["problem_id", "sample_idx", "text"], schema=SAMPLE_SCHEMA)
+    table = read_samples(run, model, ("problem_id", "sample_idx", "text"))
     out: dict[tuple[str, int], str] = {}
-    for row in table.to_pylist():
-        key = (str(row["problem_id"]), int(row["sample_idx"]))
-        if key in keys and key not in out:
-            out[key] = row["text"]
+    for key, text in zip(_sample_keys(table), table.column("text").to_pylist(), strict=True):
+        if key in keys and key not in out:  # a sample stored twice counts once (its first row)
+            out[key] = text
     missing = sorted(keys - set(out))
     if missing:
-        raise ValueError(f"{directory}: {len(missing)} graded samples have no text, e.g. {missing[:5]}")
+        raise RunDataError(f"{len(missing)} graded samples have no text, e.g. {missing[:5]}",
+                           file=run.samples_dir(model))  # fmt: skip
     return out
 
 
@@ -431,4 +431,3 @@ __all__ = [
     "samples_at_budget",
     "side_samples",
 ]
-
