@@ -41,6 +41,14 @@ from flopmatch.study.spec_models import spec_model as spec_model
 BACKENDS: tuple[str, ...] = ("vllm", "hf", "openai")
 PARADIGMS: tuple[str, ...] = ("knowledge_distillation", "self_improvement", "weak_to_strong")
 
+
+def _declared_source(value: str | None) -> str | None:
+    """A split's ``source``: a dataset declared by now (one registered after this module was imported too)."""
+    if value is not None and get_dataset(value) is None:
+        raise ValueError(f"unknown problem source {value!r}; expected one of {', '.join(dataset_names())}")
+    return value
+
+
 class SplitConfig(Section):
     """Where one split's problems come from."""
 
@@ -56,12 +64,7 @@ class SplitConfig(Section):
     limit: PositiveInt | None = Field(None, description="a positive number of problems (a seeded subset)")
     seed: int | None = Field(None, description="an integer seed for the subset; the study seed when omitted")
 
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, value: str) -> str:
-        if get_dataset(value) is None:  # declared now: a dataset registered after this module was imported too
-            raise ValueError(f"unknown problem source {value!r}; expected one of {', '.join(dataset_names())}")
-        return value
+    _known_source = field_validator("source")(_declared_source)
 
 
 class ValidationSplitConfig(Section):
@@ -77,6 +80,8 @@ class ValidationSplitConfig(Section):
     limit: PositiveInt | None = None
     seed: int | None = None
 
+    _known_source = field_validator("source")(_declared_source)
+
     @model_validator(mode="after")
     def _one_origin(self) -> ValidationSplitConfig:
         if (self.holdout is None) == (self.source is None):
@@ -85,10 +90,6 @@ class ValidationSplitConfig(Section):
             )
         if self.holdout is not None and any(v is not None for v in (self.split, self.data_file, self.limit)):
             raise ValueError("`holdout` takes its problems from the sample split; drop split/data_file/limit")
-        if self.source is not None and get_dataset(self.source) is None:
-            raise ValueError(
-                f"unknown problem source {self.source!r}; expected one of {', '.join(dataset_names())}"
-            )
         return self
 
     def as_split(self) -> SplitConfig:
