@@ -250,8 +250,11 @@ def test_budgets_nest_and_nothing_is_generated_twice(tmp_path, tiny_model, gsm8k
     for key, row in high.items():
         assert row["seed"] == sample_seed(str(tiny_model), *key)
         assert row["model"] == str(tiny_model) and row["backend"] == "hf" and row["seeding"] == first.seeding
-        assert row["completion_tokens"] >= 1 and row["prompt_tokens"] > 0 and row["text"]
+        assert row["completion_tokens"] >= 1 and row["prompt_tokens"] > 0
         assert row["finish_reason"] in ("stop", "length") and row["seconds"] > 0
+        # A random model may stop at once (its first token is EOS): the text is then empty, and only then.
+        assert row["text"] or (row["finish_reason"] == "stop" and row["completion_tokens"] == 1)
+    assert sum(bool(row["text"]) for row in high.values()) > len(high) // 2  # text is stored, not dropped
 
     third = sample(run, model=str(tiny_model), problems=gsm8k_problems, samples_per_problem=3, backend="hf", backend_options=FP32,
                    params=PARAMS, progress=False)  # fmt: skip
