@@ -244,11 +244,21 @@ def test_hf_sample_depends_on_its_seed_not_its_batch(hf):
     assert other[("text", 1)].text != together[("text", 1)].text
 
 
+def _stop_case(backend) -> tuple[int, str, str]:
+    """A seed whose 24-token sample has an ASCII letter or digit well before its end (the sample a seed
+    draws depends on the CPU's arithmetic, so the seed is searched for, not pinned): seed, text, stop."""
+    for seed in range(3, 40):
+        _, base = collect(backend, [Request("t", TEXT, (0,), (seed,))], SamplingParams(max_tokens=24))
+        text = base[("t", 0)].text
+        inner = [ch for ch in text[len(text) // 4 : 3 * len(text) // 4] if ch.isascii() and ch.isalnum()]
+        if base[("t", 0)].completion_tokens == 24 and inner:
+            return seed, text, inner[0]
+    raise AssertionError("no seed in 3..39 drew a 24-token sample with a letter or digit in its middle")
+
+
 def test_hf_stop_strings_and_ignore_eos(hf, tiny):
-    _, base = collect(hf, [Request("t", TEXT, (0,), (3,))], SamplingParams(max_tokens=24))
-    stop = middle_char(base[("t", 0)].text)
-    text = base[("t", 0)].text
-    _, cut = collect(hf, [Request("t", TEXT, (0,), (3,))], SamplingParams(max_tokens=24, stop=(stop,)))
+    seed, text, stop = _stop_case(hf)
+    _, cut = collect(hf, [Request("t", TEXT, (0,), (seed,))], SamplingParams(max_tokens=24, stop=(stop,)))
     c = cut[("t", 0)]
     assert c.finish_reason == "stop" and stop not in c.text and text.startswith(c.text)
     assert c.completion_tokens < 24
@@ -267,8 +277,12 @@ def test_hf_counts_tokens_up_to_eos_and_ignores_padding(hf):
     assert stopped.text == hf.tokenizer.decode([40, 41])
     full = hf._completion(request, 0, 3, [40, 41, 42, 43, 44, 45], params, 0.1)
     assert (full.completion_tokens, full.finish_reason) == (6, "length")
-    by_stop_string = hf._completion(request, 0, 3, [40, 41, 42, pad, pad, pad], params, 0.1)
+    with_stop = SamplingParams(max_tokens=6, stop=("zz",))
+    by_stop_string = hf._completion(request, 0, 3, [40, 41, 42, pad, pad, pad], with_stop, 0.1)
     assert (by_stop_string.completion_tokens, by_stop_string.finish_reason) == (3, "stop")
+    # without stop strings nothing pads a row that did not end: a sampled pad token is generated text
+    sampled_pad = hf._completion(request, 0, 3, [40, 41, 42, 43, 44, pad], params, 0.1)
+    assert (sampled_pad.completion_tokens, sampled_pad.finish_reason) == (6, "length")
 
 
 def test_hf_applies_lora_adapter(tiny, lora, hf):

@@ -252,8 +252,9 @@ def test_budgets_nest_and_nothing_is_generated_twice(tmp_path, tiny_model, gsm8k
         assert row["model"] == str(tiny_model) and row["backend"] == "hf" and row["seeding"] == first.seeding
         assert row["completion_tokens"] >= 1 and row["prompt_tokens"] > 0
         assert row["finish_reason"] in ("stop", "length") and row["seconds"] > 0
-        # A random model may stop at once (its first token is EOS): the text is then empty, and only then.
-        assert row["text"] or (row["finish_reason"] == "stop" and row["completion_tokens"] == 1)
+        # A random model may stop at once (EOS, perhaps after another special token): the text is then
+        # empty, and only then.
+        assert row["text"] or row["finish_reason"] == "stop"
     assert sum(bool(row["text"]) for row in high.values()) > len(high) // 2  # text is stored, not dropped
 
     third = sample(run, model=str(tiny_model), problems=gsm8k_problems, samples_per_problem=3, backend="hf", backend_options=FP32,

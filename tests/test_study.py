@@ -416,7 +416,7 @@ def test_overlapping_splits_are_refused(tmp_path):
 def test_training_seeds_train_each_job_per_seed_and_comparisons_resample_them(seeds_study):
     """training.seeds: [0, 1]: every job runs twice (the default seed under its one-seed name, seed 1 as
     -s1), per-seed rows are kept, and metrics/comparisons.parquet averages the seeds; a rerun skips all.
-    (The study, self-improvement at SE 1 on 12 problems, is shared with test_workers: shared_studies.py.)"""
+    (The study, self-improvement at SE 1 on 24 problems, is shared with test_workers: shared_studies.py.)"""
     import pandas as pd
     from typer.testing import CliRunner
 
@@ -425,7 +425,7 @@ def test_training_seeds_train_each_job_per_seed_and_comparisons_resample_them(se
     config, run_dir = seeds_study
     trained = json.loads((run_dir / "models" / "trained.json").read_text())["jobs"]
     assert set(trained) == {"si-se-b1", "si-se-b1-s1", "si-wc-b1", "si-wc-b1-s1"}
-    assert all(best is not None for best in trained.values()), trained  # 12 problems: every set has data
+    assert all(best is not None for best in trained.values()), trained  # 24 problems: every set has data
     for name in trained:
         seed = json.loads((run_dir / "models" / name / "train_result.json").read_text())["config"]["seed"]
         assert seed == (1 if name.endswith("-s1") else 0), name

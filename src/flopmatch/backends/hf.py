@@ -245,7 +245,9 @@ class HFBackend:
             count, reason = eos_at + 1, "stop"
         else:
             count = len(tokens)
-            while count and tokens[count - 1] == self.tokenizer.pad_token_id:  # stopped by a stop string
+            # A row that a stop string ended is padded to the batch's length; without stop strings a
+            # trailing pad token was sampled (a model may emit it) and counts.
+            while params.stop and count and tokens[count - 1] == self.tokenizer.pad_token_id:
                 count -= 1
             reason = "length" if count >= params.max_tokens else "stop"
         text = self.tokenizer.decode(tokens[:count], skip_special_tokens=True)
