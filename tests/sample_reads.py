@@ -110,7 +110,7 @@ def advised_run(root: Path, objective: str = "coverage") -> RunDir:
     candidates = [candidate({wc: 3, se: 0}, 0.9), candidate({wc: 0, se: 1}, 0.8), candidate({wc: 2, se: 1}, 1.6)]
     advice = {"candidates": candidates, "decided": True, "models": {wc: {"fpr": 0.25}, se: {"fpr": None}}}
     budget = {"se_samples": 1, "wc_samples": 3, "advice": advice}
-    write_json({"objective": objective, "roles": names, "budgets": [budget]}, run.root / "pilot" / "advice.json")
+    write_json({"objective": objective, "roles": names, "budgets": [budget]}, run.advice_path)
     return run
 
 

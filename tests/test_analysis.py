@@ -16,6 +16,7 @@ from flopmatch.analysis import GradesError, NothingToAnalyze, analyze, curve_ks,
 from flopmatch.judge import ToyworldCheckerJudge, import_human_labels, judge_run
 from flopmatch.problems import problems_to_table
 from flopmatch.store import RunDir, append_shard, write_table
+from flopmatch.store.queries import RunDataError
 
 WC, SE = "toy/wc", "toy/se"
 # Per problem, the kind of each sample (by sample_idx). ref and ref_fmt are the same solution up to
@@ -207,6 +208,13 @@ def test_bad_grades_name_the_file(tmp_path):
     write_table(table, run.grades_path(WC))
     with pytest.raises(GradesError, match=r"row 6: field 'sample_idx': expected an index >= 0, got -1"):
         analyze(run, plots=False)
+    # a sample graded twice is the run data layer's RunDataError, naming the file and the second row
+    table[5]["sample_idx"] = table[0]["sample_idx"]
+    table[5]["problem_id"] = table[0]["problem_id"]
+    write_table(table, run.grades_path(WC))
+    with pytest.raises(RunDataError, match=r"grades/toy--wc.parquet, row 6: sample .* is graded twice") as info:
+        analyze(run, plots=False)
+    assert info.value.file == str(run.grades_path(WC)) and info.value.row == 6
 
 
 def test_model_samples_come_from_the_run_s_grades_file_of_the_model(tmp_path):

@@ -120,7 +120,6 @@ def load_model_samples(run: RunDir, model: str, grades_path: Path | None = None)
     table = grades.to_pylist()
     grades_path = found  # not None: read_grades raised above without a grades file
     rows: dict[str, list[tuple[int, bool]]] = {}
-    seen: set[tuple[str, int]] = set()
     for i, r in enumerate(table, 1):
         if r["status"] not in STATUSES:
             raise GradesError(f"is {r['status']!r}, not one of {sorted(STATUSES)}", file=grades_path, row=i,
@@ -130,12 +129,9 @@ def load_model_samples(run: RunDir, model: str, grades_path: Path | None = None)
         if r["sample_idx"] is None or int(r["sample_idx"]) < 0:
             raise GradesError(f"expected an index >= 0, got {r['sample_idx']!r}", file=grades_path, row=i,
                               field="sample_idx")  # fmt: skip
-        key = (str(r["problem_id"]), int(r["sample_idx"]))
-        if key in seen:
-            raise GradesError(f"sample {key} is graded twice", file=grades_path, row=i)
-        seen.add(key)
-        rows.setdefault(key[0], []).append((key[1], r["status"] == "correct"))
-    joined = join_samples(run, model, grades, text=True)  # a correct sample with no sample row raises
+        rows.setdefault(str(r["problem_id"]), []).append((int(r["sample_idx"]), r["status"] == "correct"))
+    # a sample graded twice, or a correct one with no sample row, raises (RunDataError, file and row)
+    joined = join_samples(run, model, grades, text=True, grades_path=grades_path)
     texts = {(pid, idx): text or "" for pid, idx, text, status in zip(
         *(joined.column(c).to_pylist() for c in ("problem_id", "sample_idx", "text", "status")), strict=True
     ) if status == "correct"}  # fmt: skip

@@ -434,7 +434,7 @@ def _resolve_number_match(
         try:
             count = resolve_samples_per_problem(run, text, budget)
         except ValueError as exc:
-            raise ValueError(f"number_matched_to={text!r}: not an SFT dataset in {run.root / 'sft'} and {exc}") from exc
+            raise ValueError(f"number_matched_to={text!r}: not an SFT dataset in {run.sft_root} and {exc}") from exc
         return _NumberMatch(samples_per_problem=count, label=f"-nm{count}")
     raise FileNotFoundError(
         f"number_matched_to={text!r}: neither an SFT dataset (looked in {candidate}) nor, without a plan.json, a model"
@@ -480,7 +480,7 @@ def _to_records(
         problem = problems.get(row["problem_id"])
         if problem is None:
             raise ValueError(
-                f"{run.root / 'problems'}: sample problem_id={row['problem_id']!r} is not among the run's problems"
+                f"{run.problems_dir}: sample problem_id={row['problem_id']!r} is not among the run's problems"
             )
         if problem.dataset not in configs:
             configs[problem.dataset] = prompt_config if prompt_config is not None else sft_prompt_config(problem.dataset)

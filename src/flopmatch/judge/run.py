@@ -114,7 +114,7 @@ def judge_run(
         if model not in available:
             raise JudgeInputError(f"model {model!r} has no grades (have {sorted(available)})", file=run.grades_dir)
         limit = samples_at_budget(run, model, budget) if budget is not None else None
-        grades = read_grades(run, model, samples=limit).to_pylist()
+        grades = read_grades(run, model, samples=limit, path=available[model]).to_pylist()
         candidates = [(str(g["problem_id"]), int(g["sample_idx"])) for g in grades if g["status"] == "correct"]
         candidates.sort(key=lambda key: selection_key(seed, model, *key))
         selected = candidates[:per_model]

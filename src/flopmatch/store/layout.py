@@ -90,7 +90,7 @@ class RunDir(RunState):
         return self.problems_dir / f"{split}.parquet"
 
     def samples_dir(self, model: str) -> Path:
-        return self.root / "samples" / model_key(model)
+        return self.samples_root / model_key(model)
 
     def allocation_journal_path(self, model: str) -> Path:
         """The round journal of a model sampled by an allocation policy (``flopmatch.allocation_run``),
@@ -185,7 +185,7 @@ class RunDir(RunState):
 
     def sampled_models(self) -> list[str]:
         """Directory names under samples/ that hold at least one shard."""
-        base = self.root / "samples"
+        base = self.samples_root
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir() if p.is_dir() and shard_paths(p))

@@ -230,6 +230,7 @@ def read_graded(
     ``text``), only those within a budget of ``samples`` per problem when given (:func:`below_budget`).
     The sample shards are read once (not at all when no sample column is asked for); see
     :func:`join_samples` for what a missing sample or grade does."""
+    path = path if path is not None else grades_file(run, model)  # looked up once (None: read_grades raises)
     grades = read_grades(run, model, samples=samples, path=path)
     return join_samples(run, model, grades, samples=samples, text=text, columns=columns,
                         every_sample_graded=every_sample_graded, grades_path=path)  # fmt: skip
@@ -255,11 +256,6 @@ def join_samples(
     wanted = [c for c in (*columns, *(("text",) if text else ())) if c not in ("problem_id", "sample_idx")]
     if not wanted and not every_sample_graded:
         return grades
-    directory = run.samples_dir(model)
-    shards = read_samples(run, model, ("problem_id", "sample_idx", *wanted), samples=samples)
-    first: dict[tuple[str, int], int] = {}
-    for i, key in enumerate(_sample_keys(shards)):
-        first.setdefault(key, i)
     keys = _sample_keys(grades)
     where = grades_path or grades_file(run, model)
     seen: set[tuple[str, int]] = set()
@@ -267,6 +263,11 @@ def join_samples(
         if key in seen:
             raise RunDataError(f"sample {key} is graded twice", file=where, row=number)
         seen.add(key)
+    directory = run.samples_dir(model)
+    shards = read_samples(run, model, ("problem_id", "sample_idx", *wanted), samples=samples)
+    first: dict[tuple[str, int], int] = {}
+    for i, key in enumerate(_sample_keys(shards)):
+        first.setdefault(key, i)
     rows = [first.get(key) for key in keys]
     statuses = grades.column("status").to_pylist()
     missing = [k for k, row, st in zip(keys, rows, statuses, strict=True) if row is None and st == "correct"]
