@@ -118,8 +118,10 @@ def test_the_seed_is_set_in_one_place():
         ("training:\n  options: {learning_rate: fast}\n", "training.options.learning_rate: Input should be a valid number"),
         ("training:\n  options: 5\n", "training.options: Input should be a valid dictionary"),
         ("training:\n  options: {lora: {rank: 8}}\n", "training.options.lora.rank: unknown key; expected one of: r, alpha"),
+        ("sampling:\n  prompt: null\n", "sampling.prompt: null is not a prompt: omit `prompt` for the dataset's default"),
     ],
-    ids=["judge-unknown", "judge-backend", "judge-model", "judge-tokens", "train-value", "train-type", "lora-key"],
+    ids=["judge-unknown", "judge-backend", "judge-model", "judge-tokens", "train-value", "train-type", "lora-key",
+         "prompt-null"],  # fmt: skip
 )
 def test_a_wrong_library_setting_is_named_with_its_file_line_and_key(tmp_path, section, message):
     with pytest.raises(StudyConfigError) as caught:

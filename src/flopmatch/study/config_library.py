@@ -68,11 +68,9 @@ class WrittenAsGiven(Section):
     def _keep_written(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
         if not isinstance(data, Mapping):
             return handler(data)  # a section object (kept as it is), or input pydantic reports as wrong
-        written = {  # a field written as its unset value is not written: it dumps the same either way
-            name: _as_written(data[name])
-            for name, unset in cls.written_fields.items()
-            if name in data and _as_written(data[name]) != unset
-        }
+        given = {name: _as_written(data[name]) for name in cls.written_fields if name in data}
+        # a field written as its unset value is not written: it dumps the same either way
+        written = {name: value for name, value in given.items() if value != cls.written_fields[name]}
         section = handler(cls._typed_input(dict(data), written))
         section._written = written
         return section
@@ -125,9 +123,17 @@ class SamplingConfig(WrittenAsGiven, SamplingParams):
 
     @classmethod
     def _typed_input(cls, data: dict[str, Any], written: Mapping[str, Any]) -> dict[str, Any]:
-        if "prompt" not in written:  # no overrides (`{}` is none): the dataset's default
-            data["prompt"] = None
+        if "prompt" not in written:  # no overrides (`{}` is none): the field's default, the dataset's prompt
+            data.pop("prompt", None)
         return data
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _written_prompt_is_a_mapping(cls, value: Any) -> Any:
+        # only a written value gets here (an unwritten prompt is the unvalidated default): null is not one
+        if value is None:
+            raise ValueError("null is not a prompt: omit `prompt` for the dataset's default, or give its fields")
+        return value
 
     def digest_view(self) -> dict[str, Any]:
         """What the sample stage's digest hashes (a uniform study hashes as before allocation existed)."""
