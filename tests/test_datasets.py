@@ -246,6 +246,15 @@ def test_a_dataset_derived_from_other_datasets_files_holds_one_split_out(registr
         "wordy-clean reads local files: pass data_file=<data dir> (CLI: --data-file) or set "
         "$FLOPMATCH_DATA_DIR to a directory holding wordy/train.jsonl and wordy/test.jsonl"
     )
+    registry.register_dataset(datasets.Dataset(
+        "wordy-unseen", ("test",), "numeric",
+        data=datasets.DerivedSplits({"test": ("wordy", "test")}, held_out=("wordy", "train")),
+    ))  # fmt: skip
+    with pytest.raises(problems.ProblemSourceError, match="holding wordy/test.jsonl and wordy/train.jsonl$"):
+        problems.load("wordy-unseen")  # the held-out file is read too, so it is named too
+    with pytest.raises(ValueError, match=r"'wordy-half': its derived splits \['test'\] are not its splits"):
+        datasets.Dataset("wordy-half", ("train", "test"), "numeric",
+                         data=datasets.DerivedSplits({"test": ("wordy", "test")}))  # fmt: skip
     monkeypatch.setenv(problems.DATA_DIR_ENV, str(tmp_path))
     assert problems.load("wordy-clean", split="train") == train
 

@@ -147,6 +147,9 @@ class Dataset:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sizes", ReadOnlyMap(self.sizes))
+        if isinstance(self.data, DerivedSplits) and set(self.data.splits) != set(self.splits):
+            raise ValueError(f"dataset {self.name!r}: its derived splits {sorted(self.data.splits)} are not "
+                             f"its splits {sorted(self.splits)}")  # fmt: skip
 
     def load_function(self, attribute: str) -> Callable[..., Any]:
         """The function named by ``attribute`` (``"prompt_format"``, ``"loader"``, ``"checker"``,

@@ -404,9 +404,8 @@ def _derived(
     """A split cut from other datasets' local files, as ``derived`` (``declared.data``) says."""
     directory = data_file or os.environ.get(DATA_DIR_ENV)
     if not directory:
-        needs = dict.fromkeys(
-            _files_of(_part(declared, p)).files.get(p[1], "?") for p in derived.splits.values()
-        )
+        parts = (*derived.splits.values(), *([derived.held_out] if derived.held_out else []))
+        needs = dict.fromkeys(_files_of(_part(declared, p)).files.get(p[1], "?") for p in parts)
         raise ProblemSourceError(
             f"{declared.name} reads local files: pass data_file=<data dir> (CLI: --data-file) or set "
             f"${DATA_DIR_ENV} to a directory holding {' and '.join(needs)}"

@@ -180,12 +180,12 @@ def check_config(samples_dir: Path, *, params: SamplingParams, prompt: Any) -> N
     backend are not compared: the directory already names the model, and engines draw from the same
     distribution (each row records its backend and seeding).
     """
-    config = {"params": _plain(params), "prompt": prompt}
+    config = _plain({"params": params, "prompt": prompt})
     path = samples_dir / CONFIG_FILE
     if path.exists() and store.shard_paths(samples_dir):
         recorded = store.read_json(path)
         recorded.pop("hash", None)
-        if recorded != _plain(config):  # values, not text: a sample set recorded with temperature 1 is at 1.0
+        if recorded != config:  # values, not text: a sample set recorded with temperature 1 is at 1.0
             diffs = _diff(recorded, config)
             raise SamplingConfigMismatch(
                 f"the samples in {samples_dir} were drawn with other settings ({'; '.join(diffs[:5])}). "
