@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from flopmatch.store import RunDir, as_run, read_json
-from flopmatch.store.queries import problems_by_role, read_roles
+from flopmatch.store.queries import problems_by_role
 
 
 def advice_allocations(entry: dict[str, Any]) -> list[tuple[str, dict[str, int], dict[str, Any]]]:
@@ -51,7 +51,7 @@ def forecast_vs_measured(
     n_boot: int = 200,
     seed: int = 0,
     *,
-    solutions: dict[str, pd.DataFrame] | None = None,
+    solutions: dict[str, pd.DataFrame],
 ) -> pd.DataFrame | None:
     """Each budget's advised and single-model forecasts next to what the full sample set measured.
 
@@ -60,8 +60,8 @@ def forecast_vs_measured(
     unique: Σ_m expected distinct correct among k_m of n), with a bootstrap interval over problems.
     ``solutions``: role (``wc``, ``se``) → per problem of :func:`sample_problem_ids`, in that order, its
     ``n`` graded samples, ``c`` correct and the ``multiplicities`` of its distinct correct solutions (what
-    :func:`flopmatch.pilot.graded_solutions` gives; the analysis passes its own so that no sample is read
-    twice); read from the run when None. ``None`` before the pilot or the grading has run. The report
+    :func:`flopmatch.pilot.graded_solutions` gives; the analysis passes those of the samples it loaded, so
+    that no sample is read twice). ``None`` before the pilot has run. The report
     reads this table from ``metrics/pilot_vs_measured.parquet`` (the analysis writes it with the
     defaults).
     """
@@ -69,10 +69,6 @@ def forecast_vs_measured(
     if not run.advice_path.exists():
         return None
     data = read_json(run.advice_path)
-    if solutions is None:
-        solutions = _read_solutions(run)
-        if solutions is None:
-            return None
     solutions = {data["roles"][role]: table for role, table in solutions.items()}
     rows = []
     for entry in data["budgets"]:
@@ -88,19 +84,6 @@ def forecast_vs_measured(
                 "decided": entry["advice"]["decided"],
             })  # fmt: skip
     return pd.DataFrame(rows).drop_duplicates(["budget_se_samples", "allocation"])
-
-
-def _read_solutions(run: RunDir) -> dict[str, pd.DataFrame] | None:
-    """Role → :func:`flopmatch.pilot.graded_solutions` of the role's model on the sample split (None when a
-    role has no grades or samples)."""
-    from flopmatch.pilot import PilotError, graded_solutions
-
-    roles = read_roles(run)
-    ids = sample_problem_ids(run)
-    try:
-        return {r: graded_solutions(run.root, roles[r]["model"], ids) for r in ("wc", "se")}
-    except PilotError:
-        return None
 
 
 def _measured(

@@ -453,7 +453,7 @@ def _bootstrap(fits: dict[str, SuccessFit], ufits: dict[str, UniqueFit], n, c, u
     out = {f: (np.empty((n_boot, len(ks))), np.full((len(ufits), n_boot, len(ks)), np.nan)) for f in fits}
     for i in range(n_boot):
         idx = rng.integers(0, len(n), len(n))
-        ufs = forecast_unique.refit_unique(ufits, c[idx], u[idx]) if ufits else []  # ufits: u is not None
+        ufs = forecast_unique.refit_unique(ufits, c, u, idx)
         for family, fit in fits.items():
             f = refit(fit, n[idx], c[idx])
             out[family][0][i] = f.coverage(k_arr)
@@ -554,7 +554,7 @@ def _pilot_bootstrap(fit: SuccessFit, ufits: dict[str, UniqueFit], n, c, u, ks: 
     for i in range(n_boot):
         idx = rng.integers(0, len(n), len(n))
         f = refit(fit, n[idx], c[idx])
-        ufs = (forecast_unique.refit_unique(ufits, c[idx], u[idx]) if ufits else []) or list(ufits.values())
+        ufs = forecast_unique.refit_unique(ufits, c, u, idx) or list(ufits.values())
         p = f.posterior_sample(n, c, rng)
         for j, k in enumerate(ks):
             extra = rng.binomial(k - n, p)

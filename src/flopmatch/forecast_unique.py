@@ -226,9 +226,13 @@ def sample_growth(fit: UniqueFit, c: np.ndarray, extra: np.ndarray, u: np.ndarra
     return k - start
 
 
-def refit_unique(models: dict[str, UniqueFit], c: np.ndarray, u: np.ndarray) -> list[UniqueFit]:
-    """The models of :func:`plausible_unique_fits` refitted on a resample: the MLE as :func:`fit_unique` from
-    itself, the others' theta at their own d ([] when no problem of the resample has a correct sample)."""
+def refit_unique(models: dict[str, UniqueFit], c: np.ndarray, u: np.ndarray | None, idx: np.ndarray) -> list[UniqueFit]:
+    """The models of :func:`plausible_unique_fits` refitted on the resample ``idx`` of the problems: the MLE as
+    :func:`fit_unique` from itself, the others' theta at their own d ([] without models, when ``u`` may be
+    None, and when no problem of the resample has a correct sample)."""
+    if not models:
+        return []
+    c, u = c[idx], u[idx]
     if not (np.asarray(c) > 0).any():
         return []
     return [fit_unique(c, u, start=m) if name == "mle" else fit_unique_at(c, u, m.discount) for name, m in models.items()]

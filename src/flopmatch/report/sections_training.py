@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from flopmatch.budget import BudgetPlan
 from flopmatch.formatting import fmt_ci, fmt_gain, fmt_num, fmt_pct, fmt_seconds, is_missing
 from flopmatch.report.blocks import Figure, Report, Section, Table, Text
 from flopmatch.report.data import RunData
@@ -37,7 +38,7 @@ def _paradigm_section(data: RunData, figures_dir: Path | None) -> Section:
             "Fine-tuning paradigms",
             [Text("Training is off for this study, or has not run yet (`training.enabled`).", "note")],
         )
-    budgets = data.plan
+    plan = data.plan
     metric = headline_metric(data.paradigms)
     blocks: list[Any] = [
         Text(
@@ -51,7 +52,7 @@ def _paradigm_section(data: RunData, figures_dir: Path | None) -> Section:
     for r in comparisons[comparisons["metric"] == metric].itertuples():
         row = [
             PARADIGM_NAMES.get(r.paradigm, r.paradigm),
-            budget_short(budgets, r.budget_se_samples),
+            budget_short(plan, r.budget_se_samples),
             r.student,
         ]
         if has_base:
@@ -78,7 +79,7 @@ def _paradigm_section(data: RunData, figures_dir: Path | None) -> Section:
         rows = []
         for (paradigm, budget), group in other.groupby(["paradigm", "budget_se_samples"], sort=False):
             by_metric = {r.metric: r for r in group.itertuples()}
-            row = [PARADIGM_NAMES.get(paradigm, paradigm), budget_short(budgets, int(budget))]
+            row = [PARADIGM_NAMES.get(paradigm, paradigm), budget_short(plan, int(budget))]
             for m in metrics:
                 r = by_metric.get(m)
                 row.append("–" if r is None else f"{fmt_pct(r.se)} → {fmt_pct(r.wc)} ({fmt_gain(r.gain)})")
@@ -92,9 +93,9 @@ def _paradigm_section(data: RunData, figures_dir: Path | None) -> Section:
                 numeric=set(range(2, 2 + len(metrics))),
             )
         )
-    blocks += _paired_blocks(data, budgets, metric, figures_dir)
+    blocks += _paired_blocks(data, metric, figures_dir)
     if figures_dir is not None:
-        fig = _paradigm_figure(comparisons[comparisons["metric"] == metric], budgets, metric, figures_dir)
+        fig = _paradigm_figure(comparisons[comparisons["metric"] == metric], plan, metric, figures_dir)
         if fig is not None:
             blocks.append(
                 Figure(fig, f"{metric} of each student fine-tuned on SE vs WC data, with 95% intervals.")
@@ -102,14 +103,14 @@ def _paradigm_section(data: RunData, figures_dir: Path | None) -> Section:
     return Section("Fine-tuning paradigms", blocks)
 
 
-def _paired_blocks(data: RunData, budgets: list[dict[str, Any]], metric: str, figures_dir: Path | None) -> list[Any]:
+def _paired_blocks(data: RunData, metric: str, figures_dir: Path | None) -> list[Any]:
     """The paired-comparison table and forest plot (flopmatch.comparisons), when the run has them."""
     table = data.comparisons
     if table is None or table.empty:
         return [Text("No paired comparisons yet: `flopmatch compare RUN` writes metrics/comparisons.parquet.", "note")]
     from flopmatch.comparisons import CORRECTION, forest_plot, report_table
 
-    columns, rows = report_table(table, lambda b: budget_short(budgets, b), metric=metric)
+    columns, rows = report_table(table, lambda b: budget_short(data.plan, b), metric=metric)
     blocks: list[Any] = [Table(columns, rows, numeric={3, 4, 5, 6, 7, 8}, caption=(
         f"Paired comparisons ({metric}): treatment − baseline on the same test problems, in points, averaged over "
         "training seeds; 95% interval: bootstrap over problems (and seeds, with ≥ 2). p: McNemar's exact test "
@@ -118,7 +119,7 @@ def _paired_blocks(data: RunData, budgets: list[dict[str, Any]], metric: str, fi
     if figures_dir is not None:
         path = forest_plot(table, figures_dir / "paired_forest.png", metric=metric,
                            label=lambda r: f"{PARADIGM_NAMES.get(r['paradigm'], r['paradigm'])}, "
-                                           f"{budget_short(budgets, int(r['budget_se_samples']))}")  # fmt: skip
+                                           f"{budget_short(data.plan, int(r['budget_se_samples']))}")  # fmt: skip
         if path is not None:
             blocks.append(Figure(path, f"Paired {metric} differences with 95% intervals (filled: a verdict; grey band: "
                                        "± MDE): WC data vs SE data, the number-matched control vs SE data and, in a study with "
@@ -138,7 +139,7 @@ def _metric_order(metric: str) -> tuple[int, int, str]:
 
 
 def _paradigm_figure(
-    comparisons: pd.DataFrame, budgets: list[dict[str, Any]], metric: str, out_dir: Path
+    comparisons: pd.DataFrame, plan: BudgetPlan | None, metric: str, out_dir: Path
 ) -> Path | None:
     if comparisons.empty:
         return None
@@ -149,7 +150,7 @@ def _paradigm_figure(
     import numpy as np
 
     labels = [
-        f"{PARADIGM_NAMES.get(r.paradigm, r.paradigm)}\n{budget_short(budgets, r.budget_se_samples)}"
+        f"{PARADIGM_NAMES.get(r.paradigm, r.paradigm)}\n{budget_short(plan, r.budget_se_samples)}"
         for r in comparisons.itertuples()
     ]
     x = np.arange(len(labels))
